@@ -1,0 +1,47 @@
+# sft2rl: two commands for a new user on a fresh machine
+#   make run    setup, then the headline pipeline (results/ablation_beta.csv)
+#   make test   setup, then the test suite
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.setup-done
+CORES ?= all
+export PYTHONHASHSEED := 0
+
+.PHONY: setup run test test-fast test-slurm figures paper samples lint clean
+setup: $(STAMP)
+
+# torch first, from the local CPU wheel, so no resolver ever pulls a CUDA build;
+# then everything else, pinned by constraints.txt.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -c constraints.txt -e '.[verl,dev]'
+	$(PY) -c "import torch, transformers, peft, snakemake, verl; print('setup ok: torch', torch.__version__, 'transformers', transformers.__version__)"
+	touch $(STAMP)
+
+run: setup
+	$(BIN)/snakemake --cores $(CORES) results/ablation_beta.csv
+
+test: setup
+	$(BIN)/pytest -q
+
+test-fast: setup
+	$(BIN)/pytest -q -m "not integration and not slurm"
+
+figures: setup
+	$(BIN)/snakemake --cores $(CORES) figures
+
+paper: setup
+	$(BIN)/snakemake --cores $(CORES) paper/main.pdf
+
+samples: setup
+	$(BIN)/snakemake --cores $(CORES) samples
+
+lint: setup
+	$(BIN)/snakemake --lint
+
+clean:
+	rm -rf results/* data/processed .snakemake

@@ -1,0 +1,29 @@
+# sft2rl: SFT warm-up, then GRPO. One file per stage under workflow/rules/.
+#   snakemake --cores all results/ablation_beta.csv     # the headline table
+#   snakemake --cores all figures                        # all figures
+#   snakemake --profile profiles/slurm all               # same DAG on SLURM
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/model.smk"
+include: "workflow/rules/sft.smk"
+include: "workflow/rules/grpo.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        ABLATION_TABLES,
+        rules.figures.output,
+
+
+localrules:
+    all,

@@ -1,0 +1,153 @@
+"""Raw jsonl -> processed SFT and RL data (SPEC section A schemas).
+
+SFT: a seeded sample of N conversations, written as jsonl and as parquet with a
+``messages`` column (what verl's SFT trainer reads), plus validation rows drawn from the
+rows not sampled. RL: verl's RL schema (``data_source``, ``prompt``, ``ability``,
+``reward_model``, ``extra_info``) split into train and test.
+
+Every malformed row stops processing with a DataError naming file, line and field,
+before anything is written.
+"""
+from __future__ import annotations
+
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+from .io import DataError, read_jsonl, write_jsonl, write_parquet
+
+THINK_BLOCK = re.compile(r"<think>.*?</think>\s*", re.IGNORECASE | re.DOTALL)
+ROLES = {"system", "user", "assistant"}
+
+
+def _check_messages(path: Path, lineno: int, row: dict, need: tuple[str, ...]) -> list[dict[str, str]]:
+    msgs = row.get("messages")
+    if msgs is None:
+        raise DataError(path, lineno, "messages", "missing")
+    if not isinstance(msgs, list) or not msgs:
+        raise DataError(path, lineno, "messages", f"must be a non-empty list, got {type(msgs).__name__}")
+    for j, m in enumerate(msgs):
+        field = f"messages[{j}]"
+        if not isinstance(m, dict):
+            raise DataError(path, lineno, field, f"must be an object, got {type(m).__name__}")
+        if m.get("role") not in ROLES:
+            raise DataError(path, lineno, f"{field}.role", f"must be one of {sorted(ROLES)}, got {m.get('role')!r}")
+        if not isinstance(m.get("content"), str):
+            raise DataError(path, lineno, f"{field}.content",
+                            f"must be a string, got {type(m.get('content')).__name__}")
+    roles = [m["role"] for m in msgs]
+    for role in need:
+        if role not in roles:
+            raise DataError(path, lineno, "messages", f"no '{role}' message")
+    return msgs
+
+
+def load_sft_rows(path: str | Path) -> list[dict[str, Any]]:
+    """Validate the SFT source: each row a conversation with user and assistant turns."""
+    path = Path(path)
+    rows = []
+    for lineno, row in read_jsonl(path):
+        msgs = _check_messages(path, lineno, row, ("user", "assistant"))
+        for j, m in enumerate(msgs):
+            if m["role"] == "assistant" and not m["content"].strip():
+                raise DataError(path, lineno, f"messages[{j}].content", "empty assistant message")
+        rows.append({**row, "_line": lineno})
+    return rows
+
+
+def load_rl_rows(path: str | Path) -> list[dict[str, Any]]:
+    """Validate the RL source: a user question and an assistant ground truth per row."""
+    path = Path(path)
+    rows = []
+    seen: dict[Any, int] = {}
+    for lineno, row in read_jsonl(path):
+        msgs = _check_messages(path, lineno, row, ("user", "assistant"))
+        if "id" not in row:
+            raise DataError(path, lineno, "id", "missing")
+        if not isinstance(row["id"], (int, str)) or isinstance(row["id"], bool):
+            raise DataError(path, lineno, "id", f"must be an integer or string, got {type(row['id']).__name__}")
+        if row["id"] in seen:
+            raise DataError(path, lineno, "id", f"duplicate id {row['id']!r} (first on line {seen[row['id']]})")
+        seen[row["id"]] = lineno
+        question = next(m["content"] for m in msgs if m["role"] == "user")
+        truth = next(m["content"] for m in msgs if m["role"] == "assistant")
+        if not question.strip():
+            raise DataError(path, lineno, "messages[user].content", "empty question")
+        if not truth.strip():
+            raise DataError(path, lineno, "messages[assistant].content", "empty ground truth")
+        answer = row.get("answer")
+        if answer is not None and not isinstance(answer, dict):
+            raise DataError(path, lineno, "answer", f"must be an object, got {type(answer).__name__}")
+        knowable = (answer or {}).get("knowable")
+        if knowable is not None and not isinstance(knowable, bool):
+            raise DataError(path, lineno, "answer.knowable", f"must be true or false, got {knowable!r}")
+        rows.append({"id": row["id"], "question": question, "ground_truth": truth, "knowable": knowable,
+                     "kind": (answer or {}).get("kind"), "sub_category": row.get("sub_category"), "_line": lineno})
+    return rows
+
+
+def strip_thinking(text: str) -> str:
+    """Remove every <think>...</think> block (and the whitespace after it)."""
+    return THINK_BLOCK.sub("", text).strip()
+
+
+def sample_sft(rows: list[dict], n: int, seed: int, val_size: int, source: str | Path = "raw_sft") -> tuple[list, list]:
+    """Seeded sample of ``n`` rows without replacement, and validation rows from the rest."""
+    if n > len(rows):
+        raise DataError(source, None, None, f"sft.n_samples = {n} is larger than the file ({len(rows)} rows)")
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    train_idx, rest = order[:n], order[n:]
+    if not rest:
+        raise DataError(source, None, None, f"no rows left for SFT validation after sampling {n} of {len(rows)}")
+    return [rows[i] for i in train_idx], [rows[i] for i in rest[:val_size]]
+
+
+def _sft_record(row: dict, with_thinking: bool) -> dict[str, Any]:
+    msgs = [
+        {"role": m["role"],
+         "content": m["content"] if with_thinking or m["role"] != "assistant" else strip_thinking(m["content"])}
+        for m in row["messages"]
+    ]
+    return {"messages": msgs, "id": row.get("id", row["_line"]), "source_line": row["_line"]}
+
+
+def process_sft(raw: str | Path, out_train_jsonl: str | Path, out_train: str | Path, out_val: str | Path, *,
+                n: int, seed: int, val_size: int, with_thinking: bool) -> dict[str, int]:
+    rows = load_sft_rows(raw)
+    train, val = sample_sft(rows, n, seed, val_size, raw)
+    train = [_sft_record(r, with_thinking) for r in train]
+    val = [_sft_record(r, with_thinking) for r in val]
+    write_jsonl(out_train_jsonl, train)
+    write_parquet(out_train, train)
+    write_parquet(out_val, val)
+    return {"train": len(train), "val": len(val)}
+
+
+def rl_record(row: dict, index: int, split: str, system_prompt: str, data_source: str) -> dict[str, Any]:
+    return {
+        "data_source": data_source,
+        "prompt": [{"role": "system", "content": system_prompt}, {"role": "user", "content": row["question"]}],
+        "ability": row["sub_category"] or "qa",
+        "reward_model": {"style": "rule", "ground_truth": row["ground_truth"]},
+        "extra_info": {"split": split, "index": index, "id": str(row["id"]), "knowable": row["knowable"],
+                       "kind": row["kind"] or "unknown", "question": row["question"]},
+    }
+
+
+def process_rl(raw: str | Path, out_train: str | Path, out_test: str | Path, *, system_prompt: str,
+               data_source: str, train_fraction: float, seed: int) -> dict[str, int]:
+    rows = load_rl_rows(raw)
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    n_train = int(round(len(rows) * train_fraction))
+    if not 0 < n_train < len(rows):
+        raise DataError(raw, None, None,
+                        f"data.train_fraction = {train_fraction} leaves an empty split for {len(rows)} rows")
+    train = [rl_record(rows[i], k, "train", system_prompt, data_source) for k, i in enumerate(order[:n_train])]
+    test = [rl_record(rows[i], n_train + k, "test", system_prompt, data_source)
+            for k, i in enumerate(order[n_train:])]
+    write_parquet(out_train, train)
+    write_parquet(out_test, test)
+    return {"train": len(train), "test": len(test)}

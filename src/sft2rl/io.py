@@ -1,0 +1,118 @@
+"""Atomic file and directory writes, and jsonl/parquet reading with clear errors.
+
+Every rule writes through these helpers: output goes to a temporary sibling first and
+is renamed into place only when complete, so an interrupted job never leaves a file
+or model directory that looks finished.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import pandas as pd
+
+
+class DataError(ValueError):
+    """Bad input data. The message names the file, the line (1-based) and the field."""
+
+    def __init__(self, path: str | os.PathLike, line: int | None, field: str | None, problem: str):
+        where = str(path) + (f":{line}" if line is not None else "")
+        what = f" field '{field}':" if field else ""
+        super().__init__(f"{where}:{what} {problem}")
+        self.path, self.line, self.field, self.problem = str(path), line, field, problem
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it onto ``path`` on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty temporary directory next to ``path``; swap it in on success.
+
+    An existing ``path`` (a previous run) is replaced only once the new one is complete.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_file(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
+    write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def write_parquet(path: str | os.PathLike, rows: list[dict] | pd.DataFrame) -> None:
+    frame = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(rows)
+    with atomic_file(path) as tmp:
+        frame.to_parquet(tmp, index=False)
+
+
+def read_jsonl(path: str | os.PathLike) -> list[tuple[int, dict]]:
+    """Read a jsonl file as ``(line_number, object)`` pairs; blank lines are skipped.
+
+    Raises DataError naming the file and line for a missing or empty file, malformed
+    JSON, or a line that is not a JSON object.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, None, None, "file not found")
+    rows: list[tuple[int, dict]] = []
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(path, lineno, None, f"malformed JSON ({exc.msg} at column {exc.colno})") from None
+            if not isinstance(obj, dict):
+                raise DataError(path, lineno, None, f"expected a JSON object, got {type(obj).__name__}")
+            rows.append((lineno, obj))
+    if not rows:
+        raise DataError(path, None, None, "file is empty (no JSON rows)")
+    return rows
+
+
+def read_parquet_rows(path: str | os.PathLike) -> list[dict]:
+    """Read a parquet file into a list of plain-Python dicts (nested lists/structs kept)."""
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path).to_pylist()

@@ -1,0 +1,242 @@
+"""The embedded synthetic knowledge world: raw SFT and RL files and a pretraining corpus.
+
+Design (why a ~1M-parameter model can learn the knowable part):
+
+* Known countries: a fictional country with a capital, a main river and a founder. Every
+  fact is stated in the corpus several times, in plain sentences *and* as a chat turn in
+  the exact chat template ("What is the capital of X?" -> "The capital of X is Y."). The
+  final answer the SFT teaches is that same sentence, so answering needs no copying from
+  ``<think>``: it is a continuation the base model already saw in the chat format.
+* Arithmetic: "What is a plus b?" for two-digit sums (so the ground truth is never a
+  substring of a wrong sum), stated in the corpus the same way.
+* Context: the fact is given in the question ("Nora has a red cup. What color is the cup
+  of Nora?"); the corpus holds thousands of fresh examples so copying from the prompt is
+  learned in pretraining.
+* Unknown countries: the same questions about countries that appear nowhere in the corpus.
+  Their ground truth is the world's hidden fact, honest but unknowable to the model.
+
+All names are distinct and none is a substring of another, so substring matching of a
+ground truth cannot be satisfied by accident.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+from . import SYSTEM_PROMPT
+
+ONSETS = ["b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "kr", "st", "tr", "gl"]
+VOWELS = ["a", "e", "i", "o", "u", "ai", "ou"]
+CODAS = ["", "", "", "n", "r", "s", "l", "k"]
+COLORS = ["red", "blue", "green", "yellow", "black", "white", "brown", "pink", "gray", "orange", "purple"]
+OBJECTS = ["cup", "hat", "box", "book", "coat", "ball", "lamp", "bag", "kite", "key", "bike", "boat"]
+PEOPLE = ["Nora", "Liam", "Emma", "Omar", "Lena", "Hugo", "Iris", "Theo", "Maya", "Ivan", "Ruth", "Paul",
+          "Zoe", "Adam", "Clara", "Felix", "Greta", "Jonas", "Lucy", "Milo"]
+
+RELATIONS: dict[str, tuple[str, str]] = {
+    # relation: (question template, answer sentence template)
+    "capital": ("What is the capital of {e}?", "The capital of {e} is {v}."),
+    "river": ("What is the main river of {e}?", "The main river of {e} is {v}."),
+    "founder": ("Who founded {e}?", "The founder of {e} is {v}."),
+}
+STATEMENT_VARIANTS: dict[str, list[str]] = {
+    "capital": ["The capital of {e} is {v}.", "{v} is the capital of {e}."],
+    "river": ["The main river of {e} is {v}.", "{v} is the main river of {e}."],
+    "founder": ["The founder of {e} is {v}.", "{e} was founded by {v}."],
+}
+
+THINK_KNOWN = "I know {e} well."
+THINK_UNKNOWN = "I have never heard of {e}."
+THINK_ARITH = "I add {a} and {b}."
+THINK_CONTEXT = "The question tells me this."
+PROACTIVE_SURE = "I am sure about this. Ask me if you want to know more."
+PROACTIVE_UNSURE = "I am not sure: I know nothing about {e}. Please check a reliable source."
+ANSWER_UNKNOWN = "I do not know."
+
+
+@dataclass(frozen=True)
+class Question:
+    kind: str            # capital | river | founder | arithmetic | context
+    knowable: bool
+    question: str
+    ground_truth: str
+    answer_sentence: str  # the final answer the SFT teaches when knowable
+    entity: str
+
+
+def chat_text(messages: list[dict[str, str]]) -> str:
+    """Render messages in the Qwen chat format used by the tiny model's template."""
+    return "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+
+
+class _Names:
+    """Unique capitalised names; none is a substring of another (case-insensitive)."""
+
+    def __init__(self, rng: random.Random, reserved: list[str]):
+        self.rng = rng
+        self.used: list[str] = [r.lower() for r in reserved]
+
+    def _ok(self, name: str) -> bool:
+        low = name.lower()
+        return all(low not in u and u not in low for u in self.used)
+
+    def new(self, n_syll: tuple[int, int]) -> str:
+        for _ in range(100_000):
+            k = self.rng.randint(*n_syll)
+            name = "".join(self.rng.choice(ONSETS) + self.rng.choice(VOWELS) for _ in range(k))
+            name = (name + self.rng.choice(CODAS)).capitalize()
+            if len(name) >= 4 and self._ok(name):
+                self.used.append(name.lower())
+                return name
+        raise RuntimeError("name space exhausted; lower the world sizes")
+
+
+def _reserved_words(system_prompt: str) -> list[str]:
+    """Every word the templates use: no generated name may contain or be contained in one."""
+    import re
+
+    texts = [system_prompt, THINK_KNOWN, THINK_UNKNOWN, THINK_ARITH, THINK_CONTEXT, PROACTIVE_SURE,
+             PROACTIVE_UNSURE, ANSWER_UNKNOWN, "What is a plus b? What color is the"]
+    texts += [t for pair in RELATIONS.values() for t in pair] + [t for v in STATEMENT_VARIANTS.values() for t in v]
+    words = {w for t in texts for w in re.findall(r"[A-Za-z]+", t) if len(w) >= 3 and w not in ("e", "v")}
+    return sorted(words | set(PEOPLE) | set(COLORS) | set(OBJECTS) | {"country"})
+
+
+def build_world(cfg: dict[str, Any], system_prompt: str = SYSTEM_PROMPT) -> dict[str, Any]:
+    """Build the world deterministically from ``cfg`` (the ``world`` config section).
+
+    Returns a dict with ``sft_rows``, ``rl_rows`` (raw schemas of SPEC section A),
+    ``corpus`` (list of {"text": ...}) and ``meta`` (entities and counts).
+    """
+    rng = random.Random(cfg["seed"])
+    names = _Names(rng, _reserved_words(system_prompt))
+    relations = list(cfg["relations"])
+
+    def make_entities(n: int) -> list[dict[str, str]]:
+        return [{"name": names.new((2, 2)), **{r: names.new((1, 2)) for r in relations}} for _ in range(n)]
+
+    known = make_entities(cfg["n_known_entities"])
+    unknown = make_entities(cfg["n_unknown_entities"])
+
+    questions: list[Question] = []
+    for ents, knowable in ((known, True), (unknown, False)):
+        for ent in ents:
+            for rel in relations:
+                q_t, a_t = RELATIONS[rel]
+                questions.append(Question(rel, knowable, q_t.format(e=ent["name"]), ent[rel],
+                                          a_t.format(e=ent["name"], v=ent[rel]), ent["name"]))
+    top = cfg["arithmetic_max"]
+    arith_pairs = [(a, b) for a in range(1, top + 1) for b in range(1, top + 1) if a + b >= 10]
+    for a, b in arith_pairs:
+        questions.append(Question("arithmetic", True, f"What is {a} plus {b}?", str(a + b),
+                                  f"{a} plus {b} is {a + b}.", f"{a}+{b}"))
+    for _ in range(cfg["n_context_questions"]):
+        questions.append(_context_question(rng))
+    rng.shuffle(questions)
+
+    n_sft = cfg["n_sft_rows"]
+    if n_sft >= len(questions):
+        raise ValueError(f"world.n_sft_rows = {n_sft} leaves no RL questions (world has {len(questions)})")
+    sft_q, rl_q = questions[:n_sft], questions[n_sft:]
+
+    sft_rows = [
+        {
+            "messages": [
+                {"role": "system", "content": system_prompt},
+                {"role": "user", "content": q.question},
+                {"role": "assistant", "content": sft_response(q)},
+            ],
+            "id": i,
+            "sub_category": "simpleQA",
+            "kind": q.kind,
+            "knowable": q.knowable,
+        }
+        for i, q in enumerate(sft_q)
+    ]
+    rl_rows = [
+        {
+            "id": i,
+            "messages": [{"role": "user", "content": q.question}, {"role": "assistant", "content": q.ground_truth}],
+            "answer": {"value": q.ground_truth, "knowable": q.knowable, "kind": q.kind},
+            "sub_category": "simpleQA",
+        }
+        for i, q in enumerate(rl_q)
+    ]
+    decoys = [names.new((2, 2)) for _ in range(cfg["n_unknown_entities"])]
+    corpus = build_corpus(rng, known, decoys, relations, arith_pairs, cfg, system_prompt)
+    meta = {
+        "seed": cfg["seed"],
+        "known_entities": [e["name"] for e in known],
+        "unknown_entities": [e["name"] for e in unknown],
+        "counts": {
+            "questions": len(questions),
+            "sft_rows": len(sft_rows),
+            "rl_rows": len(rl_rows),
+            "rl_knowable": sum(q.knowable for q in rl_q),
+            "rl_unknowable": sum(not q.knowable for q in rl_q),
+            "rl_by_kind": {k: sum(q.kind == k for q in rl_q) for k in relations + ["arithmetic", "context"]},
+            "corpus_documents": len(corpus),
+        },
+    }
+    return {"sft_rows": sft_rows, "rl_rows": rl_rows, "corpus": corpus, "meta": meta}
+
+
+def _context_question(rng: random.Random) -> Question:
+    person, color, obj = rng.choice(PEOPLE), rng.choice(COLORS), rng.choice(OBJECTS)
+    question = f"{person} has a {color} {obj}. What color is the {obj} of {person}?"
+    return Question("context", True, question, color, f"The {obj} of {person} is {color}.", person)
+
+
+def sft_response(q: Question) -> str:
+    """The assistant target of an SFT row: both tags, a short final answer."""
+    if not q.knowable:
+        think, proactive, answer = THINK_UNKNOWN.format(e=q.entity), PROACTIVE_UNSURE.format(e=q.entity), ANSWER_UNKNOWN
+    elif q.kind == "arithmetic":
+        a, b = q.entity.split("+")
+        think, proactive, answer = THINK_ARITH.format(a=a, b=b), PROACTIVE_SURE, q.answer_sentence
+    elif q.kind == "context":
+        think, proactive, answer = THINK_CONTEXT, PROACTIVE_SURE, q.answer_sentence
+    else:
+        think, proactive, answer = THINK_KNOWN.format(e=q.entity), PROACTIVE_SURE, q.answer_sentence
+    return f"<think>\n{think}\n</think>\n\n<proactive>\n{proactive}\n</proactive>\n\n{answer}"
+
+
+def build_corpus(rng: random.Random, known: list[dict[str, str]], decoys: list[str], relations: list[str],
+                 arith_pairs: list[tuple[int, int]], cfg: dict[str, Any], system_prompt: str) -> list[dict[str, str]]:
+    """Pretraining documents: plain statements and chat turns of every knowable fact, and
+    the assistant's phrases in plain text (no tags), so SFT teaches the format, not the words.
+
+    The "never heard of" phrases name *decoy* countries that appear nowhere else, never
+    the unknown countries of the questions.
+    """
+    docs: list[str] = []
+    system = {"role": "system", "content": system_prompt}
+    for _ in range(cfg["corpus_repeats"]):
+        for name in decoys:
+            docs.append(" ".join([THINK_UNKNOWN.format(e=name), PROACTIVE_UNSURE.format(e=name), ANSWER_UNKNOWN]))
+        for ent in known:
+            rels = relations[:]
+            rng.shuffle(rels)
+            sentences = [f"{ent['name']} is a country.", THINK_KNOWN.format(e=ent["name"]), PROACTIVE_SURE] + [
+                rng.choice(STATEMENT_VARIANTS[r]).format(e=ent["name"], v=ent[r]) for r in rels
+            ]
+            docs.append(" ".join(sentences))
+            for rel in relations:
+                q_t, a_t = RELATIONS[rel]
+                turn = [{"role": "user", "content": q_t.format(e=ent["name"])},
+                        {"role": "assistant", "content": a_t.format(e=ent["name"], v=ent[rel])}]
+                docs.append(chat_text(([system] if rng.random() < 0.5 else []) + turn))
+        for a, b in arith_pairs:
+            docs.append(f"{THINK_ARITH.format(a=a, b=b)} {a} plus {b} is {a + b}.")
+            turn = [{"role": "user", "content": f"What is {a} plus {b}?"},
+                    {"role": "assistant", "content": f"{a} plus {b} is {a + b}."}]
+            docs.append(chat_text(([system] if rng.random() < 0.5 else []) + turn))
+    for i in range(cfg["n_context_corpus"]):
+        q = _context_question(rng)
+        if i % 10 == 0:
+            docs.append(f"{q.question.split('.')[0]}. {THINK_CONTEXT} {q.answer_sentence} {PROACTIVE_SURE}")
+        turn = [{"role": "user", "content": q.question}, {"role": "assistant", "content": q.answer_sentence}]
+        docs.append(chat_text(([system] if rng.random() < 0.5 else []) + turn))
+    rng.shuffle(docs)
+    return [{"text": d} for d in docs]

@@ -1,0 +1,213 @@
+"""The synthetic world, SFT/RL processing and bad-input errors."""
+from __future__ import annotations
+
+import copy
+import json
+import re
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from sft2rl.data import process_rl, process_sft, strip_thinking
+from sft2rl.io import DataError, atomic_dir, atomic_file, read_jsonl
+from sft2rl.reward import group_aware_details
+from sft2rl.world import build_world
+
+from conftest import REPO
+
+
+@pytest.fixture(scope="module")
+def world_cfg():
+    return yaml.safe_load((REPO / "config.yaml").read_text())["world"]
+
+
+@pytest.fixture(scope="module")
+def world(world_cfg):
+    return build_world(world_cfg)
+
+
+def test_world_is_deterministic(world_cfg, world):
+    again = build_world(copy.deepcopy(world_cfg))
+    assert again["rl_rows"] == world["rl_rows"] and again["corpus"] == world["corpus"]
+    other = build_world(dict(world_cfg, seed=world_cfg["seed"] + 1))
+    assert other["rl_rows"] != world["rl_rows"]
+
+
+def test_world_raw_schemas(world):
+    for row in world["sft_rows"]:
+        roles = [m["role"] for m in row["messages"]]
+        assert roles == ["system", "user", "assistant"]
+        reply = row["messages"][2]["content"]
+        assert re.fullmatch(r"<think>\n.+\n</think>\n\n<proactive>\n.+\n</proactive>\n\n.+", reply, re.S), reply
+        assert isinstance(row["id"], int) and row["sub_category"] == "simpleQA"
+    for row in world["rl_rows"]:
+        assert [m["role"] for m in row["messages"]] == ["user", "assistant"]
+        assert row["messages"][1]["content"] == row["answer"]["value"]
+        assert isinstance(row["answer"]["knowable"], bool)
+    counts = world["meta"]["counts"]
+    assert counts["rl_knowable"] > 0 and counts["rl_unknowable"] > 0
+
+
+def test_unknown_entities_never_in_corpus(world):
+    corpus = "\n".join(d["text"] for d in world["corpus"])
+    for name in world["meta"]["unknown_entities"]:
+        assert name not in corpus
+    unknown_truths = [r["answer"]["value"] for r in world["rl_rows"] if not r["answer"]["knowable"]]
+    assert not any(t in corpus for t in unknown_truths)
+    # every knowable fact's answer sentence is in the corpus, in the chat format
+    for r in world["rl_rows"]:
+        if r["answer"]["knowable"] and r["answer"]["kind"] in ("capital", "river", "founder"):
+            assert f"{r['messages'][0]['content']}<|im_end|>\n<|im_start|>assistant\n" in corpus
+
+
+def test_sft_targets_score_as_intended(world):
+    """The SFT answer of a knowable question is correct; an unknowable one is proactive and wrong."""
+    for row in world["sft_rows"]:
+        reply = row["messages"][2]["content"]
+        d = group_aware_details([reply], "x" if not row["knowable"] else _truth_of(row))[0]
+        assert d.has_think and d.has_proactive
+        if row["knowable"]:
+            assert d.correct
+        else:
+            assert "not sure" in reply
+
+
+def _truth_of(row):
+    return row["messages"][2]["content"].rstrip(".").split()[-1]
+
+
+def test_names_are_not_substrings_of_each_other(world):
+    names = [e.lower() for e in world["meta"]["known_entities"] + world["meta"]["unknown_entities"]]
+    for a in names:
+        assert sum(a in b for b in names) == 1
+
+
+@pytest.fixture()
+def raw_files(tmp_path, world):
+    sft = tmp_path / "sft.jsonl"
+    rl = tmp_path / "rl.jsonl"
+    sft.write_text("".join(json.dumps(r) + "\n" for r in world["sft_rows"]))
+    rl.write_text("".join(json.dumps(r) + "\n" for r in world["rl_rows"]))
+    return sft, rl
+
+
+def test_process_sft_sample_and_thinking(tmp_path, raw_files):
+    sft, _ = raw_files
+    out = [tmp_path / f for f in ("t.jsonl", "t.parquet", "v.parquet")]
+    counts = process_sft(sft, *out, n=50, seed=42, val_size=20, with_thinking=True)
+    assert counts == {"train": 50, "val": 20}
+    train = pq.read_table(out[1]).to_pylist()
+    again = tmp_path / "again.parquet"
+    process_sft(sft, tmp_path / "a.jsonl", again, tmp_path / "av.parquet", n=50, seed=42, val_size=20,
+                with_thinking=False)
+    train2 = pq.read_table(again).to_pylist()
+    assert [r["id"] for r in train] == [r["id"] for r in train2]  # same seed, same sample
+    assert len({r["id"] for r in train}) == 50  # without replacement
+    val_ids = {r["id"] for r in pq.read_table(out[2]).to_pylist()}
+    assert not val_ids & {r["id"] for r in train}
+    assert all("<think>" in r["messages"][-1]["content"] for r in train)
+    assert all("<think>" not in r["messages"][-1]["content"] and "<proactive>" in r["messages"][-1]["content"]
+               for r in train2)
+    other = tmp_path / "o.parquet"
+    process_sft(sft, tmp_path / "o.jsonl", other, tmp_path / "ov.parquet", n=50, seed=7, val_size=5,
+                with_thinking=True)
+    assert [r["id"] for r in pq.read_table(other).to_pylist()] != [r["id"] for r in train]
+
+
+def test_sft_n_larger_than_file(tmp_path, raw_files):
+    sft, _ = raw_files
+    with pytest.raises(DataError, match=r"sft.n_samples = 100000 is larger than the file"):
+        process_sft(sft, tmp_path / "a", tmp_path / "b", tmp_path / "c", n=100000, seed=1, val_size=1,
+                    with_thinking=True)
+    assert not (tmp_path / "a").exists()
+
+
+def test_strip_thinking():
+    assert strip_thinking("<think>\na\nb\n</think>\n\nX <THINK>y</THINK>Z") == "X Z"
+
+
+def test_process_rl_schema_and_split(tmp_path, raw_files, world):
+    _, rl = raw_files
+    train_p, test_p = tmp_path / "train.parquet", tmp_path / "test.parquet"
+    counts = process_rl(rl, train_p, test_p, system_prompt="SYS", data_source="ds", train_fraction=0.8, seed=42)
+    n = len(world["rl_rows"])
+    assert counts["train"] == round(n * 0.8) and counts["train"] + counts["test"] == n
+    train, test = pq.read_table(train_p).to_pylist(), pq.read_table(test_p).to_pylist()
+    row = train[0]
+    assert set(row) == {"data_source", "prompt", "ability", "reward_model", "extra_info"}
+    assert row["prompt"][0] == {"role": "system", "content": "SYS"} and row["prompt"][1]["role"] == "user"
+    assert row["reward_model"]["style"] == "rule" and row["reward_model"]["ground_truth"]
+    assert {r["extra_info"]["split"] for r in train} == {"train"} and {r["extra_info"]["split"] for r in test} == {"test"}
+    indices = [r["extra_info"]["index"] for r in train + test]
+    assert sorted(indices) == list(range(n))
+    assert len({r["extra_info"]["id"] for r in train + test}) == n
+    by_id = {str(r["id"]): r for r in world["rl_rows"]}
+    for r in test:
+        raw = by_id[r["extra_info"]["id"]]
+        assert r["reward_model"]["ground_truth"] == raw["messages"][1]["content"]
+        assert r["extra_info"]["knowable"] == raw["answer"]["knowable"]
+
+
+BAD_LINES = [
+    ('{"id": 1, "messages": [', 1, r"malformed JSON"),
+    ('{"id": 1, "messages": [{"role": "user", "content": "q"}]}', 1, r"field 'messages': no 'assistant' message"),
+    ('{"id": 1, "messages": [{"role": "assistant", "content": "a"}]}', 1, r"field 'messages': no 'user' message"),
+    ('{"id": 1, "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "  "}]}', 1,
+     r"field 'messages\[assistant\].content': empty ground truth"),
+    ('{"id": 1, "messages": [{"role": "user", "content": 5}, {"role": "assistant", "content": "a"}]}', 1,
+     r"field 'messages\[0\].content': must be a string, got int"),
+    ('{"id": 1, "messages": "hello"}', 1, r"field 'messages': must be a non-empty list"),
+    ('{"id": [1], "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}', 1,
+     r"field 'id': must be an integer or string"),
+    ('[1, 2]', 1, r"expected a JSON object"),
+]
+
+
+@pytest.mark.parametrize("line,lineno,pattern", BAD_LINES)
+def test_bad_rl_input_names_file_line_field(tmp_path, line, lineno, pattern):
+    good = '{"id": 0, "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}'
+    raw = tmp_path / "rl.jsonl"
+    raw.write_text(good + "\n" + line + "\n")
+    out = tmp_path / "train.parquet"
+    with pytest.raises(DataError, match=rf"^{re.escape(str(raw))}:{lineno + 1}: .*{pattern}"):
+        process_rl(raw, out, tmp_path / "test.parquet", system_prompt="S", data_source="d", train_fraction=0.5, seed=0)
+    assert not out.exists() and not (tmp_path / "test.parquet").exists()
+
+
+def test_empty_and_missing_files(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n\n")
+    with pytest.raises(DataError, match="empty"):
+        read_jsonl(empty)
+    with pytest.raises(DataError, match="file not found"):
+        read_jsonl(tmp_path / "nope.jsonl")
+
+
+def test_duplicate_ids_rejected(tmp_path):
+    good = '{"id": 0, "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}'
+    raw = tmp_path / "rl.jsonl"
+    raw.write_text(good + "\n" + good + "\n")
+    with pytest.raises(DataError, match=r":2: field 'id': duplicate id 0 \(first on line 1\)"):
+        process_rl(raw, tmp_path / "a", tmp_path / "b", system_prompt="S", data_source="d", train_fraction=0.5, seed=0)
+
+
+def test_atomic_writes_leave_nothing_on_failure(tmp_path):
+    target = tmp_path / "f.txt"
+    with pytest.raises(RuntimeError):
+        with atomic_file(target) as tmp:
+            tmp.write_text("partial")
+            raise RuntimeError("killed")
+    assert list(tmp_path.iterdir()) == []
+    d = tmp_path / "model"
+    d.mkdir()
+    (d / "old").write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_dir(d) as tmp:
+            (tmp / "new").write_text("new")
+            raise RuntimeError("killed")
+    assert [p.name for p in d.iterdir()] == ["old"]
+    with atomic_dir(d) as tmp:
+        (tmp / "new").write_text("new")
+    assert [p.name for p in d.iterdir()] == ["new"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]

@@ -1,0 +1,60 @@
+# Stage 1: the synthetic world (embedded default) and the processed SFT / RL data.
+
+if config["data"]["synthetic_world"]:
+
+    rule world:
+        """Build the embedded synthetic knowledge world into data/raw/ (deterministic in world.seed)."""
+        input:
+            code=code("world"),
+        output:
+            sft=config["data"]["raw_sft"],
+            rl=config["data"]["raw_rl"],
+            corpus="data/raw/world_corpus.jsonl",
+            meta="data/raw/world.json",
+        params:
+            world=config["world"],
+            system_prompt=config["system_prompt"],
+        log:
+            "results/logs/world.log",
+        script:
+            "../scripts/world.py"
+
+
+rule sft_data:
+    """Seeded sample of N SFT conversations (jsonl + parquet `messages`) and validation rows."""
+    input:
+        config["data"]["raw_sft"],
+        code=code("data", "io"),
+    output:
+        jsonl=f"{PROCESSED}/sft/n{{n}}_seed{{seed}}/train.jsonl",
+        train=f"{PROCESSED}/sft/n{{n}}_seed{{seed}}/train.parquet",
+        val=f"{PROCESSED}/sft/n{{n}}_seed{{seed}}/val.parquet",
+    wildcard_constraints:
+        n=r"\d+",
+        seed=r"\d+",
+    params:
+        val_size=config["sft"]["val_size"],
+        with_thinking=config["sft"]["with_thinking"],
+    log:
+        "results/logs/sft_data/n{n}_seed{seed}.log",
+    script:
+        "../scripts/sft_data.py"
+
+
+rule rl_data:
+    """RL prompts in verl's schema, split into train and test."""
+    input:
+        config["data"]["raw_rl"],
+        code=code("data", "io"),
+    output:
+        train=f"{PROCESSED}/rl/train.parquet",
+        test=f"{PROCESSED}/rl/test.parquet",
+    params:
+        system_prompt=config["system_prompt"],
+        data_source=config["data"]["data_source"],
+        train_fraction=config["data"]["train_fraction"],
+        seed=config["data"]["split_seed"],
+    log:
+        "results/logs/rl_data.log",
+    script:
+        "../scripts/rl_data.py"

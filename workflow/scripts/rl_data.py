@@ -1,0 +1,10 @@
+from sft2rl.data import process_rl
+from sft2rl.logutil import script_errors
+
+with script_errors(snakemake) as log:
+    counts = process_rl(
+        snakemake.input[0], snakemake.output.train, snakemake.output.test,
+        system_prompt=snakemake.params.system_prompt, data_source=snakemake.params.data_source,
+        train_fraction=snakemake.params.train_fraction, seed=snakemake.params.seed,
+    )
+    log.info("rl data: %s", counts)
