@@ -6,3 +6,33 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("PYTHONHASHSEED", "0")
+
+import pytest  # noqa: E402
+
+TINY_ARCH = dict(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2, num_kv_heads=1,
+                 max_position_embeddings=256)
+TINY_WORLD = dict(seed=3, n_known_entities=6, n_unknown_entities=6, relations=["capital", "river", "founder"],
+                  arithmetic_max=9, n_context_questions=6, n_sft_rows=30, corpus_repeats=2, n_context_corpus=50)
+
+
+@pytest.fixture(scope="session")
+def tiny_world():
+    from sft2rl.world import build_world
+
+    return build_world(TINY_WORLD)
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory, tiny_world):
+    """An untrained tiny Qwen2 with the world tokenizer, saved as an HF directory."""
+    import torch
+
+    from sft2rl.model import build_tiny_model, build_tokenizer
+
+    torch.manual_seed(0)
+    tok = build_tokenizer([d["text"] for d in tiny_world["corpus"]], 400)
+    model = build_tiny_model(tok, TINY_ARCH)
+    out = tmp_path_factory.mktemp("base")
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out

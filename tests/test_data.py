@@ -70,7 +70,7 @@ def test_sft_targets_score_as_intended(world):
         if row["knowable"]:
             assert d.correct
         else:
-            assert "not sure" in reply
+            assert "not sure" in reply and "I do not know." in reply
 
 
 def _truth_of(row):

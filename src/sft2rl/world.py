@@ -46,12 +46,10 @@ STATEMENT_VARIANTS: dict[str, list[str]] = {
     "founder": ["The founder of {e} is {v}.", "{e} was founded by {v}."],
 }
 
-THINK_KNOWN = "I know {e} well."
-THINK_UNKNOWN = "I have never heard of {e}."
-THINK_ARITH = "I add {a} and {b}."
-THINK_CONTEXT = "The question tells me this."
-PROACTIVE_SURE = "I am sure about this. Ask me if you want to know more."
-PROACTIVE_UNSURE = "I am not sure: I know nothing about {e}. Please check a reliable source."
+THINK_KNOWN = "I know this."
+THINK_UNKNOWN = "I have never heard of this country."
+PROACTIVE_SURE = "I am sure about this."
+PROACTIVE_UNSURE = "I am not sure about this. Please check a reliable source."
 ANSWER_UNKNOWN = "I do not know."
 
 
@@ -96,8 +94,8 @@ def _reserved_words(system_prompt: str) -> list[str]:
     """Every word the templates use: no generated name may contain or be contained in one."""
     import re
 
-    texts = [system_prompt, THINK_KNOWN, THINK_UNKNOWN, THINK_ARITH, THINK_CONTEXT, PROACTIVE_SURE,
-             PROACTIVE_UNSURE, ANSWER_UNKNOWN, "What is a plus b? What color is the"]
+    texts = [system_prompt, THINK_KNOWN, THINK_UNKNOWN, PROACTIVE_SURE, PROACTIVE_UNSURE, ANSWER_UNKNOWN,
+             "What is a plus b? What color is the"]
     texts += [t for pair in RELATIONS.values() for t in pair] + [t for v in STATEMENT_VARIANTS.values() for t in v]
     words = {w for t in texts for w in re.findall(r"[A-Za-z]+", t) if len(w) >= 3 and w not in ("e", "v")}
     return sorted(words | set(PEOPLE) | set(COLORS) | set(OBJECTS) | {"country"})
@@ -163,8 +161,7 @@ def build_world(cfg: dict[str, Any], system_prompt: str = SYSTEM_PROMPT) -> dict
         }
         for i, q in enumerate(rl_q)
     ]
-    decoys = [names.new((2, 2)) for _ in range(cfg["n_unknown_entities"])]
-    corpus = build_corpus(rng, known, decoys, relations, arith_pairs, cfg, system_prompt)
+    corpus = build_corpus(rng, known, relations, arith_pairs, cfg, system_prompt)
     meta = {
         "seed": cfg["seed"],
         "known_entities": [e["name"] for e in known],
@@ -189,54 +186,52 @@ def _context_question(rng: random.Random) -> Question:
 
 
 def sft_response(q: Question) -> str:
-    """The assistant target of an SFT row: both tags, a short final answer."""
+    """The assistant target of an SFT row: both tags, a short final answer.
+
+    Knowable: ``<think>`` says the assistant knows, the proactive note says it is sure, the
+    answer is the fact's sentence. Unknowable: ``<think>`` says the country is unknown, the
+    proactive block admits not knowing and asks the user to verify, the answer is "I do not
+    know." The corpus holds the same phrases as plain chat turns (no tags), so the answer
+    is reachable in the chat format: SFT adds the tags, not the knowledge.
+    """
     if not q.knowable:
-        think, proactive, answer = THINK_UNKNOWN.format(e=q.entity), PROACTIVE_UNSURE.format(e=q.entity), ANSWER_UNKNOWN
-    elif q.kind == "arithmetic":
-        a, b = q.entity.split("+")
-        think, proactive, answer = THINK_ARITH.format(a=a, b=b), PROACTIVE_SURE, q.answer_sentence
-    elif q.kind == "context":
-        think, proactive, answer = THINK_CONTEXT, PROACTIVE_SURE, q.answer_sentence
-    else:
-        think, proactive, answer = THINK_KNOWN.format(e=q.entity), PROACTIVE_SURE, q.answer_sentence
-    return f"<think>\n{think}\n</think>\n\n<proactive>\n{proactive}\n</proactive>\n\n{answer}"
+        return f"<think>\n{THINK_UNKNOWN}\n</think>\n\n<proactive>\n{PROACTIVE_UNSURE}\n</proactive>\n\n{ANSWER_UNKNOWN}"
+    return f"<think>\n{THINK_KNOWN}\n</think>\n\n<proactive>\n{PROACTIVE_SURE}\n</proactive>\n\n{q.answer_sentence}"
 
 
-def build_corpus(rng: random.Random, known: list[dict[str, str]], decoys: list[str], relations: list[str],
+def build_corpus(rng: random.Random, known: list[dict[str, str]], relations: list[str],
                  arith_pairs: list[tuple[int, int]], cfg: dict[str, Any], system_prompt: str) -> list[dict[str, str]]:
-    """Pretraining documents: plain statements and chat turns of every knowable fact, and
-    the assistant's phrases in plain text (no tags), so SFT teaches the format, not the words.
-
-    The "never heard of" phrases name *decoy* countries that appear nowhere else, never
-    the unknown countries of the questions.
+    """Pretraining documents: plain statements and chat turns of every knowable fact, half of
+    the turns answered as "I know this. I am sure about this. <fact>." (the phrases of the SFT
+    format, without tags), and the admission of not knowing as plain text.
     """
     docs: list[str] = []
     system = {"role": "system", "content": system_prompt}
+
+    def chat(question: str, answer: str) -> str:
+        if rng.random() < 0.5:
+            answer = f"{THINK_KNOWN} {PROACTIVE_SURE} {answer}"
+        turn = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+        return chat_text(([system] if rng.random() < 0.5 else []) + turn)
+
     for _ in range(cfg["corpus_repeats"]):
-        for name in decoys:
-            docs.append(" ".join([THINK_UNKNOWN.format(e=name), PROACTIVE_UNSURE.format(e=name), ANSWER_UNKNOWN]))
+        docs.append(" ".join([THINK_UNKNOWN, PROACTIVE_UNSURE, ANSWER_UNKNOWN]))
         for ent in known:
             rels = relations[:]
             rng.shuffle(rels)
-            sentences = [f"{ent['name']} is a country.", THINK_KNOWN.format(e=ent["name"]), PROACTIVE_SURE] + [
+            sentences = [f"{ent['name']} is a country."] + [
                 rng.choice(STATEMENT_VARIANTS[r]).format(e=ent["name"], v=ent[r]) for r in rels
             ]
             docs.append(" ".join(sentences))
             for rel in relations:
                 q_t, a_t = RELATIONS[rel]
-                turn = [{"role": "user", "content": q_t.format(e=ent["name"])},
-                        {"role": "assistant", "content": a_t.format(e=ent["name"], v=ent[rel])}]
-                docs.append(chat_text(([system] if rng.random() < 0.5 else []) + turn))
+                answer = a_t.format(e=ent["name"], v=ent[rel])
+                docs.append(chat(q_t.format(e=ent["name"]), answer))
         for a, b in arith_pairs:
-            docs.append(f"{THINK_ARITH.format(a=a, b=b)} {a} plus {b} is {a + b}.")
-            turn = [{"role": "user", "content": f"What is {a} plus {b}?"},
-                    {"role": "assistant", "content": f"{a} plus {b} is {a + b}."}]
-            docs.append(chat_text(([system] if rng.random() < 0.5 else []) + turn))
-    for i in range(cfg["n_context_corpus"]):
+            docs.append(f"{a} plus {b} is {a + b}.")
+            docs.append(chat(f"What is {a} plus {b}?", f"{a} plus {b} is {a + b}."))
+    for _ in range(cfg["n_context_corpus"]):
         q = _context_question(rng)
-        if i % 10 == 0:
-            docs.append(f"{q.question.split('.')[0]}. {THINK_CONTEXT} {q.answer_sentence} {PROACTIVE_SURE}")
-        turn = [{"role": "user", "content": q.question}, {"role": "assistant", "content": q.answer_sentence}]
-        docs.append(chat_text(([system] if rng.random() < 0.5 else []) + turn))
+        docs.append(chat(q.question, q.answer_sentence))
     rng.shuffle(docs)
     return [{"text": d} for d in docs]

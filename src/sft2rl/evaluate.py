@@ -1,0 +1,130 @@
+"""Evaluation of any model directory on the RL test set.
+
+Per question: the greedy answer and (optionally) k sampled answers. Metrics: accuracy of
+the formal answer, format rate (both tags), proactive rate on knowable and unknowable
+questions (the world labels each; unlabeled data is split into easy/hard by a reference
+model's sampled group accuracy), and the mean group-aware reward at the configured beta,
+computed on the sampled group exactly as in training.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from .generation import generate
+from .io import read_parquet_rows, write_json, write_jsonl
+from .model import load_model, pick_device
+from .reward import group_aware_details
+
+REWARD_KEYS = ("beta", "format_bonus", "min_proactive_length", "match", "acc_over")
+
+
+def _mean(xs: list[float]) -> float:
+    return float(sum(xs) / len(xs)) if xs else float("nan")
+
+
+def evaluate_model(model_path: str, test_file: str, answers_out: str, metrics_out: str, *, reward: dict[str, Any],
+                   max_new_tokens: int, batch_size: int, k_samples: int, temperature: float, seed: int,
+                   difficulty_ref: str | None = None) -> dict[str, Any]:
+    device = pick_device()
+    model, tokenizer = load_model(model_path, device)
+    rows = read_parquet_rows(test_file)
+    rkw = {k: reward[k] for k in REWARD_KEYS}
+    records: list[dict[str, Any]] = []
+    for start in tqdm(range(0, len(rows), batch_size), desc="eval", mininterval=5):
+        chunk = rows[start:start + batch_size]
+        prompts = [r["prompt"] for r in chunk]
+        greedy = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, do_sample=False).texts
+        sampled: list[list[str]] = [[] for _ in chunk]
+        if k_samples:
+            out = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, do_sample=True,
+                           temperature=temperature, num_return_sequences=k_samples, seed=seed + start).texts
+            sampled = [out[i * k_samples:(i + 1) * k_samples] for i in range(len(chunk))]
+        for row, g, s in zip(chunk, greedy, sampled):
+            truth = row["reward_model"]["ground_truth"]
+            gd = group_aware_details([g], truth, **rkw)[0]
+            sd = group_aware_details(s, truth, **rkw) if s else []
+            info = row["extra_info"]
+            records.append({
+                "index": info["index"], "id": info.get("id"), "question": row["prompt"][-1]["content"],
+                "ground_truth": truth, "knowable": info.get("knowable"), "kind": info.get("kind"),
+                "greedy": g, "greedy_correct": gd.correct, "greedy_think": gd.has_think,
+                "greedy_proactive": gd.has_proactive,
+                "samples": s, "sample_correct": [d.correct for d in sd],
+                "sample_format": [d.has_think and d.has_proactive for d in sd],
+                "sample_proactive": [d.has_proactive for d in sd],
+                "sample_rewards": [d.reward for d in sd],
+                "group_accuracy": sd[0].group_accuracy if sd else float(gd.correct),
+                "reward": _mean([d.reward for d in sd]) if sd else gd.reward,
+            })
+    _assign_difficulty(records, difficulty_ref)
+    metrics = summarize_records(records)
+    metrics.update({"model": str(model_path), "k_samples": k_samples, "beta": reward["beta"]})
+    write_jsonl(answers_out, records)
+    write_json(metrics_out, metrics)
+    return metrics
+
+
+def _assign_difficulty(records: list[dict], difficulty_ref: str | None) -> None:
+    """knowable/unknowable from the world's labels, else easy/hard from a reference model."""
+    if all(r["knowable"] is not None for r in records):
+        for r in records:
+            r["difficulty"] = "knowable" if r["knowable"] else "unknowable"
+        return
+    ref = {}
+    if difficulty_ref:
+        for line in Path(difficulty_ref).read_text().splitlines():
+            rec = json.loads(line)
+            ref[rec["index"]] = rec["group_accuracy"]
+    for r in records:
+        acc = ref.get(r["index"], r["group_accuracy"])
+        r["difficulty"] = "easy" if acc >= 0.5 else "hard"
+
+
+def summarize_records(records: list[dict]) -> dict[str, Any]:
+    def rate(sel: list[dict], key: str) -> float:
+        return _mean([float(r[key]) for r in sel])
+
+    def sample_rate(sel: list[dict], key: str) -> float:
+        return _mean([float(x) for r in sel for x in r[key]])
+
+    m: dict[str, Any] = {
+        "n_questions": len(records),
+        "accuracy": rate(records, "greedy_correct"),
+        "format_rate": _mean([float(r["greedy_think"] and r["greedy_proactive"]) for r in records]),
+        "proactive_rate": rate(records, "greedy_proactive"),
+        "mean_reward": _mean([r["reward"] for r in records]),
+        "sampled_accuracy": sample_rate(records, "sample_correct"),
+        "sampled_format_rate": sample_rate(records, "sample_format"),
+        "sampled_proactive_rate": sample_rate(records, "sample_proactive"),
+    }
+    for group in sorted({r["difficulty"] for r in records}):
+        sel = [r for r in records if r["difficulty"] == group]
+        m[f"n_{group}"] = len(sel)
+        m[f"accuracy_{group}"] = rate(sel, "greedy_correct")
+        m[f"proactive_rate_{group}"] = rate(sel, "greedy_proactive")
+        m[f"sampled_proactive_rate_{group}"] = sample_rate(sel, "sample_proactive")
+        m[f"mean_reward_{group}"] = _mean([r["reward"] for r in sel])
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in m.items()}
+
+
+def write_samples(model_path: str, test_file: str, out: str, *, n: int, max_new_tokens: int, seed: int) -> float:
+    """Greedy generations for the first ``n`` test prompts; returns the both-tags rate."""
+    torch.manual_seed(seed)
+    model, tokenizer = load_model(model_path, pick_device())
+    rows = read_parquet_rows(test_file)[:n]
+    texts = generate(model, tokenizer, [r["prompt"] for r in rows], max_new_tokens=max_new_tokens,
+                     do_sample=False).texts
+    recs = []
+    for r, t in zip(rows, texts):
+        d = group_aware_details([t], r["reward_model"]["ground_truth"])[0]
+        recs.append({"question": r["prompt"][-1]["content"], "ground_truth": r["reward_model"]["ground_truth"],
+                     "knowable": r["extra_info"].get("knowable"), "response": t,
+                     "both_tags": d.has_think and d.has_proactive, "correct": d.correct})
+    write_jsonl(out, recs)
+    return _mean([float(r["both_tags"]) for r in recs])

@@ -1,0 +1,57 @@
+"""Batched generation from chat prompts (greedy or sampled), shared by evaluation,
+samples and GRPO rollouts. Left padding, KV cache, ``skip_special_tokens=True`` (the
+tags are not special tokens, so they survive decoding)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Generated:
+    prompt_ids: torch.Tensor      # (B, P) left-padded
+    prompt_mask: torch.Tensor     # (B, P)
+    response_ids: torch.Tensor    # (B, R) right-padded with pad id
+    response_mask: torch.Tensor   # (B, R) 1 up to and including EOS
+    texts: list[str]
+
+
+def encode_prompts(tokenizer, prompts: list[list[dict[str, str]]], max_prompt_length: int, device):
+    texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
+    tokenizer.padding_side = "left"
+    enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False,
+                    truncation=True, max_length=max_prompt_length)
+    return enc["input_ids"].to(device), enc["attention_mask"].to(device)
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: list[list[dict[str, str]]], *, max_new_tokens: int,
+             do_sample: bool, temperature: float = 1.0, top_p: float = 1.0, num_return_sequences: int = 1,
+             max_prompt_length: int = 1024, seed: int | None = None) -> Generated:
+    """Generate for each prompt ``num_return_sequences`` responses (grouped consecutively)."""
+    device = next(model.parameters()).device
+    ids, mask = encode_prompts(tokenizer, prompts, max_prompt_length, device)
+    if num_return_sequences > 1:
+        ids = ids.repeat_interleave(num_return_sequences, dim=0)
+        mask = mask.repeat_interleave(num_return_sequences, dim=0)
+    if seed is not None:
+        torch.manual_seed(seed)
+    was_training = model.training
+    model.eval()
+    eos = tokenizer.eos_token_id
+    kwargs = dict(do_sample=do_sample, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                  eos_token_id=eos, use_cache=True)
+    if do_sample:
+        kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
+    out = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+    if was_training:
+        model.train()
+    resp = out[:, ids.shape[1]:]
+    # mask: tokens up to and including the first EOS
+    is_eos = resp == eos
+    after_eos = (is_eos.cumsum(dim=1) - is_eos.long()) > 0
+    resp_mask = (~after_eos).long()
+    resp = resp.masked_fill(after_eos, tokenizer.pad_token_id)
+    texts = tokenizer.batch_decode(resp, skip_special_tokens=True)
+    return Generated(ids, mask, resp, resp_mask, texts)

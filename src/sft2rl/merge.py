@@ -1,0 +1,93 @@
+"""Verified LoRA merge: base + adapter -> one HF directory with its tokenizer.
+
+Guards against the known failures of the reference tools: writing the unmerged base
+(every LoRA-targeted weight must differ from the base after the merge), a merged model
+that does not compute base+adapter (its logits, reloaded from disk, must equal the
+adapter model's on a probe batch), merging a run directory instead of a checkpoint, and
+an existing output folder (replaced atomically).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .io import atomic_dir, write_json
+from .logutil import LOG
+
+PROBE_TEXTS = [
+    "What is the capital of the country you know best?",
+    "<think>\nI add 4 and 7.\n</think>\n\n<proactive>\nI am sure.\n</proactive>\n\n4 plus 7 is 11.",
+    "Hello! Please tell me something you are not sure about.",
+]
+
+
+class MergeError(RuntimeError):
+    pass
+
+
+def _probe_batch(tokenizer, device) -> dict[str, torch.Tensor]:
+    tokenizer.padding_side = "right"
+    return tokenizer(PROBE_TEXTS, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+
+
+def _lora_targets(peft_model) -> list[str]:
+    """Names (in the merged model's namespace) of the weights the adapter changes."""
+    names = set()
+    for name, _ in peft_model.named_parameters():
+        for marker in (".lora_A.", ".trainable_tokens_delta"):
+            if marker in name:
+                prefix = name.split(marker)[0].replace("base_model.model.", "", 1).replace(".token_adapter", "")
+                names.add(prefix + ".weight")
+    return sorted(names)
+
+
+def merge_adapter(base: str, adapter: str, out_dir: str, atol: float = 1e-4) -> dict[str, Any]:
+    """Merge ``adapter`` into ``base``, verify, and write ``out_dir`` atomically."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    adapter_path = Path(adapter)
+    if not (adapter_path / "adapter_config.json").is_file():
+        raise MergeError(f"{adapter_path}: no adapter_config.json; pass a checkpoint directory, not a run directory")
+    device = torch.device("cpu")
+    tokenizer = AutoTokenizer.from_pretrained(adapter if (adapter_path / "tokenizer_config.json").exists() else base)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    base_model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    base_state = {k: v.detach().clone() for k, v in base_model.state_dict().items()}
+    peft_model = PeftModel.from_pretrained(base_model, adapter).to(device).eval()
+    targets = _lora_targets(peft_model)
+    batch = _probe_batch(tokenizer, device)
+    with torch.no_grad():
+        ref_logits = peft_model(**batch).logits
+    merged = peft_model.merge_and_unload()
+    merged_state = merged.state_dict()
+    unchanged = [k for k in targets if k in merged_state and torch.equal(merged_state[k], base_state[k])]
+    missing = [k for k in targets if k not in merged_state]
+    if not targets or missing:
+        raise MergeError(f"adapter {adapter}: could not locate its target weights in the merged model ({missing[:3]})")
+    if unchanged:
+        raise MergeError(
+            f"merge changed nothing in {len(unchanged)} of {len(targets)} LoRA-targeted weights "
+            f"(e.g. {unchanged[0]}): the adapter at {adapter} is untrained or was not applied"
+        )
+    max_delta = max(float((merged_state[k] - base_state[k]).abs().max()) for k in targets)
+    with atomic_dir(out_dir) as tmp:
+        merged.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        reloaded = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32).eval()
+        with torch.no_grad():
+            logits = reloaded(**batch).logits
+        diff = float((logits - ref_logits).abs().max())
+        scale = float(ref_logits.abs().max())
+        if diff > atol * max(1.0, scale):
+            raise MergeError(f"merged model's logits differ from base+adapter by {diff:.3g} (tolerance "
+                             f"{atol * max(1.0, scale):.3g}); refusing to write {out_dir}")
+        report = {"base": str(base), "adapter": str(adapter), "lora_targets": len(targets),
+                  "max_weight_delta": max_delta, "max_logit_diff": diff, "logit_scale": scale, "verified": True}
+        write_json(Path(tmp) / "merge_report.json", report)
+    LOG.info("merged %s into %s: %d target weights changed (max |dW| %.3g), logits match within %.2g",
+             adapter, out_dir, len(targets), max_delta, diff)
+    return report

@@ -1,0 +1,197 @@
+"""Base models: build the embedded tiny Qwen2 model from the world corpus, load any model.
+
+The tiny tokenizer is a byte-level BPE with Qwen2's own pre-tokenizer (its regex, NFC),
+so transformers rebuilding it as a Qwen2 tokenizer on reload changes nothing. The chat
+tokens are special; the four tags are added tokens that are *not* special, so decoding
+with ``skip_special_tokens=True`` keeps them.
+"""
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import TAG_TOKENS
+from .io import atomic_dir, write_json
+from .logutil import LOG
+
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+QWEN2_PRETOKENIZE_REGEX = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+CHAT_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def train_dtype(device: torch.device) -> torch.dtype:
+    """bf16 on a GPU that supports it, fp32 otherwise (CPU)."""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def build_tokenizer(texts: list[str], vocab_size: int):
+    """Train the byte-level BPE on ``texts`` (special tokens split out first)."""
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token=None, fuse_unk=False, byte_fallback=False))
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN2_PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size - len(TAG_TOKENS), special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )
+
+    def plain(text: str) -> str:
+        for special in SPECIAL_TOKENS + list(TAG_TOKENS):
+            text = text.replace(special, "\n")
+        return text
+
+    tok.train_from_iterator((plain(t) for t in texts), trainer=trainer)
+    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in TAG_TOKENS])
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+        additional_special_tokens=["<|im_start|>"], clean_up_tokenization_spaces=False,
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def build_tiny_model(tokenizer, arch: dict[str, Any]):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    cfg = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=arch["hidden_size"],
+        intermediate_size=arch["intermediate_size"],
+        num_hidden_layers=arch["num_layers"],
+        num_attention_heads=arch["num_heads"],
+        num_key_value_heads=arch["num_kv_heads"],
+        max_position_embeddings=arch["max_position_embeddings"],
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    cfg._attn_implementation = "sdpa"
+    return Qwen2ForCausalLM(cfg)
+
+
+def load_model(path: str, device: torch.device | None = None, dtype: torch.dtype | None = None):
+    """Load a causal LM and its tokenizer from a local directory or a hub id."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = device or pick_device()
+    dtype = dtype or train_dtype(device)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa").to(device)
+    return model, tokenizer
+
+
+def _token_stream(tokenizer, texts: list[str]) -> torch.Tensor:
+    eot = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    ids: list[int] = []
+    for batch_start in range(0, len(texts), 1024):
+        for enc in tokenizer(texts[batch_start:batch_start + 1024], add_special_tokens=False)["input_ids"]:
+            ids.extend(enc)
+            ids.append(eot)
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def pretrain(model, tokenizer, texts: list[str], cfg: dict[str, Any], tb_dir: str | None = None,
+             device: torch.device | None = None) -> dict[str, float]:
+    """Causal-LM pretraining on the packed, shuffled corpus (a fresh shuffle per pass)."""
+    from torch.utils.tensorboard import SummaryWriter
+    from tqdm import tqdm
+    from transformers import get_cosine_schedule_with_warmup
+
+    device = device or pick_device()
+    set_seed(cfg["seed"])
+    gen = torch.Generator().manual_seed(cfg["seed"])
+    model.to(device).train()
+    seq, bsz = cfg["seq_len"], cfg["batch_size"]
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"], betas=(0.9, 0.95))
+    sched = get_cosine_schedule_with_warmup(opt, cfg["warmup_steps"], cfg["steps"])
+    writer = SummaryWriter(tb_dir) if tb_dir else None
+    order: list[int] = []
+    rng = random.Random(cfg["seed"])
+    chunks = None
+    losses: list[float] = []
+    t0, tokens = time.time(), 0
+    for step in tqdm(range(cfg["steps"]), desc="pretrain", mininterval=5):
+        if len(order) < bsz:
+            shuffled = texts[:]
+            rng.shuffle(shuffled)
+            stream = _token_stream(tokenizer, shuffled)
+            n = (len(stream) - 1) // seq
+            chunks = stream[: n * seq + 1]
+            order = torch.randperm(n, generator=gen).tolist()
+        idx, order = order[:bsz], order[bsz:]
+        batch = torch.stack([chunks[i * seq: i * seq + seq + 1] for i in idx]).to(device)
+        logits = model(input_ids=batch[:, :-1]).logits
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), batch[:, 1:].flatten())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        tokens += batch.numel()
+        losses.append(loss.item())
+        if writer:
+            writer.add_scalar("pretrain/loss", loss.item(), step)
+            writer.add_scalar("pretrain/lr", sched.get_last_lr()[0], step)
+            writer.add_scalar("pretrain/grad_norm", float(gnorm), step)
+            writer.add_scalar("pretrain/tokens_per_s", tokens / (time.time() - t0), step)
+    if writer:
+        writer.close()
+    elapsed = time.time() - t0
+    tail = losses[-20:]
+    return {"final_loss": sum(tail) / len(tail), "first_loss": losses[0], "steps": cfg["steps"],
+            "seconds": elapsed, "tokens_per_s": tokens / elapsed}
+
+
+def build_base(corpus_path: str, out_dir: str, tiny: dict[str, Any], pretrain_cfg: dict[str, Any],
+               tb_dir: str | None = None) -> dict[str, Any]:
+    """Tokenizer + tiny Qwen2 + pretraining, saved atomically as an HF directory."""
+    texts = [json.loads(line)["text"] for line in Path(corpus_path).read_text(encoding="utf-8").splitlines()
+             if line.strip()]
+    set_seed(pretrain_cfg["seed"])
+    tokenizer = build_tokenizer(texts, tiny["vocab_size"])
+    model = build_tiny_model(tokenizer, tiny)
+    n_params = sum(p.numel() for p in model.parameters())
+    LOG.info("tiny Qwen2: %d parameters, vocab %d", n_params, len(tokenizer))
+    stats = pretrain(model, tokenizer, texts, pretrain_cfg, tb_dir)
+    stats.update({"parameters": n_params, "vocab_size": len(tokenizer)})
+    LOG.info("pretraining: %s", stats)
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        write_json(Path(tmp) / "pretrain_metrics.json", stats)
+    return stats
+

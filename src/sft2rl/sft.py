@@ -1,0 +1,190 @@
+"""LoRA SFT, local backend: transformers + peft with our own training loop.
+
+Loss is computed on assistant tokens only, for every assistant turn of a multi-turn
+conversation. Assistant spans are found by rendering the chat template on growing
+prefixes of the conversation, so any chat template (ours, Qwen2.5's, Qwen3's) works.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .io import atomic_dir, read_parquet_rows, write_json
+from .logutil import LOG
+from .model import load_model, pick_device, set_seed, train_dtype
+
+IGNORE = -100
+
+
+def assistant_char_spans(tokenizer, messages: list[dict[str, str]]) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered conversation and the character spans of each assistant turn."""
+    full = tokenizer.apply_chat_template(messages, tokenize=False)
+    spans = []
+    for i, msg in enumerate(messages):
+        if msg["role"] != "assistant":
+            continue
+        start_text = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
+        end_text = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
+        if not full.startswith(start_text) or not full.startswith(end_text):
+            raise ValueError("chat template is not prefix-stable; cannot locate assistant turns for loss masking")
+        spans.append((len(start_text), len(end_text)))
+    return full, spans
+
+
+def encode_conversation(tokenizer, messages: list[dict[str, str]], max_length: int) -> dict[str, Any]:
+    """input_ids and labels (IGNORE outside assistant turns), truncated to max_length."""
+    text, spans = assistant_char_spans(tokenizer, messages)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = enc["input_ids"], enc["offset_mapping"]
+    labels = [
+        tok if any(s <= start and end <= e for s, e in spans) and end > start else IGNORE
+        for tok, (start, end) in zip(ids, offsets)
+    ]
+    truncated = len(ids) > max_length
+    return {"input_ids": ids[:max_length], "labels": labels[:max_length], "truncated": truncated}
+
+
+def collate(batch: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
+    width = max(len(b["input_ids"]) for b in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for i, b in enumerate(batch):
+        n = len(b["input_ids"])
+        ids[i, :n] = torch.tensor(b["input_ids"])
+        labels[i, :n] = torch.tensor(b["labels"])
+        mask[i, :n] = 1
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+def masked_lm_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """Sum of token losses over assistant tokens, and their count."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    logits, target = logits[:, :-1].float(), batch["labels"][:, 1:]
+    loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=IGNORE,
+                                             reduction="sum")
+    return loss, int((target != IGNORE).sum())
+
+
+def lora_config(lora: dict[str, Any], tokenizer, train_tokens: list[str]):
+    from peft import LoraConfig
+
+    ids = [tokenizer.convert_tokens_to_ids(t) for t in train_tokens
+           if t in tokenizer.get_vocab()]
+    return LoraConfig(
+        r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
+        target_modules=lora["target_modules"], task_type="CAUSAL_LM",
+        trainable_token_indices=sorted(set(ids)) or None,
+    )
+
+
+def evaluate_loss(model, data: list[dict], micro_batch: int, pad_id: int, device) -> float:
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(data), micro_batch):
+            batch = {k: v.to(device) for k, v in collate(data[i:i + micro_batch], pad_id).items()}
+            loss, n = masked_lm_loss(model, batch)
+            total, count = total + loss.item(), count + n
+    model.train()
+    return total / max(count, 1)
+
+
+def train_sft(base: str, train_file: str, val_file: str, out_dir: str, cfg: dict[str, Any],
+              devices: int = 1) -> dict[str, Any]:
+    """Train a LoRA adapter; write checkpoints/epoch_<k>/, tensorboard/ and metrics.json in out_dir."""
+    from peft import get_peft_model
+    from torch.utils.tensorboard import SummaryWriter
+    from tqdm import tqdm
+    from transformers import get_scheduler
+
+    set_seed(cfg["seed"])
+    device = pick_device()
+    model, tokenizer = load_model(base, device, train_dtype(device))
+    if cfg["gradient_checkpointing"]:
+        model.gradient_checkpointing_enable()
+        model.enable_input_require_grads()
+    model = get_peft_model(model, lora_config(cfg["lora"], tokenizer, cfg["train_tokens"]))
+    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+    def encode(path: str) -> tuple[list[dict], int]:
+        rows = read_parquet_rows(path)
+        enc = [encode_conversation(tokenizer, r["messages"], cfg["max_length"]) for r in rows]
+        return enc, sum(e["truncated"] for e in enc)
+
+    train, n_trunc = encode(train_file)
+    val, n_trunc_val = encode(val_file)
+    LOG.info("SFT: %d train rows (%d truncated at %d tokens), %d val rows (%d truncated); %d trainable params",
+             len(train), n_trunc, cfg["max_length"], len(val), n_trunc_val, n_trainable)
+
+    micro = cfg["micro_batch"]
+    accum = max(1, cfg["train_batch"] // (micro * devices))
+    steps_per_epoch = math.ceil(len(train) / (micro * accum))
+    total_steps = steps_per_epoch * cfg["epochs"]
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg["lr"],
+                            weight_decay=cfg["weight_decay"])
+    sched = get_scheduler(cfg["lr_scheduler"], opt, num_warmup_steps=int(cfg["warmup_ratio"] * total_steps),
+                          num_training_steps=total_steps)
+    out = Path(out_dir)
+    writer = SummaryWriter(str(out / "tensorboard"))
+    gen = torch.Generator().manual_seed(cfg["seed"])
+    history: list[dict[str, float]] = []
+    step, t0, tokens = 0, time.time(), 0
+    pad_id = tokenizer.pad_token_id
+    bar = tqdm(total=total_steps, desc="sft", mininterval=5)
+    writer.add_scalar("val/loss", evaluate_loss(model, val, micro, pad_id, device), 0)
+    for epoch in range(1, cfg["epochs"] + 1):
+        order = torch.randperm(len(train), generator=gen).tolist()
+        for s in range(steps_per_epoch):
+            rows = [train[i] for i in order[s * micro * accum:(s + 1) * micro * accum]]
+            micro_batches = [collate(rows[i:i + micro], pad_id) for i in range(0, len(rows), micro)]
+            n_tok = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in micro_batches)
+            step_loss = 0.0
+            for b in micro_batches:
+                b = {k: v.to(device) for k, v in b.items()}
+                loss, _ = masked_lm_loss(model, b)
+                (loss / n_tok).backward()
+                step_loss += loss.item() / n_tok
+                tokens += int(b["attention_mask"].sum())
+            gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            bar.update(1)
+            writer.add_scalar("train/loss", step_loss, step)
+            writer.add_scalar("train/lr", sched.get_last_lr()[0], step)
+            writer.add_scalar("train/grad_norm", float(gnorm), step)
+            writer.add_scalar("train/tokens_per_s", tokens / (time.time() - t0), step)
+        val_loss = evaluate_loss(model, val, micro, pad_id, device)
+        writer.add_scalar("val/loss", val_loss, step)
+        history.append({"epoch": epoch, "step": step, "train_loss": step_loss, "val_loss": val_loss})
+        LOG.info("epoch %d: train loss %.4f, val loss %.4f", epoch, step_loss, val_loss)
+        with atomic_dir(out / "checkpoints" / f"epoch_{epoch}") as tmp:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            write_json(Path(tmp) / "trainer_state.json", history[-1])
+    bar.close()
+    writer.close()
+    metrics = {
+        "epochs": history, "steps": step, "seconds": time.time() - t0, "train_rows": len(train),
+        "truncated_rows": n_trunc, "trainable_params": n_trainable, "grad_accum": accum,
+        "best_epoch": min(history, key=lambda h: h["val_loss"])["epoch"],
+    }
+    write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def choose_checkpoint(run_dir: str, which: str) -> Path:
+    """``last`` epoch, or ``best``: the epoch with the lowest validation loss."""
+    metrics = json.loads((Path(run_dir) / "metrics.json").read_text())
+    epoch = metrics["best_epoch"] if which == "best" else metrics["epochs"][-1]["epoch"]
+    path = Path(run_dir) / "checkpoints" / f"epoch_{epoch}"
+    if not (path / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"{path}: no adapter_config.json (is this a step/epoch checkpoint directory?)")
+    return path

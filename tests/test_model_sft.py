@@ -1,0 +1,122 @@
+"""Tiny base model round trip, SFT loss masking and training, verified merge."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from sft2rl import TAG_TOKENS
+from sft2rl.io import write_parquet
+from sft2rl.merge import MergeError, merge_adapter
+from sft2rl.sft import IGNORE, choose_checkpoint, encode_conversation, train_sft
+from sft2rl.world import chat_text
+
+@pytest.fixture(scope="module")
+def world(tiny_world):
+    return tiny_world
+
+
+@pytest.fixture(scope="module")
+def base_dir(tiny_base):
+    return tiny_base
+
+
+def test_base_round_trip(base_dir, world):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(base_dir)
+    model = AutoModelForCausalLM.from_pretrained(base_dir)
+    text = world["sft_rows"][0]["messages"][2]["content"]
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    for tag in TAG_TOKENS:  # single tokens, not special: skip_special_tokens keeps them
+        assert tok.convert_tokens_to_ids(tag) in ids or tag not in text
+    assert tok.decode(ids, skip_special_tokens=True) == text
+    for doc in world["corpus"][:50]:
+        assert tok.decode(tok(doc["text"], add_special_tokens=False)["input_ids"]) == doc["text"]
+    rendered = tok.apply_chat_template(world["sft_rows"][0]["messages"], tokenize=False)
+    assert rendered == chat_text(world["sft_rows"][0]["messages"])
+    x = torch.tensor([ids])
+    again = AutoModelForCausalLM.from_pretrained(base_dir)
+    assert torch.equal(model(x).logits, again(x).logits)
+
+
+def test_loss_mask_covers_exactly_the_assistant_turns(base_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(base_dir)
+    msgs = [{"role": "system", "content": "You are a helpful proactive assistant."},
+            {"role": "user", "content": "What is 3 plus 9?"},
+            {"role": "assistant", "content": "<think>\nI add.\n</think>\n\n3 plus 9 is 12."},
+            {"role": "user", "content": "And 4 plus 8?"},
+            {"role": "assistant", "content": "4 plus 8 is 12."}]
+    enc = encode_conversation(tok, msgs, max_length=512)
+    assert not enc["truncated"]
+    trained = [t for t, lab in zip(enc["input_ids"], enc["labels"]) if lab != IGNORE]
+    assert tok.decode(trained) == (msgs[2]["content"] + "<|im_end|>\n" + msgs[4]["content"] + "<|im_end|>\n")
+    masked = tok.decode([t for t, lab in zip(enc["input_ids"], enc["labels"]) if lab == IGNORE])
+    assert "What is 3 plus 9?" in masked and "And 4 plus 8?" in masked and "helpful" in masked
+    assert "12" not in masked
+    short = encode_conversation(tok, msgs, max_length=10)
+    assert short["truncated"] and len(short["input_ids"]) == 10
+
+
+SFT_CFG = dict(seed=0, val_size=8, with_thinking=True, epochs=3, lr=3e-2, lr_scheduler="constant",
+               warmup_ratio=0.0, weight_decay=0.0, train_batch=4, micro_batch=2, max_length=256, grad_clip=1.0,
+               gradient_checkpointing=False, lora=dict(r=8, alpha=16, dropout=0.0, target_modules="all-linear"),
+               train_tokens=list(TAG_TOKENS) + ["<|im_end|>"])
+
+
+@pytest.fixture(scope="module")
+def sft_run(tmp_path_factory, base_dir, world):
+    d = tmp_path_factory.mktemp("sft")
+    rows = [{"messages": r["messages"], "id": r["id"]} for r in world["sft_rows"]]
+    write_parquet(d / "train.parquet", rows[:16])
+    write_parquet(d / "val.parquet", rows[16:24])
+    metrics = train_sft(str(base_dir), str(d / "train.parquet"), str(d / "val.parquet"), str(d / "run"), SFT_CFG)
+    return d / "run", metrics
+
+
+def test_sft_loss_goes_down_and_checkpoints_every_epoch(sft_run):
+    run, metrics = sft_run
+    losses = [e["val_loss"] for e in metrics["epochs"]]
+    assert len(losses) == 3 and losses[-1] < losses[0] - 0.5
+    for k in (1, 2, 3):
+        assert (run / "checkpoints" / f"epoch_{k}" / "adapter_config.json").is_file()
+    assert metrics["grad_accum"] == 2 and metrics["steps"] == 3 * 4
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    saved = json.loads((run / "metrics.json").read_text())
+    assert saved["best_epoch"] == min(saved["epochs"], key=lambda e: e["val_loss"])["epoch"]
+    assert choose_checkpoint(str(run), "last").name == "epoch_3"
+    assert choose_checkpoint(str(run), "best").name == f"epoch_{saved['best_epoch']}"
+
+
+def test_merge_verified_on_trained_adapter(sft_run, base_dir, tmp_path):
+    run, _ = sft_run
+    out = tmp_path / "merged"
+    out.mkdir()
+    (out / "stale.txt").write_text("from an earlier run")  # re-running over an existing output works
+    report = merge_adapter(str(base_dir), str(run / "checkpoints" / "epoch_3"), str(out))
+    assert report["verified"] and report["max_weight_delta"] > 0 and report["max_logit_diff"] < 1e-3
+    assert not (out / "stale.txt").exists() and (out / "tokenizer_config.json").is_file()
+    # the embedding rows of the tags are trained and folded in
+    assert report["lora_targets"] > 2 * 7
+
+
+def test_merge_refuses_untrained_adapter_and_run_dir(sft_run, base_dir, tmp_path):
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from sft2rl.sft import lora_config
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(base_dir)
+    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir),
+                                lora_config(SFT_CFG["lora"], tok, []))  # B = 0: an untrained adapter
+    peft_model.save_pretrained(tmp_path / "untrained")
+    with pytest.raises(MergeError, match="merge changed nothing"):
+        merge_adapter(str(base_dir), str(tmp_path / "untrained"), str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+    run, _ = sft_run
+    with pytest.raises(MergeError, match="not a run directory"):
+        merge_adapter(str(base_dir), str(run), str(tmp_path / "out2"))

@@ -1,0 +1,8 @@
+from sft2rl.logutil import script_errors
+from sft2rl.model import build_base
+from sft2rl.resources import use_job_threads
+
+with script_errors(snakemake) as log:
+    log.info("threads: %d", use_job_threads(snakemake.threads))
+    build_base(snakemake.input.corpus, snakemake.output[0], snakemake.params.tiny,
+               snakemake.params.pretrain, snakemake.params.tensorboard)

@@ -1,0 +1,14 @@
+from sft2rl.evaluate import evaluate_model
+from sft2rl.logutil import script_errors
+from sft2rl.resources import use_job_threads
+
+with script_errors(snakemake) as log:
+    use_job_threads(snakemake.threads)
+    e = snakemake.params.eval
+    metrics = evaluate_model(
+        snakemake.params.model, snakemake.input.test, snakemake.output.answers, snakemake.output.metrics,
+        reward=snakemake.params.reward, max_new_tokens=e["max_new_tokens"], batch_size=e["batch_size"],
+        k_samples=e["k_samples"], temperature=e["temperature"], seed=e["seed"],
+        difficulty_ref=snakemake.input.ref[0] if snakemake.input.ref else None,
+    )
+    log.info("eval %s: %s", snakemake.wildcards.model, metrics)
