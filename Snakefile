@@ -15,6 +15,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/model.smk"
 include: "workflow/rules/sft.smk"
 include: "workflow/rules/grpo.smk"
+include: "workflow/rules/verl.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 

@@ -8,10 +8,12 @@ Design (why a ~1M-parameter model can learn the knowable part):
   final answer the SFT teaches is that same sentence, so answering needs no copying from
   ``<think>``: it is a continuation the base model already saw in the chat format.
 * Arithmetic: "What is a plus b?" for two-digit sums (so the ground truth is never a
-  substring of a wrong sum), stated in the corpus the same way.
+  substring of a wrong sum), stated in the corpus the same way; the answer is "The answer
+  is 14." (repeating the operands would need copying digits, which a tiny model fails).
 * Context: the fact is given in the question ("Nora has a red cup. What color is the cup
-  of Nora?"); the corpus holds thousands of fresh examples so copying from the prompt is
-  learned in pretraining.
+  of Nora?" -> "It is red."); the corpus holds thousands of fresh examples so reading
+  the prompt is learned in pretraining. The tiny model gets these only partly right: a
+  medium-difficulty class.
 * Unknown countries: the same questions about countries that appear nowhere in the corpus.
   Their ground truth is the world's hidden fact, honest but unknowable to the model.
 
@@ -128,7 +130,7 @@ def build_world(cfg: dict[str, Any], system_prompt: str = SYSTEM_PROMPT) -> dict
     arith_pairs = [(a, b) for a in range(1, top + 1) for b in range(1, top + 1) if a + b >= 10]
     for a, b in arith_pairs:
         questions.append(Question("arithmetic", True, f"What is {a} plus {b}?", str(a + b),
-                                  f"{a} plus {b} is {a + b}.", f"{a}+{b}"))
+                                  f"The answer is {a + b}.", f"{a}+{b}"))
     for _ in range(cfg["n_context_questions"]):
         questions.append(_context_question(rng))
     rng.shuffle(questions)
@@ -182,7 +184,7 @@ def build_world(cfg: dict[str, Any], system_prompt: str = SYSTEM_PROMPT) -> dict
 def _context_question(rng: random.Random) -> Question:
     person, color, obj = rng.choice(PEOPLE), rng.choice(COLORS), rng.choice(OBJECTS)
     question = f"{person} has a {color} {obj}. What color is the {obj} of {person}?"
-    return Question("context", True, question, color, f"The {obj} of {person} is {color}.", person)
+    return Question("context", True, question, color, f"It is {color}.", person)
 
 
 def sft_response(q: Question) -> str:
@@ -229,7 +231,7 @@ def build_corpus(rng: random.Random, known: list[dict[str, str]], relations: lis
                 docs.append(chat(q_t.format(e=ent["name"]), answer))
         for a, b in arith_pairs:
             docs.append(f"{a} plus {b} is {a + b}.")
-            docs.append(chat(f"What is {a} plus {b}?", f"{a} plus {b} is {a + b}."))
+            docs.append(chat(f"What is {a} plus {b}?", f"The answer is {a + b}."))
     for _ in range(cfg["n_context_corpus"]):
         q = _context_question(rng)
         docs.append(chat(q.question, q.answer_sentence))

@@ -32,7 +32,7 @@ wildcard_constraints:
 
 def code(*modules):
     """Package modules a rule runs: inputs, so a code change reruns what it touched."""
-    return [f"src/sft2rl/{m}.py" for m in modules]
+    return [str(Path(workflow.basedir) / "src" / "sft2rl" / f"{m}.py") for m in modules]
 
 
 def base_input(wildcards=None):

@@ -1,0 +1,289 @@
+"""GRPO with the group-aware reward, local backend (one process, CPU or one GPU).
+
+The math is verl's own: group advantages (``compute_grpo_outcome_advantage``), the clipped
+policy loss (``compute_policy_loss_vanilla``), the KL estimator (``kl_penalty``) and the
+loss aggregation (``agg_loss``) are imported from ``verl.trainer.ppo.core_algos``, which is
+pure torch and runs on CPU, so this loop computes exactly what verl computes. What verl
+cannot serve on CPU is written here: rollouts (verl 0.9 only rolls out with vLLM/SGLang on
+GPU; we use HF ``generate``), the group-aware reward (verl calls reward functions one
+rollout at a time) and the training loop itself.
+
+Restart safety: every ``save_freq`` steps a checkpoint (policy, optimizer, step) is
+written atomically; a restarted job resumes from the latest one whose config matches.
+Data order and sampling seeds are functions of (seed, step), so a resumed run reaches
+the same final step on the same batches.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .generation import generate
+from .io import atomic_dir, read_parquet_rows, write_json
+from .logutil import LOG
+from .model import load_model, pick_device, set_seed, train_dtype
+from .reward import group_aware_details
+
+REWARD_KEYS = ("beta", "format_bonus", "min_proactive_length", "match", "acc_over")
+
+
+@dataclass
+class ActorLossConfig:
+    """The fields of verl's ActorConfig that ``compute_policy_loss_vanilla`` reads."""
+
+    clip_ratio: float
+    clip_ratio_low: float | None = None
+    clip_ratio_high: float | None = None
+    clip_ratio_c: float = 3.0
+    global_batch_info: dict = field(default_factory=dict)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return getattr(self, key, default)
+
+
+def config_hash(cfg: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def grpo_advantages(scores: torch.Tensor, response_mask: torch.Tensor, group_ids: np.ndarray,
+                    norm_by_std: bool) -> torch.Tensor:
+    """verl's GRPO outcome advantage: the sequence score sits on the last response token."""
+    from verl.trainer.ppo.core_algos import compute_grpo_outcome_advantage
+
+    token_rewards = torch.zeros_like(response_mask, dtype=torch.float32)
+    last = response_mask.sum(dim=1).clamp(min=1) - 1
+    token_rewards[torch.arange(len(scores)), last] = scores.float()
+    adv, _ = compute_grpo_outcome_advantage(token_rewards, response_mask.float(), group_ids,
+                                            norm_adv_by_std_in_grpo=norm_by_std)
+    return adv
+
+
+def response_logprobs(model, gen_prompt_ids, prompt_mask, response_ids, response_mask, temperature: float,
+                      with_entropy: bool = False):
+    """Per-token log-probs (and entropy) of the response under ``model``, logits / temperature."""
+    from verl.utils.torch_functional import entropy_from_logits, logprobs_from_logits
+
+    ids = torch.cat([gen_prompt_ids, response_ids], dim=1)
+    mask = torch.cat([prompt_mask, response_mask], dim=1)
+    position_ids = (mask.cumsum(dim=1) - 1).clamp(min=0)  # what generate() used with left padding
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids).logits.float()
+    p = gen_prompt_ids.shape[1]
+    logits = logits[:, p - 1:-1] / temperature
+    logp = logprobs_from_logits(logits, response_ids)
+    ent = entropy_from_logits(logits) if with_entropy else None
+    return logp, ent
+
+
+def _batches(n_rows: int, batch: int, seed: int, epoch: int) -> list[list[int]]:
+    order = torch.randperm(n_rows, generator=torch.Generator().manual_seed(seed * 1000 + epoch)).tolist()
+    return [order[i:i + batch] for i in range(0, n_rows - batch + 1, batch)]
+
+
+def _latest_checkpoint(ckpt_root: Path, chash: str) -> Path | None:
+    best = None
+    for d in sorted(ckpt_root.glob("step_*"), key=lambda p: int(p.name.split("_")[1])):
+        state = d / "trainer_state.json"
+        if state.is_file() and json.loads(state.read_text()).get("config_hash") == chash:
+            best = d
+    return best
+
+
+def train_grpo(init_model: str, train_file: str, run_dir: str, cfg: dict[str, Any], reward_cfg: dict[str, Any],
+               stop_after: int | None = None) -> dict[str, Any]:
+    """Run GRPO; checkpoints in run_dir/checkpoints, TensorBoard in run_dir/tensorboard.
+
+    Returns the summary; the policy of the last step is at ``summary['last_checkpoint']``.
+    ``stop_after`` ends the process early after that many steps (used to test resume).
+    """
+    from torch.utils.tensorboard import SummaryWriter
+    from tqdm import tqdm
+    from verl.trainer.ppo.core_algos import agg_loss, compute_policy_loss_vanilla, kl_penalty
+
+    run = Path(run_dir)
+    ckpt_root = run / "checkpoints"
+    chash = config_hash({"init": str(init_model), "rl": cfg, "reward": reward_cfg, "train": str(train_file)})
+    device = pick_device()
+    set_seed(cfg["seed"])
+    model, tokenizer = load_model(init_model, device, train_dtype(device))
+    rows = read_parquet_rows(train_file)
+    steps_per_epoch = len(rows) // cfg["train_batch"]
+    if steps_per_epoch == 0:
+        raise ValueError(f"rl.train_batch = {cfg['train_batch']} is larger than the train set ({len(rows)} rows)")
+    total = cfg["total_steps"] or steps_per_epoch * cfg["epochs"]
+
+    resume = _latest_checkpoint(ckpt_root, chash)
+    if cfg["train_mode"] == "lora":
+        from peft import LoraConfig, PeftModel, get_peft_model
+
+        if resume:
+            model = PeftModel.from_pretrained(model, resume / "policy", is_trainable=True)
+        else:
+            lc = cfg["lora"]
+            model = get_peft_model(model, LoraConfig(r=lc["r"], lora_alpha=lc["alpha"], lora_dropout=lc["dropout"],
+                                                     target_modules=lc["target_modules"], task_type="CAUSAL_LM"))
+        ref_model = None  # the reference is the same model with the adapter disabled
+    else:
+        ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+        if resume:
+            from transformers import AutoModelForCausalLM
+
+            model = AutoModelForCausalLM.from_pretrained(resume / "policy", dtype=train_dtype(device)).to(device)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=0.0)
+    start = 0
+    history: list[dict[str, float]] = []
+    if resume:
+        opt.load_state_dict(torch.load(resume / "optimizer.pt", map_location=device))
+        state = json.loads((resume / "trainer_state.json").read_text())
+        start, history = state["step"], state["history"]
+        LOG.info("resuming from %s (step %d of %d)", resume, start, total)
+    elif ckpt_root.exists():
+        shutil.rmtree(ckpt_root)  # checkpoints of another config: never resume from them
+
+    loss_cfg = ActorLossConfig(clip_ratio=cfg["clip_ratio"])
+    rkw = {k: reward_cfg[k] for k in REWARD_KEYS}
+    n, bsz, mini = cfg["n"], cfg["train_batch"], cfg["ppo_mini_batch"]
+    writer = SummaryWriter(str(run / "tensorboard"), purge_step=start + 1 if start else None)
+    t0, tokens_done = time.time(), 0
+    bar = tqdm(total=total, initial=start, desc="grpo", mininterval=5)
+    last_ckpt = resume
+    for step in range(start + 1, total + 1):
+        epoch, pos = divmod(step - 1, steps_per_epoch)
+        batch_rows = [rows[i] for i in _batches(len(rows), bsz, cfg["seed"], epoch)[pos]]
+        torch.manual_seed(cfg["seed"] * 1_000_003 + step)
+        gen = generate(model, tokenizer, [r["prompt"] for r in batch_rows], max_new_tokens=cfg["max_response_length"],
+                       do_sample=True, temperature=cfg["temperature"], top_p=cfg["top_p"], num_return_sequences=n,
+                       max_prompt_length=cfg["max_prompt_length"])
+        details = []
+        for g, r in enumerate(batch_rows):
+            details += group_aware_details(gen.texts[g * n:(g + 1) * n], r["reward_model"]["ground_truth"], **rkw)
+        scores = torch.tensor([d.reward for d in details], device=device)
+        group_ids = np.repeat(np.arange(bsz), n)
+        rmask = gen.response_mask
+        adv = grpo_advantages(scores, rmask, group_ids, cfg["norm_adv_by_std"])
+        with torch.no_grad():
+            old_logp, _ = response_logprobs(model, gen.prompt_ids, gen.prompt_mask, gen.response_ids, rmask,
+                                            cfg["temperature"])
+            if ref_model is None:
+                with model.disable_adapter():
+                    ref_logp, _ = response_logprobs(model, gen.prompt_ids, gen.prompt_mask, gen.response_ids, rmask,
+                                                    cfg["temperature"])
+            else:
+                ref_logp, _ = response_logprobs(ref_model, gen.prompt_ids, gen.prompt_mask, gen.response_ids, rmask,
+                                                cfg["temperature"])
+        stats: dict[str, list[float]] = {"pg_loss": [], "kl": [], "entropy": [], "clipfrac": [], "grad_norm": [],
+                                         "ppo_kl": []}
+        for _ in range(cfg["ppo_epochs"]):
+            for m0 in range(0, bsz, mini):
+                sl = slice(m0 * n, (m0 + mini) * n)
+                logp, ent = response_logprobs(model, gen.prompt_ids[sl], gen.prompt_mask[sl], gen.response_ids[sl],
+                                              rmask[sl], cfg["temperature"], with_entropy=True)
+                mask = rmask[sl].float()
+                pg_loss, pg_m = compute_policy_loss_vanilla(old_logp[sl], logp, adv[sl], mask, "token-mean", loss_cfg)
+                kl = agg_loss(kl_penalty(logp, ref_logp[sl], cfg["kl_type"]), mask, "token-mean")
+                entropy = agg_loss(ent, mask, "token-mean")
+                loss = pg_loss - cfg["entropy_coef"] * entropy
+                if cfg["use_kl_loss"]:
+                    loss = loss + cfg["kl_coef"] * kl
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                gnorm = torch.nn.utils.clip_grad_norm_(params, cfg["grad_clip"])
+                if torch.isfinite(gnorm):
+                    opt.step()
+                stats["pg_loss"].append(pg_loss.item())
+                stats["kl"].append(kl.item())
+                stats["entropy"].append(entropy.item())
+                stats["clipfrac"].append(pg_m["actor/pg_clipfrac"])
+                stats["ppo_kl"].append(pg_m["actor/ppo_kl"])
+                stats["grad_norm"].append(float(gnorm))
+        tokens_done += int(rmask.sum())
+        metrics = {
+            "step": step,
+            "reward_mean": float(scores.mean()), "reward_std": float(scores.std()),
+            "accuracy": float(np.mean([d.correct for d in details])),
+            "format_rate": float(np.mean([d.has_think and d.has_proactive for d in details])),
+            "proactive_rate": float(np.mean([d.has_proactive for d in details])),
+            "group_accuracy": float(np.mean([d.group_accuracy for d in details])),
+            "response_length": float(rmask.sum(dim=1).float().mean()),
+            "tokens_per_s": tokens_done / (time.time() - t0),
+            **{k: float(np.mean(v)) for k, v in stats.items()},
+        }
+        for key, split in (("knowable", True), ("unknowable", False)):
+            sel = [d for d, r in zip(details, np.repeat(batch_rows, n)) if r["extra_info"].get("knowable") is split]
+            if sel:
+                metrics[f"proactive_rate_{key}"] = float(np.mean([d.has_proactive for d in sel]))
+        history.append(metrics)
+        for k, v in metrics.items():
+            if k != "step":
+                writer.add_scalar(f"rl/{k}", v, step)
+        bar.update(1)
+        bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", kl=f"{metrics['kl']:.4f}")
+        if step % cfg["save_freq"] == 0 or step == total:
+            last_ckpt = _save_checkpoint(ckpt_root / f"step_{step}", model, tokenizer, opt, step, history, chash)
+        if stop_after is not None and step >= start + stop_after:
+            break
+    bar.close()
+    writer.close()
+    done = history[-1]["step"] if history else 0
+    summary = {"steps": done, "total_steps": total, "seconds": time.time() - t0, "config_hash": chash,
+               "last_checkpoint": str(last_ckpt) if last_ckpt else None, "train_mode": cfg["train_mode"],
+               "first": history[0] if history else None, "last": history[-1] if history else None,
+               "reward_first10": _avg(history[:10], "reward_mean"), "reward_last10": _avg(history[-10:], "reward_mean")}
+    return summary
+
+
+def _avg(hist: list[dict], key: str) -> float | None:
+    vals = [h[key] for h in hist if key in h]
+    return float(np.mean(vals)) if vals else None
+
+
+def _save_checkpoint(path: Path, model, tokenizer, opt, step: int, history: list, chash: str) -> Path:
+    with atomic_dir(path) as tmp:
+        model.save_pretrained(Path(tmp) / "policy")
+        tokenizer.save_pretrained(Path(tmp) / "policy")
+        torch.save(opt.state_dict(), Path(tmp) / "optimizer.pt")
+        write_json(Path(tmp) / "trainer_state.json", {"step": step, "history": history, "config_hash": chash})
+    return path
+
+
+def export_final(init_model: str, summary: dict[str, Any], out_dir: str) -> dict[str, Any]:
+    """Write the last policy as a plain HF directory (LoRA folded in and verified).
+
+    A LoRA policy whose adapter never moved (every lora_B still zero: no group ever had a
+    reward spread, so every advantage was 0) *is* the init model; it is exported as such
+    and reported with ``policy_changed: false`` rather than passed to the merge, which
+    rightly refuses a merge that changes nothing.
+    """
+    from .merge import merge_adapter
+
+    policy = Path(summary["last_checkpoint"]) / "policy"
+    if summary["train_mode"] == "lora":
+        if not _adapter_moved(policy):
+            LOG.warning("GRPO made no update (all advantages were zero): exporting the init model unchanged")
+            with atomic_dir(out_dir) as tmp:
+                model, tokenizer = load_model(init_model, torch.device("cpu"), torch.float32)
+                model.save_pretrained(tmp)
+                tokenizer.save_pretrained(tmp)
+            return {"policy_changed": False}
+        return {"policy_changed": True, **merge_adapter(init_model, str(policy), out_dir)}
+    with atomic_dir(out_dir) as tmp:
+        for f in policy.iterdir():
+            shutil.copy2(f, Path(tmp) / f.name)
+    return {"policy_changed": True, "copied": str(policy)}
+
+
+def _adapter_moved(policy: Path) -> bool:
+    from safetensors.torch import load_file
+
+    weights = load_file(str(policy / "adapter_model.safetensors"))
+    return any(t.abs().max() > 0 for k, t in weights.items() if "lora_B" in k)

@@ -1,0 +1,344 @@
+"""Figures (GRPO training curves, ablations) and the paper build.
+
+Every figure is written twice, as ``<stem>.png`` and ``<stem>.pdf``, each through
+:func:`sft2rl.io.atomic_file` (temporary sibling, then ``os.replace``), so an interrupted
+job never leaves a half-written figure. The paper is built by latexmk into a temporary
+output directory and only ``main.pdf`` is moved into place.
+
+Inputs:
+
+* TensorBoard event files of the GRPO runs (``results/rl/<run>/tensorboard/``), read with
+  TensorBoard's own EventAccumulator: a resumed run (several event files in one directory,
+  the later one starting with a purge at the resume step) reads as one curve, and for a
+  step logged twice the later event wins.
+* the ablation tables of :mod:`sft2rl.tables` (``results/ablation_<name>.csv``).
+
+matplotlib and pandas are imported lazily, so importing this module (as the workflow does
+at DAG time for the list of figure names) costs nothing.
+"""
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from .io import DataError, atomic_file
+from .runs import parse_rl
+
+# ------------------------------------------------------------------ names
+FIGURE_FORMATS = ("png", "pdf")
+CURVE_TAGS = {"reward_curves": ("rl/reward_mean", "mean reward (training batch)"),
+              "kl_curves": ("rl/kl", "KL to reference (low-var)")}
+ABLATION_NAMES = ("beta", "sft_samples", "sft")
+FIGURE_STEMS = (*CURVE_TAGS, *(f"ablation_{a}" for a in ABLATION_NAMES), "proactive_vs_beta")
+
+# Metrics of the ablation figures (column prefix in the table -> panel title).
+ABLATION_METRICS = {
+    "mean_reward": "mean reward",
+    "accuracy_knowable": "accuracy (knowable)",
+    "proactive_rate_knowable": "proactive rate (knowable)",
+    "proactive_rate_unknowable": "proactive rate (unknowable)",
+}
+TABLE_COLUMNS = ["ablation", "variant", "kind", "n_seeds", "init", "beta", "sft_samples"]
+ABLATION_TITLES = {"beta": r"Ablation: reward weight $\beta$", "sft_samples": "Ablation: number of SFT samples",
+                   "sft": "Ablation: SFT warm-up before GRPO"}
+DPI = 150
+
+
+def figure_paths(out_dir: str | os.PathLike, stems: Iterable[str] = FIGURE_STEMS) -> list[str]:
+    """The files :func:`make_figures` writes under ``out_dir`` (PNG and PDF of every stem)."""
+    return [str(Path(out_dir) / f"{s}.{ext}") for s in stems for ext in FIGURE_FORMATS]
+
+
+# ------------------------------------------------------------------ reading
+def read_scalars(tb_dir: str | os.PathLike) -> dict[str, list[tuple[int, float]]]:
+    """All scalar series of one TensorBoard directory: ``{tag: [(step, value), ...]}``.
+
+    Event files are read in name (= creation time) order, TensorBoard's purge of orphaned
+    steps after a restart is honoured, and for a step logged more than once the last event
+    read wins. Steps come back sorted. A missing or empty directory gives ``{}``.
+    """
+    from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
+
+    tb_dir = Path(tb_dir)
+    if not tb_dir.is_dir() or not any(p.name.startswith("events.out.tfevents") for p in tb_dir.iterdir()):
+        return {}
+    acc = EventAccumulator(str(tb_dir), size_guidance={SCALARS: 0}, purge_orphaned_data=True)
+    acc.Reload()
+    out: dict[str, list[tuple[int, float]]] = {}
+    for tag in acc.Tags().get("scalars", []):
+        by_step: dict[int, float] = {}
+        for ev in acc.Scalars(tag):  # in load order: a later duplicate overwrites
+            by_step[int(ev.step)] = float(ev.value)
+        out[tag] = sorted(by_step.items())
+    return out
+
+
+def load_curves(tb_dirs: Mapping[str, str | os.PathLike], tag: str) -> dict[str, list[tuple[int, float]]]:
+    """``{run: [(step, value), ...]}`` for one tag; runs without that tag are left out."""
+    curves = {}
+    for run, d in tb_dirs.items():
+        series = read_scalars(d).get(tag)
+        if series:
+            curves[run] = series
+    return curves
+
+
+def read_ablation(path: str | os.PathLike):
+    """An ablation table (CSV of :mod:`sft2rl.tables`) as a DataFrame, columns checked."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, None, None, "file not found")
+    frame = pd.read_csv(path)
+    for col in TABLE_COLUMNS + [f"{m}_{s}" for m in ABLATION_METRICS for s in ("mean", "std")]:
+        if col not in frame.columns:
+            raise DataError(path, None, col, "missing column (expected an ablation table of sft2rl.tables)")
+    return frame
+
+
+# ------------------------------------------------------------------ drawing helpers
+def _figure(nrows: int = 1, ncols: int = 1, figsize=(7.0, 4.0)):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize, layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    return fig, axes
+
+
+def save_figure(fig, stem: str | os.PathLike) -> list[str]:
+    """Write ``<stem>.png`` and ``<stem>.pdf`` atomically; returns the two paths."""
+    written = []
+    for ext in FIGURE_FORMATS:
+        path = Path(f"{stem}.{ext}")
+        meta = {"CreationDate": None} if ext == "pdf" else {"Software": None}
+        with atomic_file(path) as tmp:  # tmp ends in .tmp: pass the format explicitly
+            fig.savefig(tmp, format=ext, dpi=DPI, metadata=meta)
+        written.append(str(path))
+    return written
+
+
+def smooth_ema(values: list[float], weight: float) -> list[float]:
+    """TensorBoard-style debiased exponential moving average (weight 0: unchanged)."""
+    if not 0.0 <= weight < 1.0:
+        raise ValueError(f"smoothing weight must be in [0, 1), got {weight}")
+    out, last, norm = [], 0.0, 0.0
+    for v in values:
+        if math.isnan(v):
+            out.append(float("nan"))
+            continue
+        last = weight * last + (1.0 - weight) * v
+        norm = weight * norm + (1.0 - weight)
+        out.append(last / norm)
+    return out
+
+
+def _run_group(run: str) -> tuple[tuple, str]:
+    """Sort key and legend label of the configuration of a run (init and beta; seeds share it)."""
+    try:
+        p = parse_rl(run)
+    except ValueError:
+        return (2, run, 0.0), run
+    init = p["init"]
+    n = int(init[3:].split("_")[0]) if init.startswith("sft") else -1
+    return (0 if init == "base" else 1, n, p["beta"]), f"init={init}, β={p['beta']:g}"
+
+
+def _no_data(ax, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="gray")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+# ------------------------------------------------------------------ figures
+def plot_curves(curves: Mapping[str, list[tuple[int, float]]], ylabel: str, stem: str | os.PathLike, *,
+                title: str = "", smooth: float = 0.6) -> list[str]:
+    """One line per run, coloured by configuration (init, beta); raw thin, smoothed bold."""
+    fig, axes = _figure(figsize=(7.5, 4.2))
+    ax = axes[0][0]
+    groups: dict[str, tuple] = {}
+    for run in curves:
+        key, label = _run_group(run)
+        groups.setdefault(label, key)
+    order = sorted(groups, key=lambda lab: groups[lab])
+    colors = {lab: f"C{i % 10}" for i, lab in enumerate(order)}
+    labelled = set()
+    for run in sorted(curves, key=lambda r: (_run_group(r)[0], r)):
+        steps = [s for s, _ in curves[run]]
+        vals = [v for _, v in curves[run]]
+        label = _run_group(run)[1]
+        c = colors[label]
+        if smooth > 0:
+            ax.plot(steps, vals, color=c, alpha=0.3, linewidth=0.8)
+            ax.plot(steps, smooth_ema(vals, smooth), color=c, linewidth=1.6,
+                    label=None if label in labelled else label)
+        else:
+            ax.plot(steps, vals, color=c, linewidth=1.2, marker=".", label=None if label in labelled else label)
+        labelled.add(label)
+    if curves:
+        ax.set_xlabel("training step")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+        note = f"thin: raw, bold: EMA {smooth:g}" if smooth > 0 else "raw"
+        ax.set_title(f"{title} ({len(curves)} runs; {note})" if title else note, fontsize="medium")
+    else:
+        _no_data(ax, "no TensorBoard data")
+    return save_figure(fig, stem)
+
+
+def _err(std) -> list[float]:
+    return [0.0 if (s is None or (isinstance(s, float) and math.isnan(s))) else float(s) for s in std]
+
+
+def plot_ablation(frame, stem: str | os.PathLike, *, title: str = "",
+                  metrics: Mapping[str, str] = ABLATION_METRICS) -> list[str]:
+    """One panel per metric, one bar per table row (mean, error bar = std over seeds).
+
+    GRPO rows are solid bars; reference rows (sft-only, base-only: no RL) are hatched grey.
+    """
+    fig, axes = _figure(2, 2, figsize=(8.5, 6.4))
+    rows = frame.reset_index(drop=True)
+    x = list(range(len(rows)))
+    is_rl = [k == "rl" for k in rows["kind"]]
+    labels = [f"{v}\n(n={int(n)})" for v, n in zip(rows["variant"], rows["n_seeds"])]
+    for ax, (metric, name) in zip([a for r in axes for a in r], metrics.items()):
+        means = [float(m) for m in rows[f"{metric}_mean"]]
+        errs = _err(list(rows[f"{metric}_std"]))
+        for i in x:
+            ax.bar(i, means[i], yerr=errs[i] if is_rl[i] else None, capsize=4,
+                   color="C0" if is_rl[i] else "0.8", edgecolor="C0" if is_rl[i] else "0.35",
+                   hatch=None if is_rl[i] else "//", label=None)
+        ax.set_title(name, fontsize="medium")
+        ax.set_xticks(x, labels, rotation=30, ha="right", fontsize="small")
+        ax.grid(axis="y", alpha=0.3)
+        if metric != "mean_reward":
+            ax.set_ylim(0, 1.05)
+        if rows.empty:
+            _no_data(ax, "empty table")
+    from matplotlib.patches import Patch
+
+    fig.legend(handles=[Patch(facecolor="C0", edgecolor="C0", label="GRPO (mean ± std over seeds)"),
+                        Patch(facecolor="0.8", edgecolor="0.35", hatch="//", label="reference, no RL")],
+               loc="outside lower center", ncols=2, fontsize="small", frameon=False)
+    if title:
+        fig.suptitle(title)
+    return save_figure(fig, stem)
+
+
+def plot_proactive_vs_beta(frame, stem: str | os.PathLike) -> list[str]:
+    """Proactive rate on unknowable vs knowable questions against beta (GRPO rows, mean ± std);
+    the reference rows (sft-only) are dashed horizontal lines. A second panel shows the
+    sampled (temperature) rates when the table has them."""
+    panels = [("", "greedy decoding")]
+    if any(not math.isnan(float(v)) for v in frame.get("sampled_proactive_rate_unknowable_mean", [])):
+        panels.append(("sampled_", "sampled answers"))
+    fig, axes = _figure(1, len(panels), figsize=(4.6 * len(panels), 4.0))
+    rl = frame[frame["kind"] == "rl"].sort_values("beta")
+    refs = frame[frame["kind"] != "rl"]
+    series = [("unknowable", "C3", "o"), ("knowable", "C0", "s")]
+    for ax, (prefix, subtitle) in zip(axes[0], panels):
+        for split, color, marker in series:
+            col = f"{prefix}proactive_rate_{split}"
+            if rl.empty:
+                break
+            ax.errorbar(rl["beta"].astype(float), rl[f"{col}_mean"].astype(float),
+                        yerr=_err(list(rl[f"{col}_std"])), color=color, marker=marker, capsize=4,
+                        label=f"GRPO, {split}")
+            for _, ref in refs.iterrows():
+                y = float(ref[f"{col}_mean"])
+                if not math.isnan(y):
+                    ax.axhline(y, color=color, linestyle="--", linewidth=1.0, label=f"{ref['variant']}, {split}")
+        if rl.empty:
+            _no_data(ax, "no GRPO rows")
+            continue
+        ax.set_xticks(sorted(set(rl["beta"].astype(float))))
+        ax.set_xlabel(r"$\beta$ (reward of a proactive answer when the group fails)")
+        ax.set_ylabel("proactive rate")
+        ax.set_ylim(-0.02, 1.05)
+        ax.grid(alpha=0.3)
+        ax.set_title(subtitle, fontsize="medium")
+        ax.legend(fontsize="small")
+    return save_figure(fig, stem)
+
+
+def make_figures(tables: Mapping[str, str | os.PathLike], tb_dirs: Mapping[str, str | os.PathLike],
+                 out_dir: str | os.PathLike, *, smooth: float = 0.6) -> list[str]:
+    """All figures: curves of the runs in ``tb_dirs`` ({run: tensorboard dir}) and one figure
+    per ablation table in ``tables`` ({name: csv}); ``proactive_vs_beta`` needs ``tables['beta']``.
+    Returns the written paths (see :func:`figure_paths`)."""
+    out = Path(out_dir)
+    written: list[str] = []
+    for stem, (tag, ylabel) in CURVE_TAGS.items():
+        written += plot_curves(load_curves(tb_dirs, tag), ylabel, out / stem, title=f"GRPO: {tag}", smooth=smooth)
+    frames = {name: read_ablation(path) for name, path in tables.items()}
+    for name, frame in frames.items():
+        written += plot_ablation(frame, out / f"ablation_{name}", title=ABLATION_TITLES.get(name, name))
+    if "beta" in frames:
+        written += plot_proactive_vs_beta(frames["beta"], out / "proactive_vs_beta")
+    return written
+
+
+# ------------------------------------------------------------------ paper
+LATEXMK = ["latexmk", "-pdf", "-interaction=nonstopmode", "-halt-on-error"]
+
+
+class PaperBuildError(RuntimeError):
+    """latexmk is missing or failed; the message names the cause and the LaTeX log."""
+
+
+def build_paper(tex: str | os.PathLike, pdf: str | os.PathLike, *, log: str | os.PathLike | None = None,
+                env: Mapping[str, str] | None = None) -> str:
+    """Build ``tex`` with latexmk, run in the directory of ``tex`` (relative ``\\input`` and
+    ``\\includegraphics`` paths resolve from there), into a temporary ``-outdir``; then move
+    the PDF onto ``pdf`` (atomic) and remove the temporary directory. Nothing is written next
+    to ``tex`` but the final PDF. ``log``: where to copy latexmk's output and the LaTeX log."""
+    tex, pdf = Path(tex).resolve(), Path(pdf).resolve()
+    if shutil.which("latexmk") is None:
+        raise PaperBuildError("latexmk not found on PATH; install TeX: apt-get install -y --no-install-recommends "
+                              "latexmk texlive-latex-base texlive-latex-recommended")
+    if not tex.is_file():
+        raise PaperBuildError(f"{tex}: file not found")
+    pdf.parent.mkdir(parents=True, exist_ok=True)
+    run_env = dict(os.environ if env is None else env)
+    run_env.setdefault("SOURCE_DATE_EPOCH", "0")  # reproducible PDF dates and ID
+    outdir = Path(tempfile.mkdtemp(prefix=f".{pdf.stem}.latexmk.", suffix=".tmp", dir=pdf.parent))
+    try:
+        proc = subprocess.run([*LATEXMK, f"-outdir={outdir}", tex.name], cwd=tex.parent, env=run_env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
+                              stdin=subprocess.DEVNULL)
+        tex_log = outdir / f"{tex.stem}.log"
+        if log:
+            text = proc.stdout + ("\n==== LaTeX log ====\n" + tex_log.read_text(errors="replace")
+                                  if tex_log.is_file() else "")
+            Path(log).parent.mkdir(parents=True, exist_ok=True)
+            Path(log).write_text(text)
+        built = outdir / f"{tex.stem}.pdf"
+        if proc.returncode != 0 or not built.is_file():
+            errors = [ln for ln in (tex_log.read_text(errors="replace").splitlines() if tex_log.is_file() else [])
+                      if ln.startswith("!")]
+            detail = "; ".join(errors[:3]) or (proc.stdout.strip().splitlines() or ["no output"])[-1]
+            raise PaperBuildError(f"latexmk failed on {tex} (exit {proc.returncode}): {detail}"
+                                  + (f" (full log: {log})" if log else ""))
+        os.replace(built, pdf)
+    finally:
+        shutil.rmtree(outdir, ignore_errors=True)
+    return str(pdf)
+
+
+def paper_inputs(tex: str | os.PathLike) -> dict[str, Any]:
+    """Files ``tex`` pulls in through ``\\input{...}`` and ``\\includegraphics{...}`` (for checks)."""
+    import re
+
+    text = Path(tex).read_text()
+    text = re.sub(r"(?<!\\)%.*", "", text)  # drop comments, keep \%
+    return {"inputs": re.findall(r"\\input\{([^}]+)\}", text),
+            "graphics": re.findall(r"\\includegraphics(?:\[[^]]*\])?\{([^}]+)\}", text)}

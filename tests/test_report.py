@@ -1,0 +1,236 @@
+"""Figures and paper: synthetic ablation tables and TensorBoard logs in, 12 figure files and a PDF out."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import runpy
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from sft2rl import plots
+from sft2rl.runs import rl_name, sft_name
+from sft2rl.tables import METRICS, build_table, write_table
+
+REPO = Path(__file__).resolve().parents[1]
+SFT = sft_name(50, 42)
+RUNS = [rl_name(SFT, 0.3, 1), rl_name(SFT, 0.5, 1), rl_name(SFT, 0.5, 2), rl_name("base", 0.5, 1)]
+
+
+# ------------------------------------------------------------------ synthetic inputs
+def _write_events(tb_dir: Path, name_time: int, points: dict[str, list[tuple[int, float]]], purge_step=None) -> None:
+    """One event file in tb_dir, named as if created at unix time ``name_time`` (fixes the file order)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    scratch = tb_dir.parent / f".scratch-{name_time}"
+    w = SummaryWriter(str(scratch), purge_step=purge_step)
+    for tag, series in points.items():
+        for step, value in series:
+            w.add_scalar(tag, value, step)
+    w.close()
+    (src,) = scratch.glob("events.out.tfevents.*")
+    tb_dir.mkdir(parents=True, exist_ok=True)
+    src.rename(tb_dir / f"events.out.tfevents.{name_time:010d}.testhost.1.0")
+    scratch.rmdir()
+
+
+def _metrics(seed: int, shift: float) -> dict[str, float]:
+    return {m: round(0.1 + 0.05 * seed + shift + 0.01 * i, 4) for i, m in enumerate(METRICS)}
+
+
+def _write_ablations(root: Path) -> dict[str, str]:
+    """Ablation CSV + LaTeX built by the real sft2rl.tables code from fake metrics files."""
+    n = 0
+
+    def group(variant, kind, models, shift):
+        nonlocal n
+        files = []
+        for i, _ in enumerate(models):
+            n += 1
+            f = root / "eval" / f"{n}.json"
+            f.parent.mkdir(parents=True, exist_ok=True)
+            f.write_text(json.dumps(_metrics(i, shift)))
+            files.append(str(f))
+        return dict(variant=variant, kind=kind, models=models, metrics=files)
+
+    seeds = [1, 2, 3]
+    groups = {
+        "beta": [group("sft-only", "sft-only", [SFT], 0.0)]
+        + [group(f"beta={b:g}", "rl", [rl_name(SFT, b, s) for s in seeds], b / 2) for b in (0.3, 0.5, 0.7)],
+        "sft_samples": [g for k in (25, 50) for g in (
+            group(f"N={k} sft-only", "sft-only", [sft_name(k, 42)], 0.0),
+            group(f"N={k}", "rl", [rl_name(sft_name(k, 42), 0.5, s) for s in seeds], 0.2))],
+        # one seed per RL row: std is NaN, the figures must cope
+        "sft": [group("base-only", "base-only", ["base"], 0.0), group("sft-only", "sft-only", [SFT], 0.1),
+                group("RL from base", "rl", [rl_name("base", 0.5, 1)], 0.2),
+                group("RL from SFT", "rl", [rl_name(SFT, 0.5, 1)], 0.3)],
+    }
+    tables = {}
+    for name, gs in groups.items():
+        csv = root / "results" / f"ablation_{name}.csv"
+        write_table(build_table(name, gs), str(csv), str(root / "results" / "tables" / f"ablation_{name}.tex"))
+        tables[name] = str(csv)
+    return tables
+
+
+def _write_runs(root: Path) -> dict[str, str]:
+    dirs = {}
+    for k, run in enumerate(RUNS):
+        tb = root / "results" / "rl" / run / "tensorboard"
+        steps = range(1, 13)
+        _write_events(tb, 1_700_000_000, {"rl/reward_mean": [(s, 0.125 * k + s / 16) for s in steps],
+                                          "rl/kl": [(s, s / 1024) for s in steps]})
+        dirs[run] = str(tb)
+    dirs[rl_name(SFT, 0.7, 3)] = str(root / "results" / "rl" / "missing" / "tensorboard")  # no logs at all
+    return dirs
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    tables = _write_ablations(root)
+    tb_dirs = _write_runs(root)
+    out = root / "results" / "figures"
+    written = plots.make_figures(tables, tb_dirs, out)
+    return root, out, written
+
+
+# ------------------------------------------------------------------ curve reader
+def test_read_scalars_exact_steps_and_values(tmp_path):
+    tb = tmp_path / "tb"
+    reward = [(s, s * 0.25) for s in range(1, 8)]
+    kl = [(s, -s / 8) for s in range(1, 8)]
+    _write_events(tb, 1_700_000_000, {"rl/reward_mean": reward, "rl/kl": kl})
+    got = plots.read_scalars(tb)
+    assert got["rl/reward_mean"] == reward
+    assert got["rl/kl"] == kl
+    assert plots.load_curves({"a": tb, "b": tmp_path / "nothing"}, "rl/kl") == {"a": kl}
+    assert plots.read_scalars(tmp_path / "nothing") == {}
+
+
+def test_later_event_file_overrides_repeated_steps(tmp_path):
+    tb = tmp_path / "tb"
+    # a second file, created later, logs steps 4..7 again (no purge marker): it wins for 4 and 5
+    _write_events(tb, 1_700_000_000, {"rl/reward_mean": [(s, 1.0 + s) for s in range(1, 6)]})
+    _write_events(tb, 1_700_000_100, {"rl/reward_mean": [(s, 100.0 + s) for s in range(4, 8)]})
+    assert plots.read_scalars(tb)["rl/reward_mean"] == [(1, 2.0), (2, 3.0), (3, 4.0)] + [
+        (s, 100.0 + s) for s in range(4, 8)]
+
+
+def test_resume_with_purge_step_drops_orphaned_steps(tmp_path):
+    # how sft2rl.grpo resumes: SummaryWriter(purge_step=start + 1); steps > the resumed ones vanish
+    tb = tmp_path / "tb"
+    _write_events(tb, 1_700_000_000, {"rl/kl": [(s, 0.5 * s) for s in range(1, 7)]})
+    _write_events(tb, 1_700_000_100, {"rl/kl": [(4, 40.0), (5, 50.0)]}, purge_step=4)
+    assert plots.read_scalars(tb)["rl/kl"] == [(1, 0.5), (2, 1.0), (3, 1.5), (4, 40.0), (5, 50.0)]
+
+
+def test_smooth_ema():
+    assert plots.smooth_ema([1.0, 2.0, 3.0], 0.0) == [1.0, 2.0, 3.0]
+    s = plots.smooth_ema([2.0, 2.0, 2.0], 0.9)
+    assert all(math.isclose(v, 2.0) for v in s)  # debiased: a constant stays constant
+    with pytest.raises(ValueError):
+        plots.smooth_ema([1.0], 1.0)
+
+
+# ------------------------------------------------------------------ figures
+def test_make_figures_writes_all_twelve(built):
+    import matplotlib.image as mpimg
+
+    _, out, written = built
+    expected = plots.figure_paths(out)
+    assert len(expected) == 12
+    assert sorted(written) == sorted(expected)
+    for path in expected:
+        p = Path(path)
+        assert p.is_file() and p.stat().st_size > 0, path
+        if p.suffix == ".png":
+            img = mpimg.imread(p)
+            assert img.ndim == 3 and img.shape[0] > 0 and img.shape[1] > 0, path
+        else:
+            assert p.read_bytes().startswith(b"%PDF"), path
+    assert sorted(f.name for f in out.iterdir()) == sorted(Path(p).name for p in expected)  # no temp files left
+
+
+def test_figures_script(tmp_path, built):
+    """workflow/scripts/figures.py as the `figures` rule calls it (outputs named by the rule)."""
+    root, _, _ = built
+    out = tmp_path / "results" / "figures"
+    smk = SimpleNamespace(
+        input=SimpleNamespace(tables=[str(root / "results" / f"ablation_{a}.csv") for a in plots.ABLATION_NAMES]),
+        output=plots.figure_paths(out),
+        params=SimpleNamespace(ablations=list(plots.ABLATION_NAMES), smooth=0.0,
+                               tensorboard={r: str(root / "results" / "rl" / r / "tensorboard") for r in RUNS}),
+        log=[str(tmp_path / "figures.log")], threads=1)
+    runpy.run_path(str(REPO / "workflow" / "scripts" / "figures.py"), init_globals={"snakemake": smk})
+    assert all(Path(p).stat().st_size > 0 for p in smk.output)
+    assert "wrote 12 figure files" in (tmp_path / "figures.log").read_text()
+
+
+def test_figures_without_curves_still_written(tmp_path, built):
+    root, _, _ = built
+    tables = {"beta": str(root / "results" / "ablation_beta.csv")}
+    written = plots.make_figures(tables, {}, tmp_path)
+    names = {Path(p).name for p in written}
+    assert {"reward_curves.png", "kl_curves.pdf", "ablation_beta.png", "proactive_vs_beta.pdf"} <= names
+
+
+def test_bad_table_names_the_column(tmp_path, built):
+    import pandas as pd
+
+    from sft2rl.io import DataError
+
+    root, _, _ = built
+    frame = pd.read_csv(root / "results" / "ablation_beta.csv").drop(columns=["accuracy_knowable_std"])
+    bad = tmp_path / "ablation_beta.csv"
+    frame.to_csv(bad, index=False)
+    with pytest.raises(DataError, match="accuracy_knowable_std"):
+        plots.make_figures({"beta": bad}, {}, tmp_path / "out")
+
+
+# ------------------------------------------------------------------ paper
+@pytest.fixture(scope="module")  # module scope: decided before the (module-scoped) inputs are built
+def latexmk():
+    """Skip without TeX, except under CI (CI installs it, so there a missing latexmk is a failure)."""
+    if shutil.which("latexmk") is None:
+        if os.environ.get("CI"):
+            pytest.fail("latexmk not on PATH but CI is set: CI must install TeX "
+                        "(apt-get install -y --no-install-recommends latexmk texlive-latex-base "
+                        "texlive-latex-recommended)")
+        pytest.skip("latexmk not on PATH (TeX not installed; with CI set this fails)")
+
+
+def test_paper_references_generated_files():
+    refs = plots.paper_inputs(REPO / "paper" / "main.tex")
+    assert sorted(refs["inputs"]) == sorted(f"../results/tables/ablation_{a}.tex" for a in plots.ABLATION_NAMES)
+    assert {f"../results/figures/{s}.pdf" for s in plots.FIGURE_STEMS} == set(refs["graphics"])
+
+
+def test_paper_builds(latexmk, built):
+    root, _, _ = built
+    paper = root / "paper"
+    paper.mkdir(exist_ok=True)
+    shutil.copy(REPO / "paper" / "main.tex", paper / "main.tex")
+    # exactly what the `paper` rule runs: workflow/scripts/paper.py -> plots.build_paper
+    smk = SimpleNamespace(input=SimpleNamespace(tex=str(paper / "main.tex")),
+                          output=SimpleNamespace(pdf=str(paper / "main.pdf")),
+                          log=[str(root / "logs" / "paper.log")], params=SimpleNamespace(), threads=1)
+    runpy.run_path(str(REPO / "workflow" / "scripts" / "paper.py"), init_globals={"snakemake": smk})
+    data = (paper / "main.pdf").read_bytes()
+    assert data.startswith(b"%PDF") and len(data) > 10_000
+    assert sorted(p.name for p in paper.iterdir()) == ["main.pdf", "main.tex"]  # no aux files, no temp dir
+    assert "Output written" in (root / "logs" / "paper.latexmk.log").read_text()
+    assert "paper built" in (root / "logs" / "paper.log").read_text()
+    # same inputs, same bytes (SOURCE_DATE_EPOCH and a fixed trailer ID)
+    again = plots.build_paper(paper / "main.tex", root / "again" / "main.pdf")
+    assert Path(again).read_bytes() == data
+
+
+def test_paper_failure_leaves_no_pdf(latexmk, tmp_path):
+    (tmp_path / "main.tex").write_text("\\documentclass{article}\\begin{document}\\undefinedmacro\\end{document}\n")
+    with pytest.raises(plots.PaperBuildError, match="Undefined control sequence"):
+        plots.build_paper(tmp_path / "main.tex", tmp_path / "main.pdf")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["main.tex"]

@@ -1,0 +1,42 @@
+# Stage 4: GRPO with the group-aware reward. Run names: rl-<init>-beta<b>-seed<s>,
+# init being an SFT run (its merged model) or `base`. backend: verl defines `grpo` in verl.smk.
+
+
+def rl_init_dir(wildcards):
+    return model_dir(runs.parse_rl(wildcards.rl_run)["init"])
+
+
+def rl_params(wildcards):
+    """Only what this run depends on, so editing one beta reruns only that run."""
+    p = runs.parse_rl(wildcards.rl_run)
+    rl = dict(config["rl"], seed=p["seed"])
+    return {"rl": rl, "reward": dict(config["reward"], beta=p["beta"])}
+
+
+if config["backend"] == "local":
+
+    rule grpo:
+        """GRPO from the init model; checkpoints every save_freq steps, resumes after a kill."""
+        input:
+            init=lambda wc: (
+                []
+                if runs.parse_rl(wc.rl_run)["init"] == "base" and not TINY
+                else rl_init_dir(wc)
+            ),
+            train=f"{PROCESSED}/rl/train.parquet",
+            test=f"{PROCESSED}/rl/test.parquet",
+            code=code("grpo", "reward", "generation", "merge"),
+        output:
+            final=directory("results/rl/{rl_run}/final"),
+            summary="results/rl/{rl_run}/summary.json",
+        params:
+            init=rl_init_dir,
+            cfg=rl_params,
+        threads: 1
+        resources:
+            mem_mb=4000,
+            runtime=240,
+        log:
+            "results/logs/grpo/{rl_run}.log",
+        script:
+            "../scripts/grpo.py"
