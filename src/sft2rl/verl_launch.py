@@ -1,0 +1,575 @@
+"""The verl backend (``backend: verl``): command lines generated at DAG time, and the export steps.
+
+Snakemake's ``sft``, ``merge`` and ``grpo`` rules of ``workflow/rules/verl.smk`` run shell
+commands built here from the same config sections the local backend reads (``sft``, ``rl``,
+``reward``) plus ``verl`` (cluster shape, rollout engine), so ``snakemake -n -p`` shows every
+``torchrun ... -m verl.trainer.sft_trainer`` and ``python -m verl.trainer.main_ppo`` line with
+its Hydra overrides. Importing this module costs nothing (no torch, no verl): it is imported
+while Snakemake builds the DAG.
+
+Key facts of verl 0.9.1 this relies on (checked against its source and Hydra configs):
+
+* SFT: ``verl.trainer.sft_trainer`` (config ``sft_trainer_engine.yaml``) reads chat
+  ``messages`` parquet (our ``sft_data`` output), trains LoRA when ``model.lora_rank > 0``,
+  writes ``<trainer.default_local_dir>/global_step_<N>/`` (FSDP shards, ``huggingface/``,
+  ``lora_train_meta.json``), logs ``train/loss`` and, at ``trainer.test_freq``, ``val/loss``
+  to TensorBoard (``TENSORBOARD_DIR``). Its LR schedules are ``constant`` and ``cosine``
+  only, LoRA has no dropout key, and peft's ``trainable_token_indices`` (our
+  ``sft.train_tokens``) has no equivalent: those keys are refused or reported, see
+  :data:`SFT_IGNORED`.
+* GRPO: ``verl.trainer.main_ppo`` (``ppo_trainer.yaml``, the V1 trainer by default). Reward
+  function keys live under ``reward.custom_reward_function.*`` (the old top-level
+  ``custom_reward_function.*`` and ``reward_model.reward_manager`` keys are never emitted).
+  The reward function is called once per rollout, so the group-aware reward is computed in
+  an advantage estimator registered by :mod:`sft2rl.verl_hooks`, loaded in every process
+  through ``VERL_USE_EXTERNAL_MODULES`` (read by ``verl/__init__.py``); its options travel
+  in ``algorithm.group_reward`` (see that module).
+* ``clip_ratio_low``/``clip_ratio_high`` default to 0.2 in verl's YAML and win over
+  ``clip_ratio``: all three are set.
+* ``python -m verl.model_merger merge --backend fsdp`` writes the base weights plus a
+  separate ``lora_adapter/``; folding the adapter in (verified) is ours:
+  :func:`fold_lora` calls :func:`sft2rl.merge.merge_adapter` with the run's own base model
+  (the merger's copy of the base weights is cast to bfloat16).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shlex
+import shutil
+from pathlib import Path
+from typing import Any
+
+HOOK_MODULE = "sft2rl.verl_hooks"
+ADV_ESTIMATOR = "group_aware_grpo"
+REWARD_FN_PATH = f"pkg://{HOOK_MODULE}"
+REWARD_FN_NAME = "compute_score"
+#: Keys of ``algorithm.group_reward`` the advantage estimator reads (the group step).
+GROUP_REWARD_KEYS = ("beta", "format_bonus", "acc_over")
+#: Reward options the per-rollout function reads (``reward.custom_reward_function.reward_kwargs``).
+ROLLOUT_REWARD_KEYS = ("min_proactive_length", "match")
+#: Legacy reward keys verl 0.9.1 does not read where we mean them; never emitted.
+LEGACY_KEYS = ("custom_reward_function.", "reward_model.reward_manager", "reward_model.")
+#: SFT keys of our config without a verl 0.9.1 equivalent (recorded in metrics.json).
+SFT_IGNORED = ("train_tokens",)
+VERL_DEFAULTS: dict[str, Any] = {
+    "nnodes": 1,
+    "gpus_per_node": 1,
+    "rollout_name": "vllm",
+    "gpu_memory_utilization": 0.5,
+    "tensor_model_parallel_size": 1,
+    "max_token_len_per_gpu": 16384,
+    "rdzv_port": 29500,
+    "cpus_per_node": 16,
+    "mem_mb": 128000,
+    "sft_runtime": 240,
+    "grpo_runtime": 1440,
+}
+PROJECT = "sft2rl"
+GROUP_REWARD_LOG = "group_reward.jsonl"
+VERL_HF = "verl_hf"  # where verl.model_merger writes (base weights + lora_adapter/), per run
+_SAFE = re.compile(r"^[A-Za-z0-9_@%+=:,./\-]+$")
+
+
+class VerlConfigError(ValueError):
+    """A config value the verl backend cannot honour (one line, names the key)."""
+
+
+# ------------------------------------------------------------------ helpers
+def verl_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """The ``verl`` config section with defaults filled in."""
+    return {**VERL_DEFAULTS, **(config.get("verl") or {})}
+
+
+def _v(value: Any) -> str:
+    """A Python value as a Hydra override value."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_v(v) for v in value) + "]"
+    return str(value)
+
+
+def _kv(key: str, value: Any) -> str:
+    return f"{key}={_v(value)}"
+
+
+def quote(arg: str) -> str:
+    """Shell-quote one argument. One with ``$`` (``$PWD``, ``$SLURM_JOB_ID``, ...) is double-quoted so the
+    shell expands it when the job runs; anything with other shell characters is single-quoted."""
+    if "$" in arg:
+        if re.search(r'["\\`]', arg):
+            raise ValueError(f"cannot double-quote {arg!r}")
+        return f'"{arg}"'
+    return arg if _SAFE.match(arg) else shlex.quote(arg)
+
+
+def _cmd(argv: list[str]) -> str:
+    return " ".join(quote(a) for a in argv)
+
+
+def _lines(launcher: list[str], overrides: list[str]) -> str:
+    """One shell command: the launcher on the first line, then one override per continuation line."""
+    return " \\\n    ".join([_cmd(launcher), *(quote(o) for o in overrides)])
+
+
+def _target_modules(tm: str | list[str]) -> str | list[str]:
+    return tm if isinstance(tm, str) else list(tm)
+
+
+def _alpha(alpha: float, key: str) -> int:
+    # verl stores lora_alpha as an int (HFModelConfig, lora_train_meta.json).
+    if float(alpha) != int(alpha):
+        raise VerlConfigError(f"config key '{key}' = {alpha!r}: verl 0.9.1 needs an integer LoRA alpha")
+    return int(alpha)
+
+
+def job_resources(verl: dict[str, Any], runtime: int) -> dict[str, Any]:
+    """Snakemake resources of a verl GPU job. ``gpu`` is the job's total (the SLURM executor's
+    ``--gpus``), ``nodes`` its node count; on several nodes the rule's shell runs on the first
+    node without the executor's srun wrapper (``mpi``), and places its own tasks (srun, Ray)."""
+    nodes = int(verl["nnodes"])
+    res: dict[str, Any] = {"gpu": nodes * int(verl["gpus_per_node"]), "nodes": nodes, "mem_mb": verl["mem_mb"],
+                           "runtime": runtime}
+    if nodes > 1:
+        res.update(mpi="srun", tasks=nodes, tasks_per_gpu=0)
+    return res
+
+
+def gpus_per_node(resources: Any) -> int:
+    """GPUs per node of a job, from its resources (``gpu`` total over ``nodes``)."""
+    if resources.gpu % resources.nodes:
+        raise VerlConfigError(f"resources gpu={resources.gpu} do not divide over nodes={resources.nodes}")
+    return resources.gpu // resources.nodes
+
+
+def check_world(nnodes: int, gpus_per_node: int) -> int:
+    if nnodes < 1 or gpus_per_node < 1:
+        raise VerlConfigError(f"verl needs at least one GPU: nnodes={nnodes}, gpus_per_node={gpus_per_node}")
+    return nnodes * gpus_per_node
+
+
+# ------------------------------------------------------------------ SFT
+def sft_overrides(*, base: str, train: str, val: str, run_dir: str, run_name: str, sft: dict[str, Any],
+                  seed: int, nnodes: int, gpus_per_node: int) -> list[str]:
+    """Hydra overrides of ``verl.trainer.sft_trainer`` (config ``sft_trainer_engine``)."""
+    world = check_world(nnodes, gpus_per_node)
+    if sft["lr_scheduler"] not in ("cosine", "constant"):
+        raise VerlConfigError(f"config key 'sft.lr_scheduler' = {sft['lr_scheduler']!r}: verl 0.9.1 supports "
+                              "'cosine' and 'constant' only")
+    if sft["lora"]["dropout"]:
+        raise VerlConfigError(f"config key 'sft.lora.dropout' = {sft['lora']['dropout']!r}: verl 0.9.1 has no "
+                              "LoRA dropout; set it to 0.0")
+    if sft["train_batch"] % world:
+        raise VerlConfigError(f"config key 'sft.train_batch' = {sft['train_batch']} must be a multiple of the "
+                              f"number of GPUs ({world})")
+    lora = sft["lora"]
+    return [
+        _kv("data.train_files", train),
+        _kv("data.val_files", val),
+        _kv("data.messages_key", "messages"),
+        _kv("data.train_batch_size", sft["train_batch"]),
+        _kv("data.micro_batch_size_per_gpu", sft["micro_batch"]),
+        _kv("data.use_dynamic_bsz", False),
+        _kv("data.max_length", sft["max_length"]),
+        _kv("data.truncation", "right"),
+        _kv("model.path", base),
+        _kv("model.lora_rank", lora["r"]),
+        _kv("model.lora_alpha", _alpha(lora["alpha"], "sft.lora.alpha")),
+        _kv("model.target_modules", _target_modules(lora["target_modules"])),
+        _kv("model.enable_gradient_checkpointing", sft["gradient_checkpointing"]),
+        _kv("optim.lr", sft["lr"]),
+        _kv("optim.lr_scheduler_type", sft["lr_scheduler"]),
+        _kv("optim.lr_warmup_steps_ratio", sft["warmup_ratio"]),
+        _kv("optim.weight_decay", sft["weight_decay"]),
+        _kv("optim.clip_grad", sft["grad_clip"]),
+        _kv("trainer.default_local_dir", f"{run_dir}/checkpoints"),
+        _kv("trainer.project_name", PROJECT),
+        _kv("trainer.experiment_name", run_name),
+        _kv("trainer.total_epochs", sft["epochs"]),
+        _kv("trainer.save_freq", "after_each_epoch"),
+        _kv("trainer.test_freq", "after_each_epoch"),
+        _kv("trainer.max_ckpt_to_keep", None),
+        _kv("trainer.resume_mode", "auto"),
+        _kv("trainer.seed", seed),
+        _kv("trainer.logger", ["console", "tensorboard"]),
+        _kv("trainer.nnodes", nnodes),
+        _kv("trainer.n_gpus_per_node", gpus_per_node),
+    ]
+
+
+def _model_path(path: str, workdir: str) -> str:
+    """A model built by the workflow (``results/...``) or an existing local directory becomes absolute;
+    anything else (a hub id, an absolute path) is passed on as it is."""
+    if path.startswith("/") or "://" in path:
+        return path
+    if Path(path).parts[:1] == ("results",) or Path(path).exists():
+        return f"{workdir}/{path}"
+    return path
+
+
+def _env(assignments: dict[str, str]) -> str:
+    return "export " + " ".join(f"{k}={quote(v)}" for k, v in assignments.items())
+
+
+def _pythonpath(code_root: str) -> str:
+    return f"{code_root}/src" + "${PYTHONPATH:+:$PYTHONPATH}"
+
+
+def sft_command(*, sft_run: str, base: str, train: str, val: str, sft: dict[str, Any], seed: int,
+                nnodes: int, gpus_per_node: int, code_root: str, workdir: str = "$PWD",
+                rdzv_port: int = 29500) -> str:
+    """Shell lines of the ``sft`` rule: torchrun verl's SFT trainer, then write metrics.json."""
+    run_dir = f"results/sft/{sft_run}"
+    absolute = lambda p: p if p.startswith("/") or "://" in p else f"{workdir}/{p}"  # noqa: E731
+    overrides = sft_overrides(base=_model_path(base, workdir),
+                              train=absolute(train), val=absolute(val), run_dir=absolute(run_dir),
+                              run_name=sft_run, sft=sft, seed=seed, nnodes=nnodes, gpus_per_node=gpus_per_node)
+    env = _env({"PYTHONPATH": _pythonpath(code_root), "TENSORBOARD_DIR": absolute(f"{run_dir}/tensorboard")})
+    if nnodes == 1:
+        launcher = ["torchrun", "--standalone", "--nnodes", "1", "--nproc_per_node", str(gpus_per_node)]
+        head = ""
+    else:  # one torchrun per node, rendezvous on the first node of the SLURM allocation
+        head = 'SFT2RL_HEAD=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)\n'
+        launcher = ["srun", f"--nodes={nnodes}", "--ntasks-per-node=1", f"--gpus-per-node={gpus_per_node}",
+                    "torchrun", "--nnodes", str(nnodes), "--nproc_per_node", str(gpus_per_node),
+                    "--rdzv_id", "$SLURM_JOB_ID", "--rdzv_backend", "c10d",
+                    "--rdzv_endpoint", f"$SFT2RL_HEAD:{rdzv_port}"]
+    train_cmd = _lines([*launcher, "-m", "verl.trainer.sft_trainer"], overrides)
+    metrics = _cmd(["python", f"{code_root}/workflow/scripts/verl_export.py", "sft-metrics", "--run-dir", run_dir])
+    return f"{env}\n{head}{train_cmd}\n{metrics}"
+
+
+def merge_command(*, sft_run: str, which: str, base: str, out_dir: str, code_root: str) -> str:
+    """Shell lines of the ``merge`` rule: pick the step, verl's merger, then our verified LoRA fold-in."""
+    run_dir = f"results/sft/{sft_run}"
+    script = f"{code_root}/workflow/scripts/verl_export.py"
+    target = f"{run_dir}/{VERL_HF}"
+    return "\n".join([
+        _env({"PYTHONPATH": _pythonpath(code_root)}),
+        "SFT2RL_STEP=$(" + _cmd(["python", script, "choose-step", "--run-dir", run_dir, "--which", which]) + ")",
+        _cmd(["rm", "-rf", target]),
+        _cmd(["python", "-m", "verl.model_merger", "merge", "--backend", "fsdp",
+              "--local_dir", "$SFT2RL_STEP", "--target_dir", target]),
+        _cmd(["python", script, "fold", "--merger-dir", target, "--base", base, "--out", out_dir,
+              "--which", which, "--step-dir", "$SFT2RL_STEP"]),
+        _cmd(["rm", "-rf", target]),  # the merger's full bf16 copy, no longer needed
+    ])
+
+
+# ------------------------------------------------------------------ GRPO
+def ppo_overrides(*, init: str, train: str, test: str, run_dir: str, run_name: str, rl: dict[str, Any],
+                  reward: dict[str, Any], verl: dict[str, Any], nnodes: int, gpus_per_node: int,
+                  code_root: str) -> list[str]:
+    """Hydra overrides of ``verl.trainer.main_ppo`` (config ``ppo_trainer``): GRPO, group-aware reward."""
+    world = check_world(nnodes, gpus_per_node)
+    if (rl["train_batch"] * rl["n"]) % world:
+        raise VerlConfigError(f"config keys 'rl.train_batch' x 'rl.n' = {rl['train_batch'] * rl['n']} must be a "
+                              f"multiple of the number of GPUs ({world})")
+    if verl["tensor_model_parallel_size"] > world:
+        raise VerlConfigError(f"config key 'verl.tensor_model_parallel_size' = {verl['tensor_model_parallel_size']} "
+                              f"is larger than the number of GPUs ({world})")
+    a, r = "actor_rollout_ref.actor", "actor_rollout_ref.rollout"
+    out = [
+        # algorithm: GRPO advantages over the group-aware reward (sft2rl.verl_hooks)
+        _kv("algorithm.adv_estimator", ADV_ESTIMATOR),
+        _kv("algorithm.norm_adv_by_std_in_grpo", rl["norm_adv_by_std"]),
+        _kv("algorithm.use_kl_in_reward", False),
+        *[_kv(f"+algorithm.group_reward.{k}", reward[k]) for k in GROUP_REWARD_KEYS],
+        _kv("+algorithm.group_reward.log_path", f"{run_dir}/{GROUP_REWARD_LOG}"),
+        _kv("+algorithm.group_reward.checkpoint_dir", f"{run_dir}/checkpoints"),
+        # data: our RL parquet (verl's RL schema)
+        _kv("data.train_files", train),
+        _kv("data.val_files", test),
+        _kv("data.prompt_key", "prompt"),
+        _kv("data.train_batch_size", rl["train_batch"]),
+        _kv("data.max_prompt_length", rl["max_prompt_length"]),
+        _kv("data.max_response_length", rl["max_response_length"]),
+        _kv("data.filter_overlong_prompts", True),
+        _kv("data.truncation", "error"),
+        _kv("data.seed", rl["seed"]),
+        # policy
+        _kv("actor_rollout_ref.model.path", init),
+        _kv("actor_rollout_ref.model.use_remove_padding", True),
+        _kv("actor_rollout_ref.model.enable_gradient_checkpointing", True),
+        _kv(f"{a}.optim.lr", rl["lr"]),
+        _kv(f"{a}.optim.weight_decay", 0.0),
+        _kv(f"{a}.optim.clip_grad", rl["grad_clip"]),
+        _kv(f"{a}.grad_clip", rl["grad_clip"]),
+        _kv(f"{a}.ppo_mini_batch_size", rl["ppo_mini_batch"]),
+        _kv(f"{a}.ppo_epochs", rl["ppo_epochs"]),
+        _kv(f"{a}.use_dynamic_bsz", True),
+        _kv(f"{a}.ppo_max_token_len_per_gpu", verl["max_token_len_per_gpu"]),
+        _kv(f"{a}.clip_ratio", rl["clip_ratio"]),
+        _kv(f"{a}.clip_ratio_low", rl["clip_ratio"]),
+        _kv(f"{a}.clip_ratio_high", rl["clip_ratio"]),
+        _kv(f"{a}.loss_agg_mode", "token-mean"),
+        _kv(f"{a}.entropy_coeff", rl["entropy_coef"]),
+        _kv(f"{a}.use_kl_loss", rl["use_kl_loss"]),
+        _kv(f"{a}.kl_loss_coef", rl["kl_coef"]),
+        _kv(f"{a}.kl_loss_type", rl["kl_type"]),
+        _kv(f"{a}.data_loader_seed", rl["seed"]),
+        # rollout (vLLM/SGLang on GPU: verl 0.9 has no CPU or HF rollout)
+        _kv(f"{r}.name", verl["rollout_name"]),
+        _kv(f"{r}.n", rl["n"]),
+        _kv(f"{r}.temperature", rl["temperature"]),
+        _kv(f"{r}.top_p", rl["top_p"]),
+        _kv(f"{r}.seed", rl["seed"]),
+        _kv(f"{r}.gpu_memory_utilization", verl["gpu_memory_utilization"]),
+        _kv(f"{r}.tensor_model_parallel_size", verl["tensor_model_parallel_size"]),
+        # the per-rollout half of the reward (verl 0.9.1 key location)
+        _kv("reward.custom_reward_function.path", REWARD_FN_PATH),
+        _kv("reward.custom_reward_function.name", REWARD_FN_NAME),
+        *[_kv(f"+reward.custom_reward_function.reward_kwargs.{k}", reward[k]) for k in ROLLOUT_REWARD_KEYS],
+        _kv("critic.enable", False),
+        # trainer
+        _kv("trainer.project_name", PROJECT),
+        _kv("trainer.experiment_name", run_name),
+        _kv("trainer.default_local_dir", f"{run_dir}/checkpoints"),
+        _kv("trainer.logger", ["console", "tensorboard"]),
+        _kv("trainer.nnodes", nnodes),
+        _kv("trainer.n_gpus_per_node", gpus_per_node),
+        _kv("trainer.total_epochs", rl["epochs"]),
+        _kv("trainer.save_freq", rl["save_freq"]),
+        _kv("trainer.test_freq", rl["save_freq"]),
+        _kv("trainer.resume_mode", "auto"),
+        # every Ray worker imports the hook module and finds our package
+        _kv("+ray_kwargs.ray_init.runtime_env.env_vars.VERL_USE_EXTERNAL_MODULES", HOOK_MODULE),
+        _kv("+ray_kwargs.ray_init.runtime_env.env_vars.PYTHONPATH", f"{code_root}/src"),
+        _kv("+ray_kwargs.ray_init.runtime_env.env_vars.TENSORBOARD_DIR", f"{run_dir}/tensorboard"),
+    ]
+    if rl["total_steps"]:
+        out.append(_kv("trainer.total_training_steps", rl["total_steps"]))
+    if rl["train_mode"] == "lora":
+        lora = rl["lora"]
+        if lora["dropout"]:
+            raise VerlConfigError(f"config key 'rl.lora.dropout' = {lora['dropout']!r}: verl 0.9.1 has no LoRA "
+                                  "dropout; set it to 0.0")
+        out += [
+            _kv("actor_rollout_ref.model.lora_rank", lora["r"]),
+            _kv("actor_rollout_ref.model.lora_alpha", _alpha(lora["alpha"], "rl.lora.alpha")),
+            _kv("actor_rollout_ref.model.target_modules", _target_modules(lora["target_modules"])),
+            _kv(f"{r}.load_format", "safetensors"),
+        ]
+    return out
+
+
+def grpo_command(*, rl_run: str, init: str, train: str, test: str, rl: dict[str, Any], reward: dict[str, Any],
+                 verl: dict[str, Any], nnodes: int, gpus_per_node: int, code_root: str, final: str,
+                 summary: str, workdir: str = "$PWD") -> str:
+    """Shell lines of the ``grpo`` rule: main_ppo (through ray_on_slurm.sh on several nodes), then export."""
+    run_dir = f"results/rl/{rl_run}"
+    absolute = lambda p: p if p.startswith("/") or "://" in p else f"{workdir}/{p}"  # noqa: E731
+    init_path = _model_path(init, workdir)
+    overrides = ppo_overrides(init=init_path, train=absolute(train), test=absolute(test), run_dir=absolute(run_dir),
+                              run_name=rl_run, rl=rl, reward=reward, verl=verl, nnodes=nnodes,
+                              gpus_per_node=gpus_per_node, code_root=code_root)
+    env = _env({"PYTHONPATH": _pythonpath(code_root), "VERL_USE_EXTERNAL_MODULES": HOOK_MODULE,
+                "TENSORBOARD_DIR": absolute(f"{run_dir}/tensorboard")})
+    launcher = ["python"] if nnodes == 1 else ["bash", f"{code_root}/workflow/scripts/ray_on_slurm.sh",
+                                               str(gpus_per_node), "--", "python"]
+    train_cmd = _lines([*launcher, "-m", "verl.trainer.main_ppo"], overrides)
+    script = f"{code_root}/workflow/scripts/verl_export.py"
+    target = f"{run_dir}/{VERL_HF}"
+    prepare = _cmd(["python", script, "prepare-rl", "--run-dir", run_dir, "--config-hash", config_hash(overrides)])
+    export = [
+        "SFT2RL_STEP=$(" + _cmd(["python", script, "latest-step", "--checkpoints", f"{run_dir}/checkpoints"]) + ")",
+        _cmd(["rm", "-rf", target]),
+        _cmd(["python", "-m", "verl.model_merger", "merge", "--backend", "fsdp",
+              "--local_dir", "$SFT2RL_STEP/actor", "--target_dir", target]),
+        _cmd(["python", script, "rl-export", "--run-dir", run_dir, "--merger-dir", target, "--init", init,
+              "--step-dir", "$SFT2RL_STEP", "--train-mode", rl["train_mode"], "--final", final,
+              "--summary", summary]
+             + (["--total-steps", str(rl["total_steps"])] if rl["total_steps"] else [])),
+        _cmd(["rm", "-rf", target]),
+    ]
+    return "\n".join([env, prepare, train_cmd, *export])
+
+
+def config_hash(overrides: list[str]) -> str:
+    """Identity of a GRPO run's configuration (paths unexpanded, so it does not depend on the machine)."""
+    return hashlib.sha256("\n".join(overrides).encode()).hexdigest()[:16]
+
+
+CONFIG_HASH_FILE = ".sft2rl_config_hash"
+
+
+def prepare_rl_run(run_dir: str | Path, chash: str) -> bool:
+    """Keep verl's checkpoints (it resumes from them) only if they belong to this configuration.
+
+    Returns True when an earlier run of another configuration was removed (checkpoints, the
+    hook's log, TensorBoard events), as the local backend does with its config hash.
+    """
+    run = Path(run_dir)
+    ckpt = run / "checkpoints"
+    stamp = ckpt / CONFIG_HASH_FILE
+    wiped = False
+    if ckpt.exists() and (not stamp.is_file() or stamp.read_text().strip() != chash):
+        for path in (ckpt, run / "tensorboard"):
+            shutil.rmtree(path, ignore_errors=True)
+        (run / GROUP_REWARD_LOG).unlink(missing_ok=True)
+        wiped = True
+    ckpt.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(chash + "\n")
+    return wiped
+
+
+def has_legacy_keys(overrides: list[str]) -> list[str]:
+    """Overrides that use a legacy reward key location (must be empty)."""
+    bad = []
+    for o in overrides:
+        key = o.split("=", 1)[0].lstrip("+~")
+        if key.startswith(LEGACY_KEYS):
+            bad.append(o)
+    return bad
+
+
+# ------------------------------------------------------------------ export steps (run after training)
+def _checkpoints(ckpt_root: str | Path) -> list[tuple[int, Path]]:
+    out = []
+    for d in Path(ckpt_root).glob("global_step_*"):
+        m = re.fullmatch(r"global_step_(\d+)", d.name)
+        if m and d.is_dir():
+            out.append((int(m[1]), d))
+    return sorted(out)
+
+
+def sft_metrics(run_dir: str | Path, sft_cfg: dict[str, Any] | None = None) -> dict[str, Any]:
+    """metrics.json of a verl SFT run: one entry per saved checkpoint (= epoch), with losses from TensorBoard."""
+    from .plots import read_scalars
+
+    run = Path(run_dir)
+    ckpts = _checkpoints(run / "checkpoints")
+    if not ckpts:
+        raise FileNotFoundError(f"{run / 'checkpoints'}: no global_step_<N> checkpoint (did verl's SFT run?)")
+    scalars = read_scalars(run / "tensorboard")
+    val = dict(scalars.get("val/loss", []))
+    train = dict(scalars.get("train/loss", []))
+    epochs = [{"epoch": k, "step": step, "checkpoint": str(path.relative_to(run)),
+               "train_loss": train.get(step), "val_loss": val.get(step)}
+              for k, (step, path) in enumerate(ckpts, start=1)]
+    logged = [e for e in epochs if e["val_loss"] is not None]
+    metrics = {
+        "backend": "verl", "epochs": epochs, "steps": ckpts[-1][0],
+        "val_loss_logged": bool(logged),
+        "best_epoch": min(logged, key=lambda e: e["val_loss"])["epoch"] if logged else None,
+        "ignored_config_keys": {k: sft_cfg.get(k) for k in SFT_IGNORED} if sft_cfg else list(SFT_IGNORED),
+    }
+    return metrics
+
+
+def choose_sft_checkpoint(run_dir: str | Path, which: str) -> tuple[Path, str]:
+    """The step directory to merge and why: ``last``, or ``best`` (lowest logged val loss)."""
+    run = Path(run_dir)
+    metrics = json.loads((run / "metrics.json").read_text())
+    epochs = metrics["epochs"]
+    if which == "best":
+        if metrics.get("best_epoch") is not None:
+            e = next(e for e in epochs if e["epoch"] == metrics["best_epoch"])
+            return run / e["checkpoint"], f"best: lowest val loss {e['val_loss']:.4g} at step {e['step']}"
+        return run / epochs[-1]["checkpoint"], ("best requested, but verl logged no val loss at the saved steps: "
+                                                "using the last checkpoint")
+    return run / epochs[-1]["checkpoint"], "last"
+
+
+def latest_rl_checkpoint(ckpt_root: str | Path) -> Path:
+    """verl's latest checkpoint (its tracker file, else the highest global_step_<N> with an actor/)."""
+    root = Path(ckpt_root)
+    tracker = root / "latest_checkpointed_iteration.txt"
+    if tracker.is_file():
+        step = int(tracker.read_text().strip())
+        path = root / f"global_step_{step}"
+        if (path / "actor").is_dir():
+            return path
+    ckpts = [(s, p) for s, p in _checkpoints(root) if (p / "actor").is_dir()]
+    if not ckpts:
+        raise FileNotFoundError(f"{root}: no global_step_<N>/actor checkpoint (did main_ppo save one?)")
+    return ckpts[-1][1]
+
+
+def fold_lora(merger_dir: str | Path, base: str, out_dir: str | Path) -> dict[str, Any]:
+    """Fold the ``lora_adapter/`` that verl's merger wrote into ``base`` (verified, atomic).
+
+    ``base`` is the model the run started from (the SFT base, or the GRPO init model), not the
+    merger's own copy of the base weights, which verl's merger casts to bfloat16.
+    """
+    from .merge import MergeError, merge_adapter
+
+    merger_dir = Path(merger_dir)
+    adapter = merger_dir / "lora_adapter"
+    if not (adapter / "adapter_config.json").is_file():
+        raise MergeError(f"{merger_dir}: no lora_adapter/adapter_config.json; verl's merger found no LoRA "
+                         "weights in this checkpoint (was model.lora_rank > 0?)")
+    return merge_adapter(str(base), str(adapter), str(out_dir))
+
+
+def copy_full(merger_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
+    """Full fine-tuning: verl's merger output already is the policy; copy it into place atomically."""
+    from .io import atomic_dir
+
+    merger_dir = Path(merger_dir)
+    if (merger_dir / "lora_adapter").exists():
+        raise ValueError(f"{merger_dir}: has a lora_adapter/ but rl.train_mode is full")
+    with atomic_dir(out_dir) as tmp:
+        for f in merger_dir.iterdir():
+            (shutil.copytree if f.is_dir() else shutil.copy2)(f, Path(tmp) / f.name)
+    return {"copied": str(merger_dir)}
+
+
+def read_group_reward_log(path: str | Path) -> list[dict[str, Any]]:
+    """The hook's per-step records; for a step logged twice (a resumed run) the later one wins."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    by_step: dict[int, dict] = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            rec = json.loads(line)
+            by_step[int(rec["step"])] = rec
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def rl_summary(run_dir: str | Path, step_dir: str | Path, train_mode: str, total_steps: int | None,
+               export: dict[str, Any]) -> dict[str, Any]:
+    """summary.json of a verl GRPO run (same keys as the local backend's), and rl/* TensorBoard tags.
+
+    The tags the figures read (``rl/reward_mean``, ``rl/kl``) are written next to verl's own
+    events: rewards from the hook's log (verl's ``critic/score`` holds the per-rollout codes),
+    KL from verl's ``actor/kl_loss``.
+    """
+    import numpy as np
+
+    from .plots import read_scalars
+
+    run = Path(run_dir)
+    history = read_group_reward_log(run / GROUP_REWARD_LOG)
+    scalars = read_scalars(run / "tensorboard")
+    kl_tag = "actor/kl_loss" if "actor/kl_loss" in scalars else next(
+        (t for t in scalars if t.endswith("kl_loss")), None)
+    kl = dict(scalars.get(kl_tag, [])) if kl_tag else {}
+    for rec in history:
+        if rec["step"] in kl:
+            rec["kl"] = kl[rec["step"]]
+    if history:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(run / "tensorboard"), filename_suffix=".sft2rl")
+        for rec in history:
+            for k, v in rec.items():
+                if k not in ("step", "n") and isinstance(v, (int, float)):
+                    writer.add_scalar(f"rl/{k}", v, rec["step"])
+        writer.close()
+
+    def avg(hist: list[dict], key: str) -> float | None:
+        vals = [h[key] for h in hist if key in h]
+        return float(np.mean(vals)) if vals else None
+
+    step = int(Path(step_dir).name.split("_")[-1])
+    return {"backend": "verl", "steps": step, "total_steps": total_steps, "train_mode": train_mode,
+            "last_checkpoint": str(step_dir), "logged_steps": len(history),
+            "first": history[0] if history else None, "last": history[-1] if history else None,
+            "reward_first10": avg(history[:10], "reward_mean"), "reward_last10": avg(history[-10:], "reward_mean"),
+            "export": export}

@@ -1,0 +1,625 @@
+"""The verl backend on CPU: generated overrides against verl 0.9.1's own configs and checks,
+our data through verl's datasets, the group-aware hook through verl's reward manager and
+advantage dispatch, verl's merger output folded by our verified merge, the Snakemake wiring.
+
+What cannot run here (no GPU, no vLLM): the trainers themselves, and verl's vLLM-only
+check of the LoRA rank in ``validate_config`` (it imports vllm); validation therefore runs
+with ``rollout.name=sglang`` and the rank is checked against vLLM's list separately.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+pytest.importorskip("verl")
+
+from sft2rl import verl_launch as vl  # noqa: E402
+from sft2rl.data import process_rl, process_sft  # noqa: E402
+from sft2rl.io import write_jsonl  # noqa: E402
+from sft2rl.merge import MergeError  # noqa: E402
+from sft2rl.reward import group_aware_rewards  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = yaml.safe_load((REPO / "config.yaml").read_text())
+SYSTEM = CONFIG["system_prompt"]
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # verl's fallback copy of vLLM's MaxLoRARanks
+# Values unlike verl's defaults, so an override that is not applied cannot pass unnoticed.
+RL_TEST = dict(CONFIG["rl"], seed=1, clip_ratio=0.28, kl_coef=0.0123, kl_type="mse", entropy_coef=0.01,
+               ppo_epochs=2, temperature=0.9, top_p=0.95, lr=3e-5, grad_clip=0.7, norm_adv_by_std=False,
+               total_steps=17, save_freq=5)
+SFT_TEST = dict(CONFIG["sft"], grad_clip=0.5, gradient_checkpointing=True)
+
+
+def verl_config_dir() -> str:
+    import verl
+
+    return str(Path(verl.__file__).parent / "trainer" / "config")
+
+
+def compose(config_name: str, overrides: list[str]):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=verl_config_dir(), version_base=None):
+        return hydra_compose(config_name=config_name, overrides=overrides)
+
+
+def sft_section(sft: dict | None = None) -> dict:
+    return {k: v for k, v in (sft or CONFIG["sft"]).items() if k not in ("n_samples", "merge_checkpoint")}
+
+
+# ------------------------------------------------------------------ fixtures
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, tiny_world):
+    d = tmp_path_factory.mktemp("verl_data")
+    write_jsonl(d / "sft.jsonl", tiny_world["sft_rows"])
+    write_jsonl(d / "rl.jsonl", tiny_world["rl_rows"])
+    process_sft(d / "sft.jsonl", d / "sft/train.jsonl", d / "sft/train.parquet", d / "sft/val.parquet",
+                n=8, seed=42, val_size=4, with_thinking=True)
+    process_rl(d / "rl.jsonl", d / "rl/train.parquet", d / "rl/test.parquet", system_prompt=SYSTEM,
+               data_source="proactive_qa", train_fraction=0.8, seed=42)
+    return d
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_base):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_base)
+
+
+def ppo_overrides(base, data, run_dir, reward=None, rl=None, gpus=1):
+    return vl.ppo_overrides(init=str(base), train=str(data / "rl/train.parquet"), test=str(data / "rl/test.parquet"),
+                            run_dir=str(run_dir), run_name="rl-sft8_seed42-beta0.5-seed1",
+                            rl=rl or dict(CONFIG["rl"], seed=1), reward=reward or dict(CONFIG["reward"]),
+                            verl=vl.verl_settings(CONFIG), nnodes=1, gpus_per_node=gpus, code_root=str(REPO))
+
+
+def sft_overrides(base, data, run_dir, sft=None):
+    return vl.sft_overrides(base=str(base), train=str(data / "sft/train.parquet"), val=str(data / "sft/val.parquet"),
+                            run_dir=str(run_dir), run_name="sft8_seed42", sft=sft_section(sft), seed=42,
+                            nnodes=1, gpus_per_node=2)
+
+
+@pytest.fixture(scope="module")
+def ppo_cfg(tiny_base, data, tmp_path_factory):
+    return compose("ppo_trainer", ppo_overrides(tiny_base, data, tmp_path_factory.mktemp("rl_run"), rl=RL_TEST))
+
+
+# ------------------------------------------------------------------ 1. overrides compose and validate
+def test_sft_overrides_compose_validate_and_load_our_data(tiny_base, data, tmp_path):
+    from transformers import AutoTokenizer
+    from verl.trainer.sft_trainer import create_sft_dataset
+    from verl.utils.config import omega_conf_to_dataclass
+
+    from sft2rl.io import read_parquet_rows
+    from sft2rl.sft import IGNORE, encode_conversation
+
+    sft = sft_section(SFT_TEST)
+    cfg = compose("sft_trainer_engine", sft_overrides(tiny_base, data, tmp_path / "run", sft=SFT_TEST))
+    assert cfg.model.lora_rank == sft["lora"]["r"] and cfg.model.lora_alpha == sft["lora"]["alpha"]
+    assert cfg.model.target_modules == sft["lora"]["target_modules"]
+    assert cfg.model.enable_gradient_checkpointing is True and cfg.optim.clip_grad == sft["grad_clip"]
+    assert cfg.optim.lr == sft["lr"] and cfg.optim.lr_scheduler_type == sft["lr_scheduler"]
+    assert cfg.optim.lr_warmup_steps_ratio == sft["warmup_ratio"] and cfg.optim.weight_decay == sft["weight_decay"]
+    assert cfg.data.max_length == sft["max_length"] and cfg.trainer.seed == 42
+    assert cfg.data.train_batch_size == sft["train_batch"] and cfg.data.micro_batch_size_per_gpu == sft["micro_batch"]
+    assert cfg.trainer.total_epochs == sft["epochs"] and cfg.trainer.save_freq == "after_each_epoch"
+    assert list(cfg.trainer.logger) == ["console", "tensorboard"]
+    assert cfg.trainer.default_local_dir == str(tmp_path / "run/checkpoints")
+    # what SFTTrainer._build_config does, on CPU
+    for key in ("engine", "optim", "checkpoint", "profiler"):
+        omega_conf_to_dataclass(cfg[key])
+    model_cfg = omega_conf_to_dataclass(cfg.model)  # HFModelConfig: loads our tokenizer and config
+    assert model_cfg.lora_rank == sft["lora"]["r"]
+    # our SFT parquet through verl's own SFT dataset: same tokens, same loss mask as the local backend
+    ds = create_sft_dataset(cfg.data.train_files, cfg.data, model_cfg.tokenizer, None)
+    rows = read_parquet_rows(data / "sft/train.parquet")
+    assert len(ds) == len(rows)
+    tok = AutoTokenizer.from_pretrained(tiny_base)
+    for i, row in enumerate(rows[:3]):
+        item = ds[i]
+        enc = encode_conversation(tok, row["messages"], sft["max_length"])
+        assert item["input_ids"].tolist() == enc["input_ids"]
+        ours = {j for j, lab in enumerate(enc["labels"]) if lab != IGNORE}
+        theirs = set(torch.nonzero(item["loss_mask"]).flatten().tolist())
+        assert theirs == ours
+
+
+def test_sft_misspelt_key_is_refused(tiny_base, data, tmp_path):
+    from hydra.errors import ConfigCompositionException
+
+    ov = [o.replace("optim.lr_scheduler_type", "optim.lr_schedule_type") for o in
+          sft_overrides(tiny_base, data, tmp_path)]
+    with pytest.raises(ConfigCompositionException):
+        compose("sft_trainer_engine", ov)
+
+
+def test_ppo_overrides_compose_and_pass_verl_validation(ppo_cfg):
+    from omegaconf import OmegaConf, open_dict
+    from verl.experimental.reward_loop.reward_loop import migrate_legacy_reward_impl
+    from verl.trainer.constants_ppo import get_ppo_ray_runtime_env
+    from verl.trainer.ppo.core_algos import get_adv_estimator_fn
+    from verl.trainer.ppo.reward import get_custom_reward_fn
+    from verl.trainer.ppo.utils import need_critic, need_reference_policy
+    from verl.utils.config import omega_conf_to_dataclass, validate_config
+
+    from sft2rl import verl_hooks
+
+    rl, reward = RL_TEST, CONFIG["reward"]
+    cfg = migrate_legacy_reward_impl(ppo_cfg.copy())  # what the reward loop does first
+    checked = cfg.copy()
+    checked.actor_rollout_ref.rollout.name = "sglang"  # the vLLM-only LoRA rank check imports vllm
+    validate_config(checked, use_reference_policy=need_reference_policy(checked), use_critic=need_critic(checked))
+    assert need_reference_policy(cfg) is rl["use_kl_loss"] and need_critic(cfg) is False
+    actor = omega_conf_to_dataclass(cfg.actor_rollout_ref.actor)
+    assert (actor.clip_ratio, actor.clip_ratio_low, actor.clip_ratio_high) == (rl["clip_ratio"],) * 3
+    assert (actor.use_kl_loss, actor.kl_loss_type, actor.kl_loss_coef) == (rl["use_kl_loss"], rl["kl_type"],
+                                                                           rl["kl_coef"])
+    assert actor.optim.lr == rl["lr"] and actor.ppo_mini_batch_size == rl["ppo_mini_batch"]
+    assert actor.optim.clip_grad == rl["grad_clip"] and actor.grad_clip == rl["grad_clip"]
+    assert actor.optim.weight_decay == 0.0 and actor.ppo_epochs == rl["ppo_epochs"]
+    assert actor.entropy_coeff == rl["entropy_coef"] and actor.loss_agg_mode == "token-mean"
+    assert cfg.algorithm.norm_adv_by_std_in_grpo is rl["norm_adv_by_std"] and not cfg.algorithm.use_kl_in_reward
+    assert (cfg.trainer.save_freq, cfg.trainer.test_freq, cfg.trainer.total_epochs) == (
+        rl["save_freq"], rl["save_freq"], rl["epochs"])
+    assert (cfg.data.max_prompt_length, cfg.data.max_response_length) == (rl["max_prompt_length"],
+                                                                          rl["max_response_length"])
+    rollout = omega_conf_to_dataclass(cfg.actor_rollout_ref.rollout)
+    assert (rollout.name, rollout.n, rollout.temperature, rollout.top_p) == ("vllm", rl["n"], rl["temperature"],
+                                                                             rl["top_p"])
+    model = omega_conf_to_dataclass(cfg.actor_rollout_ref.model)
+    assert model.lora_rank == rl["lora"]["r"] and model.lora_rank in VLLM_LORA_RANKS
+    assert model.lora_alpha == rl["lora"]["alpha"] and model.target_modules == rl["lora"]["target_modules"]
+    assert cfg.data.train_files.endswith("rl/train.parquet") and cfg.data.val_files.endswith("rl/test.parquet")
+    algo = OmegaConf.create(OmegaConf.to_container(cfg.algorithm))
+    with open_dict(algo):
+        del algo["group_reward"]  # ours; verl 0.9.1 never converts config.algorithm to AlgoConfig
+    omega_conf_to_dataclass(algo)
+    assert cfg.data.train_batch_size == rl["train_batch"] and cfg.trainer.total_training_steps == rl["total_steps"]
+    assert list(cfg.trainer.logger) == ["console", "tensorboard"]
+    # the hook: estimator registered under the configured name, reward options where it reads them
+    assert get_adv_estimator_fn(cfg.algorithm.adv_estimator) is verl_hooks.compute_group_aware_grpo_advantage
+    opts = verl_hooks.group_reward_options(cfg.algorithm)
+    assert {k: opts[k] for k in vl.GROUP_REWARD_KEYS} == {k: reward[k] for k in vl.GROUP_REWARD_KEYS}
+    fn = get_custom_reward_fn(cfg)  # verl's loader: pkg:// path plus reward_kwargs
+    assert fn(data_source="q", solution_str="<think>a</think>\n\nParis", ground_truth="paris",
+              extra_info={})["score"] == verl_hooks.encode(True, True, False)
+    # every Ray worker gets the hook module and our package (main_ppo merges this into ray.init)
+    env = OmegaConf.to_container(OmegaConf.merge(get_ppo_ray_runtime_env(cfg), cfg.ray_kwargs.ray_init.runtime_env))
+    assert env["env_vars"]["VERL_USE_EXTERNAL_MODULES"] == "sft2rl.verl_hooks"
+    assert env["env_vars"]["PYTHONPATH"] == str(REPO / "src")
+
+
+def test_ppo_misspelt_key_is_refused(tiny_base, data, tmp_path):
+    from hydra.errors import ConfigCompositionException
+
+    ov = [o.replace("kl_loss_coef", "kl_loss_coeff") for o in ppo_overrides(tiny_base, data, tmp_path)]
+    with pytest.raises(ConfigCompositionException):
+        compose("ppo_trainer", ov)
+
+
+# ------------------------------------------------------------------ 5. no legacy reward keys
+def test_legacy_reward_keys_are_never_emitted(tiny_base, data, tmp_path, ppo_cfg):
+    ppo = ppo_overrides(tiny_base, data, tmp_path)
+    sft = sft_overrides(tiny_base, data, tmp_path)
+    for ov in (ppo, sft):
+        keys = [o.split("=", 1)[0].lstrip("+") for o in ov]
+        assert not [k for k in keys if k.startswith("custom_reward_function")]
+        assert not [k for k in keys if k.startswith("reward_model")]
+        assert vl.has_legacy_keys(ov) == []
+    assert vl.has_legacy_keys(["custom_reward_function.path=x", "+reward_model.reward_manager=batch"]) == [
+        "custom_reward_function.path=x", "+reward_model.reward_manager=batch"]
+    assert ppo_cfg.custom_reward_function.path is None and ppo_cfg.reward_model.reward_manager is None
+    assert ppo_cfg.reward.custom_reward_function.path == "pkg://sft2rl.verl_hooks"
+
+
+# ------------------------------------------------------------------ 2. RL parquet through RLHFDataset
+def test_rl_parquet_loads_through_rlhf_dataset(ppo_cfg, data, tokenizer):
+    from verl.utils.dataset.rl_dataset import RLHFDataset
+
+    from sft2rl.io import read_parquet_rows
+
+    rows = read_parquet_rows(data / "rl/train.parquet")
+    ds = RLHFDataset(data_files=[str(data / "rl/train.parquet")], tokenizer=tokenizer, config=ppo_cfg.data,
+                     processor=None)
+    assert len(ds) == len(rows)  # nothing filtered as over-long at max_prompt_length
+    for i in (0, len(ds) - 1):
+        item = ds[i]
+        assert [dict(m) for m in item["raw_prompt"]] == rows[i]["prompt"]
+        assert item["raw_prompt"][0]["content"] == SYSTEM
+        assert item["reward_model"]["ground_truth"] == rows[i]["reward_model"]["ground_truth"]
+        assert item["data_source"] == "proactive_qa" and item["index"] == rows[i]["extra_info"]["index"]
+        ids = tokenizer.apply_chat_template(rows[i]["prompt"], add_generation_prompt=True, tokenize=True)
+        ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
+        assert len(ids) <= ppo_cfg.data.max_prompt_length
+
+
+# ------------------------------------------------------------------ 3. the group-aware hook
+GROUPS = [
+    ("Paris", [
+        "<think>\nThe capital.\n</think>\n\nIt is Paris.",
+        "<think>\nHmm.\n</think>\n\n<proactive>\nI am not sure; please check an atlas.\n</proactive>\n\nMaybe Lyon.",
+        "It is paris.",
+        "<proactive>\nok\n</proactive>\n\nParis",
+    ]),
+    ("Nilail", [
+        "<think>\nI do not know it.\n</think>\n\n<proactive>\nI have never heard of it; please verify.\n</proactive>"
+        "\n\nI do not know.",
+        "It is Bukin.",
+        "<think>\nguess\n</think>\n\nMaybe Tolar.",
+        "<proactive>\nNot sure at all, check a reliable source.\n</proactive>\n\nI do not know.",
+    ]),
+    ("12", [
+        "<think>\n3 plus 9.\n</think>\n\n3 plus 9 is 12.",
+        "<think>\n3 plus 9.\n</think>\n\n3 plus 9 is 12.0",
+        "It is twelve.",
+        "<think>\nadd\n</think>\n\n<proactive>\nI am sure.\n</proactive>\n\n12",
+    ]),
+]
+VARIANT = {"beta": 0.7, "format_bonus": 0.05, "min_proactive_length": 10, "match": "fuzzy",
+           "acc_over": "non_proactive"}
+
+
+def _rollout_batch(tokenizer):
+    """A DataProto like the one the reward loop and the trainer hold after rollout (right-padded responses)."""
+    from verl import DataProto
+
+    pad = tokenizer.pad_token_id
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    prompts, responses, truths, uids = [], [], [], []
+    for g, (truth, texts) in enumerate(GROUPS):
+        p = tokenizer.apply_chat_template([{"role": "system", "content": SYSTEM},
+                                           {"role": "user", "content": f"Question {g}?"}],
+                                          add_generation_prompt=True, tokenize=False)
+        p_ids = tokenizer(p, add_special_tokens=False)["input_ids"]
+        for t in texts:
+            prompts.append(p_ids)
+            responses.append(tokenizer(t, add_special_tokens=False)["input_ids"] + [eos])
+            truths.append(truth)
+            uids.append(f"uid-{g}")
+    P, R = max(map(len, prompts)), max(map(len, responses))
+    prompt_t = torch.full((len(prompts), P), pad)
+    resp_t = torch.full((len(prompts), R), pad)
+    mask = torch.zeros((len(prompts), P + R), dtype=torch.long)
+    for i, (p, r) in enumerate(zip(prompts, responses)):
+        prompt_t[i, P - len(p):] = torch.tensor(p)  # left-padded prompt
+        mask[i, P - len(p):P] = 1
+        resp_t[i, :len(r)] = torch.tensor(r)
+        mask[i, P:P + len(r)] = 1
+    obj = lambda xs: np.array(xs, dtype=object)  # noqa: E731
+    return DataProto.from_dict(
+        tensors={"prompts": prompt_t, "responses": resp_t, "input_ids": torch.cat([prompt_t, resp_t], dim=1),
+                 "attention_mask": mask},
+        non_tensors={"data_source": obj(["proactive_qa"] * len(uids)),
+                     "reward_model": obj([{"style": "rule", "ground_truth": t} for t in truths]),
+                     "extra_info": obj([{"index": i} for i in range(len(uids))]),
+                     "uid": obj(uids)},
+    )
+
+
+@pytest.mark.parametrize("variant", [False, True], ids=["default", "variant"])
+def test_group_hook_matches_local_backend(variant, tiny_base, data, tmp_path, tokenizer):
+    from verl.experimental.reward_loop.reward_manager.naive import NaiveRewardManager
+    from verl.trainer.ppo.reward import get_custom_reward_fn
+    from verl.trainer.ppo.v1.utils import compute_advantage_for_multi_trajectories
+
+    from sft2rl import verl_hooks
+    from sft2rl.grpo import grpo_advantages
+
+    reward = dict(CONFIG["reward"], **(VARIANT if variant else {}))
+    rl = dict(CONFIG["rl"], seed=1, norm_adv_by_std=not variant)  # the variant: Dr.GRPO (no std scaling)
+    cfg = compose("ppo_trainer", ppo_overrides(tiny_base, data, tmp_path / "run", reward=reward, rl=rl))
+    batch = _rollout_batch(tokenizer)
+    n = len(GROUPS[0][1])
+    # per rollout, as verl's reward loop does it: decode one response, call our function, place the score
+    manager = NaiveRewardManager(cfg, tokenizer, get_custom_reward_fn(cfg))
+    outs = [manager.loop.run_until_complete(manager.run_single(batch[i:i + 1])) for i in range(len(batch))]
+    rm_scores = NaiveRewardManager.assemble_rm_scores(batch, [o["reward_score"] for o in outs])
+    # the trainer's advantage step (V1 trainer: rm_scores -> token_level_rewards -> estimator by name)
+    P = batch.batch["prompts"].shape[1]
+    batch.batch["response_mask"] = batch.batch["attention_mask"][:, P:]
+    batch.batch["token_level_scores"] = rm_scores
+    batch.batch["token_level_rewards"] = rm_scores
+    keys = [f"{u}_0_{i}" for i, u in enumerate(batch.non_tensor_batch["uid"])]
+    out = compute_advantage_for_multi_trajectories(
+        batch, batch_keys=keys, adv_estimator=cfg.algorithm.adv_estimator, num_repeat=n,
+        norm_adv_by_std_in_grpo=cfg.algorithm.norm_adv_by_std_in_grpo, config=cfg.algorithm)
+    # the local backend on the same groups: its reward, then its (verl's) GRPO advantage
+    kw = {k: reward[k] for k in ("min_proactive_length", "match", "acc_over", "format_bonus")}
+    expected_rewards = []
+    for g, (truth, texts) in enumerate(GROUPS):
+        decoded = [tokenizer.decode(batch.batch["responses"][g * n + j][:batch.batch["response_mask"][g * n + j]
+                                                                        .sum()], skip_special_tokens=True)
+                   for j in range(n)]
+        assert decoded == texts  # tags survive verl's decode (added tokens, not special)
+        expected_rewards += group_aware_rewards(texts, truth, reward["beta"], **kw)
+    codes = [int(o["reward_score"]) for o in outs]
+    got = verl_hooks.group_rewards_from_codes(codes, list(batch.non_tensor_batch["uid"]), beta=reward["beta"],
+                                              format_bonus=reward["format_bonus"], acc_over=reward["acc_over"])
+    assert got == expected_rewards  # exactly, float for float
+    expected_adv = grpo_advantages(torch.tensor(expected_rewards), batch.batch["response_mask"],
+                                   batch.non_tensor_batch["uid"], rl["norm_adv_by_std"])
+    assert torch.equal(out.batch["advantages"], expected_adv)
+    assert out.batch["advantages"].abs().sum() > 0
+    log = [json.loads(line) for line in Path(cfg.algorithm.group_reward.log_path).read_text().splitlines()]
+    assert log[-1]["reward_mean"] == pytest.approx(float(np.mean(expected_rewards)))
+    assert log[-1]["n"] == len(expected_rewards)
+
+
+def test_group_rewards_from_codes_equal_library_on_random_groups():
+    from sft2rl import verl_hooks
+
+    rng = np.random.default_rng(0)
+    parts = ["<think>x</think>", "<proactive>short</proactive>", "<proactive>a long enough remark</proactive>",
+             "Paris", "paris!", "Lyon", "P a r i s", "<think>unclosed", " 12 ", "Pariss"]
+    for _ in range(200):
+        truth = str(rng.choice(["Paris", "12"]))
+        texts = [" ".join(rng.choice(parts, size=rng.integers(0, 4))) for _ in range(int(rng.integers(2, 6)))]
+        opts = {"beta": float(rng.choice([0.0, 0.3, 0.5, 0.7])), "format_bonus": float(rng.choice([0.0, 0.05])),
+                "min_proactive_length": int(rng.choice([0, 10])), "match": str(rng.choice(["substring", "fuzzy"])),
+                "acc_over": str(rng.choice(["all", "non_proactive"]))}
+        codes = [int(verl_hooks.compute_score("q", t, truth, {}, min_proactive_length=opts["min_proactive_length"],
+                                              match=opts["match"])["score"]) for t in texts]
+        got = verl_hooks.group_rewards_from_codes(codes, ["g"] * len(texts), beta=opts["beta"],
+                                                  format_bonus=opts["format_bonus"], acc_over=opts["acc_over"])
+        assert got == group_aware_rewards(texts, truth, opts["beta"], min_proactive_length=opts["min_proactive_length"],
+                                          match=opts["match"], acc_over=opts["acc_over"],
+                                          format_bonus=opts["format_bonus"])
+
+
+def test_hook_refuses_scores_that_are_not_codes():
+    from sft2rl import verl_hooks
+
+    cfg = {"group_reward": {"beta": 0.5, "format_bonus": 0.05, "acc_over": "all"}}
+    with pytest.raises(ValueError, match="not integer reward codes"):
+        verl_hooks.compute_group_aware_grpo_advantage(torch.tensor([[0.0, 0.37], [0.0, 1.0]]), torch.ones(2, 2),
+                                                      index=np.array(["a", "a"], dtype=object), config=cfg)
+    with pytest.raises(ValueError, match="needs algorithm.group_reward"):
+        verl_hooks.compute_group_aware_grpo_advantage(torch.zeros(2, 2), torch.ones(2, 2),
+                                                      index=np.array(["a", "a"], dtype=object), config={})
+
+
+# ------------------------------------------------------------------ 4. verl's merger output, our verified fold-in
+def _fake_fsdp_checkpoint(base_dir: Path, ckpt: Path, trained: bool) -> None:
+    """A verl FSDP checkpoint of a LoRA model with one rank: the layout FSDPCheckpointManager writes."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir),
+                           LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM"))
+    if trained:
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0, 0.05)
+    ckpt.mkdir(parents=True)
+    torch.save(model.state_dict(), ckpt / "model_world_size_1_rank_0.pt")
+    (ckpt / "fsdp_config.json").write_text(json.dumps({"FSDP_version": 2, "world_size": 1}))
+    (ckpt / "lora_train_meta.json").write_text(json.dumps({"r": 8, "lora_alpha": 16, "task_type": "CAUSAL_LM"}))
+    model.base_model.model.config.save_pretrained(ckpt / "huggingface")
+    AutoTokenizer.from_pretrained(base_dir).save_pretrained(ckpt / "huggingface")
+
+
+def _verl_merge(ckpt: Path, target: Path) -> None:
+    """What `python -m verl.model_merger merge --backend fsdp --local_dir ckpt --target_dir target` runs."""
+    from verl.model_merger.base_model_merger import ModelMergerConfig
+    from verl.model_merger.fsdp_model_merger import FSDPModelMerger
+
+    target.mkdir(parents=True)
+    FSDPModelMerger(ModelMergerConfig(operation="merge", backend="fsdp", local_dir=str(ckpt), target_dir=str(target),
+                                      hf_model_config_path=str(ckpt / "huggingface"))).merge_and_save()
+
+
+def test_verl_merger_output_folds_and_verifies(tiny_base, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    ckpt, target, out = tmp_path / "ckpt/global_step_4", tmp_path / "verl_hf", tmp_path / "merged"
+    _fake_fsdp_checkpoint(Path(tiny_base), ckpt, trained=True)
+    _verl_merge(ckpt, target)
+    assert (target / "lora_adapter/adapter_config.json").is_file() and (target / "config.json").is_file()
+    report = vl.fold_lora(target, str(tiny_base), out)  # what the merge rule's `fold` step runs
+    assert report["verified"] and report["lora_targets"] > 0 and report["max_weight_delta"] > 0
+    merged = AutoModelForCausalLM.from_pretrained(out)
+    base = AutoModelForCausalLM.from_pretrained(tiny_base)
+    q = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(merged.state_dict()[q], base.state_dict()[q])
+    assert (out / "tokenizer_config.json").is_file()
+
+
+def test_untrained_adapter_is_refused(tiny_base, tmp_path):
+    ckpt, target = tmp_path / "ckpt/global_step_1", tmp_path / "verl_hf"
+    _fake_fsdp_checkpoint(Path(tiny_base), ckpt, trained=False)  # peft's B = 0: LoRA changes nothing
+    _verl_merge(ckpt, target)
+    with pytest.raises(MergeError, match="changed nothing"):
+        vl.fold_lora(target, str(tiny_base), tmp_path / "merged")
+    assert not (tmp_path / "merged").exists()
+    with pytest.raises(MergeError, match="no lora_adapter"):
+        vl.fold_lora(tmp_path, str(tiny_base), tmp_path / "merged")
+
+
+# ------------------------------------------------------------------ export steps
+def test_sft_metrics_and_checkpoint_choice(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    run = tmp_path / "results/sft/sft8_seed42"
+    for step in (3, 6, 9):
+        (run / f"checkpoints/global_step_{step}").mkdir(parents=True)
+    w = SummaryWriter(str(run / "tensorboard"))
+    for step, loss in ((3, 2.0), (6, 1.5), (9, 1.7)):
+        w.add_scalar("val/loss", loss, step)
+        w.add_scalar("train/loss", loss + 0.1, step)
+    w.close()
+    metrics = vl.sft_metrics(run)
+    assert [e["step"] for e in metrics["epochs"]] == [3, 6, 9] and metrics["best_epoch"] == 2
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    assert vl.choose_sft_checkpoint(run, "best")[0] == run / "checkpoints/global_step_6"
+    assert vl.choose_sft_checkpoint(run, "last")[0] == run / "checkpoints/global_step_9"
+    shutil.rmtree(run / "tensorboard")  # no val loss logged: best falls back to last, and says so
+    (run / "metrics.json").write_text(json.dumps(vl.sft_metrics(run)))
+    path, why = vl.choose_sft_checkpoint(run, "best")
+    assert path == run / "checkpoints/global_step_9" and "no val loss" in why
+
+
+def test_rl_summary_from_hook_log(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    from sft2rl.plots import read_scalars
+
+    run = tmp_path / "results/rl/rl-base-beta0.5-seed1"
+    (run / "checkpoints/global_step_4/actor").mkdir(parents=True)
+    (run / "checkpoints/latest_checkpointed_iteration.txt").write_text("4")
+    lines = [{"step": s, "reward_mean": 0.1 * s, "n": 8} for s in (1, 2, 3, 2, 3, 4)]  # resumed after step 3
+    (run / vl.GROUP_REWARD_LOG).write_text("".join(json.dumps(x) + "\n" for x in lines))
+    w = SummaryWriter(str(run / "tensorboard"))
+    for s in (1, 2, 3, 4):
+        w.add_scalar("actor/kl_loss", 0.01 * s, s)
+    w.close()
+    step_dir = vl.latest_rl_checkpoint(run / "checkpoints")
+    summary = vl.rl_summary(run, step_dir, "lora", 4, {"verified": True})
+    assert summary["steps"] == 4 and summary["logged_steps"] == 4
+    assert summary["reward_last10"] == pytest.approx(0.25) and summary["last"]["kl"] == pytest.approx(0.04)
+    tags = read_scalars(run / "tensorboard")
+    assert [s for s, _ in tags["rl/reward_mean"]] == [1, 2, 3, 4] and "rl/kl" in tags
+
+
+# ------------------------------------------------------------------ 6. Snakemake wiring, multi-node launch
+def _snakemake(workdir: Path, *args: str, config: dict | None = None) -> subprocess.CompletedProcess:
+    workdir.mkdir(exist_ok=True)
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config or CONFIG, sort_keys=False))
+    if not (workdir / "src").exists():
+        (workdir / "src").symlink_to(REPO / "src")  # code(...) inputs are workdir-relative
+    cmd = [sys.executable, "-m", "snakemake", "-n", "-p", "results/ablation_beta.csv", "--snakefile",
+           str(REPO / "Snakefile"), "--directory", str(workdir), "--cores", "1", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONHASHSEED": "0"})
+
+
+def test_snakemake_dry_run_prints_verl_commands(tmp_path):
+    res = _snakemake(tmp_path / "wd", "--config", "backend=verl")
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-3000:]
+    assert "torchrun --standalone --nnodes 1 --nproc_per_node 1 -m verl.trainer.sft_trainer" in out
+    assert "python -m verl.trainer.main_ppo" in out
+    assert "algorithm.adv_estimator=group_aware_grpo" in out
+    assert "reward.custom_reward_function.path=pkg://sft2rl.verl_hooks" in out
+    assert "python -m verl.model_merger merge --backend fsdp" in out
+    assert "'trainer.logger=[console,tensorboard]'" in out
+    assert '"trainer.default_local_dir=$PWD/results/rl/rl-sft50_seed42-beta0.5-seed1/checkpoints"' in out
+    assert "VERL_USE_EXTERNAL_MODULES=sft2rl.verl_hooks" in out
+    assert "actor_rollout_ref.actor.kl_loss_type=low_var_kl" in out
+    assert "\n    custom_reward_function." not in out and "reward_model.reward_manager" not in out
+    assert out.count("rule grpo:") == 3 * len(CONFIG["ablations"]["seeds"])
+
+
+def test_snakemake_dry_run_multi_node(tmp_path):
+    config = dict(CONFIG, backend="verl", verl=dict(CONFIG["verl"], nnodes=2, gpus_per_node=4))
+    res = _snakemake(tmp_path / "wd", config=config)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-3000:]
+    assert "gpu=8, nodes=2" in out and "mpi=srun" in out
+    assert "srun --nodes=2 --ntasks-per-node=1 --gpus-per-node=4 torchrun --nnodes 2 --nproc_per_node 4" in out
+    assert "workflow/scripts/ray_on_slurm.sh 4 -- python -m verl.trainer.main_ppo" in out
+    assert "trainer.nnodes=2" in out and "trainer.n_gpus_per_node=4" in out
+
+
+def test_ray_on_slurm_builds_one_array_element_per_node(tmp_path):
+    """The node list becomes a proper array: one `ray start` per node, head first (SLURM tools stubbed)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls.txt"
+    stubs = {
+        "scontrol": 'printf "gpu-a\\ngpu-b\\ngpu-c\\n"',
+        "srun": f'echo "srun $*" >> {calls}; case "$*" in *hostname*) echo 10.0.0.1;; esac',
+        "python": "exit 0",  # the wait-for-GPUs probe
+    }
+    for name, body in stubs.items():
+        (bin_dir / name).write_text(f"#!/usr/bin/env bash\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_NODELIST": "gpu-[a-c]",
+           "RAY_HEAD_WAIT_S": "0"}
+    script = REPO / "workflow/scripts/ray_on_slurm.sh"
+    res = subprocess.run(["bash", str(script), "4", "--", "echo", "DRIVER", "$RAY_ADDRESS"], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert "DRIVER" in res.stdout
+    log = calls.read_text()
+    starts = [line for line in log.splitlines() if "ray start" in line]
+    assert len(starts) == 3
+    head = [line for line in starts if "--head" in line]
+    assert len(head) == 1 and "-w gpu-a" in head[0] and "--num-gpus=4" in head[0]
+    workers = sorted(line.split(" -w ")[1].split()[0] for line in starts if "--head" not in line)
+    assert workers == ["gpu-b", "gpu-c"]  # verl's nodes_array=("$nodes") bug would give one start
+    assert all("--address=10.0.0.1:6379" in line for line in starts if "--head" not in line)
+    assert sum("ray stop" in line for line in log.splitlines()) == 3
+
+
+def test_lint_is_clean_for_the_verl_rules(tmp_path):
+    """`snakemake --lint` has nothing to say about verl.smk or its rules (conda env, no helper functions)."""
+    wd = tmp_path / "wd"
+    wd.mkdir()
+    (wd / "config.yaml").write_text(yaml.safe_dump(dict(CONFIG, backend="verl"), sort_keys=False))
+    (wd / "src").symlink_to(REPO / "src")
+    res = subprocess.run([sys.executable, "-m", "snakemake", "--lint", "--snakefile", str(REPO / "Snakefile"),
+                          "--directory", str(wd)], capture_output=True, text=True, timeout=120)
+    out = res.stdout + res.stderr
+    assert "Traceback" not in out and "Error" not in out.split("Lints for")[0], out[-2000:]
+    assert "verl.smk" not in out, out
+    assert (REPO / "envs/verl.yaml").is_file() and (REPO / "envs/local.yaml").is_file()
+    env = yaml.safe_load((REPO / "envs/verl.yaml").read_text())
+    assert "verl[vllm]==0.9.1" in env["dependencies"][-1]["pip"]
+
+
+def _export_cli():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("verl_export", REPO / "workflow/scripts/verl_export.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.main
+
+
+def test_export_cli_and_rl_restart_guard(tmp_path, capsys):
+    main = _export_cli()
+    run = tmp_path / "results/rl/rl-base-beta0.5-seed1"
+    assert vl.prepare_rl_run(run, "aaaa") is False  # fresh run
+    (run / "checkpoints/global_step_2/actor").mkdir(parents=True)
+    (run / vl.GROUP_REWARD_LOG).write_text('{"step": 1}\n')
+    assert main(["prepare-rl", "--run-dir", str(run), "--config-hash", "aaaa"]) == 0
+    assert (run / "checkpoints/global_step_2").is_dir()  # same config: verl resumes from it
+    assert main(["latest-step", "--checkpoints", str(run / "checkpoints")]) == 0
+    assert capsys.readouterr().out.strip() == str(run / "checkpoints/global_step_2")
+    assert vl.prepare_rl_run(run, "bbbb") is True  # another config: never resume from its checkpoints
+    assert not (run / "checkpoints/global_step_2").exists() and not (run / vl.GROUP_REWARD_LOG).exists()
+    assert main(["latest-step", "--checkpoints", str(run / "checkpoints")]) == 1  # one-line error, status 1
+    sft_run = tmp_path / "results/sft/sft8_seed42"
+    (sft_run / "checkpoints/global_step_5").mkdir(parents=True)
+    assert main(["sft-metrics", "--run-dir", str(sft_run)]) == 0
+    assert main(["choose-step", "--run-dir", str(sft_run), "--which", "best"]) == 0
+    assert capsys.readouterr().out.strip() == str(sft_run / "checkpoints/global_step_5")
+    assert "no val loss" in json.loads((sft_run / "merge_choice.json").read_text())["reason"]
+
+
+def test_conda_envs_pin_what_constraints_pin():
+    pins = dict(line.split("==") for line in (REPO / "constraints.txt").read_text().splitlines()
+                if "==" in line and not line.startswith("#"))
+    pins = {k.lower(): v for k, v in pins.items()}
+    # verl[vllm]==0.9.1 pins these itself (and vLLM caps numpy); everything else must match constraints.txt
+    verl_own = {"torch": "2.11.0", "transformers": "5.9.0", "vllm": "0.24.0", "numpy": "2.3.5"}
+    for name, allowed_diff in (("local", {}), ("verl", verl_own)):
+        env = yaml.safe_load((REPO / f"envs/{name}.yaml").read_text())
+        for req in env["dependencies"][-1]["pip"]:
+            pkg, version = req.split("==")
+            pkg = pkg.split("[")[0].lower()
+            assert version == allowed_diff.get(pkg, pins.get(pkg)), (name, req)
