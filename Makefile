@@ -31,6 +31,11 @@ test: setup
 test-fast: setup
 	$(BIN)/pytest -q -m "not integration and not slurm"
 
+# The SLURM integration test needs the local one-node cluster (installs slurm-wlm via apt).
+test-slurm: setup
+	tests/slurm/cluster.sh up
+	CI=1 $(BIN)/pytest -q tests/test_slurm.py
+
 figures: setup
 	$(BIN)/snakemake --cores $(CORES) figures
 
