@@ -35,7 +35,7 @@ VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # verl's fallback copy
 # Values unlike verl's defaults, so an override that is not applied cannot pass unnoticed.
 RL_TEST = dict(CONFIG["rl"], seed=1, clip_ratio=0.28, kl_coef=0.0123, kl_type="mse", entropy_coef=0.01,
                ppo_epochs=2, temperature=0.9, top_p=0.95, lr=3e-5, grad_clip=0.7, norm_adv_by_std=False,
-               total_steps=17, save_freq=5)
+               total_steps=17, save_freq=5, train_mode="lora")  # LoRA keys checked below
 SFT_TEST = dict(CONFIG["sft"], grad_clip=0.5, gradient_checkpointing=True)
 
 
