@@ -11,6 +11,13 @@ configfile: "config.yaml"
 
 
 include: "workflow/rules/common.smk"
+
+wildcard_constraints:
+    sft_run=runs.SFT_RE,
+    rl_run=runs.RL_RE,
+    model=runs.MODEL_RE,
+
+
 include: "workflow/rules/data.smk"
 include: "workflow/rules/model.smk"
 include: "workflow/rules/sft.smk"

@@ -19,10 +19,7 @@ from tqdm import tqdm
 from .generation import generate
 from .io import read_parquet_rows, write_json, write_jsonl
 from .model import load_model, pick_device
-from .reward import group_aware_details
-
-REWARD_KEYS = ("beta", "format_bonus", "min_proactive_length", "match", "acc_over")
-
+from .reward import group_aware_details, options_from_config
 
 def _mean(xs: list[float]) -> float:
     return float(sum(xs) / len(xs)) if xs else float("nan")
@@ -34,7 +31,7 @@ def evaluate_model(model_path: str, test_file: str, answers_out: str, metrics_ou
     device = pick_device()
     model, tokenizer = load_model(model_path, device)
     rows = read_parquet_rows(test_file)
-    rkw = {k: reward[k] for k in REWARD_KEYS}
+    rkw = options_from_config(reward)
     records: list[dict[str, Any]] = []
     for start in tqdm(range(0, len(rows), batch_size), desc="eval", mininterval=5):
         chunk = rows[start:start + batch_size]

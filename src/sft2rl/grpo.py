@@ -31,10 +31,7 @@ from .generation import generate
 from .io import atomic_dir, read_parquet_rows, write_json
 from .logutil import LOG
 from .model import load_model, pick_device, set_seed, train_dtype
-from .reward import group_aware_details
-
-REWARD_KEYS = ("beta", "format_bonus", "min_proactive_length", "match", "acc_over")
-
+from .reward import group_aware_details, options_from_config
 
 @dataclass
 class ActorLossConfig:
@@ -151,7 +148,7 @@ def train_grpo(init_model: str, train_file: str, run_dir: str, cfg: dict[str, An
         shutil.rmtree(ckpt_root)  # checkpoints of another config: never resume from them
 
     loss_cfg = ActorLossConfig(clip_ratio=cfg["clip_ratio"])
-    rkw = {k: reward_cfg[k] for k in REWARD_KEYS}
+    rkw = options_from_config(reward_cfg)
     n, bsz, mini = cfg["n"], cfg["train_batch"], cfg["ppo_mini_batch"]
     writer = SummaryWriter(str(run / "tensorboard"), purge_step=start + 1 if start else None)
     t0, tokens_done = time.time(), 0

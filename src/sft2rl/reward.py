@@ -84,6 +84,14 @@ _PUNCT_RE = re.compile(r"[^\w\s]|_")
 
 _FUZZY_RATIO_THRESHOLD = 0.8
 
+# The keyword options of group_aware_rewards, as named in the `reward` config section.
+OPTION_KEYS = ("beta", "format_bonus", "min_proactive_length", "match", "acc_over")
+
+
+def options_from_config(reward_cfg: dict) -> dict:
+    """The group_aware_rewards keyword arguments from a `reward` config section."""
+    return {k: reward_cfg[k] for k in OPTION_KEYS}
+
 
 @dataclass(frozen=True)
 class ResponseDetails:

@@ -21,22 +21,17 @@ PROCESSED = config["data"]["processed_dir"]
 TINY = config["model"]["base"] == "tiny"
 BASE_DIR = "results/models/base" if TINY else config["model"]["base"]
 SFT_RUN = runs.sft_name(config["sft"]["n_samples"], config["sft"]["seed"])
-PY = sys.executable
 
 
-wildcard_constraints:
-    sft_run=runs.SFT_RE,
-    rl_run=runs.RL_RE,
-    model=runs.MODEL_RE,
 
 
 def code(*modules):
-    """Package modules a rule runs: inputs, so a code change reruns what it touched."""
+    """The package modules a job runs, as its inputs (so a code change reruns what it touched)."""
     return [str(Path(workflow.basedir) / "src" / "sft2rl" / f"{m}.py") for m in modules]
 
 
 def base_input(wildcards=None):
-    """The base model as a rule input when the workflow builds it, else nothing."""
+    """The base model as an input when the workflow builds it, else nothing."""
     return [BASE_DIR] if TINY else []
 
 
@@ -45,5 +40,68 @@ def model_dir(name):
     return runs.model_dir(name, BASE_DIR)
 
 
-def threads_for(kind):
-    return {"train": 1, "light": 1}[kind]
+# ---------------------------------------------------------------- stage input functions
+
+def sft_data(wildcards):
+    p = runs.parse_sft(wildcards.sft_run)
+    d = f"{PROCESSED}/sft/n{p['n']}_seed{p['seed']}"
+    return {"train": f"{d}/train.parquet", "val": f"{d}/val.parquet"}
+
+
+def rl_init_dir(wildcards):
+    return model_dir(runs.parse_rl(wildcards.rl_run)["init"])
+
+
+def rl_params(wildcards):
+    """Only what this run depends on, so editing one beta reruns only that run."""
+    p = runs.parse_rl(wildcards.rl_run)
+    rl = dict(config["rl"], seed=p["seed"])
+    return {"rl": rl, "reward": dict(config["reward"], beta=p["beta"])}
+
+
+def eval_model_input(wildcards):
+    if wildcards.model == "base" and not TINY:
+        return []
+    return model_dir(wildcards.model)
+
+
+def difficulty_ref(wildcards):
+    """Unlabeled data: easy/hard split by the SFT model's sampled group accuracy."""
+    if config["data"]["synthetic_world"] or wildcards.model == SFT_RUN:
+        return []
+    return f"results/eval/{SFT_RUN}/answers.jsonl"
+
+
+def _models_and_metrics(models):
+    return {"models": models, "metrics": [f"results/eval/{m}/metrics.json" for m in models]}
+
+
+def ablation_groups(name):
+    """Row groups of one ablation table, in row order (reference rows first)."""
+    sft = lambda n: runs.sft_name(n, config["sft"]["seed"])
+    rl = lambda init, beta, s: runs.rl_name(init, beta, s)
+    if name == "beta":
+        groups = [dict(variant="sft-only", kind="sft-only", **_models_and_metrics([SFT_RUN]))]
+        groups += [
+            dict(variant=f"beta={runs.fmt_beta(b)}", kind="rl", **_models_and_metrics([rl(SFT_RUN, b, s) for s in SEEDS]))
+            for b in config["ablations"]["beta"]
+        ]
+    elif name == "sft_samples":
+        groups = []
+        for n in config["ablations"]["sft_samples"]:
+            groups.append(dict(variant=f"N={n} sft-only", kind="sft-only", **_models_and_metrics([sft(n)])))
+            groups.append(dict(variant=f"N={n}", kind="rl", **_models_and_metrics([rl(sft(n), BETA, s) for s in SEEDS])))
+    elif name == "sft":
+        groups = [
+            dict(variant="base-only", kind="base-only", **_models_and_metrics(["base"])),
+            dict(variant="sft-only", kind="sft-only", **_models_and_metrics([SFT_RUN])),
+            dict(variant="RL from base", kind="rl", **_models_and_metrics([rl("base", BETA, s) for s in SEEDS])),
+            dict(variant="RL from SFT", kind="rl", **_models_and_metrics([rl(SFT_RUN, BETA, s) for s in SEEDS])),
+        ]
+    else:
+        raise ValueError(name)
+    return groups
+
+
+def all_rl_runs():
+    return sorted({m for a in ABLATIONS for g in ablation_groups(a) if g["kind"] == "rl" for m in g["models"]})

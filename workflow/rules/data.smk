@@ -14,6 +14,8 @@ if config["data"]["synthetic_world"]:
         params:
             world=config["world"],
             system_prompt=config["system_prompt"],
+        conda:
+            "../../envs/local.yaml"
         log:
             "results/logs/world.log",
         script:
@@ -35,6 +37,8 @@ rule sft_data:
     params:
         val_size=config["sft"]["val_size"],
         with_thinking=config["sft"]["with_thinking"],
+    conda:
+        "../../envs/local.yaml"
     log:
         "results/logs/sft_data/n{n}_seed{seed}.log",
     script:
@@ -54,6 +58,8 @@ rule rl_data:
         data_source=config["data"]["data_source"],
         train_fraction=config["data"]["train_fraction"],
         seed=config["data"]["split_seed"],
+    conda:
+        "../../envs/local.yaml"
     log:
         "results/logs/rl_data.log",
     script:

@@ -1,19 +1,6 @@
 # Stage 5: evaluation of any model (base, sft<N>_seed<S>, rl-...) on the RL test set.
 
 
-def eval_model_input(wildcards):
-    if wildcards.model == "base" and not TINY:
-        return []
-    return model_dir(wildcards.model)
-
-
-def difficulty_ref(wildcards):
-    """Unlabeled data: easy/hard split by the SFT model's sampled group accuracy."""
-    if config["data"]["synthetic_world"] or wildcards.model == SFT_RUN:
-        return []
-    return f"results/eval/{SFT_RUN}/answers.jsonl"
-
-
 rule evaluate:
     """Greedy and k sampled answers per test question; accuracy, format, proactive, reward."""
     input:
@@ -32,6 +19,8 @@ rule evaluate:
     resources:
         mem_mb=4000,
         runtime=60,
+    conda:
+        "../../envs/local.yaml"
     log:
         "results/logs/eval/{model}.log",
     script:

@@ -2,17 +2,6 @@
 # init being an SFT run (its merged model) or `base`. backend: verl defines `grpo` in verl.smk.
 
 
-def rl_init_dir(wildcards):
-    return model_dir(runs.parse_rl(wildcards.rl_run)["init"])
-
-
-def rl_params(wildcards):
-    """Only what this run depends on, so editing one beta reruns only that run."""
-    p = runs.parse_rl(wildcards.rl_run)
-    rl = dict(config["rl"], seed=p["seed"])
-    return {"rl": rl, "reward": dict(config["reward"], beta=p["beta"])}
-
-
 if config["backend"] == "local":
 
     rule grpo:
@@ -36,6 +25,8 @@ if config["backend"] == "local":
         resources:
             mem_mb=4000,
             runtime=240,
+        conda:
+            "../../envs/local.yaml"
         log:
             "results/logs/grpo/{rl_run}.log",
         script:

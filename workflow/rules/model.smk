@@ -18,6 +18,8 @@ if TINY:
         resources:
             mem_mb=4000,
             runtime=60,
+        conda:
+            "../../envs/local.yaml"
         log:
             "results/logs/base_model.log",
         script:

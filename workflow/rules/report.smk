@@ -3,43 +3,8 @@ SEEDS = config["ablations"]["seeds"]
 BETA = config["reward"]["beta"]
 
 
-def _models_and_metrics(models):
-    return {"models": models, "metrics": [f"results/eval/{m}/metrics.json" for m in models]}
-
-
-def ablation_groups(name):
-    """Row groups of one ablation table, in row order (reference rows first)."""
-    sft = lambda n: runs.sft_name(n, config["sft"]["seed"])
-    rl = lambda init, beta, s: runs.rl_name(init, beta, s)
-    if name == "beta":
-        groups = [dict(variant="sft-only", kind="sft-only", **_models_and_metrics([SFT_RUN]))]
-        groups += [
-            dict(variant=f"beta={runs.fmt_beta(b)}", kind="rl", **_models_and_metrics([rl(SFT_RUN, b, s) for s in SEEDS]))
-            for b in config["ablations"]["beta"]
-        ]
-    elif name == "sft_samples":
-        groups = []
-        for n in config["ablations"]["sft_samples"]:
-            groups.append(dict(variant=f"N={n} sft-only", kind="sft-only", **_models_and_metrics([sft(n)])))
-            groups.append(dict(variant=f"N={n}", kind="rl", **_models_and_metrics([rl(sft(n), BETA, s) for s in SEEDS])))
-    elif name == "sft":
-        groups = [
-            dict(variant="base-only", kind="base-only", **_models_and_metrics(["base"])),
-            dict(variant="sft-only", kind="sft-only", **_models_and_metrics([SFT_RUN])),
-            dict(variant="RL from base", kind="rl", **_models_and_metrics([rl("base", BETA, s) for s in SEEDS])),
-            dict(variant="RL from SFT", kind="rl", **_models_and_metrics([rl(SFT_RUN, BETA, s) for s in SEEDS])),
-        ]
-    else:
-        raise ValueError(name)
-    return groups
-
-
 ABLATIONS = ["beta", "sft_samples", "sft"]
 ABLATION_TABLES = [f"results/ablation_{a}.csv" for a in ABLATIONS]
-
-
-def all_rl_runs():
-    return sorted({m for a in ABLATIONS for g in ablation_groups(a) if g["kind"] == "rl" for m in g["models"]})
 
 
 rule ablation_table:
@@ -54,6 +19,8 @@ rule ablation_table:
         ablation="|".join(ABLATIONS),
     params:
         groups=lambda wc: ablation_groups(wc.ablation),
+    conda:
+        "../../envs/local.yaml"
     log:
         "results/logs/tables/{ablation}.log",
     script:
@@ -84,6 +51,8 @@ rule figures:
     resources:
         mem_mb=2000,
         runtime=15,
+    conda:
+        "../../envs/local.yaml"
     log:
         "results/logs/figures.log",
     script:
@@ -104,6 +73,8 @@ rule paper:
     resources:
         mem_mb=1000,
         runtime=15,
+    conda:
+        "../../envs/local.yaml"
     log:
         "results/logs/paper.log",
     script:

@@ -3,12 +3,6 @@
 SFT_PARAMS = {k: v for k, v in config["sft"].items() if k not in ("n_samples", "merge_checkpoint")}
 
 
-def sft_data(wildcards):
-    p = runs.parse_sft(wildcards.sft_run)
-    d = f"{PROCESSED}/sft/n{p['n']}_seed{p['seed']}"
-    return {"train": f"{d}/train.parquet", "val": f"{d}/val.parquet"}
-
-
 if config["backend"] == "local":
 
     rule sft:
@@ -27,6 +21,8 @@ if config["backend"] == "local":
         resources:
             mem_mb=4000,
             runtime=120,
+        conda:
+            "../../envs/local.yaml"
         log:
             "results/logs/sft/{sft_run}.log",
         script:
@@ -48,6 +44,8 @@ if config["backend"] == "local":
         resources:
             mem_mb=4000,
             runtime=30,
+        conda:
+            "../../envs/local.yaml"
         log:
             "results/logs/merge/{sft_run}.log",
         script:
@@ -68,6 +66,8 @@ rule samples_model:
         max_new_tokens=config["eval"]["max_new_tokens"],
         seed=config["eval"]["seed"],
     threads: 1
+    conda:
+        "../../envs/local.yaml"
     log:
         "results/logs/samples/{model}.log",
     script:
