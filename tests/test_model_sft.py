@@ -80,7 +80,9 @@ def sft_run(tmp_path_factory, base_dir, world):
 def test_sft_loss_goes_down_and_checkpoints_every_epoch(sft_run):
     run, metrics = sft_run
     losses = [e["val_loss"] for e in metrics["epochs"]]
-    assert len(losses) == 3 and losses[-1] < losses[0] - 0.5
+    # an untrained base and 12 LoRA steps: validation loss (deterministic) falls every epoch
+    assert len(losses) == 3 and losses[0] > losses[1] > losses[2]
+    assert losses[-1] < metrics["initial_val_loss"] - 0.2, (metrics["initial_val_loss"], losses)
     for k in (1, 2, 3):
         assert (run / "checkpoints" / f"epoch_{k}" / "adapter_config.json").is_file()
     assert metrics["grad_accum"] == 2 and metrics["steps"] == 3 * 4

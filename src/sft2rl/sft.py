@@ -137,7 +137,8 @@ def train_sft(base: str, train_file: str, val_file: str, out_dir: str, cfg: dict
     step, t0, tokens = 0, time.time(), 0
     pad_id = tokenizer.pad_token_id
     bar = tqdm(total=total_steps, desc="sft", mininterval=5)
-    writer.add_scalar("val/loss", evaluate_loss(model, val, micro, pad_id, device), 0)
+    initial_val_loss = evaluate_loss(model, val, micro, pad_id, device)
+    writer.add_scalar("val/loss", initial_val_loss, 0)
     for epoch in range(1, cfg["epochs"] + 1):
         order = torch.randperm(len(train), generator=gen).tolist()
         for s in range(steps_per_epoch):
@@ -172,7 +173,7 @@ def train_sft(base: str, train_file: str, val_file: str, out_dir: str, cfg: dict
     bar.close()
     writer.close()
     metrics = {
-        "epochs": history, "steps": step, "seconds": time.time() - t0, "train_rows": len(train),
+        "initial_val_loss": initial_val_loss, "epochs": history, "steps": step, "seconds": time.time() - t0, "train_rows": len(train),
         "truncated_rows": n_trunc, "trainable_params": n_trainable, "grad_accum": accum,
         "best_epoch": min(history, key=lambda h: h["val_loss"])["epoch"],
     }
