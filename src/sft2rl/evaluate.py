@@ -100,9 +100,11 @@ def summarize_records(records: list[dict]) -> dict[str, Any]:
         "sampled_format_rate": sample_rate(records, "sample_format"),
         "sampled_proactive_rate": sample_rate(records, "sample_proactive"),
     }
-    for kind in sorted({str(r["kind"]) for r in records}):
-        sel = [r for r in records if str(r["kind"]) == kind]
-        m[f"accuracy_kind_{kind}"] = rate(sel, "greedy_correct")
+    for kind in sorted({str(r["kind"]) for r in records}):  # per question kind, by knowability
+        for label, known in (("knowable", True), ("unknowable", False)):
+            sel = [r for r in records if str(r["kind"]) == kind and r["knowable"] is known]
+            if sel:
+                m[f"accuracy_{label}_{kind}"] = rate(sel, "greedy_correct")
     for group in sorted({r["difficulty"] for r in records}):
         sel = [r for r in records if r["difficulty"] == group]
         m[f"n_{group}"] = len(sel)

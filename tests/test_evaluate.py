@@ -1,0 +1,47 @@
+"""Evaluation metrics from per-question records (hand-computed)."""
+from __future__ import annotations
+
+import pytest
+
+from sft2rl.evaluate import _assign_difficulty, summarize_records
+
+
+def rec(kind, knowable, correct, think, proactive, samples_proactive, reward, group_acc=0.0, index=0):
+    return {"index": index, "kind": kind, "knowable": knowable, "greedy_correct": correct, "greedy_think": think,
+            "greedy_proactive": proactive, "sample_correct": [correct] * len(samples_proactive),
+            "sample_format": [think and p for p in samples_proactive], "sample_proactive": samples_proactive,
+            "reward": reward, "group_accuracy": group_acc}
+
+
+def test_summary_splits_by_knowability_and_kind():
+    records = [
+        rec("capital", True, True, True, False, [False, True], 1.05),
+        rec("capital", True, False, True, True, [True, True], 0.6),
+        rec("arithmetic", True, True, False, False, [False, False], 1.0),
+        rec("capital", False, False, True, True, [True, False], 0.6),
+    ]
+    _assign_difficulty(records, None)
+    m = summarize_records(records)
+    assert m["n_questions"] == 4 and m["n_knowable"] == 3 and m["n_unknowable"] == 1
+    assert m["accuracy"] == pytest.approx(0.5)
+    assert m["accuracy_knowable"] == pytest.approx(2 / 3) and m["accuracy_unknowable"] == 0.0
+    assert m["format_rate"] == pytest.approx(2 / 4)  # both tags: records 2 and 4
+    assert m["proactive_rate_knowable"] == pytest.approx(1 / 3) and m["proactive_rate_unknowable"] == 1.0
+    assert m["sampled_proactive_rate_knowable"] == pytest.approx(3 / 6)
+    assert m["sampled_proactive_rate_unknowable"] == pytest.approx(1 / 2)
+    assert m["mean_reward"] == pytest.approx((1.05 + 0.6 + 1.0 + 0.6) / 4)
+    assert m["accuracy_knowable_capital"] == pytest.approx(0.5) and m["accuracy_knowable_arithmetic"] == 1.0
+    assert m["accuracy_unknowable_capital"] == 0.0 and "accuracy_unknowable_arithmetic" not in m
+
+
+def test_unlabeled_data_split_easy_hard_by_reference_group_accuracy(tmp_path):
+    import json
+
+    ref = tmp_path / "ref.jsonl"
+    ref.write_text("".join(json.dumps({"index": i, "group_accuracy": a}) + "\n" for i, a in [(0, 0.75), (1, 0.25)]))
+    records = [rec("unknown", None, True, True, False, [], 1.0, index=0),
+               rec("unknown", None, False, True, True, [], 0.5, index=1)]
+    _assign_difficulty(records, str(ref))
+    assert [r["difficulty"] for r in records] == ["easy", "hard"]
+    m = summarize_records(records)
+    assert m["proactive_rate_easy"] == 0.0 and m["proactive_rate_hard"] == 1.0
