@@ -31,8 +31,11 @@ def tiny_base(tmp_path_factory, tiny_world):
 
     torch.manual_seed(0)
     tok = build_tokenizer([d["text"] for d in tiny_world["corpus"]], 400)
-    model = build_tiny_model(tok, TINY_ARCH)
+    model = build_tiny_model(tok, TINY_ARCH).eval()
     out = tmp_path_factory.mktemp("base")
     model.save_pretrained(out)
     tok.save_pretrained(out)
+    probe = torch.tensor([tok("What is 3 plus 9?<|im_end|>", add_special_tokens=False)["input_ids"]])
+    with torch.no_grad():  # logits of the in-memory model, for the round-trip test
+        torch.save({"input_ids": probe, "logits": model(probe).logits}, out / "probe_logits.pt")
     return out
