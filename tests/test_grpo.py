@@ -89,3 +89,149 @@ def test_resume_after_kill_reaches_same_final_step(tmp_path, tiny_base, rl_train
     other = train_grpo(str(tiny_base), str(rl_train_file), str(tmp_path / "killed"), dict(RL, lr=2e-2), REWARD,
                        stop_after=1)
     assert other["first"]["step"] == 1 and other["steps"] == 1
+
+
+def test_resume_full_finetuning_after_kill(tmp_path, tiny_base, rl_train_file):
+    """The default train_mode (full): a killed run with unchanged inputs resumes, same rewards as uninterrupted."""
+    cfg = dict(RL, train_mode="full", lr=1e-3)
+    full = train_grpo(str(tiny_base), str(rl_train_file), str(tmp_path / "full"), cfg, REWARD)
+    part = train_grpo(str(tiny_base), str(rl_train_file), str(tmp_path / "killed"), cfg, REWARD, stop_after=3)
+    assert part["steps_trained"] == 3 and part["last_checkpoint"].endswith("step_2")
+    resumed = train_grpo(str(tiny_base), str(rl_train_file), str(tmp_path / "killed"), cfg, REWARD)
+    assert resumed["resumed_from_step"] == 2 and resumed["steps_trained"] == 2 and resumed["steps"] == 4
+    hist = lambda d: json.loads((tmp_path / d / "checkpoints/step_4/trainer_state.json").read_text())["history"]  # noqa
+    assert [h["reward_mean"] for h in hist("killed")] == pytest.approx([h["reward_mean"] for h in hist("full")])
+    from safetensors.torch import load_file
+
+    a = load_file(str(tmp_path / "full/checkpoints/step_4/policy/model.safetensors"))
+    b = load_file(str(tmp_path / "killed/checkpoints/step_4/policy/model.safetensors"))
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def _edit_weights(model_dir, delta=1e-2):
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(str(model_dir / "model.safetensors"))
+    weights = {k: v + delta for k, v in weights.items()}
+    save_file(weights, str(model_dir / "model.safetensors"), metadata={"format": "pt"})
+
+
+def test_restart_guard_keys_on_content_not_paths(tmp_path, tiny_base, rl_train_file):
+    """The reproduction of the stale-checkpoint bug: new weights at the same init path must retrain."""
+    import shutil
+
+    init = tmp_path / "init"
+    shutil.copytree(tiny_base, init)
+    run = tmp_path / "run"
+    first = train_grpo(str(init), str(rl_train_file), str(run), RL, REWARD, stop_after=3)  # killed at step 3
+    assert first["steps_trained"] == 3
+    # SFT retrained: other weights at the same path -> the unfinished checkpoints are not resumed
+    _edit_weights(init)
+    again = train_grpo(str(init), str(rl_train_file), str(run), RL, REWARD)
+    assert again["resumed_from_step"] is None and again["steps_trained"] == 4
+    assert "init" in again["start"]  # the log says what changed
+    assert sorted(p.name for p in (run / "checkpoints").glob("step_*")) == ["step_2", "step_4"]
+    # the same bytes at another path (a moved checkout) are the same run: a killed job resumes
+    moved = tmp_path / "moved_init"
+    shutil.copytree(init, moved)
+    run2 = tmp_path / "run2"
+    train_grpo(str(init), str(rl_train_file), str(run2), RL, REWARD, stop_after=3)
+    resumed = train_grpo(str(moved), str(rl_train_file), str(run2), RL, REWARD)
+    assert resumed["resumed_from_step"] == 2 and resumed["steps_trained"] == 2
+    # the train data's bytes change: from step 0
+    run3 = tmp_path / "run3"
+    train_grpo(str(init), str(rl_train_file), str(run3), RL, REWARD, stop_after=3)
+    from sft2rl.io import read_parquet_rows
+
+    rows = read_parquet_rows(rl_train_file)
+    rows[0]["reward_model"]["ground_truth"] = "something else"
+    other_data = tmp_path / "train2.parquet"
+    write_parquet(other_data, rows)
+    shutil.copy(other_data, rl_train_file)
+    fresh = train_grpo(str(init), str(rl_train_file), str(run3), RL, REWARD)
+    assert fresh["resumed_from_step"] is None and fresh["steps_trained"] == 4 and "data:train" in fresh["start"]
+
+
+def test_code_edit_and_finished_run_restart_from_step_zero(tmp_path, tiny_base, rl_train_file, monkeypatch):
+    from sft2rl import grpo
+    from sft2rl.resume import mark_complete
+
+    run = tmp_path / "run"
+    train_grpo(str(tiny_base), str(rl_train_file), str(run), RL, REWARD, stop_after=3)
+    # an edited package module the stage runs (reward.py): its digest is part of the key
+    real = grpo.run_key
+
+    def edited_code(**kw):
+        key = real(**kw)
+        key["parts"]["code"] = "edited"
+        key["key"] = "edited-" + key["key"]
+        return key
+
+    monkeypatch.setattr(grpo, "run_key", edited_code)
+    fresh = train_grpo(str(tiny_base), str(rl_train_file), str(run), RL, REWARD)
+    assert fresh["resumed_from_step"] is None and fresh["steps_trained"] == 4 and "code" in fresh["start"]
+    # the job finished; Snakemake reruns it (a forced rerun, a touched input): from step 0, not "0 steps"
+    mark_complete(run)
+    again = train_grpo(str(tiny_base), str(rl_train_file), str(run), RL, REWARD)
+    assert again["resumed_from_step"] is None and again["steps_trained"] == 4
+    # the TensorBoard events of the earlier run are gone: one event file, steps 1..4 once
+    from sft2rl.tblog import read_scalars
+
+    assert len(list((run / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    assert [s for s, _ in read_scalars(run / "tensorboard")["rl/reward_mean"]] == [1, 2, 3, 4]
+
+
+def test_code_closure_covers_what_grpo_imports():
+    from sft2rl.fingerprint import module_closure
+
+    mods = module_closure(["grpo"])
+    for m in ("grpo", "reward", "generation", "model", "io", "merge", "resume", "fingerprint", "errors"):
+        assert m in mods, m
+    assert "plots" not in mods and "tables" not in mods
+
+
+def test_full_finetuning_keeps_fp32_master_weights(tmp_path, tiny_base, rl_train_file):
+    """bf16 autocast (what a bf16 GPU gets) with fp32 parameters: every weight receives its small updates."""
+    from safetensors.torch import load_file
+
+    from sft2rl.grpo import precision
+
+    assert precision(torch.device("cpu"), "full", "bf16") == (torch.float32, torch.bfloat16)
+    assert precision(torch.device("cpu"), "full", "auto") == (torch.float32, None)
+    # entropy_coef > 0 gives every parameter a gradient, whatever the rewards
+    cfg = dict(RL, train_mode="full", lr=5e-5, entropy_coef=0.01, total_steps=2, save_freq=2)
+    summary = train_grpo(str(tiny_base), str(rl_train_file), str(tmp_path / "run"), cfg, REWARD, precision_mode="bf16")
+    assert summary["precision"] == {"params": "torch.float32", "autocast": "torch.bfloat16"}
+    before = load_file(str(tiny_base / "model.safetensors"))
+    after = load_file(str(tmp_path / "run/checkpoints/step_2/policy/model.safetensors"))
+    assert all(t.dtype == torch.float32 for t in after.values())
+    changed = sum(int((after[k] != before[k]).sum()) for k in before) / sum(t.numel() for t in before.values())
+    assert changed > 0.95, changed
+    # the failure this guards against: the same update applied to bf16 weights is mostly rounded away
+    w = before["model.layers.0.mlp.up_proj.weight"]
+    assert float(((w.bfloat16() + 5e-5 * torch.sign(w).bfloat16()) == w.bfloat16()).float().mean()) > 0.3  # ~44%
+
+
+def test_overlong_prompts_are_filtered_never_cut(tmp_path, tiny_base, rl_train_file):
+    from transformers import AutoTokenizer
+
+    from sft2rl.generation import encode_prompts, filter_overlong_prompts, prompt_lengths
+    from sft2rl.io import read_parquet_rows
+
+    tok = AutoTokenizer.from_pretrained(tiny_base)
+    rows = read_parquet_rows(rl_train_file)
+    lengths = prompt_lengths(tok, [r["prompt"] for r in rows])
+    limit = sorted(lengths)[len(lengths) // 2]
+    kept, dropped = filter_overlong_prompts(rows, tok, limit)
+    assert len(kept) + len(dropped) == len(rows) and dropped
+    assert all(lengths[i] > limit for i in dropped) and all(n <= limit for n in prompt_lengths(tok, [r["prompt"] for r in kept]))
+    # a kept prompt is encoded whole: it ends with the assistant header
+    ids, mask = encode_prompts(tok, [kept[0]["prompt"]], limit, "cpu")
+    assert tok.decode(ids[0][mask[0].bool()]).endswith("<|im_start|>assistant\n")
+    with pytest.raises(ValueError, match="longer than max_prompt_length"):
+        encode_prompts(tok, [rows[dropped[0]]["prompt"]], limit, "cpu")
+    # GRPO trains on the kept rows and says how many it left out
+    cfg = dict(RL, max_prompt_length=limit, total_steps=None, epochs=1, train_batch=2)
+    summary = train_grpo(str(tiny_base), str(rl_train_file), str(tmp_path / "run"), cfg, REWARD)
+    assert summary["filtered_prompts"] == len(dropped) and summary["train_rows"] == len(kept)
+    assert summary["steps"] == summary["total_steps"] == len(kept) // 2

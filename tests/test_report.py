@@ -11,6 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from sft2rl import paper as paper_mod
 from sft2rl import plots
 from sft2rl.runs import rl_name, sft_name
 from sft2rl.tables import METRICS, build_table, write_table
@@ -204,7 +205,7 @@ def latexmk():
 
 
 def test_paper_references_generated_files():
-    refs = plots.paper_inputs(REPO / "paper" / "main.tex")
+    refs = paper_mod.paper_inputs(REPO / "paper" / "main.tex")
     assert sorted(refs["inputs"]) == sorted(f"../results/tables/ablation_{a}.tex" for a in plots.ABLATION_NAMES)
     assert {f"../results/figures/{s}.pdf" for s in plots.FIGURE_STEMS} == set(refs["graphics"])
 
@@ -214,7 +215,7 @@ def test_paper_builds(latexmk, built):
     paper = root / "paper"
     paper.mkdir(exist_ok=True)
     shutil.copy(REPO / "paper" / "main.tex", paper / "main.tex")
-    # exactly what the `paper` rule runs: workflow/scripts/paper.py -> plots.build_paper
+    # exactly what the `paper` rule runs: workflow/scripts/paper.py -> paper.build_paper
     smk = SimpleNamespace(input=SimpleNamespace(tex=str(paper / "main.tex")),
                           output=SimpleNamespace(pdf=str(paper / "main.pdf")),
                           log=[str(root / "logs" / "paper.log")], params=SimpleNamespace(), threads=1)
@@ -225,12 +226,12 @@ def test_paper_builds(latexmk, built):
     assert "Output written" in (root / "logs" / "paper.latexmk.log").read_text()
     assert "paper built" in (root / "logs" / "paper.log").read_text()
     # same inputs, same bytes (SOURCE_DATE_EPOCH and a fixed trailer ID)
-    again = plots.build_paper(paper / "main.tex", root / "again" / "main.pdf")
+    again = paper_mod.build_paper(paper / "main.tex", root / "again" / "main.pdf")
     assert Path(again).read_bytes() == data
 
 
 def test_paper_failure_leaves_no_pdf(latexmk, tmp_path):
     (tmp_path / "main.tex").write_text("\\documentclass{article}\\begin{document}\\undefinedmacro\\end{document}\n")
-    with pytest.raises(plots.PaperBuildError, match="Undefined control sequence"):
-        plots.build_paper(tmp_path / "main.tex", tmp_path / "main.pdf")
+    with pytest.raises(paper_mod.PaperBuildError, match="Undefined control sequence"):
+        paper_mod.build_paper(tmp_path / "main.tex", tmp_path / "main.pdf")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["main.tex"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -22,6 +23,7 @@ import yaml
 
 pytest.importorskip("verl")
 
+from sft2rl import verl_export as vx  # noqa: E402
 from sft2rl import verl_launch as vl  # noqa: E402
 from sft2rl.data import process_rl, process_sft  # noqa: E402
 from sft2rl.io import write_jsonl  # noqa: E402
@@ -172,8 +174,9 @@ def test_ppo_overrides_compose_and_pass_verl_validation(ppo_cfg):
     assert actor.optim.weight_decay == 0.0 and actor.ppo_epochs == rl["ppo_epochs"]
     assert actor.entropy_coeff == rl["entropy_coef"] and actor.loss_agg_mode == "token-mean"
     assert cfg.algorithm.norm_adv_by_std_in_grpo is rl["norm_adv_by_std"] and not cfg.algorithm.use_kl_in_reward
+    # with total_steps set, verl may run as many epochs as steps: its loop then ends at total_steps
     assert (cfg.trainer.save_freq, cfg.trainer.test_freq, cfg.trainer.total_epochs) == (
-        rl["save_freq"], rl["save_freq"], rl["epochs"])
+        rl["save_freq"], rl["save_freq"], rl["total_steps"])
     assert (cfg.data.max_prompt_length, cfg.data.max_response_length) == (rl["max_prompt_length"],
                                                                           rl["max_response_length"])
     rollout = omega_conf_to_dataclass(cfg.actor_rollout_ref.rollout)
@@ -430,7 +433,7 @@ def test_verl_merger_output_folds_and_verifies(tiny_base, tmp_path):
     _fake_fsdp_checkpoint(Path(tiny_base), ckpt, trained=True)
     _verl_merge(ckpt, target)
     assert (target / "lora_adapter/adapter_config.json").is_file() and (target / "config.json").is_file()
-    report = vl.fold_lora(target, str(tiny_base), out)  # what the merge rule's `fold` step runs
+    report = vx.fold_lora(target, str(tiny_base), out)  # what the merge rule's `fold` step runs
     assert report["verified"] and report["lora_targets"] > 0 and report["max_weight_delta"] > 0
     merged = AutoModelForCausalLM.from_pretrained(out)
     base = AutoModelForCausalLM.from_pretrained(tiny_base)
@@ -444,10 +447,10 @@ def test_untrained_adapter_is_refused(tiny_base, tmp_path):
     _fake_fsdp_checkpoint(Path(tiny_base), ckpt, trained=False)  # peft's B = 0: LoRA changes nothing
     _verl_merge(ckpt, target)
     with pytest.raises(MergeError, match="changed nothing"):
-        vl.fold_lora(target, str(tiny_base), tmp_path / "merged")
+        vx.fold_lora(target, str(tiny_base), tmp_path / "merged")
     assert not (tmp_path / "merged").exists()
     with pytest.raises(MergeError, match="no lora_adapter"):
-        vl.fold_lora(tmp_path, str(tiny_base), tmp_path / "merged")
+        vx.fold_lora(tmp_path, str(tiny_base), tmp_path / "merged")
 
 
 # ------------------------------------------------------------------ export steps
@@ -462,21 +465,21 @@ def test_sft_metrics_and_checkpoint_choice(tmp_path):
         w.add_scalar("val/loss", loss, step)
         w.add_scalar("train/loss", loss + 0.1, step)
     w.close()
-    metrics = vl.sft_metrics(run)
+    metrics = vx.sft_metrics(run)
     assert [e["step"] for e in metrics["epochs"]] == [3, 6, 9] and metrics["best_epoch"] == 2
     (run / "metrics.json").write_text(json.dumps(metrics))
-    assert vl.choose_sft_checkpoint(run, "best")[0] == run / "checkpoints/global_step_6"
-    assert vl.choose_sft_checkpoint(run, "last")[0] == run / "checkpoints/global_step_9"
+    assert vx.choose_sft_checkpoint(run, "best")[0] == run / "checkpoints/global_step_6"
+    assert vx.choose_sft_checkpoint(run, "last")[0] == run / "checkpoints/global_step_9"
     shutil.rmtree(run / "tensorboard")  # no val loss logged: best falls back to last, and says so
-    (run / "metrics.json").write_text(json.dumps(vl.sft_metrics(run)))
-    path, why = vl.choose_sft_checkpoint(run, "best")
+    (run / "metrics.json").write_text(json.dumps(vx.sft_metrics(run)))
+    path, why = vx.choose_sft_checkpoint(run, "best")
     assert path == run / "checkpoints/global_step_9" and "no val loss" in why
 
 
 def test_rl_summary_from_hook_log(tmp_path):
     from torch.utils.tensorboard import SummaryWriter
 
-    from sft2rl.plots import read_scalars
+    from sft2rl.tblog import read_scalars
 
     run = tmp_path / "results/rl/rl-base-beta0.5-seed1"
     (run / "checkpoints/global_step_4/actor").mkdir(parents=True)
@@ -487,8 +490,8 @@ def test_rl_summary_from_hook_log(tmp_path):
     for s in (1, 2, 3, 4):
         w.add_scalar("actor/kl_loss", 0.01 * s, s)
     w.close()
-    step_dir = vl.latest_rl_checkpoint(run / "checkpoints")
-    summary = vl.rl_summary(run, step_dir, "lora", 4, {"verified": True})
+    step_dir = vx.latest_rl_checkpoint(run / "checkpoints")
+    summary = vx.rl_summary(run, step_dir, "lora", 4, {"verified": True})
     assert summary["steps"] == 4 and summary["logged_steps"] == 4
     assert summary["reward_last10"] == pytest.approx(0.25) and summary["last"]["kl"] == pytest.approx(0.04)
     tags = read_scalars(run / "tensorboard")
@@ -530,7 +533,10 @@ def test_snakemake_dry_run_multi_node(tmp_path):
     assert res.returncode == 0, out[-3000:]
     assert "gpu=8, nodes=2" in out and "mpi=srun" in out
     assert "srun --nodes=2 --ntasks-per-node=1 --gpus-per-node=4 torchrun --nnodes 2 --nproc_per_node 4" in out
-    assert "workflow/scripts/ray_on_slurm.sh 4 -- python -m verl.trainer.main_ppo" in out
+    # the checkout as the job sees it: "$PWD/<path relative to the working directory>"
+    assert 'workflow/scripts/ray_on_slurm.sh" 4 -- python -m verl.trainer.main_ppo' in out
+    assert '"$PWD/' in out  # no absolute path to the checkout in commands or inputs: a moved project replans nothing
+    assert not re.search(rf"(?<![\w./]){re.escape(str(REPO))}/(src|workflow)", out)
     assert "trainer.nnodes=2" in out and "trainer.n_gpus_per_node=4" in out
 
 
@@ -590,25 +596,100 @@ def _export_cli():
     return mod.main
 
 
-def test_export_cli_and_rl_restart_guard(tmp_path, capsys):
+def _prepare(main, run, base, data, config_hash="aaaa", total_steps=4):
+    return main(["prepare-rl", "--run-dir", str(run), "--init", str(base), "--train", str(data / "rl/train.parquet"),
+                 "--config-hash", config_hash, "--max-prompt-length", "128", "--train-batch", "4", "--epochs", "1",
+                 "--total-steps", str(total_steps)])
+
+
+def test_export_cli_and_rl_restart_guard(tmp_path, capsys, tiny_base, data):
+    from sft2rl.resume import mark_complete
+
     main = _export_cli()
     run = tmp_path / "results/rl/rl-base-beta0.5-seed1"
-    assert vl.prepare_rl_run(run, "aaaa") is False  # fresh run
+    assert _prepare(main, run, tiny_base, data) == 0  # fresh run: the plan says 4 steps
+    assert json.loads((run / vx.PLAN_FILE).read_text())["planned_steps"] == 4
     (run / "checkpoints/global_step_2/actor").mkdir(parents=True)
     (run / vl.GROUP_REWARD_LOG).write_text('{"step": 1}\n')
-    assert main(["prepare-rl", "--run-dir", str(run), "--config-hash", "aaaa"]) == 0
-    assert (run / "checkpoints/global_step_2").is_dir()  # same config: verl resumes from it
+    assert _prepare(main, run, tiny_base, data) == 0
+    assert (run / "checkpoints/global_step_2").is_dir()  # same inputs, unfinished: verl resumes from it
     assert main(["latest-step", "--checkpoints", str(run / "checkpoints")]) == 0
     assert capsys.readouterr().out.strip() == str(run / "checkpoints/global_step_2")
-    assert vl.prepare_rl_run(run, "bbbb") is True  # another config: never resume from its checkpoints
+    # the export refuses a run that stopped before the planned step (verl's epoch end, a crash)
+    assert main(["rl-export", "--run-dir", str(run), "--merger-dir", str(tmp_path / "none"), "--init", str(tiny_base),
+                 "--step-dir", str(run / "checkpoints/global_step_2"), "--train-mode", "full",
+                 "--final", str(run / "final"), "--summary", str(run / "summary.json")]) == 1
+    assert "stopped at step 2 but 4 steps were planned" in capsys.readouterr().err
+    assert not (run / "final").exists() and not (run / "summary.json").exists()
+    assert _prepare(main, run, tiny_base, data, config_hash="bbbb") == 0  # other overrides: never resume
     assert not (run / "checkpoints/global_step_2").exists() and not (run / vl.GROUP_REWARD_LOG).exists()
     assert main(["latest-step", "--checkpoints", str(run / "checkpoints")]) == 1  # one-line error, status 1
+    # same overrides, but the init model's weights changed at the same path: never resume
+    (run / "checkpoints/global_step_2/actor").mkdir(parents=True)
+    moved = tmp_path / "base_copy"
+    shutil.copytree(tiny_base, moved)
+    assert _prepare(main, run, moved, data, config_hash="bbbb") == 0  # same bytes elsewhere: resumes
+    assert (run / "checkpoints/global_step_2").is_dir()
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(str(moved / "model.safetensors"))
+    name = next(iter(weights))
+    weights[name] = weights[name] + 1e-3
+    save_file(weights, str(moved / "model.safetensors"), metadata={"format": "pt"})
+    assert _prepare(main, run, moved, data, config_hash="bbbb") == 0
+    assert not (run / "checkpoints/global_step_2").exists()
+    # a finished run (the job completed) that Snakemake reruns: from step 0
+    (run / "checkpoints/global_step_2/actor").mkdir(parents=True)
+    mark_complete(run)
+    assert _prepare(main, run, moved, data, config_hash="bbbb") == 0
+    assert not (run / "checkpoints/global_step_2").exists()
     sft_run = tmp_path / "results/sft/sft8_seed42"
     (sft_run / "checkpoints/global_step_5").mkdir(parents=True)
     assert main(["sft-metrics", "--run-dir", str(sft_run)]) == 0
     assert main(["choose-step", "--run-dir", str(sft_run), "--which", "best"]) == 0
     assert capsys.readouterr().out.strip() == str(sft_run / "checkpoints/global_step_5")
     assert "no val loss" in json.loads((sft_run / "merge_choice.json").read_text())["reason"]
+    assert main(["choose-step", "--run-dir", str(sft_run), "--which", "1"]) == 0  # an epoch number
+    assert capsys.readouterr().out.strip() == str(sft_run / "checkpoints/global_step_5")
+    assert main(["choose-step", "--run-dir", str(sft_run), "--which", "3"]) == 1
+
+
+@pytest.mark.parametrize("n_rows, train_batch, epochs, total_steps", [
+    (188, 8, 1, 40),    # the default: one epoch holds 23 steps, verl used to stop there
+    (188, 8, 2, 40),
+    (188, 8, 1, 23),
+    (188, 8, 1, 5),
+    (188, 8, 3, None),  # epochs x full batches
+    (47, 4, 1, 100),
+    (8, 8, 1, 3),
+])
+def test_verl_runs_the_planned_steps(n_rows, train_batch, epochs, total_steps, tiny_base, data, tmp_path):
+    """Under verl 0.9.1's own loop semantics, the overrides give exactly the steps the local backend runs."""
+    from sft2rl.resume import planned_steps
+
+    rl = dict(CONFIG["rl"], seed=1, train_batch=train_batch, ppo_mini_batch=train_batch, epochs=epochs,
+              total_steps=total_steps)
+    overrides = ppo_overrides(tiny_base, data, tmp_path, rl=rl)
+    want = planned_steps(n_rows, train_batch, epochs, total_steps)
+    assert vl.verl_loop_steps(n_rows, overrides) == want
+    cfg = compose("ppo_trainer", overrides)  # and verl's composed config carries those numbers
+    per_epoch = n_rows // cfg.data.train_batch_size
+    total = cfg.trainer.total_training_steps or per_epoch * cfg.trainer.total_epochs
+    assert min(total, per_epoch * cfg.trainer.total_epochs) == want
+
+
+def test_verl_loop_emulation_matches_verl_source():
+    """verl_loop_steps encodes these lines of verl 0.9.1's RayPPOTrainer; fail loudly if they change."""
+    import inspect
+
+    from verl.trainer.ppo.ray_trainer import RayPPOTrainer
+
+    src = inspect.getsource(RayPPOTrainer)
+    assert "drop_last=True" in src
+    assert "total_training_steps = len(self.train_dataloader) * self.config.trainer.total_epochs" in src
+    assert "total_training_steps = self.config.trainer.total_training_steps" in src
+    assert "for epoch in range(current_epoch, self.config.trainer.total_epochs):" in src
+    assert "is_last_step = self.global_steps >= self.total_training_steps" in src
 
 
 def test_conda_envs_pin_what_constraints_pin():

@@ -7,9 +7,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-
-class ConfigError(ValueError):
-    pass
+from .errors import ConfigError  # noqa: F401  (re-exported: config.ConfigError)
 
 
 def _describe(err: jsonschema.ValidationError) -> str:

@@ -115,7 +115,8 @@ def summarize_records(records: list[dict]) -> dict[str, Any]:
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in m.items()}
 
 
-def write_samples(model_path: str, test_file: str, out: str, *, n: int, max_new_tokens: int, seed: int) -> float:
+def write_samples(model_path: str, test_file: str, out: str, *, n: int, max_new_tokens: int, seed: int,
+                  reward: dict[str, Any] | None = None) -> float:
     """Greedy generations for the first ``n`` test prompts; returns the both-tags rate."""
     torch.manual_seed(seed)
     model, tokenizer = load_model(model_path, pick_device())
@@ -124,7 +125,7 @@ def write_samples(model_path: str, test_file: str, out: str, *, n: int, max_new_
                      do_sample=False).texts
     recs = []
     for r, t in zip(rows, texts):
-        d = group_aware_details([t], r["reward_model"]["ground_truth"])[0]
+        d = group_aware_details([t], r["reward_model"]["ground_truth"], **(options_from_config(reward) if reward else {}))[0]
         recs.append({"question": r["prompt"][-1]["content"], "ground_truth": r["reward_model"]["ground_truth"],
                      "knowable": r["extra_info"].get("knowable"), "response": t,
                      "both_tags": d.has_think and d.has_proactive, "correct": d.correct})

@@ -17,18 +17,48 @@ class Generated:
     texts: list[str]
 
 
-def encode_prompts(tokenizer, prompts: list[list[dict[str, str]]], max_prompt_length: int, device):
-    texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
+def chat_texts(tokenizer, prompts: list[list[dict[str, str]]]) -> list[str]:
+    return [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
+
+
+def prompt_lengths(tokenizer, prompts: list[list[dict[str, str]]]) -> list[int]:
+    """Tokens of each chat prompt with the assistant header (what verl's overlong filter counts)."""
+    return [len(ids) for ids in tokenizer(chat_texts(tokenizer, prompts), add_special_tokens=False)["input_ids"]]
+
+
+def filter_overlong_prompts(rows: list[dict], tokenizer, max_prompt_length: int,
+                            prompt_key: str = "prompt") -> tuple[list[dict], list[int]]:
+    """Rows whose prompt fits in ``max_prompt_length`` tokens, and the indices of those dropped.
+
+    verl's ``data.filter_overlong_prompts`` (on by default, and in our overrides) does the
+    same, so both backends train on the same rows. A prompt is never cut.
+    """
+    lengths = prompt_lengths(tokenizer, [r[prompt_key] for r in rows])
+    kept = [r for r, n in zip(rows, lengths) if n <= max_prompt_length]
+    dropped = [i for i, n in enumerate(lengths) if n > max_prompt_length]
+    return kept, dropped
+
+
+def encode_prompts(tokenizer, prompts: list[list[dict[str, str]]], max_prompt_length: int | None, device):
+    """Left-padded prompt ids. Never truncates: a prompt over ``max_prompt_length`` is an error
+    (cutting it would remove the end of the question and the assistant header)."""
+    texts = chat_texts(tokenizer, prompts)
     tokenizer.padding_side = "left"
-    enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False,
-                    truncation=True, max_length=max_prompt_length)
+    enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    if max_prompt_length is not None:
+        lengths = enc["attention_mask"].sum(dim=1).tolist()
+        over = [(i, n) for i, n in enumerate(lengths) if n > max_prompt_length]
+        if over:
+            i, n = over[0]
+            raise ValueError(f"{len(over)} prompt(s) longer than max_prompt_length = {max_prompt_length} tokens "
+                             f"(prompt {i}: {n} tokens); filter them first (generation.filter_overlong_prompts)")
     return enc["input_ids"].to(device), enc["attention_mask"].to(device)
 
 
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[list[dict[str, str]]], *, max_new_tokens: int,
              do_sample: bool, temperature: float = 1.0, top_p: float = 1.0, num_return_sequences: int = 1,
-             max_prompt_length: int = 1024, seed: int | None = None) -> Generated:
+             max_prompt_length: int | None = None, seed: int | None = None) -> Generated:
     """Generate for each prompt ``num_return_sequences`` responses (grouped consecutively)."""
     device = next(model.parameters()).device
     ids, mask = encode_prompts(tokenizer, prompts, max_prompt_length, device)

@@ -9,14 +9,24 @@ GPU; we use HF ``generate``), the group-aware reward (verl calls reward function
 rollout at a time) and the training loop itself.
 
 Restart safety: every ``save_freq`` steps a checkpoint (policy, optimizer, step) is
-written atomically; a restarted job resumes from the latest one whose config matches.
-Data order and sampling seeds are functions of (seed, step), so a resumed run reaches
-the same final step on the same batches.
+written atomically. Where a job starts is decided by :mod:`sft2rl.resume` from a content
+key (init weights, train data bytes, the source of every package module this stage runs,
+parameters, library versions): a killed run with the same key resumes from its latest
+checkpoint; anything else starts from step 0 in a clean run directory. Data order and
+sampling seeds are functions of (seed, step), so a resumed run reaches the same final
+step on the same batches.
+
+Prompts longer than ``rl.max_prompt_length`` tokens are dropped before training, counted
+in the log and the summary (verl's ``data.filter_overlong_prompts``); none is ever cut.
+
+Precision: full fine-tuning keeps fp32 master weights; on a GPU with bf16 the forward
+passes run under bf16 autocast (as verl's FSDP mixed precision does), so small updates
+are never rounded away.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
-import hashlib
 import json
 import shutil
 import time
@@ -27,10 +37,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from .generation import generate
+from .errors import RunError
+from .fingerprint import module_closure, run_key
+from .generation import filter_overlong_prompts, generate
 from .io import atomic_dir, read_parquet_rows, write_json
 from .logutil import LOG
 from .model import load_model, pick_device, set_seed, train_dtype
+from .resume import planned_steps, prepare_run_dir
 from .reward import group_aware_details, options_from_config
 
 @dataclass
@@ -47,8 +60,35 @@ class ActorLossConfig:
         return getattr(self, key, default)
 
 
-def config_hash(cfg: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
+#: Libraries whose version is part of a GRPO run's restart key.
+LIBRARIES = ("torch", "transformers", "peft", "verl")
+
+
+def grpo_run_key(init_model: str, train_file: str, cfg: dict[str, Any], reward_cfg: dict[str, Any]) -> dict[str, Any]:
+    """Content key of a local GRPO run (see :mod:`sft2rl.resume`)."""
+    return run_key(models={"init": init_model}, data={"train": train_file}, modules=module_closure(["grpo"]),
+                   params={"rl": cfg, "reward": reward_cfg}, libraries=LIBRARIES)
+
+
+def precision(device: torch.device, train_mode: str, requested: str = "auto") -> tuple[torch.dtype, torch.dtype | None]:
+    """(parameter dtype, autocast dtype) of the policy.
+
+    Full fine-tuning: fp32 parameters (AdamW's master weights) always, bf16 autocast where
+    the device has bf16 (``requested='auto'``) or when asked (``'bf16'``, also on CPU).
+    LoRA: the frozen base may sit in bf16; peft keeps the adapter weights in fp32.
+    """
+    amp = torch.bfloat16 if requested == "bf16" else None
+    if requested == "auto" and train_dtype(device) == torch.bfloat16:
+        amp = torch.bfloat16
+    if requested not in ("auto", "bf16", "fp32"):
+        raise ValueError(f"precision must be auto, bf16 or fp32, got {requested!r}")
+    if train_mode == "full":
+        return torch.float32, amp
+    return (amp or torch.float32), amp
+
+
+def _autocast(device: torch.device, amp: torch.dtype | None):
+    return torch.autocast(device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
 
 
 def grpo_advantages(scores: torch.Tensor, response_mask: torch.Tensor, group_ids: np.ndarray,
@@ -85,20 +125,19 @@ def _batches(n_rows: int, batch: int, seed: int, epoch: int) -> list[list[int]]:
     return [order[i:i + batch] for i in range(0, n_rows - batch + 1, batch)]
 
 
-def _latest_checkpoint(ckpt_root: Path, chash: str) -> Path | None:
-    best = None
-    for d in sorted(ckpt_root.glob("step_*"), key=lambda p: int(p.name.split("_")[1])):
-        state = d / "trainer_state.json"
-        if state.is_file() and json.loads(state.read_text()).get("config_hash") == chash:
-            best = d
-    return best
+def _latest_checkpoint(ckpt_root: Path) -> Path | None:
+    """The highest complete ``step_<k>`` (an atomic write: a partial one is never named so)."""
+    steps = [d for d in ckpt_root.glob("step_*") if (d / "trainer_state.json").is_file()]
+    return max(steps, key=lambda p: int(p.name.split("_")[1]), default=None)
 
 
 def train_grpo(init_model: str, train_file: str, run_dir: str, cfg: dict[str, Any], reward_cfg: dict[str, Any],
-               stop_after: int | None = None) -> dict[str, Any]:
+               stop_after: int | None = None, precision_mode: str = "auto") -> dict[str, Any]:
     """Run GRPO; checkpoints in run_dir/checkpoints, TensorBoard in run_dir/tensorboard.
 
-    Returns the summary; the policy of the last step is at ``summary['last_checkpoint']``.
+    Returns the summary; the policy of the last step is at ``summary['last_checkpoint']``,
+    ``steps_trained`` counts the steps this call ran and ``resumed_from_step`` the step it
+    resumed from (None: it started from step 0; see :mod:`sft2rl.resume` for when).
     ``stop_after`` ends the process early after that many steps (used to test resume).
     """
     from torch.utils.tensorboard import SummaryWriter
@@ -107,17 +146,23 @@ def train_grpo(init_model: str, train_file: str, run_dir: str, cfg: dict[str, An
 
     run = Path(run_dir)
     ckpt_root = run / "checkpoints"
-    chash = config_hash({"init": str(init_model), "rl": cfg, "reward": reward_cfg, "train": str(train_file)})
+    run_key_ = grpo_run_key(init_model, train_file, cfg, reward_cfg)
+    guard = prepare_run_dir(run, run_key_)
     device = pick_device()
+    param_dtype, amp = precision(device, cfg["train_mode"], precision_mode)
     set_seed(cfg["seed"])
-    model, tokenizer = load_model(init_model, device, train_dtype(device))
-    rows = read_parquet_rows(train_file)
+    model, tokenizer = load_model(init_model, device, param_dtype)
+    rows, dropped = filter_overlong_prompts(read_parquet_rows(train_file), tokenizer, cfg["max_prompt_length"])
+    if dropped:
+        LOG.warning("%s: %d of %d prompts are longer than rl.max_prompt_length = %d tokens and are left out "
+                    "(as verl's data.filter_overlong_prompts does); first: row %d", train_file, len(dropped),
+                    len(rows) + len(dropped), cfg["max_prompt_length"], dropped[0])
+    if not rows:
+        raise ValueError(f"{train_file}: every prompt is longer than rl.max_prompt_length = {cfg['max_prompt_length']}")
     steps_per_epoch = len(rows) // cfg["train_batch"]
-    if steps_per_epoch == 0:
-        raise ValueError(f"rl.train_batch = {cfg['train_batch']} is larger than the train set ({len(rows)} rows)")
-    total = cfg["total_steps"] or steps_per_epoch * cfg["epochs"]
+    total = planned_steps(len(rows), cfg["train_batch"], cfg["epochs"], cfg["total_steps"])
 
-    resume = _latest_checkpoint(ckpt_root, chash)
+    resume = _latest_checkpoint(ckpt_root) if guard["resume"] else None
     if cfg["train_mode"] == "lora":
         from peft import LoraConfig, PeftModel, get_peft_model
 
@@ -130,10 +175,12 @@ def train_grpo(init_model: str, train_file: str, run_dir: str, cfg: dict[str, An
         ref_model = None  # the reference is the same model with the adapter disabled
     else:
         ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+        if amp is not None:
+            ref_model.to(amp)  # the reference only runs forward passes
         if resume:
             from transformers import AutoModelForCausalLM
 
-            model = AutoModelForCausalLM.from_pretrained(resume / "policy", dtype=train_dtype(device)).to(device)
+            model = AutoModelForCausalLM.from_pretrained(resume / "policy", dtype=param_dtype).to(device)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=0.0)
@@ -144,8 +191,6 @@ def train_grpo(init_model: str, train_file: str, run_dir: str, cfg: dict[str, An
         state = json.loads((resume / "trainer_state.json").read_text())
         start, history = state["step"], state["history"]
         LOG.info("resuming from %s (step %d of %d)", resume, start, total)
-    elif ckpt_root.exists():
-        shutil.rmtree(ckpt_root)  # checkpoints of another config: never resume from them
 
     loss_cfg = ActorLossConfig(clip_ratio=cfg["clip_ratio"])
     rkw = options_from_config(reward_cfg)
@@ -158,9 +203,10 @@ def train_grpo(init_model: str, train_file: str, run_dir: str, cfg: dict[str, An
         epoch, pos = divmod(step - 1, steps_per_epoch)
         batch_rows = [rows[i] for i in _batches(len(rows), bsz, cfg["seed"], epoch)[pos]]
         torch.manual_seed(cfg["seed"] * 1_000_003 + step)
-        gen = generate(model, tokenizer, [r["prompt"] for r in batch_rows], max_new_tokens=cfg["max_response_length"],
-                       do_sample=True, temperature=cfg["temperature"], top_p=cfg["top_p"], num_return_sequences=n,
-                       max_prompt_length=cfg["max_prompt_length"])
+        with _autocast(device, amp):
+            gen = generate(model, tokenizer, [r["prompt"] for r in batch_rows], max_new_tokens=cfg["max_response_length"],
+                           do_sample=True, temperature=cfg["temperature"], top_p=cfg["top_p"], num_return_sequences=n,
+                           max_prompt_length=cfg["max_prompt_length"])
         details = []
         for g, r in enumerate(batch_rows):
             details += group_aware_details(gen.texts[g * n:(g + 1) * n], r["reward_model"]["ground_truth"], **rkw)
@@ -168,7 +214,7 @@ def train_grpo(init_model: str, train_file: str, run_dir: str, cfg: dict[str, An
         group_ids = np.repeat(np.arange(bsz), n)
         rmask = gen.response_mask
         adv = grpo_advantages(scores, rmask, group_ids, cfg["norm_adv_by_std"])
-        with torch.no_grad():
+        with torch.no_grad(), _autocast(device, amp):
             old_logp, _ = response_logprobs(model, gen.prompt_ids, gen.prompt_mask, gen.response_ids, rmask,
                                             cfg["temperature"])
             if ref_model is None:
@@ -183,8 +229,9 @@ def train_grpo(init_model: str, train_file: str, run_dir: str, cfg: dict[str, An
         for _ in range(cfg["ppo_epochs"]):
             for m0 in range(0, bsz, mini):
                 sl = slice(m0 * n, (m0 + mini) * n)
-                logp, ent = response_logprobs(model, gen.prompt_ids[sl], gen.prompt_mask[sl], gen.response_ids[sl],
-                                              rmask[sl], cfg["temperature"], with_entropy=True)
+                with _autocast(device, amp):
+                    logp, ent = response_logprobs(model, gen.prompt_ids[sl], gen.prompt_mask[sl], gen.response_ids[sl],
+                                                  rmask[sl], cfg["temperature"], with_entropy=True)
                 mask = rmask[sl].float()
                 pg_loss, pg_m = compute_policy_loss_vanilla(old_logp[sl], logp, adv[sl], mask, "token-mean", loss_cfg)
                 kl = agg_loss(kl_penalty(logp, ref_logp[sl], cfg["kl_type"]), mask, "token-mean")
@@ -226,17 +273,27 @@ def train_grpo(init_model: str, train_file: str, run_dir: str, cfg: dict[str, An
         bar.update(1)
         bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", kl=f"{metrics['kl']:.4f}")
         if step % cfg["save_freq"] == 0 or step == total:
-            last_ckpt = _save_checkpoint(ckpt_root / f"step_{step}", model, tokenizer, opt, step, history, chash)
+            last_ckpt = _save_checkpoint(ckpt_root / f"step_{step}", model, tokenizer, opt, step, history)
         if stop_after is not None and step >= start + stop_after:
             break
     bar.close()
     writer.close()
     done = history[-1]["step"] if history else 0
-    summary = {"steps": done, "total_steps": total, "seconds": time.time() - t0, "config_hash": chash,
+    summary = {"backend": "local", "steps": done, "total_steps": total, "steps_trained": done - start,
+               "resumed_from_step": start if resume else None, "start": guard["reason"],
+               "seconds": time.time() - t0, "run_key": run_key_["key"], "train_rows": len(rows),
+               "filtered_prompts": len(dropped), "precision": {"params": str(param_dtype), "autocast": str(amp)},
                "last_checkpoint": str(last_ckpt) if last_ckpt else None, "train_mode": cfg["train_mode"],
                "first": history[0] if history else None, "last": history[-1] if history else None,
                "reward_first10": _avg(history[:10], "reward_mean"), "reward_last10": _avg(history[-10:], "reward_mean")}
     return summary
+
+
+def check_steps(summary: dict[str, Any]) -> None:
+    """Fail the job when the steps run differ from the steps planned (a run that looks finished but is not)."""
+    if summary.get("steps") != summary.get("total_steps"):
+        raise RunError(f"GRPO ran {summary.get('steps')} steps but {summary.get('total_steps')} were planned "
+                       f"(last checkpoint: {summary.get('last_checkpoint')}); refusing to export it as finished")
 
 
 def _avg(hist: list[dict], key: str) -> float | None:
@@ -244,12 +301,12 @@ def _avg(hist: list[dict], key: str) -> float | None:
     return float(np.mean(vals)) if vals else None
 
 
-def _save_checkpoint(path: Path, model, tokenizer, opt, step: int, history: list, chash: str) -> Path:
+def _save_checkpoint(path: Path, model, tokenizer, opt, step: int, history: list) -> Path:
     with atomic_dir(path) as tmp:
         model.save_pretrained(Path(tmp) / "policy")
         tokenizer.save_pretrained(Path(tmp) / "policy")
         torch.save(opt.state_dict(), Path(tmp) / "optimizer.pt")
-        write_json(Path(tmp) / "trainer_state.json", {"step": step, "history": history, "config_hash": chash})
+        write_json(Path(tmp) / "trainer_state.json", {"step": step, "history": history})
     return path
 
 

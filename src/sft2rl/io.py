@@ -16,15 +16,7 @@ from typing import Any, Iterable, Iterator
 
 import pandas as pd
 
-
-class DataError(ValueError):
-    """Bad input data. The message names the file, the line (1-based) and the field."""
-
-    def __init__(self, path: str | os.PathLike, line: int | None, field: str | None, problem: str):
-        where = str(path) + (f":{line}" if line is not None else "")
-        what = f" field '{field}':" if field else ""
-        super().__init__(f"{where}:{what} {problem}")
-        self.path, self.line, self.field, self.problem = str(path), line, field, problem
+from .errors import DataError  # noqa: F401  (re-exported: io.DataError)
 
 
 @contextlib.contextmanager

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from .errors import MergeError  # noqa: F401  (re-exported: merge.MergeError)
 from .io import atomic_dir, write_json
 from .logutil import LOG
 
@@ -21,10 +22,6 @@ PROBE_TEXTS = [
     "<think>\nI add 4 and 7.\n</think>\n\n<proactive>\nI am sure.\n</proactive>\n\n4 plus 7 is 11.",
     "Hello! Please tell me something you are not sure about.",
 ]
-
-
-class MergeError(RuntimeError):
-    pass
 
 
 def _probe_batch(tokenizer, device) -> dict[str, torch.Tensor]:

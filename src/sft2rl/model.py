@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -138,6 +139,8 @@ def pretrain(model, tokenizer, texts: list[str], cfg: dict[str, Any], tb_dir: st
     seq, bsz = cfg["seq_len"], cfg["batch_size"]
     opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"], betas=(0.9, 0.95))
     sched = get_cosine_schedule_with_warmup(opt, cfg["warmup_steps"], cfg["steps"])
+    if tb_dir:
+        shutil.rmtree(tb_dir, ignore_errors=True)  # a rerun pretrains from step 0: no stale curve
     writer = SummaryWriter(tb_dir) if tb_dir else None
     order: list[int] = []
     rng = random.Random(cfg["seed"])

@@ -1,9 +1,8 @@
-"""Figures (GRPO training curves, ablations) and the paper build.
+"""Figures (GRPO training curves, ablations); the paper build is :mod:`sft2rl.paper`.
 
 Every figure is written twice, as ``<stem>.png`` and ``<stem>.pdf``, each through
 :func:`sft2rl.io.atomic_file` (temporary sibling, then ``os.replace``), so an interrupted
-job never leaves a half-written figure. The paper is built by latexmk into a temporary
-output directory and only ``main.pdf`` is moved into place.
+job never leaves a half-written figure.
 
 Inputs:
 
@@ -20,13 +19,11 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
-import subprocess
-import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Iterable, Mapping
 
 from .io import DataError, atomic_file
+from .tblog import read_scalars  # noqa: F401  (re-exported: plots.read_scalars)
 from .runs import parse_rl
 
 # ------------------------------------------------------------------ names
@@ -55,29 +52,6 @@ def figure_paths(out_dir: str | os.PathLike, stems: Iterable[str] = FIGURE_STEMS
 
 
 # ------------------------------------------------------------------ reading
-def read_scalars(tb_dir: str | os.PathLike) -> dict[str, list[tuple[int, float]]]:
-    """All scalar series of one TensorBoard directory: ``{tag: [(step, value), ...]}``.
-
-    Event files are read in name (= creation time) order, TensorBoard's purge of orphaned
-    steps after a restart is honoured, and for a step logged more than once the last event
-    read wins. Steps come back sorted. A missing or empty directory gives ``{}``.
-    """
-    from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
-
-    tb_dir = Path(tb_dir)
-    if not tb_dir.is_dir() or not any(p.name.startswith("events.out.tfevents") for p in tb_dir.iterdir()):
-        return {}
-    acc = EventAccumulator(str(tb_dir), size_guidance={SCALARS: 0}, purge_orphaned_data=True)
-    acc.Reload()
-    out: dict[str, list[tuple[int, float]]] = {}
-    for tag in acc.Tags().get("scalars", []):
-        by_step: dict[int, float] = {}
-        for ev in acc.Scalars(tag):  # in load order: a later duplicate overwrites
-            by_step[int(ev.step)] = float(ev.value)
-        out[tag] = sorted(by_step.items())
-    return out
-
-
 def load_curves(tb_dirs: Mapping[str, str | os.PathLike], tag: str) -> dict[str, list[tuple[int, float]]]:
     """``{run: [(step, value), ...]}`` for one tag; runs without that tag are left out."""
     curves = {}
@@ -285,60 +259,3 @@ def make_figures(tables: Mapping[str, str | os.PathLike], tb_dirs: Mapping[str, 
     if "beta" in frames:
         written += plot_proactive_vs_beta(frames["beta"], out / "proactive_vs_beta")
     return written
-
-
-# ------------------------------------------------------------------ paper
-LATEXMK = ["latexmk", "-pdf", "-interaction=nonstopmode", "-halt-on-error"]
-
-
-class PaperBuildError(RuntimeError):
-    """latexmk is missing or failed; the message names the cause and the LaTeX log."""
-
-
-def build_paper(tex: str | os.PathLike, pdf: str | os.PathLike, *, log: str | os.PathLike | None = None,
-                env: Mapping[str, str] | None = None) -> str:
-    """Build ``tex`` with latexmk, run in the directory of ``tex`` (relative ``\\input`` and
-    ``\\includegraphics`` paths resolve from there), into a temporary ``-outdir``; then move
-    the PDF onto ``pdf`` (atomic) and remove the temporary directory. Nothing is written next
-    to ``tex`` but the final PDF. ``log``: where to copy latexmk's output and the LaTeX log."""
-    tex, pdf = Path(tex).resolve(), Path(pdf).resolve()
-    if shutil.which("latexmk") is None:
-        raise PaperBuildError("latexmk not found on PATH; install TeX: apt-get install -y --no-install-recommends "
-                              "latexmk texlive-latex-base texlive-latex-recommended")
-    if not tex.is_file():
-        raise PaperBuildError(f"{tex}: file not found")
-    pdf.parent.mkdir(parents=True, exist_ok=True)
-    run_env = dict(os.environ if env is None else env)
-    run_env.setdefault("SOURCE_DATE_EPOCH", "0")  # reproducible PDF dates and ID
-    outdir = Path(tempfile.mkdtemp(prefix=f".{pdf.stem}.latexmk.", suffix=".tmp", dir=pdf.parent))
-    try:
-        proc = subprocess.run([*LATEXMK, f"-outdir={outdir}", tex.name], cwd=tex.parent, env=run_env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
-                              stdin=subprocess.DEVNULL)
-        tex_log = outdir / f"{tex.stem}.log"
-        if log:
-            text = proc.stdout + ("\n==== LaTeX log ====\n" + tex_log.read_text(errors="replace")
-                                  if tex_log.is_file() else "")
-            Path(log).parent.mkdir(parents=True, exist_ok=True)
-            Path(log).write_text(text)
-        built = outdir / f"{tex.stem}.pdf"
-        if proc.returncode != 0 or not built.is_file():
-            errors = [ln for ln in (tex_log.read_text(errors="replace").splitlines() if tex_log.is_file() else [])
-                      if ln.startswith("!")]
-            detail = "; ".join(errors[:3]) or (proc.stdout.strip().splitlines() or ["no output"])[-1]
-            raise PaperBuildError(f"latexmk failed on {tex} (exit {proc.returncode}): {detail}"
-                                  + (f" (full log: {log})" if log else ""))
-        os.replace(built, pdf)
-    finally:
-        shutil.rmtree(outdir, ignore_errors=True)
-    return str(pdf)
-
-
-def paper_inputs(tex: str | os.PathLike) -> dict[str, Any]:
-    """Files ``tex`` pulls in through ``\\input{...}`` and ``\\includegraphics{...}`` (for checks)."""
-    import re
-
-    text = Path(tex).read_text()
-    text = re.sub(r"(?<!\\)%.*", "", text)  # drop comments, keep \%
-    return {"inputs": re.findall(r"\\input\{([^}]+)\}", text),
-            "graphics": re.findall(r"\\includegraphics(?:\[[^]]*\])?\{([^}]+)\}", text)}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -131,6 +132,7 @@ def train_sft(base: str, train_file: str, val_file: str, out_dir: str, cfg: dict
     sched = get_scheduler(cfg["lr_scheduler"], opt, num_warmup_steps=int(cfg["warmup_ratio"] * total_steps),
                           num_training_steps=total_steps)
     out = Path(out_dir)
+    shutil.rmtree(out / "tensorboard", ignore_errors=True)  # this job trains from step 0: no stale curve
     writer = SummaryWriter(str(out / "tensorboard"))
     gen = torch.Generator().manual_seed(cfg["seed"])
     history: list[dict[str, float]] = []
@@ -141,6 +143,7 @@ def train_sft(base: str, train_file: str, val_file: str, out_dir: str, cfg: dict
     writer.add_scalar("val/loss", initial_val_loss, 0)
     for epoch in range(1, cfg["epochs"] + 1):
         order = torch.randperm(len(train), generator=gen).tolist()
+        epoch_losses: list[float] = []
         for s in range(steps_per_epoch):
             rows = [train[i] for i in order[s * micro * accum:(s + 1) * micro * accum]]
             micro_batches = [collate(rows[i:i + micro], pad_id) for i in range(0, len(rows), micro)]
@@ -157,6 +160,7 @@ def train_sft(base: str, train_file: str, val_file: str, out_dir: str, cfg: dict
             sched.step()
             opt.zero_grad(set_to_none=True)
             step += 1
+            epoch_losses.append(step_loss)
             bar.update(1)
             writer.add_scalar("train/loss", step_loss, step)
             writer.add_scalar("train/lr", sched.get_last_lr()[0], step)
@@ -164,8 +168,10 @@ def train_sft(base: str, train_file: str, val_file: str, out_dir: str, cfg: dict
             writer.add_scalar("train/tokens_per_s", tokens / (time.time() - t0), step)
         val_loss = evaluate_loss(model, val, micro, pad_id, device)
         writer.add_scalar("val/loss", val_loss, step)
-        history.append({"epoch": epoch, "step": step, "train_loss": step_loss, "val_loss": val_loss})
-        LOG.info("epoch %d: train loss %.4f, val loss %.4f", epoch, step_loss, val_loss)
+        train_loss = sum(epoch_losses) / len(epoch_losses)  # mean over the epoch's optimizer steps
+        history.append({"epoch": epoch, "step": step, "train_loss": train_loss, "last_step_loss": step_loss,
+                        "val_loss": val_loss})
+        LOG.info("epoch %d: train loss %.4f (epoch mean), val loss %.4f", epoch, train_loss, val_loss)
         with atomic_dir(out / "checkpoints" / f"epoch_{epoch}") as tmp:
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
@@ -181,11 +187,23 @@ def train_sft(base: str, train_file: str, val_file: str, out_dir: str, cfg: dict
     return metrics
 
 
-def choose_checkpoint(run_dir: str, which: str) -> Path:
-    """``last`` epoch, or ``best``: the epoch with the lowest validation loss."""
+def checkpoint_epoch(metrics: dict[str, Any], which: str | int) -> int:
+    """The epoch ``sft.merge_checkpoint`` names: ``last``, ``best`` (lowest validation loss) or a number."""
+    epochs = [e["epoch"] for e in metrics["epochs"]]
+    if which == "last":
+        return epochs[-1]
+    if which == "best":
+        return metrics["best_epoch"]
+    if str(which).isdigit() and int(which) in epochs:
+        return int(which)
+    raise ValueError(f"config key 'sft.merge_checkpoint' = {which!r}: expected last, best or one of the "
+                     f"run's epochs {epochs}")
+
+
+def choose_checkpoint(run_dir: str, which: str | int) -> Path:
+    """The adapter checkpoint directory of the epoch ``which`` names (see :func:`checkpoint_epoch`)."""
     metrics = json.loads((Path(run_dir) / "metrics.json").read_text())
-    epoch = metrics["best_epoch"] if which == "best" else metrics["epochs"][-1]["epoch"]
-    path = Path(run_dir) / "checkpoints" / f"epoch_{epoch}"
+    path = Path(run_dir) / "checkpoints" / f"epoch_{checkpoint_epoch(metrics, which)}"
     if not (path / "adapter_config.json").is_file():
         raise FileNotFoundError(f"{path}: no adapter_config.json (is this a step/epoch checkpoint directory?)")
     return path

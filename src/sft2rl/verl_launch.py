@@ -34,12 +34,12 @@ Key facts of verl 0.9.1 this relies on (checked against its source and Hydra con
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import shlex
-import shutil
 from pathlib import Path
 from typing import Any
+
+from .errors import VerlConfigError  # noqa: F401  (re-exported: verl_launch.VerlConfigError)
 
 HOOK_MODULE = "sft2rl.verl_hooks"
 ADV_ESTIMATOR = "group_aware_grpo"
@@ -72,8 +72,6 @@ VERL_HF = "verl_hf"  # where verl.model_merger writes (base weights + lora_adapt
 _SAFE = re.compile(r"^[A-Za-z0-9_@%+=:,./\-]+$")
 
 
-class VerlConfigError(ValueError):
-    """A config value the verl backend cannot honour (one line, names the key)."""
 
 
 # ------------------------------------------------------------------ helpers
@@ -250,12 +248,12 @@ def merge_command(*, sft_run: str, which: str, base: str, out_dir: str, code_roo
     target = f"{run_dir}/{VERL_HF}"
     return "\n".join([
         _env({"PYTHONPATH": _pythonpath(code_root)}),
-        "SFT2RL_STEP=$(" + _cmd(["python", script, "choose-step", "--run-dir", run_dir, "--which", which]) + ")",
+        "SFT2RL_STEP=$(" + _cmd(["python", script, "choose-step", "--run-dir", run_dir, "--which", str(which)]) + ")",
         _cmd(["rm", "-rf", target]),
         _cmd(["python", "-m", "verl.model_merger", "merge", "--backend", "fsdp",
               "--local_dir", "$SFT2RL_STEP", "--target_dir", target]),
         _cmd(["python", script, "fold", "--merger-dir", target, "--base", base, "--out", out_dir,
-              "--which", which, "--step-dir", "$SFT2RL_STEP"]),
+              "--which", str(which), "--step-dir", "$SFT2RL_STEP"]),
         _cmd(["rm", "-rf", target]),  # the merger's full bf16 copy, no longer needed
     ])
 
@@ -332,7 +330,10 @@ def ppo_overrides(*, init: str, train: str, test: str, run_dir: str, run_name: s
         _kv("trainer.logger", ["console", "tensorboard"]),
         _kv("trainer.nnodes", nnodes),
         _kv("trainer.n_gpus_per_node", gpus_per_node),
-        _kv("trainer.total_epochs", rl["epochs"]),
+        # verl's loop ends at trainer.total_training_steps *or* at the end of the last epoch,
+        # whichever comes first: with total_steps set, allow as many epochs as steps (every
+        # epoch has at least one step), so the run takes exactly total_steps steps
+        _kv("trainer.total_epochs", rl["total_steps"] if rl["total_steps"] else rl["epochs"]),
         _kv("trainer.save_freq", rl["save_freq"]),
         _kv("trainer.test_freq", rl["save_freq"]),
         _kv("trainer.resume_mode", "auto"),
@@ -357,6 +358,27 @@ def ppo_overrides(*, init: str, train: str, test: str, run_dir: str, run_name: s
     return out
 
 
+def verl_loop_steps(n_rows: int, overrides: list[str]) -> int:
+    """Steps verl 0.9.1's ``RayPPOTrainer.fit`` runs on ``n_rows`` kept prompts under ``overrides``.
+
+    Its train loader drops the last partial batch (``len = n_rows // data.train_batch_size``);
+    ``total_training_steps`` is ``trainer.total_training_steps`` when set, else ``len x
+    trainer.total_epochs``; the loop stops at that step or after the last epoch, whichever
+    comes first (``for epoch in range(total_epochs): for batch in loader: ... if is_last_step:
+    return``).
+    """
+    values = {}
+    for o in overrides:
+        key, _, value = o.partition("=")
+        values[key.lstrip("+")] = value
+    per_epoch = n_rows // int(values["data.train_batch_size"])
+    epochs = int(values["trainer.total_epochs"])
+    total = per_epoch * epochs
+    if values.get("trainer.total_training_steps", "null") != "null":
+        total = int(values["trainer.total_training_steps"])
+    return min(total, per_epoch * epochs)
+
+
 def grpo_command(*, rl_run: str, init: str, train: str, test: str, rl: dict[str, Any], reward: dict[str, Any],
                  verl: dict[str, Any], nnodes: int, gpus_per_node: int, code_root: str, final: str,
                  summary: str, workdir: str = "$PWD") -> str:
@@ -374,7 +396,10 @@ def grpo_command(*, rl_run: str, init: str, train: str, test: str, rl: dict[str,
     train_cmd = _lines([*launcher, "-m", "verl.trainer.main_ppo"], overrides)
     script = f"{code_root}/workflow/scripts/verl_export.py"
     target = f"{run_dir}/{VERL_HF}"
-    prepare = _cmd(["python", script, "prepare-rl", "--run-dir", run_dir, "--config-hash", config_hash(overrides)])
+    prepare = _cmd(["python", script, "prepare-rl", "--run-dir", run_dir, "--init", init, "--train", train,
+                    "--config-hash", config_hash(overrides), "--max-prompt-length", str(rl["max_prompt_length"]),
+                    "--train-batch", str(rl["train_batch"]), "--epochs", str(rl["epochs"])]
+                   + (["--total-steps", str(rl["total_steps"])] if rl["total_steps"] else []))
     export = [
         "SFT2RL_STEP=$(" + _cmd(["python", script, "latest-step", "--checkpoints", f"{run_dir}/checkpoints"]) + ")",
         _cmd(["rm", "-rf", target]),
@@ -382,39 +407,16 @@ def grpo_command(*, rl_run: str, init: str, train: str, test: str, rl: dict[str,
               "--local_dir", "$SFT2RL_STEP/actor", "--target_dir", target]),
         _cmd(["python", script, "rl-export", "--run-dir", run_dir, "--merger-dir", target, "--init", init,
               "--step-dir", "$SFT2RL_STEP", "--train-mode", rl["train_mode"], "--final", final,
-              "--summary", summary]
-             + (["--total-steps", str(rl["total_steps"])] if rl["total_steps"] else [])),
+              "--summary", summary]),
         _cmd(["rm", "-rf", target]),
     ]
     return "\n".join([env, prepare, train_cmd, *export])
 
 
 def config_hash(overrides: list[str]) -> str:
-    """Identity of a GRPO run's configuration (paths unexpanded, so it does not depend on the machine)."""
+    """Digest of a GRPO run's overrides (paths unexpanded, so it does not depend on the machine);
+    one part of the run's content key (see sft2rl.verl_export.prepare_rl_run)."""
     return hashlib.sha256("\n".join(overrides).encode()).hexdigest()[:16]
-
-
-CONFIG_HASH_FILE = ".sft2rl_config_hash"
-
-
-def prepare_rl_run(run_dir: str | Path, chash: str) -> bool:
-    """Keep verl's checkpoints (it resumes from them) only if they belong to this configuration.
-
-    Returns True when an earlier run of another configuration was removed (checkpoints, the
-    hook's log, TensorBoard events), as the local backend does with its config hash.
-    """
-    run = Path(run_dir)
-    ckpt = run / "checkpoints"
-    stamp = ckpt / CONFIG_HASH_FILE
-    wiped = False
-    if ckpt.exists() and (not stamp.is_file() or stamp.read_text().strip() != chash):
-        for path in (ckpt, run / "tensorboard"):
-            shutil.rmtree(path, ignore_errors=True)
-        (run / GROUP_REWARD_LOG).unlink(missing_ok=True)
-        wiped = True
-    ckpt.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(chash + "\n")
-    return wiped
 
 
 def has_legacy_keys(overrides: list[str]) -> list[str]:
@@ -425,151 +427,3 @@ def has_legacy_keys(overrides: list[str]) -> list[str]:
         if key.startswith(LEGACY_KEYS):
             bad.append(o)
     return bad
-
-
-# ------------------------------------------------------------------ export steps (run after training)
-def _checkpoints(ckpt_root: str | Path) -> list[tuple[int, Path]]:
-    out = []
-    for d in Path(ckpt_root).glob("global_step_*"):
-        m = re.fullmatch(r"global_step_(\d+)", d.name)
-        if m and d.is_dir():
-            out.append((int(m[1]), d))
-    return sorted(out)
-
-
-def sft_metrics(run_dir: str | Path, sft_cfg: dict[str, Any] | None = None) -> dict[str, Any]:
-    """metrics.json of a verl SFT run: one entry per saved checkpoint (= epoch), with losses from TensorBoard."""
-    from .plots import read_scalars
-
-    run = Path(run_dir)
-    ckpts = _checkpoints(run / "checkpoints")
-    if not ckpts:
-        raise FileNotFoundError(f"{run / 'checkpoints'}: no global_step_<N> checkpoint (did verl's SFT run?)")
-    scalars = read_scalars(run / "tensorboard")
-    val = dict(scalars.get("val/loss", []))
-    train = dict(scalars.get("train/loss", []))
-    epochs = [{"epoch": k, "step": step, "checkpoint": str(path.relative_to(run)),
-               "train_loss": train.get(step), "val_loss": val.get(step)}
-              for k, (step, path) in enumerate(ckpts, start=1)]
-    logged = [e for e in epochs if e["val_loss"] is not None]
-    metrics = {
-        "backend": "verl", "epochs": epochs, "steps": ckpts[-1][0],
-        "val_loss_logged": bool(logged),
-        "best_epoch": min(logged, key=lambda e: e["val_loss"])["epoch"] if logged else None,
-        "ignored_config_keys": {k: sft_cfg.get(k) for k in SFT_IGNORED} if sft_cfg else list(SFT_IGNORED),
-    }
-    return metrics
-
-
-def choose_sft_checkpoint(run_dir: str | Path, which: str) -> tuple[Path, str]:
-    """The step directory to merge and why: ``last``, or ``best`` (lowest logged val loss)."""
-    run = Path(run_dir)
-    metrics = json.loads((run / "metrics.json").read_text())
-    epochs = metrics["epochs"]
-    if which == "best":
-        if metrics.get("best_epoch") is not None:
-            e = next(e for e in epochs if e["epoch"] == metrics["best_epoch"])
-            return run / e["checkpoint"], f"best: lowest val loss {e['val_loss']:.4g} at step {e['step']}"
-        return run / epochs[-1]["checkpoint"], ("best requested, but verl logged no val loss at the saved steps: "
-                                                "using the last checkpoint")
-    return run / epochs[-1]["checkpoint"], "last"
-
-
-def latest_rl_checkpoint(ckpt_root: str | Path) -> Path:
-    """verl's latest checkpoint (its tracker file, else the highest global_step_<N> with an actor/)."""
-    root = Path(ckpt_root)
-    tracker = root / "latest_checkpointed_iteration.txt"
-    if tracker.is_file():
-        step = int(tracker.read_text().strip())
-        path = root / f"global_step_{step}"
-        if (path / "actor").is_dir():
-            return path
-    ckpts = [(s, p) for s, p in _checkpoints(root) if (p / "actor").is_dir()]
-    if not ckpts:
-        raise FileNotFoundError(f"{root}: no global_step_<N>/actor checkpoint (did main_ppo save one?)")
-    return ckpts[-1][1]
-
-
-def fold_lora(merger_dir: str | Path, base: str, out_dir: str | Path) -> dict[str, Any]:
-    """Fold the ``lora_adapter/`` that verl's merger wrote into ``base`` (verified, atomic).
-
-    ``base`` is the model the run started from (the SFT base, or the GRPO init model), not the
-    merger's own copy of the base weights, which verl's merger casts to bfloat16.
-    """
-    from .merge import MergeError, merge_adapter
-
-    merger_dir = Path(merger_dir)
-    adapter = merger_dir / "lora_adapter"
-    if not (adapter / "adapter_config.json").is_file():
-        raise MergeError(f"{merger_dir}: no lora_adapter/adapter_config.json; verl's merger found no LoRA "
-                         "weights in this checkpoint (was model.lora_rank > 0?)")
-    return merge_adapter(str(base), str(adapter), str(out_dir))
-
-
-def copy_full(merger_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
-    """Full fine-tuning: verl's merger output already is the policy; copy it into place atomically."""
-    from .io import atomic_dir
-
-    merger_dir = Path(merger_dir)
-    if (merger_dir / "lora_adapter").exists():
-        raise ValueError(f"{merger_dir}: has a lora_adapter/ but rl.train_mode is full")
-    with atomic_dir(out_dir) as tmp:
-        for f in merger_dir.iterdir():
-            (shutil.copytree if f.is_dir() else shutil.copy2)(f, Path(tmp) / f.name)
-    return {"copied": str(merger_dir)}
-
-
-def read_group_reward_log(path: str | Path) -> list[dict[str, Any]]:
-    """The hook's per-step records; for a step logged twice (a resumed run) the later one wins."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    by_step: dict[int, dict] = {}
-    for line in path.read_text().splitlines():
-        if line.strip():
-            rec = json.loads(line)
-            by_step[int(rec["step"])] = rec
-    return [by_step[s] for s in sorted(by_step)]
-
-
-def rl_summary(run_dir: str | Path, step_dir: str | Path, train_mode: str, total_steps: int | None,
-               export: dict[str, Any]) -> dict[str, Any]:
-    """summary.json of a verl GRPO run (same keys as the local backend's), and rl/* TensorBoard tags.
-
-    The tags the figures read (``rl/reward_mean``, ``rl/kl``) are written next to verl's own
-    events: rewards from the hook's log (verl's ``critic/score`` holds the per-rollout codes),
-    KL from verl's ``actor/kl_loss``.
-    """
-    import numpy as np
-
-    from .plots import read_scalars
-
-    run = Path(run_dir)
-    history = read_group_reward_log(run / GROUP_REWARD_LOG)
-    scalars = read_scalars(run / "tensorboard")
-    kl_tag = "actor/kl_loss" if "actor/kl_loss" in scalars else next(
-        (t for t in scalars if t.endswith("kl_loss")), None)
-    kl = dict(scalars.get(kl_tag, [])) if kl_tag else {}
-    for rec in history:
-        if rec["step"] in kl:
-            rec["kl"] = kl[rec["step"]]
-    if history:
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(str(run / "tensorboard"), filename_suffix=".sft2rl")
-        for rec in history:
-            for k, v in rec.items():
-                if k not in ("step", "n") and isinstance(v, (int, float)):
-                    writer.add_scalar(f"rl/{k}", v, rec["step"])
-        writer.close()
-
-    def avg(hist: list[dict], key: str) -> float | None:
-        vals = [h[key] for h in hist if key in h]
-        return float(np.mean(vals)) if vals else None
-
-    step = int(Path(step_dir).name.split("_")[-1])
-    return {"backend": "verl", "steps": step, "total_steps": total_steps, "train_mode": train_mode,
-            "last_checkpoint": str(step_dir), "logged_steps": len(history),
-            "first": history[0] if history else None, "last": history[-1] if history else None,
-            "reward_first10": avg(history[:10], "reward_mean"), "reward_last10": avg(history[-10:], "reward_mean"),
-            "export": export}

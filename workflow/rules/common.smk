@@ -1,14 +1,19 @@
 # Config validation (at DAG time), run names and path helpers shared by every stage.
+import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(workflow.basedir) / "src"))
+SRC = Path(workflow.basedir) / "src"
+sys.path.insert(0, str(SRC))
+# Jobs import the package of *this* checkout (before any installed copy), so the code a job
+# runs is the code its rule lists as input, also in a moved or copied checkout.
+os.environ["PYTHONPATH"] = os.pathsep.join([str(SRC), *filter(None, [os.environ.get("PYTHONPATH")])])
 
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from sft2rl.config import ConfigError, check_config
-from sft2rl import runs
+from sft2rl import fingerprint, runs
 
 SCHEMA = "../schemas/config.schema.yaml"
 try:
@@ -23,11 +28,17 @@ BASE_DIR = "results/models/base" if TINY else config["model"]["base"]
 SFT_RUN = runs.sft_name(config["sft"]["n_samples"], config["sft"]["seed"])
 
 
+def code(*scripts, modules=()):
+    """The package modules a job runs, as its inputs, so editing one reruns exactly the jobs that run it.
 
-
-def code(*modules):
-    """The package modules a job runs, as its inputs (so a code change reruns what it touched)."""
-    return [str(Path(workflow.basedir) / "src" / "sft2rl" / f"{m}.py") for m in modules]
+    Found, not listed: every ``sft2rl`` module the workflow scripts ``scripts`` (names under
+    workflow/scripts/) import, plus ``modules``, and everything those import in turn.
+    Paths are relative to the working directory: a moved or re-cloned checkout keeps the
+    same set of inputs, and Snakemake plans nothing new.
+    """
+    paths = [Path(workflow.basedir) / "workflow" / "scripts" / f"{s}.py" for s in scripts]
+    names = fingerprint.module_closure(modules, paths)
+    return [os.path.relpath(SRC / "sft2rl" / f"{m}.py") for m in names]
 
 
 def base_input(wildcards=None):
@@ -55,8 +66,12 @@ def rl_init_dir(wildcards):
 def rl_params(wildcards):
     """Only what this run depends on, so editing one beta reruns only that run."""
     p = runs.parse_rl(wildcards.rl_run)
-    rl = dict(config["rl"], seed=p["seed"])
-    return {"rl": rl, "reward": dict(config["reward"], beta=p["beta"])}
+    rl = {k: v for k, v in config["rl"].items() if k != "init"}  # the init model is in the run name
+    return {"rl": dict(rl, seed=p["seed"]), "reward": dict(config["reward"], beta=p["beta"])}
+
+
+#: The eval keys the evaluate rule reads (sample_prompts is the samples rule's).
+EVAL_KEYS = ("max_new_tokens", "batch_size", "k_samples", "temperature", "seed")
 
 
 def eval_model_input(wildcards):

@@ -26,7 +26,7 @@ rule sft_data:
     """Seeded sample of N SFT conversations (jsonl + parquet `messages`) and validation rows."""
     input:
         config["data"]["raw_sft"],
-        code=code("data", "io"),
+        code=code("sft_data"),
     output:
         jsonl=f"{PROCESSED}/sft/n{{n}}_seed{{seed}}/train.jsonl",
         train=f"{PROCESSED}/sft/n{{n}}_seed{{seed}}/train.parquet",
@@ -49,7 +49,7 @@ rule rl_data:
     """RL prompts in verl's schema, split into train and test."""
     input:
         config["data"]["raw_rl"],
-        code=code("data", "io"),
+        code=code("rl_data"),
     output:
         train=f"{PROCESSED}/rl/train.parquet",
         test=f"{PROCESSED}/rl/test.parquet",

@@ -7,14 +7,14 @@ rule evaluate:
         model=eval_model_input,
         test=f"{PROCESSED}/rl/test.parquet",
         ref=difficulty_ref,
-        code=code("evaluate", "reward", "generation"),
+        code=code("evaluate"),
     output:
         answers="results/eval/{model}/answers.jsonl",
         metrics="results/eval/{model}/metrics.json",
     params:
         model=lambda wc: model_dir(wc.model),
         reward=config["reward"],
-        eval=config["eval"],
+        eval={k: config["eval"][k] for k in EVAL_KEYS},
     threads: 1
     resources:
         mem_mb=4000,

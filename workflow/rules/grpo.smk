@@ -14,7 +14,7 @@ if config["backend"] == "local":
             ),
             train=f"{PROCESSED}/rl/train.parquet",
             test=f"{PROCESSED}/rl/test.parquet",
-            code=code("grpo", "reward", "generation", "merge"),
+            code=code("grpo"),
         output:
             final=directory("results/rl/{rl_run}/final"),
             summary="results/rl/{rl_run}/summary.json",

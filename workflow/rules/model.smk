@@ -7,7 +7,7 @@ if TINY:
         """Byte-level BPE tokenizer + tiny Qwen2 + causal-LM pretraining on the world corpus."""
         input:
             corpus="data/raw/world_corpus.jsonl",
-            code=code("model"),
+            code=code("base_model"),
         output:
             directory("results/models/base"),
         params:

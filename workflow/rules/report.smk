@@ -11,7 +11,7 @@ rule ablation_table:
     """One ablation table from the evaluations of its runs (mean, std over seeds)."""
     input:
         metrics=lambda wc: [f for g in ablation_groups(wc.ablation) for f in g["metrics"]],
-        code=code("tables"),
+        code=code("ablation_table"),
     output:
         csv="results/ablation_{ablation}.csv",
         tex="results/tables/ablation_{ablation}.tex",
@@ -40,7 +40,7 @@ rule figures:
         tables=ABLATION_TABLES,
         # the curves come from the TensorBoard directory next to each summary
         summaries=[f"results/rl/{run}/summary.json" for run in all_rl_runs()],
-        code=code("plots"),
+        code=code("figures"),
     output:
         FIGURES,
     params:
@@ -66,7 +66,7 @@ rule paper:
         tex="paper/main.tex",
         tables=[f"results/tables/ablation_{a}.tex" for a in ABLATIONS],
         figures=[f for f in FIGURES if f.endswith(".pdf")],
-        code=code("plots"),
+        code=code("paper"),
     output:
         pdf="paper/main.pdf",
     threads: 1

@@ -10,7 +10,7 @@ if config["backend"] == "local":
         input:
             unpack(sft_data),
             base=base_input,
-            code=code("sft", "model"),
+            code=code("sft"),
         output:
             checkpoints=directory("results/sft/{sft_run}/checkpoints"),
             metrics="results/sft/{sft_run}/metrics.json",
@@ -57,7 +57,7 @@ rule samples_model:
     input:
         model=lambda wc: [] if wc.model == "base" and not TINY else model_dir(wc.model),
         test=f"{PROCESSED}/rl/test.parquet",
-        code=code("evaluate", "generation"),
+        code=code("samples"),
     output:
         "results/samples/{model}.jsonl",
     params:
@@ -65,6 +65,7 @@ rule samples_model:
         n=config["eval"]["sample_prompts"],
         max_new_tokens=config["eval"]["max_new_tokens"],
         seed=config["eval"]["seed"],
+        reward=config["reward"],
     threads: 1
     conda:
         "../../envs/local.yaml"

@@ -6,7 +6,9 @@
 from sft2rl import verl_launch
 
 VERL = verl_launch.verl_settings(config)
-CODE_ROOT = str(Path(workflow.basedir).resolve())
+# the checkout as the job sees it: $PWD (the working directory) plus a relative path, so the
+# commands (and with them the params Snakemake compares) do not change when the project moves
+CODE_ROOT = "$PWD" if os.path.relpath(workflow.basedir) == "." else f"$PWD/{os.path.relpath(workflow.basedir)}"
 
 
 if config["backend"] == "verl":
@@ -16,7 +18,7 @@ if config["backend"] == "verl":
         input:
             unpack(sft_data),
             base=base_input,
-            code=code("verl_launch", "plots"),
+            code=code("verl_export"),
         output:
             checkpoints=directory("results/sft/{sft_run}/checkpoints"),
             metrics="results/sft/{sft_run}/metrics.json",
@@ -49,7 +51,7 @@ if config["backend"] == "verl":
             checkpoints="results/sft/{sft_run}/checkpoints",
             metrics="results/sft/{sft_run}/metrics.json",
             base=base_input,
-            code=code("verl_launch", "merge"),
+            code=code("verl_export"),
         output:
             directory("results/models/{sft_run}/merged"),
         params:
@@ -82,7 +84,7 @@ if config["backend"] == "verl":
             ),
             train=f"{PROCESSED}/rl/train.parquet",
             test=f"{PROCESSED}/rl/test.parquet",
-            code=code("verl_launch", "verl_hooks", "reward", "grpo", "merge", "plots"),
+            code=code("verl_export", modules=["verl_hooks"]),
         output:
             final=directory("results/rl/{rl_run}/final"),
             summary="results/rl/{rl_run}/summary.json",

@@ -6,5 +6,5 @@ with script_errors(snakemake) as log:
     use_job_threads(snakemake.threads)
     rate = write_samples(snakemake.params.model, snakemake.input.test, snakemake.output[0],
                          n=snakemake.params.n, max_new_tokens=snakemake.params.max_new_tokens,
-                         seed=snakemake.params.seed)
+                         seed=snakemake.params.seed, reward=snakemake.params.reward)
     print(f"{snakemake.wildcards.model}: both tags in {rate:.0%} of {snakemake.params.n} greedy samples")

@@ -1,26 +1,28 @@
-"""Export steps of the verl backend, run by the shell commands of workflow/rules/verl.smk.
+"""Run-time steps of the verl backend, called by the shell commands of workflow/rules/verl.smk.
 
     verl_export.py sft-metrics --run-dir results/sft/<run>            # metrics.json from verl's checkpoints + TensorBoard
     verl_export.py choose-step --run-dir results/sft/<run> --which W   # prints the global_step_<N> dir to merge
     verl_export.py fold --merger-dir D --base B --out results/models/<run>/merged [--which W --step-dir S]
-    verl_export.py prepare-rl --run-dir results/rl/<run> --config-hash H  # drop checkpoints of another config
+    verl_export.py prepare-rl --run-dir R --init I --train T --config-hash H --max-prompt-length L
+                              --train-batch B --epochs E [--total-steps S]   # restart guard + plan.json
     verl_export.py latest-step --checkpoints results/rl/<run>/checkpoints
     verl_export.py rl-export --run-dir R --merger-dir D --init I --step-dir S --train-mode lora|full --final F --summary J
 
-The logic lives in sft2rl.verl_launch (tested); this is its command line. Errors that are the
-user's to fix (a refused merge, a missing checkpoint) end in one line and exit status 1.
+The logic lives in sft2rl.verl_export (tested); this is its command line. Errors that are the
+user's to fix (a refused merge, a missing checkpoint, steps run != steps planned) end in one
+line and exit status 1.
 """
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
-from sft2rl import verl_launch as vl
+from sft2rl import verl_export as vx
+from sft2rl.errors import USER_ERRORS
 from sft2rl.io import write_json
-from sft2rl.logutil import setup_logging
-from sft2rl.merge import MergeError
+from sft2rl.logutil import one_line, setup_logging
+from sft2rl.resume import mark_complete
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run-dir", required=True)
     p = sub.add_parser("choose-step")
     p.add_argument("--run-dir", required=True)
-    p.add_argument("--which", choices=["last", "best"], required=True)
+    p.add_argument("--which", required=True)
     p = sub.add_parser("fold")
     p.add_argument("--merger-dir", required=True)
     p.add_argument("--base", required=True)
@@ -39,7 +41,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--step-dir", default=None)
     p = sub.add_parser("prepare-rl")
     p.add_argument("--run-dir", required=True)
+    p.add_argument("--init", required=True)
+    p.add_argument("--train", required=True)
     p.add_argument("--config-hash", required=True)
+    p.add_argument("--max-prompt-length", type=int, required=True)
+    p.add_argument("--train-batch", type=int, required=True)
+    p.add_argument("--epochs", type=int, required=True)
+    p.add_argument("--total-steps", type=int, default=None)
     p = sub.add_parser("latest-step")
     p.add_argument("--checkpoints", required=True)
     p = sub.add_parser("rl-export")
@@ -50,39 +58,43 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-mode", choices=["lora", "full"], required=True)
     p.add_argument("--final", required=True)
     p.add_argument("--summary", required=True)
-    p.add_argument("--total-steps", type=int, default=None)
     args = ap.parse_args(argv)
     log = setup_logging()
     try:
         if args.cmd == "sft-metrics":
-            metrics = vl.sft_metrics(args.run_dir)
+            metrics = vx.sft_metrics(args.run_dir)
             write_json(Path(args.run_dir) / "metrics.json", metrics)
             log.info("verl SFT: %d checkpoints, val loss logged: %s, best epoch: %s", len(metrics["epochs"]),
                      metrics["val_loss_logged"], metrics["best_epoch"])
         elif args.cmd == "choose-step":
-            path, why = vl.choose_sft_checkpoint(args.run_dir, args.which)
+            path, why = vx.choose_sft_checkpoint(args.run_dir, args.which)
             log.info("merging %s (%s)", path, why)
             write_json(Path(args.run_dir) / "merge_choice.json", {"step_dir": str(path), "which": args.which,
                                                                  "reason": why})
             print(path)
         elif args.cmd == "fold":
-            report = vl.fold_lora(args.merger_dir, args.base, args.out)
+            report = vx.fold_lora(args.merger_dir, args.base, args.out)
             log.info("verified merge into %s: %d LoRA-targeted weights changed (step %s, %s)", args.out,
                      report["lora_targets"], args.step_dir, args.which)
         elif args.cmd == "prepare-rl":
-            if vl.prepare_rl_run(args.run_dir, args.config_hash):
-                log.info("removed checkpoints of another configuration from %s", args.run_dir)
+            plan = vx.prepare_rl_run(args.run_dir, init=args.init, train=args.train, config_hash=args.config_hash,
+                                     max_prompt_length=args.max_prompt_length, train_batch=args.train_batch,
+                                     epochs=args.epochs, total_steps=args.total_steps)
+            log.info("verl GRPO plan: %s", plan)
         elif args.cmd == "latest-step":
-            print(vl.latest_rl_checkpoint(args.checkpoints))
+            print(vx.latest_rl_checkpoint(args.checkpoints))
         elif args.cmd == "rl-export":
-            export = (vl.fold_lora(args.merger_dir, args.init, args.final) if args.train_mode == "lora"
-                      else vl.copy_full(args.merger_dir, args.final))
-            summary = vl.rl_summary(args.run_dir, args.step_dir, args.train_mode, args.total_steps, export)
+            step = int(Path(args.step_dir).name.split("_")[-1])
+            planned = vx.check_planned_steps(args.run_dir, step)
+            export = (vx.fold_lora(args.merger_dir, args.init, args.final) if args.train_mode == "lora"
+                      else vx.copy_full(args.merger_dir, args.final))
+            summary = vx.rl_summary(args.run_dir, args.step_dir, args.train_mode, planned, export)
             write_json(args.summary, summary)
-            log.info("verl GRPO export: step %s, reward %s -> %s", summary["steps"], summary["reward_first10"],
-                     summary["reward_last10"])
-    except (MergeError, FileNotFoundError, ValueError) as err:
-        logging.getLogger("sft2rl").error("ERROR: %s", err)
+            mark_complete(args.run_dir)
+            log.info("verl GRPO export: step %s of %s, reward %s -> %s", summary["steps"], planned,
+                     summary["reward_first10"], summary["reward_last10"])
+    except USER_ERRORS as err:
+        log.error("ERROR: %s", one_line(err))
         return 1
     return 0
 

@@ -1,0 +1,218 @@
+"""The verl backend's run-time steps (need torch; run inside the jobs, never at DAG time).
+
+``workflow/scripts/verl_export.py`` is their command line; :mod:`sft2rl.verl_launch` writes the
+shell lines that call them. Before ``main_ppo``: :func:`prepare_rl_run` (the content-keyed
+restart guard of :mod:`sft2rl.resume`, and the plan: how many steps the run must take).
+After training: the SFT metrics, the checkpoint choice, verl's merger output folded into
+a verified HF directory, and the RL summary, which fails the job when the steps run differ
+from the steps planned.
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from .errors import MergeError, RunError
+from .fingerprint import module_closure, run_key
+from .io import atomic_dir, read_parquet_rows, write_json
+from .logutil import LOG
+from .resume import planned_steps, prepare_run_dir
+from .verl_launch import GROUP_REWARD_LOG, SFT_IGNORED
+
+PLAN_FILE = "plan.json"
+#: Libraries whose version is part of a verl GRPO run's restart key.
+LIBRARIES = ("torch", "transformers", "verl", "vllm", "sglang")
+
+
+def prepare_rl_run(run_dir: str | Path, *, init: str, train: str, config_hash: str, max_prompt_length: int,
+                   train_batch: int, epochs: int, total_steps: int | None) -> dict[str, Any]:
+    """Before ``main_ppo``: decide whether verl may resume from the checkpoints in ``run_dir``
+    (same content key: init weights, train data, hook code, overrides) and write the plan.
+
+    The plan counts the prompts verl keeps (its overlong filter, with the init model's
+    tokenizer) and the steps the run must take (:func:`sft2rl.resume.planned_steps`).
+    """
+    from transformers import AutoTokenizer
+
+    from .generation import filter_overlong_prompts
+
+    key = run_key(models={"init": init}, data={"train": train}, modules=module_closure(["verl_hooks"]),
+                  params={"overrides": config_hash}, libraries=LIBRARIES)
+    guard = prepare_run_dir(run_dir, key, also_clear=(GROUP_REWARD_LOG, PLAN_FILE))
+    tokenizer = AutoTokenizer.from_pretrained(init)
+    rows = read_parquet_rows(train)
+    kept, dropped = filter_overlong_prompts(rows, tokenizer, max_prompt_length)
+    if dropped:
+        LOG.warning("%s: %d of %d prompts are longer than rl.max_prompt_length = %d tokens; verl leaves them out "
+                    "(data.filter_overlong_prompts); first: row %d", train, len(dropped), len(rows),
+                    max_prompt_length, dropped[0])
+    plan = {"planned_steps": planned_steps(len(kept), train_batch, epochs, total_steps), "train_rows": len(kept),
+            "filtered_prompts": len(dropped), "run_key": key["key"], "start": guard["reason"]}
+    write_json(Path(run_dir) / PLAN_FILE, plan)
+    return plan
+
+
+def check_planned_steps(run_dir: str | Path, step: int) -> int:
+    """The step verl's last checkpoint reached must be the planned one; returns it."""
+    plan_path = Path(run_dir) / PLAN_FILE
+    if not plan_path.is_file():
+        raise RunError(f"{plan_path}: missing (prepare-rl did not run before main_ppo)")
+    planned = json.loads(plan_path.read_text())["planned_steps"]
+    if step != planned:
+        raise RunError(f"verl GRPO stopped at step {step} but {planned} steps were planned ({plan_path}); "
+                       "refusing to export it as finished")
+    return planned
+
+
+def _checkpoints(ckpt_root: str | Path) -> list[tuple[int, Path]]:
+    out = []
+    for d in Path(ckpt_root).glob("global_step_*"):
+        m = re.fullmatch(r"global_step_(\d+)", d.name)
+        if m and d.is_dir():
+            out.append((int(m[1]), d))
+    return sorted(out)
+
+
+def sft_metrics(run_dir: str | Path, sft_cfg: dict[str, Any] | None = None) -> dict[str, Any]:
+    """metrics.json of a verl SFT run: one entry per saved checkpoint (= epoch), with losses from TensorBoard."""
+    from .tblog import read_scalars
+
+    run = Path(run_dir)
+    ckpts = _checkpoints(run / "checkpoints")
+    if not ckpts:
+        raise FileNotFoundError(f"{run / 'checkpoints'}: no global_step_<N> checkpoint (did verl's SFT run?)")
+    scalars = read_scalars(run / "tensorboard")
+    val = dict(scalars.get("val/loss", []))
+    train = dict(scalars.get("train/loss", []))
+    epochs = [{"epoch": k, "step": step, "checkpoint": str(path.relative_to(run)),
+               "train_loss": train.get(step), "val_loss": val.get(step)}
+              for k, (step, path) in enumerate(ckpts, start=1)]
+    logged = [e for e in epochs if e["val_loss"] is not None]
+    metrics = {
+        "backend": "verl", "epochs": epochs, "steps": ckpts[-1][0],
+        "val_loss_logged": bool(logged),
+        "best_epoch": min(logged, key=lambda e: e["val_loss"])["epoch"] if logged else None,
+        "ignored_config_keys": {k: sft_cfg.get(k) for k in SFT_IGNORED} if sft_cfg else list(SFT_IGNORED),
+    }
+    return metrics
+
+
+def choose_sft_checkpoint(run_dir: str | Path, which: str | int) -> tuple[Path, str]:
+    """The step directory to merge and why: ``last``, ``best`` (lowest logged val loss) or an epoch number."""
+    run = Path(run_dir)
+    metrics = json.loads((run / "metrics.json").read_text())
+    epochs = metrics["epochs"]
+    if which == "best":
+        if metrics.get("best_epoch") is not None:
+            e = next(e for e in epochs if e["epoch"] == metrics["best_epoch"])
+            return run / e["checkpoint"], f"best: lowest val loss {e['val_loss']:.4g} at step {e['step']}"
+        return run / epochs[-1]["checkpoint"], ("best requested, but verl logged no val loss at the saved steps: "
+                                                "using the last checkpoint")
+    if which == "last":
+        return run / epochs[-1]["checkpoint"], "last"
+    match = [e for e in epochs if str(e["epoch"]) == str(which)]
+    if not match:
+        raise ValueError(f"config key 'sft.merge_checkpoint' = {which!r}: expected last, best or one of the run's "
+                         f"epochs {[e['epoch'] for e in epochs]}")
+    return run / match[0]["checkpoint"], f"epoch {which} (step {match[0]['step']})"
+
+
+def latest_rl_checkpoint(ckpt_root: str | Path) -> Path:
+    """verl's latest checkpoint (its tracker file, else the highest global_step_<N> with an actor/)."""
+    root = Path(ckpt_root)
+    tracker = root / "latest_checkpointed_iteration.txt"
+    if tracker.is_file():
+        step = int(tracker.read_text().strip())
+        path = root / f"global_step_{step}"
+        if (path / "actor").is_dir():
+            return path
+    ckpts = [(s, p) for s, p in _checkpoints(root) if (p / "actor").is_dir()]
+    if not ckpts:
+        raise FileNotFoundError(f"{root}: no global_step_<N>/actor checkpoint (did main_ppo save one?)")
+    return ckpts[-1][1]
+
+
+def fold_lora(merger_dir: str | Path, base: str, out_dir: str | Path) -> dict[str, Any]:
+    """Fold the ``lora_adapter/`` that verl's merger wrote into ``base`` (verified, atomic).
+
+    ``base`` is the model the run started from (the SFT base, or the GRPO init model), not the
+    merger's own copy of the base weights, which verl's merger casts to bfloat16.
+    """
+    from .merge import merge_adapter
+
+    merger_dir = Path(merger_dir)
+    adapter = merger_dir / "lora_adapter"
+    if not (adapter / "adapter_config.json").is_file():
+        raise MergeError(f"{merger_dir}: no lora_adapter/adapter_config.json; verl's merger found no LoRA "
+                         "weights in this checkpoint (was model.lora_rank > 0?)")
+    return merge_adapter(str(base), str(adapter), str(out_dir))
+
+
+def copy_full(merger_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
+    """Full fine-tuning: verl's merger output already is the policy; copy it into place atomically."""
+    merger_dir = Path(merger_dir)
+    if (merger_dir / "lora_adapter").exists():
+        raise ValueError(f"{merger_dir}: has a lora_adapter/ but rl.train_mode is full")
+    with atomic_dir(out_dir) as tmp:
+        for f in merger_dir.iterdir():
+            (shutil.copytree if f.is_dir() else shutil.copy2)(f, Path(tmp) / f.name)
+    return {"copied": str(merger_dir)}
+
+
+def read_group_reward_log(path: str | Path) -> list[dict[str, Any]]:
+    """The hook's per-step records; for a step logged twice (a resumed run) the later one wins."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    by_step: dict[int, dict] = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            rec = json.loads(line)
+            by_step[int(rec["step"])] = rec
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def rl_summary(run_dir: str | Path, step_dir: str | Path, train_mode: str, total_steps: int | None,
+               export: dict[str, Any]) -> dict[str, Any]:
+    """summary.json of a verl GRPO run (same keys as the local backend's), and rl/* TensorBoard tags.
+
+    The tags the figures read (``rl/reward_mean``, ``rl/kl``) are written next to verl's own
+    events: rewards from the hook's log (verl's ``critic/score`` holds the per-rollout codes),
+    KL from verl's ``actor/kl_loss``.
+    """
+    import numpy as np
+
+    from .tblog import read_scalars
+
+    run = Path(run_dir)
+    history = read_group_reward_log(run / GROUP_REWARD_LOG)
+    scalars = read_scalars(run / "tensorboard")
+    kl_tag = "actor/kl_loss" if "actor/kl_loss" in scalars else next(
+        (t for t in scalars if t.endswith("kl_loss")), None)
+    kl = dict(scalars.get(kl_tag, [])) if kl_tag else {}
+    for rec in history:
+        if rec["step"] in kl:
+            rec["kl"] = kl[rec["step"]]
+    if history:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(run / "tensorboard"), filename_suffix=".sft2rl")
+        for rec in history:
+            for k, v in rec.items():
+                if k not in ("step", "n") and isinstance(v, (int, float)):
+                    writer.add_scalar(f"rl/{k}", v, rec["step"])
+        writer.close()
+
+    def avg(hist: list[dict], key: str) -> float | None:
+        vals = [h[key] for h in hist if key in h]
+        return float(np.mean(vals)) if vals else None
+
+    step = int(Path(step_dir).name.split("_")[-1])
+    return {"backend": "verl", "steps": step, "total_steps": total_steps, "train_mode": train_mode,
+            "last_checkpoint": str(step_dir), "logged_steps": len(history),
+            "first": history[0] if history else None, "last": history[-1] if history else None,
+            "reward_first10": avg(history[:10], "reward_mean"), "reward_last10": avg(history[-10:], "reward_mean"),
+            "export": export}
