@@ -91,6 +91,17 @@ def test_sft_loss_goes_down_and_checkpoints_every_epoch(sft_run):
     assert saved["best_epoch"] == min(saved["epochs"], key=lambda e: e["val_loss"])["epoch"]
     assert choose_checkpoint(str(run), "last").name == "epoch_3"
     assert choose_checkpoint(str(run), "best").name == f"epoch_{saved['best_epoch']}"
+    assert choose_checkpoint(str(run), 2).name == "epoch_2"  # sft.merge_checkpoint: an epoch number
+    with pytest.raises(ValueError, match="merge_checkpoint"):
+        choose_checkpoint(str(run), 7)
+    # train_loss is the epoch's mean over its optimizer steps (TensorBoard train/loss), not the last step's
+    from sft2rl.tblog import read_scalars
+
+    steps = dict(read_scalars(run / "tensorboard")["train/loss"])
+    for e in metrics["epochs"]:
+        epoch_steps = [steps[s] for s in range(e["step"] - 3, e["step"] + 1)]
+        assert e["train_loss"] == pytest.approx(sum(epoch_steps) / 4, rel=1e-5)
+        assert e["last_step_loss"] == pytest.approx(epoch_steps[-1], rel=1e-5)
 
 
 def test_merge_verified_on_trained_adapter(sft_run, base_dir, tmp_path):

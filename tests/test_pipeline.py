@@ -1,6 +1,14 @@
-"""The real workflow end to end on the reduced config (tests/config/reduced.yaml)."""
+"""The real workflow end to end on the reduced config (tests/config/reduced.yaml).
+
+One finished workflow per test session (``finished``): a copy of this checkout (Snakefile,
+workflow/, src/, config) in a temporary directory, run to the three tables, the figures and
+the samples. Tests that only read results use it as it is; tests that change something
+(config, code, the checkout's location) work on their own copy of it (``clone``), so the
+jobs they trigger run the copy's own code (the workflow puts its src/ first on PYTHONPATH).
+"""
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -17,14 +25,18 @@ pytestmark = pytest.mark.integration
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
 REDUCED = REPO / "tests" / "config" / "reduced.yaml"
 TABLES = ["results/ablation_beta.csv", "results/ablation_sft_samples.csv", "results/ablation_sft.csv"]
+BUILT = [*TABLES, "figures", "samples"]
+CHECKOUT = ["Snakefile", "workflow", "src", "envs", "config.yaml", "paper"]
+SFT = "sft16_seed42"
+RL_RUN = "rl-sft16_seed42-beta0.3-seed1"
 
 
-def smk(workdir: Path, *targets: str, extra_config: Path | None = None, dry: bool = False):
-    cmd = [SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir), "--cores", "2",
-           *(["-n"] if dry else []), *targets, "--configfile", str(workdir / "config.yaml"), str(REDUCED)]
+def smk(project: Path, *targets: str, extra_config: Path | None = None, dry: bool = False):
+    cmd = [SNAKEMAKE, "--snakefile", str(project / "Snakefile"), "--directory", str(project), "--cores", "2",
+           *(["-n"] if dry else []), *targets, "--configfile", str(project / "config.yaml"), str(REDUCED)]
     if extra_config:
         cmd.append(str(extra_config))
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=workdir)
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=project)
 
 
 def planned_jobs(output: str) -> dict[str, int]:
@@ -34,13 +46,36 @@ def planned_jobs(output: str) -> dict[str, int]:
     return {rule: int(n) for rule, n in (line.split() for line in m.group(1).strip().splitlines())}
 
 
-@pytest.fixture(scope="module")
+def copy_checkout(dst: Path) -> Path:
+    dst.mkdir(parents=True)
+    for name in CHECKOUT:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, dst / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "main.pdf"))
+        else:
+            shutil.copy2(src, dst / name)
+    return dst
+
+
+@pytest.fixture(scope="session")
 def finished(tmp_path_factory):
-    work = tmp_path_factory.mktemp("pipeline")
-    shutil.copy(REPO / "config.yaml", work / "config.yaml")
-    proc = smk(work, *TABLES)
+    work = copy_checkout(tmp_path_factory.mktemp("pipeline") / "project")
+    proc = smk(work, *BUILT)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return work
+
+
+@pytest.fixture()
+def clone(finished, tmp_path):
+    """A copy of the finished project (code, config, results, Snakemake's records; times kept)."""
+    dst = tmp_path / "clone"
+    shutil.copytree(finished, dst, symlinks=True)
+    return dst
+
+
+def write_config(path: Path, cfg: dict) -> Path:
+    path.write_text(yaml.safe_dump(cfg))
+    return path
 
 
 def test_ablation_tables_contents(finished):
@@ -62,8 +97,6 @@ def test_ablation_tables_contents(finished):
     assert list(sft["variant"]) == ["base-only", "sft-only", "RL from base", "RL from SFT"]
     assert list(sft["init"]) == ["base", "sft16_seed42", "base", "sft16_seed42"]
     # rows are the evaluations they claim to be
-    import json
-
     sft_metrics = json.loads((finished / "results/eval/sft16_seed42/metrics.json").read_text())
     assert beta.loc[0, "accuracy_mean"] == pytest.approx(sft_metrics["accuracy"], abs=1e-4)
     rl_run = f"rl-sft16_seed42-beta{cfg['ablations']['beta'][0]:g}-seed1"
@@ -77,7 +110,7 @@ def test_ablation_tables_contents(finished):
 
 
 def test_finished_workflow_plans_nothing(finished):
-    proc = smk(finished, *TABLES, dry=True)
+    proc = smk(finished, *BUILT, dry=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Nothing to be done" in proc.stdout + proc.stderr
 
@@ -92,3 +125,104 @@ def test_editing_one_beta_reruns_only_that_run(finished, tmp_path):
     jobs = planned_jobs(proc.stdout + proc.stderr)
     assert jobs == {"grpo": 1, "evaluate": 1, "ablation_table": 1}, jobs
     assert "rl-sft16_seed42-beta0.9-seed1" in proc.stdout
+
+
+# ------------------------------------------------------------------ reruns are real reruns
+def _rl_state(project: Path, run: str = RL_RUN) -> tuple[dict, bytes]:
+    summary = json.loads((project / f"results/rl/{run}/summary.json").read_text())
+    return summary, (project / f"results/rl/{run}/final/model.safetensors").read_bytes()
+
+
+def _assert_retrained(project: Path, before: tuple[dict, bytes], proc, new_weights: bool = True) -> dict:
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    summary, weights = _rl_state(project)
+    planned = yaml.safe_load(REDUCED.read_text())["rl"]["total_steps"]
+    # trained from step 0 by this job: every planned optimizer step, nothing resumed
+    assert summary["resumed_from_step"] is None, summary["start"]
+    assert summary["steps_trained"] == summary["steps"] == summary["total_steps"] == planned
+    assert summary["run_key"] != before[0]["run_key"] or "finished" in summary["start"]
+    if new_weights:
+        assert weights != before[1], "the rerun exported the old policy"
+    tb = read_steps(project / f"results/rl/{RL_RUN}/tensorboard")
+    assert tb == list(range(1, planned + 1))
+    return summary
+
+
+def read_steps(tb_dir: Path) -> list[int]:
+    from sft2rl.tblog import read_scalars
+
+    assert len(list(tb_dir.glob("events.out.tfevents.*"))) == 1  # the old run's events are gone
+    return [s for s, _ in read_scalars(tb_dir)["rl/reward_mean"]]
+
+
+def test_retrained_sft_retrains_rl_from_step_zero(clone, tmp_path):
+    before = _rl_state(clone)
+    cfg = yaml.safe_load(REDUCED.read_text())
+    extra = write_config(tmp_path / "epochs.yaml", {"sft": {"epochs": cfg["sft"]["epochs"] + 1}})
+    proc = smk(clone, f"results/rl/{RL_RUN}/summary.json", extra_config=extra)
+    _assert_retrained(clone, before, proc)
+    sft = json.loads((clone / f"results/sft/{SFT}/metrics.json").read_text())
+    assert len(sft["epochs"]) == cfg["sft"]["epochs"] + 1
+
+
+def test_switching_merge_checkpoint_retrains_rl(clone, tmp_path):
+    before = _rl_state(clone)
+    extra = write_config(tmp_path / "merge.yaml", {"sft": {"merge_checkpoint": 1}})  # epoch 1 instead of the last
+    proc = smk(clone, f"results/rl/{RL_RUN}/summary.json", extra_config=extra)
+    _assert_retrained(clone, before, proc)
+    report = json.loads((clone / f"results/models/{SFT}/merged/merge_report.json").read_text())
+    assert report["adapter"].endswith("epoch_1")
+
+
+def test_editing_reward_code_retrains_rl(clone):
+    before = _rl_state(clone)
+    reward = clone / "src/sft2rl/reward.py"
+    # a real change of the reward: rollouts later in a group earn a little more
+    reward.write_text(reward.read_text() + (
+        "\n\n_group_aware_details = group_aware_details\n\n\n"
+        "def group_aware_details(responses, ground_truth, *args, **kwargs):  # edited\n"
+        "    import dataclasses\n\n"
+        "    details = _group_aware_details(responses, ground_truth, *args, **kwargs)\n"
+        "    return [dataclasses.replace(d, reward=d.reward + 0.1 * i) for i, d in enumerate(details)]\n"))
+    plan = smk(clone, *TABLES, dry=True)
+    jobs = planned_jobs(plan.stdout + plan.stderr)
+    # every RL run, every evaluation (they compute the reward) and the tables; nothing upstream
+    assert set(jobs) == {"grpo", "evaluate", "ablation_table"}, jobs
+    proc = smk(clone, f"results/rl/{RL_RUN}/summary.json")
+    _assert_retrained(clone, before, proc)
+
+
+def test_changing_format_bonus_retrains_rl(clone, tmp_path):
+    before = _rl_state(clone)
+    extra = write_config(tmp_path / "bonus.yaml", {"reward": {"format_bonus": 0.3}})
+    proc = smk(clone, f"results/rl/{RL_RUN}/summary.json", extra_config=extra)
+    # The reduced model (30 pretraining steps) never closes a tag within 24 tokens: every
+    # rollout earns 0 under either bonus, so no advantage, no update, and the same export is
+    # the right result. What the old bug broke is asserted: a new key, all steps trained anew.
+    summary = _assert_retrained(clone, before, proc, new_weights=False)
+    assert summary["run_key"] != before[0]["run_key"]
+    assert "finished" in summary["start"]  # the guard saw a finished run and retrained it
+
+
+def test_sample_prompts_rerun_only_samples(clone, tmp_path):
+    extra = write_config(tmp_path / "samples.yaml", {"eval": {"sample_prompts": 3}})
+    proc = smk(clone, *BUILT, extra_config=extra, dry=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert planned_jobs(proc.stdout + proc.stderr) == {"samples_model": 2, "samples": 1}
+
+
+def test_plot_style_reruns_only_figures(clone):
+    plots = clone / "src/sft2rl/plots.py"
+    plots.write_text(plots.read_text().replace("DPI = 150", "DPI = 120"))
+    proc = smk(clone, *BUILT, dry=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert planned_jobs(proc.stdout + proc.stderr) == {"figures": 1}
+
+
+def test_moved_checkout_plans_nothing(finished, tmp_path):
+    """A renamed folder or another mount point with its results: nothing to redo."""
+    moved = tmp_path / "elsewhere" / "renamed-project"
+    shutil.copytree(finished, moved, symlinks=True)  # what `mv` or `cp -a` gives (times kept)
+    proc = smk(moved, *BUILT, dry=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Nothing to be done" in proc.stdout + proc.stderr, (proc.stdout + proc.stderr)[-3000:]

@@ -311,4 +311,8 @@ def test_cluster_profile_is_consistent():
         if "cpus_per_task" in res:
             assert res["cpus_per_task"] == threads.get(rule), rule
     for rule in ("base_model", "sft", "grpo"):
-        assert resources[rule].get("gpu", 0) >= 1 and threads[rule] >= 4, rule
+        assert threads[rule] >= 4, rule
+    # GPUs come from the rules (config.yaml: verl.* or local.gpus); a profile value would override them,
+    # and merge runs on the CPU
+    assert not any("gpu" in res or "gres" in res for res in resources.values()), resources
+    assert "slurm_partition" not in resources["merge"]

@@ -26,6 +26,9 @@ PROCESSED = config["data"]["processed_dir"]
 TINY = config["model"]["base"] == "tiny"
 BASE_DIR = "results/models/base" if TINY else config["model"]["base"]
 SFT_RUN = runs.sft_name(config["sft"]["n_samples"], config["sft"]["seed"])
+#: GPUs a model job of the local backend asks the scheduler for (config local.gpus: 0 or 1).
+LOCAL_GPUS = int((config.get("local") or {}).get("gpus", 0))
+LOCAL_GPU_RES = {"gpu": LOCAL_GPUS} if LOCAL_GPUS else {}
 
 
 def code(*scripts, modules=()):

@@ -19,6 +19,7 @@ rule evaluate:
     resources:
         mem_mb=4000,
         runtime=60,
+        **LOCAL_GPU_RES,
     conda:
         "../../envs/local.yaml"
     log:

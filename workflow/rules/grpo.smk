@@ -25,6 +25,7 @@ if config["backend"] == "local":
         resources:
             mem_mb=4000,
             runtime=240,
+            **LOCAL_GPU_RES,
         conda:
             "../../envs/local.yaml"
         log:

@@ -18,6 +18,7 @@ if TINY:
         resources:
             mem_mb=4000,
             runtime=60,
+            **LOCAL_GPU_RES,
         conda:
             "../../envs/local.yaml"
         log:

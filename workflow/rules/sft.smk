@@ -21,6 +21,7 @@ if config["backend"] == "local":
         resources:
             mem_mb=4000,
             runtime=120,
+            **LOCAL_GPU_RES,
         conda:
             "../../envs/local.yaml"
         log:
@@ -67,6 +68,8 @@ rule samples_model:
         seed=config["eval"]["seed"],
         reward=config["reward"],
     threads: 1
+    resources:
+        **LOCAL_GPU_RES,
     conda:
         "../../envs/local.yaml"
     log:
