@@ -2,12 +2,16 @@
 #   snakemake --cores all results/ablation_beta.csv     # the headline table
 #   snakemake --cores all figures                        # all figures
 #   snakemake --profile profiles/slurm all               # same DAG on SLURM
+#   snakemake --report results/report.html               # HTML report of a finished workflow
 from snakemake.utils import min_version
 
 min_version("9.0")
 
 
 configfile: "config.yaml"
+
+
+report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"

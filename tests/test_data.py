@@ -34,19 +34,50 @@ def test_world_is_deterministic(world_cfg, world):
     assert other["rl_rows"] != world["rl_rows"]
 
 
+BLOCK = r"<think>\n.+\n</think>\n\n<proactive>\n.+\n</proactive>\n\n.+"
+PLAIN = r"<think>\n.+\n</think>\n\n(?!<proactive>).+"
+
+
 def test_world_raw_schemas(world):
+    assert world["sft_rows"] == world["sft_rows_by_style"]["hedge_only"]  # the configured style
     for row in world["sft_rows"]:
         roles = [m["role"] for m in row["messages"]]
         assert roles == ["system", "user", "assistant"]
         reply = row["messages"][2]["content"]
-        assert re.fullmatch(r"<think>\n.+\n</think>\n\n<proactive>\n.+\n</proactive>\n\n.+", reply, re.S), reply
+        # hedge_only: a proactive block exactly where the question is unknowable
+        assert re.fullmatch(BLOCK if not row["knowable"] else PLAIN, reply, re.S), reply
         assert isinstance(row["id"], int) and row["sub_category"] == "simpleQA"
+    for hedge, block in zip(world["sft_rows"], world["sft_rows_by_style"]["always_block"]):
+        assert hedge["id"] == block["id"] and hedge["messages"][:2] == block["messages"][:2]
+        assert re.fullmatch(BLOCK, block["messages"][2]["content"], re.S)  # the reference data's shape
+        if not hedge["knowable"]:
+            assert hedge == block
     for row in world["rl_rows"]:
         assert [m["role"] for m in row["messages"]] == ["user", "assistant"]
         assert row["messages"][1]["content"] == row["answer"]["value"]
         assert isinstance(row["answer"]["knowable"], bool)
     counts = world["meta"]["counts"]
     assert counts["rl_knowable"] > 0 and counts["rl_unknowable"] > 0
+
+
+def test_default_test_split_is_large_enough(world, tmp_path):
+    """The default config holds out >= 200 questions, >= 80 knowable and >= 80 unknowable."""
+    from sft2rl.data import process_rl
+    from sft2rl.io import read_parquet_rows, write_jsonl
+
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    write_jsonl(tmp_path / "rl.jsonl", world["rl_rows"])
+    process_rl(tmp_path / "rl.jsonl", tmp_path / "train.parquet", tmp_path / "test.parquet",
+               system_prompt=cfg["system_prompt"], data_source="q", train_fraction=cfg["data"]["train_fraction"],
+               seed=cfg["data"]["split_seed"])
+    test = read_parquet_rows(tmp_path / "test.parquet")
+    known = sum(r["extra_info"]["knowable"] for r in test)
+    assert len(test) >= 200 and known >= 80 and len(test) - known >= 80, (len(test), known)
+
+
+def test_unknown_style_is_refused(world_cfg):
+    with pytest.raises(ValueError, match="sft_style"):
+        build_world(dict(world_cfg, sft_style="sometimes"))
 
 
 def test_unknown_entities_never_in_corpus(world):
@@ -62,15 +93,18 @@ def test_unknown_entities_never_in_corpus(world):
 
 
 def test_sft_targets_score_as_intended(world):
-    """The SFT answer of a knowable question is correct; an unknowable one is proactive and wrong."""
-    for row in world["sft_rows"]:
-        reply = row["messages"][2]["content"]
-        d = group_aware_details([reply], "x" if not row["knowable"] else _truth_of(row))[0]
-        assert d.has_think and d.has_proactive
-        if row["knowable"]:
-            assert d.correct
-        else:
-            assert "not sure" in reply and "I do not know." in reply
+    """The SFT answer of a knowable question is correct (plain under hedge_only, with a confident
+    block under always_block); an unknowable one is proactive and wrong in both styles."""
+    for style, rows in world["sft_rows_by_style"].items():
+        for row in rows:
+            reply = row["messages"][2]["content"]
+            d = group_aware_details([reply], "x" if not row["knowable"] else _truth_of(row))[0]
+            assert d.has_think
+            assert d.has_proactive is (style == "always_block" or not row["knowable"]), (style, reply)
+            if row["knowable"]:
+                assert d.correct
+            else:
+                assert "not sure" in reply and "I do not know." in reply
 
 
 def _truth_of(row):
@@ -107,8 +141,8 @@ def test_process_sft_sample_and_thinking(tmp_path, raw_files):
     val_ids = {r["id"] for r in pq.read_table(out[2]).to_pylist()}
     assert not val_ids & {r["id"] for r in train}
     assert all("<think>" in r["messages"][-1]["content"] for r in train)
-    assert all("<think>" not in r["messages"][-1]["content"] and "<proactive>" in r["messages"][-1]["content"]
-               for r in train2)
+    assert all("<think>" not in r["messages"][-1]["content"] for r in train2)
+    assert any("<proactive>" in r["messages"][-1]["content"] for r in train2)  # the hedges stay
     other = tmp_path / "o.parquet"
     process_sft(sft, tmp_path / "o.jsonl", other, tmp_path / "ov.parquet", n=50, seed=7, val_size=5,
                 with_thinking=True)

@@ -8,6 +8,7 @@ from sft2rl.evaluate import _assign_difficulty, summarize_records
 
 def rec(kind, knowable, correct, think, proactive, samples_proactive, reward, group_acc=0.0, index=0):
     return {"index": index, "kind": kind, "knowable": knowable, "greedy_correct": correct, "greedy_think": think,
+            "greedy_format": think,  # well-formed: a closed <think> block and an answer (all answers here have one)
             "greedy_proactive": proactive, "sample_correct": [correct] * len(samples_proactive),
             "sample_format": [think and p for p in samples_proactive], "sample_proactive": samples_proactive,
             "reward": reward, "group_accuracy": group_acc}
@@ -25,10 +26,12 @@ def test_summary_splits_by_knowability_and_kind():
     assert m["n_questions"] == 4 and m["n_knowable"] == 3 and m["n_unknowable"] == 1
     assert m["accuracy"] == pytest.approx(0.5)
     assert m["accuracy_knowable"] == pytest.approx(2 / 3) and m["accuracy_unknowable"] == 0.0
-    assert m["format_rate"] == pytest.approx(2 / 4)  # both tags: records 2 and 4
-    assert m["proactive_rate_knowable"] == pytest.approx(1 / 3) and m["proactive_rate_unknowable"] == 1.0
-    assert m["sampled_proactive_rate_knowable"] == pytest.approx(3 / 6)
-    assert m["sampled_proactive_rate_unknowable"] == pytest.approx(1 / 2)
+    assert m["format_rate"] == pytest.approx(3 / 4)  # well-formed (<think> + answer): records 1, 2 and 4
+    assert m["proactive_block_rate_knowable"] == pytest.approx(1 / 3) and m["proactive_block_rate_unknowable"] == 1.0
+    assert m["false_hedge_rate"] == pytest.approx(1 / 3) and m["hedge_recall"] == 1.0  # the same, by their names
+    assert m["sampled_proactive_block_rate_knowable"] == pytest.approx(3 / 6)
+    assert m["sampled_proactive_block_rate_unknowable"] == pytest.approx(1 / 2)
+    assert m["coverage"] == pytest.approx(2 / 4) and m["selective_accuracy"] == 1.0  # records 1 and 3 answer plainly
     assert m["mean_reward"] == pytest.approx((1.05 + 0.6 + 1.0 + 0.6) / 4)
     assert m["accuracy_knowable_capital"] == pytest.approx(0.5) and m["accuracy_knowable_arithmetic"] == 1.0
     assert m["accuracy_unknowable_capital"] == 0.0 and "accuracy_unknowable_arithmetic" not in m
@@ -44,4 +47,6 @@ def test_unlabeled_data_split_easy_hard_by_reference_group_accuracy(tmp_path):
     _assign_difficulty(records, str(ref))
     assert [r["difficulty"] for r in records] == ["easy", "hard"]
     m = summarize_records(records)
-    assert m["proactive_rate_easy"] == 0.0 and m["proactive_rate_hard"] == 1.0
+    assert m["proactive_block_rate_easy"] == 0.0 and m["proactive_block_rate_hard"] == 1.0
+    # no knowability labels: the AUROC against "unknowable" is undefined, against wrongness it is not
+    assert m["hedge_auroc"] is None and m["hedge_auroc_wrong"] == 1.0

@@ -61,7 +61,7 @@ def test_loss_mask_covers_exactly_the_assistant_turns(base_dir):
     assert short["truncated"] and len(short["input_ids"]) == 10
 
 
-SFT_CFG = dict(seed=0, val_size=8, with_thinking=True, epochs=3, lr=3e-2, lr_scheduler="constant",
+SFT_CFG = dict(seed=0, val_size=8, with_thinking=True, epochs=3, lr=1e-2, lr_scheduler="constant",
                warmup_ratio=0.0, weight_decay=0.0, train_batch=4, micro_batch=2, max_length=256, grad_clip=1.0,
                gradient_checkpointing=False, lora=dict(r=8, alpha=16, dropout=0.0, target_modules="all-linear"),
                train_tokens=list(TAG_TOKENS) + ["<|im_end|>"])

@@ -24,7 +24,8 @@ from conftest import REPO
 pytestmark = pytest.mark.integration
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
 REDUCED = REPO / "tests" / "config" / "reduced.yaml"
-TABLES = ["results/ablation_beta.csv", "results/ablation_sft_samples.csv", "results/ablation_sft.csv"]
+TABLES = ["results/ablation_beta.csv", "results/ablation_sft_samples.csv", "results/ablation_sft.csv",
+          "results/ablation_sft_style.csv"]
 BUILT = [*TABLES, "figures", "samples"]
 CHECKOUT = ["Snakefile", "workflow", "src", "envs", "config.yaml", "paper"]
 SFT = "sft16_seed42"
@@ -85,11 +86,32 @@ def test_ablation_tables_contents(finished):
     assert list(beta["kind"]) == ["sft-only", "rl", "rl"]
     assert list(beta["n_seeds"]) == [1, 1, 1]
     assert beta.loc[1:, "beta"].tolist() == cfg["ablations"]["beta"]
-    for col in ["accuracy_mean", "format_rate_mean", "proactive_rate_unknowable_mean"]:
+    for col in ["accuracy_mean", "format_rate_mean", "hedge_recall_mean", "false_hedge_rate_mean", "coverage_mean"]:
         assert beta[col].between(0, 1).all(), col
     assert beta["mean_reward_mean"].between(0, 1.1).all()
-    # one seed: the std is undefined, not zero
+    # one seed: the std is undefined, not zero; the bootstrap interval (over questions) is defined
     assert beta["mean_reward_std"].isna().all()
+    assert (beta["accuracy_ci_low"] <= beta["accuracy_mean"]).all()
+    assert (beta["accuracy_mean"] <= beta["accuracy_ci_high"]).all()
+    assert beta["ci"].str.contains("percentile bootstrap").all()
+    # GRPO rows carry the paired difference to their init model (the sft-only row)
+    assert beta.loc[1:, "mean_reward_diff"].tolist() == pytest.approx(
+        (beta.loc[1:, "mean_reward_mean"] - beta.loc[0, "mean_reward_mean"]).tolist(), abs=1e-3)
+    assert beta.loc[0, ["mean_reward_diff"]].isna().all()
+    # the test split holds both kinds of question
+    test = pd.read_parquet(finished / "data/processed/rl/test.parquet")
+    known = [e["knowable"] for e in test["extra_info"]]
+    assert sum(known) > 0 and len(known) - sum(known) > 0
+    style = pd.read_csv(finished / "results/ablation_sft_style.csv")
+    assert list(style["variant"]) == ["hedge_only sft-only", "hedge_only", "always_block sft-only", "always_block"]
+    assert list(style["init"]) == ["sft16_seed42", "sft16_seed42", "sft16_seed42_always_block",
+                                   "sft16_seed42_always_block"]
+    hedge_rows = [json.loads(x) for x in (finished / "data/processed/sft/n16_seed42/train.jsonl").read_text().splitlines()]
+    block_rows = [json.loads(x) for x in
+                  (finished / "data/processed/sft/n16_seed42_always_block/train.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in hedge_rows] == [r["id"] for r in block_rows]  # same questions, other targets
+    assert all("<proactive>" in r["messages"][-1]["content"] for r in block_rows)
+    assert any("<proactive>" not in r["messages"][-1]["content"] for r in hedge_rows)
     samples = pd.read_csv(finished / "results/ablation_sft_samples.csv")
     assert list(samples["variant"]) == ["N=16 sft-only", "N=16"]
     assert samples["sft_samples"].tolist() == [16, 16]
@@ -103,6 +125,7 @@ def test_ablation_tables_contents(finished):
     rl_metrics = json.loads((finished / f"results/eval/{rl_run}/metrics.json").read_text())
     assert beta.loc[1, "mean_reward_mean"] == pytest.approx(rl_metrics["mean_reward"], abs=1e-4)
     assert (finished / "results/tables/ablation_beta.tex").read_text().count(r"\\") == 1 + 3
+    assert "[" in (finished / "results/tables/ablation_beta.tex").read_text()  # intervals in the paper table
     # every training stage left its artefacts
     assert (finished / f"results/rl/{rl_run}/final/config.json").is_file()
     assert list((finished / f"results/rl/{rl_run}/tensorboard").glob("events.out.tfevents.*"))
@@ -226,3 +249,14 @@ def test_moved_checkout_plans_nothing(finished, tmp_path):
     proc = smk(moved, *BUILT, dry=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Nothing to be done" in proc.stdout + proc.stderr, (proc.stdout + proc.stderr)[-3000:]
+
+
+def test_snakemake_report_builds(clone):
+    """`snakemake --report results/report.html`: the figures and tables of the finished workflow."""
+    proc = smk(clone, *BUILT, "--report", "results/report.html")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    html = (clone / "results/report.html").read_text(errors="replace")
+    assert len(html) > 50_000
+    for name in ("ablation_beta.csv", "ablation_sft_style.csv", "hedging_vs_beta.png", "risk_coverage.png",
+                 "reward_curves.png"):
+        assert name in html, name

@@ -14,7 +14,7 @@ import pytest
 from sft2rl import paper as paper_mod
 from sft2rl import plots
 from sft2rl.runs import rl_name, sft_name
-from sft2rl.tables import METRICS, build_table, write_table
+from sft2rl.tables import build_table, write_table
 
 REPO = Path(__file__).resolve().parents[1]
 SFT = sft_name(50, 42)
@@ -38,42 +38,65 @@ def _write_events(tb_dir: Path, name_time: int, points: dict[str, list[tuple[int
     scratch.rmdir()
 
 
-def _metrics(seed: int, shift: float) -> dict[str, float]:
-    return {m: round(0.1 + 0.05 * seed + shift + 0.01 * i, 4) for i, m in enumerate(METRICS)}
+def _records(seed: int, shift: float, n: int = 20) -> list[dict]:
+    """Evaluation records of one fake model: half the questions unknowable; more shift, more right answers."""
+    import random
+
+    rng = random.Random(seed * 1000 + int(shift * 100))
+    recs = []
+    for i in range(n):
+        knowable = i % 2 == 0
+        block = rng.random() < (0.2 if knowable else 0.7)
+        samples = [rng.random() < (0.2 if knowable else 0.7) for _ in range(4)]
+        correct = knowable and rng.random() < 0.3 + shift
+        recs.append({"index": i, "knowable": knowable, "greedy_correct": correct, "greedy_think": True,
+                     "greedy_proactive": block, "sample_proactive": samples, "sample_format": samples,
+                     "reward": float(correct) + 0.05})
+    return recs
 
 
 def _write_ablations(root: Path) -> dict[str, str]:
-    """Ablation CSV + LaTeX built by the real sft2rl.tables code from fake metrics files."""
+    """Ablation CSV + LaTeX built by the real sft2rl.tables code from fake evaluation records."""
     n = 0
 
-    def group(variant, kind, models, shift):
+    def group(variant, kind, models, shift, ref=None):
         nonlocal n
         files = []
         for i, _ in enumerate(models):
             n += 1
-            f = root / "eval" / f"{n}.json"
+            f = root / "eval" / f"{n}.jsonl"
             f.parent.mkdir(parents=True, exist_ok=True)
-            f.write_text(json.dumps(_metrics(i, shift)))
+            f.write_text("".join(json.dumps(r) + "\n" for r in _records(i, shift)))
             files.append(str(f))
-        return dict(variant=variant, kind=kind, models=models, metrics=files)
+        return dict(variant=variant, kind=kind, models=models, answers=files,
+                    ref_answers=ref["answers"][0] if ref else None)
 
     seeds = [1, 2, 3]
+    sft_only = group("sft-only", "sft-only", [SFT], 0.0)
+    base_only = group("base-only", "base-only", ["base"], 0.0)
+    sft_rows = {k: group(f"N={k} sft-only", "sft-only", [sft_name(k, 42)], 0.0) for k in (25, 50)}
     groups = {
-        "beta": [group("sft-only", "sft-only", [SFT], 0.0)]
-        + [group(f"beta={b:g}", "rl", [rl_name(SFT, b, s) for s in seeds], b / 2) for b in (0.3, 0.5, 0.7)],
+        "beta": [sft_only]
+        + [group(f"beta={b:g}", "rl", [rl_name(SFT, b, s) for s in seeds], b / 2, sft_only) for b in (0.3, 0.5, 0.7)],
         "sft_samples": [g for k in (25, 50) for g in (
-            group(f"N={k} sft-only", "sft-only", [sft_name(k, 42)], 0.0),
-            group(f"N={k}", "rl", [rl_name(sft_name(k, 42), 0.5, s) for s in seeds], 0.2))],
+            sft_rows[k], group(f"N={k}", "rl", [rl_name(sft_name(k, 42), 0.5, s) for s in seeds], 0.2, sft_rows[k]))],
         # one seed per RL row: std is NaN, the figures must cope
-        "sft": [group("base-only", "base-only", ["base"], 0.0), group("sft-only", "sft-only", [SFT], 0.1),
-                group("RL from base", "rl", [rl_name("base", 0.5, 1)], 0.2),
-                group("RL from SFT", "rl", [rl_name(SFT, 0.5, 1)], 0.3)],
+        "sft": [base_only, group("sft-only", "sft-only", [SFT], 0.1),
+                group("RL from base", "rl", [rl_name("base", 0.5, 1)], 0.2, base_only),
+                group("RL from SFT", "rl", [rl_name(SFT, 0.5, 1)], 0.3, sft_only)],
+        "sft_style": [sft_only, group("hedge_only", "rl", [rl_name(SFT, 0.5, s) for s in seeds], 0.2, sft_only),
+                      block_only := group("always_block sft-only", "sft-only", [sft_name(50, 42, "always_block")], 0.0),
+                      group("always_block", "rl", [rl_name(sft_name(50, 42, "always_block"), 0.5, s) for s in seeds],
+                            0.1, block_only)],
     }
     tables = {}
     for name, gs in groups.items():
         csv = root / "results" / f"ablation_{name}.csv"
-        write_table(build_table(name, gs), str(csv), str(root / "results" / "tables" / f"ablation_{name}.tex"))
+        write_table(build_table(name, gs, {"bootstrap_samples": 200}), str(csv),
+                    str(root / "results" / "tables" / f"ablation_{name}.tex"))
         tables[name] = str(csv)
+    answers = {g["variant"]: g["answers"] for g in groups["beta"]}
+    (root / "answers.json").write_text(json.dumps(answers))
     return tables
 
 
@@ -95,7 +118,8 @@ def built(tmp_path_factory):
     tables = _write_ablations(root)
     tb_dirs = _write_runs(root)
     out = root / "results" / "figures"
-    written = plots.make_figures(tables, tb_dirs, out)
+    answers = json.loads((root / "answers.json").read_text())
+    written = plots.make_figures(tables, tb_dirs, out, answers=answers)
     return root, out, written
 
 
@@ -138,12 +162,12 @@ def test_smooth_ema():
 
 
 # ------------------------------------------------------------------ figures
-def test_make_figures_writes_all_twelve(built):
+def test_make_figures_writes_all_sixteen(built):
     import matplotlib.image as mpimg
 
     _, out, written = built
     expected = plots.figure_paths(out)
-    assert len(expected) == 12
+    assert len(expected) == 16
     assert sorted(written) == sorted(expected)
     for path in expected:
         p = Path(path)
@@ -164,11 +188,12 @@ def test_figures_script(tmp_path, built):
         input=SimpleNamespace(tables=[str(root / "results" / f"ablation_{a}.csv") for a in plots.ABLATION_NAMES]),
         output=plots.figure_paths(out),
         params=SimpleNamespace(ablations=list(plots.ABLATION_NAMES), smooth=0.0,
-                               tensorboard={r: str(root / "results" / "rl" / r / "tensorboard") for r in RUNS}),
+                               tensorboard={r: str(root / "results" / "rl" / r / "tensorboard") for r in RUNS},
+                               answers=json.loads((root / "answers.json").read_text())),
         log=[str(tmp_path / "figures.log")], threads=1)
     runpy.run_path(str(REPO / "workflow" / "scripts" / "figures.py"), init_globals={"snakemake": smk})
     assert all(Path(p).stat().st_size > 0 for p in smk.output)
-    assert "wrote 12 figure files" in (tmp_path / "figures.log").read_text()
+    assert "wrote 16 figure files" in (tmp_path / "figures.log").read_text()
 
 
 def test_figures_without_curves_still_written(tmp_path, built):
@@ -176,7 +201,8 @@ def test_figures_without_curves_still_written(tmp_path, built):
     tables = {"beta": str(root / "results" / "ablation_beta.csv")}
     written = plots.make_figures(tables, {}, tmp_path)
     names = {Path(p).name for p in written}
-    assert {"reward_curves.png", "kl_curves.pdf", "ablation_beta.png", "proactive_vs_beta.pdf"} <= names
+    assert {"reward_curves.png", "kl_curves.pdf", "ablation_beta.png", "hedging_vs_beta.pdf",
+            "risk_coverage.png"} <= names
 
 
 def test_bad_table_names_the_column(tmp_path, built):
@@ -185,10 +211,10 @@ def test_bad_table_names_the_column(tmp_path, built):
     from sft2rl.io import DataError
 
     root, _, _ = built
-    frame = pd.read_csv(root / "results" / "ablation_beta.csv").drop(columns=["accuracy_knowable_std"])
+    frame = pd.read_csv(root / "results" / "ablation_beta.csv").drop(columns=["accuracy_knowable_ci_low"])
     bad = tmp_path / "ablation_beta.csv"
     frame.to_csv(bad, index=False)
-    with pytest.raises(DataError, match="accuracy_knowable_std"):
+    with pytest.raises(DataError, match="accuracy_knowable_ci_low"):
         plots.make_figures({"beta": bad}, {}, tmp_path / "out")
 
 

@@ -444,3 +444,13 @@ def test_default_group_accuracy_is_mean_correctness(responses: list[str], ground
 def test_fuzzy_accepts_everything_substring_accepts(formal: str, ground_truth: str) -> None:
     if is_correct(formal, ground_truth):
         assert is_correct(formal, ground_truth, match="fuzzy")
+
+
+def test_well_formed_is_the_format_of_both_sft_styles():
+    from sft2rl.reward import well_formed
+
+    assert well_formed("<think>\nI know this.\n</think>\n\nThe capital of Bora is Lin.")  # hedge_only, knowable
+    assert well_formed("<think>a</think>\n\n<proactive>\nI am not sure.\n</proactive>\n\nI do not know.")
+    assert not well_formed("The capital of Bora is Lin.")  # no think block
+    assert not well_formed("<think>a</think><proactive>b</proactive>")  # tags but no answer
+    assert not well_formed("<think>unclosed The capital is Lin.")

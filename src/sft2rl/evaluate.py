@@ -19,7 +19,7 @@ from tqdm import tqdm
 from .generation import generate
 from .io import read_parquet_rows, write_json, write_jsonl
 from .model import load_model, pick_device
-from .reward import group_aware_details, options_from_config
+from .reward import group_aware_details, options_from_config, well_formed
 
 def _mean(xs: list[float]) -> float:
     return float(sum(xs) / len(xs)) if xs else float("nan")
@@ -51,9 +51,10 @@ def evaluate_model(model_path: str, test_file: str, answers_out: str, metrics_ou
                 "index": info["index"], "id": info.get("id"), "question": row["prompt"][-1]["content"],
                 "ground_truth": truth, "knowable": info.get("knowable"), "kind": info.get("kind"),
                 "greedy": g, "greedy_correct": gd.correct, "greedy_think": gd.has_think,
+                "greedy_format": well_formed(g),
                 "greedy_proactive": gd.has_proactive,
                 "samples": s, "sample_correct": [d.correct for d in sd],
-                "sample_format": [d.has_think and d.has_proactive for d in sd],
+                "sample_format": [well_formed(x) for x in s],
                 "sample_proactive": [d.has_proactive for d in sd],
                 "sample_rewards": [d.reward for d in sd],
                 "group_accuracy": sd[0].group_accuracy if sd else float(gd.correct),
@@ -84,6 +85,11 @@ def _assign_difficulty(records: list[dict], difficulty_ref: str | None) -> None:
 
 
 def summarize_records(records: list[dict]) -> dict[str, Any]:
+    """metrics.json of one evaluation: the table metrics of :mod:`sft2rl.stats` (selective
+    prediction: coverage, selective accuracy, hedge recall, false-hedge rate, AUROCs), sampled
+    rates, accuracy per question kind, and every rate per difficulty group."""
+    from .stats import summary_metrics
+
     def rate(sel: list[dict], key: str) -> float:
         return _mean([float(r[key]) for r in sel])
 
@@ -92,13 +98,9 @@ def summarize_records(records: list[dict]) -> dict[str, Any]:
 
     m: dict[str, Any] = {
         "n_questions": len(records),
-        "accuracy": rate(records, "greedy_correct"),
-        "format_rate": _mean([float(r["greedy_think"] and r["greedy_proactive"]) for r in records]),
-        "proactive_rate": rate(records, "greedy_proactive"),
-        "mean_reward": _mean([r["reward"] for r in records]),
+        **(summary_metrics(records) if records else {}),
         "sampled_accuracy": sample_rate(records, "sample_correct"),
-        "sampled_format_rate": sample_rate(records, "sample_format"),
-        "sampled_proactive_rate": sample_rate(records, "sample_proactive"),
+        "sampled_proactive_block_rate": sample_rate(records, "sample_proactive"),
     }
     for kind in sorted({str(r["kind"]) for r in records}):  # per question kind, by knowability
         for label, known in (("knowable", True), ("unknowable", False)):
@@ -109,15 +111,16 @@ def summarize_records(records: list[dict]) -> dict[str, Any]:
         sel = [r for r in records if r["difficulty"] == group]
         m[f"n_{group}"] = len(sel)
         m[f"accuracy_{group}"] = rate(sel, "greedy_correct")
-        m[f"proactive_rate_{group}"] = rate(sel, "greedy_proactive")
-        m[f"sampled_proactive_rate_{group}"] = sample_rate(sel, "sample_proactive")
+        m[f"proactive_block_rate_{group}"] = rate(sel, "greedy_proactive")
+        m[f"sampled_proactive_block_rate_{group}"] = sample_rate(sel, "sample_proactive")
         m[f"mean_reward_{group}"] = _mean([r["reward"] for r in sel])
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in m.items()}
 
 
 def write_samples(model_path: str, test_file: str, out: str, *, n: int, max_new_tokens: int, seed: int,
                   reward: dict[str, Any] | None = None) -> float:
-    """Greedy generations for the first ``n`` test prompts; returns the both-tags rate."""
+    """Greedy generations for the first ``n`` test prompts; returns the well-formed rate
+    (a closed ``<think>`` block and a final answer; see :func:`sft2rl.reward.well_formed`)."""
     torch.manual_seed(seed)
     model, tokenizer = load_model(model_path, pick_device())
     rows = read_parquet_rows(test_file)[:n]
@@ -128,6 +131,6 @@ def write_samples(model_path: str, test_file: str, out: str, *, n: int, max_new_
         d = group_aware_details([t], r["reward_model"]["ground_truth"], **(options_from_config(reward) if reward else {}))[0]
         recs.append({"question": r["prompt"][-1]["content"], "ground_truth": r["reward_model"]["ground_truth"],
                      "knowable": r["extra_info"].get("knowable"), "response": t,
-                     "both_tags": d.has_think and d.has_proactive, "correct": d.correct})
+                     "well_formed": well_formed(t), "proactive_block": d.has_proactive, "correct": d.correct})
     write_jsonl(out, recs)
-    return _mean([float(r["both_tags"]) for r in recs])
+    return _mean([float(r["well_formed"]) for r in recs])

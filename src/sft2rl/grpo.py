@@ -44,7 +44,7 @@ from .io import atomic_dir, read_parquet_rows, write_json
 from .logutil import LOG
 from .model import load_model, pick_device, set_seed, train_dtype
 from .resume import planned_steps, prepare_run_dir
-from .reward import group_aware_details, options_from_config
+from .reward import group_aware_details, options_from_config, well_formed
 
 @dataclass
 class ActorLossConfig:
@@ -255,8 +255,8 @@ def train_grpo(init_model: str, train_file: str, run_dir: str, cfg: dict[str, An
             "step": step,
             "reward_mean": float(scores.mean()), "reward_std": float(scores.std()),
             "accuracy": float(np.mean([d.correct for d in details])),
-            "format_rate": float(np.mean([d.has_think and d.has_proactive for d in details])),
-            "proactive_rate": float(np.mean([d.has_proactive for d in details])),
+            "format_rate": float(np.mean([well_formed(t) for t in gen.texts])),
+            "proactive_block_rate": float(np.mean([d.has_proactive for d in details])),
             "group_accuracy": float(np.mean([d.group_accuracy for d in details])),
             "response_length": float(rmask.sum(dim=1).float().mean()),
             "tokens_per_s": tokens_done / (time.time() - t0),
@@ -265,7 +265,7 @@ def train_grpo(init_model: str, train_file: str, run_dir: str, cfg: dict[str, An
         for key, split in (("knowable", True), ("unknowable", False)):
             sel = [d for d, r in zip(details, np.repeat(batch_rows, n)) if r["extra_info"].get("knowable") is split]
             if sel:
-                metrics[f"proactive_rate_{key}"] = float(np.mean([d.has_proactive for d in sel]))
+                metrics[f"proactive_block_rate_{key}"] = float(np.mean([d.has_proactive for d in sel]))
         history.append(metrics)
         for k, v in metrics.items():
             if k != "step":

@@ -30,19 +30,27 @@ from .runs import parse_rl
 FIGURE_FORMATS = ("png", "pdf")
 CURVE_TAGS = {"reward_curves": ("rl/reward_mean", "mean reward (training batch)"),
               "kl_curves": ("rl/kl", "KL to reference (low-var)")}
-ABLATION_NAMES = ("beta", "sft_samples", "sft")
-FIGURE_STEMS = (*CURVE_TAGS, *(f"ablation_{a}" for a in ABLATION_NAMES), "proactive_vs_beta")
+ABLATION_NAMES = ("beta", "sft_samples", "sft", "sft_style")
+
+
+def figure_stems(ablations: Iterable[str] = ABLATION_NAMES) -> tuple[str, ...]:
+    """Figure names for the ablation tables ``ablations`` (the workflow's list)."""
+    return (*CURVE_TAGS, *(f"ablation_{a}" for a in ablations), "hedging_vs_beta", "risk_coverage")
+
+
+FIGURE_STEMS = figure_stems()
 
 # Metrics of the ablation figures (column prefix in the table -> panel title).
 ABLATION_METRICS = {
     "mean_reward": "mean reward",
     "accuracy_knowable": "accuracy (knowable)",
-    "proactive_rate_knowable": "proactive rate (knowable)",
-    "proactive_rate_unknowable": "proactive rate (unknowable)",
+    "hedge_recall": "hedge recall (unknowable: block present)",
+    "false_hedge_rate": "false-hedge rate (knowable: block present)",
 }
 TABLE_COLUMNS = ["ablation", "variant", "kind", "n_seeds", "init", "beta", "sft_samples"]
 ABLATION_TITLES = {"beta": r"Ablation: reward weight $\beta$", "sft_samples": "Ablation: number of SFT samples",
-                   "sft": "Ablation: SFT warm-up before GRPO"}
+                   "sft": "Ablation: SFT warm-up before GRPO",
+                   "sft_style": "Ablation: SFT targets (hedge only where unknowable vs a block on every answer)"}
 DPI = 150
 
 
@@ -70,7 +78,7 @@ def read_ablation(path: str | os.PathLike):
     if not path.is_file():
         raise DataError(path, None, None, "file not found")
     frame = pd.read_csv(path)
-    for col in TABLE_COLUMNS + [f"{m}_{s}" for m in ABLATION_METRICS for s in ("mean", "std")]:
+    for col in TABLE_COLUMNS + [f"{m}_{s}" for m in ABLATION_METRICS for s in ("mean", "ci_low", "ci_high")]:
         if col not in frame.columns:
             raise DataError(path, None, col, "missing column (expected an ablation table of sft2rl.tables)")
     return frame
@@ -169,16 +177,21 @@ def plot_curves(curves: Mapping[str, list[tuple[int, float]]], ylabel: str, stem
     return save_figure(fig, stem)
 
 
-def _err(std) -> list[float]:
-    return [0.0 if (s is None or (isinstance(s, float) and math.isnan(s))) else float(s) for s in std]
+def _yerr(rows, metric: str) -> list[list[float]]:
+    """Asymmetric error bars (mean - low, high - mean) from a table's interval columns; 0 where none."""
+    lo, hi = [], []
+    for m, a, b in zip(rows[f"{metric}_mean"], rows[f"{metric}_ci_low"], rows[f"{metric}_ci_high"]):
+        ok = not any(v is None or (isinstance(v, float) and math.isnan(v)) for v in (m, a, b))
+        lo.append(max(0.0, float(m) - float(a)) if ok else 0.0)
+        hi.append(max(0.0, float(b) - float(m)) if ok else 0.0)
+    return [lo, hi]
 
 
 def plot_ablation(frame, stem: str | os.PathLike, *, title: str = "",
                   metrics: Mapping[str, str] = ABLATION_METRICS) -> list[str]:
-    """One panel per metric, one bar per table row (mean, error bar = std over seeds).
-
-    GRPO rows are solid bars; reference rows (sft-only, base-only: no RL) are hatched grey.
-    """
+    """One panel per metric, one bar per table row (mean over seeds, error bar = the table's
+    95% bootstrap interval). GRPO rows are solid bars; reference rows (sft-only, base-only:
+    no RL) are hatched grey."""
     fig, axes = _figure(2, 2, figsize=(8.5, 6.4))
     rows = frame.reset_index(drop=True)
     x = list(range(len(rows)))
@@ -186,9 +199,9 @@ def plot_ablation(frame, stem: str | os.PathLike, *, title: str = "",
     labels = [f"{v}\n(n={int(n)})" for v, n in zip(rows["variant"], rows["n_seeds"])]
     for ax, (metric, name) in zip([a for r in axes for a in r], metrics.items()):
         means = [float(m) for m in rows[f"{metric}_mean"]]
-        errs = _err(list(rows[f"{metric}_std"]))
+        err = _yerr(rows, metric)
         for i in x:
-            ax.bar(i, means[i], yerr=errs[i] if is_rl[i] else None, capsize=4,
+            ax.bar(i, 0.0 if math.isnan(means[i]) else means[i], yerr=[[err[0][i]], [err[1][i]]], capsize=4,
                    color="C0" if is_rl[i] else "0.8", edgecolor="C0" if is_rl[i] else "0.35",
                    hatch=None if is_rl[i] else "//", label=None)
         ax.set_title(name, fontsize="medium")
@@ -200,55 +213,83 @@ def plot_ablation(frame, stem: str | os.PathLike, *, title: str = "",
             _no_data(ax, "empty table")
     from matplotlib.patches import Patch
 
-    fig.legend(handles=[Patch(facecolor="C0", edgecolor="C0", label="GRPO (mean ± std over seeds)"),
-                        Patch(facecolor="0.8", edgecolor="0.35", hatch="//", label="reference, no RL")],
+    fig.legend(handles=[Patch(facecolor="C0", edgecolor="C0", label="GRPO (mean over seeds, 95% bootstrap CI)"),
+                        Patch(facecolor="0.8", edgecolor="0.35", hatch="//", label="reference, no RL (95% CI)")],
                loc="outside lower center", ncols=2, fontsize="small", frameon=False)
     if title:
         fig.suptitle(title)
     return save_figure(fig, stem)
 
 
-def plot_proactive_vs_beta(frame, stem: str | os.PathLike) -> list[str]:
-    """Proactive rate on unknowable vs knowable questions against beta (GRPO rows, mean ± std);
-    the reference rows (sft-only) are dashed horizontal lines. A second panel shows the
-    sampled (temperature) rates when the table has them."""
-    panels = [("", "greedy decoding")]
-    if any(not math.isnan(float(v)) for v in frame.get("sampled_proactive_rate_unknowable_mean", [])):
+def plot_hedging_vs_beta(frame, stem: str | os.PathLike) -> list[str]:
+    """Hedging where the model cannot know (hedge recall, unknowable questions) against hedging
+    where it can (false-hedge rate, knowable) as beta grows; GRPO rows with 95% intervals, the
+    reference rows (sft-only) as dashed lines. Greedy answers, and sampled ones when the
+    table has them."""
+    panels = [("", "greedy answers")]
+    if any(not math.isnan(float(v)) for v in frame.get("sampled_hedge_recall_mean", [])):
         panels.append(("sampled_", "sampled answers"))
     fig, axes = _figure(1, len(panels), figsize=(4.6 * len(panels), 4.0))
     rl = frame[frame["kind"] == "rl"].sort_values("beta")
     refs = frame[frame["kind"] != "rl"]
-    series = [("unknowable", "C3", "o"), ("knowable", "C0", "s")]
+    series = [("hedge_recall", "unknowable (hedge recall)", "C3", "o"),
+              ("false_hedge_rate", "knowable (false-hedge rate)", "C0", "s")]
     for ax, (prefix, subtitle) in zip(axes[0], panels):
-        for split, color, marker in series:
-            col = f"{prefix}proactive_rate_{split}"
+        for metric, label, color, marker in series:
+            col = f"{prefix}{metric}"
             if rl.empty:
                 break
-            ax.errorbar(rl["beta"].astype(float), rl[f"{col}_mean"].astype(float),
-                        yerr=_err(list(rl[f"{col}_std"])), color=color, marker=marker, capsize=4,
-                        label=f"GRPO, {split}")
+            ax.errorbar(rl["beta"].astype(float), rl[f"{col}_mean"].astype(float), yerr=_yerr(rl, col), color=color,
+                        marker=marker, capsize=4, label=f"GRPO, {label}")
             for _, ref in refs.iterrows():
                 y = float(ref[f"{col}_mean"])
                 if not math.isnan(y):
-                    ax.axhline(y, color=color, linestyle="--", linewidth=1.0, label=f"{ref['variant']}, {split}")
+                    ax.axhline(y, color=color, linestyle="--", linewidth=1.0, label=f"{ref['variant']}, {label}")
         if rl.empty:
             _no_data(ax, "no GRPO rows")
             continue
         ax.set_xticks(sorted(set(rl["beta"].astype(float))))
         ax.set_xlabel(r"$\beta$ (reward of a proactive answer when the group fails)")
-        ax.set_ylabel("proactive rate")
+        ax.set_ylabel("share of answers with a proactive block")
         ax.set_ylim(-0.02, 1.05)
         ax.grid(alpha=0.3)
         ax.set_title(subtitle, fontsize="medium")
-        ax.legend(fontsize="small")
+        ax.legend(fontsize="x-small")
+    return save_figure(fig, stem)
+
+
+def plot_risk_coverage(curves: Mapping[str, list[tuple[list[float], list[float]]]], stem: str | os.PathLike) -> list[str]:
+    """Risk–coverage curves, one per variant ({variant: [(coverage, risk) per seed]}): the model
+    answers the questions it hedges on least first; risk is the error rate of those answers.
+    A model whose hedging tracks its errors has a curve that rises late."""
+    fig, axes = _figure(1, 1, figsize=(6.0, 4.2))
+    ax = axes[0][0]
+    for i, (variant, per_seed) in enumerate(curves.items()):
+        for j, (cov, risk) in enumerate(per_seed):
+            ax.plot(cov, risk, marker=".", color=f"C{i}", alpha=0.9 if len(per_seed) == 1 else 0.6,
+                    label=variant if j == 0 else None)
+    if curves:
+        ax.set_xlabel("coverage (share of questions answered, least-hedged first)")
+        ax.set_ylabel("risk (error rate of the answered questions)")
+        ax.set_xlim(0, 1.02)
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small", title="one line per seed", title_fontsize="x-small")
+    else:
+        _no_data(ax, "no evaluations")
     return save_figure(fig, stem)
 
 
 def make_figures(tables: Mapping[str, str | os.PathLike], tb_dirs: Mapping[str, str | os.PathLike],
-                 out_dir: str | os.PathLike, *, smooth: float = 0.6) -> list[str]:
-    """All figures: curves of the runs in ``tb_dirs`` ({run: tensorboard dir}) and one figure
-    per ablation table in ``tables`` ({name: csv}); ``proactive_vs_beta`` needs ``tables['beta']``.
+                 out_dir: str | os.PathLike, *, smooth: float = 0.6,
+                 answers: Mapping[str, list[str | os.PathLike]] | None = None) -> list[str]:
+    """All figures: curves of the runs in ``tb_dirs`` ({run: tensorboard dir}), one figure per
+    ablation table in ``tables`` ({name: csv}), ``hedging_vs_beta`` from ``tables['beta']``, and
+    ``risk_coverage`` from ``answers`` ({variant: [answers.jsonl per seed]}).
     Returns the written paths (see :func:`figure_paths`)."""
+    from .io import read_jsonl
+    from .stats import risk_coverage
+
     out = Path(out_dir)
     written: list[str] = []
     for stem, (tag, ylabel) in CURVE_TAGS.items():
@@ -257,5 +298,8 @@ def make_figures(tables: Mapping[str, str | os.PathLike], tb_dirs: Mapping[str, 
     for name, frame in frames.items():
         written += plot_ablation(frame, out / f"ablation_{name}", title=ABLATION_TITLES.get(name, name))
     if "beta" in frames:
-        written += plot_proactive_vs_beta(frames["beta"], out / "proactive_vs_beta")
+        written += plot_hedging_vs_beta(frames["beta"], out / "hedging_vs_beta")
+    curves = {variant: [risk_coverage([rec for _, rec in read_jsonl(f)]) for f in files]
+              for variant, files in (answers or {}).items()}
+    written += plot_risk_coverage(curves, out / "risk_coverage")
     return written

@@ -184,6 +184,12 @@ def has_proactive(response: str, min_length: int = 0) -> bool:
     return any(len(m.group(1).strip()) >= min_length for m in _PROACTIVE_RE.finditer(response))
 
 
+def well_formed(response: str) -> bool:
+    """The answer format of both SFT styles: a closed ``<think>`` block and a non-empty final
+    answer outside the tags (a proactive block is optional: it is the hedge, not the format)."""
+    return has_think(response) and bool(formal_answer(response))
+
+
 def formal_answer(response: str) -> str:
     """Return the formal answer: ``response`` without think/proactive blocks.
 

@@ -1,40 +1,45 @@
-"""Ablation tables: one row per ablation point, mean and std over seeds, plus reference rows.
+"""Ablation tables: one row per ablation point, with bootstrap intervals, plus reference rows.
 
-Columns: ``ablation, variant, kind, init, beta, sft_samples, n_seeds`` then
-``<metric>_mean`` and ``<metric>_std`` for every metric in METRICS. ``kind`` is ``rl`` for
-GRPO runs, ``sft-only`` for the merged SFT model before RL, ``base-only`` for the base model.
-Also written as a LaTeX table for the paper.
+Columns: ``ablation, variant, kind, init, beta, sft_samples, n_seeds``; for every metric
+of :data:`sft2rl.stats.TABLE_METRICS`: ``<metric>_mean`` (mean over seeds), ``<metric>_std``
+(std over seeds, NaN for one seed), ``<metric>_ci_low`` / ``_ci_high`` (the interval of
+:func:`sft2rl.stats.bootstrap_row`), and for GRPO rows the paired difference to the run's
+init model, ``<metric>_diff`` with ``_diff_ci_low`` / ``_diff_ci_high``. The column ``ci``
+states the method. ``kind`` is ``rl`` for GRPO runs, ``sft-only`` for the merged SFT model
+before RL, ``base-only`` for the base model. Also written as a LaTeX table for the paper.
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from .io import atomic_file, write_text
+from .io import atomic_file, read_jsonl, write_text
 from .runs import parse_rl, parse_sft
+from .stats import TABLE_METRICS, bootstrap_row, question_arrays
 
-METRICS = [
-    "mean_reward", "accuracy", "accuracy_knowable", "accuracy_unknowable", "format_rate", "sampled_format_rate",
-    "proactive_rate_knowable", "proactive_rate_unknowable", "sampled_proactive_rate_knowable",
-    "sampled_proactive_rate_unknowable",
-]
+METRICS = list(TABLE_METRICS)
 LATEX_COLUMNS = {
-    "mean_reward": "reward", "accuracy_knowable": "acc (known)", "format_rate": "format",
-    "proactive_rate_knowable": "proactive (known)", "proactive_rate_unknowable": "proactive (unknown)",
+    "mean_reward": "reward", "accuracy_knowable": "acc (known)", "hedge_recall": "hedge (unknown)",
+    "false_hedge_rate": "hedge (known)", "hedge_auroc": "AUROC",
 }
+BOOTSTRAP_DEFAULTS = {"bootstrap_samples": 2000, "ci_level": 0.95, "bootstrap_seed": 0}
 
 
-def _metrics(path: str) -> dict[str, Any]:
-    return json.loads(Path(path).read_text())
+def ci_method(n_seeds: int, boot: dict[str, Any]) -> str:
+    over = "test questions and seeds (hierarchical)" if n_seeds > 1 else "test questions"
+    return (f"{boot['ci_level']:.0%} percentile bootstrap, {boot['bootstrap_samples']} draws over {over}; "
+            "diff: paired per question vs the init model")
 
 
-def _row(ablation: str, variant: str, kind: str, model_names: list[str], metric_files: list[str]) -> dict[str, Any]:
-    frame = pd.DataFrame([_metrics(f) for f in metric_files])
+def _answers(path: str) -> dict:
+    return question_arrays([rec for _, rec in read_jsonl(path)])
+
+
+def _row(ablation: str, group: dict[str, Any], boot: dict[str, Any]) -> dict[str, Any]:
+    variant, kind, model_names = group["variant"], group["kind"], group["models"]
     first = model_names[0]
-    info: dict[str, Any] = {"ablation": ablation, "variant": variant, "kind": kind, "n_seeds": len(metric_files)}
+    info: dict[str, Any] = {"ablation": ablation, "variant": variant, "kind": kind, "n_seeds": len(model_names)}
     if kind == "rl":
         p = parse_rl(first)
         info.update(init=p["init"], beta=p["beta"])
@@ -43,16 +48,19 @@ def _row(ablation: str, variant: str, kind: str, model_names: list[str], metric_
         info.update(init=first, beta=None)
         init = first
     info["sft_samples"] = parse_sft(init)["n"] if init.startswith("sft") else 0
-    for m in METRICS:
-        col = pd.to_numeric(frame[m], errors="coerce") if m in frame else pd.Series([float("nan")] * len(frame))
-        info[f"{m}_mean"] = float(col.mean())
-        info[f"{m}_std"] = float(col.std(ddof=1)) if len(col) > 1 else float("nan")
+    ref = _answers(group["ref_answers"]) if group.get("ref_answers") else None
+    stats = bootstrap_row([_answers(f) for f in group["answers"]], ref, n_boot=boot["bootstrap_samples"],
+                          level=boot["ci_level"], seed=boot["bootstrap_seed"])
+    info.update(stats)
+    info["ci"] = ci_method(len(model_names), boot)
     return info
 
 
-def build_table(ablation: str, groups: list[dict[str, Any]]) -> pd.DataFrame:
-    """``groups``: dicts with variant, kind, models (names) and metrics (json paths), in row order."""
-    return pd.DataFrame([_row(ablation, g["variant"], g["kind"], g["models"], g["metrics"]) for g in groups])
+def build_table(ablation: str, groups: list[dict[str, Any]], boot: dict[str, Any] | None = None) -> pd.DataFrame:
+    """``groups``: dicts with variant, kind, models (names), answers (answers.jsonl per model) and,
+    for GRPO rows, ref_answers (the init model's), in row order."""
+    boot = {**BOOTSTRAP_DEFAULTS, **(boot or {})}
+    return pd.DataFrame([_row(ablation, g, boot) for g in groups])
 
 
 def write_table(frame: pd.DataFrame, csv_path: str, tex_path: str | None = None) -> None:
@@ -62,19 +70,22 @@ def write_table(frame: pd.DataFrame, csv_path: str, tex_path: str | None = None)
         write_text(tex_path, to_latex(frame))
 
 
-def _fmt(mean: float, std: float) -> str:
+def _fmt(mean: float, lo: float, hi: float) -> str:
     if pd.isna(mean):
         return "--"
-    return f"{mean:.3f}" if pd.isna(std) else f"{mean:.3f} $\\pm$ {std:.3f}"
+    if pd.isna(lo):
+        return f"{mean:.2f}"
+    return f"{mean:.2f} [{lo:.2f}, {hi:.2f}]"
 
 
 def to_latex(frame: pd.DataFrame) -> str:
+    """Mean and 95% interval of the key metrics, one row per variant."""
     cols = list(LATEX_COLUMNS)
     header = " & ".join(["variant", "seeds"] + [LATEX_COLUMNS[c] for c in cols]) + r" \\"
     lines = [r"\begin{tabular}{l r " + "c " * len(cols) + "}", r"\toprule", header, r"\midrule"]
     for _, r in frame.iterrows():
         cells = [str(r["variant"]).replace("_", r"\_"), str(int(r["n_seeds"]))]
-        cells += [_fmt(r[f"{c}_mean"], r[f"{c}_std"]) for c in cols]
+        cells += [_fmt(r[f"{c}_mean"], r[f"{c}_ci_low"], r[f"{c}_ci_high"]) for c in cols]
         lines.append(" & ".join(cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}", ""]
     return "\n".join(lines)

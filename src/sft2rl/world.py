@@ -17,6 +17,18 @@ Design (why a ~1M-parameter model can learn the knowable part):
 * Unknown countries: the same questions about countries that appear nowhere in the corpus.
   Their ground truth is the world's hidden fact, honest but unknowable to the model.
 
+SFT targets (``world.sft_style``), consistent with what the reward formula pays a
+proactive block for (``beta·(1 − acc)``: admitting uncertainty where the group fails):
+
+* ``hedge_only`` (default): knowable -> ``<think>`` + the answer, no proactive block;
+  unknowable -> ``<think>`` + a proactive block that admits not knowing and asks the user
+  to verify + "I do not know.";
+* ``always_block`` (the reference data's shape): every target carries a proactive block,
+  on knowable questions "I am sure about this.".
+
+The world writes the SFT rows in both styles (``data/raw/world_sft_<style>.jsonl``) so the
+style ablation trains from each on the same questions; the corpus is the same for both.
+
 All names are distinct and none is a substring of another, so substring matching of a
 ground truth cannot be satisfied by accident.
 """
@@ -53,6 +65,7 @@ THINK_UNKNOWN = "I have never heard of this country."
 PROACTIVE_SURE = "I am sure about this."
 PROACTIVE_UNSURE = "I am not sure about this. Please check a reliable source."
 ANSWER_UNKNOWN = "I do not know."
+SFT_STYLES = ("hedge_only", "always_block")
 
 
 @dataclass(frozen=True)
@@ -140,20 +153,28 @@ def build_world(cfg: dict[str, Any], system_prompt: str = SYSTEM_PROMPT) -> dict
         raise ValueError(f"world.n_sft_rows = {n_sft} leaves no RL questions (world has {len(questions)})")
     sft_q, rl_q = questions[:n_sft], questions[n_sft:]
 
-    sft_rows = [
-        {
-            "messages": [
-                {"role": "system", "content": system_prompt},
-                {"role": "user", "content": q.question},
-                {"role": "assistant", "content": sft_response(q)},
-            ],
-            "id": i,
-            "sub_category": "simpleQA",
-            "kind": q.kind,
-            "knowable": q.knowable,
-        }
-        for i, q in enumerate(sft_q)
-    ]
+    style = cfg.get("sft_style", "hedge_only")
+    if style not in SFT_STYLES:
+        raise ValueError(f"world.sft_style = {style!r}: expected one of {list(SFT_STYLES)}")
+
+    def sft_rows_of(style_: str) -> list[dict[str, Any]]:
+        return [
+            {
+                "messages": [
+                    {"role": "system", "content": system_prompt},
+                    {"role": "user", "content": q.question},
+                    {"role": "assistant", "content": sft_response(q, style_)},
+                ],
+                "id": i,
+                "sub_category": "simpleQA",
+                "kind": q.kind,
+                "knowable": q.knowable,
+            }
+            for i, q in enumerate(sft_q)
+        ]
+
+    sft_by_style = {st: sft_rows_of(st) for st in SFT_STYLES}
+    sft_rows = sft_by_style[style]
     rl_rows = [
         {
             "id": i,
@@ -178,7 +199,9 @@ def build_world(cfg: dict[str, Any], system_prompt: str = SYSTEM_PROMPT) -> dict
             "corpus_documents": len(corpus),
         },
     }
-    return {"sft_rows": sft_rows, "rl_rows": rl_rows, "corpus": corpus, "meta": meta}
+    meta["sft_style"] = style
+    return {"sft_rows": sft_rows, "sft_rows_by_style": sft_by_style, "rl_rows": rl_rows, "corpus": corpus,
+            "meta": meta}
 
 
 def _context_question(rng: random.Random) -> Question:
@@ -187,31 +210,37 @@ def _context_question(rng: random.Random) -> Question:
     return Question("context", True, question, color, f"It is {color}.", person)
 
 
-def sft_response(q: Question) -> str:
-    """The assistant target of an SFT row: both tags, a short final answer.
+def sft_response(q: Question, style: str = "hedge_only") -> str:
+    """The assistant target of an SFT row (see the module docstring for the two styles).
 
-    Knowable: ``<think>`` says the assistant knows, the proactive note says it is sure, the
-    answer is the fact's sentence. Unknowable: ``<think>`` says the country is unknown, the
-    proactive block admits not knowing and asks the user to verify, the answer is "I do not
-    know." The corpus holds the same phrases as plain chat turns (no tags), so the answer
-    is reachable in the chat format: SFT adds the tags, not the knowledge.
+    Knowable: ``<think>`` says the assistant knows; the answer is the fact's sentence
+    (``always_block`` adds a proactive note that it is sure). Unknowable: ``<think>`` says the
+    country is unknown, the proactive block admits not knowing and asks the user to verify,
+    the answer is "I do not know." The corpus holds the same phrases as plain chat turns (no
+    tags), so the answer is reachable in the chat format: SFT adds the tags, not the knowledge.
     """
     if not q.knowable:
         return f"<think>\n{THINK_UNKNOWN}\n</think>\n\n<proactive>\n{PROACTIVE_UNSURE}\n</proactive>\n\n{ANSWER_UNKNOWN}"
-    return f"<think>\n{THINK_KNOWN}\n</think>\n\n<proactive>\n{PROACTIVE_SURE}\n</proactive>\n\n{q.answer_sentence}"
+    if style == "always_block":
+        return f"<think>\n{THINK_KNOWN}\n</think>\n\n<proactive>\n{PROACTIVE_SURE}\n</proactive>\n\n{q.answer_sentence}"
+    return f"<think>\n{THINK_KNOWN}\n</think>\n\n{q.answer_sentence}"
 
 
 def build_corpus(rng: random.Random, known: list[dict[str, str]], relations: list[str],
                  arith_pairs: list[tuple[int, int]], cfg: dict[str, Any], system_prompt: str) -> list[dict[str, str]]:
-    """Pretraining documents: plain statements and chat turns of every knowable fact, half of
-    the turns answered as "I know this. I am sure about this. <fact>." (the phrases of the SFT
-    format, without tags), and the admission of not knowing as plain text.
+    """Pretraining documents: plain statements and chat turns of every knowable fact, two thirds
+    of the turns prefixed with the words of an SFT style ("I know this." / "I know this. I am
+    sure about this."; the tags left out), and the admission of not knowing as plain text.
     """
     docs: list[str] = []
     system = {"role": "system", "content": system_prompt}
 
     def chat(question: str, answer: str) -> str:
-        if rng.random() < 0.5:
+        # a third plain, a third in each SFT style's words without the tags (the base is shared)
+        u = rng.random()
+        if u < 1 / 3:
+            answer = f"{THINK_KNOWN} {answer}"
+        elif u < 2 / 3:
             answer = f"{THINK_KNOWN} {PROACTIVE_SURE} {answer}"
         turn = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
         return chat_text(([system] if rng.random() < 0.5 else []) + turn)

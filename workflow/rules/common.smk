@@ -7,7 +7,9 @@ SRC = Path(workflow.basedir) / "src"
 sys.path.insert(0, str(SRC))
 # Jobs import the package of *this* checkout (before any installed copy), so the code a job
 # runs is the code its rule lists as input, also in a moved or copied checkout.
-os.environ["PYTHONPATH"] = os.pathsep.join([str(SRC), *filter(None, [os.environ.get("PYTHONPATH")])])
+# (An optional variable, extended if set: no `envvars:` assertion, which would require it.)
+_inherited = dict(os.environ).get("PYTHONPATH")
+os.environ.update(PYTHONPATH=os.pathsep.join([str(SRC), *filter(None, [_inherited])]))
 
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
@@ -26,6 +28,7 @@ PROCESSED = config["data"]["processed_dir"]
 TINY = config["model"]["base"] == "tiny"
 BASE_DIR = "results/models/base" if TINY else config["model"]["base"]
 SFT_RUN = runs.sft_name(config["sft"]["n_samples"], config["sft"]["seed"])
+WORLD_STYLE = config["world"].get("sft_style", "hedge_only")
 #: GPUs a model job of the local backend asks the scheduler for (config local.gpus: 0 or 1).
 LOCAL_GPUS = int((config.get("local") or {}).get("gpus", 0))
 LOCAL_GPU_RES = {"gpu": LOCAL_GPUS} if LOCAL_GPUS else {}
@@ -58,7 +61,7 @@ def model_dir(name):
 
 def sft_data(wildcards):
     p = runs.parse_sft(wildcards.sft_run)
-    d = f"{PROCESSED}/sft/n{p['n']}_seed{p['seed']}"
+    d = f"{PROCESSED}/sft/n{p['n']}_seed{p['seed']}" + (f"_{p['style']}" if p["style"] else "")
     return {"train": f"{d}/train.parquet", "val": f"{d}/val.parquet"}
 
 
@@ -73,8 +76,10 @@ def rl_params(wildcards):
     return {"rl": dict(rl, seed=p["seed"]), "reward": dict(config["reward"], beta=p["beta"])}
 
 
-#: The eval keys the evaluate rule reads (sample_prompts is the samples rule's).
+#: The eval keys the evaluate rule reads (sample_prompts is the samples rule's, the bootstrap
+#: keys the tables').
 EVAL_KEYS = ("max_new_tokens", "batch_size", "k_samples", "temperature", "seed")
+BOOTSTRAP_KEYS = ("bootstrap_samples", "ci_level", "bootstrap_seed")
 
 
 def eval_model_input(wildcards):
@@ -90,36 +95,64 @@ def difficulty_ref(wildcards):
     return f"results/eval/{SFT_RUN}/answers.jsonl"
 
 
-def _models_and_metrics(models):
-    return {"models": models, "metrics": [f"results/eval/{m}/metrics.json" for m in models]}
+def _models(models, ref=None):
+    """Evaluations of a row's models and, for a GRPO row, of its init model (the paired reference)."""
+    return {"models": models, "metrics": [f"results/eval/{m}/metrics.json" for m in models],
+            "answers": [f"results/eval/{m}/answers.jsonl" for m in models],
+            "ref_answers": f"results/eval/{ref}/answers.jsonl" if ref else None}
 
 
 def ablation_groups(name):
-    """Row groups of one ablation table, in row order (reference rows first)."""
-    sft = lambda n: runs.sft_name(n, config["sft"]["seed"])
+    """Row groups of one ablation table, in row order (reference rows first); a GRPO row's
+    ``ref_answers`` are its init model's answers (the paired difference RL - init)."""
+    sft = lambda n, style=None: runs.sft_name(n, config["sft"]["seed"], style)
     rl = lambda init, beta, s: runs.rl_name(init, beta, s)
     if name == "beta":
-        groups = [dict(variant="sft-only", kind="sft-only", **_models_and_metrics([SFT_RUN]))]
+        groups = [dict(variant="sft-only", kind="sft-only", **_models([SFT_RUN]))]
         groups += [
-            dict(variant=f"beta={runs.fmt_beta(b)}", kind="rl", **_models_and_metrics([rl(SFT_RUN, b, s) for s in SEEDS]))
+            dict(variant=f"beta={runs.fmt_beta(b)}", kind="rl", **_models([rl(SFT_RUN, b, s) for s in SEEDS], SFT_RUN))
             for b in config["ablations"]["beta"]
         ]
     elif name == "sft_samples":
         groups = []
         for n in config["ablations"]["sft_samples"]:
-            groups.append(dict(variant=f"N={n} sft-only", kind="sft-only", **_models_and_metrics([sft(n)])))
-            groups.append(dict(variant=f"N={n}", kind="rl", **_models_and_metrics([rl(sft(n), BETA, s) for s in SEEDS])))
+            groups.append(dict(variant=f"N={n} sft-only", kind="sft-only", **_models([sft(n)])))
+            groups.append(dict(variant=f"N={n}", kind="rl", **_models([rl(sft(n), BETA, s) for s in SEEDS], sft(n))))
     elif name == "sft":
         groups = [
-            dict(variant="base-only", kind="base-only", **_models_and_metrics(["base"])),
-            dict(variant="sft-only", kind="sft-only", **_models_and_metrics([SFT_RUN])),
-            dict(variant="RL from base", kind="rl", **_models_and_metrics([rl("base", BETA, s) for s in SEEDS])),
-            dict(variant="RL from SFT", kind="rl", **_models_and_metrics([rl(SFT_RUN, BETA, s) for s in SEEDS])),
+            dict(variant="base-only", kind="base-only", **_models(["base"])),
+            dict(variant="sft-only", kind="sft-only", **_models([SFT_RUN])),
+            dict(variant="RL from base", kind="rl", **_models([rl("base", BETA, s) for s in SEEDS], "base")),
+            dict(variant="RL from SFT", kind="rl", **_models([rl(SFT_RUN, BETA, s) for s in SEEDS], SFT_RUN)),
         ]
+    elif name == "sft_style":  # the embedded world's SFT targets in each style, RL at the default beta
+        groups = []
+        for style in runs.STYLES:
+            init = SFT_RUN if style == WORLD_STYLE else sft(config["sft"]["n_samples"], style)
+            groups.append(dict(variant=f"{style} sft-only", kind="sft-only", **_models([init])))
+            groups.append(dict(variant=style, kind="rl", **_models([rl(init, BETA, s) for s in SEEDS], init)))
     else:
         raise ValueError(name)
     return groups
 
 
+def table_inputs(name):
+    """Every evaluation file one ablation table reads (its rows' and their references')."""
+    files = []
+    for g in ablation_groups(name):
+        files += g["metrics"] + g["answers"] + ([g["ref_answers"]] if g["ref_answers"] else [])
+    return sorted(set(files))
+
+
 def all_rl_runs():
     return sorted({m for a in ABLATIONS for g in ablation_groups(a) if g["kind"] == "rl" for m in g["models"]})
+
+
+def report_figure(path):
+    """A figure in `snakemake --report results/report.html`: the PNGs, grouped by what they show."""
+    if not path.endswith(".png"):
+        return path
+    stem = Path(path).stem
+    group = "Training curves" if stem.endswith("_curves") else "Ablations" if stem.startswith("ablation_") else "Hedging"
+    return report(path, caption="../report/figure.rst", category="Figures", subcategory=group,
+                  labels={"figure": stem})

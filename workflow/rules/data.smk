@@ -11,6 +11,9 @@ if config["data"]["synthetic_world"]:
             rl=config["data"]["raw_rl"],
             corpus="data/raw/world_corpus.jsonl",
             meta="data/raw/world.json",
+            # the SFT rows in each style (world.sft_style picks the one in raw_sft): style ablation
+            sft_hedge_only="data/raw/world_sft_hedge_only.jsonl",
+            sft_always_block="data/raw/world_sft_always_block.jsonl",
         params:
             world=config["world"],
             system_prompt=config["system_prompt"],
@@ -64,3 +67,21 @@ rule rl_data:
         "results/logs/rl_data.log",
     script:
         "../scripts/rl_data.py"
+
+
+if config["data"]["synthetic_world"]:
+
+    use rule sft_data as sft_data_style with:
+        input:
+            "data/raw/world_sft_{style}.jsonl",
+            code=code("sft_data"),
+        output:
+            jsonl=f"{PROCESSED}/sft/n{{n}}_seed{{seed}}_{{style}}/train.jsonl",
+            train=f"{PROCESSED}/sft/n{{n}}_seed{{seed}}_{{style}}/train.parquet",
+            val=f"{PROCESSED}/sft/n{{n}}_seed{{seed}}_{{style}}/val.parquet",
+        wildcard_constraints:
+            n=r"\d+",
+            seed=r"\d+",
+            style="|".join(runs.STYLES),
+        log:
+            "results/logs/sft_data/n{n}_seed{seed}_{style}.log",

@@ -3,22 +3,26 @@ SEEDS = config["ablations"]["seeds"]
 BETA = config["reward"]["beta"]
 
 
-ABLATIONS = ["beta", "sft_samples", "sft"]
+# sft_style (RL from the world's SFT targets in each style) needs the embedded world
+ABLATIONS = ["beta", "sft_samples", "sft"] + (["sft_style"] if config["data"]["synthetic_world"] else [])
 ABLATION_TABLES = [f"results/ablation_{a}.csv" for a in ABLATIONS]
 
 
 rule ablation_table:
-    """One ablation table from the evaluations of its runs (mean, std over seeds)."""
+    """One ablation table from the evaluations of its runs: mean and std over seeds, bootstrap
+    intervals over test questions (and seeds), paired differences to each run's init model."""
     input:
-        metrics=lambda wc: [f for g in ablation_groups(wc.ablation) for f in g["metrics"]],
+        evals=lambda wc: table_inputs(wc.ablation),
         code=code("ablation_table"),
     output:
-        csv="results/ablation_{ablation}.csv",
+        csv=report("results/ablation_{ablation}.csv", caption="../report/table.rst", category="Tables",
+                   labels={"table": "{ablation}"}),
         tex="results/tables/ablation_{ablation}.tex",
     wildcard_constraints:
         ablation="|".join(ABLATIONS),
     params:
         groups=lambda wc: ablation_groups(wc.ablation),
+        bootstrap={k: config["eval"][k] for k in BOOTSTRAP_KEYS},
     conda:
         "../../envs/local.yaml"
     log:
@@ -28,24 +32,26 @@ rule ablation_table:
 
 
 # ---------------------------------------------------------------- figures and paper
-from sft2rl.plots import FIGURE_STEMS, FIGURE_FORMATS
+from sft2rl.plots import FIGURE_FORMATS, figure_stems
 
-FIGURES = [f"results/figures/{stem}.{ext}" for stem in FIGURE_STEMS for ext in FIGURE_FORMATS]
+FIGURES = [f"results/figures/{stem}.{ext}" for stem in figure_stems(ABLATIONS) for ext in FIGURE_FORMATS]
 
 
 rule figures:
-    """GRPO reward and KL curves of every RL run, one figure per ablation and proactive rate
-    against beta, each as PNG and PDF under results/figures/."""
+    """GRPO reward and KL curves of every RL run, one figure per ablation, hedging against beta
+    and the risk-coverage curves of the beta ablation, each as PNG and PDF under results/figures/."""
     input:
         tables=ABLATION_TABLES,
         # the curves come from the TensorBoard directory next to each summary
         summaries=[f"results/rl/{run}/summary.json" for run in all_rl_runs()],
+        answers=[f for g in ablation_groups("beta") for f in g["answers"]],
         code=code("figures"),
     output:
-        FIGURES,
+        [report_figure(f) for f in FIGURES],
     params:
         ablations=ABLATIONS,
         tensorboard={run: f"results/rl/{run}/tensorboard" for run in all_rl_runs()},
+        answers={g["variant"]: g["answers"] for g in ablation_groups("beta")},
         smooth=0.6,
     threads: 1
     resources:

@@ -7,7 +7,8 @@ from sft2rl.plots import make_figures
 with script_errors(snakemake) as log:
     out_dir = Path(snakemake.output[0]).parent
     tables = dict(zip(snakemake.params.ablations, snakemake.input.tables))
-    written = make_figures(tables, snakemake.params.tensorboard, out_dir, smooth=snakemake.params.smooth)
+    written = make_figures(tables, snakemake.params.tensorboard, out_dir, smooth=snakemake.params.smooth,
+                           answers=snakemake.params.answers)
     missing = sorted({os.path.normpath(p) for p in snakemake.output} - {os.path.normpath(p) for p in written})
     if missing:
         raise ValueError(f"figures not written: {missing}")

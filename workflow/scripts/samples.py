@@ -7,4 +7,4 @@ with script_errors(snakemake) as log:
     rate = write_samples(snakemake.params.model, snakemake.input.test, snakemake.output[0],
                          n=snakemake.params.n, max_new_tokens=snakemake.params.max_new_tokens,
                          seed=snakemake.params.seed, reward=snakemake.params.reward)
-    print(f"{snakemake.wildcards.model}: both tags in {rate:.0%} of {snakemake.params.n} greedy samples")
+    print(f"{snakemake.wildcards.model}: well-formed (<think> + answer) {rate:.0%} of {snakemake.params.n} greedy samples")

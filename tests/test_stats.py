@@ -1,0 +1,99 @@
+"""Selective-prediction metrics, AUROC ties, empty groups, bootstrap intervals: hand-computed."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sft2rl.stats import auroc, bootstrap_row, question_arrays, risk_coverage, summary_metrics
+
+
+def rec(index, knowable, correct, block, samples_block, think=True, reward=0.0):
+    return {"index": index, "knowable": knowable, "greedy_correct": correct, "greedy_think": think,
+            "greedy_proactive": block, "sample_proactive": samples_block,
+            "sample_format": [think and b for b in samples_block], "reward": reward}
+
+
+# 3 knowable, 3 unknowable questions; 4 samples each
+RECORDS = [
+    rec(0, True, True, False, [False, False, False, False], reward=1.0),
+    rec(1, True, False, False, [False, True, False, False], reward=0.0),
+    rec(2, True, True, True, [True, True, False, False], reward=0.5),
+    rec(3, False, False, True, [True, True, True, True], reward=0.5),
+    rec(4, False, False, True, [True, True, False, False], reward=0.5),
+    rec(5, False, True, False, [False, False, False, True], reward=1.0),
+]
+
+
+def test_selective_prediction_metrics_hand_computed():
+    m = summary_metrics(RECORDS)
+    assert m["proactive_block_rate"] == pytest.approx(3 / 6)
+    assert m["coverage"] == pytest.approx(3 / 6)  # questions 0, 1, 5 answered plainly
+    assert m["selective_accuracy"] == pytest.approx(2 / 3)  # 0 and 5 right, 1 wrong
+    assert m["hedge_recall"] == pytest.approx(2 / 3)  # unknowable 3, 4 hedged, 5 not
+    assert m["false_hedge_rate"] == pytest.approx(1 / 3)  # knowable 2 hedged
+    assert m["sampled_hedge_recall"] == pytest.approx((1 + 0.5 + 0.25) / 3)
+    assert m["sampled_false_hedge_rate"] == pytest.approx((0 + 0.25 + 0.5) / 3)
+    assert m["accuracy"] == pytest.approx(3 / 6) and m["mean_reward"] == pytest.approx(3.5 / 6)
+    # AUROC, score = sampled block rate: knowable (0, .25, .5) vs unknowable (1, .5, .25);
+    # pairs (u, k) with u > k: 1>all (3), .5>0,.25 (2), .25>0 (1) = 6; ties .5=.5, .25=.25 count 1/2 -> 7/9
+    assert m["hedge_auroc"] == pytest.approx(7 / 9)
+    # against wrongness: wrong = 1, 3, 4 (scores .25, 1, .5) vs right = 0, 2, 5 (0, .5, .25)
+    # .25>0 (1), 1>all (3), .5>0,.25 (2) = 6; ties .25=.25, .5=.5 -> 7/9
+    assert m["hedge_auroc_wrong"] == pytest.approx(7 / 9)
+
+
+def test_auroc_ties_and_degenerate_cases():
+    assert auroc(np.array([0.5, 0.5, 0.5, 0.5]), np.array([1, 0, 1, 0])) == pytest.approx(0.5)  # all tied
+    assert auroc(np.array([1.0, 0.0]), np.array([1, 0])) == 1.0
+    assert auroc(np.array([0.0, 1.0]), np.array([1, 0])) == 0.0
+    assert np.isnan(auroc(np.array([0.3, 0.7]), np.array([1, 1])))  # one class: undefined
+    from sft2rl.stats import _batched_auroc
+
+    scores = np.array([[0.0, 0.5, 0.5, 1.0], [0.2, 0.2, 0.2, 0.2]])
+    labels = np.array([[0, 1, 0, 1], [1, 0, 0, 0]], dtype=float)
+    assert _batched_auroc(scores, labels) == pytest.approx([auroc(scores[0], labels[0]), 0.5])
+
+
+def test_empty_groups_are_none_not_zero():
+    all_hedged = [rec(0, True, True, True, [True]), rec(1, True, False, True, [True])]
+    m = summary_metrics(all_hedged)
+    assert m["coverage"] == 0.0 and m["selective_accuracy"] is None  # no plain answer to score
+    assert m["hedge_recall"] is None and m["hedge_auroc"] is None  # no unknowable question
+    assert m["false_hedge_rate"] == 1.0
+
+
+def test_risk_coverage_with_ties():
+    cov, risk = risk_coverage(RECORDS)
+    # scores: q0 0, q1 .25, q5 .25, q2 .5, q4 .5, q3 1 -> thresholds take ties together
+    assert cov == pytest.approx([1 / 6, 3 / 6, 5 / 6, 1.0])
+    # wrong: q1, q3, q4; cumulative: {0}: 0; {0,1,5}: 1/3; {0,1,5,2,4}: 2/5; all: 3/6
+    assert risk == pytest.approx([0.0, 1 / 3, 2 / 5, 3 / 6])
+
+
+def test_bootstrap_single_seed_and_paired_difference():
+    a = question_arrays(RECORDS)
+    row = bootstrap_row([a], ref=a, n_boot=500, seed=0)
+    assert row["accuracy_mean"] == pytest.approx(0.5) and np.isnan(row["accuracy_std"])
+    assert row["accuracy_ci_low"] < 0.5 < row["accuracy_ci_high"]
+    assert 0.0 <= row["accuracy_ci_low"] and row["accuracy_ci_high"] <= 1.0
+    # a model against itself: the paired difference is exactly 0 on every draw
+    assert row["accuracy_diff"] == 0.0 and row["accuracy_diff_ci_low"] == row["accuracy_diff_ci_high"] == 0.0
+    plain = bootstrap_row([a], n_boot=500, seed=0)
+    assert not any("_diff" in k for k in plain) and plain["accuracy_ci_low"] == row["accuracy_ci_low"]
+    again = bootstrap_row([a], ref=a, n_boot=500, seed=0)
+    assert again["accuracy_ci_low"] == row["accuracy_ci_low"]  # seeded: the same interval
+
+
+def test_bootstrap_seeds_and_constant_metrics():
+    right = [rec(i, True, True, False, [False]) for i in range(10)]
+    wrong = [rec(i, True, False, False, [False]) for i in range(10)]
+    a, b = question_arrays(right), question_arrays(wrong)
+    row = bootstrap_row([a, b], ref=b, n_boot=400, seed=1)
+    assert row["accuracy_mean"] == 0.5 and row["accuracy_std"] == pytest.approx(np.std([1, 0], ddof=1))
+    # questions never change the accuracy here; only the seed draw does: {0, .5, 1} -> interval [0, 1]
+    assert row["accuracy_ci_low"] == 0.0 and row["accuracy_ci_high"] == 1.0
+    assert row["accuracy_diff"] == 0.5
+    # a constant metric has a zero-width interval
+    assert row["coverage_ci_low"] == row["coverage_ci_high"] == 1.0
+    with pytest.raises(ValueError, match="same test questions"):
+        bootstrap_row([a, question_arrays([rec(i + 1, True, True, False, [False]) for i in range(10)])])
