@@ -133,3 +133,18 @@ def test_merge_refuses_untrained_adapter_and_run_dir(sft_run, base_dir, tmp_path
     run, _ = sft_run
     with pytest.raises(MergeError, match="not a run directory"):
         merge_adapter(str(base_dir), str(run), str(tmp_path / "out2"))
+
+
+def test_train_tokens_are_given_as_text(base_dir):
+    """sft.train_tokens names tokens by their text: added tags and byte-level merges like "\\n\\n" alike;
+    a text that is not one token is skipped, not silently mapped to <unk>."""
+    from transformers import AutoTokenizer
+
+    from sft2rl.sft import lora_config
+
+    tok = AutoTokenizer.from_pretrained(base_dir)
+    texts = ["<think>", "</proactive>", "\n\n", "two words"]
+    cfg = lora_config(dict(r=4, alpha=8, dropout=0.0, target_modules="all-linear"), tok, texts)
+    expected = sorted({tok.encode(t, add_special_tokens=False)[0] for t in texts[:3]})
+    assert len(tok.encode("\n\n", add_special_tokens=False)) == 1
+    assert sorted(cfg.trainable_token_indices) == expected

@@ -198,7 +198,7 @@ def test_ppo_overrides_compose_and_pass_verl_validation(ppo_cfg):
     assert {k: opts[k] for k in vl.GROUP_REWARD_KEYS} == {k: reward[k] for k in vl.GROUP_REWARD_KEYS}
     fn = get_custom_reward_fn(cfg)  # verl's loader: pkg:// path plus reward_kwargs
     assert fn(data_source="q", solution_str="<think>a</think>\n\nParis", ground_truth="paris",
-              extra_info={})["score"] == verl_hooks.encode(True, True, False)
+              extra_info={})["score"] == verl_hooks.encode(True, True, False, True)  # + a final answer
     # every Ray worker gets the hook module and our package (main_ppo merges this into ray.init)
     env = OmegaConf.to_container(OmegaConf.merge(get_ppo_ray_runtime_env(cfg), cfg.ray_kwargs.ray_init.runtime_env))
     assert env["env_vars"]["VERL_USE_EXTERNAL_MODULES"] == "sft2rl.verl_hooks"
@@ -704,3 +704,17 @@ def test_conda_envs_pin_what_constraints_pin():
             pkg, version = req.split("==")
             pkg = pkg.split("[")[0].lower()
             assert version == allowed_diff.get(pkg, pins.get(pkg)), (name, req)
+
+
+def test_hook_format_rate_is_well_formed_like_the_local_backend():
+    """verl's training-batch format_rate counts what the local backend's does (sft2rl.reward.well_formed)."""
+    from sft2rl import verl_hooks
+    from sft2rl.reward import well_formed
+
+    texts = ["<think>a</think>\n\nParis", "<think>a</think><proactive>b</proactive>", "Paris",
+             "<think>a</think>\n\n<proactive>not sure</proactive>\n\nI do not know."]
+    codes = [int(verl_hooks.compute_score("q", t, "paris")["score"]) for t in texts]
+    assert [verl_hooks.decode(c) for c in codes][0] == (True, True, False)  # the reward's facts are unchanged
+    stats = verl_hooks.batch_stats(codes, [0.0] * 4, [0, 0, 1, 1], "all")
+    assert stats["format_rate"] == sum(map(well_formed, texts)) / 4 == 0.5
+    assert stats["proactive_block_rate"] == 0.5

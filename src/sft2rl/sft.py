@@ -75,8 +75,11 @@ def masked_lm_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor,
 def lora_config(lora: dict[str, Any], tokenizer, train_tokens: list[str]):
     from peft import LoraConfig
 
-    ids = [tokenizer.convert_tokens_to_ids(t) for t in train_tokens
-           if t in tokenizer.get_vocab()]
+    ids = []
+    for text in train_tokens:  # a token's text ("<think>", "\n\n"); texts that are not one token are skipped
+        enc = tokenizer.encode(text, add_special_tokens=False)
+        if len(enc) == 1:
+            ids.append(enc[0])
     return LoraConfig(
         r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
         target_modules=lora["target_modules"], task_type="CAUSAL_LM",

@@ -62,20 +62,26 @@ import torch
 from .reward import formal_answer, group_aware_rewards, has_proactive, has_think, is_correct
 from .verl_launch import ADV_ESTIMATOR, GROUP_REWARD_KEYS
 
-CORRECT, THINK, PROACTIVE = 1, 2, 4
+CORRECT, THINK, PROACTIVE, ANSWER = 1, 2, 4, 8  # ANSWER: a non-empty final answer (for format_rate only)
 _STAND_IN_TRUTH = "x"
 
 
 # ------------------------------------------------------------------ per rollout
-def encode(correct: bool, think: bool, proactive: bool) -> int:
-    return CORRECT * int(correct) + THINK * int(think) + PROACTIVE * int(proactive)
+def encode(correct: bool, think: bool, proactive: bool, answer: bool = False) -> int:
+    return CORRECT * int(correct) + THINK * int(think) + PROACTIVE * int(proactive) + ANSWER * int(answer)
 
 
 def decode(code: int) -> tuple[bool, bool, bool]:
-    if not 0 <= code <= 7:
-        raise ValueError(f"reward code {code} out of range 0..7: the rollout was not scored by "
+    """(c_i, has think, has proactive): what the group-aware reward depends on."""
+    if not 0 <= code <= 15:
+        raise ValueError(f"reward code {code} out of range 0..15: the rollout was not scored by "
                          "sft2rl.verl_hooks.compute_score (check reward.custom_reward_function)")
     return bool(code & CORRECT), bool(code & THINK), bool(code & PROACTIVE)
+
+
+def well_formed_code(code: int) -> bool:
+    """:func:`sft2rl.reward.well_formed` of the scored response: a closed think block and an answer."""
+    return bool(code & THINK) and bool(code & ANSWER)
 
 
 def response_facts(response: str, ground_truth: str, *, min_proactive_length: int = 0,
@@ -90,8 +96,9 @@ def compute_score(data_source: str, solution_str: str, ground_truth: str, extra_
     """verl's per-rollout reward function: the response's facts, packed into an integer code."""
     c, t, p = response_facts(solution_str, ground_truth, min_proactive_length=int(min_proactive_length),
                              match=match)
-    return {"score": float(encode(c, t, p)), "correct": float(c), "has_think": float(t),
-            "has_proactive": float(p), "format": float(t and p)}
+    a = bool(formal_answer(solution_str))
+    return {"score": float(encode(c, t, p, a)), "correct": float(c), "has_think": float(t),
+            "has_proactive": float(p), "format": float(t and a)}
 
 
 # ------------------------------------------------------------------ per group
@@ -174,8 +181,9 @@ def batch_stats(codes: Sequence[int], rewards: Sequence[float], index: Sequence[
         counted = c if acc_over == "all" else c[~p]
         group_acc.append(float(counted.mean()) if len(counted) else 0.0)
     return {"reward_mean": float(r.mean()), "reward_std": float(r.std(ddof=1)) if len(r) > 1 else 0.0,
-            "accuracy": float(facts[:, 0].mean()), "format_rate": float((facts[:, 1] & facts[:, 2]).mean()),
-            "proactive_rate": float(facts[:, 2].mean()), "group_accuracy": float(np.mean(group_acc)),
+            "accuracy": float(facts[:, 0].mean()),
+            "format_rate": float(np.mean([well_formed_code(int(c)) for c in codes])),
+            "proactive_block_rate": float(facts[:, 2].mean()), "group_accuracy": float(np.mean(group_acc)),
             "n": int(len(r))}
 
 
