@@ -95,6 +95,7 @@ def test_resume_full_finetuning_after_kill(tmp_path, tiny_base, rl_train_file):
     """The default train_mode (full): a killed run with unchanged inputs resumes, same rewards as uninterrupted."""
     cfg = dict(RL, train_mode="full", lr=1e-3)
     full = train_grpo(str(tiny_base), str(rl_train_file), str(tmp_path / "full"), cfg, REWARD)
+    assert full["steps_trained"] == 4 and full["resumed_from_step"] is None
     part = train_grpo(str(tiny_base), str(rl_train_file), str(tmp_path / "killed"), cfg, REWARD, stop_after=3)
     assert part["steps_trained"] == 3 and part["last_checkpoint"].endswith("step_2")
     resumed = train_grpo(str(tiny_base), str(rl_train_file), str(tmp_path / "killed"), cfg, REWARD)
