@@ -77,11 +77,10 @@ def precision(device: torch.device, train_mode: str, requested: str = "auto") ->
     the device has bf16 (``requested='auto'``) or when asked (``'bf16'``, also on CPU).
     LoRA: the frozen base may sit in bf16; peft keeps the adapter weights in fp32.
     """
-    amp = torch.bfloat16 if requested == "bf16" else None
-    if requested == "auto" and train_dtype(device) == torch.bfloat16:
-        amp = torch.bfloat16
     if requested not in ("auto", "bf16", "fp32"):
         raise ValueError(f"precision must be auto, bf16 or fp32, got {requested!r}")
+    bf16 = requested == "bf16" or (requested == "auto" and train_dtype(device) == torch.bfloat16)
+    amp = torch.bfloat16 if bf16 else None
     if train_mode == "full":
         return torch.float32, amp
     return (amp or torch.float32), amp
