@@ -1,6 +1,7 @@
 # sft2rl: SFT warm-up, then GRPO. One file per stage under workflow/rules/.
 #   snakemake --cores all results/ablation_beta.csv     # the headline table
 #   snakemake --cores all figures                        # all figures
+#   snakemake --cores all results/games/sft_eval.csv     # the game environments (SPEC B)
 #   snakemake --profile profiles/slurm all               # same DAG on SLURM
 #   snakemake --report results/report.html               # HTML report of a finished workflow
 from snakemake.utils import min_version
@@ -28,6 +29,7 @@ include: "workflow/rules/sft.smk"
 include: "workflow/rules/grpo.smk"
 include: "workflow/rules/verl.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/games.smk"
 include: "workflow/rules/report.smk"
 
 
@@ -35,6 +37,7 @@ rule all:
     input:
         ABLATION_TABLES,
         rules.figures.output,
+        rules.games.input,
 
 
 localrules:

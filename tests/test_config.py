@@ -33,6 +33,12 @@ def test_default_config_is_valid(cfg):
     (("rl", "n"), "8", r"'rl.n' = '8': '8' is not of type 'integer'"),
     (("reward", "bogus"), 1, r"'reward': Additional properties are not allowed .*allowed keys: \['acc_over'"),
     (("data", "train_fraction"), 1.5, r"'data.train_fraction' = 1.5"),
+    (("games", "envs"), ["sokoban", "chess"], r"'games.envs.1' = 'chess' is not allowed; allowed values: \['sokoban', 'frozenlake'\]"),
+    (("games", "render"), "ascii", r"'games.render' = 'ascii' is not allowed"),
+    (("games", "sft", "merge_checkpoint"), "worst", r"'games.sft.merge_checkpoint' = 'worst'"),
+    (("games", "sft", "n_samples"), 5, r"'games.sft': Additional properties are not allowed"),
+    (("games", "frozenlake", "p_frozen"), 0, r"'games.frozenlake.p_frozen' = 0"),
+    (("games", "sft_files"), {"sokoban": {"train": "a.csv", "val": "b.jsonl"}}, r"'games.sft_files.sokoban.train' = 'a.csv'"),
 ])
 def test_bad_values_give_one_line(cfg, path, value, pattern):
     bad = copy.deepcopy(cfg)
@@ -49,6 +55,14 @@ def test_cross_key_rules(cfg):
     bad = copy.deepcopy(cfg)
     bad["rl"]["ppo_mini_batch"] = 3
     with pytest.raises(ConfigError, match="rl.train_batch"):
+        check_config(bad, SCHEMA)
+    bad = copy.deepcopy(cfg)
+    bad["games"]["sft"].update(train_batch=24, micro_batch=16)
+    with pytest.raises(ConfigError, match=r"'games.sft.train_batch' = 24 must be a multiple of 'games.sft.micro_batch' = 16"):
+        check_config(bad, SCHEMA)
+    bad = copy.deepcopy(cfg)
+    bad["games"].update(envs=["sokoban"], sft_files={"frozenlake": {"train": "a.jsonl", "val": "b.jsonl"}})
+    with pytest.raises(ConfigError, match=r"'games.sft_files' names \['frozenlake'\]"):
         check_config(bad, SCHEMA)
 
 

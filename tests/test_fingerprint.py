@@ -50,6 +50,13 @@ def test_run_key_names_the_changed_part(tmp_path):
     ("merge", {"merge", "sft"}, {"plots"}),  # the checkpoint choice lives in sft.py
     ("verl_export", {"verl_export", "verl_launch", "tblog", "merge"}, {"plots"}),
     ("figures", {"plots", "tblog"}, {"model", "grpo"}),
+    # subpackages: a task's modules, the packages on their way, and what they import in functions
+    ("game_play", {"tasks", "tasks.games", "tasks.games.play", "tasks.games.sokoban", "tasks.games.frozenlake",
+                   "tasks.games.data", "tasks.games.prompts", "tasks.games.solver", "generation", "model", "io"},
+     {"grpo", "plots", "reward"}),
+    ("game_data", {"tasks.games.data", "tasks.games.sokoban", "tasks.games.frozenlake", "io"},
+     {"tasks.games.play", "model", "generation"}),
+    ("game_table", {"tasks.games.table", "plots"}, {"tasks.games.sokoban", "model"}),
 ])
 def test_code_inputs_follow_imports(script, must, must_not):
     mods = set(module_closure(scripts=[REPO / "workflow" / "scripts" / f"{script}.py"]))
@@ -57,7 +64,19 @@ def test_code_inputs_follow_imports(script, must, must_not):
     assert not (must_not & mods), must_not & mods
 
 
-@pytest.mark.parametrize("script", ["world", "sft_data", "rl_data", "ablation_table", "figures", "paper"])
+def test_module_files_of_subpackages():
+    from sft2rl.fingerprint import module_file
+
+    src = REPO / "src" / "sft2rl"
+    assert module_file("tasks.games.sokoban") == src / "tasks" / "games" / "sokoban.py"
+    assert module_file("tasks.games") == src / "tasks" / "games" / "__init__.py"
+    assert module_file("__init__") == src / "__init__.py"
+    with pytest.raises(ValueError, match="no module sft2rl.tasks.chess"):
+        module_closure(["tasks.chess"])
+
+
+@pytest.mark.parametrize("script", ["world", "sft_data", "rl_data", "ablation_table", "figures", "paper", "game_data",
+                                    "game_table"])
 def test_light_scripts_do_not_import_torch(script):
     mods = [m for m in module_closure(scripts=[REPO / "workflow" / "scripts" / f"{script}.py"]) if m != "__init__"]
     code = ("import importlib, sys\n"

@@ -61,6 +61,39 @@ def test_loss_mask_covers_exactly_the_assistant_turns(base_dir):
     assert short["truncated"] and len(short["input_ids"]) == 10
 
 
+def test_loss_mask_last_turn_only(base_dir):
+    """Prompt/response rows (games, medical): earlier assistant turns are context, not targets."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(base_dir)
+    msgs = [{"role": "system", "content": "You are a helpful assistant."},
+            {"role": "user", "content": "grid one"},
+            {"role": "assistant", "content": "<think>\nfirst\n</think>\n\n3 plus 9 is 12."},
+            {"role": "user", "content": "grid two"},
+            {"role": "assistant", "content": "4 plus 8 is 12."}]
+    enc = encode_conversation(tok, msgs, max_length=512, loss_turns="last")
+    trained = [t for t, lab in zip(enc["input_ids"], enc["labels"]) if lab != IGNORE]
+    assert tok.decode(trained) == msgs[4]["content"] + "<|im_end|>\n"
+    masked = tok.decode([t for t, lab in zip(enc["input_ids"], enc["labels"]) if lab == IGNORE])
+    assert "3 plus 9 is 12." in masked and "first" in masked
+    with pytest.raises(ValueError, match="does not end with an assistant turn"):
+        encode_conversation(tok, msgs[:4], max_length=512, loss_turns="last")
+    with pytest.raises(ValueError, match="expected all or last"):
+        encode_conversation(tok, msgs, max_length=512, loss_turns="first")
+
+
+def test_best_checkpoint_refuses_the_loss_before_training():
+    from sft2rl.sft import checkpoint_epoch
+
+    metrics = {"initial_val_loss": 2.0, "epochs": [{"epoch": 1, "val_loss": 1.5}, {"epoch": 2, "val_loss": 1.2},
+                                                   {"epoch": 3, "val_loss": 1.3}], "best_epoch": 2}
+    assert checkpoint_epoch(metrics, "best") == 2
+    worse = dict(metrics, initial_val_loss=1.1)
+    with pytest.raises(ValueError, match=r"before training \(1.1000\) is lower than after every epoch"):
+        checkpoint_epoch(worse, "best")
+    assert checkpoint_epoch(worse, "last") == 3  # only 'best' promises an improvement
+
+
 SFT_CFG = dict(seed=0, val_size=8, with_thinking=True, epochs=3, lr=1e-2, lr_scheduler="constant",
                warmup_ratio=0.0, weight_decay=0.0, train_batch=4, micro_batch=2, max_length=256, grad_clip=1.0,
                gradient_checkpointing=False, lora=dict(r=8, alpha=16, dropout=0.0, target_modules="all-linear"),

@@ -139,6 +139,48 @@ def test_sft_overrides_compose_validate_and_load_our_data(tiny_base, data, tmp_p
         assert theirs == ours
 
 
+def test_game_sft_rows_train_the_last_turn_in_verl_like_locally(tiny_base, tmp_path):
+    """Game rows with history (earlier assistant turns as context) through verl's SFT trainer config:
+    our dataset class (data.custom_cls) gives the same tokens and the same last-turn loss mask as
+    the local backend."""
+    from transformers import AutoTokenizer
+    from verl.trainer.sft_trainer import create_sft_dataset
+    from verl.utils.config import omega_conf_to_dataclass
+
+    from sft2rl.io import read_parquet_rows, write_parquet
+    from sft2rl.sft import IGNORE, encode_conversation
+    from sft2rl.tasks.games import data as games
+
+    cfg_games = {"seeds": {"train": 100000, "val": 102000, "test": 101000}, "counts": {"train": 6, "val": 2, "test": 1},
+                 "max_solution_length": 100, "render": "spaced", "history": True, "with_thinking": False,
+                 "sokoban": {"size": [6, 6], "boxes": 1, "search_depth": 30, "max_states": 300000}}
+    levels = games.generate_levels("sokoban", cfg_games)
+    rows = [r for r in games.split_rows(levels, cfg_games, "train") if r["extra_info"]["step"] >= 2][:4]
+    assert rows, "need rows with earlier assistant turns"
+    write_parquet(tmp_path / "train.parquet", rows)
+    write_parquet(tmp_path / "val.parquet", rows[:2])
+    sft = dict(sft_section(SFT_TEST), loss_turns="last", max_length=2048)
+    ov = vl.sft_overrides(base=str(tiny_base), train=str(tmp_path / "train.parquet"), val=str(tmp_path / "val.parquet"),
+                          run_dir=str(tmp_path / "run"), run_name="sft-sokoban-seed42", sft=sft, seed=42, nnodes=1,
+                          gpus_per_node=1)
+    cfg = compose("sft_trainer_engine", ov)
+    assert cfg.data.custom_cls.path == "pkg://sft2rl.verl_sft_data"
+    model_cfg = omega_conf_to_dataclass(cfg.model)
+    ds = create_sft_dataset(cfg.data.train_files, cfg.data, model_cfg.tokenizer, None)
+    assert type(ds).__name__ == "LastTurnSFTDataset"
+    tok = AutoTokenizer.from_pretrained(tiny_base)
+    for i, row in enumerate(read_parquet_rows(tmp_path / "train.parquet")):
+        item = ds[i]
+        enc = encode_conversation(tok, row["messages"], sft["max_length"], loss_turns="last")
+        assert item["input_ids"].tolist() == enc["input_ids"]
+        ours = {j for j, lab in enumerate(enc["labels"]) if lab != IGNORE}
+        theirs = set(torch.nonzero(item["loss_mask"]).flatten().tolist())
+        assert theirs == ours and tok.decode([enc["input_ids"][j] for j in sorted(ours)]).startswith(row["response"])
+    with pytest.raises(vl.VerlConfigError, match="loss_turns"):
+        vl.sft_overrides(base="b", train="t", val="v", run_dir="r", run_name="n", sft=dict(sft, loss_turns="first"),
+                         seed=0, nnodes=1, gpus_per_node=1)
+
+
 def test_sft_misspelt_key_is_refused(tiny_base, data, tmp_path):
     from hydra.errors import ConfigCompositionException
 

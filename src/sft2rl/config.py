@@ -49,6 +49,18 @@ def _check_consistency(config: dict[str, Any]) -> None:
             f"config keys 'rl.train_batch' = {rl['train_batch']} must be a multiple of "
             f"'rl.ppo_mini_batch' = {rl['ppo_mini_batch']}"
         )
+    games = config.get("games")
+    if games:
+        gsft = dict(sft, **games["sft"])
+        if gsft["train_batch"] % gsft["micro_batch"]:
+            raise ConfigError(
+                f"config keys 'games.sft.train_batch' = {gsft['train_batch']} must be a multiple of "
+                f"'games.sft.micro_batch' = {gsft['micro_batch']} (unset keys come from 'sft')"
+            )
+        unknown = sorted(set(games["sft_files"]) - set(games["envs"]))
+        if unknown:
+            raise ConfigError(f"config key 'games.sft_files' names {unknown}, which are not in 'games.envs' "
+                              f"= {games['envs']}")
     tiny = config["model"]["tiny"]
     if tiny["hidden_size"] % tiny["num_heads"] or tiny["num_heads"] % tiny["num_kv_heads"]:
         raise ConfigError(

@@ -61,36 +61,73 @@ def tree_digest(path: str | os.PathLike) -> str:
 
 
 # ------------------------------------------------------------------ the code a stage runs
+# Module names are dotted paths inside the package: ``grpo``, ``tasks.games.sokoban``; a
+# package is named by its folder (``tasks.games`` is tasks/games/__init__.py) and the
+# package itself by ``__init__``.
+def module_file(name: str) -> Path:
+    """The source file of a package module name (see above)."""
+    if name == "__init__":
+        return PACKAGE_DIR / "__init__.py"
+    base = PACKAGE_DIR.joinpath(*name.split("."))
+    return base.with_suffix(".py") if base.with_suffix(".py").is_file() else base / "__init__.py"
+
+
+def _is_module(name: str) -> bool:
+    return bool(name) and module_file(name).is_file()
+
+
+def _with_parents(name: str) -> set[str]:
+    """A module and the packages that importing it runs (their ``__init__``)."""
+    parts = name.split(".")
+    return {"__init__", *(".".join(parts[:i]) for i in range(1, len(parts) + 1))}
+
+
 def _imported_modules(source: str, current: str | None) -> set[str]:
     """``sft2rl`` modules imported anywhere in ``source`` (absolute or relative imports)."""
+    if current is None or current == "__init__":
+        package = ""
+    elif (PACKAGE_DIR.joinpath(*current.split(".")) / "__init__.py").is_file():
+        package = current  # a package's own __init__
+    else:
+        package = current.rpartition(".")[0]
     found: set[str] = set()
+
+    def add(mod: str, names: list[str]) -> None:
+        if mod:
+            found.add(mod)
+        for alias in names:  # from <mod> import x: x may itself be a module
+            sub = f"{mod}.{alias}" if mod else alias
+            if _is_module(sub):
+                found.add(sub)
+        if not mod:
+            found.add("__init__")
+
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
             for alias in node.names:
                 parts = alias.name.split(".")
                 if parts[0] == PACKAGE:
-                    found.add(parts[1] if len(parts) > 1 else "__init__")
+                    found.add(".".join(parts[1:]) or "__init__")
         elif isinstance(node, ast.ImportFrom):
             mod = node.module or ""
-            if node.level == 0 and not (mod == PACKAGE or mod.startswith(PACKAGE + ".")):
-                continue
-            if node.level > 0 and current is None:
-                continue
-            sub = mod.split(".")[1] if node.level == 0 and "." in mod else (mod if node.level > 0 else "")
-            sub = sub.split(".")[0] if sub else ""
-            if sub:
-                found.add(sub)
-            else:  # from sft2rl import x / from . import x: x is a module or a name of __init__
-                found.add("__init__")
-                for alias in node.names:
-                    if (PACKAGE_DIR / f"{alias.name}.py").is_file():
-                        found.add(alias.name)
-    return {m for m in found if (PACKAGE_DIR / f"{m}.py").is_file()}
+            names = [a.name for a in node.names]
+            if node.level == 0:
+                if mod == PACKAGE or mod.startswith(PACKAGE + "."):
+                    add(mod[len(PACKAGE) + 1:], names)
+            elif current is not None:
+                up = package.split(".") if package else []
+                up = up[: len(up) - (node.level - 1)] if node.level > 1 else up
+                add(".".join([*up, *([mod] if mod else [])]), names)
+    out: set[str] = set()
+    for m in found:
+        if _is_module(m):
+            out |= {p for p in _with_parents(m) if _is_module(p)}
+    return out
 
 
 @lru_cache(maxsize=None)
 def _module_imports(module: str) -> frozenset[str]:
-    return frozenset(_imported_modules((PACKAGE_DIR / f"{module}.py").read_text(encoding="utf-8"), module))
+    return frozenset(_imported_modules(module_file(module).read_text(encoding="utf-8"), module))
 
 
 def module_closure(modules: Iterable[str] = (), scripts: Iterable[str | os.PathLike] = ()) -> list[str]:
@@ -99,8 +136,9 @@ def module_closure(modules: Iterable[str] = (), scripts: Iterable[str | os.PathL
     for script in scripts:
         todo |= _imported_modules(Path(script).read_text(encoding="utf-8"), None)
     for m in todo:
-        if not (PACKAGE_DIR / f"{m}.py").is_file():
-            raise ValueError(f"no module {PACKAGE}.{m} ({PACKAGE_DIR / f'{m}.py'})")
+        if not _is_module(m):
+            raise ValueError(f"no module {PACKAGE}.{m} ({module_file(m)})")
+    todo = set().union(*(_with_parents(m) for m in todo)) if todo else set()
     seen: set[str] = set()
     while todo:
         m = todo.pop()
@@ -115,7 +153,7 @@ def code_digest(modules: Iterable[str]) -> str:
     """Digest of the source of the given package modules (names as returned by :func:`module_closure`)."""
     h = _hasher()
     for m in sorted(set(modules)):
-        h.update(m.encode() + b"\0" + file_digest(PACKAGE_DIR / f"{m}.py").encode() + b"\n")
+        h.update(m.encode() + b"\0" + file_digest(module_file(m)).encode() + b"\n")
     return h.hexdigest()
 
 

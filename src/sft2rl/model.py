@@ -50,8 +50,8 @@ def set_seed(seed: int) -> None:
         torch.cuda.manual_seed_all(seed)
 
 
-def build_tokenizer(texts: list[str], vocab_size: int):
-    """Train the byte-level BPE on ``texts`` (special tokens split out first)."""
+def build_tokenizer(texts: list[str], vocab_size: int, added_tokens: tuple[str, ...] = TAG_TOKENS):
+    """Train the byte-level BPE on ``texts`` (special and added tokens split out first)."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -63,17 +63,17 @@ def build_tokenizer(texts: list[str], vocab_size: int):
     ])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size - len(TAG_TOKENS), special_tokens=SPECIAL_TOKENS,
+        vocab_size=vocab_size - len(added_tokens), special_tokens=SPECIAL_TOKENS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
     )
 
     def plain(text: str) -> str:
-        for special in SPECIAL_TOKENS + list(TAG_TOKENS):
+        for special in SPECIAL_TOKENS + list(added_tokens):
             text = text.replace(special, "\n")
         return text
 
     tok.train_from_iterator((plain(t) for t in texts), trainer=trainer)
-    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in TAG_TOKENS])
+    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in added_tokens])
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
         additional_special_tokens=["<|im_start|>"], clean_up_tokenization_spaces=False,
@@ -180,12 +180,12 @@ def pretrain(model, tokenizer, texts: list[str], cfg: dict[str, Any], tb_dir: st
 
 
 def build_base(corpus_path: str, out_dir: str, tiny: dict[str, Any], pretrain_cfg: dict[str, Any],
-               tb_dir: str | None = None) -> dict[str, Any]:
+               tb_dir: str | None = None, added_tokens: tuple[str, ...] = TAG_TOKENS) -> dict[str, Any]:
     """Tokenizer + tiny Qwen2 + pretraining, saved atomically as an HF directory."""
     texts = [json.loads(line)["text"] for line in Path(corpus_path).read_text(encoding="utf-8").splitlines()
              if line.strip()]
     set_seed(pretrain_cfg["seed"])
-    tokenizer = build_tokenizer(texts, tiny["vocab_size"])
+    tokenizer = build_tokenizer(texts, tiny["vocab_size"], tuple(added_tokens))
     model = build_tiny_model(tokenizer, tiny)
     n_params = sum(p.numel() for p in model.parameters())
     LOG.info("tiny Qwen2: %d parameters, vocab %d", n_params, len(tokenizer))

@@ -37,9 +37,20 @@ def assistant_char_spans(tokenizer, messages: list[dict[str, str]]) -> tuple[str
     return full, spans
 
 
-def encode_conversation(tokenizer, messages: list[dict[str, str]], max_length: int) -> dict[str, Any]:
-    """input_ids and labels (IGNORE outside assistant turns), truncated to max_length."""
+def encode_conversation(tokenizer, messages: list[dict[str, str]], max_length: int,
+                        loss_turns: str = "all") -> dict[str, Any]:
+    """input_ids and labels (IGNORE outside the trained assistant turns), truncated to max_length.
+
+    ``loss_turns``: ``all`` trains every assistant turn; ``last`` only the final one (the
+    prompt/response rows of the games and the medical task: earlier turns are context).
+    """
     text, spans = assistant_char_spans(tokenizer, messages)
+    if loss_turns == "last":
+        if messages[-1]["role"] != "assistant":
+            raise ValueError("loss_turns 'last': the conversation does not end with an assistant turn")
+        spans = spans[-1:]
+    elif loss_turns != "all":
+        raise ValueError(f"loss_turns {loss_turns!r}: expected all or last")
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = enc["input_ids"], enc["offset_mapping"]
     labels = [
@@ -118,7 +129,8 @@ def train_sft(base: str, train_file: str, val_file: str, out_dir: str, cfg: dict
 
     def encode(path: str) -> tuple[list[dict], int]:
         rows = read_parquet_rows(path)
-        enc = [encode_conversation(tokenizer, r["messages"], cfg["max_length"]) for r in rows]
+        enc = [encode_conversation(tokenizer, r["messages"], cfg["max_length"], cfg.get("loss_turns", "all"))
+               for r in rows]
         return enc, sum(e["truncated"] for e in enc)
 
     train, n_trunc = encode(train_file)
@@ -196,7 +208,13 @@ def checkpoint_epoch(metrics: dict[str, Any], which: str | int) -> int:
     if which == "last":
         return epochs[-1]
     if which == "best":
-        return metrics["best_epoch"]
+        best = min(metrics["epochs"], key=lambda e: e["val_loss"])
+        before = metrics.get("initial_val_loss")
+        if before is not None and before <= best["val_loss"]:
+            raise ValueError(f"config key 'sft.merge_checkpoint' = best: the validation loss before training "
+                             f"({before:.4f}) is lower than after every epoch (best: epoch {best['epoch']}, "
+                             f"{best['val_loss']:.4f}); SFT made the model worse, refusing to merge")
+        return best["epoch"]
     if str(which).isdigit() and int(which) in epochs:
         return int(which)
     raise ValueError(f"config key 'sft.merge_checkpoint' = {which!r}: expected last, best or one of the "

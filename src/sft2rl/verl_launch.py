@@ -153,7 +153,11 @@ def check_world(nnodes: int, gpus_per_node: int) -> int:
 # ------------------------------------------------------------------ SFT
 def sft_overrides(*, base: str, train: str, val: str, run_dir: str, run_name: str, sft: dict[str, Any],
                   seed: int, nnodes: int, gpus_per_node: int) -> list[str]:
-    """Hydra overrides of ``verl.trainer.sft_trainer`` (config ``sft_trainer_engine``)."""
+    """Hydra overrides of ``verl.trainer.sft_trainer`` (config ``sft_trainer_engine``).
+
+    ``sft.loss_turns: last`` (prompt/response rows: games, medical) loads our dataset class
+    that keeps the loss on the final assistant turn only (``sft2rl.verl_sft_data``).
+    """
     world = check_world(nnodes, gpus_per_node)
     if sft["lr_scheduler"] not in ("cosine", "constant"):
         raise VerlConfigError(f"config key 'sft.lr_scheduler' = {sft['lr_scheduler']!r}: verl 0.9.1 supports "
@@ -165,6 +169,11 @@ def sft_overrides(*, base: str, train: str, val: str, run_dir: str, run_name: st
         raise VerlConfigError(f"config key 'sft.train_batch' = {sft['train_batch']} must be a multiple of the "
                               f"number of GPUs ({world})")
     lora = sft["lora"]
+    loss_turns = sft.get("loss_turns", "all")
+    if loss_turns not in ("all", "last"):
+        raise VerlConfigError(f"sft loss_turns = {loss_turns!r}: expected all or last")
+    dataset = [_kv("data.custom_cls.path", "pkg://sft2rl.verl_sft_data"),
+               _kv("data.custom_cls.name", "LastTurnSFTDataset")] if loss_turns == "last" else []
     return [
         _kv("data.train_files", train),
         _kv("data.val_files", val),
@@ -196,6 +205,7 @@ def sft_overrides(*, base: str, train: str, val: str, run_dir: str, run_name: st
         _kv("trainer.logger", ["console", "tensorboard"]),
         _kv("trainer.nnodes", nnodes),
         _kv("trainer.n_gpus_per_node", gpus_per_node),
+        *dataset,
     ]
 
 
@@ -219,9 +229,10 @@ def _pythonpath(code_root: str) -> str:
 
 def sft_command(*, sft_run: str, base: str, train: str, val: str, sft: dict[str, Any], seed: int,
                 nnodes: int, gpus_per_node: int, code_root: str, workdir: str = "$PWD",
-                rdzv_port: int = 29500) -> str:
-    """Shell lines of the ``sft`` rule: torchrun verl's SFT trainer, then write metrics.json."""
-    run_dir = f"results/sft/{sft_run}"
+                rdzv_port: int = 29500, run_dir: str | None = None) -> str:
+    """Shell lines of the ``sft`` rule: torchrun verl's SFT trainer, then write metrics.json.
+    ``run_dir``: the run's directory (default ``results/sft/<sft_run>``; a task's own, e.g. results/games/sft/...)."""
+    run_dir = run_dir or f"results/sft/{sft_run}"
     absolute = lambda p: p if p.startswith("/") or "://" in p else f"{workdir}/{p}"  # noqa: E731
     overrides = sft_overrides(base=_model_path(base, workdir),
                               train=absolute(train), val=absolute(val), run_dir=absolute(run_dir),
@@ -241,9 +252,10 @@ def sft_command(*, sft_run: str, base: str, train: str, val: str, sft: dict[str,
     return f"{env}\n{head}{train_cmd}\n{metrics}"
 
 
-def merge_command(*, sft_run: str, which: str, base: str, out_dir: str, code_root: str) -> str:
+def merge_command(*, sft_run: str, which: str, base: str, out_dir: str, code_root: str,
+                  run_dir: str | None = None) -> str:
     """Shell lines of the ``merge`` rule: pick the step, verl's merger, then our verified LoRA fold-in."""
-    run_dir = f"results/sft/{sft_run}"
+    run_dir = run_dir or f"results/sft/{sft_run}"
     script = f"{code_root}/workflow/scripts/verl_export.py"
     target = f"{run_dir}/{VERL_HF}"
     return "\n".join([

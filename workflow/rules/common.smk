@@ -44,7 +44,7 @@ def code(*scripts, modules=()):
     """
     paths = [Path(workflow.basedir) / "workflow" / "scripts" / f"{s}.py" for s in scripts]
     names = fingerprint.module_closure(modules, paths)
-    return [os.path.relpath(SRC / "sft2rl" / f"{m}.py") for m in names]
+    return [os.path.relpath(fingerprint.module_file(m)) for m in names]
 
 
 def base_input(wildcards=None):

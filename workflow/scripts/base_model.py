@@ -5,4 +5,5 @@ from sft2rl.resources import use_job_threads
 with script_errors(snakemake) as log:
     log.info("threads: %d", use_job_threads(snakemake.threads))
     build_base(snakemake.input.corpus, snakemake.output[0], snakemake.params.tiny,
-               snakemake.params.pretrain, snakemake.params.tensorboard)
+               snakemake.params.pretrain, snakemake.params.tensorboard,
+               **({"added_tokens": tuple(snakemake.params.added_tokens)} if hasattr(snakemake.params, "added_tokens") else {}))

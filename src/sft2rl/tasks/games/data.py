@@ -1,0 +1,208 @@
+"""Game levels and SFT rows: generation, disjoint splits, the pretraining corpus, user rows.
+
+Levels: each split draws one level per seed from its own seed range (``games.seeds``),
+in the order test, val, train. A level whose initial state (its grid) was already drawn,
+in this split or an earlier one, is drawn again from the same seed (next attempt), so the
+splits are disjoint by the *content* of the initial state, not only by seed, and the test
+levels never depend on how many train levels there are. Every level is solved by BFS; a
+level BFS cannot solve within ``max_solution_length`` is drawn again too.
+
+Rows: one per solver step (the reference schema): ``data_source`` (the env), ``prompt``
+(messages), ``response``, ``ability: "bfs"``, ``reward_model: {style: "rule",
+ground_truth: {action, plan}}``, ``extra_info: {split, index, level, step}``, and
+``messages`` (prompt + the response as the last assistant turn: what both SFT backends
+read; the loss is on that last turn only).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+from ...errors import DataError
+from ...io import read_jsonl, read_parquet_rows, write_jsonl, write_parquet
+from . import ACTIONS, ENVS
+from .prompts import ANSWER_RE, instruction, messages, parse_action, render, response
+from .solver import bfs, plan_states
+
+SPLITS = ("test", "val", "train")  # generation order: test levels first, fixed by their seeds alone
+
+
+def game(name: str):
+    """The module of one game (``sokoban`` or ``frozenlake``)."""
+    if name == "sokoban":
+        from . import sokoban
+        return sokoban
+    if name == "frozenlake":
+        from . import frozenlake
+        return frozenlake
+    raise ValueError(f"unknown game {name!r}: expected one of {list(ENVS)}")
+
+
+def level_hash(env: str, grid: list[str]) -> str:
+    return hashlib.sha256((env + "\n" + "\n".join(grid)).encode()).hexdigest()[:16]
+
+
+def rules(env: str, grid: list[str]):
+    return game(env).Rules(grid)
+
+
+def _draw(env: str, seed: int, attempt: int, cfg: dict[str, Any]) -> list[str]:
+    env_cfg = cfg[env]
+    # A redraw of the same seed is seed-derived too: (seed, attempt) seeds the generator.
+    seed_key = int(seed) * 1000 + attempt
+    if env == "sokoban":
+        return game(env).generate(seed_key, size=tuple(env_cfg["size"]), boxes=env_cfg["boxes"],
+                                  search_depth=env_cfg["search_depth"], max_states=env_cfg["max_states"])
+    return game(env).generate(seed_key, size=env_cfg["size"], p_frozen=env_cfg["p_frozen"])
+
+
+def generate_levels(env: str, cfg: dict[str, Any]) -> list[dict[str, Any]]:
+    """All levels of one env, split by split (test, val, train), disjoint by initial state."""
+    seen: set[str] = set()
+    levels = []
+    for split in SPLITS:
+        start, count = cfg["seeds"][split], cfg["counts"][split]
+        for i in range(count):
+            seed = start + i
+            for attempt in range(1000):
+                grid = _draw(env, seed, attempt, cfg)
+                h = level_hash(env, grid)
+                if h in seen:
+                    continue
+                plan = bfs(rules(env, grid), max_depth=cfg["max_solution_length"])
+                if plan:
+                    break
+            else:
+                raise RuntimeError(f"{env}: no new solvable level for seed {seed}")
+            seen.add(h)
+            levels.append({"env": env, "split": split, "index": i, "seed": seed, "attempt": attempt,
+                           "hash": h, "grid": grid, "optimal": len(plan), "solution": plan})
+    return levels
+
+
+def level_rows(level: dict[str, Any], cfg: dict[str, Any]) -> list[dict[str, Any]]:
+    """One SFT row per solver step of a level, with the prompt that step sees."""
+    env = level["env"]
+    r = rules(env, level["grid"])
+    states = plan_states(r, level["solution"])
+    grids = [r.grid(s) for s in states]
+    style, history, thinking = cfg["render"], cfg["history"], cfg["with_thinking"]
+    slippery = bool(cfg[env].get("slippery", False))
+    answers: list[str] = []
+    rows = []
+    for k, action in enumerate(level["solution"]):
+        prompt = messages(env, grids[: k + 1], answers, style=style, history=history, with_thinking=thinking,
+                          slippery=slippery)
+        target = response(action, level["solution"][k:], thinking)
+        rows.append({
+            "data_source": env, "prompt": prompt, "response": target, "ability": "bfs",
+            "reward_model": {"style": "rule", "ground_truth": {"action": action, "plan": level["solution"][k:]}},
+            "extra_info": {"split": level["split"], "index": 0, "level": level["index"], "step": k},
+            "messages": prompt + [{"role": "assistant", "content": target}],
+        })
+        # In the history the model's own earlier replies are answers only (what it is trained to say).
+        answers.append(response(action, None, False) if not thinking else target)
+    return rows
+
+
+def split_rows(levels: list[dict[str, Any]], cfg: dict[str, Any], split: str) -> list[dict[str, Any]]:
+    rows = [row for lv in levels if lv["split"] == split for row in level_rows(lv, cfg)]
+    for i, row in enumerate(rows):
+        row["extra_info"]["index"] = i
+    return rows
+
+
+def corpus_texts(levels: list[dict[str, Any]], cfg: dict[str, Any]) -> list[str]:
+    """Pretraining documents for the embedded base: each *train* level played out in plain text.
+
+    A document is the game's instruction, then the grids along the solver's plan with the
+    move between them ("Move: Up"), then "Solved.". The base learns to read grids, the
+    rules and good moves; it never sees the chat format or the ``<answer>`` tags, which SFT
+    teaches. The validation and test levels never appear.
+    """
+    style = cfg["render"]
+    docs = []
+    for lv in levels:
+        if lv["split"] != "train":
+            continue
+        env = lv["env"]
+        r = rules(env, lv["grid"])
+        grids = [render(r.grid(s), style) for s in plan_states(r, lv["solution"])]
+        parts = [instruction(env, bool(cfg[env].get("slippery", False))), "", grids[0]]
+        for action, grid in zip(lv["solution"], grids[1:]):
+            parts += [f"Move: {action}", grid]
+        parts.append("Solved.")
+        docs.append("\n".join(parts))
+    return docs
+
+
+def write_game_data(env: str, cfg: dict[str, Any], out_dir: str | Path) -> dict[str, int]:
+    """levels.jsonl and {train,val,test}.parquet of one env (written atomically)."""
+    out = Path(out_dir)
+    levels = generate_levels(env, cfg)
+    counts = {}
+    for split in ("train", "val", "test"):
+        rows = split_rows(levels, cfg, split)
+        write_parquet(out / f"{split}.parquet", rows)
+        counts[split] = len(rows)
+    write_jsonl(out / "levels.jsonl", levels)
+    return counts
+
+
+# ------------------------------------------------------------------ user-supplied rows
+def _iter_rows(path: Path) -> Iterator[tuple[int, dict]]:
+    if path.suffix == ".parquet":
+        if not path.is_file():
+            raise DataError(path, None, None, "file not found")
+        for i, row in enumerate(read_parquet_rows(path), start=1):
+            yield i, row
+    else:
+        yield from read_jsonl(path)
+
+
+def load_game_rows(path: str | Path) -> list[dict[str, Any]]:
+    """Validate game SFT rows (jsonl or parquet): a non-empty message list as ``prompt`` and a
+    ``response`` with exactly one ``<answer>`` naming a valid action. Errors name file, row, field."""
+    path = Path(path)
+    rows = []
+    for lineno, row in _iter_rows(path):
+        prompt = row.get("prompt")
+        if not isinstance(prompt, list) or not prompt:
+            raise DataError(path, lineno, "prompt", f"must be a non-empty list of messages, got {type(prompt).__name__}")
+        for j, m in enumerate(prompt):
+            if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant") \
+                    or not isinstance(m.get("content"), str):
+                raise DataError(path, lineno, f"prompt[{j}]", "must be {role: system|user|assistant, content: string}")
+        if prompt[-1]["role"] != "user":
+            raise DataError(path, lineno, "prompt", "the last message must be the user's")
+        resp = row.get("response")
+        if not isinstance(resp, str):
+            raise DataError(path, lineno, "response", f"must be a string, got {type(resp).__name__}")
+        n = len(ANSWER_RE.findall(resp))
+        if n != 1 or resp.count("<answer>") != 1:
+            raise DataError(path, lineno, "response", f"must contain exactly one <answer>…</answer>, found {n}")
+        action, _ = parse_action(resp)
+        if action is None:
+            raise DataError(path, lineno, "response",
+                            f"answer {ANSWER_RE.findall(resp)[0].strip()!r} is not one of {list(ACTIONS)}")
+        msgs = [{"role": m["role"], "content": m["content"]} for m in prompt]
+        rows.append({**row, "prompt": msgs, "messages": msgs + [{"role": "assistant", "content": resp}]})
+    if not rows:
+        raise DataError(path, None, None, "no rows")
+    return rows
+
+
+def write_user_rows(train: str, val: str, out_dir: str | Path) -> dict[str, int]:
+    """Validate both user files first, then write them (nothing is written if either is bad)."""
+    loaded = {"train": load_game_rows(train), "val": load_game_rows(val)}
+    for split, rows in loaded.items():
+        write_parquet(Path(out_dir) / f"{split}.parquet", [{"prompt": r["prompt"], "response": r["response"],
+                                                            "messages": r["messages"]} for r in rows])
+    return {k: len(v) for k, v in loaded.items()}
+
+
+def read_levels(path: str | Path, split: str | None = None) -> list[dict[str, Any]]:
+    levels = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [lv for lv in levels if split is None or lv["split"] == split]

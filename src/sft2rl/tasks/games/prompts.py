@@ -1,0 +1,108 @@
+"""The game prompts: instruction, grid rendering, multi-turn history, answer format and parsing.
+
+Training rows and evaluation episodes build their prompts with the same function,
+:func:`messages`, so a model plays with exactly the context it was trained on.
+
+Protocol (the reference's, restated): the system turn; a user turn with the instruction
+(goal, symbols, rules, answers, rewards), the initial grid, "Decide the next action:" and
+a format line; then, after each action, an assistant turn with the answer and a user turn
+"After you take this action, the observation is: \\n{grid}\\n". With ``history: false``
+the prompt is the first user turn built on the current grid (a Markov prompt). The
+response is ``<answer> Up </answer>``, with ``with_thinking`` preceded by a think block
+that states the solver's remaining plan.
+
+Render styles: ``reference`` writes each cell as ``" c \\t"`` (the reference); ``spaced``
+writes each cell as ``" c"`` (half the tokens for a byte-level BPE). Rows are joined by
+newlines in both.
+"""
+from __future__ import annotations
+
+import re
+
+from . import ACTIONS
+
+SYSTEM = "You are a helpful assistant."
+DECIDE = "Decide the next action:"
+OBSERVATION = "After you take this action, the observation is: \n{grid}\n"
+RENDER_STYLES = ("reference", "spaced")
+
+ANSWER_LINE = "Answers: <answer> Up </answer> | <answer> Down </answer> | <answer> Left </answer> | <answer> Right </answer>"
+INSTRUCTIONS = {
+    "sokoban": (
+        "You play Sokoban. Goal: push every box onto a target.\n"
+        "Symbols: # wall, _ floor, O target, X box, √ box on a target, P you, S you on a target.\n"
+        "Rules: each action moves you one cell. Walking into a box pushes it one cell if the cell behind it "
+        "is free; walls and other boxes block the move. Boxes cannot be pulled.\n"
+        f"{ANSWER_LINE}\n"
+        "Rewards: -0.1 per move, +1.0 for each box pushed onto a target, +10.0 when all boxes are on targets."
+    ),
+    "frozenlake": (
+        "You play FrozenLake. Goal: walk to the goal without falling into a hole.\n"
+        "Symbols: P you, _ frozen ice, O hole, G goal, X you in a hole, √ you on the goal.\n"
+        "Rules: each action moves you one cell. Walking off the edge leaves you in place. "
+        "A hole or the goal ends the game.{slippery}\n"
+        f"{ANSWER_LINE}\n"
+        "Rewards: +1.0 for reaching the goal, 0 otherwise."
+    ),
+}
+SLIPPERY = " The ice is slippery: a move may take you sideways instead."
+FORMAT = {
+    True: "Reply as <think> your reasoning </think> <answer> your action </answer> and nothing else.",
+    False: "Reply as <answer> your action </answer> and nothing else.",
+}
+ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+
+
+def render(grid: list[str], style: str) -> str:
+    if style == "reference":
+        return "\n".join("".join(f" {ch} \t" for ch in row) for row in grid)
+    if style == "spaced":
+        return "\n".join("".join(f" {ch}" for ch in row) for row in grid)
+    raise ValueError(f"render style {style!r}: expected one of {list(RENDER_STYLES)}")
+
+
+def instruction(env: str, slippery: bool = False) -> str:
+    return INSTRUCTIONS[env].format(slippery=SLIPPERY if slippery else "")
+
+
+def first_turn(env: str, grid: list[str], style: str, with_thinking: bool, slippery: bool = False) -> str:
+    return f"{instruction(env, slippery)}\n\n{render(grid, style)}\n{DECIDE}\n{FORMAT[with_thinking]}"
+
+
+def messages(env: str, grids: list[str], answers: list[str], *, style: str, history: bool,
+             with_thinking: bool, slippery: bool = False) -> list[dict[str, str]]:
+    """The prompt before the next action: ``grids`` are the observations so far (the initial
+    grid first), ``answers`` the assistant replies so far (one fewer than ``grids``)."""
+    if len(grids) != len(answers) + 1:
+        raise ValueError(f"{len(grids)} observations for {len(answers)} answers")
+    if not history:
+        return [{"role": "system", "content": SYSTEM},
+                {"role": "user", "content": first_turn(env, grids[-1], style, with_thinking, slippery)}]
+    out = [{"role": "system", "content": SYSTEM},
+           {"role": "user", "content": first_turn(env, grids[0], style, with_thinking, slippery)}]
+    for answer, grid in zip(answers, grids[1:]):
+        out.append({"role": "assistant", "content": answer})
+        out.append({"role": "user", "content": OBSERVATION.format(grid=render(grid, style))})
+    return out
+
+
+def response(action: str, plan: list[str] | None = None, with_thinking: bool = False) -> str:
+    """The target reply; with thinking, the think block states the remaining shortest plan."""
+    answer = f"<answer> {action} </answer>"
+    if not with_thinking:
+        return answer
+    steps = ", ".join(plan or [action])
+    return f"<think> A shortest plan from here: {steps}. </think> {answer}"
+
+
+def parse_action(text: str) -> tuple[str | None, bool]:
+    """(action, well_formed): well-formed means exactly one ``<answer>…</answer>`` block; the
+    action is its content when that is one of the action names (case-insensitive), else None."""
+    found = ANSWER_RE.findall(text)
+    if len(found) != 1 or text.count("<answer>") != 1:
+        return None, False
+    word = found[0].strip().lower()
+    for action in ACTIONS:
+        if word == action.lower():
+            return action, True
+    return None, True

@@ -1,0 +1,290 @@
+"""Game environments: level generation, solver, environment rules, rows, validation, play metrics."""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from conftest import REPO
+from sft2rl.errors import DataError
+from sft2rl.tasks.games import ACTIONS, data, frozenlake, play, prompts, sokoban
+from sft2rl.tasks.games.solver import bfs, plan_states
+
+CFG = {
+    "seeds": {"train": 100000, "val": 102000, "test": 101000},
+    "counts": {"train": 40, "val": 8, "test": 12},
+    "max_solution_length": 100,
+    "sokoban": {"size": [6, 6], "boxes": 1, "search_depth": 30, "max_states": 300000},
+    "frozenlake": {"size": 4, "p_frozen": 0.8, "slippery": False},
+    "render": "reference", "history": False, "with_thinking": False,
+}
+
+
+@pytest.fixture(scope="module", params=["sokoban", "frozenlake"])
+def levels(request):
+    return request.param, data.generate_levels(request.param, CFG)
+
+
+# ------------------------------------------------------------------ levels
+def test_levels_are_deterministic_across_processes(levels):
+    """Same seeds, same levels, also in a process with another hash seed (the reference's defect)."""
+    env, lv = levels
+    code = ("import json,sys; from sft2rl.tasks.games import data; "
+            f"cfg=json.loads(sys.argv[1]); print(json.dumps([l['hash'] for l in data.generate_levels('{env}', cfg)]))")
+    out = subprocess.run([sys.executable, "-c", code, json.dumps(CFG)], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONHASHSEED": "12345", "PYTHONPATH": str(REPO / "src")})
+    assert json.loads(out.stdout) == [x["hash"] for x in lv]
+    assert [x["hash"] for x in data.generate_levels(env, CFG)] == [x["hash"] for x in lv]
+
+
+def test_splits_are_disjoint_by_initial_state(levels):
+    env, lv = levels
+    by_split = {s: {data.level_hash(env, x["grid"]) for x in lv if x["split"] == s} for s in ("train", "val", "test")}
+    assert [len(by_split[s]) for s in ("train", "val", "test")] == [40, 8, 12]  # no duplicate inside a split
+    assert not by_split["train"] & by_split["test"]
+    assert not by_split["train"] & by_split["val"]
+    assert not by_split["val"] & by_split["test"]
+    # the test levels depend on their seeds only, not on how many train levels there are
+    more = dict(CFG, counts={"train": 80, "val": 8, "test": 12})
+    assert [x["hash"] for x in data.generate_levels(env, more) if x["split"] == "test"] == \
+        [x["hash"] for x in lv if x["split"] == "test"]
+
+
+def test_every_level_is_solved_by_its_plan(levels):
+    env, lv = levels
+    for x in lv:
+        r = data.rules(env, x["grid"])
+        assert not r.won(r.start)
+        states = plan_states(r, x["solution"])
+        assert r.won(states[-1]) and not any(r.won(s) or r.failed(s) for s in states[:-1])
+        assert len(x["solution"]) == x["optimal"] == len(bfs(r))
+
+
+def test_duplicate_initial_state_is_drawn_again(monkeypatch):
+    """A seed whose first draw repeats an earlier level gets its next attempt."""
+    real = data._draw
+    first = real("frozenlake", 101000, 0, CFG)
+    monkeypatch.setattr(data, "_draw", lambda env, seed, attempt, cfg: first if attempt == 0 else real(env, seed, attempt, cfg))
+    lv = data.generate_levels("frozenlake", dict(CFG, counts={"train": 3, "val": 1, "test": 2}))
+    assert lv[0]["attempt"] == 0 and all(x["attempt"] >= 1 for x in lv[1:])
+    assert len({x["hash"] for x in lv}) == len(lv)
+
+
+# ------------------------------------------------------------------ Sokoban rules (hand-made rooms)
+ROOM = ["######",
+        "#_P_O#",
+        "#_X_O#",
+        "#_X_O#",
+        "#___X#",
+        "######"]
+
+
+def test_sokoban_push_into_wall_and_two_boxes_do_not_move():
+    r = sokoban.Rules(["#####", "#PX##", "#_O_#", "#####"])
+    state, moved = r.step(r.start, "Right")  # box against the wall
+    assert not moved and state == r.start
+    room = ["#######", "#PXX_O#", "#__O__#", "#######"]  # two boxes in a row
+    r2 = sokoban.Rules(room)
+    state, moved = r2.step(r2.start, "Right")
+    assert not moved and state == r2.start
+    state, moved = r2.step(r2.start, "Up")  # into a wall
+    assert not moved
+
+
+def test_sokoban_box_onto_target_and_win_through_env():
+    env = sokoban.SokobanEnv(["#####", "#PXO#", "#####"])
+    obs, _ = env.reset(seed=0)
+    assert obs == "#####\n#PXO#\n#####"
+    obs, reward, terminated, truncated, info = env.step(ACTIONS.index("Right"))
+    assert obs == "#####\n#_P√#\n#####"
+    assert terminated and info["won"] and reward == pytest.approx(-0.1 + 1 + 10)
+    env2 = sokoban.SokobanEnv(ROOM, max_steps=2)
+    env2.reset()
+    _, _, terminated, truncated, info = env2.step(ACTIONS.index("Down"))  # box below, another box behind it
+    assert not terminated and not truncated and not info["moved"]
+    _, _, terminated, truncated, _ = env2.step(ACTIONS.index("Left"))
+    assert truncated and not terminated
+
+
+def test_sokoban_rendering_symbols():
+    grid = sokoban.to_grid((3, 5), {(0, c) for c in range(5)} | {(2, c) for c in range(5)} | {(1, 0), (1, 4)},
+                           {(1, 1), (1, 3)}, ((1, 1), frozenset({(1, 2), (1, 3)})))
+    assert grid == ["#####", "#SX√#", "#####"]
+    assert prompts.render(grid, "reference").splitlines()[1] == " # \t S \t X \t √ \t # \t"
+    assert prompts.render(grid, "spaced").splitlines()[1] == " # S X √ #"
+    with pytest.raises(ValueError, match="unknown symbol"):
+        sokoban.parse(["#Q#"])
+
+
+# ------------------------------------------------------------------ FrozenLake (gymnasium's env)
+def test_frozenlake_uses_gymnasium_step_semantics():
+    desc = ["SFH", "FFF", "HFG"]
+    env = frozenlake.make_env(desc, slippery=False)
+    env.reset(seed=0)
+    rules = frozenlake.Rules(desc)
+    assert rules.grid(frozenlake.position(env)) == ["P_O", "___", "O_G"]
+    env.step(frozenlake.ENV_ACTION["Up"])  # off the edge: stays
+    assert frozenlake.position(env) == (0, 0)
+    _, r, term, _, _ = env.step(frozenlake.ENV_ACTION["Right"])
+    _, r, term, _, _ = env.step(frozenlake.ENV_ACTION["Right"])  # into the hole
+    assert term and r == 0 and rules.grid(frozenlake.position(env)) == ["__X", "___", "O_G"]
+    env.reset(seed=0)
+    for a in bfs(rules):
+        _, r, term, _, _ = env.step(frozenlake.ENV_ACTION[a])
+    assert term and r == 1.0 and rules.grid(frozenlake.position(env))[2] == "O_√"
+
+
+# ------------------------------------------------------------------ rows and prompts
+def test_rows_schema_and_history():
+    lv = [x for x in data.generate_levels("sokoban", CFG) if x["split"] == "test" and x["optimal"] >= 3][0]
+    rows = data.level_rows(lv, CFG)
+    assert len(rows) == lv["optimal"]
+    assert [r["response"] for r in rows] == [f"<answer> {a} </answer>" for a in lv["solution"]]
+    assert all(r["extra_info"]["split"] == "test" and r["ability"] == "bfs" for r in rows)
+    assert rows[0]["prompt"][0] == {"role": "system", "content": "You are a helpful assistant."}
+    assert all(len(r["prompt"]) == 2 for r in rows)  # history off: a Markov prompt on the current grid
+    assert rows[1]["prompt"][1]["content"].count("Decide the next action:") == 1
+    hist = data.level_rows(lv, dict(CFG, history=True))
+    assert [len(r["prompt"]) for r in hist] == [2 + 2 * k for k in range(len(hist))]
+    assert hist[2]["prompt"][2] == {"role": "assistant", "content": f"<answer> {lv['solution'][0]} </answer>"}
+    assert hist[2]["prompt"][3]["content"].startswith("After you take this action, the observation is: \n")
+    assert hist[2]["messages"][-1] == {"role": "assistant", "content": hist[2]["response"]}
+    think = data.level_rows(lv, dict(CFG, with_thinking=True))[0]["response"]
+    assert think == f"<think> A shortest plan from here: {', '.join(lv['solution'])}. </think> <answer> {lv['solution'][0]} </answer>"
+
+
+def test_parse_action():
+    assert prompts.parse_action("<answer> Up </answer>") == ("Up", True)
+    assert prompts.parse_action("<think> x </think> <answer>left</answer>") == ("Left", True)
+    assert prompts.parse_action("<answer> Jump </answer>") == (None, True)
+    assert prompts.parse_action("Up") == (None, False)
+    assert prompts.parse_action("<answer> Up </answer><answer> Down </answer>") == (None, False)
+
+
+# ------------------------------------------------------------------ user rows
+def _user_rows():
+    return [{"prompt": [{"role": "user", "content": "grid"}], "response": "<answer> Up </answer>"},
+            {"prompt": [{"role": "user", "content": "grid 2"}], "response": "<answer> Left </answer>"}]
+
+
+@pytest.mark.parametrize("ext", ["jsonl", "parquet"])
+@pytest.mark.parametrize("bad, field, problem", [
+    ({"prompt": []}, "prompt", "non-empty list"),
+    ({"prompt": [{"role": "robot", "content": "x"}]}, "prompt[0]", "role"),
+    ({"response": "Up"}, "response", "exactly one <answer>"),
+    ({"response": "<answer> Up </answer> <answer> Up </answer>"}, "response", "exactly one"),
+    ({"response": "<answer> Jump </answer>"}, "response", "'Jump' is not one of"),
+])
+def test_user_rows_errors_name_file_row_field(tmp_path, ext, bad, field, problem):
+    rows = _user_rows()
+    rows[1].update(bad)
+    path = tmp_path / f"train.{ext}"
+    if ext == "jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    else:
+        pd.DataFrame(rows).to_parquet(path) if bad.get("prompt") != [] else pd.DataFrame(
+            [rows[0], {**rows[1], "prompt": None}]).to_parquet(path)
+    good = tmp_path / "val.jsonl"
+    good.write_text("".join(json.dumps(r) + "\n" for r in _user_rows()))
+    out = tmp_path / "out"
+    with pytest.raises(DataError) as err:
+        data.write_user_rows(str(path), str(good), out)
+    assert f"{path}:2: field '{field}'" in str(err.value) and problem in str(err.value)
+    assert not out.exists()  # nothing downstream written
+
+
+def test_user_rows_accepted(tmp_path):
+    for name in ("train.parquet", "val.jsonl"):
+        p = tmp_path / name
+        if name.endswith(".parquet"):
+            pd.DataFrame(_user_rows()).to_parquet(p)
+        else:
+            p.write_text("".join(json.dumps(r) + "\n" for r in _user_rows()))
+    counts = data.write_user_rows(str(tmp_path / "train.parquet"), str(tmp_path / "val.jsonl"), tmp_path / "out")
+    assert counts == {"train": 2, "val": 2}
+    rows = pd.read_parquet(tmp_path / "out" / "train.parquet").to_dict("records")
+    assert [m["role"] for m in rows[0]["messages"]] == ["user", "assistant"]
+
+
+# ------------------------------------------------------------------ play and metrics
+def test_scripted_policy_has_its_known_success_rate():
+    """Solver moves on even levels, an invalid reply on odd ones: success is exactly the even share."""
+    lv = [x for x in data.generate_levels("frozenlake", CFG) if x["split"] == "test"]
+    solver = play.bfs_policy(100)
+
+    def scripted(episodes, prompts_):
+        good = solver(episodes, prompts_)
+        return [g if e.level["index"] % 2 == 0 else "I would go up" for e, g in zip(episodes, good)]
+
+    records = play.play("frozenlake", lv, scripted, CFG, episodes=1, max_steps=10, seed=0, progress=False)
+    row = play.summarize(records)
+    assert row["success"] == pytest.approx(6 / 12)
+    odd = [r for r in records if r["level"] % 2]
+    assert all(r["steps"] == 10 and r["valid"] == 0 and r["well_formed"] == 0 for r in odd)
+    even_steps = sum(r["steps"] for r in records if r["level"] % 2 == 0)
+    assert row["invalid_format_rate"] == pytest.approx(60 / (60 + even_steps))
+    assert row["steps_over_optimal"] == pytest.approx(1.0)
+    assert row["ci"] == "wilson" and row["success_lo"] < 0.5 < row["success_hi"]
+
+
+def test_history_prompt_in_play_matches_training_rows():
+    """An episode that plays the solver's moves sees exactly the training rows' prompts."""
+    cfg = dict(CFG, history=True)
+    lv = [x for x in data.generate_levels("sokoban", cfg) if x["split"] == "test" and x["optimal"] >= 3][0]
+    rows = data.level_rows(lv, cfg)
+    seen = []
+
+    def solver_and_record(episodes, prompts_):
+        seen.append(copy.deepcopy(prompts_[0]))
+        return [f"<answer> {lv['solution'][len(seen) - 1]} </answer>"]
+
+    rec = play.play("sokoban", [lv], solver_and_record, cfg, episodes=1, max_steps=20, seed=0, progress=False)
+    assert rec[0]["won"] and seen == [r["prompt"] for r in rows]
+
+
+def test_wilson_interval_values():
+    lo, hi = play.wilson(50, 100)
+    assert (round(lo, 4), round(hi, 4)) == (0.4038, 0.5962)
+    lo, hi = play.wilson(0, 20)
+    assert lo == 0 and hi == pytest.approx(0.1611, abs=1e-4)
+
+
+def test_random_and_bfs_baselines():
+    lv = [x for x in data.generate_levels("sokoban", CFG) if x["split"] == "test"]
+    rows = play.summarize(play.play("sokoban", lv, play.bfs_policy(100), CFG, episodes=1, max_steps=30, seed=0,
+                                    progress=False))
+    assert rows["success"] == 1.0 and rows["steps_over_optimal"] == 1.0 and rows["valid_action_rate"] == 1.0
+    rnd = play.play("sokoban", lv, play.random_policy(0), CFG, episodes=3, max_steps=30, seed=0, progress=False)
+    again = play.play("sokoban", lv, play.random_policy(0), CFG, episodes=3, max_steps=30, seed=0, progress=False)
+    assert rnd == again  # seeded
+    s = play.summarize(rnd)
+    assert s["ci"] == "bootstrap-levels" and s["levels"] == 12 and s["episodes"] == 36
+    assert s["success_lo"] <= s["success"] <= s["success_hi"]
+
+
+def test_optimal_actions_on_a_hand_made_map():
+    from sft2rl.tasks.games.solver import optimal_actions
+
+    r = frozenlake.Rules(["S_F".replace("_", "F"), "FHF", "FFG"])
+    assert sorted(optimal_actions(r, (0, 0))) == ["Down", "Right"]  # two shortest paths around the hole
+    assert optimal_actions(r, (1, 2)) == ["Down"]
+    assert optimal_actions(r, (2, 1)) == ["Right"]
+
+
+def test_step_accuracy_of_scripted_policies():
+    from sft2rl.tasks.games.solver import optimal_actions
+
+    lv = [x for x in data.generate_levels("sokoban", CFG) if x["split"] == "test"]
+    states = play.path_states("sokoban", lv, CFG)
+    assert len(states) == sum(x["optimal"] for x in lv)
+    assert play.step_accuracy("sokoban", lv, play.bfs_policy(100), CFG, 10, 0)["optimal_action_rate"] == 1.0
+    always_up = lambda eps, prompts_: ["<answer> Up </answer>"] * len(eps)  # noqa: E731
+    got = play.step_accuracy("sokoban", lv, always_up, CFG, 10, 0)
+    want = sum("Up" in optimal_actions(data.rules("sokoban", x["grid"]), s) for x, _, s, _, _ in states) / len(states)
+    assert got["optimal_action_rate"] == pytest.approx(want)
+    assert 0 < got["chance_optimal_action_rate"] < 1

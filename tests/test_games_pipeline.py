@@ -1,0 +1,126 @@
+"""The games workflow end to end on the reduced config: data -> tiny base -> LoRA SFT -> best
+merge -> four policies play the held-out levels -> results/games/sft_eval.csv and the figure.
+
+One finished games workflow per test session (``games_done``), in its own copy of the checkout.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import REPO
+from test_pipeline import REDUCED, copy_checkout, planned_jobs, smk
+
+pytestmark = pytest.mark.integration
+ENVS = ["sokoban", "frozenlake"]
+REDUCED_GAMES = yaml.safe_load(REDUCED.read_text())["games"]
+N_TEST = REDUCED_GAMES["counts"]["test"]
+K = REDUCED_GAMES["eval"]["k_samples"]
+
+
+@pytest.fixture(scope="session")
+def games_done(tmp_path_factory):
+    work = copy_checkout(tmp_path_factory.mktemp("games") / "project")
+    proc = smk(work, "games")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return work
+
+
+def test_games_table_rows_and_baselines(games_done):
+    frame = pd.read_csv(games_done / "results/games/sft_eval.csv")
+    assert list(frame["env"].unique()) == sorted(ENVS)
+    for env in ENVS:
+        sub = frame[frame["env"] == env].set_index(["policy", "mode"])
+        assert set(sub.index) == {("sft", "greedy"), ("sft", "sampled"), ("base", "greedy"), ("base", "sampled"),
+                                  ("random", "sampled"), ("bfs", "greedy")}
+        assert (sub["levels"] == N_TEST).all()
+        assert sub.loc[("sft", "sampled"), "episodes"] == N_TEST * K
+        assert sub.loc[("sft", "greedy"), "episodes"] == N_TEST
+        bfs = sub.loc[("bfs", "greedy")]
+        assert bfs["success"] == 1.0 and bfs["steps_over_optimal"] == 1.0 and bfs["valid_action_rate"] == 1.0
+        assert bfs["ci"] == "wilson" and bfs["success_lo"] > 0.6
+        rnd = sub.loc[("random", "sampled")]
+        assert rnd["valid_action_rate"] == 1.0 and rnd["invalid_format_rate"] == 0.0 and rnd["ci"] == "bootstrap-levels"
+        assert ((sub["success_lo"] <= sub["success"]) & (sub["success"] <= sub["success_hi"])).all()
+        # the SFT model answers in the trained format (the reduced run is short, but the format is learnt)
+        assert sub.loc[("sft", "greedy"), "invalid_format_rate"] < 0.5
+        # episodes on disk agree with the table
+        eps = [json.loads(line) for line in (games_done / f"results/games/eval/{env}/sft.jsonl").read_text().splitlines()]
+        greedy = [e for e in eps if e["mode"] == "greedy"]
+        assert len(greedy) == N_TEST
+        assert sum(e["won"] for e in greedy) / N_TEST == pytest.approx(sub.loc[("sft", "greedy"), "success"])
+        assert all(1 <= e["steps"] <= REDUCED_GAMES["eval"]["max_steps"] for e in eps)
+    for ext in ("png", "pdf"):
+        assert (games_done / f"results/figures/games_success.{ext}").stat().st_size > 1000
+    tex = (games_done / "results/tables/games_sft_eval.tex").read_text()
+    assert tex.count("\\\\") == len(frame) + 1
+
+
+def test_sft_validates_before_training_and_merges_the_best_epoch(games_done):
+    for env in ENVS:
+        run = games_done / f"results/games/sft/sft-{env}-seed42"
+        metrics = json.loads((run / "metrics.json").read_text())
+        losses = [e["val_loss"] for e in metrics["epochs"]]
+        assert len(losses) == 2 and min(losses) < metrics["initial_val_loss"]
+        best = min(metrics["epochs"], key=lambda e: e["val_loss"])["epoch"]
+        report = json.loads((games_done / f"results/games/models/sft-{env}-seed42/merged/merge_report.json").read_text())
+        assert report["verified"] and report["adapter"].endswith(f"epoch_{best}")
+
+
+def test_games_data_splits_and_corpus(games_done):
+    corpus = [json.loads(line)["text"] for line in
+              (games_done / "data/processed/games/corpus.jsonl").read_text().splitlines()]
+    for env in ENVS:
+        d = games_done / f"data/processed/games/{env}"
+        levels = [json.loads(line) for line in (d / "levels.jsonl").read_text().splitlines()]
+        hashes = {s: {lv["hash"] for lv in levels if lv["split"] == s} for s in ("train", "val", "test")}
+        assert not (hashes["train"] & hashes["test"]) and not (hashes["val"] & hashes["test"])
+        test_rows = pd.read_parquet(d / "test.parquet")
+        assert {r["split"] for r in test_rows["extra_info"]} == {"test"}
+        assert len(test_rows) == sum(lv["optimal"] for lv in levels if lv["split"] == "test")
+        # the base never saw a test level: no test grid's first observation is in the corpus
+        from sft2rl.tasks.games.prompts import render
+
+        for lv in levels:
+            if lv["split"] == "test":
+                assert not any(render(lv["grid"], "reference") in doc for doc in corpus)
+    assert len(corpus) == 2 * REDUCED_GAMES["counts"]["train"]
+
+
+def test_finished_games_workflow_plans_nothing(games_done):
+    proc = smk(games_done, "games", dry=True)
+    assert proc.returncode == 0 and planned_jobs(proc.stdout) == {}, proc.stdout[-2000:]
+
+
+def test_game_data_is_deterministic(games_done, tmp_path):
+    dst = tmp_path / "clone"
+    shutil.copytree(games_done, dst, symlinks=True)
+    before = {env: (dst / f"data/processed/games/{env}/levels.jsonl").read_bytes() for env in ENVS}
+    frames = {env: pd.read_parquet(dst / f"data/processed/games/{env}/train.parquet") for env in ENVS}
+    proc = smk(dst, "data/processed/games/sokoban/levels.jsonl", "data/processed/games/frozenlake/levels.jsonl",
+               "--forcerun", "game_data")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for env in ENVS:
+        assert (dst / f"data/processed/games/{env}/levels.jsonl").read_bytes() == before[env]
+        pd.testing.assert_frame_equal(pd.read_parquet(dst / f"data/processed/games/{env}/train.parquet"), frames[env])
+
+
+def test_bad_user_rows_stop_before_sft(games_done, tmp_path):
+    dst = tmp_path / "clone"
+    shutil.copytree(games_done, dst, symlinks=True)
+    good = {"prompt": [{"role": "user", "content": "grid"}], "response": "<answer> Up </answer>"}
+    (dst / "data/raw").mkdir(parents=True, exist_ok=True)
+    (dst / "data/raw/sok_train.jsonl").write_text(
+        json.dumps(good) + "\n" + json.dumps(dict(good, response="<answer> Jump </answer>")) + "\n")
+    (dst / "data/raw/sok_val.jsonl").write_text(json.dumps(good) + "\n")
+    extra = tmp_path / "user.yaml"
+    extra.write_text(yaml.safe_dump({"games": {"sft_files": {"sokoban": {"train": "data/raw/sok_train.jsonl",
+                                                                         "val": "data/raw/sok_val.jsonl"}}}}))
+    proc = smk(dst, "results/games/models/sft-sokoban-seed42/merged", extra_config=extra)
+    assert proc.returncode != 0
+    assert "data/raw/sok_train.jsonl:2: field 'response': answer 'Jump' is not one of" in proc.stderr + proc.stdout
+    assert not (dst / "data/processed/games/sokoban/user/train.parquet").exists()

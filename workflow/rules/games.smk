@@ -1,0 +1,358 @@
+# Game environments (SPEC section B): Sokoban and FrozenLake. Everything about them is in
+# src/sft2rl/tasks/games/ and here; the SFT and merge stages are the shared ones.
+#   levels + BFS rows -> (tiny base) -> LoRA SFT sft-<env>-seed<S> -> verified merge of the
+#   best checkpoint -> the merged model, the base, a random policy and BFS play the test levels
+#   snakemake --cores all results/games/sft_eval.csv
+from sft2rl.tasks.games import ENVS as GAME_ENVS_ALL
+
+GAMES = config["games"]
+GAME_ENVS = GAMES["envs"]
+GAME_DATA = f"{PROCESSED}/games"
+GAME_BASE = "results/games/models/base" if TINY else config["model"]["base"]
+#: the sft: section with the games' overrides; the loss is on the last (the solver's) turn only
+GAME_SFT = dict(
+    {k: v for k, v in config["sft"].items() if k not in ("n_samples", "val_size", "merge_checkpoint")},
+    **{k: v for k, v in GAMES["sft"].items() if k != "merge_checkpoint"},
+    loss_turns="last",
+)
+GAME_MERGE = GAMES["sft"].get("merge_checkpoint", config["sft"]["merge_checkpoint"])
+GAME_POLICIES = ["sft", "base", "random", "bfs"]
+GAME_LEVEL_KEYS = ("seeds", "counts", "max_solution_length", "render", "history", "with_thinking")
+
+
+def game_run(env):
+    return f"sft-{env}-seed{GAME_SFT['seed']}"
+
+
+def game_cfg(env):
+    """The games keys one env's data and play depend on (editing Sokoban's reruns only Sokoban)."""
+    return dict({k: GAMES[k] for k in GAME_LEVEL_KEYS}, **{env: GAMES[env]})
+
+
+def game_base_input(wildcards=None):
+    return [GAME_BASE] if TINY else []
+
+
+def game_sft_data(wildcards):
+    env = wildcards.env
+    d = f"{GAME_DATA}/{env}/user" if env in GAMES["sft_files"] else f"{GAME_DATA}/{env}"
+    return {"train": f"{d}/train.parquet", "val": f"{d}/val.parquet"}
+
+
+def game_policy_model(wildcards):
+    """The model directory a policy plays with (none for random and BFS)."""
+    if wildcards.policy == "sft":
+        return f"results/games/models/{game_run(wildcards.env)}/merged"
+    if wildcards.policy == "base":
+        return GAME_BASE
+    return None
+
+
+wildcard_constraints:
+    env="|".join(GAME_ENVS_ALL),
+    policy="|".join(GAME_POLICIES),
+
+
+rule game_data:
+    """Levels of one env (test, val, train seeds; disjoint by initial state), BFS solutions,
+    and one SFT row per solver step in the reference schema."""
+    input:
+        code=code("game_data"),
+    output:
+        levels=f"{GAME_DATA}/{{env}}/levels.jsonl",
+        train=f"{GAME_DATA}/{{env}}/train.parquet",
+        val=f"{GAME_DATA}/{{env}}/val.parquet",
+        test=f"{GAME_DATA}/{{env}}/test.parquet",
+    params:
+        games=lambda wc: game_cfg(wc.env),
+    threads: 1
+    conda:
+        "../../envs/local.yaml"
+    benchmark:
+        "results/benchmarks/games/data_{env}.tsv"
+    log:
+        "results/logs/games/data_{env}.log",
+    script:
+        "../scripts/game_data.py"
+
+
+rule game_user_rows:
+    """Your own game SFT rows (games.sft_files), validated (file, row, field) before anything is written."""
+    input:
+        train=lambda wc: GAMES["sft_files"][wc.env]["train"],
+        val=lambda wc: GAMES["sft_files"][wc.env]["val"],
+        code=code("game_data"),
+    output:
+        train=f"{GAME_DATA}/{{env}}/user/train.parquet",
+        val=f"{GAME_DATA}/{{env}}/user/val.parquet",
+    threads: 1
+    conda:
+        "../../envs/local.yaml"
+    benchmark:
+        "results/benchmarks/games/user_rows_{env}.tsv"
+    log:
+        "results/logs/games/user_rows_{env}.log",
+    script:
+        "../scripts/game_data.py"
+
+
+rule game_corpus:
+    """Pretraining corpus of the games' tiny base: the train levels played out in plain text."""
+    input:
+        levels=expand(f"{GAME_DATA}/{{env}}/levels.jsonl", env=GAME_ENVS),
+        code=code("game_data"),
+    output:
+        f"{GAME_DATA}/corpus.jsonl",
+    params:
+        games={env: game_cfg(env) for env in GAME_ENVS},
+    threads: 1
+    conda:
+        "../../envs/local.yaml"
+    benchmark:
+        "results/benchmarks/games/corpus.tsv"
+    log:
+        "results/logs/games/corpus.log",
+    script:
+        "../scripts/game_data.py"
+
+
+if TINY:
+
+    rule game_base_model:
+        """The games' tiny Qwen2 (tokenizer + pretraining on the game corpus)."""
+        input:
+            corpus=f"{GAME_DATA}/corpus.jsonl",
+            code=code("base_model"),
+        output:
+            directory("results/games/models/base"),
+        params:
+            tiny=dict(config["model"]["tiny"], **GAMES["tiny"]),
+            pretrain=dict(config["model"]["pretrain"], **GAMES["pretrain"]),
+            tensorboard="results/games/models/tensorboard/base",
+            added_tokens=["<think>", "</think>", "<answer>", "</answer>"],
+        threads: 2
+        resources:
+            mem_mb=4000,
+            runtime=60,
+            **LOCAL_GPU_RES,
+        conda:
+            "../../envs/local.yaml"
+        benchmark:
+            "results/benchmarks/games/base_model.tsv"
+        log:
+            "results/logs/games/base_model.log",
+        script:
+            "../scripts/base_model.py"
+
+
+if config["backend"] == "local":
+
+    rule game_sft:
+        """LoRA SFT on one env's solver rows (loss on the final response only); per-epoch validation
+        loss, before training included."""
+        input:
+            unpack(game_sft_data),
+            base=game_base_input,
+            code=code("sft"),
+        output:
+            checkpoints=directory("results/games/sft/sft-{env}-seed{seed}/checkpoints"),
+            metrics="results/games/sft/sft-{env}-seed{seed}/metrics.json",
+        wildcard_constraints:
+            seed=r"\d+",
+        params:
+            base=GAME_BASE,
+            sft=GAME_SFT,
+            seed=lambda wc: int(wc.seed),
+        threads: 1
+        resources:
+            mem_mb=4000,
+            runtime=120,
+            **LOCAL_GPU_RES,
+        conda:
+            "../../envs/local.yaml"
+        benchmark:
+            "results/benchmarks/games/sft-{env}-seed{seed}.tsv"
+        log:
+            "results/logs/games/sft-{env}-seed{seed}.log",
+        script:
+            "../scripts/sft.py"
+
+    rule game_merge:
+        """Verified merge of the chosen checkpoint (best: lowest validation loss, never 'before training')."""
+        input:
+            checkpoints="results/games/sft/sft-{env}-seed{seed}/checkpoints",
+            metrics="results/games/sft/sft-{env}-seed{seed}/metrics.json",
+            base=game_base_input,
+            code=code("merge"),
+        output:
+            directory("results/games/models/sft-{env}-seed{seed}/merged"),
+        wildcard_constraints:
+            seed=r"\d+",
+        params:
+            base=GAME_BASE,
+            which=GAME_MERGE,
+        threads: 1
+        resources:
+            mem_mb=4000,
+            runtime=30,
+        conda:
+            "../../envs/local.yaml"
+        benchmark:
+            "results/benchmarks/games/merge-{env}-seed{seed}.tsv"
+        log:
+            "results/logs/games/merge-{env}-seed{seed}.log",
+        script:
+            "../scripts/merge.py"
+
+
+if config["backend"] == "verl":
+
+    rule game_sft:
+        """LoRA SFT with verl's SFT trainer on one env's solver rows (loss on the final turn:
+        sft2rl.verl_sft_data); a checkpoint and a val loss per epoch."""
+        input:
+            unpack(game_sft_data),
+            base=game_base_input,
+            code=code("verl_export", modules=["verl_sft_data"]),
+        output:
+            checkpoints=directory("results/games/sft/sft-{env}-seed{seed}/checkpoints"),
+            metrics="results/games/sft/sft-{env}-seed{seed}/metrics.json",
+        wildcard_constraints:
+            seed=r"\d+",
+        params:
+            cmd=lambda wc, input, resources: verl_launch.sft_command(
+                sft_run=f"sft-{wc.env}-seed{wc.seed}",
+                run_dir=f"results/games/sft/sft-{wc.env}-seed{wc.seed}",
+                base=GAME_BASE,
+                train=input.train,
+                val=input.val,
+                sft=GAME_SFT,
+                seed=int(wc.seed),
+                nnodes=resources.nodes,
+                gpus_per_node=verl_launch.gpus_per_node(resources),
+                code_root=CODE_ROOT,
+                rdzv_port=VERL["rdzv_port"],
+            ),
+        threads: VERL["cpus_per_node"]
+        resources:
+            **verl_launch.job_resources(VERL, VERL["sft_runtime"]),
+        conda:
+            "../../envs/verl.yaml"
+        benchmark:
+            "results/benchmarks/games/sft-{env}-seed{seed}.tsv"
+        log:
+            "results/logs/games/sft-{env}-seed{seed}.log",
+        shell:
+            "( {params.cmd} ) > {log} 2>&1"
+
+    rule game_merge:
+        """verl's model merger on the chosen step, then our verified LoRA fold-in."""
+        input:
+            checkpoints="results/games/sft/sft-{env}-seed{seed}/checkpoints",
+            metrics="results/games/sft/sft-{env}-seed{seed}/metrics.json",
+            base=game_base_input,
+            code=code("verl_export"),
+        output:
+            directory("results/games/models/sft-{env}-seed{seed}/merged"),
+        wildcard_constraints:
+            seed=r"\d+",
+        params:
+            cmd=lambda wc, output: verl_launch.merge_command(
+                sft_run=f"sft-{wc.env}-seed{wc.seed}",
+                run_dir=f"results/games/sft/sft-{wc.env}-seed{wc.seed}",
+                which=GAME_MERGE,
+                base=GAME_BASE,
+                out_dir=output[0],
+                code_root=CODE_ROOT,
+            ),
+        threads: 2
+        resources:
+            mem_mb=VERL["mem_mb"],
+            runtime=60,
+        conda:
+            "../../envs/verl.yaml"
+        benchmark:
+            "results/benchmarks/games/merge-{env}-seed{seed}.tsv"
+        log:
+            "results/logs/games/merge-{env}-seed{seed}.log",
+        shell:
+            "( {params.cmd} ) > {log} 2>&1"
+
+
+rule game_play:
+    """One policy plays every test level of one env through the environment (greedy, and k sampled
+    episodes per level for the models); episodes and the summary rows."""
+    input:
+        levels=f"{GAME_DATA}/{{env}}/levels.jsonl",
+        model=lambda wc: [] if game_policy_model(wc) is None or (wc.policy == "base" and not TINY)
+        else game_policy_model(wc),
+        code=code("game_play"),
+    output:
+        episodes="results/games/eval/{env}/{policy}.jsonl",
+        summary="results/games/eval/{env}/{policy}.json",
+    params:
+        model=game_policy_model,
+        games=lambda wc: game_cfg(wc.env),
+        eval=GAMES["eval"],
+        bootstrap={k: config["eval"][k] for k in BOOTSTRAP_KEYS},
+    threads: 1
+    resources:
+        mem_mb=3000,
+        runtime=60,
+        **LOCAL_GPU_RES,
+    conda:
+        "../../envs/local.yaml"
+    benchmark:
+        "results/benchmarks/games/play_{env}_{policy}.tsv"
+    log:
+        "results/logs/games/play_{env}_{policy}.log",
+    script:
+        "../scripts/game_play.py"
+
+
+rule game_table:
+    """results/games/sft_eval.csv: success (95% interval), valid actions, invalid format, steps over
+    the BFS optimum, per env and policy; its LaTeX table for the paper."""
+    input:
+        summaries=expand("results/games/eval/{env}/{policy}.json", env=GAME_ENVS, policy=GAME_POLICIES),
+        code=code("game_table"),
+    output:
+        csv=report("results/games/sft_eval.csv", caption="../report/games.rst", category="Tables",
+                   labels={"table": "games"}),
+        tex="results/tables/games_sft_eval.tex",
+    conda:
+        "../../envs/local.yaml"
+    log:
+        "results/logs/games/table.log",
+    script:
+        "../scripts/game_table.py"
+
+
+GAME_FIGURES = [f"results/figures/games_success.{ext}" for ext in ("png", "pdf")]
+
+
+rule game_figure:
+    """Success rate with its interval per env and policy (greedy and sampled)."""
+    input:
+        csv="results/games/sft_eval.csv",
+        code=code("game_table"),
+    output:
+        [report(f, caption="../report/figure.rst", category="Figures", subcategory="Games",
+                labels={"figure": "games_success"}) if f.endswith(".png") else f for f in GAME_FIGURES],
+    conda:
+        "../../envs/local.yaml"
+    log:
+        "results/logs/games/figure.log",
+    script:
+        "../scripts/game_table.py"
+
+
+rule games:
+    """The whole games system: table and figure."""
+    input:
+        "results/games/sft_eval.csv",
+        GAME_FIGURES,
+
+
+localrules:
+    games,

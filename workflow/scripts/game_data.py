@@ -1,0 +1,22 @@
+from pathlib import Path
+
+from sft2rl.io import write_jsonl
+from sft2rl.logutil import script_errors
+from sft2rl.tasks.games import data
+
+with script_errors(snakemake) as log:
+    if snakemake.rule == "game_data":
+        env = snakemake.wildcards.env
+        counts = data.write_game_data(env, snakemake.params.games, Path(snakemake.output.levels).parent)
+        log.info("%s: rows per split %s", env, counts)
+    elif snakemake.rule == "game_user_rows":
+        counts = data.write_user_rows(snakemake.input.train, snakemake.input.val,
+                                      Path(snakemake.output.train).parent)
+        log.info("%s: user rows %s", snakemake.wildcards.env, counts)
+    else:  # game_corpus
+        docs = []
+        for path in snakemake.input.levels:
+            levels = data.read_levels(path)
+            docs += data.corpus_texts(levels, snakemake.params.games[levels[0]["env"]])
+        write_jsonl(snakemake.output[0], [{"text": d} for d in docs])
+        log.info("game corpus: %d documents (train levels only)", len(docs))
