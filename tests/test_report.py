@@ -120,7 +120,32 @@ def built(tmp_path_factory):
     out = root / "results" / "figures"
     answers = json.loads((root / "answers.json").read_text())
     written = plots.make_figures(tables, tb_dirs, out, answers=answers)
+    _write_games(root)
     return root, out, written
+
+
+def _write_games(root):
+    """The games table and figure from synthetic summaries, through the games' own writers."""
+    from sft2rl.tasks.games import table as games_table
+
+    summaries = []
+    for env in ("sokoban", "frozenlake"):
+        rows = []
+        for policy, mode, success in (("sft", "greedy", 0.4), ("sft", "sampled", 0.35), ("base", "greedy", 0.0),
+                                      ("random", "sampled", 0.2), ("bfs", "greedy", 1.0)):
+            rows.append({"env": env, "policy": policy, "mode": mode, "episodes": 100, "levels": 100, "max_steps": 15,
+                         "success": success, "success_lo": max(0.0, success - 0.1),
+                         "success_hi": min(1.0, success + 0.1), "ci": "wilson", "valid_action_rate": 1.0,
+                         "invalid_format_rate": 0.0, "mean_steps_solved": 4.0, "steps_over_optimal": 1.2,
+                         "optimal_action_rate": 0.5, "chance_optimal_action_rate": 0.3, "path_states": 300})
+        path = root / f"games_{env}.json"
+        path.write_text(json.dumps(rows))
+        summaries.append(str(path))
+    games_table.write_table(summaries, str(root / "results/games/sft_eval.csv"),
+                            str(root / "results/tables/games_sft_eval.tex"))
+    games_table.success_figure(str(root / "results/games/sft_eval.csv"),
+                               [str(root / "results/figures/games_success.png"),
+                                str(root / "results/figures/games_success.pdf")])
 
 
 # ------------------------------------------------------------------ curve reader
@@ -177,7 +202,11 @@ def test_make_figures_writes_all_sixteen(built):
             assert img.ndim == 3 and img.shape[0] > 0 and img.shape[1] > 0, path
         else:
             assert p.read_bytes().startswith(b"%PDF"), path
-    assert sorted(f.name for f in out.iterdir()) == sorted(Path(p).name for p in expected)  # no temp files left
+    # no temp files left (the games figure, written by the games' own rule, sits next to them)
+    assert sorted(f.name for f in out.iterdir() if not f.name.startswith("games_")) == \
+        sorted(Path(p).name for p in expected)
+    assert sorted(f.name for f in out.iterdir() if f.name.startswith("games_")) == ["games_success.pdf",
+                                                                                    "games_success.png"]
 
 
 def test_figures_script(tmp_path, built):
@@ -232,8 +261,10 @@ def latexmk():
 
 def test_paper_references_generated_files():
     refs = paper_mod.paper_inputs(REPO / "paper" / "main.tex")
-    assert sorted(refs["inputs"]) == sorted(f"../results/tables/ablation_{a}.tex" for a in plots.ABLATION_NAMES)
-    assert {f"../results/figures/{s}.pdf" for s in plots.FIGURE_STEMS} == set(refs["graphics"])
+    assert sorted(refs["inputs"]) == sorted([f"../results/tables/ablation_{a}.tex" for a in plots.ABLATION_NAMES]
+                                            + ["../results/tables/games_sft_eval.tex"])
+    assert {f"../results/figures/{s}.pdf" for s in plots.FIGURE_STEMS} | {"../results/figures/games_success.pdf"} \
+        == set(refs["graphics"])
 
 
 def test_paper_builds(latexmk, built):
