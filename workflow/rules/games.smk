@@ -337,7 +337,7 @@ rule game_figure:
         csv="results/games/sft_eval.csv",
         code=code("game_table"),
     output:
-        [report(f, caption="../report/figure.rst", category="Figures", subcategory="Games",
+        [report(f, caption="../report/games_figure.rst", category="Figures", subcategory="Games",
                 labels={"figure": "games_success"}) if f.endswith(".png") else f for f in GAME_FIGURES],
     conda:
         "../../envs/local.yaml"
