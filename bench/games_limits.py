@@ -87,7 +87,7 @@ def main() -> None:
         corpus = Path(tmp) / "corpus.jsonl"
         write_jsonl(corpus, [{"text": d} for d in docs])
         for steps in args.steps:
-            pre = dict(config["model"]["pretrain"], **games["pretrain"], steps=steps)
+            pre = {**config["model"]["pretrain"], **games["pretrain"], "steps": steps}
             t0 = time.time()
             stats = build_base(str(corpus), f"{tmp}/base{steps}", tiny, pre, None,
                                TAG_TOKENS + ("<answer>", "</answer>"))
