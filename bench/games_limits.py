@@ -35,15 +35,6 @@ from sft2rl.tasks.games import ACTIONS, data, prompts  # noqa: E402
 from sft2rl.tasks.games.solver import optimal_actions, plan_states  # noqa: E402
 
 
-def plain_doc(env: str, level: dict, style: str) -> str:
-    r = data.rules(env, level["grid"])
-    grids = [prompts.render(r.grid(s), style) for s in plan_states(r, level["solution"])]
-    parts = [env.capitalize(), grids[0]]
-    for action, grid in zip(level["solution"], grids[1:]):
-        parts += [f"Move: {action}", grid]
-    return "\n".join(parts + ["Solved."])
-
-
 def move_rates(model_dir: str, env: str, levels: list[dict], style: str) -> dict[str, float]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -80,7 +71,7 @@ def main() -> None:
     games = copy.deepcopy(config["games"])
     games["counts"]["train"] = args.levels
     levels = data.generate_levels(args.env, games)
-    docs = [plain_doc(args.env, lv, games["render"]) for lv in levels if lv["split"] == "train"]
+    docs = [data.played_out(lv, games["render"], args.env.capitalize()) for lv in levels if lv["split"] == "train"]
     tiny = dict(config["model"]["tiny"], **games["tiny"])
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

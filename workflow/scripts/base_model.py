@@ -1,3 +1,4 @@
+from sft2rl import TAG_TOKENS
 from sft2rl.logutil import script_errors
 from sft2rl.model import build_base
 from sft2rl.resources import use_job_threads
@@ -6,4 +7,4 @@ with script_errors(snakemake) as log:
     log.info("threads: %d", use_job_threads(snakemake.threads))
     build_base(snakemake.input.corpus, snakemake.output[0], snakemake.params.tiny,
                snakemake.params.pretrain, snakemake.params.tensorboard,
-               **({"added_tokens": tuple(snakemake.params.added_tokens)} if hasattr(snakemake.params, "added_tokens") else {}))
+               tuple(getattr(snakemake.params, "added_tokens", TAG_TOKENS)))

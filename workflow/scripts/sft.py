@@ -8,6 +8,6 @@ from sft2rl.sft import train_sft
 with script_errors(snakemake) as log:
     use_job_threads(snakemake.threads)
     run_dir = Path(snakemake.output.metrics).parent
-    seed = snakemake.params.seed if hasattr(snakemake.params, "seed") else runs.parse_sft(snakemake.wildcards.sft_run)["seed"]
-    cfg = dict(snakemake.params.sft, seed=seed)
+    seed = getattr(snakemake.params, "seed", None)  # the game rules name it; the QA runs carry it in their name
+    cfg = dict(snakemake.params.sft, seed=runs.parse_sft(snakemake.wildcards.sft_run)["seed"] if seed is None else seed)
     train_sft(snakemake.params.base, snakemake.input.train, snakemake.input.val, str(run_dir), cfg)

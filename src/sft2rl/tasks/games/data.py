@@ -102,8 +102,7 @@ def level_rows(level: dict[str, Any], cfg: dict[str, Any]) -> list[dict[str, Any
             "extra_info": {"split": level["split"], "index": 0, "level": level["index"], "step": k},
             "messages": prompt + [{"role": "assistant", "content": target}],
         })
-        # In the history the model's own earlier replies are answers only (what it is trained to say).
-        answers.append(response(action, None, False) if not thinking else target)
+        answers.append(target)  # the history holds the replies the model is trained to give
     return rows
 
 
@@ -114,28 +113,27 @@ def split_rows(levels: list[dict[str, Any]], cfg: dict[str, Any], split: str) ->
     return rows
 
 
-def corpus_texts(levels: list[dict[str, Any]], cfg: dict[str, Any]) -> list[str]:
-    """Pretraining documents for the embedded base: each *train* level played out in plain text.
+def played_out(level: dict[str, Any], style: str, header: str) -> str:
+    """A level played out in plain text: ``header``, the grids along the solver's plan with the
+    move between them ("Move: Up"), then "Solved."."""
+    env = level["env"]
+    r = rules(env, level["grid"])
+    grids = [render(r.grid(s), style) for s in plan_states(r, level["solution"])]
+    parts = [header, grids[0]]
+    for action, grid in zip(level["solution"], grids[1:]):
+        parts += [f"Move: {action}", grid]
+    return "\n".join(parts + ["Solved."])
 
-    A document is the game's instruction, then the grids along the solver's plan with the
-    move between them ("Move: Up"), then "Solved.". The base learns to read grids, the
-    rules and good moves; it never sees the chat format or the ``<answer>`` tags, which SFT
-    teaches. The validation and test levels never appear.
+
+def corpus_texts(levels: list[dict[str, Any]], cfg: dict[str, Any]) -> list[str]:
+    """Pretraining documents for the embedded base: each *train* level played out in plain text,
+    headed by the game's instruction.
+
+    The base learns to read grids, the rules and good moves; it never sees the chat format or
+    the ``<answer>`` tags, which SFT teaches. The validation and test levels never appear.
     """
-    style = cfg["render"]
-    docs = []
-    for lv in levels:
-        if lv["split"] != "train":
-            continue
-        env = lv["env"]
-        r = rules(env, lv["grid"])
-        grids = [render(r.grid(s), style) for s in plan_states(r, lv["solution"])]
-        parts = [instruction(env, bool(cfg[env].get("slippery", False))), "", grids[0]]
-        for action, grid in zip(lv["solution"], grids[1:]):
-            parts += [f"Move: {action}", grid]
-        parts.append("Solved.")
-        docs.append("\n".join(parts))
-    return docs
+    return [played_out(lv, cfg["render"], instruction(lv["env"], bool(cfg[lv["env"]].get("slippery", False))) + "\n")
+            for lv in levels if lv["split"] == "train"]
 
 
 def write_game_data(env: str, cfg: dict[str, Any], out_dir: str | Path) -> dict[str, int]:
