@@ -2,6 +2,7 @@
 #   snakemake --cores all results/ablation_beta.csv     # the headline table
 #   snakemake --cores all figures                        # all figures
 #   snakemake --cores all results/games/sft_eval.csv     # the game environments (SPEC B)
+#   snakemake --cores all med                            # medical consultation (SPEC C)
 #   snakemake --profile profiles/slurm all               # same DAG on SLURM
 #   snakemake --report results/report.html               # HTML report of a finished workflow
 from snakemake.utils import min_version
@@ -30,6 +31,7 @@ include: "workflow/rules/grpo.smk"
 include: "workflow/rules/verl.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/games.smk"
+include: "workflow/rules/med.smk"
 include: "workflow/rules/report.smk"
 
 
@@ -38,6 +40,7 @@ rule all:
         ABLATION_TABLES,
         rules.figures.output,
         rules.games.input,
+        rules.med.input,
 
 
 localrules:

@@ -39,6 +39,14 @@ def test_default_config_is_valid(cfg):
     (("games", "sft", "n_samples"), 5, r"'games.sft': Additional properties are not allowed"),
     (("games", "frozenlake", "p_frozen"), 0, r"'games.frozenlake.p_frozen' = 0"),
     (("games", "sft_files"), {"sokoban": {"train": "a.csv", "val": "b.jsonl"}}, r"'games.sft_files.sokoban.train' = 'a.csv'"),
+    (("med", "raw_files"), {"train": "a.csv", "val": "b.jsonl", "test": "c.jsonl"}, r"'med.raw_files.train' = 'a.csv'"),
+    (("med", "run_name"), "my run", r"'med.run_name' = 'my run': 'my run' does not match"),
+    (("med", "seeds"), [1, 1], r"'med.seeds' = \[1, 1\]: \[1, 1\] has non-unique elements"),
+    (("med", "with_thinking"), [], r"'med.with_thinking' = \[\]: \[\] should be non-empty"),
+    (("med", "world", "categories"), ["cardiology"], r"'med.world.categories.0' = 'cardiology' is not allowed"),
+    (("med", "world", "dropout"), 1, r"'med.world.dropout' = 1"),
+    (("med", "eval", "patient_threshold"), 0, r"'med.eval.patient_threshold' = 0"),
+    (("med", "sft", "lr"), -1, r"'med.sft.lr' = -1"),
 ])
 def test_bad_values_give_one_line(cfg, path, value, pattern):
     bad = copy.deepcopy(cfg)
@@ -63,6 +71,14 @@ def test_cross_key_rules(cfg):
     bad = copy.deepcopy(cfg)
     bad["games"].update(envs=["sokoban"], sft_files={"frozenlake": {"train": "a.jsonl", "val": "b.jsonl"}})
     with pytest.raises(ConfigError, match=r"'games.sft_files' names \['frozenlake'\]"):
+        check_config(bad, SCHEMA)
+    bad = copy.deepcopy(cfg)
+    bad["med"]["sft"].update(train_batch=20, micro_batch=16)
+    with pytest.raises(ConfigError, match=r"'med.sft.train_batch' = 20 must be a multiple of 'med.sft.micro_batch' = 16"):
+        check_config(bad, SCHEMA)
+    bad = copy.deepcopy(cfg)
+    bad["med"]["eval"]["max_turns"] = bad["med"]["world"]["max_questions"]
+    with pytest.raises(ConfigError, match=r"'med.world.max_questions' = 6 must be smaller than 'med.eval.max_turns' = 6"):
         check_config(bad, SCHEMA)
 
 

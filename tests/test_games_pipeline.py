@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from conftest import REPO
-from test_pipeline import REDUCED, copy_checkout, planned_jobs, smk
+from test_pipeline import REDUCED, finished_copy, planned_jobs, smk
 
 pytestmark = pytest.mark.integration
 ENVS = ["sokoban", "frozenlake"]
@@ -24,10 +24,7 @@ K = REDUCED_GAMES["eval"]["k_samples"]
 
 @pytest.fixture(scope="session")
 def games_done(tmp_path_factory):
-    work = copy_checkout(tmp_path_factory.mktemp("games") / "project")
-    proc = smk(work, "games")
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return work
+    return finished_copy(tmp_path_factory, "games", "games")
 
 
 def test_games_table_rows_and_baselines(games_done):

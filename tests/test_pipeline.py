@@ -58,6 +58,14 @@ def copy_checkout(dst: Path) -> Path:
     return dst
 
 
+def finished_copy(tmp_path_factory, name: str, *targets: str) -> Path:
+    """A fresh copy of the checkout with ``targets`` built on the reduced config (one per session)."""
+    work = copy_checkout(tmp_path_factory.mktemp(name) / "project")
+    proc = smk(work, *targets)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return work
+
+
 @pytest.fixture(scope="session")
 def finished(tmp_path_factory):
     work = copy_checkout(tmp_path_factory.mktemp("pipeline") / "project")

@@ -121,7 +121,32 @@ def built(tmp_path_factory):
     answers = json.loads((root / "answers.json").read_text())
     written = plots.make_figures(tables, tb_dirs, out, answers=answers)
     _write_games(root)
+    _write_med(root)
     return root, out, written
+
+
+def _write_med(root):
+    """The medical tables and figure from synthetic summaries, through the medical task's own writers."""
+    from types import SimpleNamespace
+
+    from sft2rl.tasks.med import table as med_table
+    from sft2rl.tasks.med.table import METRICS
+
+    runs = {f"med-doctor-{t}-seed{s}": {"with_thinking": t == "think", "seed": s}
+            for t in ("think", "nothink") for s in (1, 2, 3)}
+    doctors = ["base", "med-doctor-think-seed1", "med-doctor-nothink-seed1", "scripted", "random"]
+    summaries = []
+    for k, doctor in enumerate(dict.fromkeys(doctors + list(runs))):
+        rows = [{"doctor": doctor, "category": cat, "cases": 30, "accuracy": 0.1 * k, "accuracy_lo": 0.05 * k,
+                 "accuracy_hi": min(1.0, 0.15 * k), **{m: 0.5 for m in METRICS[1:]}} for cat in ("all", "skin")]
+        path = root / f"med_{doctor}.json"
+        path.write_text(json.dumps(rows))
+        summaries.append(str(path))
+    out = SimpleNamespace(eval=str(root / "results/med/eval.csv"), ablation=str(root / "results/med/ablation.csv"),
+                          tex=str(root / "results/tables/med_eval.tex"),
+                          ablation_tex=str(root / "results/tables/med_ablation_thinking.tex"))
+    med_table.write_tables(summaries, doctors, runs, out)
+    med_table.figure(out.eval, out.ablation, [str(root / f"results/figures/med_eval.{e}") for e in ("png", "pdf")])
 
 
 def _write_games(root):
@@ -203,7 +228,7 @@ def test_make_figures_writes_all_sixteen(built):
         else:
             assert p.read_bytes().startswith(b"%PDF"), path
     # no temp files left (the games figure, written by the games' own rule, sits next to them)
-    assert sorted(f.name for f in out.iterdir() if not f.name.startswith("games_")) == \
+    assert sorted(f.name for f in out.iterdir() if not f.name.startswith(("games_", "med_"))) == \
         sorted(Path(p).name for p in expected)
     assert sorted(f.name for f in out.iterdir() if f.name.startswith("games_")) == ["games_success.pdf",
                                                                                     "games_success.png"]
@@ -262,8 +287,11 @@ def latexmk():
 def test_paper_references_generated_files():
     refs = paper_mod.paper_inputs(REPO / "paper" / "main.tex")
     assert sorted(refs["inputs"]) == sorted([f"../results/tables/ablation_{a}.tex" for a in plots.ABLATION_NAMES]
-                                            + ["../results/tables/games_sft_eval.tex"])
-    assert {f"../results/figures/{s}.pdf" for s in plots.FIGURE_STEMS} | {"../results/figures/games_success.pdf"} \
+                                            + ["../results/tables/games_sft_eval.tex",
+                                               "../results/tables/med_eval.tex",
+                                               "../results/tables/med_ablation_thinking.tex"])
+    assert {f"../results/figures/{s}.pdf" for s in plots.FIGURE_STEMS} | {"../results/figures/games_success.pdf",
+                                                                          "../results/figures/med_eval.pdf"} \
         == set(refs["graphics"])
 
 

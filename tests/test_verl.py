@@ -760,3 +760,65 @@ def test_hook_format_rate_is_well_formed_like_the_local_backend():
     stats = verl_hooks.batch_stats(codes, [0.0] * 4, [0, 0, 1, 1], "all")
     assert stats["format_rate"] == sum(map(well_formed, texts)) / 4 == 0.5
     assert stats["proactive_block_rate"] == 0.5
+
+
+# ------------------------------------------------------------------ 8. the medical task on verl
+def test_med_rows_train_the_doctor_turn_in_verl_like_locally(tiny_base, tmp_path):
+    """Processed MTMedDialog rows (earlier doctor turns as context, without thinking) through verl's
+    SFT trainer config: the same tokens and the same last-turn loss mask as the local backend."""
+    from transformers import AutoTokenizer
+    from verl.trainer.sft_trainer import create_sft_dataset
+    from verl.utils.config import omega_conf_to_dataclass
+
+    from sft2rl.io import read_parquet_rows
+    from sft2rl.sft import IGNORE, encode_conversation
+    from sft2rl.tasks.med import data as med
+
+    world = dict(CONFIG["med"]["world"], cases={"train": 6, "val": 2, "test": 2})
+    med.write_clinic_data(world, tmp_path / "raw", tmp_path / "corpus.jsonl")
+    med.write_sft_data(str(tmp_path / "raw/train.jsonl"), str(tmp_path / "raw/val.jsonl"), False, tmp_path / "sft")
+    sft = dict(sft_section(SFT_TEST), loss_turns="last", max_length=1024)
+    ov = vl.sft_overrides(base=str(tiny_base), train=str(tmp_path / "sft/train.parquet"),
+                          val=str(tmp_path / "sft/val.parquet"), run_dir=str(tmp_path / "run"),
+                          run_name="med-doctor-nothink-seed1", sft=sft, seed=1, nnodes=1, gpus_per_node=1)
+    cfg = compose("sft_trainer_engine", ov)
+    model_cfg = omega_conf_to_dataclass(cfg.model)
+    ds = create_sft_dataset(cfg.data.train_files, cfg.data, model_cfg.tokenizer, None)
+    assert type(ds).__name__ == "LastTurnSFTDataset"
+    tok = AutoTokenizer.from_pretrained(tiny_base)
+    rows = [r for r in read_parquet_rows(tmp_path / "sft/train.parquet") if len(r["prompt"]) >= 4][:3]
+    assert rows, "need rows with earlier doctor turns"
+    index = {json.dumps(r["messages"]): i for i, r in enumerate(read_parquet_rows(tmp_path / "sft/train.parquet"))}
+    for row in rows:
+        item = ds[index[json.dumps(row["messages"])]]
+        enc = encode_conversation(tok, row["messages"], sft["max_length"], loss_turns="last")
+        assert item["input_ids"].tolist() == enc["input_ids"]
+        ours = {j for j, lab in enumerate(enc["labels"]) if lab != IGNORE}
+        assert set(torch.nonzero(item["loss_mask"]).flatten().tolist()) == ours
+        assert tok.decode([enc["input_ids"][j] for j in sorted(ours)]).startswith(row["response"])
+        assert "<think>" not in row["response"]
+
+
+def test_med_recipe_gives_the_reference_sft_command_line(tmp_path):
+    """recipes/med_qwen2.5-7b.yaml on the verl backend (dry run, CPU): the reference recipe in
+    verl's SFT command line, the run name from config, the merge into results/models/<run>/merged."""
+    wd = tmp_path / "wd"
+    (wd / "data/raw/mtmeddialog").mkdir(parents=True)
+    for split in ("train", "validation", "test"):
+        (wd / f"data/raw/mtmeddialog/{split}.parquet").write_bytes(b"")  # a dry run only checks they exist
+    (wd / "src").symlink_to(REPO / "src")
+    cmd = [sys.executable, "-m", "snakemake", "-n", "-p", "results/models/qwen2.5-7b-mtmed-think-seed1/merged",
+           "--snakefile", str(REPO / "Snakefile"), "--directory", str(wd), "--cores", "1",
+           "--configfile", str(REPO / "config.yaml"), str(REPO / "recipes/med_qwen2.5-7b.yaml")]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONHASHSEED": "0"})
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-3000:]
+    assert "rule med_sft:" in out and "rule med_merge:" in out and "rule med_base_model" not in out
+    assert "torchrun --standalone --nnodes 1 --nproc_per_node 8 -m verl.trainer.sft_trainer" in out
+    for expected in ("optim.lr=0.0001", "data.max_length=6784", "data.train_batch_size=128",
+                     "data.micro_batch_size_per_gpu=8", "model.lora_rank=64", "model.lora_alpha=32",
+                     "model.enable_gradient_checkpointing=true", "trainer.total_epochs=3",
+                     "model.path=Qwen/Qwen2.5-7B-Instruct", "data.custom_cls.path=pkg://sft2rl.verl_sft_data",
+                     '"trainer.default_local_dir=$PWD/results/med/sft/qwen2.5-7b-mtmed-think-seed1/checkpoints"'):
+        assert expected in out, expected
+    assert "--which last" in out and "--out results/models/qwen2.5-7b-mtmed-think-seed1/merged" in out

@@ -49,18 +49,26 @@ def _check_consistency(config: dict[str, Any]) -> None:
             f"config keys 'rl.train_batch' = {rl['train_batch']} must be a multiple of "
             f"'rl.ppo_mini_batch' = {rl['ppo_mini_batch']}"
         )
+    for task in ("games", "med"):  # the tasks' sft: overrides, completed from sft:
+        tsft = dict(sft, **config.get(task, {}).get("sft", {}))
+        if tsft["train_batch"] % tsft["micro_batch"]:
+            raise ConfigError(
+                f"config keys '{task}.sft.train_batch' = {tsft['train_batch']} must be a multiple of "
+                f"'{task}.sft.micro_batch' = {tsft['micro_batch']} (unset keys come from 'sft')"
+            )
     games = config.get("games")
     if games:
-        gsft = dict(sft, **games["sft"])
-        if gsft["train_batch"] % gsft["micro_batch"]:
-            raise ConfigError(
-                f"config keys 'games.sft.train_batch' = {gsft['train_batch']} must be a multiple of "
-                f"'games.sft.micro_batch' = {gsft['micro_batch']} (unset keys come from 'sft')"
-            )
         unknown = sorted(set(games["sft_files"]) - set(games["envs"]))
         if unknown:
             raise ConfigError(f"config key 'games.sft_files' names {unknown}, which are not in 'games.envs' "
                               f"= {games['envs']}")
+    med = config.get("med")
+    if med:
+        if med["world"]["max_questions"] >= med["eval"]["max_turns"]:
+            raise ConfigError(
+                f"config keys 'med.world.max_questions' = {med['world']['max_questions']} must be smaller than "
+                f"'med.eval.max_turns' = {med['eval']['max_turns']} (the scripted doctor diagnoses within the limit)"
+            )
     tiny = config["model"]["tiny"]
     if tiny["hidden_size"] % tiny["num_heads"] or tiny["num_heads"] % tiny["num_kv_heads"]:
         raise ConfigError(

@@ -85,3 +85,20 @@ def generate(model, tokenizer, prompts: list[list[dict[str, str]]], *, max_new_t
     resp = resp.masked_fill(after_eos, tokenizer.pad_token_id)
     texts = tokenizer.batch_decode(resp, skip_special_tokens=True)
     return Generated(ids, mask, resp, resp_mask, texts)
+
+
+def reply_policy(model, tokenizer, *, max_new_tokens: int, do_sample: bool, temperature: float, seed: int,
+                 batch_size: int):
+    """A model as an agent that answers a list of prompts per call, ``batch_size`` at a time
+    (the games' players and the medical task's doctor). Call ``i`` of the policy seeds its
+    sampling with ``seed + i``, so a run is reproducible while calls draw differently."""
+    calls = [0]
+
+    def act(items, prompts: list[list[dict[str, str]]]) -> list[str]:
+        out: list[str] = []
+        for i in range(0, len(prompts), batch_size):
+            calls[0] += 1
+            out += generate(model, tokenizer, prompts[i:i + batch_size], max_new_tokens=max_new_tokens,
+                            do_sample=do_sample, temperature=temperature, seed=seed + calls[0]).texts
+        return out
+    return act

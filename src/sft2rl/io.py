@@ -103,6 +103,20 @@ def read_jsonl(path: str | os.PathLike) -> list[tuple[int, dict]]:
     return rows
 
 
+def read_rows(path: str | os.PathLike) -> list[tuple[int, dict]]:
+    """``(row_number, object)`` pairs of a jsonl or a parquet file (chosen by extension; row
+    numbers are 1-based, the line number for jsonl), with DataErrors naming the file."""
+    path = Path(path)
+    if path.suffix != ".parquet":
+        return read_jsonl(path)
+    if not path.is_file():
+        raise DataError(path, None, None, "file not found")
+    rows = list(enumerate(read_parquet_rows(path), start=1))
+    if not rows:
+        raise DataError(path, None, None, "no rows")
+    return rows
+
+
 def read_parquet_rows(path: str | os.PathLike) -> list[dict]:
     """Read a parquet file into a list of plain-Python dicts (nested lists/structs kept)."""
     import pyarrow.parquet as pq

@@ -198,3 +198,13 @@ def risk_coverage(records: list[dict[str, Any]]) -> tuple[list[float], list[floa
         risk.append(float(wrong[:k].mean()))
         i = k
     return cov, risk
+
+
+def wilson(successes: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion (scipy); (nan, nan) for n = 0."""
+    from scipy.stats import binomtest
+
+    if n == 0:
+        return float("nan"), float("nan")
+    ci = binomtest(successes, n).proportion_ci(confidence_level=level, method="wilson")
+    return float(ci.low), float(ci.high)

@@ -18,10 +18,10 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from ...errors import DataError
-from ...io import read_jsonl, read_parquet_rows, write_jsonl, write_parquet
+from ...io import read_rows, write_jsonl, write_parquet
 from . import ACTIONS, ENVS
 from .prompts import ANSWER_RE, instruction, messages, parse_action, render, response
 from .solver import bfs, plan_states
@@ -150,22 +150,12 @@ def write_game_data(env: str, cfg: dict[str, Any], out_dir: str | Path) -> dict[
 
 
 # ------------------------------------------------------------------ user-supplied rows
-def _iter_rows(path: Path) -> Iterator[tuple[int, dict]]:
-    if path.suffix == ".parquet":
-        if not path.is_file():
-            raise DataError(path, None, None, "file not found")
-        for i, row in enumerate(read_parquet_rows(path), start=1):
-            yield i, row
-    else:
-        yield from read_jsonl(path)
-
-
 def load_game_rows(path: str | Path) -> list[dict[str, Any]]:
     """Validate game SFT rows (jsonl or parquet): a non-empty message list as ``prompt`` and a
     ``response`` with exactly one ``<answer>`` naming a valid action. Errors name file, row, field."""
     path = Path(path)
     rows = []
-    for lineno, row in _iter_rows(path):
+    for lineno, row in read_rows(path):
         prompt = row.get("prompt")
         if not isinstance(prompt, list) or not prompt:
             raise DataError(path, lineno, "prompt", f"must be a non-empty list of messages, got {type(prompt).__name__}")

@@ -30,6 +30,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ...stats import wilson
 from . import ACTIONS, frozenlake
 from .prompts import messages, parse_action
 from .sokoban import SokobanEnv
@@ -122,22 +123,6 @@ def bfs_policy(max_depth: int) -> Policy:
     return act
 
 
-def model_policy(model, tokenizer, *, max_new_tokens: int, do_sample: bool, temperature: float, seed: int,
-                 batch_size: int) -> Policy:
-    from ...generation import generate
-
-    calls = [0]
-
-    def act(episodes, prompts):
-        out: list[str] = []
-        for i in range(0, len(prompts), batch_size):
-            calls[0] += 1
-            out += generate(model, tokenizer, prompts[i:i + batch_size], max_new_tokens=max_new_tokens,
-                            do_sample=do_sample, temperature=temperature, seed=seed + calls[0]).texts
-        return out
-    return act
-
-
 def play(env_name: str, levels: list[dict[str, Any]], policy: Policy, cfg: dict[str, Any], *, episodes: int,
          max_steps: int, seed: int, progress: bool = True) -> list[dict[str, Any]]:
     """Play ``episodes`` episodes of every level with ``policy``; one record per episode."""
@@ -192,15 +177,6 @@ def step_accuracy(env_name: str, levels: list[dict[str, Any]], policy: Policy, c
 
 
 # ------------------------------------------------------------------ metrics
-def wilson(successes: int, n: int, level: float = 0.95) -> tuple[float, float]:
-    from scipy.stats import binomtest
-
-    if n == 0:
-        return float("nan"), float("nan")
-    ci = binomtest(successes, n).proportion_ci(confidence_level=level, method="wilson")
-    return float(ci.low), float(ci.high)
-
-
 def level_bootstrap(records: list[dict[str, Any]], *, samples: int, level: float, seed: int) -> tuple[float, float]:
     """Percentile interval of the success rate, resampling levels (their k episodes together)."""
     by_level: dict[int, list[float]] = {}
@@ -252,14 +228,15 @@ def evaluate_policy(env_name: str, policy: str, levels_path: str, model_path: st
                  bootstrap_seed=bootstrap["bootstrap_seed"])
     runs: list[tuple[str, Policy, int]] = []
     if policy in ("sft", "base"):
+        from ...generation import reply_policy
         from ...model import load_model
 
         model, tokenizer = load_model(model_path)
         common = dict(max_new_tokens=ev["max_new_tokens"], temperature=ev["temperature"], seed=ev["seed"],
                       batch_size=ev["batch_size"])
-        runs.append(("greedy", model_policy(model, tokenizer, do_sample=False, **common), 1))
+        runs.append(("greedy", reply_policy(model, tokenizer, do_sample=False, **common), 1))
         if k:
-            runs.append(("sampled", model_policy(model, tokenizer, do_sample=True, **common), k))
+            runs.append(("sampled", reply_policy(model, tokenizer, do_sample=True, **common), k))
     elif policy == "random":
         runs.append(("sampled", random_policy(ev["seed"]), max(k, 1)))
     elif policy == "bfs":

@@ -1,0 +1,210 @@
+"""MTMedDialog rows: the synthetic clinic's, your own, their validation and processing.
+
+Raw rows (one per doctor turn, the MTMedDialog schema): ``prompt`` (messages: system, the
+patient's description, then alternating earlier doctor and patient turns, ending with the
+user's), ``response`` (``<think>…</think>\\n<answer>Question: …</answer>``, or the diagnosis
+on the last turn), ``reward_model: {ground_truth: {diagnosis, recommendation},
+patient_information: [{doctor_question, patient_response}, …]}``, ``extra_info`` (``index``;
+the clinic adds ``split``, ``case``, ``turn``, ``category``). Raw files are jsonl or parquet
+(by extension); a bad row stops processing with an error naming file, row and field, and
+nothing is written.
+
+Processing for SFT (``with_thinking``): ``true`` keeps the rows as they are; ``false``
+removes every ``<think>…</think>`` from the target *and* from the earlier doctor turns in
+the prompt (the system and patient turns are never touched). The processed rows carry a
+``messages`` column (prompt + the response as the last assistant turn; the loss is on that
+turn only).
+
+Held-out cases for evaluation are the distinct dialogues of the test file: the first
+messages (up to the patient's description), the ground truth, ``patient_information`` and
+the category (``extra_info.category``, else "all").
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ...data import strip_thinking
+from ...errors import DataError
+from ...io import read_rows, write_json, write_jsonl, write_parquet
+from . import clinic as clinic_mod
+from .dialog import SYSTEM_PROMPT, description, history_messages, parse_reply
+
+SYNTHETIC_SOURCE = "med_synthetic"
+ROLES = ("system", "user", "assistant")
+
+
+# ------------------------------------------------------------------ the synthetic clinic's rows
+def consultation_rows(first: list[dict[str, str]], replies: list[str], patient: list[str],
+                      reward_model: dict[str, Any], extra: dict[str, Any]) -> list[dict[str, Any]]:
+    """One raw row per doctor turn of a consultation (think blocks kept)."""
+    rows = []
+    for k, reply in enumerate(replies):
+        rows.append({"data_source": SYNTHETIC_SOURCE,
+                     "prompt": history_messages(first, replies[:k], patient[:k], with_thinking=True),
+                     "response": reply, "ability": "medical_consultation", "reward_model": reward_model,
+                     "extra_info": {**extra, "turn": k}})
+    return rows
+
+
+def clinic_case(clinic: dict[str, Any], case: dict[str, Any]) -> dict[str, Any]:
+    """A clinic case as an evaluation case (what :func:`consult.consult` takes)."""
+    return {"id": f"{case['split']}-{case['index']}", "category": case["category"], "exact": True,
+            "first": [{"role": "system", "content": SYSTEM_PROMPT},
+                      {"role": "user", "content": description(clinic_mod.self_report(case))}],
+            "truth": {"diagnosis": case["disease"], "recommendation": case["recommendation"]},
+            "patient_information": clinic_mod.patient_information(clinic, case)}
+
+
+def write_clinic_data(world: dict[str, Any], out_dir: str | Path, corpus_out: str | Path) -> dict[str, int]:
+    """world.json, the raw {train,val,test}.jsonl (scripted consultations in the MTMedDialog
+    schema) and the base model's pretraining corpus. The scripted doctor asks at most
+    ``max_questions`` questions, so its consultations never reach a turn limit; the patient
+    is asked the recorded questions verbatim (similarity 1)."""
+    from .consult import consult
+    from .doctor import scripted_policy
+
+    out = Path(out_dir)
+    clinic = clinic_mod.build_clinic(world)
+    cases = clinic_mod.generate_cases(clinic, world["cases"], world["case_seeds"])
+    doctor = scripted_policy(clinic, confidence=world["confidence"], max_questions=world["max_questions"])
+    counts = {}
+    for split in ("train", "val", "test"):
+        mine = [c for c in cases if c["split"] == split]
+        evals = [clinic_case(clinic, c) for c in mine]
+        records = consult(evals, doctor, max_turns=world["max_questions"] + 1, with_thinking=True,
+                          threshold=1.0, progress=False)
+        rows = []
+        for case, ev, rec in zip(mine, evals, records):
+            rm = {"ground_truth": dict(ev["truth"]), "patient_information": ev["patient_information"]}
+            rows += consultation_rows(ev["first"], rec["replies"], rec["patient"], rm,
+                                      {"split": split, "case": case["index"], "category": case["category"]})
+        for i, row in enumerate(rows):
+            row["extra_info"]["index"] = i
+        write_jsonl(out / f"{split}.jsonl", rows)
+        counts[split] = len(rows)
+    write_json(out / "world.json", {**clinic, "cases": cases})
+    docs = clinic_mod.corpus_texts(clinic, world["corpus_repeats"], world["seed"])
+    write_jsonl(corpus_out, [{"text": d} for d in docs])
+    return counts
+
+
+# ------------------------------------------------------------------ validation
+def _strings(v: Any) -> bool:
+    return isinstance(v, str) or (isinstance(v, list) and bool(v) and all(isinstance(x, str) for x in v))
+
+
+def check_row(path: Path, n: int, row: dict[str, Any], need_patient: bool) -> None:
+    """Raise a DataError (file, row, field) for a row that is not in the MTMedDialog schema."""
+    prompt = row.get("prompt")
+    if not isinstance(prompt, list) or not prompt:
+        raise DataError(path, n, "prompt", f"must be a non-empty list of messages, got {type(prompt).__name__}")
+    for j, m in enumerate(prompt):
+        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+            raise DataError(path, n, f"prompt[{j}]", "must be {role: system|user|assistant, content: string}")
+    if prompt[-1]["role"] != "user":
+        raise DataError(path, n, "prompt", "the last message must be the patient's (role user)")
+    resp = row.get("response")
+    if not isinstance(resp, str):
+        raise DataError(path, n, "response", f"must be a string, got {type(resp).__name__}")
+    if parse_reply(resp).kind == "invalid":
+        raise DataError(path, n, "response", "must hold exactly one <answer> with 'Question: …' or "
+                                             "'Diagnosis: …\\nRecommendation: …'")
+    rm = row.get("reward_model")
+    if not isinstance(rm, dict):
+        raise DataError(path, n, "reward_model", f"must be an object, got {type(rm).__name__}")
+    gt = rm.get("ground_truth")
+    if not isinstance(gt, dict):
+        raise DataError(path, n, "reward_model.ground_truth", "must be {diagnosis, recommendation}")
+    for key in ("diagnosis", "recommendation"):
+        if not isinstance(gt.get(key), str) or not gt[key].strip():
+            raise DataError(path, n, f"reward_model.ground_truth.{key}", "must be a non-empty string")
+    info = rm.get("patient_information")
+    if info is None and not need_patient:
+        return
+    if not isinstance(info, list) or not info:
+        raise DataError(path, n, "reward_model.patient_information",
+                        "must be a non-empty list of {doctor_question, patient_response} (the simulated "
+                        "patient answers from it)")
+    for j, entry in enumerate(info):
+        for key in ("doctor_question", "patient_response"):
+            if not isinstance(entry, dict) or not _strings(entry.get(key)):
+                raise DataError(path, n, f"reward_model.patient_information[{j}].{key}",
+                                "must be a string or a non-empty list of strings")
+
+
+def load_raw(path: str | Path, need_patient: bool = False) -> list[dict[str, Any]]:
+    """Validated raw MTMedDialog rows of a jsonl or parquet file."""
+    path = Path(path)
+    rows = []
+    for n, row in read_rows(path):
+        if not isinstance(row, dict):
+            raise DataError(path, n, None, f"must be an object, got {type(row).__name__}")
+        check_row(path, n, row, need_patient)
+        rows.append(row)
+    return rows
+
+
+# ------------------------------------------------------------------ processing
+def sft_row(row: dict[str, Any], with_thinking: bool) -> dict[str, Any]:
+    """prompt, response and messages of one raw row; without thinking every think block leaves
+    the target and the earlier doctor turns."""
+    def keep(text: str) -> str:
+        return text if with_thinking else strip_thinking(text)
+
+    prompt = [{"role": m["role"], "content": keep(m["content"]) if m["role"] == "assistant" else m["content"]}
+              for m in row["prompt"]]
+    response = keep(row["response"])
+    return {"prompt": prompt, "response": response,
+            "messages": prompt + [{"role": "assistant", "content": response}]}
+
+
+def write_sft_data(train: str, val: str, with_thinking: bool, out_dir: str | Path) -> dict[str, int]:
+    """Validate both raw files, then write the processed {train,val}.parquet."""
+    loaded = {"train": load_raw(train), "val": load_raw(val)}
+    for split, rows in loaded.items():
+        write_parquet(Path(out_dir) / f"{split}.parquet", [sft_row(r, with_thinking) for r in rows])
+    return {k: len(v) for k, v in loaded.items()}
+
+
+def cases_from_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The distinct dialogues of the test rows, in order of first appearance."""
+    cases: dict[tuple[str, str], dict[str, Any]] = {}
+    for row in rows:
+        prompt = row["prompt"]
+        first_user = next(i for i, m in enumerate(prompt) if m["role"] == "user")
+        first = [{"role": m["role"], "content": m["content"]} for m in prompt[: first_user + 1]]
+        truth = row["reward_model"]["ground_truth"]
+        extra = row.get("extra_info") or {}
+        # the clinic numbers its cases; MTMedDialog rows of one dialogue share description and truth
+        key = ("case", str(extra["case"])) if "case" in extra else (json.dumps(first), truth["diagnosis"])
+        if key not in cases:
+            cases[key] = {"id": str(len(cases)), "category": str(extra.get("category") or "all"),
+                          "exact": row.get("data_source") == SYNTHETIC_SOURCE, "first": first,
+                          "truth": {"diagnosis": truth["diagnosis"], "recommendation": truth["recommendation"]},
+                          "patient_information": row["reward_model"]["patient_information"]}
+    return list(cases.values())
+
+
+def write_cases(test: str, out: str | Path) -> int:
+    cases = cases_from_rows(load_raw(test, need_patient=True))
+    write_jsonl(out, cases)
+    return len(cases)
+
+
+def corpus_from_rows(rows: list[dict[str, Any]]) -> list[str]:
+    """The tiny base's corpus from your own train rows: each dialogue once (its longest row, in
+    the chat format, think blocks kept)."""
+    from ...world import chat_text
+
+    longest: dict[tuple[str, str], dict[str, Any]] = {}
+    for row in rows:
+        key = (json.dumps(row["prompt"][:2]), row["reward_model"]["ground_truth"]["diagnosis"])
+        if key not in longest or len(row["prompt"]) > len(longest[key]["prompt"]):
+            longest[key] = row
+    return [chat_text(r["prompt"] + [{"role": "assistant", "content": r["response"]}]) for r in longest.values()]
+
+
+def read_cases(path: str | Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -1,0 +1,84 @@
+"""The consultation protocol of the MTMedDialog format: prompts and the doctor's answers.
+
+A doctor's reply is ``<think> … </think>\\n<answer>Question: …</answer>`` to ask, and
+``<think> … </think>\\n<answer>Diagnosis: …\\nRecommendation: …</answer>`` to conclude (the
+think block is optional). The prompt of doctor turn k is the system turn, the patient's
+description ("Patient's description: …\\nDecide next action:\\n" and a format line), then the
+k earlier doctor replies (assistant) and patient replies (user), alternating. At the last
+allowed turn the patient's message ends with :data:`FORCE`, the forced final diagnosis.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from ...data import strip_thinking
+
+SYSTEM_PROMPT = (
+    "You are a doctor consulting a patient online. Ask one short question per turn to learn the "
+    "patient's symptoms, then give a diagnosis and a recommendation. To ask, reply "
+    "<answer>Question: your question</answer>. To conclude, reply "
+    "<answer>Diagnosis: the disease\nRecommendation: your advice</answer>.")
+FORMAT_LINE = "Think briefly inside <think> </think>, then reply inside <answer> </answer>."
+FORCE = "This is your last turn: give your diagnosis and recommendation now."
+DONT_KNOW = "Sorry, I do not know."
+NOT_UNDERSTOOD = "Sorry, I do not understand."
+ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+DIAGNOSIS_RE = re.compile(r"^Diagnosis:\s*(.*?)\s*\n\s*Recommendation:\s*(.*)$", re.DOTALL)
+
+
+def description(self_report: str) -> str:
+    """The first user turn."""
+    return f"Patient's description: {self_report}\nDecide next action:\n{FORMAT_LINE}"
+
+
+def doctor_reply(answer: str, think: str | None) -> str:
+    return (f"<think>{think}</think>\n" if think else "") + f"<answer>{answer}</answer>"
+
+
+def question_answer(question: str) -> str:
+    return f"Question: {question}"
+
+
+def diagnosis_answer(diagnosis: str, recommendation: str) -> str:
+    return f"Diagnosis: {diagnosis}\nRecommendation: {recommendation}"
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A parsed doctor reply: ``kind`` is question, diagnosis or invalid."""
+    kind: str
+    question: str = ""
+    diagnosis: str = ""
+    recommendation: str = ""
+
+
+def parse_reply(text: str) -> Reply:
+    """Exactly one ``<answer>`` (outside think blocks) holding a question or a diagnosis with a
+    recommendation; anything else is invalid."""
+    body = strip_thinking(text)
+    answers = ANSWER_RE.findall(body)
+    if len(answers) != 1 or body.count("<answer>") != 1:
+        return Reply("invalid")
+    content = answers[0].strip()
+    if content.startswith("Question:"):
+        q = content[len("Question:"):].strip()
+        return Reply("question", question=q) if q else Reply("invalid")
+    m = DIAGNOSIS_RE.match(content)
+    if m and m.group(1).strip():
+        return Reply("diagnosis", diagnosis=m.group(1).strip(), recommendation=m.group(2).strip())
+    return Reply("invalid")
+
+
+def history_messages(first: list[dict[str, str]], replies: list[str], patient: list[str], *,
+                     with_thinking: bool = True, force: bool = False) -> list[dict[str, str]]:
+    """The prompt of the next doctor turn: ``first`` (system + description), then the earlier
+    doctor replies and patient replies; without thinking the earlier replies lose their think
+    blocks (as the training rows do). ``force`` appends :data:`FORCE` to the last user turn."""
+    msgs = [dict(m) for m in first]
+    for reply, answer in zip(replies, patient):
+        msgs.append({"role": "assistant", "content": reply if with_thinking else strip_thinking(reply)})
+        msgs.append({"role": "user", "content": answer})
+    if force:
+        msgs[-1] = {"role": "user", "content": msgs[-1]["content"] + "\n" + FORCE}
+    return msgs

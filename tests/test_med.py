@@ -1,0 +1,304 @@
+"""Medical consultation: protocol, clinic, scripted doctor, patient, rows, validation, metrics."""
+from __future__ import annotations
+
+import copy
+import json
+
+import pandas as pd
+import pytest
+
+from sft2rl.errors import DataError
+from sft2rl.io import write_jsonl, write_parquet
+from sft2rl.tasks.med import clinic, consult, data, dialog, doctor, patient
+
+WORLD = {"seed": 7, "categories": ["respiratory", "digestive", "skin", "neurological"], "diseases_per_category": 2,
+         "profile_size": 4, "dropout": 0.25, "confidence": 0.95, "max_questions": 6,
+         "cases": {"train": 40, "val": 6, "test": 12}, "case_seeds": {"train": 1000, "val": 2000, "test": 3000},
+         "corpus_repeats": 2}
+
+#: a hand-made clinic: A and B share the chief complaint s1; s2 tells them apart
+HAND = {"dropout": 0.25, "symptoms": ["s1", "s2", "s3", "s4"], "diseases": [
+    {"name": "Alpha fever", "category": "c1", "symptoms": ["s1", "s2"], "recommendation": "Rest."},
+    {"name": "Beta syndrome", "category": "c2", "symptoms": ["s1", "s3"], "recommendation": "Drink water."},
+    {"name": "Gamma disease", "category": "c2", "symptoms": ["s4", "s3"], "recommendation": "Sleep."}]}
+
+
+def hand_case(present, disease="Beta syndrome", rec="Drink water.", chief="s1"):
+    info = [{"doctor_question": [clinic.question(s)],
+             "patient_response": [f"Yes, I have {s}." if s in present else f"No, I do not have {s}."]}
+            for s in HAND["symptoms"]]
+    return {"id": "0", "category": "c2", "exact": True,
+            "first": [{"role": "system", "content": dialog.SYSTEM_PROMPT},
+                      {"role": "user", "content": dialog.description(f"I have had {chief} for 3 days.")}],
+            "truth": {"diagnosis": disease, "recommendation": rec}, "patient_information": info}
+
+
+@pytest.fixture(scope="module")
+def clinic_files(tmp_path_factory):
+    out = tmp_path_factory.mktemp("clinic")
+    counts = data.write_clinic_data(WORLD, out, out / "corpus.jsonl")
+    return out, counts
+
+
+# ------------------------------------------------------------------ protocol
+@pytest.mark.parametrize("text,kind,fields", [
+    ("<think>hm</think>\n<answer>Question: Do you have a cough?</answer>", "question", {"question": "Do you have a cough?"}),
+    ("<answer>Diagnosis: Roku disease\nRecommendation: Rest.</answer>", "diagnosis",
+     {"diagnosis": "Roku disease", "recommendation": "Rest."}),
+    ("<answer>Question: </answer>", "invalid", {}),
+    ("<answer>Diagnosis: Roku disease</answer>", "invalid", {}),          # no recommendation
+    ("<answer>Question: a?</answer><answer>Question: b?</answer>", "invalid", {}),
+    ("<think><answer>Question: hidden?</answer></think>", "invalid", {}),  # an answer inside thinking is not one
+    ("Do you have a cough?", "invalid", {}),
+])
+def test_parse_reply(text, kind, fields):
+    r = dialog.parse_reply(text)
+    assert r.kind == kind
+    for k, v in fields.items():
+        assert getattr(r, k) == v
+
+
+# ------------------------------------------------------------------ clinic
+def test_clinic_is_deterministic_and_splits_are_disjoint_by_pattern():
+    a, b = clinic.build_clinic(WORLD), clinic.build_clinic(copy.deepcopy(WORLD))
+    assert a == b and len(a["diseases"]) == 8
+    assert len({tuple(sorted(d["symptoms"])) for d in a["diseases"]}) == 8
+    assert len({d["name"] for d in a["diseases"]}) == 8
+    cases = clinic.generate_cases(a, WORLD["cases"], WORLD["case_seeds"])
+    assert cases == clinic.generate_cases(b, WORLD["cases"], WORLD["case_seeds"])
+    split = {s: [c["pattern"] for c in cases if c["split"] == s] for s in ("train", "val", "test")}
+    assert {s: len(v) for s, v in split.items()} == {"train": 40, "val": 6, "test": 12}
+    assert len(set(split["test"])) == 12 and len(set(split["val"])) == 6
+    assert not set(split["test"]) & set(split["train"]) and not set(split["val"]) & set(split["train"])
+    assert not set(split["test"]) & set(split["val"])
+    for c in cases:
+        prof = next(d for d in a["diseases"] if d["name"] == c["disease"])["symptoms"]
+        assert c["chief"] in c["present"] and set(c["present"]) <= set(prof) and len(c["present"]) >= 2
+    # more test cases than the world has patterns: a clear error, not an endless loop
+    with pytest.raises(RuntimeError, match="no new case pattern"):
+        clinic.generate_cases(a, {"train": 1, "val": 1, "test": 500}, WORLD["case_seeds"])
+
+
+def test_corpus_holds_the_knowledge_and_no_case(clinic_files):
+    out, _ = clinic_files
+    world = json.loads((out / "world.json").read_text())
+    corpus = "\n".join(json.loads(line)["text"] for line in (out / "corpus.jsonl").read_text().splitlines())
+    for d in world["diseases"]:
+        assert f"What are the symptoms of {d['name']}?" in corpus and d["recommendation"] in corpus
+        assert f"Diagnosis: {d['name']}\nRecommendation: {d['recommendation']}" in corpus
+    assert "Patient's description" not in corpus and "Do you have" not in corpus and " days." not in corpus
+
+
+# ------------------------------------------------------------------ the scripted doctor and the patient
+def test_scripted_consultation_with_a_known_outcome():
+    """Chief complaint s1 fits Alpha and Beta; s2 (Alpha's) tells them apart; 'no' leaves Beta."""
+    case = hand_case(present=["s1", "s3"])
+    policy = doctor.scripted_policy(HAND, confidence=0.7, max_questions=3)
+    [rec] = consult.consult([case], policy, max_turns=5, with_thinking=True, threshold=0.5, progress=False)
+    assert rec["replies"][0] == ("<think>It could be Alpha fever or Beta syndrome. Asking about s2 tells them apart."
+                                 "</think>\n<answer>Question: Do you have s2?</answer>")
+    assert rec["patient"] == ["No, I do not have s2."]
+    # posterior after "no s2": Alpha 0.25 / (0.25 + 1) = 0.2, Beta 0.8 >= 0.7
+    assert doctor.posterior(HAND, "s1", {"s2": False}) == pytest.approx([0.2, 0.8, 0.0])
+    assert rec["replies"][1].endswith("<answer>Diagnosis: Beta syndrome\nRecommendation: Drink water.</answer>")
+    assert rec["correct"] is True and rec["turns"] == 2 and rec["questions"] == 1 and rec["sorry"] == 0
+    # at confidence 0.9 it asks s3 too ("yes" rules Alpha out), then diagnoses
+    [rec] = consult.consult([case], doctor.scripted_policy(HAND, confidence=0.9, max_questions=3), max_turns=5,
+                            with_thinking=True, threshold=0.5, progress=False)
+    assert rec["patient"] == ["No, I do not have s2.", "Yes, I have s3."] and rec["correct"] and rec["turns"] == 3
+
+
+def test_forced_diagnosis_at_the_turn_limit():
+    """A doctor that only asks: the last prompt carries the forced-diagnosis line, then it ends undiagnosed."""
+    seen = []
+
+    def asker(cons, prompts):
+        seen.append(prompts[0][-1]["content"])
+        return ["<answer>Question: Do you have s2?</answer>"] * len(cons)
+
+    [rec] = consult.consult([hand_case(["s1", "s2"])], asker, max_turns=3, with_thinking=True, threshold=0.5,
+                            progress=False)
+    assert rec["turns"] == 3 and not rec["diagnosed"] and rec["correct"] is False and rec["diagnosis"] == ""
+    assert [dialog.FORCE in s for s in seen] == [False, False, True]
+    assert rec["questions"] == 3 and rec["repeated"] == 2 and len(rec["patient"]) == 2
+    # the scripted doctor diagnoses when forced, whatever its confidence
+    [rec] = consult.consult([hand_case(["s1", "s3"])], doctor.scripted_policy(HAND, confidence=1.0, max_questions=9),
+                            max_turns=2, with_thinking=True, threshold=0.5, progress=False)
+    assert rec["turns"] == 2 and rec["diagnosed"]
+
+
+def test_patient_answers_by_similarity_with_a_threshold():
+    info = clinic.patient_information(clinic.build_clinic(WORLD), {"present": ["a cough", "a fever"]})
+    p = patient.Patient(info, threshold=0.5)
+    assert p.answer("Do you have a cough?") == "Yes, I have a cough."
+    assert p.answer("do you  have a COUGH?") == "Yes, I have a cough."           # normalised exact match
+    assert p.answer("Have you got a cough at night?") == "Yes, I have a cough."  # the symptom word carries it
+    assert p.answer("Do you have a headache?") == dialog.DONT_KNOW                # no recorded question is close
+    sim, _ = p.similarity("Do you have a sore throat?")
+    assert sim == pytest.approx(1.0)
+    assert p.similarity("Do you have rashes?")[0] < 0.5
+    # MTMedDialog entries with lists: i-th question pairs with the i-th answer, else all answers joined
+    pairs = patient.recorded_pairs([{"doctor_question": ["q one", "q two"], "patient_response": ["a1", "a2"]},
+                                    {"doctor_question": "q three", "patient_response": ["b1", "b2"]}])
+    assert pairs == [("q one", "a1"), ("q two", "a2"), ("q three", "b1 b2")]
+    assert patient.Patient([], 0.5).answer("anything?") == dialog.DONT_KNOW
+
+
+# ------------------------------------------------------------------ rows, with_thinking, validation
+def test_clinic_rows_are_the_consultations_the_evaluation_replays(clinic_files):
+    out, counts = clinic_files
+    rows = data.load_raw(out / "test.jsonl", need_patient=True)
+    assert len(rows) == counts["test"]
+    cases = data.cases_from_rows(rows)
+    assert len(cases) == WORLD["cases"]["test"] and all(c["exact"] for c in cases)
+    world = json.loads((out / "world.json").read_text())
+    records = consult.consult(cases, doctor.scripted_policy(world, confidence=0.95, max_questions=6), max_turns=10,
+                              with_thinking=True, threshold=0.5, progress=False)
+    # replaying with the scripted doctor gives back exactly the rows: same prompts, same replies
+    replay = [p for c, r in zip(cases, records)
+              for p in data.consultation_rows(c["first"], r["replies"], r["patient"], {}, {})]
+    assert [r["prompt"] for r in replay] == [r["prompt"] for r in rows]
+    assert [r["response"] for r in replay] == [r["response"] for r in rows]
+    first = rows[0]
+    assert first["prompt"][0]["role"] == "system" and first["prompt"][1]["content"].startswith("Patient's description: ")
+    assert first["response"].startswith("<think>") and set(first["reward_model"]["ground_truth"]) == {
+        "diagnosis", "recommendation"}
+    assert first["extra_info"]["index"] == 0 and first["extra_info"]["turn"] == 0
+
+
+def _multi_turn_row():
+    return {"prompt": [{"role": "system", "content": "sys <think>kept</think>"},
+                       {"role": "user", "content": "Patient's description: x\nFormat: <think> </think> <answer>"},
+                       {"role": "assistant", "content": "<think>first idea</think>\n<answer>Question: q1?</answer>"},
+                       {"role": "user", "content": "Yes."},
+                       {"role": "assistant", "content": "<answer>Question: q2?</answer>"},   # no think block
+                       {"role": "user", "content": "No."}],
+            "response": "<think>final</think>\n<answer>Diagnosis: D\nRecommendation: R</answer>",
+            "reward_model": {"ground_truth": {"diagnosis": "D", "recommendation": "R"}}}
+
+
+def test_with_thinking_false_strips_targets_and_earlier_doctor_turns_only():
+    row = _multi_turn_row()
+    kept = data.sft_row(row, True)
+    assert kept["prompt"] == row["prompt"] and kept["response"] == row["response"]
+    assert kept["messages"] == row["prompt"] + [{"role": "assistant", "content": row["response"]}]
+    dropped = data.sft_row(row, False)
+    assert dropped["response"] == "<answer>Diagnosis: D\nRecommendation: R</answer>"
+    assert dropped["prompt"][2]["content"] == "<answer>Question: q1?</answer>"
+    assert dropped["prompt"][4]["content"] == "<answer>Question: q2?</answer>"
+    # system and patient turns are never touched (the format line names the tags)
+    assert dropped["prompt"][0] == row["prompt"][0] and dropped["prompt"][1] == row["prompt"][1]
+    assert "<think>" not in "".join(m["content"] for m in dropped["messages"] if m["role"] == "assistant")
+    # a row without think blocks is the same either way
+    plain = data.sft_row({**row, "response": dropped["response"], "prompt": dropped["prompt"]}, True)
+    assert plain == data.sft_row({**row, "response": dropped["response"], "prompt": dropped["prompt"]}, False)
+
+
+def test_history_without_thinking_matches_the_training_rows(clinic_files):
+    out, _ = clinic_files
+    rows = data.load_raw(out / "train.jsonl")
+    row = next(r for r in rows if r["extra_info"]["turn"] == 2)
+    first, k = row["prompt"][:2], 2
+    replies = [m["content"] for m in row["prompt"][2::2]]
+    answers = [m["content"] for m in row["prompt"][3::2]]
+    assert len(replies) == k
+    assert dialog.history_messages(first, replies, answers, with_thinking=False) == data.sft_row(row, False)["prompt"]
+
+
+BAD_ROWS = [
+    (lambda r: r.pop("response"), "response"),
+    (lambda r: r.update(response="<answer>Maybe</answer>"), "response"),
+    (lambda r: r.update(prompt=[]), "prompt"),
+    (lambda r: r["prompt"].append({"role": "assistant", "content": "x"}), "prompt"),
+    (lambda r: r["prompt"].__setitem__(1, {"role": "patient", "content": "x"}), "prompt[1]"),
+    (lambda r: r["reward_model"]["ground_truth"].pop("diagnosis"), "reward_model.ground_truth.diagnosis"),
+    (lambda r: r.update(reward_model="D"), "reward_model"),
+    (lambda r: r["reward_model"].update(patient_information=[{"doctor_question": "q"}]),
+     "reward_model.patient_information[0].patient_response"),
+]
+
+
+# a parquet column holds one type: a string reward_model next to objects cannot be written
+@pytest.mark.parametrize("mutate,field,ext", [(m, f, e) for m, f in BAD_ROWS for e in ("jsonl", "parquet")
+                                              if not (e == "parquet" and f == "reward_model")])
+def test_bad_rows_name_file_row_and_field_and_nothing_is_written(tmp_path, mutate, field, ext):
+    good = _multi_turn_row()
+    bad = copy.deepcopy(good)
+    mutate(bad)
+    path = tmp_path / f"val.{ext}"
+    (write_jsonl if ext == "jsonl" else write_parquet)(path, [good, good, bad])
+    write_jsonl(tmp_path / "train.jsonl", [good])
+    with pytest.raises(DataError) as err:
+        data.write_sft_data(str(tmp_path / "train.jsonl"), str(path), False, tmp_path / "out")
+    assert str(err.value).startswith(f"{path}:3: field '{field}'")
+    assert not (tmp_path / "out").exists()
+
+
+def test_test_rows_need_patient_information(tmp_path):
+    write_jsonl(tmp_path / "test.jsonl", [_multi_turn_row()])
+    with pytest.raises(DataError, match=r"test.jsonl:1: field 'reward_model.patient_information'"):
+        data.write_cases(str(tmp_path / "test.jsonl"), tmp_path / "cases.jsonl")
+    assert not (tmp_path / "cases.jsonl").exists()
+
+
+def test_mtmeddialog_rows_group_into_cases(tmp_path):
+    """User rows without clinic numbering: one case per (description, diagnosis), not exact-scored."""
+    row = _multi_turn_row()
+    row["reward_model"]["patient_information"] = [{"doctor_question": ["q1?"], "patient_response": ["Yes."]}]
+    turn0 = dict(row, prompt=row["prompt"][:2], response="<answer>Question: q1?</answer>")
+    other = copy.deepcopy(turn0)
+    other["prompt"][1]["content"] = "Patient's description: y"
+    cases = data.cases_from_rows([turn0, row, other])
+    assert len(cases) == 2 and cases[0]["first"] == row["prompt"][:2] and not cases[0]["exact"]
+    assert cases[0]["category"] == "all"
+    [rec] = consult.consult(cases[:1], lambda c, p: ["<answer>Diagnosis: d\nRecommendation: R</answer>"],
+                            max_turns=3, with_thinking=True, threshold=0.5, progress=False)
+    assert rec["correct"] is None
+    assert pd.isna(consult.summarize([rec])["accuracy"])
+
+
+# ------------------------------------------------------------------ metrics by hand
+def test_metrics_on_hand_computed_cases():
+    def rec(diag, truth, correct, **kw):
+        base = {"category": "c", "diagnosis": diag, "truth_diagnosis": truth, "recommendation": "rest well now",
+                "truth_recommendation": "rest well now", "correct": correct, "diagnosed": bool(diag)}
+        return {**base, **kw}
+
+    records = [rec("Roku disease", "Roku disease", True, turns=3, questions=2, repeated=1, invalid=0,
+                   patient_replies=2, sorry=1),
+               rec("Roku fever", "Guzes syndrome", False, turns=4, questions=2, repeated=0, invalid=1,
+                   patient_replies=3, sorry=0),
+               rec("", "Kai fever", False, turns=10, questions=8, repeated=3, invalid=2, patient_replies=9, sorry=9)]
+    s = consult.summarize(records)
+    assert s["accuracy"] == pytest.approx(1 / 3)
+    lo, hi = s["accuracy_lo"], s["accuracy_hi"]
+    assert 0 < lo < 1 / 3 < hi < 1
+    # ROUGE-L F1: 1, 0 (no common word), 0 (no diagnosis)
+    assert s["diag_rougeL"] == pytest.approx((1 + 0 + 0) / 3)
+    assert consult.rouge_l(["Roku fever"], ["Kai fever"]) == [pytest.approx(0.5)]
+    assert s["rec_rougeL"] == pytest.approx(1.0)
+    assert s["turns"] == pytest.approx(17 / 3)
+    assert s["repeated_question_rate"] == pytest.approx(4 / 12)
+    assert s["invalid_format_rate"] == pytest.approx(3 / 17)
+    assert s["ir_precision"] == pytest.approx((14 - 10) / 14)
+    assert s["diagnosed_rate"] == pytest.approx(2 / 3)
+    # corpus BLEU-1: 3 of 4 words match, same length (no brevity penalty)
+    assert consult.corpus_bleu(["a b c d"], ["a b c e"], 1) == pytest.approx(0.75)
+    assert consult.corpus_bleu(["rest well now please"], ["rest well now please"], 4) == pytest.approx(1.0)
+    assert consult.corpus_bleu(["rest well now"], ["rest well now"], 4) == 0.0  # no 4-gram: why names get BLEU-2
+    rows = consult.summary_rows(records)
+    assert [r["category"] for r in rows] == ["all", "c"]
+
+
+def test_random_doctor_is_seeded_and_near_chance(clinic_files):
+    out, _ = clinic_files
+    world = json.loads((out / "world.json").read_text())
+    cases = data.cases_from_rows(data.load_raw(out / "test.jsonl", need_patient=True)) * 10
+    for i, c in enumerate(cases):
+        cases[i] = dict(c, id=str(i))
+    runs = [consult.consult(cases, doctor.random_policy(world, max_questions=6, seed=s), max_turns=10,
+                            with_thinking=True, threshold=0.5, progress=False) for s in (0, 0, 1)]
+    assert runs[0] == runs[1] and runs[0] != runs[2]
+    acc = consult.summarize(runs[0])["accuracy"]
+    assert acc == pytest.approx(1 / 8, abs=0.08)
+    assert all(1 <= r["questions"] <= 6 and r["repeated"] == 0 for r in runs[0])

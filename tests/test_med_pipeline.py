@@ -1,0 +1,114 @@
+"""The medical workflow end to end on the reduced config: synthetic clinic -> rows with and
+without thinking -> tiny base -> LoRA SFT per variant and seed -> automatic verified merge into
+results/models/<run>/merged -> consultations with the simulated patient -> the tables and figure.
+
+One finished medical workflow per test session (``med_done``), in its own copy of the checkout.
+"""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import yaml
+
+from test_pipeline import REDUCED, finished_copy, planned_jobs, smk
+
+pytestmark = pytest.mark.integration
+MED = yaml.safe_load(REDUCED.read_text())["med"]
+RUN = MED["run_name"]
+SEEDS = MED["seeds"]
+N_TEST = MED["world"]["cases"]["test"]
+
+
+@pytest.fixture(scope="session")
+def med_done(tmp_path_factory):
+    return finished_copy(tmp_path_factory, "med", "med")
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_eval_table_rows_and_references(med_done):
+    frame = pd.read_csv(med_done / "results/med/eval.csv")
+    alls = frame[frame["category"] == "all"].set_index("doctor")
+    first = SEEDS[0]
+    assert list(alls.index) == ["base", f"{RUN}-think-seed{first}", f"{RUN}-nothink-seed{first}", "scripted", "random"]
+    assert (alls["cases"] == N_TEST).all()
+    cats = set(frame["category"]) - {"all"}
+    assert cats and cats <= set(MED["world"]["categories"])
+    # per-category rows add up to the whole
+    for doctor, sub in frame[frame["category"] != "all"].groupby("doctor"):
+        assert sub["cases"].sum() == N_TEST
+        assert (sub["cases"] * sub["accuracy"]).sum() / N_TEST == pytest.approx(alls.loc[doctor, "accuracy"])
+    scripted, rnd = alls.loc["scripted"], alls.loc["random"]
+    assert scripted["accuracy"] >= 0.75 and scripted["invalid_format_rate"] == 0 and scripted["ir_precision"] == 1
+    assert scripted["repeated_question_rate"] == 0 and scripted["diagnosed_rate"] == 1
+    assert rnd["accuracy"] < scripted["accuracy"] and rnd["ir_precision"] == 1
+    assert ((alls["accuracy_lo"] <= alls["accuracy"]) & (alls["accuracy"] <= alls["accuracy_hi"])).all()
+    assert (alls["turns"] >= 1).all() and (alls["turns"] <= MED["eval"]["max_turns"]).all()
+    # the consultations on disk agree with the table
+    for doctor in alls.index:
+        recs = read_jsonl(med_done / f"results/med/eval/{doctor}.jsonl")
+        assert len(recs) == N_TEST
+        assert sum(r["correct"] for r in recs) / N_TEST == pytest.approx(alls.loc[doctor, "accuracy"])
+        assert sum(r["turns"] for r in recs) / N_TEST == pytest.approx(alls.loc[doctor, "turns"])
+    for ext in ("png", "pdf"):
+        assert (med_done / f"results/figures/med_eval.{ext}").stat().st_size > 1000
+    tex = (med_done / "results/tables/med_eval.tex").read_text()
+    assert tex.count("\\\\") == len(alls) + 1
+
+
+def test_ablation_over_seeds(med_done):
+    ab = pd.read_csv(med_done / "results/med/ablation_thinking.csv").set_index("with_thinking")
+    assert list(ab.index) == ["true", "false", "think - nothink"]
+    assert (ab["n_seeds"] == len(SEEDS)).all()
+    per_seed = {t: [json.loads((med_done / f"results/med/eval/{RUN}-{t}-seed{s}.json").read_text())[0]["accuracy"]
+                    for s in SEEDS] for t in ("think", "nothink")}
+    assert ab.loc["true", "accuracy_mean"] == pytest.approx(sum(per_seed["think"]) / len(SEEDS))
+    assert ab.loc["false", "accuracy_mean"] == pytest.approx(sum(per_seed["nothink"]) / len(SEEDS))
+    diffs = [a - b for a, b in zip(per_seed["think"], per_seed["nothink"])]
+    assert ab.loc["think - nothink", "accuracy_mean"] == pytest.approx(sum(diffs) / len(diffs))
+    assert pd.Series(per_seed["think"]).std() == pytest.approx(ab.loc["true", "accuracy_std"], nan_ok=True)
+
+
+def test_sft_rows_and_automatic_verified_merge(med_done):
+    think = pd.read_parquet(med_done / "data/processed/med/think/train.parquet")
+    nothink = pd.read_parquet(med_done / "data/processed/med/nothink/train.parquet")
+    assert len(think) == len(nothink) > 0
+    assert think["response"].str.startswith("<think>").all()
+    assert not nothink["response"].str.contains("<think>").any()
+    assert not any("<think>" in m["content"] for msgs in nothink["messages"] for m in msgs if m["role"] == "assistant")
+    for t in ("think", "nothink"):
+        for s in SEEDS:
+            run = f"{RUN}-{t}-seed{s}"
+            metrics = json.loads((med_done / f"results/med/sft/{run}/metrics.json").read_text())
+            losses = [e["val_loss"] for e in metrics["epochs"]]
+            assert len(losses) == MED["sft"]["epochs"] and min(losses) < metrics["initial_val_loss"]
+            best = min(metrics["epochs"], key=lambda e: e["val_loss"])["epoch"]
+            report = json.loads((med_done / f"results/models/{run}/merged/merge_report.json").read_text())
+            assert report["verified"] and report["adapter"].endswith(f"{run}/checkpoints/epoch_{best}")
+    # the SFT doctor answers in the trained format and diagnoses (the reduced run is short)
+    frame = pd.read_csv(med_done / "results/med/eval.csv")
+    sft = frame[(frame["category"] == "all") & frame["doctor"].str.startswith(RUN)]
+    assert (sft["invalid_format_rate"] < 0.5).all() and (sft["diagnosed_rate"] > 0.5).all()
+
+
+def test_clinic_splits_and_held_out_cases(med_done):
+    world = json.loads((med_done / "data/raw/med/world.json").read_text())
+    split = {s: {c["pattern"] for c in world["cases"] if c["split"] == s} for s in ("train", "val", "test")}
+    assert not split["test"] & split["train"] and not split["val"] & split["train"]
+    cases = read_jsonl(med_done / "data/processed/med/cases.jsonl")
+    assert len(cases) == N_TEST and all(c["exact"] for c in cases)
+    corpus = (med_done / "data/processed/med/corpus.jsonl").read_text()
+    assert "Patient's description" not in corpus
+
+
+def test_editing_the_eval_settings_reruns_only_the_evaluation(med_done):
+    extra = med_done / "extra.yaml"
+    extra.write_text(yaml.safe_dump({"med": {"eval": dict(MED["eval"], max_turns=MED["eval"]["max_turns"] + 1)}}))
+    proc = smk(med_done, "med", extra_config=extra, dry=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = planned_jobs(proc.stdout)
+    assert set(jobs) == {"med_eval", "med_table", "med_figure", "med"}, jobs
