@@ -245,3 +245,24 @@ def test_atomic_writes_leave_nothing_on_failure(tmp_path):
         (tmp / "new").write_text("new")
     assert [p.name for p in d.iterdir()] == ["new"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_atomic_outputs_get_the_permissions_of_a_plain_open(tmp_path):
+    """Files and directories written through a temp name are readable by the group as usual
+    (mkstemp/mkdtemp make them owner-only), following the umask."""
+    import os
+
+    old = os.umask(0o022)
+    try:
+        with atomic_file(tmp_path / "table.csv") as tmp:
+            tmp.write_text("a\n")
+        with atomic_dir(tmp_path / "model") as tmp:
+            (tmp / "config.json").write_text("{}")
+        os.umask(0o077)
+        with atomic_file(tmp_path / "private.csv") as tmp:
+            tmp.write_text("a\n")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "table.csv").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "model").stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "private.csv").stat().st_mode & 0o777 == 0o600

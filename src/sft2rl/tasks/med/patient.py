@@ -6,7 +6,8 @@ recorded question: cosine similarity of TF-IDF word vectors fitted on the case's
 questions (scikit-learn; words that every recorded question shares, such as "do you have",
 weigh least). Below ``threshold`` (default 0.5) the patient says "Sorry, I do not know.": on
 the synthetic clinic, where every symptom of the world is recorded as "Do you have X?",
-another symptom scores about 0.15 and the same question 1.0.
+the same question scores 1.0 and the question of another symptom 0.18 (median; at most
+0.50: "chest pain" against "stomach pain"); the best match decides.
 """
 from __future__ import annotations
 

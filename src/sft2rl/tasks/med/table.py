@@ -123,7 +123,7 @@ def figure(eval_csv: str, ablation_csv: str, outputs: list[str]) -> list[str]:
     err = [(frame["accuracy"] - frame["accuracy_lo"]).fillna(0), (frame["accuracy_hi"] - frame["accuracy"]).fillna(0)]
     ax.bar(x - 0.2, acc, 0.4, yerr=err, capsize=3, label="diagnosis accuracy (95% CI)", color="C0")
     ax.bar(x + 0.2, frame["diag_rougeL"], 0.4, label="diagnosis ROUGE-L", color="C1")
-    ax.set_xticks(x, [lbl.replace(", ", ",\n") for lbl in frame["label"]], fontsize=7)
+    ax.set_xticks(x, [lbl.replace(", ", ",\n").replace(" doctor", "\ndoctor") for lbl in frame["label"]], fontsize=7)
     ax.set_ylim(0, 1.05)
     ax.legend(fontsize=7)
     ax.set_title("held-out consultations")
@@ -132,7 +132,7 @@ def figure(eval_csv: str, ablation_csv: str, outputs: list[str]) -> list[str]:
            color=["C2", "C3"][: len(ablation)])
     ax.set_xticks(range(len(ablation)), [f"with_thinking\n{v}" for v in ablation["with_thinking"]], fontsize=8)
     ax.set_ylim(0, 1.05)
-    ax.set_ylabel("diagnosis accuracy (mean ± std over seeds)")
+    ax.set_ylabel("diagnosis accuracy\n(mean ± std over seeds)")
     ax.set_title("thinking ablation")
     stems = {str(Path(o).with_suffix("")) for o in outputs}
     return [path for stem in sorted(stems) for path in save_figure(fig, stem)]
