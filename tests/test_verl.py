@@ -822,3 +822,58 @@ def test_med_recipe_gives_the_reference_sft_command_line(tmp_path):
                      '"trainer.default_local_dir=$PWD/results/med/sft/qwen2.5-7b-mtmed-think-seed1/checkpoints"'):
         assert expected in out, expected
     assert "--which last" in out and "--out results/models/qwen2.5-7b-mtmed-think-seed1/merged" in out
+
+
+# ------------------------------------------------------------------ 9. no injection through config values
+HOSTILE = ["$(touch {pwned})", "`touch {pwned}`", "x;touch {pwned}", "a'b\"c", "$HOME/${{IFS}}y", "p|touch {pwned}",
+           "q\\$(touch {pwned})", "$PWDX/$(touch {pwned})"]
+
+
+def _run_with_stubs(script: str, tmp_path: Path) -> list[list[str]]:
+    """Run generated shell lines with every program a stub that records its argv; return the argvs."""
+    stubs = tmp_path / "bin"
+    stubs.mkdir(exist_ok=True)
+    calls = tmp_path / "calls"
+    for prog in ("torchrun", "python", "rm", "bash", "srun", "scontrol"):
+        (stubs / prog).write_text(f'#!/bin/sh\nfor a in "$0" "$@"; do printf "%s\\037" "$a"; done >> {calls}\n'
+                                  f'printf "\\n" >> {calls}\necho /step\n')
+        (stubs / prog).chmod(0o755)
+    env = {"PATH": f"{stubs}:/usr/bin:/bin", "SLURM_JOB_ID": "77", "SLURM_JOB_NODELIST": "n1", "HOME": str(tmp_path)}
+    res = subprocess.run(["/bin/bash", "-e", "-c", script], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert res.returncode == 0, res.stderr
+    return [line.split("\x1f")[:-1] for line in calls.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("hostile", HOSTILE)
+def test_config_values_in_verl_command_lines_stay_text(hostile, tmp_path):
+    """Every config value that reaches a verl command line (model paths, run names, data and
+    checkpoint paths, LoRA target modules, the merge choice) is passed on as text: running the
+    generated lines runs nothing it names, and the value arrives unchanged in argv. Only
+    $PWD, $SLURM_*, $SFT2RL_* and PYTHONPATH expand."""
+    pwned = tmp_path / "pwned"
+    bad = hostile.format(pwned=pwned)
+    sft = dict(sft_section(SFT_TEST), lora=dict(SFT_TEST["lora"], target_modules=[f"q_proj{bad}"]))
+    scripts = [
+        vl.sft_command(sft_run=f"run{bad}", run_dir=f"results/sft/r{bad}", base=f"org/model{bad}", train=f"t{bad}.parquet",
+                       val=f"v{bad}.parquet", sft=sft, seed=1, nnodes=1, gpus_per_node=1, code_root=f"$PWD/c{bad}"),
+        vl.sft_command(sft_run="run", base=f"/abs/m{bad}", train="t.parquet", val="v.parquet", sft=sft_section(SFT_TEST),
+                       seed=1, nnodes=2, gpus_per_node=2, code_root="$PWD"),
+        vl.merge_command(sft_run=f"run{bad}", which="last", base=f"org/model{bad}", out_dir=f"out{bad}",
+                         code_root=f"$PWD/c{bad}", run_dir=f"results/sft/r{bad}"),
+        vl.grpo_command(rl_run=f"rl{bad}", init=f"org/init{bad}", train=f"tr{bad}.parquet", test=f"te{bad}.parquet",
+                        rl=RL_TEST, reward=CONFIG["reward"], verl=CONFIG["verl"], nnodes=1, gpus_per_node=1,
+                        code_root=f"$PWD/c{bad}", final=f"fin{bad}", summary=f"sum{bad}.json"),
+    ]
+    for script in scripts:
+        argvs = _run_with_stubs(script, tmp_path)
+        assert not pwned.exists(), script
+        args = [a for argv in argvs for a in argv]
+        # the hostile text arrives as it was written (in the argument that carries it)
+        assert any(bad in a for a in args), (bad, argvs)
+        assert not any(a.startswith("/step") and bad in a for a in args)
+    # the known variables still expand
+    argvs = _run_with_stubs(scripts[0], tmp_path)
+    assert any(a == f"model.path=org/model{bad}" for a in argvs[0])
+    assert any(a == f"trainer.default_local_dir={tmp_path}/results/sft/r{bad}/checkpoints" for a in argvs[0])
+    multi = _run_with_stubs(scripts[1], tmp_path)
+    assert "77" in multi[-2] and "/step:29500" in multi[-2]  # $SLURM_JOB_ID, $SFT2RL_HEAD (scontrol stub)

@@ -95,14 +95,34 @@ def _kv(key: str, value: Any) -> str:
     return f"{key}={_v(value)}"
 
 
+#: The shell variables a generated command may expand when the job runs (the working
+#: directory, SLURM's job variables, ours, PYTHONPATH); any other ``$``, ``$(…)`` or backtick
+#: in an argument (a config value) stays literal.
+KNOWN_VARS = re.compile(r"\$(?:PWD\b|SLURM_[A-Z_]+|SFT2RL_[A-Z_]+|\{PYTHONPATH:\+:\$PYTHONPATH\}|PYTHONPATH\b)")
+
+
 def quote(arg: str) -> str:
-    """Shell-quote one argument. One with ``$`` (``$PWD``, ``$SLURM_JOB_ID``, ...) is double-quoted so the
-    shell expands it when the job runs; anything with other shell characters is single-quoted."""
-    if "$" in arg:
-        if re.search(r'["\\`]', arg):
-            raise ValueError(f"cannot double-quote {arg!r}")
+    """Shell-quote one argument so that only :data:`KNOWN_VARS` expand when the job runs.
+
+    An argument whose only ``$`` are known variables (and no backtick, ``"`` or ``\\``) is
+    double-quoted whole (``"model.path=$PWD/x"``); anything else with a known variable is
+    single-quoted piece by piece around the variables; the rest is single-quoted as needed.
+    So a config value such as ``$(rm -rf ~)`` or a backtick is passed on as text, never run.
+    """
+    if not KNOWN_VARS.search(arg):
+        return arg if _SAFE.match(arg) else shlex.quote(arg)
+    literal = KNOWN_VARS.sub("", arg)
+    if not re.search(r'[$`"\\]', literal):
         return f'"{arg}"'
-    return arg if _SAFE.match(arg) else shlex.quote(arg)
+    out, pos = [], 0
+    for m in KNOWN_VARS.finditer(arg):
+        if m.start() > pos:
+            out.append(shlex.quote(arg[pos:m.start()]))
+        out.append(f'"{m.group(0)}"')
+        pos = m.end()
+    if pos < len(arg):
+        out.append(shlex.quote(arg[pos:]))
+    return "".join(out)
 
 
 def _cmd(argv: list[str]) -> str:
