@@ -266,3 +266,78 @@ def test_atomic_outputs_get_the_permissions_of_a_plain_open(tmp_path):
     assert (tmp_path / "table.csv").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "model").stat().st_mode & 0o777 == 0o755
     assert (tmp_path / "private.csv").stat().st_mode & 0o777 == 0o600
+
+
+# ------------------------------------------------------------------ encodings and parquet raw inputs
+GOOD = {"id": 0, "messages": [{"role": "user", "content": "Wie heißt die Hauptstadt?"},
+                              {"role": "assistant", "content": "Zürich"}]}
+
+
+def _line(i: int, **kw) -> bytes:
+    return json.dumps({**GOOD, "id": i, **kw}, ensure_ascii=False).encode("utf-8")
+
+
+@pytest.mark.parametrize("content,expect", [
+    (b"\xef\xbb\xbf" + _line(0) + b"\n" + _line(1) + b"\n", None),              # UTF-8 BOM (Excel, Notepad)
+    (_line(0) + b"\r\n" + _line(1) + b"\r\n", None),                            # CRLF
+    (_line(0) + b"\n" + _line(1), None),                                        # no newline at the end
+    (_line(0) + b"\n\r\n" + _line(1) + b"\n", None),                            # a blank CRLF line
+    (_line(0) + b"\n" + _line(1).replace("Zürich".encode(), "Z\xfcrich".encode("latin-1")) + b"\n",
+     r":2: not UTF-8: byte 0xfc at column \d+ \(a Latin-1"),
+    (_line(0) + b"\n" + _line(1)[:10] + b"\x00" + _line(1)[10:] + b"\n", r":2: NUL byte at column 11"),
+    ("\ufeff".encode("utf-16-le") + _line(0).decode().encode("utf-16-le"), r":1: the file is UTF-16"),
+])
+def test_raw_file_encodings(tmp_path, content, expect):
+    raw = tmp_path / "rl.jsonl"
+    raw.write_bytes(content)
+    if expect is None:
+        rows = read_jsonl(raw)
+        assert [r["id"] for _, r in rows] == [0, 1]
+        assert rows[1][1]["messages"][1]["content"] == "Zürich"
+        process_rl(raw, tmp_path / "tr.parquet", tmp_path / "te.parquet", system_prompt="S", data_source="d",
+                   train_fraction=0.5, seed=0)
+        return
+    with pytest.raises(DataError, match=rf"^{re.escape(str(raw))}{expect}"):
+        process_rl(raw, tmp_path / "tr.parquet", tmp_path / "te.parquet", system_prompt="S", data_source="d",
+                   train_fraction=0.5, seed=0)
+    assert not (tmp_path / "tr.parquet").exists()
+
+
+def test_latin1_column_counts_characters(tmp_path):
+    """The column of a bad byte counts characters (a multi-byte 'ß' before it is one column)."""
+    raw = tmp_path / "x.jsonl"
+    raw.write_bytes("{\"a\": \"ß".encode() + b"\xfc\"}\n")
+    with pytest.raises(DataError, match=r":1: not UTF-8: byte 0xfc at column 9 "):
+        read_jsonl(raw)
+
+
+def test_parquet_raw_inputs_are_read_and_validated(tmp_path, raw_files):
+    """data.raw_sft / data.raw_rl as parquet (chosen by extension): the same rows as the jsonl,
+    the same processed output; a bad row names the file, the row and the field."""
+    from sft2rl.io import write_parquet
+
+    sft, rl = raw_files
+    rows = {name: [r for _, r in read_jsonl(p)] for name, p in (("sft", sft), ("rl", rl))}
+    for name, p in (("sft", sft), ("rl", rl)):
+        write_parquet(tmp_path / f"{name}.parquet", rows[name])
+    a = [tmp_path / f"j_{f}" for f in ("t.jsonl", "t.parquet", "v.parquet")]
+    b = [tmp_path / f"p_{f}" for f in ("t.jsonl", "t.parquet", "v.parquet")]
+    process_sft(sft, *a, n=20, seed=3, val_size=5, with_thinking=False)
+    process_sft(tmp_path / "sft.parquet", *b, n=20, seed=3, val_size=5, with_thinking=False)
+    assert pq.read_table(a[1]).to_pylist() == pq.read_table(b[1]).to_pylist()
+    process_rl(rl, tmp_path / "j_tr.parquet", tmp_path / "j_te.parquet", system_prompt="S", data_source="d",
+               train_fraction=0.5, seed=0)
+    process_rl(tmp_path / "rl.parquet", tmp_path / "p_tr.parquet", tmp_path / "p_te.parquet", system_prompt="S",
+               data_source="d", train_fraction=0.5, seed=0)
+    assert pq.read_table(tmp_path / "j_tr.parquet").to_pylist() == pq.read_table(tmp_path / "p_tr.parquet").to_pylist()
+    bad = copy.deepcopy(rows["rl"])
+    bad[6]["messages"][0]["content"] = "   "
+    write_parquet(tmp_path / "bad.parquet", bad)
+    with pytest.raises(DataError, match=rf"^{re.escape(str(tmp_path / 'bad.parquet'))}:7: field 'messages\[user\]"):
+        process_rl(tmp_path / "bad.parquet", tmp_path / "x.parquet", tmp_path / "y.parquet", system_prompt="S",
+                   data_source="d", train_fraction=0.5, seed=0)
+    (tmp_path / "fake.parquet").write_text("not parquet")
+    with pytest.raises(DataError, match=r"fake.parquet: not a readable parquet file"):
+        process_rl(tmp_path / "fake.parquet", tmp_path / "x.parquet", tmp_path / "y.parquet", system_prompt="S",
+                   data_source="d", train_fraction=0.5, seed=0)
+    assert not (tmp_path / "x.parquet").exists()

@@ -1,4 +1,4 @@
-"""Raw jsonl -> processed SFT and RL data (SPEC section A schemas).
+"""Raw jsonl or parquet (chosen by extension) -> processed SFT and RL data (SPEC section A schemas).
 
 SFT: a seeded sample of N conversations, written as jsonl and as parquet with a
 ``messages`` column (what verl's SFT trainer reads), plus validation rows drawn from the
@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .io import DataError, read_jsonl, write_jsonl, write_parquet
+from .io import DataError, read_rows, write_jsonl, write_parquet
 
 THINK_BLOCK = re.compile(r"<think>.*?</think>\s*", re.IGNORECASE | re.DOTALL)
 ROLES = {"system", "user", "assistant"}
@@ -47,7 +47,7 @@ def load_sft_rows(path: str | Path) -> list[dict[str, Any]]:
     """Validate the SFT source: each row a conversation with user and assistant turns."""
     path = Path(path)
     rows = []
-    for lineno, row in read_jsonl(path):
+    for lineno, row in read_rows(path):
         msgs = _check_messages(path, lineno, row, ("user", "assistant"))
         for j, m in enumerate(msgs):
             if m["role"] == "assistant" and not m["content"].strip():
@@ -61,7 +61,7 @@ def load_rl_rows(path: str | Path) -> list[dict[str, Any]]:
     path = Path(path)
     rows = []
     seen: dict[Any, int] = {}
-    for lineno, row in read_jsonl(path):
+    for lineno, row in read_rows(path):
         msgs = _check_messages(path, lineno, row, ("user", "assistant"))
         if "id" not in row:
             raise DataError(path, lineno, "id", "missing")

@@ -86,18 +86,37 @@ def write_parquet(path: str | os.PathLike, rows: list[dict] | pd.DataFrame) -> N
         frame.to_parquet(tmp, index=False)
 
 
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
 def read_jsonl(path: str | os.PathLike) -> list[tuple[int, dict]]:
     """Read a jsonl file as ``(line_number, object)`` pairs; blank lines are skipped.
 
-    Raises DataError naming the file and line for a missing or empty file, malformed
-    JSON, or a line that is not a JSON object.
+    Lines are read as bytes and decoded as UTF-8 one by one: a UTF-8 byte-order mark at the
+    start (what Excel and Windows editors write) is skipped, CRLF line ends and a last line
+    without a newline are fine. Raises DataError naming the file, line and column for a
+    missing or empty file, bytes that are not UTF-8 (e.g. Latin-1), a UTF-16 file, a NUL
+    byte, malformed JSON, or a line that is not a JSON object.
     """
     path = Path(path)
     if not path.is_file():
         raise DataError(path, None, None, "file not found")
     rows: list[tuple[int, dict]] = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            if lineno == 1:
+                if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+                    raise DataError(path, 1, None, "the file is UTF-16 (byte-order mark FF FE or FE FF); save it as UTF-8")
+                if raw.startswith(UTF8_BOM):
+                    raw = raw[len(UTF8_BOM):]
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                column = len(raw[:exc.start].decode("utf-8", errors="replace")) + 1
+                raise DataError(path, lineno, None, f"not UTF-8: byte 0x{raw[exc.start]:02x} at column {column} "
+                                                    f"(a Latin-1 or Windows-1252 file? save it as UTF-8)") from None
+            if "\x00" in line:
+                raise DataError(path, lineno, None, f"NUL byte at column {line.index(chr(0)) + 1}")
             if not line.strip():
                 continue
             try:
@@ -120,7 +139,10 @@ def read_rows(path: str | os.PathLike) -> list[tuple[int, dict]]:
         return read_jsonl(path)
     if not path.is_file():
         raise DataError(path, None, None, "file not found")
-    rows = list(enumerate(read_parquet_rows(path), start=1))
+    try:
+        rows = list(enumerate(read_parquet_rows(path), start=1))
+    except Exception as exc:  # pyarrow's errors: not a parquet file, truncated, ...
+        raise DataError(path, None, None, f"not a readable parquet file ({type(exc).__name__}: {exc})") from None
     if not rows:
         raise DataError(path, None, None, "no rows")
     return rows
