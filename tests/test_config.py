@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import copy
+import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -97,3 +99,72 @@ def test_snakemake_stops_before_any_job(tmp_path, cfg):
     assert ("Invalid config: config key 'reward.acc_over' = 'everything' is not allowed; "
             "allowed values: ['all', 'non_proactive']") in out
     assert "Job stats" not in out
+
+
+def test_sizes_the_data_can_hold(cfg, tmp_path, monkeypatch):
+    """Samples + validation rows against the SFT source, one RL batch against the train split:
+    the synthetic world's sizes, or the rows of your files (jsonl lines, parquet rows)."""
+    bad = copy.deepcopy(cfg)
+    bad["sft"]["n_samples"] = 120  # the world has 140 SFT rows; val_size 32
+    with pytest.raises(ConfigError, match=r"'sft.n_samples' = 120 \+ 'sft.val_size' = 32 are more than the synthetic "
+                                          r"world's 140 SFT rows \(world.n_sft_rows\)"):
+        check_config(bad, SCHEMA)
+    bad = copy.deepcopy(cfg)
+    bad["ablations"]["sft_samples"] = [25, 50, 200]
+    with pytest.raises(ConfigError, match=r"'ablations.sft_samples' = 200 \+ 'sft.val_size' = 32"):
+        check_config(bad, SCHEMA)
+    bad = copy.deepcopy(cfg)
+    bad["rl"].update(train_batch=256, ppo_mini_batch=8)
+    with pytest.raises(ConfigError, match=r"'rl.train_batch' = 256 is larger than the RL train split: 173 of the "
+                                          r"synthetic world's 385 RL rows"):
+        check_config(bad, SCHEMA)
+    # your files: counted when they exist (jsonl: non-blank lines; parquet: rows)
+    from sft2rl.io import write_parquet
+
+    monkeypatch.chdir(tmp_path)
+    row = {"id": 0, "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
+    (tmp_path / "sft.jsonl").write_text("\n".join(json.dumps(dict(row, id=i)) for i in range(60)) + "\n\n")
+    write_parquet(tmp_path / "rl.parquet", [dict(row, id=i) for i in range(30)])
+    user = copy.deepcopy(cfg)
+    user["data"].update(synthetic_world=False, raw_sft="sft.jsonl", raw_rl="rl.parquet")
+    user["ablations"]["sft_samples"] = [25]
+    user["sft"]["val_size"] = 30
+    with pytest.raises(ConfigError, match=r"'sft.n_samples' = 50 \+ 'sft.val_size' = 30 are more than the 60 SFT "
+                                          r"rows \(sft.jsonl\)"):
+        check_config(user, SCHEMA)
+    user["sft"]["val_size"] = 10
+    with pytest.raises(ConfigError, match=r"'rl.train_batch' = 8 is larger than the RL train split: 4 of the 30 RL "
+                                          r"rows \(rl.parquet\) with 'data.train_fraction' = 0.15"):
+        user["data"]["train_fraction"] = 0.15
+        check_config(user, SCHEMA)
+    user["data"]["train_fraction"] = 0.45
+    check_config(user, SCHEMA)
+    user["data"]["raw_rl"] = "missing.jsonl"  # not there yet: the data rule reports it
+    check_config(user, SCHEMA)
+
+
+@pytest.mark.parametrize("base,ok", [
+    ("tiny", True), ("Qwen/Qwen2.5-0.5B-Instruct", True), ("meta-llama/Llama-3.1-8B", True),
+    ("Qwen2.5-0.5B", False), ("/no/such/model", False), ("models/x y", False), ("a/b/c", False), ("dir", False),
+])
+def test_model_base_is_tiny_a_model_directory_or_a_hub_id(cfg, tmp_path, monkeypatch, base, ok):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "dir").mkdir()  # a directory without config.json
+    c = copy.deepcopy(cfg)
+    c["model"]["base"] = base
+    if ok:
+        check_config(c, SCHEMA)
+    else:
+        with pytest.raises(ConfigError, match=rf"config key 'model.base' = '{re.escape(base)}' is "):
+            check_config(c, SCHEMA)
+    (tmp_path / "dir" / "config.json").write_text("{}")
+    c["model"]["base"] = str(tmp_path / "dir")
+    check_config(c, SCHEMA)
+
+
+def test_ablation_lists_with_duplicates(cfg):
+    for key, value in (("beta", [0.3, 0.3]), ("seeds", [1, 2, 1]), ("sft_samples", [25, 25])):
+        c = copy.deepcopy(cfg)
+        c["ablations"][key] = value
+        with pytest.raises(ConfigError, match=rf"'ablations.{key}' = .* has non-unique elements"):
+            check_config(c, SCHEMA)

@@ -551,6 +551,14 @@ def _snakemake(workdir: Path, *args: str, config: dict | None = None) -> subproc
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONHASHSEED": "0"})
 
 
+def test_verl_sft_batches_must_split_over_the_gpus(tmp_path):
+    config = dict(CONFIG, backend="verl", verl=dict(CONFIG["verl"], nnodes=2, gpus_per_node=4))
+    res = _snakemake(tmp_path / "wd", config=config)
+    out = res.stdout + res.stderr
+    assert res.returncode != 0
+    assert "config key 'sft.train_batch' = 8 must be a multiple of 'sft.micro_batch' x GPUs = 4 x 8" in out
+
+
 def test_snakemake_dry_run_prints_verl_commands(tmp_path):
     res = _snakemake(tmp_path / "wd", "--config", "backend=verl")
     out = res.stdout + res.stderr
@@ -569,7 +577,9 @@ def test_snakemake_dry_run_prints_verl_commands(tmp_path):
 
 
 def test_snakemake_dry_run_multi_node(tmp_path):
-    config = dict(CONFIG, backend="verl", verl=dict(CONFIG["verl"], nnodes=2, gpus_per_node=4))
+    # 8 GPUs: each takes train_batch / 8 rows, a multiple of micro_batch
+    config = dict(CONFIG, backend="verl", verl=dict(CONFIG["verl"], nnodes=2, gpus_per_node=4),
+                  sft=dict(CONFIG["sft"], train_batch=32, micro_batch=4))
     res = _snakemake(tmp_path / "wd", config=config)
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-3000:]
@@ -856,8 +866,9 @@ def test_config_values_in_verl_command_lines_stay_text(hostile, tmp_path):
     scripts = [
         vl.sft_command(sft_run=f"run{bad}", run_dir=f"results/sft/r{bad}", base=f"org/model{bad}", train=f"t{bad}.parquet",
                        val=f"v{bad}.parquet", sft=sft, seed=1, nnodes=1, gpus_per_node=1, code_root=f"$PWD/c{bad}"),
-        vl.sft_command(sft_run="run", base=f"/abs/m{bad}", train="t.parquet", val="v.parquet", sft=sft_section(SFT_TEST),
-                       seed=1, nnodes=2, gpus_per_node=2, code_root="$PWD"),
+        vl.sft_command(sft_run="run", base=f"/abs/m{bad}", train="t.parquet", val="v.parquet",
+                       sft=dict(sft_section(SFT_TEST), train_batch=16), seed=1, nnodes=2, gpus_per_node=2,
+                       code_root="$PWD"),
         vl.merge_command(sft_run=f"run{bad}", which="last", base=f"org/model{bad}", out_dir=f"out{bad}",
                          code_root=f"$PWD/c{bad}", run_dir=f"results/sft/r{bad}"),
         vl.grpo_command(rl_run=f"rl{bad}", init=f"org/init{bad}", train=f"tr{bad}.parquet", test=f"te{bad}.parquet",

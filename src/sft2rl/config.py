@@ -1,6 +1,7 @@
 """Config validation with a one-line error naming the key and the allowed values."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,65 @@ def check_config(config: dict[str, Any], schema_path: str | Path) -> None:
     if error is not None:
         raise ConfigError(_describe(error))
     _check_consistency(config)
+    _check_model_base(config)
+    _check_sizes(config)
+
+
+#: a hub id: ``org/name`` (letters, digits, ``._-``)
+HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def _check_model_base(config: dict[str, Any]) -> None:
+    base = config["model"]["base"]
+    if base == "tiny" or (Path(base) / "config.json").is_file() or (HUB_ID.match(base) and not Path(base).exists()):
+        return
+    what = "a directory without config.json" if Path(base).is_dir() else "neither a local directory nor a hub id"
+    raise ConfigError(f"config key 'model.base' = {base!r} is {what}; expected tiny, a local HF model directory "
+                      f"(with config.json) or a hub id such as Qwen/Qwen2.5-0.5B-Instruct")
+
+
+def count_rows(path: str | Path) -> int | None:
+    """Rows of a raw jsonl (non-blank lines) or parquet file; None if it does not exist yet."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            return pq.ParquetFile(path).metadata.num_rows
+        except Exception:  # not parquet: processing reports it with the file's name
+            return None
+    with path.open("rb") as fh:
+        return sum(1 for line in fh if line.strip())
+
+
+def _check_sizes(config: dict[str, Any]) -> None:
+    """What the data can hold: samples + validation rows <= the SFT source, one RL train batch
+    <= the RL train split (the world's sizes, or the rows of your files when they exist).
+    (Batches over devices: ``_check_consistency`` and, per verl job, ``verl_launch``.)"""
+    data, sft, rl = config["data"], config["sft"], config["rl"]
+    if data["synthetic_world"]:
+        from .world import build_world
+
+        world = build_world(config["world"], config["system_prompt"])
+        n_sft, n_rl, source = len(world["sft_rows"]), len(world["rl_rows"]), "the synthetic world's"
+        sft_where, rl_where = "world.n_sft_rows", "the world's sizes"
+    else:
+        n_sft, n_rl, source = count_rows(data["raw_sft"]), count_rows(data["raw_rl"]), "the"
+        sft_where, rl_where = data["raw_sft"], data["raw_rl"]
+    if n_sft is not None:
+        for key, n in [("sft.n_samples", sft["n_samples"])] + [
+                ("ablations.sft_samples", k) for k in config.get("ablations", {}).get("sft_samples", [])]:
+            if n + sft["val_size"] > n_sft:
+                raise ConfigError(f"config keys '{key}' = {n} + 'sft.val_size' = {sft['val_size']} are more than "
+                                  f"{source} {n_sft} SFT rows ({sft_where})")
+    if n_rl is not None:
+        n_train = int(round(n_rl * data.get("train_fraction", 0.95)))
+        if rl["train_batch"] > n_train:
+            raise ConfigError(f"config key 'rl.train_batch' = {rl['train_batch']} is larger than the RL train split: "
+                              f"{n_train} of {source} {n_rl} RL rows ({rl_where}) with 'data.train_fraction' = "
+                              f"{data.get('train_fraction', 0.95)}")
 
 
 def _check_consistency(config: dict[str, Any]) -> None:

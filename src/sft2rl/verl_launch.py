@@ -185,9 +185,10 @@ def sft_overrides(*, base: str, train: str, val: str, run_dir: str, run_name: st
     if sft["lora"]["dropout"]:
         raise VerlConfigError(f"config key 'sft.lora.dropout' = {sft['lora']['dropout']!r}: verl 0.9.1 has no "
                               "LoRA dropout; set it to 0.0")
-    if sft["train_batch"] % world:
-        raise VerlConfigError(f"config key 'sft.train_batch' = {sft['train_batch']} must be a multiple of the "
-                              f"number of GPUs ({world})")
+    if sft["train_batch"] % world or (sft["train_batch"] // world) % sft["micro_batch"]:
+        raise VerlConfigError(f"config key 'sft.train_batch' = {sft['train_batch']} must be a multiple of "
+                              f"'sft.micro_batch' x GPUs = {sft['micro_batch']} x {world} (a task's sft: "
+                              f"section sets its own)")
     lora = sft["lora"]
     loss_turns = sft.get("loss_turns", "all")
     if loss_turns not in ("all", "last"):
