@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
@@ -268,3 +269,40 @@ def test_snakemake_report_builds(clone):
     for name in ("ablation_beta.csv", "ablation_sft_style.csv", "hedging_vs_beta.png", "risk_coverage.png",
                  "reward_curves.png"):
         assert name in html, name
+
+
+def test_real_data_on_the_tiny_base_runs_end_to_end(tmp_path):
+    """model.base: tiny with data.synthetic_world: false (the README's way to try real data on a
+    laptop): the tiny base pretrains on the user's own SFT conversations and RL train rows, then
+    SFT, merge and evaluation run. The user files arrive as Windows tools write them (UTF-8 with
+    a byte-order mark, CRLF) and as parquet."""
+    from sft2rl.io import read_jsonl, write_parquet
+    from sft2rl.world import build_world
+
+    work = copy_checkout(tmp_path / "project")
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    reduced = yaml.safe_load(REDUCED.read_text())
+    world = build_world(dict(cfg["world"], **reduced["world"], seed=99), cfg["system_prompt"])
+    user = work / "user"
+    user.mkdir()
+    lines = [json.dumps(r, ensure_ascii=False) for r in world["sft_rows"]]
+    (user / "sft.jsonl").write_bytes(b"\xef\xbb\xbf" + "\r\n".join(lines).encode("utf-8") + b"\r\n")
+    write_parquet(user / "rl.parquet", world["rl_rows"])
+    extra = write_config(tmp_path / "user.yaml", {"data": {
+        "synthetic_world": False, "raw_sft": "user/sft.jsonl", "raw_rl": "user/rl.parquet"}})
+    sft_run = SFT
+    proc = smk(work, f"results/eval/{sft_run}/metrics.json", extra_config=extra)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert not (work / "data/raw/world_corpus.jsonl").exists()
+    corpus = [r["text"] for _, r in read_jsonl(work / "data/processed/user_corpus.jsonl")]
+    train = pq.read_table(work / "data/processed/rl/train.parquet").to_pylist()
+    test = pq.read_table(work / "data/processed/rl/test.parquet").to_pylist()
+    assert len(corpus) == len(world["sft_rows"]) + len(train)
+    text = "\n".join(corpus)
+    assert all(r["reward_model"]["ground_truth"] in text for r in train)
+    # the RL test split's questions never enter pretraining
+    assert not any(r["extra_info"]["question"] in text for r in test)
+    metrics = json.loads((work / f"results/eval/{sft_run}/metrics.json").read_text())
+    assert metrics["n_questions"] == len(test)
+    pretrain = json.loads((work / "results/models/base/pretrain_metrics.json").read_text())
+    assert pretrain["final_loss"] < pretrain["first_loss"]

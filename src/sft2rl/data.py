@@ -151,3 +151,28 @@ def process_rl(raw: str | Path, out_train: str | Path, out_test: str | Path, *, 
     write_parquet(out_train, train)
     write_parquet(out_test, test)
     return {"train": len(train), "test": len(test)}
+
+
+def user_corpus(raw_sft: str | Path, rl_train: str | Path) -> list[str]:
+    """The tiny base's pretraining corpus for your own data (``data.pretrain_corpus`` unset):
+    every SFT conversation and every RL *train* question with its ground truth, in the chat
+    format of the tiny model. The RL test split never enters it (its answers are what the
+    evaluation scores)."""
+    from .io import read_parquet_rows
+    from .world import chat_text
+
+    docs = [chat_text([{"role": m["role"], "content": m["content"]} for m in row["messages"]])
+            for row in load_sft_rows(raw_sft)]
+    for row in read_parquet_rows(rl_train):
+        docs.append(chat_text([*row["prompt"], {"role": "assistant", "content": row["reward_model"]["ground_truth"]}]))
+    return docs
+
+
+def load_corpus(path: str | Path) -> list[str]:
+    """Pretraining documents: the ``text`` field of each jsonl / parquet row (DataError otherwise)."""
+    texts = []
+    for n, row in read_rows(path):
+        if not isinstance(row.get("text"), str) or not row["text"].strip():
+            raise DataError(path, n, "text", "must be a non-empty string (one pretraining document per row)")
+        texts.append(row["text"])
+    return texts

@@ -7,7 +7,6 @@ with ``skip_special_tokens=True`` keeps them.
 """
 from __future__ import annotations
 
-import json
 import random
 import shutil
 import time
@@ -182,8 +181,9 @@ def pretrain(model, tokenizer, texts: list[str], cfg: dict[str, Any], tb_dir: st
 def build_base(corpus_path: str, out_dir: str, tiny: dict[str, Any], pretrain_cfg: dict[str, Any],
                tb_dir: str | None = None, added_tokens: tuple[str, ...] = TAG_TOKENS) -> dict[str, Any]:
     """Tokenizer + tiny Qwen2 + pretraining, saved atomically as an HF directory."""
-    texts = [json.loads(line)["text"] for line in Path(corpus_path).read_text(encoding="utf-8").splitlines()
-             if line.strip()]
+    from .data import load_corpus
+
+    texts = load_corpus(corpus_path)
     set_seed(pretrain_cfg["seed"])
     tokenizer = build_tokenizer(texts, tiny["vocab_size"], tuple(added_tokens))
     model = build_tiny_model(tokenizer, tiny)

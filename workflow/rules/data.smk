@@ -85,3 +85,22 @@ if config["data"]["synthetic_world"]:
             style="|".join(runs.STYLES),
         log:
             "results/logs/sft_data/n{n}_seed{seed}_{style}.log",
+
+
+if TINY and not config["data"]["synthetic_world"] and not config["data"].get("pretrain_corpus"):
+
+    rule user_corpus:
+        """The tiny base's corpus for your own data: the SFT conversations and the RL train split's
+        questions with their answers, in the chat format (never the RL test split)."""
+        input:
+            sft=config["data"]["raw_sft"],
+            rl_train=f"{PROCESSED}/rl/train.parquet",
+            code=code("user_corpus"),
+        output:
+            f"{PROCESSED}/user_corpus.jsonl",
+        conda:
+            "../../envs/local.yaml"
+        log:
+            "results/logs/user_corpus.log",
+        script:
+            "../scripts/user_corpus.py"

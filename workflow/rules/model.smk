@@ -1,12 +1,17 @@
 # Stage 2: the base model. With model.base: tiny the workflow builds it from the world
-# corpus; any other value (local directory or hub id) is used as it is, with no rule.
+# corpus (or, for your own data, from data.pretrain_corpus or your SFT and RL train rows);
+# any other value (local directory or hub id) is used as it is, with no rule.
+
+#: the tiny base's corpus: the synthetic world's, data.pretrain_corpus, or built from your SFT and RL files
+BASE_CORPUS = ("data/raw/world_corpus.jsonl" if config["data"]["synthetic_world"]
+               else config["data"].get("pretrain_corpus") or f"{PROCESSED}/user_corpus.jsonl")
 
 if TINY:
 
     rule base_model:
-        """Byte-level BPE tokenizer + tiny Qwen2 + causal-LM pretraining on the world corpus."""
+        """Byte-level BPE tokenizer + tiny Qwen2 + causal-LM pretraining on the corpus (BASE_CORPUS)."""
         input:
-            corpus="data/raw/world_corpus.jsonl",
+            corpus=BASE_CORPUS,
             code=code("base_model"),
         output:
             directory("results/models/base"),
