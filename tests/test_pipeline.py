@@ -306,3 +306,16 @@ def test_real_data_on_the_tiny_base_runs_end_to_end(tmp_path):
     assert metrics["n_questions"] == len(test)
     pretrain = json.loads((work / "results/models/base/pretrain_metrics.json").read_text())
     assert pretrain["final_loss"] < pretrain["first_loss"]
+
+
+def test_two_clean_runs_give_identical_tables(finished, tmp_path):
+    """Determinism: a second clean run of the reduced workflow (another directory, same config)
+    writes byte-identical ablation tables and metrics.json files."""
+    work = copy_checkout(tmp_path / "again")
+    proc = smk(work, *TABLES)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    outputs = sorted(p.relative_to(work) for p in (work / "results").rglob("*")
+                     if p.suffix == ".csv" or p.name == "metrics.json")
+    assert len([p for p in outputs if p.suffix == ".csv"]) >= len(TABLES) and any(p.name == "metrics.json" for p in outputs)
+    differ = [str(p) for p in outputs if (work / p).read_bytes() != (finished / p).read_bytes()]
+    assert not differ, differ
