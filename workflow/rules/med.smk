@@ -31,6 +31,12 @@ MED_EVAL_DOCTORS = list(dict.fromkeys(MED_DOCTORS + MED_ABLATION_RUNS))
 MED_RUN_RE = _re.escape(MED["run_name"]) + r"-(think|nothink)-seed\d+"
 
 
+def med_run_info(doctor):
+    """with_thinking and seed of an SFT doctor's run name (None for base, scripted, random)."""
+    m = _re.fullmatch(_re.escape(MED["run_name"]) + r"-(think|nothink)-seed(\d+)", doctor)
+    return {"with_thinking": m.group(1) == "think", "seed": int(m.group(2))} if m else None
+
+
 def med_base_input(wildcards=None):
     return [MED_BASE] if TINY else []
 
@@ -315,7 +321,7 @@ rule med_eval:
         summary="results/med/eval/{doctor}.json",
     params:
         model=med_doctor_model,
-        with_thinking=lambda wc: "-nothink-" not in wc.doctor,
+        with_thinking=lambda wc: (med_run_info(wc.doctor) or {"with_thinking": True})["with_thinking"],
         world={k: MED["world"][k] for k in ("confidence", "max_questions")},
         eval=MED["eval"],
         ci_level=config["eval"]["ci_level"],
@@ -348,8 +354,7 @@ rule med_table:
         ablation_tex="results/tables/med_ablation_thinking.tex",
     params:
         doctors=MED_DOCTORS,
-        runs={run: {"with_thinking": "-think-" in run, "seed": int(run.rsplit("seed", 1)[1])}
-              for run in MED_ABLATION_RUNS},
+        runs={run: med_run_info(run) for run in MED_ABLATION_RUNS},
     conda:
         "../../envs/local.yaml"
     log:
