@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .io import DataError, read_rows, write_jsonl, write_parquet
+from .io import DataError, iter_rows, read_rows, write_jsonl, write_parquet, write_parquet_records
 
 THINK_BLOCK = re.compile(r"<think>.*?</think>\s*", re.IGNORECASE | re.DOTALL)
 ROLES = {"system", "user", "assistant"}
@@ -61,7 +61,7 @@ def load_rl_rows(path: str | Path) -> list[dict[str, Any]]:
     path = Path(path)
     rows = []
     seen: dict[Any, int] = {}
-    for lineno, row in read_rows(path):
+    for lineno, row in iter_rows(path):
         msgs = _check_messages(path, lineno, row, ("user", "assistant"))
         if "id" not in row:
             raise DataError(path, lineno, "id", "missing")
@@ -145,12 +145,12 @@ def process_rl(raw: str | Path, out_train: str | Path, out_test: str | Path, *, 
     if not 0 < n_train < len(rows):
         raise DataError(raw, None, None,
                         f"data.train_fraction = {train_fraction} leaves an empty split for {len(rows)} rows")
-    train = [rl_record(rows[i], k, "train", system_prompt, data_source) for k, i in enumerate(order[:n_train])]
-    test = [rl_record(rows[i], n_train + k, "test", system_prompt, data_source)
-            for k, i in enumerate(order[n_train:])]
-    write_parquet(out_train, train)
-    write_parquet(out_test, test)
-    return {"train": len(train), "test": len(test)}
+    # records are built while they are written (a million rows stay Arrow, not Python dicts)
+    n_tr = write_parquet_records(out_train, (rl_record(rows[i], k, "train", system_prompt, data_source)
+                                             for k, i in enumerate(order[:n_train])))
+    n_te = write_parquet_records(out_test, (rl_record(rows[i], n_train + k, "test", system_prompt, data_source)
+                                            for k, i in enumerate(order[n_train:])))
+    return {"train": n_tr, "test": n_te}
 
 
 def user_corpus(raw_sft: str | Path, rl_train: str | Path) -> list[str]:

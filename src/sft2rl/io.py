@@ -86,11 +86,37 @@ def write_parquet(path: str | os.PathLike, rows: list[dict] | pd.DataFrame) -> N
         frame.to_parquet(tmp, index=False)
 
 
+def write_parquet_records(path: str | os.PathLike, records: Iterable[dict], batch_size: int = 50_000) -> int:
+    """Write dict records to parquet through Arrow, ``batch_size`` Python dicts at a time (a
+    million rows never exist as Python objects at once); returns the row count."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tables, batch = [], []
+    for rec in records:
+        batch.append(rec)
+        if len(batch) == batch_size:
+            tables.append(pa.Table.from_pylist(batch))
+            batch = []
+    if batch or not tables:
+        tables.append(pa.Table.from_pylist(batch))
+    table = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
+    with atomic_file(path) as tmp:
+        pq.write_table(table, tmp)
+    return table.num_rows
+
+
 UTF8_BOM = b"\xef\xbb\xbf"
 
 
 def read_jsonl(path: str | os.PathLike) -> list[tuple[int, dict]]:
-    """Read a jsonl file as ``(line_number, object)`` pairs; blank lines are skipped.
+    """All ``(line_number, object)`` pairs of a jsonl file (see :func:`iter_jsonl`)."""
+    return list(iter_jsonl(path))
+
+
+def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
+    """Yield ``(line_number, object)`` pairs of a jsonl file, one line at a time; blank lines
+    are skipped.
 
     Lines are read as bytes and decoded as UTF-8 one by one: a UTF-8 byte-order mark at the
     start (what Excel and Windows editors write) is skipped, CRLF line ends and a last line
@@ -101,7 +127,7 @@ def read_jsonl(path: str | os.PathLike) -> list[tuple[int, dict]]:
     path = Path(path)
     if not path.is_file():
         raise DataError(path, None, None, "file not found")
-    rows: list[tuple[int, dict]] = []
+    found = False
     with path.open("rb") as fh:
         for lineno, raw in enumerate(fh, start=1):
             if lineno == 1:
@@ -120,23 +146,30 @@ def read_jsonl(path: str | os.PathLike) -> list[tuple[int, dict]]:
             if not line.strip():
                 continue
             try:
-                obj = json.loads(line)
+                obj = json.loads(line.rstrip("\r\n"))  # columns count within the line
             except json.JSONDecodeError as exc:
                 raise DataError(path, lineno, None, f"malformed JSON ({exc.msg} at column {exc.colno})") from None
             if not isinstance(obj, dict):
                 raise DataError(path, lineno, None, f"expected a JSON object, got {type(obj).__name__}")
-            rows.append((lineno, obj))
-    if not rows:
+            found = True
+            yield lineno, obj
+    if not found:
         raise DataError(path, None, None, "file is empty (no JSON rows)")
-    return rows
 
 
 def read_rows(path: str | os.PathLike) -> list[tuple[int, dict]]:
+    """All ``(row_number, object)`` pairs of a jsonl or a parquet file (see :func:`iter_rows`)."""
+    return list(iter_rows(path))
+
+
+def iter_rows(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
     """``(row_number, object)`` pairs of a jsonl or a parquet file (chosen by extension; row
-    numbers are 1-based, the line number for jsonl), with DataErrors naming the file."""
+    numbers are 1-based, the line number for jsonl), with DataErrors naming the file; jsonl
+    is streamed line by line."""
     path = Path(path)
     if path.suffix != ".parquet":
-        return read_jsonl(path)
+        yield from iter_jsonl(path)
+        return
     if not path.is_file():
         raise DataError(path, None, None, "file not found")
     try:
@@ -145,7 +178,7 @@ def read_rows(path: str | os.PathLike) -> list[tuple[int, dict]]:
         raise DataError(path, None, None, f"not a readable parquet file ({type(exc).__name__}: {exc})") from None
     if not rows:
         raise DataError(path, None, None, "no rows")
-    return rows
+    yield from rows
 
 
 def read_parquet_rows(path: str | os.PathLike) -> list[dict]:
