@@ -181,3 +181,74 @@ def test_train_tokens_are_given_as_text(base_dir):
     expected = sorted({tok.encode(t, add_special_tokens=False)[0] for t in texts[:3]})
     assert len(tok.encode("\n\n", add_special_tokens=False)) == 1
     assert sorted(cfg.trainable_token_indices) == expected
+
+
+KILL_SCRIPT = """
+import json, sys
+from sft2rl.sft import train_sft
+base, train, val, run, cfg = sys.argv[1:6]
+train_sft(base, train, val, run, json.loads(cfg))
+"""
+
+
+@pytest.mark.parametrize("signals", [("SIGKILL",), ("SIGTERM", "SIGKILL")])
+def test_killed_sft_resumes_to_the_same_numbers(sft_run, base_dir, tmp_path, signals):
+    """An SFT job killed after an epoch (SIGKILL: the OOM killer; SIGTERM then SIGKILL: a SLURM
+    time limit) and run again continues after its last finished epoch and ends with the same
+    metrics.json and adapters, byte for byte, as the uninterrupted run; the declared outputs
+    (checkpoints/, metrics.json) never exist half-written."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    done, _ = sft_run
+    data = done.parent
+    run = tmp_path / "run"
+    args = [str(base_dir), str(data / "train.parquet"), str(data / "val.parquet"), str(run), json.dumps(SFT_CFG)]
+    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, *args], env=dict(os.environ, PYTHONHASHSEED="0"))
+    state = run / "resume" / "checkpoints" / "epoch_1" / "training_state.pt"
+    deadline = time.time() + 300
+    while not state.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    for name in signals:
+        proc.send_signal(getattr(signal, name))
+        time.sleep(0.05)
+    proc.wait()
+    assert proc.returncode != 0, "the job finished before it could be killed"
+    assert not (run / "metrics.json").exists() and not (run / "checkpoints").exists()
+    finished = sorted(int(p.name.split("_")[1]) for p in (run / "resume" / "checkpoints").glob("epoch_*"))
+    assert finished and finished[-1] < SFT_CFG["epochs"]
+    metrics = train_sft(*args[:4], SFT_CFG)  # the rerun, in this process
+    log = json.loads((run / "run_log.json").read_text())
+    assert log["resumed_after_epoch"] == finished[-1] and log["steps_trained"] == 4 * (3 - finished[-1])
+    assert (run / "metrics.json").read_bytes() == (done / "metrics.json").read_bytes()
+    assert metrics["steps"] == 12 and not (run / "resume").exists()
+    for k in (1, 2, 3):
+        for f in ("adapter_model.safetensors", "trainer_state.json"):
+            assert (run / f"checkpoints/epoch_{k}/{f}").read_bytes() == (done / f"checkpoints/epoch_{k}/{f}").read_bytes()
+        assert not (run / f"checkpoints/epoch_{k}/training_state.pt").exists()
+
+
+def test_sft_state_of_another_key_is_not_resumed(sft_run, base_dir, tmp_path):
+    """Training state left by a killed run with other parameters (here: another lr) is dropped:
+    the new run trains all its steps."""
+    import shutil
+
+    done, _ = sft_run
+    data = done.parent
+    run = tmp_path / "run"
+    other = dict(SFT_CFG, lr=5e-3)
+    from sft2rl.resume import prepare_run_dir
+    from sft2rl.sft import sft_run_key
+
+    prepare_run_dir(run / "resume", sft_run_key(str(base_dir), str(data / "train.parquet"), str(data / "val.parquet"),
+                                                other))
+    (run / "resume" / "checkpoints" / "epoch_2").mkdir()
+    (run / "resume" / "checkpoints" / "epoch_2" / "training_state.pt").write_bytes(b"stale")
+    train_sft(str(base_dir), str(data / "train.parquet"), str(data / "val.parquet"), str(run), SFT_CFG)
+    log = json.loads((run / "run_log.json").read_text())
+    assert log["resumed_after_epoch"] == 0 and log["steps_trained"] == 12 and "params" in log["reason"]
+    assert (run / "metrics.json").read_bytes() == (done / "metrics.json").read_bytes()
+    shutil.rmtree(run)

@@ -319,3 +319,71 @@ def test_two_clean_runs_give_identical_tables(finished, tmp_path):
     assert len([p for p in outputs if p.suffix == ".csv"]) >= len(TABLES) and any(p.name == "metrics.json" for p in outputs)
     differ = [str(p) for p in outputs if (work / p).read_bytes() != (finished / p).read_bytes()]
     assert not differ, differ
+
+
+#: Kill points of the interrupted run, in the order the workflow reaches them: the file whose
+#: appearance triggers the kill, and the signals sent to the whole process group (Snakemake and
+#: its jobs). SIGKILL is what the OOM killer sends; SIGTERM, then SIGKILL shortly after, is what
+#: SLURM sends at a time limit. A job's log file appears when the job starts; the SFT and GRPO
+#: points fall between two of their checkpoints, so those jobs must resume, not restart.
+KILL_POINTS = [
+    ("data (the world)", "results/logs/world.log", ("SIGKILL",)),
+    ("base-model pretraining", "results/logs/base_model.log", ("SIGTERM", "SIGKILL")),
+    ("SFT, after its first epoch", f"results/sft/{SFT}/resume/checkpoints/epoch_1/training_state.pt", ("SIGKILL",)),
+    ("merge", f"results/logs/merge/{SFT}.log", ("SIGTERM", "SIGKILL")),
+    ("GRPO, after step 2 of 4", f"results/rl/{RL_RUN}/checkpoints/step_2/trainer_state.json", ("SIGKILL",)),
+    ("evaluation", f"results/logs/eval/{RL_RUN}.log", ("SIGTERM", "SIGKILL")),
+    ("table writing", "results/logs/tables/beta.log", ("SIGKILL",)),
+]
+
+
+def test_killed_anywhere_and_rerun_gives_the_same_tables(finished, tmp_path):
+    """Kill the running reduced workflow at each kill point, rerun it each time (`snakemake
+    --unlock`, then the same command with --rerun-incomplete), and finish: the tables and every
+    metrics.json equal the uninterrupted run's byte for byte, nothing under a finished name is
+    partial, and the killed SFT and GRPO jobs resumed from their checkpoints."""
+    import os
+    import signal
+    import time
+
+    work = copy_checkout(tmp_path / "killed")
+    base = [SNAKEMAKE, "--snakefile", str(work / "Snakefile"), "--directory", str(work), "--cores", "2"]
+    conf = ["--configfile", str(work / "config.yaml"), str(REDUCED)]
+    unlock, run = [*base, "--unlock", *conf], [*base, *TABLES, "--rerun-incomplete", *conf]
+    survived = []
+    for name, marker, signals in KILL_POINTS:
+        subprocess.run(unlock, capture_output=True, cwd=work, check=True)
+        proc = subprocess.Popen(run, cwd=work, start_new_session=True, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 900
+        while not (work / marker).exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.01)
+        assert proc.poll() is None, f"kill point '{name}': the workflow ended first: {proc.stderr.read()[-3000:]}"
+        for sig in signals:
+            os.killpg(proc.pid, getattr(signal, sig))
+            time.sleep(0.3)
+        proc.wait()
+        survived.append(name)
+    subprocess.run(unlock, capture_output=True, cwd=work, check=True)
+    final = subprocess.run(run, capture_output=True, text=True, cwd=work)
+    assert final.returncode == 0, final.stderr[-4000:]
+    assert survived == [k[0] for k in KILL_POINTS]
+    outputs = sorted(p.relative_to(work) for p in (work / "results").rglob("*")
+                     if p.suffix == ".csv" or p.name == "metrics.json")
+    assert len([p for p in outputs if p.suffix == ".csv"]) >= len(TABLES)
+    differ = [str(p) for p in outputs if (work / p).read_bytes() != (finished / p).read_bytes()]
+    assert not differ, differ
+    # resumed, not restarted: the steps each job ran after its kill
+    sft_log = json.loads((work / f"results/sft/{SFT}/run_log.json").read_text())
+    assert sft_log["resumed_after_epoch"] >= 1 and sft_log["steps_trained"] < sft_log["steps"]
+    summary = json.loads((work / f"results/rl/{RL_RUN}/summary.json").read_text())
+    assert summary["resumed_from_step"] == 2 and summary["steps_trained"] == 2, summary
+    # nothing half-written under a finished name: every parquet, json and model directory loads
+    for p in (work / "results").rglob("*.json"):
+        json.loads(p.read_text())
+    for p in (work / "data").rglob("*.parquet"):
+        pq.read_table(p)
+    assert not [p for p in (work / "results").rglob("*") if p.name.startswith(".") and ".old-" in p.name]
+    # a finished workflow plans nothing more
+    dry = subprocess.run([*base, *TABLES, "-n", *conf], capture_output=True, text=True, cwd=work)
+    assert "Nothing to be done" in dry.stdout + dry.stderr

@@ -1,5 +1,14 @@
 """LoRA SFT, local backend: transformers + peft with our own training loop.
 
+A killed job resumes: after each epoch the run's full training state (trainable weights,
+optimizer, scheduler, data-order and torch RNG states, history) is saved under
+``<run>/resume/`` with the run's content key (:func:`sft_run_key`: base weights, data bytes,
+package source, parameters, library versions). ``resume/`` is not an output Snakemake
+deletes, so the rerun of a killed job (``--rerun-incomplete``) continues after the last
+finished epoch, to the same numbers as an uninterrupted run; any other key starts from
+epoch 0. When the job finishes, the epoch checkpoints move to ``<run>/checkpoints/`` and
+``resume/`` is removed (a finished job that Snakemake reruns trains from epoch 0).
+
 Loss is computed on assistant tokens only, for every assistant turn of a multi-turn
 conversation. Assistant spans are found by rendering the chat template on growing
 prefixes of the conversation, so any chat template (ours, Qwen2.5's, Qwen3's) works.
@@ -110,14 +119,38 @@ def evaluate_loss(model, data: list[dict], micro_batch: int, pad_id: int, device
     return total / max(count, 1)
 
 
+LIBRARIES = ("torch", "transformers", "peft")
+STATE_FILE = "training_state.pt"
+
+
+def sft_run_key(base: str, train_file: str, val_file: str, cfg: dict[str, Any]) -> dict[str, Any]:
+    """The content key of an SFT run (what must match for a killed run to resume)."""
+    from .fingerprint import module_closure, run_key
+
+    return run_key(models={"base": base}, data={"train": train_file, "val": val_file},
+                   modules=module_closure(["sft"]), params=cfg, libraries=LIBRARIES)
+
+
+def _last_epoch_state(resume_ckpts: Path) -> Path | None:
+    done = [p for p in resume_ckpts.glob("epoch_*") if (p / STATE_FILE).is_file()]
+    return max(done, key=lambda p: int(p.name.split("_")[1])) if done else None
+
+
 def train_sft(base: str, train_file: str, val_file: str, out_dir: str, cfg: dict[str, Any],
               devices: int = 1) -> dict[str, Any]:
-    """Train a LoRA adapter; write checkpoints/epoch_<k>/, tensorboard/ and metrics.json in out_dir."""
+    """Train a LoRA adapter; write checkpoints/epoch_<k>/, tensorboard/ and metrics.json in out_dir
+    (resuming a killed run of the same content key after its last finished epoch)."""
     from peft import get_peft_model
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
     from transformers import get_scheduler
 
+    from .resume import prepare_run_dir
+
+    out = Path(out_dir)
+    guard = prepare_run_dir(out / "resume", sft_run_key(base, train_file, val_file, cfg))
+    resume_ckpts = out / "resume" / "checkpoints"
+    last = _last_epoch_state(resume_ckpts) if guard["resume"] else None
     set_seed(cfg["seed"])
     device = pick_device()
     model, tokenizer = load_model(base, device, train_dtype(device))
@@ -146,17 +179,32 @@ def train_sft(base: str, train_file: str, val_file: str, out_dir: str, cfg: dict
                             weight_decay=cfg["weight_decay"])
     sched = get_scheduler(cfg["lr_scheduler"], opt, num_warmup_steps=int(cfg["warmup_ratio"] * total_steps),
                           num_training_steps=total_steps)
-    out = Path(out_dir)
-    shutil.rmtree(out / "tensorboard", ignore_errors=True)  # this job trains from step 0: no stale curve
-    writer = SummaryWriter(str(out / "tensorboard"))
     gen = torch.Generator().manual_seed(cfg["seed"])
     history: list[dict[str, float]] = []
-    step, t0, tokens = 0, time.time(), 0
+    step, t0, tokens, first_epoch = 0, time.time(), 0, 1
     pad_id = tokenizer.pad_token_id
-    bar = tqdm(total=total_steps, desc="sft", mininterval=5)
-    initial_val_loss = evaluate_loss(model, val, micro, pad_id, device)
-    writer.add_scalar("val/loss", initial_val_loss, 0)
-    for epoch in range(1, cfg["epochs"] + 1):
+    if last is not None:  # a killed run of this very key: continue after its last finished epoch
+        state = torch.load(last / STATE_FILE, map_location=device, weights_only=False)
+        trainable = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, value in state["weights"].items():
+                trainable[name].copy_(value)
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        gen.set_state(state["data_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        history, step, initial_val_loss = state["history"], state["step"], state["initial_val_loss"]
+        first_epoch = history[-1]["epoch"] + 1
+        LOG.info("SFT resumes after epoch %d (step %d of %d): %s", history[-1]["epoch"], step, total_steps, last)
+    else:
+        shutil.rmtree(out / "tensorboard", ignore_errors=True)  # this job trains from step 0: no stale curve
+    start_step = step
+    writer = SummaryWriter(str(out / "tensorboard"), purge_step=step + 1 if step else None)
+    bar = tqdm(total=total_steps, initial=step, desc="sft", mininterval=5)
+    if last is None:
+        initial_val_loss = evaluate_loss(model, val, micro, pad_id, device)
+        writer.add_scalar("val/loss", initial_val_loss, 0)
+    for epoch in range(first_epoch, cfg["epochs"] + 1):
         order = torch.randperm(len(train), generator=gen).tolist()
         epoch_losses: list[float] = []
         for s in range(steps_per_epoch):
@@ -187,15 +235,27 @@ def train_sft(base: str, train_file: str, val_file: str, out_dir: str, cfg: dict
         history.append({"epoch": epoch, "step": step, "train_loss": train_loss, "last_step_loss": step_loss,
                         "val_loss": val_loss})
         LOG.info("epoch %d: train loss %.4f (epoch mean), val loss %.4f", epoch, train_loss, val_loss)
-        with atomic_dir(out / "checkpoints" / f"epoch_{epoch}") as tmp:
+        with atomic_dir(resume_ckpts / f"epoch_{epoch}") as tmp:
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
             write_json(Path(tmp) / "trainer_state.json", history[-1])
+            torch.save({"weights": {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad},
+                        "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "data_rng": gen.get_state(),
+                        "torch_rng": torch.get_rng_state(), "history": history, "step": step,
+                        "initial_val_loss": initial_val_loss}, Path(tmp) / STATE_FILE)
     bar.close()
     writer.close()
+    # the finished run: its epoch checkpoints (without the training state) become the output
+    with atomic_dir(out / "checkpoints") as tmp:
+        for h in history:
+            src = resume_ckpts / f"epoch_{h['epoch']}"
+            shutil.copytree(src, Path(tmp) / src.name, ignore=shutil.ignore_patterns(STATE_FILE))
+    shutil.rmtree(out / "resume")
+    write_json(out / "run_log.json", {"resumed_after_epoch": first_epoch - 1, "steps_trained": step - start_step,
+                                      "steps": step, "reason": guard["reason"]})
     # metrics.json holds what the run computed, nothing of the machine: the same config gives the
     # same bytes (the time is in the log and in the job's benchmark file)
-    LOG.info("SFT: %d steps in %.1f s", step, time.time() - t0)
+    LOG.info("SFT: %d steps (%d in this job) in %.1f s", step, step - start_step, time.time() - t0)
     metrics = {
         "initial_val_loss": initial_val_loss, "epochs": history, "steps": step, "train_rows": len(train),
         "truncated_rows": n_trunc, "trainable_params": n_trainable, "grad_accum": accum,
