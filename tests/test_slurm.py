@@ -4,7 +4,9 @@
   --profile tests/slurm/profile, every job through sbatch, and its CSV equals the CSV of
   the same config run locally (--cores 2);
 * a job that fails at run time is reported as failed, and a rerun with the fix submits
-  only what did not finish.
+  only what did not finish;
+* a GRPO job killed by SLURM at its time limit is resubmitted alone by the rerun and
+  resumes from its last checkpoint.
 
 Skipped when no SLURM node answers idle, except under CI (env CI set), where a missing
 cluster is a failure: CI starts it with `tests/slurm/cluster.sh up` before the tests.
@@ -293,6 +295,45 @@ def test_failed_job_is_reported_and_rerun_resumes(slurm_cluster, tmp_path):
     assert len(second.submitted()) == 1
     assert (wd / targets[0]).exists()
     _print_timings("failure run", first, timings(first))
+    _print_timings("resume run", second, timings(second))
+
+
+# ------------------------------------------------------------------ a time limit, and the resume
+RL_RUN = "rl-sft16_seed42-beta0.3-seed1"
+STEPS = 3000
+
+
+@pytest.mark.slurm
+def test_grpo_killed_at_its_time_limit_resumes_from_its_checkpoint(slurm_cluster, tmp_path):
+    """A GRPO job whose runtime (1 minute) is too short is killed by SLURM (state TIMEOUT); the
+    rerun (--rerun-incomplete, what profiles/slurm sets) resubmits that job alone and it
+    continues from its last checkpoint to the planned steps."""
+    wd = _workdir(tmp_path / "wd")
+    long = tmp_path / "long.yaml"
+    # about 3 minutes of GRPO steps on the reduced config (0.06 s a step on 2 cores)
+    long.write_text(yaml.safe_dump({"rl": {"total_steps": STEPS, "save_freq": 100}}))
+    target = [f"results/rl/{RL_RUN}/summary.json"]
+    prep = slurm(wd, [f"results/models/{RL_RUN.split('-')[1]}/merged", "data/processed/rl/train.parquet"],
+                 configfiles=(REDUCED, long), name="prep")
+    assert prep.returncode == 0, _fail_msg(prep)
+
+    first = slurm(wd, target, "--set-resources=grpo:runtime=1", configfiles=(REDUCED, long), name="timeout")
+    assert first.returncode != 0, "the GRPO job was not stopped by its time limit"
+    assert [j["rule"] for j in first.jobs().values()] == ["grpo"]
+    (grpo_id,) = first.submitted().values()
+    assert re.search(rf"SLURM-job '{grpo_id}' failed, SLURM status is: 'TIMEOUT'", first.log), _fail_msg(first)
+    ckpts = sorted(int(p.name.split("_")[1]) for p in (wd / f"results/rl/{RL_RUN}/checkpoints").glob("step_*")
+                   if (p / "trainer_state.json").is_file())
+    assert ckpts and ckpts[-1] < STEPS, ckpts
+    assert not (wd / target[0]).exists()
+
+    second = slurm(wd, target, "--rerun-incomplete", configfiles=(REDUCED, long), name="after_timeout")
+    assert second.returncode == 0, _fail_msg(second)
+    assert [j["rule"] for j in second.jobs().values()] == ["grpo"], "finished jobs were resubmitted"
+    summary = json.loads((wd / target[0]).read_text())
+    assert summary["resumed_from_step"] == ckpts[-1], summary
+    assert summary["steps_trained"] == STEPS - ckpts[-1] and summary["steps"] == STEPS
+    _print_timings("time-limit run", first, timings(first))
     _print_timings("resume run", second, timings(second))
 
 
