@@ -19,6 +19,8 @@ if config["data"]["synthetic_world"]:
             system_prompt=config["system_prompt"],
         conda:
             "../../envs/local.yaml"
+        benchmark:
+            "results/benchmarks/world.tsv",
         log:
             "results/logs/world.log",
         script:
@@ -42,6 +44,8 @@ rule sft_data:
         with_thinking=config["sft"]["with_thinking"],
     conda:
         "../../envs/local.yaml"
+    benchmark:
+        "results/benchmarks/sft_data/n{n}_seed{seed}.tsv",
     log:
         "results/logs/sft_data/n{n}_seed{seed}.log",
     script:
@@ -63,6 +67,8 @@ rule rl_data:
         seed=config["data"]["split_seed"],
     conda:
         "../../envs/local.yaml"
+    benchmark:
+        "results/benchmarks/rl_data.tsv",
     log:
         "results/logs/rl_data.log",
     script:
@@ -83,6 +89,8 @@ if config["data"]["synthetic_world"]:
             n=r"\d+",
             seed=r"\d+",
             style="|".join(runs.STYLES),
+        benchmark:
+            "results/benchmarks/sft_data/n{n}_seed{seed}_{style}.tsv",
         log:
             "results/logs/sft_data/n{n}_seed{seed}_{style}.log",
 
@@ -100,6 +108,8 @@ if TINY and not config["data"]["synthetic_world"] and not config["data"].get("pr
             f"{PROCESSED}/user_corpus.jsonl",
         conda:
             "../../envs/local.yaml"
+        benchmark:
+            "results/benchmarks/user_corpus.tsv",
         log:
             "results/logs/user_corpus.log",
         script:

@@ -22,6 +22,8 @@ rule evaluate:
         **LOCAL_GPU_RES,
     conda:
         "../../envs/local.yaml"
+    benchmark:
+        "results/benchmarks/eval/{model}.tsv",
     log:
         "results/logs/eval/{model}.log",
     script:

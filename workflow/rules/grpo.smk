@@ -28,6 +28,8 @@ if config["backend"] == "local":
             **LOCAL_GPU_RES,
         conda:
             "../../envs/local.yaml"
+        benchmark:
+            "results/benchmarks/grpo/{rl_run}.tsv",
         log:
             "results/logs/grpo/{rl_run}.log",
         script:

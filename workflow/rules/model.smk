@@ -26,6 +26,8 @@ if TINY:
             **LOCAL_GPU_RES,
         conda:
             "../../envs/local.yaml"
+        benchmark:
+            "results/benchmarks/base_model.tsv",
         log:
             "results/logs/base_model.log",
         script:

@@ -25,6 +25,8 @@ rule ablation_table:
         bootstrap={k: config["eval"][k] for k in BOOTSTRAP_KEYS},
     conda:
         "../../envs/local.yaml"
+    benchmark:
+        "results/benchmarks/tables/{ablation}.tsv",
     log:
         "results/logs/tables/{ablation}.log",
     script:
@@ -59,6 +61,8 @@ rule figures:
         runtime=15,
     conda:
         "../../envs/local.yaml"
+    benchmark:
+        "results/benchmarks/figures.tsv",
     log:
         "results/logs/figures.log",
     script:
@@ -83,6 +87,8 @@ rule paper:
         runtime=15,
     conda:
         "../../envs/local.yaml"
+    benchmark:
+        "results/benchmarks/paper.tsv",
     log:
         "results/logs/paper.log",
     script:

@@ -24,6 +24,8 @@ if config["backend"] == "local":
             **LOCAL_GPU_RES,
         conda:
             "../../envs/local.yaml"
+        benchmark:
+            "results/benchmarks/sft/{sft_run}.tsv",
         log:
             "results/logs/sft/{sft_run}.log",
         script:
@@ -47,6 +49,8 @@ if config["backend"] == "local":
             runtime=30,
         conda:
             "../../envs/local.yaml"
+        benchmark:
+            "results/benchmarks/merge/{sft_run}.tsv",
         log:
             "results/logs/merge/{sft_run}.log",
         script:
@@ -72,6 +76,8 @@ rule samples_model:
         **LOCAL_GPU_RES,
     conda:
         "../../envs/local.yaml"
+    benchmark:
+        "results/benchmarks/samples/{model}.tsv",
     log:
         "results/logs/samples/{model}.log",
     script:

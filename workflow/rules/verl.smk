@@ -40,6 +40,8 @@ if config["backend"] == "verl":
             **verl_launch.job_resources(VERL, VERL["sft_runtime"]),
         conda:
             "../../envs/verl.yaml"
+        benchmark:
+            "results/benchmarks/sft/{sft_run}.tsv",
         log:
             "results/logs/sft/{sft_run}.log",
         shell:
@@ -68,6 +70,8 @@ if config["backend"] == "verl":
             runtime=60,
         conda:
             "../../envs/verl.yaml"
+        benchmark:
+            "results/benchmarks/merge/{sft_run}.tsv",
         log:
             "results/logs/merge/{sft_run}.log",
         shell:
@@ -108,6 +112,8 @@ if config["backend"] == "verl":
             **verl_launch.job_resources(VERL, VERL["grpo_runtime"]),
         conda:
             "../../envs/verl.yaml"
+        benchmark:
+            "results/benchmarks/grpo/{rl_run}.tsv",
         log:
             "results/logs/grpo/{rl_run}.log",
         shell:
