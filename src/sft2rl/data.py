@@ -43,6 +43,24 @@ def _check_messages(path: Path, lineno: int, row: dict, need: tuple[str, ...]) -
     return msgs
 
 
+def check_prompt_response(path: Path, n: int, row: dict, user: str = "the user's") -> tuple[list[dict], str]:
+    """The ``prompt`` (a non-empty message list ending with ``user``'s turn) and the ``response``
+    string of a prompt/response row (the games' and the medical task's schema); DataError
+    naming file, row and field otherwise."""
+    prompt = row.get("prompt")
+    if not isinstance(prompt, list) or not prompt:
+        raise DataError(path, n, "prompt", f"must be a non-empty list of messages, got {type(prompt).__name__}")
+    for j, m in enumerate(prompt):
+        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+            raise DataError(path, n, f"prompt[{j}]", "must be {role: system|user|assistant, content: string}")
+    if prompt[-1]["role"] != "user":
+        raise DataError(path, n, "prompt", f"the last message must be {user}")
+    resp = row.get("response")
+    if not isinstance(resp, str):
+        raise DataError(path, n, "response", f"must be a string, got {type(resp).__name__}")
+    return prompt, resp
+
+
 def load_sft_rows(path: str | Path) -> list[dict[str, Any]]:
     """Validate the SFT source: each row a conversation with user and assistant turns."""
     path = Path(path)

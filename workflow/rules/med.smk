@@ -28,12 +28,12 @@ def med_run(tag, seed):
 MED_ABLATION_RUNS = [med_run(t, s) for t in MED_TAGS for s in MED["seeds"]]
 MED_DOCTORS = ["base"] + [med_run(t, MED["seeds"][0]) for t in MED_TAGS] + (["scripted", "random"] if MED_SYNTH else [])
 MED_EVAL_DOCTORS = list(dict.fromkeys(MED_DOCTORS + MED_ABLATION_RUNS))
-MED_RUN_RE = _re.escape(MED["run_name"]) + r"-(think|nothink)-seed\d+"
+MED_RUN_RE = _re.escape(MED["run_name"]) + r"-(think|nothink)-seed(\d+)"
 
 
 def med_run_info(doctor):
     """with_thinking and seed of an SFT doctor's run name (None for base, scripted, random)."""
-    m = _re.fullmatch(_re.escape(MED["run_name"]) + r"-(think|nothink)-seed(\d+)", doctor)
+    m = _re.fullmatch(MED_RUN_RE, doctor)
     return {"with_thinking": m.group(1) == "think", "seed": int(m.group(2))} if m else None
 
 

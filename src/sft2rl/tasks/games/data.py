@@ -20,6 +20,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ...data import check_prompt_response
 from ...errors import DataError
 from ...io import read_rows, write_jsonl, write_parquet
 from . import ACTIONS, ENVS
@@ -156,18 +157,7 @@ def load_game_rows(path: str | Path) -> list[dict[str, Any]]:
     path = Path(path)
     rows = []
     for lineno, row in read_rows(path):
-        prompt = row.get("prompt")
-        if not isinstance(prompt, list) or not prompt:
-            raise DataError(path, lineno, "prompt", f"must be a non-empty list of messages, got {type(prompt).__name__}")
-        for j, m in enumerate(prompt):
-            if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant") \
-                    or not isinstance(m.get("content"), str):
-                raise DataError(path, lineno, f"prompt[{j}]", "must be {role: system|user|assistant, content: string}")
-        if prompt[-1]["role"] != "user":
-            raise DataError(path, lineno, "prompt", "the last message must be the user's")
-        resp = row.get("response")
-        if not isinstance(resp, str):
-            raise DataError(path, lineno, "response", f"must be a string, got {type(resp).__name__}")
+        prompt, resp = check_prompt_response(path, lineno, row)
         n = len(ANSWER_RE.findall(resp))
         if n != 1 or resp.count("<answer>") != 1:
             raise DataError(path, lineno, "response", f"must contain exactly one <answer>…</answer>, found {n}")

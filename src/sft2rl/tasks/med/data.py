@@ -25,14 +25,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ...data import strip_thinking
+from ...data import check_prompt_response, strip_thinking
 from ...errors import DataError
 from ...io import read_rows, write_json, write_jsonl, write_parquet
 from . import clinic as clinic_mod
 from .dialog import SYSTEM_PROMPT, description, history_messages, parse_reply
 
 SYNTHETIC_SOURCE = "med_synthetic"
-ROLES = ("system", "user", "assistant")
 
 
 # ------------------------------------------------------------------ the synthetic clinic's rows
@@ -97,17 +96,7 @@ def _strings(v: Any) -> bool:
 
 def check_row(path: Path, n: int, row: dict[str, Any], need_patient: bool) -> None:
     """Raise a DataError (file, row, field) for a row that is not in the MTMedDialog schema."""
-    prompt = row.get("prompt")
-    if not isinstance(prompt, list) or not prompt:
-        raise DataError(path, n, "prompt", f"must be a non-empty list of messages, got {type(prompt).__name__}")
-    for j, m in enumerate(prompt):
-        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
-            raise DataError(path, n, f"prompt[{j}]", "must be {role: system|user|assistant, content: string}")
-    if prompt[-1]["role"] != "user":
-        raise DataError(path, n, "prompt", "the last message must be the patient's (role user)")
-    resp = row.get("response")
-    if not isinstance(resp, str):
-        raise DataError(path, n, "response", f"must be a string, got {type(resp).__name__}")
+    _, resp = check_prompt_response(path, n, row, user="the patient's (role user)")
     if parse_reply(resp).kind == "invalid":
         raise DataError(path, n, "response", "must hold exactly one <answer> with 'Question: …' or "
                                              "'Diagnosis: …\\nRecommendation: …'")
