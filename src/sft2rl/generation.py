@@ -1,6 +1,9 @@
 """Batched generation from chat prompts (greedy or sampled), shared by evaluation,
-samples and GRPO rollouts. Left padding, KV cache, ``skip_special_tokens=True`` (the
-tags are not special tokens, so they survive decoding)."""
+samples, GRPO rollouts, the games' players and the medical task's doctor. Left padding,
+``skip_special_tokens=True`` (the tags are not special tokens, so they survive decoding).
+
+Two engines give the same tokens: :mod:`sft2rl.rollout` (the lean decode loop, used for
+every model it supports) and ``model.generate`` (any other model, or ``engine='hf'``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -15,6 +18,7 @@ class Generated:
     response_ids: torch.Tensor    # (B, R) right-padded with pad id
     response_mask: torch.Tensor   # (B, R) 1 up to and including EOS
     texts: list[str]
+    logprobs: torch.Tensor | None = None  # (B, R) log-prob of each token under logits / temperature (lean engine)
 
 
 def chat_texts(tokenizer, prompts: list[list[dict[str, str]]]) -> list[str]:
@@ -58,10 +62,22 @@ def encode_prompts(tokenizer, prompts: list[list[dict[str, str]]], max_prompt_le
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[list[dict[str, str]]], *, max_new_tokens: int,
              do_sample: bool, temperature: float = 1.0, top_p: float = 1.0, num_return_sequences: int = 1,
-             max_prompt_length: int | None = None, seed: int | None = None) -> Generated:
-    """Generate for each prompt ``num_return_sequences`` responses (grouped consecutively)."""
+             max_prompt_length: int | None = None, seed: int | None = None, engine: str = "auto") -> Generated:
+    """Generate for each prompt ``num_return_sequences`` responses (grouped consecutively).
+
+    ``engine``: ``auto`` (the lean loop where :func:`sft2rl.rollout.supports` the model,
+    else ``generate``), ``lean`` or ``hf``. Both draw the same tokens from the same seed.
+    """
+    from . import rollout
+
+    if engine not in ("auto", "lean", "hf"):
+        raise ValueError(f"engine must be auto, lean or hf, got {engine!r}")
+    lean = engine == "lean" or (engine == "auto" and rollout.supports(model))
+    if lean and not rollout.supports(model):
+        raise ValueError(f"the lean engine does not support {type(model).__name__}; use engine='hf'")
     device = next(model.parameters()).device
-    ids, mask = encode_prompts(tokenizer, prompts, max_prompt_length, device)
+    unique_ids, unique_mask = encode_prompts(tokenizer, prompts, max_prompt_length, device)
+    ids, mask = unique_ids, unique_mask
     if num_return_sequences > 1:
         ids = ids.repeat_interleave(num_return_sequences, dim=0)
         mask = mask.repeat_interleave(num_return_sequences, dim=0)
@@ -70,21 +86,27 @@ def generate(model, tokenizer, prompts: list[list[dict[str, str]]], *, max_new_t
     was_training = model.training
     model.eval()
     eos = tokenizer.eos_token_id
-    kwargs = dict(do_sample=do_sample, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                  eos_token_id=eos, use_cache=True)
-    if do_sample:
-        kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
-    out = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+    logprobs = None
+    if lean:
+        resp, logprobs = rollout.decode(model, unique_ids, unique_mask, max_new_tokens=max_new_tokens,
+                                        eos_token_id=eos, pad_token_id=tokenizer.pad_token_id, do_sample=do_sample,
+                                        temperature=temperature, top_p=top_p,
+                                        num_return_sequences=num_return_sequences)
+    else:
+        kwargs = dict(do_sample=do_sample, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                      eos_token_id=eos, use_cache=True)
+        if do_sample:
+            kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
+        resp = model.generate(input_ids=ids, attention_mask=mask, **kwargs)[:, ids.shape[1]:]
     if was_training:
         model.train()
-    resp = out[:, ids.shape[1]:]
     # mask: tokens up to and including the first EOS
     is_eos = resp == eos
     after_eos = (is_eos.cumsum(dim=1) - is_eos.long()) > 0
     resp_mask = (~after_eos).long()
     resp = resp.masked_fill(after_eos, tokenizer.pad_token_id)
     texts = tokenizer.batch_decode(resp, skip_special_tokens=True)
-    return Generated(ids, mask, resp, resp_mask, texts)
+    return Generated(ids, mask, resp, resp_mask, texts, logprobs)
 
 
 def reply_policy(model, tokenizer, *, max_new_tokens: int, do_sample: bool, temperature: float, seed: int,
