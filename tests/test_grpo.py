@@ -186,7 +186,7 @@ def test_code_closure_covers_what_grpo_imports():
     from sft2rl.fingerprint import module_closure
 
     mods = module_closure(["grpo"])
-    for m in ("grpo", "reward", "generation", "model", "io", "merge", "resume", "fingerprint", "errors"):
+    for m in ("grpo", "reward", "generation", "rollout", "model", "io", "merge", "resume", "fingerprint", "errors"):
         assert m in mods, m
     assert "plots" not in mods and "tables" not in mods
 
@@ -236,3 +236,64 @@ def test_overlong_prompts_are_filtered_never_cut(tmp_path, tiny_base, rl_train_f
     summary = train_grpo(str(tiny_base), str(rl_train_file), str(tmp_path / "run"), cfg, REWARD)
     assert summary["filtered_prompts"] == len(dropped) and summary["train_rows"] == len(kept)
     assert summary["steps"] == summary["total_steps"] == len(kept) // 2
+
+
+def test_on_policy_step_skips_the_old_logprob_forward_and_changes_nothing(tmp_path, tiny_base, rl_train_file,
+                                                                         monkeypatch):
+    """One PPO epoch over one mini-batch: the old log-probs are the training pass's, detached.
+    The same run with the extra forward (the pre-engine path) ends on the same weights, and the
+    rollout engine's log-probs equal the training pass's in every step."""
+    from safetensors.torch import load_file
+
+    import sft2rl.grpo as grpo
+
+    cfg = dict(RL, train_mode="full", lr=1e-3, ppo_mini_batch=2)
+    assert grpo.on_policy(cfg) and not grpo.on_policy(RL)
+    calls = []
+    real = grpo.response_logprobs
+    monkeypatch.setattr(grpo, "response_logprobs", lambda *a, **k: calls.append(1) or real(*a, **k))
+    fast = train_grpo(str(tiny_base), str(rl_train_file), str(tmp_path / "fast"), cfg, REWARD)
+    assert len(calls) == 2 * 4, "per step: the reference and the training pass, nothing else"
+    monkeypatch.setattr(grpo, "on_policy", lambda c: False)
+    calls.clear()
+    slow = train_grpo(str(tiny_base), str(rl_train_file), str(tmp_path / "slow"), cfg, REWARD)
+    assert len(calls) == 3 * 4
+    hist = lambda d: json.loads((tmp_path / d / "checkpoints/step_4/trainer_state.json").read_text())["history"]  # noqa
+    for a, b in zip(hist("fast"), hist("slow")):
+        assert a["reward_mean"] == b["reward_mean"] and a["pg_loss"] == pytest.approx(b["pg_loss"], abs=1e-6)
+        assert a["rollout_logprob_diff_max"] < 1e-5
+    wa = load_file(str(tmp_path / "fast/checkpoints/step_4/policy/model.safetensors"))
+    wb = load_file(str(tmp_path / "slow/checkpoints/step_4/policy/model.safetensors"))
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
+    assert fast["steps"] == slow["steps"] == 4
+
+
+def test_length_sorted_micro_batches_give_the_full_batch_update(tmp_path, tiny_base, rl_train_file, monkeypatch):
+    """The update in chunks of 2 rows (sorted by length, each cut to its own longest prompt and
+    response, weighted by its share of tokens) ends on the weights of one pass over the whole batch."""
+    from safetensors.torch import load_file
+
+    import sft2rl.grpo as grpo
+
+    cfg = dict(RL, train_mode="full", lr=1e-3, ppo_mini_batch=2, n=4, total_steps=1, max_response_length=12)
+    prompt_mask = torch.tensor([[0, 1, 1], [1, 1, 1], [0, 0, 1], [0, 1, 1]])
+    response_mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0], [1, 1, 1, 0]])
+    chunks = list(grpo.length_chunks(prompt_mask, response_mask, torch.arange(4), size=2))
+    assert [(c[0].tolist(), c[1], c[2]) for c in chunks] == [([2, 0], 1, 2), ([3, 1], 0, 4)]
+    from types import SimpleNamespace
+
+    # the untrained base earns no reward: score by length instead, so advantages are not all zero
+    monkeypatch.setattr(grpo, "group_aware_details", lambda texts, gt, **kw: [
+        SimpleNamespace(reward=len(t) / 50, correct=False, has_proactive=False, group_accuracy=0.0) for t in texts])
+    out = {}
+    for size in (2, 1000):
+        monkeypatch.setattr(grpo, "MICRO_ROWS", size)
+        s = train_grpo(str(tiny_base), str(rl_train_file), str(tmp_path / f"m{size}"), cfg, REWARD)
+        out[size] = (s["first"], load_file(str(tmp_path / f"m{size}/checkpoints/step_1/policy/model.safetensors")))
+    (h2, w2), (h1, w1) = out[2], out[1000]
+    assert h2["reward_mean"] == h1["reward_mean"] and h2["response_length"] == h1["response_length"]
+    for k in ("pg_loss", "kl", "entropy", "grad_norm"):
+        assert h2[k] == pytest.approx(h1[k], rel=1e-4, abs=1e-7), k
+    init = load_file(str(tiny_base / "model.safetensors"))
+    assert any(not torch.equal(w1[k], init[k]) for k in w1), "the update moved the weights"
+    assert all(torch.allclose(w2[k], w1[k], atol=1e-6) for k in w1)

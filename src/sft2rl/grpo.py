@@ -104,19 +104,61 @@ def grpo_advantages(scores: torch.Tensor, response_mask: torch.Tensor, group_ids
 
 
 def response_logprobs(model, gen_prompt_ids, prompt_mask, response_ids, response_mask, temperature: float,
-                      with_entropy: bool = False):
-    """Per-token log-probs (and entropy) of the response under ``model``, logits / temperature."""
+                      with_entropy: bool = False, entropy_grad: bool = True):
+    """Per-token log-probs (and entropy) of the response under ``model``, logits / temperature.
+
+    Only the response positions go through the LM head (``logits_to_keep``). With
+    ``entropy_grad=False`` the entropy is a metric only: computed outside the graph, so the
+    backward pass does not run through it (as verl does when the entropy coefficient is 0)."""
     from verl.utils.torch_functional import entropy_from_logits, logprobs_from_logits
 
     ids = torch.cat([gen_prompt_ids, response_ids], dim=1)
     mask = torch.cat([prompt_mask, response_mask], dim=1)
     position_ids = (mask.cumsum(dim=1) - 1).clamp(min=0)  # what generate() used with left padding
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids).logits.float()
-    p = gen_prompt_ids.shape[1]
-    logits = logits[:, p - 1:-1] / temperature
+    r = response_ids.shape[1]
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, logits_to_keep=r + 1).logits
+    logits = logits[:, :-1].float() / temperature
     logp = logprobs_from_logits(logits, response_ids)
-    ent = entropy_from_logits(logits) if with_entropy else None
+    ent = None
+    if with_entropy:
+        with contextlib.nullcontext() if entropy_grad else torch.no_grad():
+            ent = entropy_from_logits(logits if entropy_grad else logits.detach())
     return logp, ent
+
+
+#: Rows per forward pass of the update and the reference (sorted by response length first).
+MICRO_ROWS = 8
+
+
+def length_chunks(prompt_mask: torch.Tensor, response_mask: torch.Tensor, rows: torch.Tensor,
+                  size: int | None = None):
+    """``rows`` sorted by response length, in chunks of ``size``: ``(row indices, first prompt
+    column that is not padding in every row, response columns)``. Each chunk is cut to its own
+    longest prompt and response, so short responses do not pay for the longest one's padding
+    (verl's dynamic micro-batches do the same)."""
+    size = size or MICRO_ROWS
+    lengths = response_mask[rows].sum(dim=1)
+    order = rows[torch.sort(lengths, stable=True).indices]
+    for i in range(0, len(order), size):
+        idx = order[i:i + size]
+        p0 = int(prompt_mask[idx].any(dim=0).long().argmax())
+        yield idx, p0, int(response_mask[idx].sum(dim=1).max())
+
+
+def _chunked_logprobs(model, gen, response_mask: torch.Tensor, rows: torch.Tensor, temperature: float):
+    """Response log-probs of ``rows`` (zeros past each response), computed chunk by chunk."""
+    out = torch.zeros(response_mask.shape, dtype=torch.float32, device=response_mask.device)
+    for idx, p0, r in length_chunks(gen.prompt_mask, response_mask, rows):
+        lp, _ = response_logprobs(model, gen.prompt_ids[idx, p0:], gen.prompt_mask[idx, p0:], gen.response_ids[idx, :r],
+                                  response_mask[idx, :r], temperature)
+        out[idx, :r] = lp.float()
+    return out
+
+
+def on_policy(cfg: dict[str, Any]) -> bool:
+    """One PPO epoch over one mini-batch: the update's policy is the rollout's, so the old
+    log-probs are the training pass's own, detached (as verl's actor does); no extra forward."""
+    return cfg["ppo_epochs"] == 1 and cfg["ppo_mini_batch"] >= cfg["train_batch"]
 
 
 def _batches(n_rows: int, batch: int, seed: int, epoch: int) -> list[list[int]]:
@@ -199,6 +241,7 @@ def train_grpo(init_model: str, train_file: str, run_dir: str, cfg: dict[str, An
     bar = tqdm(total=total, initial=start, desc="grpo", mininterval=5)
     last_ckpt = resume
     for step in range(start + 1, total + 1):
+        t_step = time.perf_counter()
         epoch, pos = divmod(step - 1, steps_per_epoch)
         batch_rows = [rows[i] for i in _batches(len(rows), bsz, cfg["seed"], epoch)[pos]]
         torch.manual_seed(cfg["seed"] * 1_000_003 + step)
@@ -213,42 +256,60 @@ def train_grpo(init_model: str, train_file: str, run_dir: str, cfg: dict[str, An
         group_ids = np.repeat(np.arange(bsz), n)
         rmask = gen.response_mask
         adv = grpo_advantages(scores, rmask, group_ids, cfg["norm_adv_by_std"])
-        with torch.no_grad(), _autocast(device, amp):
-            old_logp, _ = response_logprobs(model, gen.prompt_ids, gen.prompt_mask, gen.response_ids, rmask,
-                                            cfg["temperature"])
+        skip_old = on_policy(cfg)
+        with torch.inference_mode(), _autocast(device, amp):
+            all_rows = torch.arange(bsz * n)
+            old_logp = None if skip_old else _chunked_logprobs(model, gen, rmask, all_rows, cfg["temperature"])
             if ref_model is None:
                 with model.disable_adapter():
-                    ref_logp, _ = response_logprobs(model, gen.prompt_ids, gen.prompt_mask, gen.response_ids, rmask,
-                                                    cfg["temperature"])
+                    ref_logp = _chunked_logprobs(model, gen, rmask, all_rows, cfg["temperature"])
             else:
-                ref_logp, _ = response_logprobs(ref_model, gen.prompt_ids, gen.prompt_mask, gen.response_ids, rmask,
-                                                cfg["temperature"])
+                ref_logp = _chunked_logprobs(ref_model, gen, rmask, all_rows, cfg["temperature"])
+        ref_logp = ref_logp.clone()  # out of inference mode: it enters the loss
+        old_logp = old_logp.clone() if old_logp is not None else None
         stats: dict[str, list[float]] = {"pg_loss": [], "kl": [], "entropy": [], "clipfrac": [], "grad_norm": [],
-                                         "ppo_kl": []}
+                                         "ppo_kl": [], "rollout_logprob_diff_max": []}
         for _ in range(cfg["ppo_epochs"]):
             for m0 in range(0, bsz, mini):
-                sl = slice(m0 * n, (m0 + mini) * n)
-                with _autocast(device, amp):
-                    logp, ent = response_logprobs(model, gen.prompt_ids[sl], gen.prompt_mask[sl], gen.response_ids[sl],
-                                                  rmask[sl], cfg["temperature"], with_entropy=True)
-                mask = rmask[sl].float()
-                pg_loss, pg_m = compute_policy_loss_vanilla(old_logp[sl], logp, adv[sl], mask, "token-mean", loss_cfg)
-                kl = agg_loss(kl_penalty(logp, ref_logp[sl], cfg["kl_type"]), mask, "token-mean")
-                entropy = agg_loss(ent, mask, "token-mean")
-                loss = pg_loss - cfg["entropy_coef"] * entropy
-                if cfg["use_kl_loss"]:
-                    loss = loss + cfg["kl_coef"] * kl
+                rows_mb = torch.arange(m0 * n, min(m0 + mini, bsz) * n)
+                total_tokens = rmask[rows_mb].sum()
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                acc = dict.fromkeys(("pg_loss", "kl", "entropy", "clipfrac", "ppo_kl"), 0.0)
+                diff_max = None
+                # gradient accumulation over length-sorted micro-batches, each weighted by its share of
+                # the tokens: the token-mean loss and gradient of the whole mini-batch, less padding
+                for idx, p0, r in length_chunks(gen.prompt_mask, rmask, rows_mb):
+                    with _autocast(device, amp):
+                        logp, ent = response_logprobs(model, gen.prompt_ids[idx, p0:], gen.prompt_mask[idx, p0:],
+                                                      gen.response_ids[idx, :r], rmask[idx, :r], cfg["temperature"],
+                                                      with_entropy=True, entropy_grad=cfg["entropy_coef"] != 0)
+                    mask = rmask[idx, :r].float()
+                    w = mask.sum() / total_tokens
+                    old = logp.detach() if skip_old else old_logp[idx, :r]
+                    pg_loss, pg_m = compute_policy_loss_vanilla(old, logp, adv[idx, :r], mask, "token-mean", loss_cfg)
+                    if gen.logprobs is not None:  # the engine's log-probs against the training pass (verl logs it)
+                        d = float(((gen.logprobs[idx, :r] - logp.detach()).abs() * mask).max())
+                        diff_max = d if diff_max is None else max(diff_max, d)
+                    kl = agg_loss(kl_penalty(logp, ref_logp[idx, :r], cfg["kl_type"]), mask, "token-mean")
+                    entropy = agg_loss(ent, mask, "token-mean")
+                    loss = pg_loss - cfg["entropy_coef"] * entropy if cfg["entropy_coef"] != 0 else pg_loss
+                    if cfg["use_kl_loss"]:
+                        loss = loss + cfg["kl_coef"] * kl
+                    (loss * w).backward()
+                    w = float(w)
+                    acc["pg_loss"] += w * pg_loss.item()
+                    acc["kl"] += w * kl.item()
+                    acc["entropy"] += w * entropy.item()
+                    acc["clipfrac"] += w * float(pg_m["actor/pg_clipfrac"])
+                    acc["ppo_kl"] += w * float(pg_m["actor/ppo_kl"])
                 gnorm = torch.nn.utils.clip_grad_norm_(params, cfg["grad_clip"])
                 if torch.isfinite(gnorm):
                     opt.step()
-                stats["pg_loss"].append(pg_loss.item())
-                stats["kl"].append(kl.item())
-                stats["entropy"].append(entropy.item())
-                stats["clipfrac"].append(pg_m["actor/pg_clipfrac"])
-                stats["ppo_kl"].append(pg_m["actor/ppo_kl"])
+                for k, v in acc.items():
+                    stats[k].append(v)
                 stats["grad_norm"].append(float(gnorm))
+                if diff_max is not None:
+                    stats["rollout_logprob_diff_max"].append(diff_max)
         tokens_done += int(rmask.sum())
         metrics = {
             "step": step,
@@ -259,7 +320,8 @@ def train_grpo(init_model: str, train_file: str, run_dir: str, cfg: dict[str, An
             "group_accuracy": float(np.mean([d.group_accuracy for d in details])),
             "response_length": float(rmask.sum(dim=1).float().mean()),
             "tokens_per_s": tokens_done / (time.time() - t0),
-            **{k: float(np.mean(v)) for k, v in stats.items()},
+            "step_seconds": time.perf_counter() - t_step,  # rollout, reward, forwards and update; no checkpoint
+            **{k: float(np.mean(v)) for k, v in stats.items() if v},
         }
         for key, split in (("knowable", True), ("unknowable", False)):
             sel = [d for d, r in zip(details, np.repeat(batch_rows, n)) if r["extra_info"].get("knowable") is split]
