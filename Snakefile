@@ -41,6 +41,7 @@ rule all:
         rules.figures.output,
         rules.games.input,
         rules.med.input,
+        rules.stage_times.output,
 
 
 localrules:

@@ -27,7 +27,7 @@ SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
 REDUCED = REPO / "tests" / "config" / "reduced.yaml"
 TABLES = ["results/ablation_beta.csv", "results/ablation_sft_samples.csv", "results/ablation_sft.csv",
           "results/ablation_sft_style.csv"]
-BUILT = [*TABLES, "figures", "samples"]
+BUILT = [*TABLES, "figures", "samples", "results/tables/stage_times.csv"]
 CHECKOUT = ["Snakefile", "workflow", "src", "envs", "config.yaml", "paper"]
 SFT = "sft16_seed42"
 RL_RUN = "rl-sft16_seed42-beta0.3-seed1"
@@ -141,6 +141,22 @@ def test_ablation_tables_contents(finished):
     assert (finished / "results/models/sft16_seed42/merged/merge_report.json").is_file()
 
 
+def test_stage_times_table(finished):
+    """Every compute stage of the QA pipeline wrote its benchmark file, and the per-stage table
+    holds them: one GRPO job per RL run, wall and CPU time, peak memory of the model stages."""
+    cfg = yaml.safe_load(REDUCED.read_text())
+    table = pd.read_csv(finished / "results/tables/stage_times.csv").set_index("stage")
+    for stage in ("world", "rl_data", "sft_data", "base_model", "sft", "merge", "grpo", "eval", "tables", "figures"):
+        assert stage in table.index, stage
+    n_rl = len(list((finished / "results/rl").glob("rl-*/summary.json")))
+    assert n_rl >= len(cfg["ablations"]["beta"]) and table.loc["grpo", "jobs"] == n_rl
+    assert (table["total_s"] >= table["max_job_s"]).all() and (table["total_s"] > 0).all()
+    for stage in ("base_model", "sft", "grpo"):
+        assert table.loc[stage, "peak_rss_mb"] > 100, stage  # a model in memory
+    md = (finished / "results/tables/stage_times.md").read_text()
+    assert md.startswith("| stage |") and "| grpo |" in md
+
+
 def test_finished_workflow_plans_nothing(finished):
     proc = smk(finished, *BUILT, dry=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -248,7 +264,8 @@ def test_plot_style_reruns_only_figures(clone):
     plots.write_text(plots.read_text().replace("DPI = 150", "DPI = 120"))
     proc = smk(clone, *BUILT, dry=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert planned_jobs(proc.stdout + proc.stderr) == {"figures": 1}
+    # and the stage table, which is read after the figures
+    assert planned_jobs(proc.stdout + proc.stderr) == {"figures": 1, "stage_times": 1}
 
 
 def test_moved_checkout_plans_nothing(finished, tmp_path):
@@ -267,7 +284,7 @@ def test_snakemake_report_builds(clone):
     html = (clone / "results/report.html").read_text(errors="replace")
     assert len(html) > 50_000
     for name in ("ablation_beta.csv", "ablation_sft_style.csv", "hedging_vs_beta.png", "risk_coverage.png",
-                 "reward_curves.png"):
+                 "reward_curves.png", "stage_times.csv"):
         assert name in html, name
 
 

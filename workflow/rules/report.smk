@@ -98,3 +98,23 @@ rule paper:
 localrules:
     figures,
     paper,
+
+
+rule stage_times:
+    """Wall time, CPU time and peak memory per stage, from the benchmark: files of the jobs that
+    ran (results/benchmarks/). It runs after the QA tables and figures, so every QA job has
+    written its file; the games' and the medical task's jobs are in it where they ran before."""
+    input:
+        tables=ABLATION_TABLES,
+        figures=rules.figures.output,
+        code=code("stage_times"),
+    output:
+        csv=report("results/tables/stage_times.csv", caption="../report/stage_times.rst", category="Performance"),
+        md="results/tables/stage_times.md",
+    params:
+        benchmarks="results/benchmarks",
+    localrule: True
+    log:
+        "results/logs/stage_times.log",
+    script:
+        "../scripts/stage_times.py"
