@@ -9,7 +9,7 @@ STAMP := $(VENV)/.setup-done
 CORES ?= all
 export PYTHONHASHSEED := 0
 
-.PHONY: setup run test test-fast test-slurm figures paper samples lint clean
+.PHONY: setup run test test-fast test-slurm bench figures paper samples lint clean
 setup: $(STAMP)
 
 # torch first, from the local CPU wheel, so no resolver ever pulls a CUDA build;
@@ -35,6 +35,17 @@ test-fast: setup
 test-slurm: setup
 	tests/slurm/cluster.sh up
 	CI=1 $(BIN)/pytest -q tests/test_slurm.py
+
+# The bench/ suite (README "Performance"): the headline here first (its SFT model and RL data
+# are the benches' inputs), then rollout, GRPO step (vs TRL: the bench extra), pretraining,
+# and the headline from a fresh clone with snakemake -n after it. Results: bench/results/.
+bench: setup
+	$(PY) -m pip install -q -c constraints.txt -e '.[bench]'
+	$(BIN)/snakemake --cores $(CORES) results/ablation_beta.csv
+	$(PY) bench/rollout.py
+	$(PY) bench/grpo_step.py
+	$(PY) bench/pretrain.py
+	$(PY) bench/workflow.py --headline
 
 figures: setup
 	$(BIN)/snakemake --cores $(CORES) figures

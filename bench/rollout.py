@@ -1,0 +1,174 @@
+"""Rollout throughput: the lean engine (sft2rl.rollout) vs transformers' ``model.generate``.
+
+At the GRPO batch shape of config.yaml (rl.train_batch prompts x rl.n rollouts, up to
+rl.max_response_length new tokens, rl.temperature), one thread as a GRPO job has, on the
+headline's SFT model and RL prompts when they are built (else a randomly initialised
+model of the same shape). Repetitions are interleaved; the table gives response tokens per
+second (median, min-max) and the share of the CPU's measured fp32 matmul rate that the
+needed work (each distinct prompt prefilled once, then every response token) reaches. It also checks exactness and records it:
+
+- greedy tokens identical to ``generate``;
+- sampled tokens identical to ``generate`` for the same seed (the engine's ``match_generate``
+  mode: multinomial draws, no row dropping; also timed);
+- the engine's log-probs equal to a fresh forward pass to 1e-5 (fp32; relative to |log p|
+  where that is above 1, absolute below).
+
+    python bench/rollout.py            -> bench/results/rollout.json, rollout.csv
+    python bench/rollout.py --quick --check   (CI: small model, exactness only; exit 1 if not exact)
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from common import REPO, interleaved, matmul_gflops, publish, tiny_model
+
+DEFAULT_MODEL = REPO / "results/models/sft50_seed42/merged"
+DEFAULT_DATA = REPO / "data/processed/rl/train.parquet"
+
+
+def load(model_path: str | None, data_path: str | None, n_prompts: int, quick: bool):
+    import torch
+
+    from sft2rl.io import read_parquet_rows
+    from sft2rl.model import load_model
+
+    if model_path is None and DEFAULT_MODEL.is_dir() and not quick:
+        model_path = str(DEFAULT_MODEL)
+    if model_path:
+        model, tok = load_model(model_path, torch.device("cpu"), torch.float32)
+        source = model_path
+    else:
+        model, tok = tiny_model(hidden=64 if quick else 128, layers=2 if quick else 4)
+        source = "random init (no built model)"
+    if data_path is None and DEFAULT_DATA.is_file() and not quick:
+        data_path = str(DEFAULT_DATA)
+    if data_path:
+        prompts = [r["prompt"] for r in read_parquet_rows(data_path)[:n_prompts]]
+    else:
+        prompts = [[{"role": "system", "content": "You are a helpful proactive assistant."},
+                    {"role": "user", "content": f"What is the capital of Land{i}? And what is {i} plus {i + 3}?"}]
+                   for i in range(n_prompts)]
+    return model.eval(), tok, prompts, source
+
+
+def flops_per_token(model, context: float) -> float:
+    """Forward FLOPs of one token: 2 x every matmul weight (LM head included) + attention over ``context``."""
+    cfg = model.config
+    matmul = sum(p.numel() for n, p in model.named_parameters() if p.dim() == 2 and "embed" not in n)
+    if cfg.tie_word_embeddings:
+        matmul += model.get_input_embeddings().weight.numel()
+    attn = 4 * cfg.num_hidden_layers * cfg.hidden_size * context
+    return 2 * matmul + attn
+
+
+def main(argv=None) -> int:
+    import torch
+    import yaml
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model"), ap.add_argument("--data")
+    ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--quick", action="store_true", help="small model, 2 repetitions (CI)")
+    ap.add_argument("--check", action="store_true", help="exit 1 unless the engine is exact")
+    ap.add_argument("--out", default="rollout")
+    a = ap.parse_args(argv)
+    rl = yaml.safe_load((REPO / "config.yaml").read_text())["rl"]
+    torch.set_num_threads(a.threads)
+    from sft2rl import rollout
+    from sft2rl.generation import encode_prompts
+    from sft2rl.grpo import response_logprobs
+
+    n_prompts, n, new = rl["train_batch"], rl["n"], rl["max_response_length"]
+    reps = 2 if a.quick else a.reps
+    model, tok, prompts, source = load(a.model, a.data, n_prompts, a.quick)
+    uids, umask = encode_prompts(tok, prompts, None, "cpu")
+    ids, mask = uids.repeat_interleave(n, 0), umask.repeat_interleave(n, 0)
+    eos, pad, temp = tok.eos_token_id, tok.pad_token_id, rl["temperature"]
+
+    def cut(x):
+        e = x == eos
+        return x.masked_fill((e.cumsum(1) - e.long()) > 0, pad)
+
+    def hf(do_sample, seed):
+        torch.manual_seed(seed)
+        kw = dict(temperature=temp, top_p=1.0, top_k=0) if do_sample else {}
+        with torch.no_grad():
+            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new, do_sample=do_sample,
+                                 pad_token_id=pad, eos_token_id=eos, **kw)
+        return cut(out[:, ids.shape[1]:])
+
+    def lean(do_sample, seed, match=False):
+        torch.manual_seed(seed)
+        return rollout.decode(model, uids, umask, max_new_tokens=new, eos_token_id=eos, pad_token_id=pad,
+                              do_sample=do_sample, temperature=temp, match_generate=match, num_return_sequences=n)
+
+    def same(x, y):
+        return x.shape[1] <= y.shape[1] and torch.equal(x, y[:, :x.shape[1]]) and bool((y[:, x.shape[1]:] == pad).all())
+
+    # ---- exactness
+    greedy_ref, (greedy, _) = hf(False, 0), lean(False, 0)
+    sampled_ref, (sampled, _) = hf(True, 7), lean(True, 7, match=True)
+    out, lp = lean(True, 7)
+    e = out == eos
+    rmask = (~((e.cumsum(1) - e.long()) > 0)).long()
+    with torch.no_grad():
+        ref_lp, _ = response_logprobs(model, ids, mask, out, rmask, temp)
+    exact = {"greedy_identical": same(greedy, greedy_ref) and same(greedy_ref, greedy),
+             "sampled_identical_same_seed": same(sampled, sampled_ref) and same(sampled_ref, sampled),
+             "logprob_max_abs_diff": float(((ref_lp - lp).abs() * rmask).max()),
+             # fp32 log-probs far below -1 carry rounding of ~1e-6 x |log p|: compared relative there
+             "logprob_max_rel_diff": float(((ref_lp - lp).abs() / ref_lp.abs().clamp(min=1) * rmask).max()),
+             "logprob_at_max_abs_diff": float(ref_lp.flatten()[((ref_lp - lp).abs() * rmask).argmax()]),
+             "rows_stopping_early": int((rmask.sum(1) < out.shape[1]).sum())}
+    exact["exact"] = (exact["greedy_identical"] and exact["sampled_identical_same_seed"]
+                      and exact["logprob_max_rel_diff"] < 1e-5)
+
+    # ---- throughput (sampled, as in GRPO), interleaved
+    counted: dict[str, list[int]] = {"generate": [], "lean": [], "lean_match_generate": []}
+    seed = [100]
+
+    def run(name, fn):
+        def go():
+            seed[0] += 1
+            res = fn(seed[0] // 3)  # the three contenders of a round share a seed
+            toks = res[0] if isinstance(res, tuple) else res
+            e = toks == eos
+            counted[name].append(int((~((e.cumsum(1) - e.long()) > 0)).sum()))  # up to and with EOS
+        return go
+
+    timing = interleaved({"generate": run("generate", lambda s: hf(True, s)),
+                          "lean": run("lean", lambda s: lean(True, s)),
+                          "lean_match_generate": run("lean_match_generate", lambda s: lean(True, s, match=True))},
+                         reps=reps)
+    gflops = matmul_gflops(a.threads)
+    p_len = float(mask.sum(1).float().mean())
+    rows = []
+    base = timing["generate"]["median_s"]
+    for name, t in timing.items():
+        toks = sorted(counted[name][-reps:])[len(counted[name][-reps:]) // 2]
+        tps = toks / t["median_s"]
+        fpt = flops_per_token(model, p_len + new / 2)
+        # the work a rollout needs: each distinct prompt prefilled once, then every response token
+        prefill = flops_per_token(model, p_len / 2) * float(umask.sum())
+        achieved = (tps * fpt + prefill / t["median_s"]) / 1e9
+        rows.append({"engine": name, "median_s": t["median_s"], "min_s": t["min_s"], "max_s": t["max_s"],
+                     "response_tokens": toks, "tokens_per_s": tps, "speedup_vs_generate": base / t["median_s"],
+                     "useful_gflops": achieved, "share_of_matmul_peak": achieved / gflops})
+    payload = {"what": "rollout throughput at the GRPO batch shape", "model": source,
+               "batch": {"prompts": n_prompts, "n": n, "rows": int(ids.shape[0]), "max_new_tokens": new,
+                         "temperature": temp, "mean_prompt_tokens": p_len},
+               "threads": a.threads, "matmul_gflops_fp32": gflops, "exactness": exact, "timing": timing}
+    publish(a.out, payload, rows)
+    print("exactness:", exact)
+    print("matmul peak:", f"{gflops:.1f} GFLOP/s with {a.threads} thread(s)")
+    if a.check and not exact["exact"]:
+        print("NOT EXACT", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
