@@ -186,7 +186,8 @@ def test_code_closure_covers_what_grpo_imports():
     from sft2rl.fingerprint import module_closure
 
     mods = module_closure(["grpo"])
-    for m in ("grpo", "reward", "generation", "rollout", "model", "io", "merge", "resume", "fingerprint", "errors"):
+    for m in ("grpo", "reward", "generation", "rollout", "shared_prefix", "model", "io", "merge", "resume", "fingerprint",
+              "errors"):
         assert m in mods, m
     assert "plots" not in mods and "tables" not in mods
 
@@ -250,14 +251,14 @@ def test_on_policy_step_skips_the_old_logprob_forward_and_changes_nothing(tmp_pa
     cfg = dict(RL, train_mode="full", lr=1e-3, ppo_mini_batch=2)
     assert grpo.on_policy(cfg) and not grpo.on_policy(RL)
     calls = []
-    real = grpo.response_logprobs
-    monkeypatch.setattr(grpo, "response_logprobs", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = grpo._chunked_logprobs  # the no-gradient passes over the batch
+    monkeypatch.setattr(grpo, "_chunked_logprobs", lambda *a, **k: calls.append(1) or real(*a, **k))
     fast = train_grpo(str(tiny_base), str(rl_train_file), str(tmp_path / "fast"), cfg, REWARD)
-    assert len(calls) == 2 * 4, "per step: the reference and the training pass, nothing else"
+    assert len(calls) == 4, "per step: the reference only (and the training pass)"
     monkeypatch.setattr(grpo, "on_policy", lambda c: False)
     calls.clear()
     slow = train_grpo(str(tiny_base), str(rl_train_file), str(tmp_path / "slow"), cfg, REWARD)
-    assert len(calls) == 3 * 4
+    assert len(calls) == 2 * 4, "per step: the old log-probs and the reference"
     hist = lambda d: json.loads((tmp_path / d / "checkpoints/step_4/trainer_state.json").read_text())["history"]  # noqa
     for a, b in zip(hist("fast"), hist("slow")):
         assert a["reward_mean"] == b["reward_mean"] and a["pg_loss"] == pytest.approx(b["pg_loss"], abs=1e-6)
@@ -297,3 +298,60 @@ def test_length_sorted_micro_batches_give_the_full_batch_update(tmp_path, tiny_b
     init = load_file(str(tiny_base / "model.safetensors"))
     assert any(not torch.equal(w1[k], init[k]) for k in w1), "the update moved the weights"
     assert all(torch.allclose(w2[k], w1[k], atol=1e-6) for k in w1)
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_shared_prefix_equals_the_full_forward(tiny_base, lora):
+    """Each group's prompt computed once (SharedPrefix): the same response log-probs as the full
+    forward pass over every prompt + response, and the same gradient for every parameter."""
+    import copy
+
+    from sft2rl.generation import encode_prompts
+    from sft2rl.grpo import _token_logprobs, response_logprobs
+    from sft2rl.model import load_model
+    from sft2rl.shared_prefix import SharedPrefix
+
+    model, tok = load_model(str(tiny_base), torch.device("cpu"), torch.float32)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # a model with varied outputs (the untrained one is nearly uniform)
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    if lora:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(copy.deepcopy(model), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0, 0.05, generator=g)
+    model.train()
+    prompts = [[{"role": "user", "content": q}] for q in ("What is 3 plus 9?", "hi", "Who founded Norland?")]
+    n = 3
+    ids, pmask = encode_prompts(tok, prompts, None, "cpu")
+    ids, pmask = ids.repeat_interleave(n, 0), pmask.repeat_interleave(n, 0)
+    resp = torch.randint(5, 300, (len(ids), 7), generator=g)
+    rmask = torch.ones_like(resp)
+    for i, length in enumerate([7, 3, 1, 5, 7, 2, 4, 6, 1]):  # right-padded responses of other lengths
+        rmask[i, length:] = 0
+        resp[i, length:] = tok.pad_token_id
+    weights = torch.randn(resp.shape, generator=g)
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    logp_full, _ = response_logprobs(model, ids, pmask, resp, rmask, 0.8)
+    ((logp_full * weights * rmask).sum()).backward()
+    grads_full = [p.grad.clone() for p in params]
+    model.zero_grad(set_to_none=True)
+
+    sp = SharedPrefix(model, ids[::n], pmask[::n], grad=True)
+    logp_shared = torch.zeros_like(logp_full)
+    for rows in (torch.tensor([2, 5, 8, 0]), torch.tensor([1, 3, 4, 6, 7])):  # chunks mixing groups
+        r = int(rmask[rows].sum(1).max())
+        lp, _ = _token_logprobs(sp.logits(rows // n, resp[rows, :r]) / 0.8, resp[rows, :r], False, True)
+        ((lp * weights[rows, :r] * rmask[rows, :r]).sum()).backward()
+        logp_shared[rows, :r] = lp.detach()
+    sp.backward()
+    m = rmask.bool()
+    assert torch.allclose(logp_shared[m], logp_full.detach()[m], atol=1e-5)
+    for p, gf in zip(params, grads_full):
+        assert p.grad is not None and torch.allclose(p.grad, gf, rtol=1e-4, atol=1e-6)

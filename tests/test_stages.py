@@ -32,4 +32,4 @@ def test_collect_and_summarize(tmp_path):
     world = next(r for r in summary if r["stage"] == "world")
     assert world["peak_rss_mb"] is None  # Snakemake's "-" (not measured) is not a zero
     md = markdown(summary)
-    assert "| grpo | 2 | 70 | 40 | 68 | 1300 |" in md and "| world | 1 | 0.5 | 0.5 | 0.4 | – |" in md
+    assert "| grpo | 2 | 70 | 40 | 1300 |" in md and "| world | 1 | 0.5 | 0.5 | – |" in md

@@ -110,15 +110,18 @@ def response_logprobs(model, gen_prompt_ids, prompt_mask, response_ids, response
     Only the response positions go through the LM head (``logits_to_keep``). With
     ``entropy_grad=False`` the entropy is a metric only: computed outside the graph, so the
     backward pass does not run through it (as verl does when the entropy coefficient is 0)."""
-    from verl.utils.torch_functional import entropy_from_logits, logprobs_from_logits
-
     ids = torch.cat([gen_prompt_ids, response_ids], dim=1)
     mask = torch.cat([prompt_mask, response_mask], dim=1)
     position_ids = (mask.cumsum(dim=1) - 1).clamp(min=0)  # what generate() used with left padding
     r = response_ids.shape[1]
     logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, logits_to_keep=r + 1).logits
-    logits = logits[:, :-1].float() / temperature
-    logp = logprobs_from_logits(logits, response_ids)
+    return _token_logprobs(logits[:, :-1].float() / temperature, response_ids, with_entropy, entropy_grad)
+
+
+def _token_logprobs(logits: torch.Tensor, ids: torch.Tensor, with_entropy: bool, entropy_grad: bool):
+    from verl.utils.torch_functional import entropy_from_logits, logprobs_from_logits
+
+    logp = logprobs_from_logits(logits, ids)
     ent = None
     if with_entropy:
         with contextlib.nullcontext() if entropy_grad else torch.no_grad():
@@ -145,13 +148,44 @@ def length_chunks(prompt_mask: torch.Tensor, response_mask: torch.Tensor, rows: 
         yield idx, p0, int(response_mask[idx].sum(dim=1).max())
 
 
-def _chunked_logprobs(model, gen, response_mask: torch.Tensor, rows: torch.Tensor, temperature: float):
-    """Response log-probs of ``rows`` (zeros past each response), computed chunk by chunk."""
+class _Scorer:
+    """Response log-probs of chunks of one rollout batch's rows under ``model``, for the
+    groups ``groups``: each group's prompt computed once (:class:`sft2rl.shared_prefix.SharedPrefix`)
+    where the model has the supported shape, else the plain forward pass per chunk.
+    With ``grad``, call :meth:`finish` after the chunks' backward passes."""
+
+    def __init__(self, model, gen, n: int, groups: range, grad: bool):
+        from .rollout import supports
+        from .shared_prefix import SharedPrefix
+
+        self.model, self.gen, self.n, self.g0 = model, gen, n, groups.start
+        self.shared = None
+        if supports(model):
+            self.shared = SharedPrefix(model, gen.prompt_ids[::n][groups.start:groups.stop],
+                                       gen.prompt_mask[::n][groups.start:groups.stop], grad)
+
+    def __call__(self, idx: torch.Tensor, p0: int, r: int, response_mask: torch.Tensor, temperature: float,
+                 with_entropy: bool = False, entropy_grad: bool = True):
+        gen = self.gen
+        if self.shared is None:
+            return response_logprobs(self.model, gen.prompt_ids[idx, p0:], gen.prompt_mask[idx, p0:],
+                                     gen.response_ids[idx, :r], response_mask[idx, :r], temperature,
+                                     with_entropy=with_entropy, entropy_grad=entropy_grad)
+        logits = self.shared.logits(idx // self.n - self.g0, gen.response_ids[idx, :r]) / temperature
+        return _token_logprobs(logits, gen.response_ids[idx, :r], with_entropy, entropy_grad)
+
+    def finish(self) -> None:
+        if self.shared is not None:
+            self.shared.backward()
+
+
+def _chunked_logprobs(model, gen, response_mask: torch.Tensor, n: int, temperature: float):
+    """Response log-probs of every row of a rollout batch (zeros past each response), chunk by chunk."""
     out = torch.zeros(response_mask.shape, dtype=torch.float32, device=response_mask.device)
+    rows = torch.arange(response_mask.shape[0])
+    score = _Scorer(model, gen, n, range(response_mask.shape[0] // n), grad=False)
     for idx, p0, r in length_chunks(gen.prompt_mask, response_mask, rows):
-        lp, _ = response_logprobs(model, gen.prompt_ids[idx, p0:], gen.prompt_mask[idx, p0:], gen.response_ids[idx, :r],
-                                  response_mask[idx, :r], temperature)
-        out[idx, :r] = lp.float()
+        out[idx, :r] = score(idx, p0, r, response_mask, temperature)[0].float()
     return out
 
 
@@ -258,13 +292,12 @@ def train_grpo(init_model: str, train_file: str, run_dir: str, cfg: dict[str, An
         adv = grpo_advantages(scores, rmask, group_ids, cfg["norm_adv_by_std"])
         skip_old = on_policy(cfg)
         with torch.inference_mode(), _autocast(device, amp):
-            all_rows = torch.arange(bsz * n)
-            old_logp = None if skip_old else _chunked_logprobs(model, gen, rmask, all_rows, cfg["temperature"])
+            old_logp = None if skip_old else _chunked_logprobs(model, gen, rmask, n, cfg["temperature"])
             if ref_model is None:
                 with model.disable_adapter():
-                    ref_logp = _chunked_logprobs(model, gen, rmask, all_rows, cfg["temperature"])
+                    ref_logp = _chunked_logprobs(model, gen, rmask, n, cfg["temperature"])
             else:
-                ref_logp = _chunked_logprobs(ref_model, gen, rmask, all_rows, cfg["temperature"])
+                ref_logp = _chunked_logprobs(ref_model, gen, rmask, n, cfg["temperature"])
         ref_logp = ref_logp.clone()  # out of inference mode: it enters the loss
         old_logp = old_logp.clone() if old_logp is not None else None
         stats: dict[str, list[float]] = {"pg_loss": [], "kl": [], "entropy": [], "clipfrac": [], "grad_norm": [],
@@ -276,13 +309,14 @@ def train_grpo(init_model: str, train_file: str, run_dir: str, cfg: dict[str, An
                 opt.zero_grad(set_to_none=True)
                 acc = dict.fromkeys(("pg_loss", "kl", "entropy", "clipfrac", "ppo_kl"), 0.0)
                 diff_max = None
+                with _autocast(device, amp):  # the mini-batch's prompts, once per group
+                    score = _Scorer(model, gen, n, range(m0, min(m0 + mini, bsz)), grad=True)
                 # gradient accumulation over length-sorted micro-batches, each weighted by its share of
                 # the tokens: the token-mean loss and gradient of the whole mini-batch, less padding
                 for idx, p0, r in length_chunks(gen.prompt_mask, rmask, rows_mb):
                     with _autocast(device, amp):
-                        logp, ent = response_logprobs(model, gen.prompt_ids[idx, p0:], gen.prompt_mask[idx, p0:],
-                                                      gen.response_ids[idx, :r], rmask[idx, :r], cfg["temperature"],
-                                                      with_entropy=True, entropy_grad=cfg["entropy_coef"] != 0)
+                        logp, ent = score(idx, p0, r, rmask, cfg["temperature"], with_entropy=True,
+                                          entropy_grad=cfg["entropy_coef"] != 0)
                     mask = rmask[idx, :r].float()
                     w = mask.sum() / total_tokens
                     old = logp.detach() if skip_old else old_logp[idx, :r]
@@ -302,6 +336,7 @@ def train_grpo(init_model: str, train_file: str, run_dir: str, cfg: dict[str, An
                     acc["entropy"] += w * entropy.item()
                     acc["clipfrac"] += w * float(pg_m["actor/pg_clipfrac"])
                     acc["ppo_kl"] += w * float(pg_m["actor/ppo_kl"])
+                score.finish()  # the prompts' share of the gradient, in one backward pass
                 gnorm = torch.nn.utils.clip_grad_norm_(params, cfg["grad_clip"])
                 if torch.isfinite(gnorm):
                     opt.step()
