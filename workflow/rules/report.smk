@@ -114,6 +114,8 @@ rule stage_times:
     params:
         benchmarks="results/benchmarks",
     localrule: True
+    conda:
+        "../../envs/local.yaml"
     log:
         "results/logs/stage_times.log",
     script:
