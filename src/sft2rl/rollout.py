@@ -69,6 +69,33 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
+def head_shape(cfg) -> tuple[int, int, int]:
+    """(query heads, key/value heads, head size) of a Qwen2/Llama config."""
+    n_heads = cfg.num_attention_heads
+    return n_heads, cfg.num_key_value_heads, getattr(cfg, "head_dim", None) or cfg.hidden_size // n_heads
+
+
+def project_qkv(layer, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, shape: tuple[int, int, int]):
+    """A decoder layer's queries and keys (rotated) and values for hidden states ``h`` (B, T, C):
+    (B, H, T, D), (B, H_kv, T, D), (B, H_kv, T, D). ``cos``/``sin``: (B, 1, T, D)."""
+    n_heads, n_kv, head_dim = shape
+    attn = layer.self_attn
+    b, t = h.shape[:2]
+    x = layer.input_layernorm(h)
+    q = attn.q_proj(x).view(b, t, n_heads, head_dim).transpose(1, 2)
+    k = attn.k_proj(x).view(b, t, n_kv, head_dim).transpose(1, 2)
+    v = attn.v_proj(x).view(b, t, n_kv, head_dim).transpose(1, 2)
+    return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin, v
+
+
+def finish_layer(layer, h: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
+    """The rest of a decoder layer: attention output ``o`` (B, H, T, D) through the output
+    projection onto the residual, then the MLP block."""
+    b, t = h.shape[:2]
+    h = h + layer.self_attn.o_proj(o.transpose(1, 2).reshape(b, t, -1))
+    return h + layer.mlp(layer.post_attention_layernorm(h))
+
+
 def _forward(m, ids: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: _Cache, start: int,
              mask: torch.Tensor) -> torch.Tensor:
     """Hidden states of ``ids`` (B, T) at cache positions ``start..start+T``.
@@ -77,33 +104,26 @@ def _forward(m, ids: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: 
     (B, 1, T, start+T), True where a query may attend.
     """
     inner = m.model
-    cfg = m.config
     h = inner.embed_tokens(ids)
     b, t = ids.shape
-    n_heads, n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_heads
+    shape = head_shape(m.config)
+    n_heads, n_kv, head_dim = shape
     groups = n_heads // n_kv
     cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
     end = start + t
     mask_g = mask.repeat(1, 1, groups, 1) if groups > 1 and t > 1 else mask
     for i, layer in enumerate(inner.layers):
-        attn = layer.self_attn
-        x = layer.input_layernorm(h)
-        q = attn.q_proj(x).view(b, t, n_heads, head_dim).transpose(1, 2)
-        k = attn.k_proj(x).view(b, t, n_kv, head_dim).transpose(1, 2)
-        v = attn.v_proj(x).view(b, t, n_kv, head_dim).transpose(1, 2)
-        q = q * cos + _rotate_half(q) * sin
-        k = k * cos + _rotate_half(k) * sin
+        q, k, v = project_qkv(layer, h, cos, sin, shape)
         cache.k[i][:, :, start:end] = k
         cache.v[i][:, :, start:end] = v
         keys, values = cache.k[i][:, :, :end], cache.v[i][:, :, :end]
+        scale = layer.self_attn.scaling
         if groups > 1:  # grouped-query attention without copying the cache: a KV head's query heads as rows
             o = F.scaled_dot_product_attention(q.reshape(b, n_kv, groups * t, head_dim), keys, values,
-                                               attn_mask=mask_g, scale=attn.scaling).view(b, n_heads, t, head_dim)
+                                               attn_mask=mask_g, scale=scale).view(b, n_heads, t, head_dim)
         else:
-            o = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=attn.scaling)
-        h = h + attn.o_proj(o.transpose(1, 2).reshape(b, t, n_heads * head_dim))
-        h = h + layer.mlp(layer.post_attention_layernorm(h))
+            o = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=scale)
+        h = finish_layer(layer, h, o)
     return inner.norm(h)
 
 
@@ -155,12 +175,11 @@ def decode(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, max_ne
     n = num_return_sequences
     b, p = prompt_ids.shape[0] * n, prompt_ids.shape[1]
     total = p + max_new_tokens
-    n_heads = cfg.num_attention_heads
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_heads
+    _, n_kv, head_dim = head_shape(cfg)
     dtype = m.model.embed_tokens.weight.dtype
     if torch.is_autocast_enabled(device.type):
         dtype = torch.get_autocast_dtype(device.type)
-    cache = _Cache(len(m.model.layers), b // n, cfg.num_key_value_heads, total, head_dim, dtype, device)
+    cache = _Cache(len(m.model.layers), b // n, n_kv, total, head_dim, dtype, device)
 
     # rotary tables for every position, from the model's own module (fp32, then the run's dtype)
     positions = torch.arange(total, device=device).unsqueeze(0)

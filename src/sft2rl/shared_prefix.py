@@ -18,11 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .rollout import _base, _rotate_half
-
-
-def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    return x * cos + _rotate_half(x) * sin
+from .rollout import _base, finish_layer, head_shape, project_qkv
 
 
 class SharedPrefix:
@@ -34,10 +30,8 @@ class SharedPrefix:
 
     def __init__(self, model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, grad: bool):
         m = _base(model)
-        self.m, self.cfg, self.grad = m, m.config, grad
-        cfg = self.cfg
-        self.n_heads, self.n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
-        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
+        self.m, self.grad = m, grad
+        self.shape = head_shape(m.config)
         g, p = prompt_ids.shape
         device = prompt_ids.device
         self.prompt_mask = prompt_mask.bool()
@@ -51,17 +45,10 @@ class SharedPrefix:
         mask = ((causal & self.prompt_mask[:, None, :]) | torch.eye(p, dtype=torch.bool, device=device))[:, None]
         keys, values = [], []
         for layer in m.model.layers:
-            attn = layer.self_attn
-            x = layer.input_layernorm(h)
-            q = attn.q_proj(x).view(g, p, self.n_heads, self.head_dim).transpose(1, 2)
-            k = attn.k_proj(x).view(g, p, self.n_kv, self.head_dim).transpose(1, 2)
-            v = attn.v_proj(x).view(g, p, self.n_kv, self.head_dim).transpose(1, 2)
-            q, k = _rope(q, cos, sin), _rope(k, cos, sin)
+            q, k, v = project_qkv(layer, h, cos, sin, self.shape)
             keys.append(k)
             values.append(v)
-            o = self._attend(q, k, v, mask, attn.scaling)
-            h = h + attn.o_proj(o.transpose(1, 2).reshape(g, p, -1))
-            h = h + layer.mlp(layer.post_attention_layernorm(h))
+            h = finish_layer(layer, h, self._attend(q, k, v, mask, layer.self_attn.scaling))
         last = m.model.norm(h[:, -1])                                    # predicts the first response token
         self._outputs = keys + values + [last]
         if grad:  # leaves for the chunks; their summed gradients flow through the prompt once, in backward()
@@ -73,7 +60,7 @@ class SharedPrefix:
                                              self._leaves[-1])
 
     def _attend(self, q, k, v, mask, scale):
-        groups = self.n_heads // self.n_kv
+        groups = self.shape[0] // self.shape[1]
         if groups > 1:  # as transformers' repeat_kv
             k = k.repeat_interleave(groups, dim=1)
             v = v.repeat_interleave(groups, dim=1)
@@ -95,17 +82,10 @@ class SharedPrefix:
         causal = torch.ones(r, r, dtype=torch.bool, device=device).tril()
         mask = torch.cat([self.prompt_mask[groups][:, None, :].expand(c, r, p), causal.expand(c, r, r)], dim=2)[:, None]
         for i, layer in enumerate(m.model.layers):
-            attn = layer.self_attn
-            x = layer.input_layernorm(h)
-            q = attn.q_proj(x).view(c, r, self.n_heads, self.head_dim).transpose(1, 2)
-            k = attn.k_proj(x).view(c, r, self.n_kv, self.head_dim).transpose(1, 2)
-            v = attn.v_proj(x).view(c, r, self.n_kv, self.head_dim).transpose(1, 2)
-            q, k = _rope(q, cos, sin), _rope(k, cos, sin)
+            q, k, v = project_qkv(layer, h, cos, sin, self.shape)
             keys = torch.cat([self.keys[i][groups], k], dim=2)
             values = torch.cat([self.values[i][groups], v], dim=2)
-            o = self._attend(q, keys, values, mask, attn.scaling)
-            h = h + attn.o_proj(o.transpose(1, 2).reshape(c, r, -1))
-            h = h + layer.mlp(layer.post_attention_layernorm(h))
+            h = finish_layer(layer, h, self._attend(q, keys, values, mask, layer.self_attn.scaling))
         h = torch.cat([self.last[groups][:, None], m.model.norm(h[:, :-1])], dim=1)
         return m.lm_head(h).float()
 
