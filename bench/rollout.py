@@ -78,7 +78,7 @@ def main(argv=None) -> int:
     rl = yaml.safe_load((REPO / "config.yaml").read_text())["rl"]
     torch.set_num_threads(a.threads)
     from sft2rl import rollout
-    from sft2rl.generation import encode_prompts
+    from sft2rl.generation import encode_prompts, response_mask
     from sft2rl.grpo import response_logprobs
 
     n_prompts, n, new = rl["train_batch"], rl["n"], rl["max_response_length"]
@@ -89,8 +89,7 @@ def main(argv=None) -> int:
     eos, pad, temp = tok.eos_token_id, tok.pad_token_id, rl["temperature"]
 
     def cut(x):
-        e = x == eos
-        return x.masked_fill((e.cumsum(1) - e.long()) > 0, pad)
+        return x.masked_fill(response_mask(x, eos) == 0, pad)
 
     def hf(do_sample, seed):
         torch.manual_seed(seed)
@@ -112,8 +111,7 @@ def main(argv=None) -> int:
     greedy_ref, (greedy, _) = hf(False, 0), lean(False, 0)
     sampled_ref, (sampled, _) = hf(True, 7), lean(True, 7, match=True)
     out, lp = lean(True, 7)
-    e = out == eos
-    rmask = (~((e.cumsum(1) - e.long()) > 0)).long()
+    rmask = response_mask(out, eos)
     with torch.no_grad():
         ref_lp, _ = response_logprobs(model, ids, mask, out, rmask, temp)
     exact = {"greedy_identical": same(greedy, greedy_ref) and same(greedy_ref, greedy),
@@ -135,8 +133,7 @@ def main(argv=None) -> int:
             seed[0] += 1
             res = fn(seed[0] // 3)  # the three contenders of a round share a seed
             toks = res[0] if isinstance(res, tuple) else res
-            e = toks == eos
-            counted[name].append(int((~((e.cumsum(1) - e.long()) > 0)).sum()))  # up to and with EOS
+            counted[name].append(int(response_mask(toks, eos).sum()))  # up to and with EOS
         return go
 
     timing = interleaved({"generate": run("generate", lambda s: hf(True, s)),

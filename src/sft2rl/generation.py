@@ -59,6 +59,12 @@ def encode_prompts(tokenizer, prompts: list[list[dict[str, str]]], max_prompt_le
     return enc["input_ids"].to(device), enc["attention_mask"].to(device)
 
 
+def response_mask(response_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:
+    """1 for each response token up to and including the first EOS, 0 after it (long, (B, R))."""
+    is_eos = response_ids == eos_token_id
+    return ((is_eos.cumsum(dim=1) - is_eos.long()) == 0).long()
+
+
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[list[dict[str, str]]], *, max_new_tokens: int,
              do_sample: bool, temperature: float = 1.0, top_p: float = 1.0, num_return_sequences: int = 1,
@@ -100,11 +106,8 @@ def generate(model, tokenizer, prompts: list[list[dict[str, str]]], *, max_new_t
         resp = model.generate(input_ids=ids, attention_mask=mask, **kwargs)[:, ids.shape[1]:]
     if was_training:
         model.train()
-    # mask: tokens up to and including the first EOS
-    is_eos = resp == eos
-    after_eos = (is_eos.cumsum(dim=1) - is_eos.long()) > 0
-    resp_mask = (~after_eos).long()
-    resp = resp.masked_fill(after_eos, tokenizer.pad_token_id)
+    resp_mask = response_mask(resp, eos)
+    resp = resp.masked_fill(resp_mask == 0, tokenizer.pad_token_id)
     texts = tokenizer.batch_decode(resp, skip_special_tokens=True)
     return Generated(ids, mask, resp, resp_mask, texts, logprobs)
 

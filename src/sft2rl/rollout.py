@@ -96,6 +96,17 @@ def finish_layer(layer, h: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
     return h + layer.mlp(layer.post_attention_layernorm(h))
 
 
+def prompt_layout(prompt_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions and prefill attention mask of left-padded prompts (B, P): the positions
+    ``generate`` uses (real tokens counted from 0), and the causal mask over real keys (B, 1, P, P).
+    A left-pad query attends to itself too, so no row of the mask is empty (an empty row is NaN)."""
+    p, device = prompt_mask.shape[1], prompt_mask.device
+    pos = (prompt_mask.long().cumsum(dim=1) - 1).clamp(min=0)
+    causal = torch.ones(p, p, dtype=torch.bool, device=device).tril()
+    mask = (causal & prompt_mask.bool()[:, None, :]) | torch.eye(p, dtype=torch.bool, device=device)
+    return pos, mask[:, None]
+
+
 def _forward(m, ids: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: _Cache, start: int,
              mask: torch.Tensor) -> torch.Tensor:
     """Hidden states of ``ids`` (B, T) at cache positions ``start..start+T``.
@@ -188,11 +199,8 @@ def decode(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, max_ne
     cos_all, sin_all = cos_all[0], sin_all[0]                       # (L, D)
 
     mask = prompt_mask.bool()
-    pos = (prompt_mask.long().cumsum(dim=1) - 1).clamp(min=0)        # generate's positions under left padding
-    causal = torch.ones(p, p, dtype=torch.bool, device=device).tril()
-    # a left-pad query attends to itself too, so no row of the mask is empty (an empty row is NaN)
-    prefill_mask = (causal & mask[:, None, :]) | torch.eye(p, dtype=torch.bool, device=device)
-    h = _forward(m, prompt_ids, cos_all[pos], sin_all[pos], cache, 0, prefill_mask.unsqueeze(1))
+    pos, prefill_mask = prompt_layout(prompt_mask)
+    h = _forward(m, prompt_ids, cos_all[pos], sin_all[pos], cache, 0, prefill_mask)
     last_pos = pos[:, -1]
     if n > 1:
         rep = torch.arange(b // n, device=device).repeat_interleave(n)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .rollout import _base, finish_layer, head_shape, project_qkv
+from .rollout import _base, finish_layer, head_shape, project_qkv, prompt_layout
 
 
 class SharedPrefix:
@@ -32,17 +32,12 @@ class SharedPrefix:
         m = _base(model)
         self.m, self.grad = m, grad
         self.shape = head_shape(m.config)
-        g, p = prompt_ids.shape
-        device = prompt_ids.device
         self.prompt_mask = prompt_mask.bool()
         self.prompt_len = prompt_mask.long().sum(dim=1)                   # real tokens per prompt
-        pos = (prompt_mask.long().cumsum(dim=1) - 1).clamp(min=0)
+        pos, mask = prompt_layout(prompt_mask)
         h = m.model.embed_tokens(prompt_ids)
         cos, sin = m.model.rotary_emb(h, pos)
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-        causal = torch.ones(p, p, dtype=torch.bool, device=device).tril()
-        # a left-pad query attends to itself too, so no row of the mask is empty (an empty row is NaN)
-        mask = ((causal & self.prompt_mask[:, None, :]) | torch.eye(p, dtype=torch.bool, device=device))[:, None]
         keys, values = [], []
         for layer in m.model.layers:
             q, k, v = project_qkv(layer, h, cos, sin, self.shape)
