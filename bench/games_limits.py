@@ -7,6 +7,11 @@ solver paths of train and test levels how often the base's next move (argmax ove
 action tokens after "Move:") starts a shortest plan, next to chance (a uniformly random
 action). Train equal to test means the number of levels is not the limit.
 
+This is a probe, not the workflow's setting: the workflow's games base (``game_corpus``) is
+pretrained on ``games.counts.train`` levels (300 by default), each document headed by the
+game's instruction, and it plays through the chat prompt and generation, not a "Move:" probe.
+The levels come from ``data.generate_levels``, so the test states never appear in the corpus.
+
     python bench/games_limits.py --env frozenlake --levels 1000 --steps 200 600
     -> bench/results/games_limits_<env>.csv (one row per steps value) and a printed table
 

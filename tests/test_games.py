@@ -9,6 +9,7 @@ import sys
 
 import pandas as pd
 import pytest
+import yaml
 
 from conftest import REPO
 from sft2rl.errors import DataError
@@ -55,6 +56,14 @@ def test_splits_are_disjoint_by_initial_state(levels):
         [x["hash"] for x in lv if x["split"] == "test"]
 
 
+def test_test_levels_do_not_depend_on_val_or_train(levels):
+    """Test levels are drawn first, against each other only: the same with no val and train levels."""
+    env, lv = levels
+    alone = data.generate_levels(env, dict(CFG, counts={"train": 0, "val": 0, "test": 12}))
+    assert alone == [x for x in lv if x["split"] == "test"]
+    assert all(x["overlap_redraws"] == 0 for x in alone)
+
+
 def test_every_level_is_solved_by_its_plan(levels):
     env, lv = levels
     for x in lv:
@@ -73,6 +82,94 @@ def test_duplicate_initial_state_is_drawn_again(monkeypatch):
     lv = data.generate_levels("frozenlake", dict(CFG, counts={"train": 3, "val": 1, "test": 2}))
     assert lv[0]["attempt"] == 0 and all(x["attempt"] >= 1 for x in lv[1:])
     assert len({x["hash"] for x in lv}) == len(lv)
+
+
+def test_train_draw_sharing_a_test_path_state_is_drawn_again(monkeypatch):
+    """A train draw whose start is the second state of a test level's path (a new initial grid, so
+    not caught as a duplicate level) is rejected: the seed gets its next attempt."""
+    real = data._draw
+    cfg = dict(CFG, counts={"train": 2, "val": 0, "test": 1})
+    test_lv = data.generate_levels("frozenlake", dict(cfg, counts={"train": 0, "val": 0, "test": 1}))[0]
+    r = frozenlake.Rules(test_lv["grid"])
+    (r1, c1), _ = r.step(r.start, test_lv["solution"][0])
+    moved = [list(row.replace("S", "F")) for row in test_lv["grid"]]
+    moved[r1][c1] = "S"
+    inside = ["".join(row) for row in moved]
+    assert data.level_hash("frozenlake", inside) != test_lv["hash"]
+    assert r.grid((r1, c1)) == frozenlake.Rules(inside).grid(frozenlake.Rules(inside).start)
+
+    def draw(env, seed, attempt, c):
+        return inside if (seed, attempt) == (cfg["seeds"]["train"], 0) else real(env, seed, attempt, c)
+
+    monkeypatch.setattr(data, "_draw", draw)
+    lv = data.generate_levels("frozenlake", cfg)
+    train = [x for x in lv if x["split"] == "train"]
+    assert lv[0] == test_lv
+    assert train[0]["attempt"] >= 1 and train[0]["overlap_redraws"] == 1 and train[0]["grid"] != inside
+    assert data.redraw_counts(lv) == {"test": 0, "val": 0, "train": 1}
+
+
+# ------------------------------------------------------------------ held-out states (default sizes)
+def path_grids(levels, style, solved=True):
+    """Every state on the solver paths of these levels (the solved one too unless ``solved`` is
+    False: only the states the rows are built on), rendered as in the prompts."""
+    out = set()
+    for lv in levels:
+        r = data.rules(lv["env"], lv["grid"])
+        states = plan_states(r, lv["solution"])
+        out |= {prompts.render(r.grid(s), style) for s in (states if solved else states[:-1])}
+    return out
+
+
+def assert_held_out(out_dir, corpus_docs, style):
+    """What the workflow wrote for one env (``out_dir``: levels.jsonl, {train,val,test}.parquet) and
+    the corpus documents: no test (prompt, target) pair in train or val, no val pair in train, and no
+    rendered state of a test (val) level's solver path in any train or val (train) row, prompt or
+    target, nor in the pretraining corpus. Returns the rows per split."""
+    rows = {s: pd.read_parquet(out_dir / f"{s}.parquet").to_dict("records") for s in ("train", "val", "test")}
+    levels = data.read_levels(out_dir / "levels.jsonl")
+
+    def pair(row):
+        return json.dumps([{"role": m["role"], "content": m["content"]} for m in row["prompt"]]), row["response"]
+
+    def text(split):  # every message of every row, each framed by newlines
+        return "\n".join("\n" + m["content"] + "\n" for row in rows[split] for m in row["messages"])
+
+    pairs = {s: {pair(r) for r in rows[s]} for s in rows}
+    shared = {f"{a} in {b}": len(pairs[a] & pairs[b])
+              for a, b in (("test", "train"), ("test", "val"), ("val", "train"))}
+    assert shared == dict.fromkeys(shared, 0), f"(prompt, target) pairs shared: {shared}"
+    grids = {s: path_grids([lv for lv in levels if lv["split"] == s], style) for s in rows}
+    texts = {s: text(s) for s in rows}
+    corpus = "\n".join("\n" + d + "\n" for d in corpus_docs)
+    # not vacuous: every test row's own state is found in the test rows' text this way
+    row_grids = path_grids([lv for lv in levels if lv["split"] == "test"], style, solved=False)
+    assert row_grids and all(("\n" + g + "\n") in texts["test"] for g in row_grids)
+    for held, others in (("test", ("train", "val")), ("val", ("train",))):
+        for g in grids[held]:
+            needle = "\n" + g + "\n"
+            assert needle not in corpus, f"a {held} state is in the pretraining corpus:\n{g}"
+            for other in others:
+                assert needle not in texts[other], f"a {held} state is in a {other} row:\n{g}"
+    return {s: len(rows[s]) for s in rows}
+
+
+@pytest.mark.parametrize("history", [False, True])
+def test_default_splits_share_no_solver_path_state(tmp_path, history):
+    """config.yaml's games section (its counts and sizes), through the functions the game_data and
+    game_corpus rules call: test and val states are nowhere in train (rows and corpus), test nowhere
+    in val. (Before the splits were disjoint by path state, 43 Sokoban and 6 FrozenLake test rows
+    were training rows.)"""
+    games = yaml.safe_load((REPO / "config.yaml").read_text())["games"]
+    games["history"] = history
+    docs = {}
+    for env in games["envs"]:
+        data.write_game_data(env, games, tmp_path / env)
+        docs[env] = data.corpus_texts(data.read_levels(tmp_path / env / "levels.jsonl"), games)
+    corpus = [d for env in games["envs"] for d in docs[env]]
+    for env in games["envs"]:
+        counts = assert_held_out(tmp_path / env, corpus, games["render"])
+        assert counts["test"] >= games["counts"]["test"] and counts["train"] > counts["val"] > 0
 
 
 # ------------------------------------------------------------------ Sokoban rules (hand-made rooms)

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from conftest import REPO
+from test_games import assert_held_out
 from test_pipeline import REDUCED, finished_copy, planned_jobs, smk
 
 pytestmark = pytest.mark.integration
@@ -84,12 +85,10 @@ def test_games_data_splits_and_corpus(games_done):
         test_rows = pd.read_parquet(d / "test.parquet")
         assert {r["split"] for r in test_rows["extra_info"]} == {"test"}
         assert len(test_rows) == sum(lv["optimal"] for lv in levels if lv["split"] == "test")
-        # the base never saw a test level: no test grid's first observation is in the corpus
-        from sft2rl.tasks.games.prompts import render
-
-        for lv in levels:
-            if lv["split"] == "test":
-                assert not any(render(lv["grid"], "reference") in doc for doc in corpus)
+        # disjoint by every solver-path state: no test (val) state in a train or val (train) row,
+        # nor in the base's corpus, as the workflow wrote them
+        style = REDUCED_GAMES.get("render") or yaml.safe_load((REPO / "config.yaml").read_text())["games"]["render"]
+        assert_held_out(d, corpus, style)
     assert len(corpus) == 2 * REDUCED_GAMES["counts"]["train"]
 
 

@@ -54,8 +54,8 @@ wildcard_constraints:
 
 
 rule game_data:
-    """Levels of one env (test, val, train seeds; disjoint by initial state), BFS solutions,
-    and one SFT row per solver step in the reference schema."""
+    """Levels of one env (test, val, train seeds; disjoint by every state on their BFS solution
+    paths), BFS solutions, and one SFT row per solver step in the reference schema."""
     input:
         code=code("game_data"),
     output:
@@ -97,7 +97,9 @@ rule game_user_rows:
 
 
 rule game_corpus:
-    """Pretraining corpus of the games' tiny base: the train levels played out in plain text."""
+    """Pretraining corpus of the games' tiny base: the train levels played out in plain text, each
+    headed by the game's instruction (so the base sees its answer line and the <answer> tags, not
+    the chat format); no val/test level nor any state of their solver paths."""
     input:
         levels=expand(f"{GAME_DATA}/{{env}}/levels.jsonl", env=GAME_ENVS),
         code=code("game_data"),

@@ -6,7 +6,7 @@ Everything about the games lives in this folder:
   rendering as text grids;
 * ``solver``: breadth-first search over whole states (shortest action list);
 * ``prompts``: the instruction, the multi-turn prompt and the answer format;
-* ``data``: levels -> SFT rows (one per solver step), splits disjoint by initial state,
+* ``data``: levels -> SFT rows (one per solver step), splits disjoint by every solver-path state,
   validation of user-supplied rows, the pretraining corpus of the embedded base model;
 * ``play``: evaluation by playing (model, random and BFS policies), success with Wilson
   intervals.

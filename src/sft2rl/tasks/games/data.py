@@ -1,11 +1,26 @@
 """Game levels and SFT rows: generation, disjoint splits, the pretraining corpus, user rows.
 
 Levels: each split draws one level per seed from its own seed range (``games.seeds``),
-in the order test, val, train. A level whose initial state (its grid) was already drawn,
-in this split or an earlier one, is drawn again from the same seed (next attempt), so the
-splits are disjoint by the *content* of the initial state, not only by seed, and the test
-levels never depend on how many train levels there are. Every level is solved by BFS; a
-level BFS cannot solve within ``max_solution_length`` is drawn again too.
+in the order test, val, train. Every level is solved by BFS; its *path states* are the
+states along that solution, the initial and the solved one included, each as the grid it
+renders to (the observation a row's prompt is built from). A draw is rejected, and the
+same seed drawn again (its next attempt), when
+
+* BFS cannot solve it within ``max_solution_length``;
+* its initial grid was already drawn, in this split or an earlier one;
+* (val and train only) any of its path states is a path state of a level of an earlier
+  split: a val level shares no state with a test level, a train level none with a test or
+  val level.
+
+So the splits are disjoint by every solver-path state, not only by seed or initial grid:
+no grid a held-out row's prompt shows (with ``history: false`` the current one; with
+``history: true`` every one so far) is in a training row, so no held-out (prompt, target)
+pair is a training row, and the pretraining corpus (train levels along the same paths)
+holds no held-out state. The rule is on grids, so the levels do not depend on ``history``. Test levels are
+drawn first against nothing but each other, so they are a function of their seeds alone
+and never depend on how many val or train levels there are. Each level records the
+``attempt`` it was drawn at and ``overlap_redraws``, the attempts rejected for a shared
+path state.
 
 Rows: one per solver step (the reference schema): ``data_source`` (the env), ``prompt``
 (messages), ``response``, ``ability: "bfs"``, ``reward_model: {style: "rule",
@@ -17,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +44,7 @@ from .prompts import ANSWER_RE, instruction, messages, parse_action, render, res
 from .solver import bfs, plan_states
 
 SPLITS = ("test", "val", "train")  # generation order: test levels first, fixed by their seeds alone
+LOG = logging.getLogger(__name__)
 
 
 def game(name: str):
@@ -59,28 +76,51 @@ def _draw(env: str, seed: int, attempt: int, cfg: dict[str, Any]) -> list[str]:
     return game(env).generate(seed_key, size=env_cfg["size"], p_frozen=env_cfg["p_frozen"])
 
 
+def path_hashes(env: str, grid: list[str], plan: list[str]) -> set[str]:
+    """The states along a level's solution (initial and solved included), as grid hashes."""
+    r = rules(env, grid)
+    return {level_hash(env, r.grid(s)) for s in plan_states(r, plan)}
+
+
 def generate_levels(env: str, cfg: dict[str, Any]) -> list[dict[str, Any]]:
-    """All levels of one env, split by split (test, val, train), disjoint by initial state."""
-    seen: set[str] = set()
+    """All levels of one env, split by split (test, val, train), disjoint by every solver-path
+    state (see the module docstring)."""
+    seen: set[str] = set()      # initial grids drawn so far, every split
+    held: set[str] = set()      # path states of the earlier splits
     levels = []
     for split in SPLITS:
         start, count = cfg["seeds"][split], cfg["counts"][split]
+        states: set[str] = set()
         for i in range(count):
             seed = start + i
+            overlap = 0
             for attempt in range(1000):
                 grid = _draw(env, seed, attempt, cfg)
                 h = level_hash(env, grid)
                 if h in seen:
                     continue
                 plan = bfs(rules(env, grid), max_depth=cfg["max_solution_length"])
-                if plan:
-                    break
+                if not plan:
+                    continue
+                path = path_hashes(env, grid, plan)
+                if path & held:
+                    overlap += 1
+                    continue
+                break
             else:
                 raise RuntimeError(f"{env}: no new solvable level for seed {seed}")
             seen.add(h)
+            states |= path
             levels.append({"env": env, "split": split, "index": i, "seed": seed, "attempt": attempt,
-                           "hash": h, "grid": grid, "optimal": len(plan), "solution": plan})
+                           "overlap_redraws": overlap, "hash": h, "grid": grid, "optimal": len(plan),
+                           "solution": plan})
+        held |= states
     return levels
+
+
+def redraw_counts(levels: list[dict[str, Any]]) -> dict[str, int]:
+    """Per split, the levels drawn again because a draw shared a path state with an earlier split."""
+    return {s: sum(lv.get("overlap_redraws", 0) > 0 for lv in levels if lv["split"] == s) for s in SPLITS}
 
 
 def level_rows(level: dict[str, Any], cfg: dict[str, Any]) -> list[dict[str, Any]]:
@@ -130,8 +170,11 @@ def corpus_texts(levels: list[dict[str, Any]], cfg: dict[str, Any]) -> list[str]
     """Pretraining documents for the embedded base: each *train* level played out in plain text,
     headed by the game's instruction.
 
-    The base learns to read grids, the rules and good moves; it never sees the chat format or
-    the ``<answer>`` tags, which SFT teaches. The validation and test levels never appear.
+    The base learns to read grids, the rules and good moves. Every document starts with the
+    instruction, so the base sees its answer line (``Answers: <answer> Up </answer> | …``) and
+    with it the ``<answer>`` tags; it never sees the chat format, the format line ("Reply as
+    …") or a reply, which SFT teaches. No validation or test level appears, nor any state of
+    their solver paths (the splits are disjoint by path state, :func:`generate_levels`).
     """
     return [played_out(lv, cfg["render"], instruction(lv["env"], bool(cfg[lv["env"]].get("slippery", False))) + "\n")
             for lv in levels if lv["split"] == "train"]
@@ -147,6 +190,7 @@ def write_game_data(env: str, cfg: dict[str, Any], out_dir: str | Path) -> dict[
         write_parquet(out / f"{split}.parquet", rows)
         counts[split] = len(rows)
     write_jsonl(out / "levels.jsonl", levels)
+    LOG.info("%s: levels drawn again for a path state shared with an earlier split %s", env, redraw_counts(levels))
     return counts
 
 
