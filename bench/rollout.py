@@ -78,7 +78,7 @@ def main(argv=None) -> int:
     rl = yaml.safe_load((REPO / "config.yaml").read_text())["rl"]
     torch.set_num_threads(a.threads)
     from sft2rl import rollout
-    from sft2rl.generation import encode_prompts, response_mask
+    from sft2rl.generation import encode_prompts, response_mask, stop_token_ids
     from sft2rl.grpo import response_logprobs
 
     n_prompts, n, new = rl["train_batch"], rl["n"], rl["max_response_length"]
@@ -86,7 +86,8 @@ def main(argv=None) -> int:
     model, tok, prompts, source = load(a.model, a.data, n_prompts, a.quick)
     uids, umask = encode_prompts(tok, prompts, None, "cpu")
     ids, mask = uids.repeat_interleave(n, 0), umask.repeat_interleave(n, 0)
-    eos, pad, temp = tok.eos_token_id, tok.pad_token_id, rl["temperature"]
+    # every stop id (EOS and the chat turn's end), as generation.generate uses them
+    eos, pad, temp = stop_token_ids(model, tok), tok.pad_token_id, rl["temperature"]
 
     def cut(x):
         return x.masked_fill(response_mask(x, eos) == 0, pad)
@@ -96,12 +97,12 @@ def main(argv=None) -> int:
         kw = dict(temperature=temp, top_p=1.0, top_k=0) if do_sample else {}
         with torch.no_grad():
             out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new, do_sample=do_sample,
-                                 pad_token_id=pad, eos_token_id=eos, **kw)
+                                 pad_token_id=pad, eos_token_id=eos if len(eos) > 1 else eos[0], **kw)
         return cut(out[:, ids.shape[1]:])
 
     def lean(do_sample, seed, match=False):
         torch.manual_seed(seed)
-        return rollout.decode(model, uids, umask, max_new_tokens=new, eos_token_id=eos, pad_token_id=pad,
+        return rollout.decode(model, uids, umask, max_new_tokens=new, stop_token_ids=eos, pad_token_id=pad,
                               do_sample=do_sample, temperature=temp, match_generate=match, num_return_sequences=n)
 
     def same(x, y):
@@ -133,7 +134,7 @@ def main(argv=None) -> int:
             seed[0] += 1
             res = fn(seed[0] // 3)  # the three contenders of a round share a seed
             toks = res[0] if isinstance(res, tuple) else res
-            counted[name].append(int(response_mask(toks, eos).sum()))  # up to and with EOS
+            counted[name].append(int(response_mask(toks, eos).sum()))  # up to and with the stop id
         return go
 
     timing = interleaved({"generate": run("generate", lambda s: hf(True, s)),

@@ -3,12 +3,21 @@ samples, GRPO rollouts, the games' players and the medical task's doctor. Left p
 ``skip_special_tokens=True`` (the tags are not special tokens, so they survive decoding).
 
 Two engines give the same tokens: :mod:`sft2rl.rollout` (the lean decode loop, used for
-every model it supports) and ``model.generate`` (any other model, or ``engine='hf'``)."""
+every model it supports) and ``model.generate`` (any other model, or ``engine='hf'``).
+
+A reply ends at the first of the model's stop ids (:func:`stop_token_ids`): the tokenizer's
+EOS, every id of the generation config's ``eos_token_id`` and the token that closes an
+assistant turn in the chat template. A base model's EOS is often its document end
+(Qwen2.5 base: ``<|endoftext|>``) while its chat turns end with ``<|im_end|>``; stopping at
+the EOS alone lets a reply run on into invented turns."""
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
+
+from .rollout import as_ids
 
 
 @dataclass
@@ -16,9 +25,68 @@ class Generated:
     prompt_ids: torch.Tensor      # (B, P) left-padded
     prompt_mask: torch.Tensor     # (B, P)
     response_ids: torch.Tensor    # (B, R) right-padded with pad id
-    response_mask: torch.Tensor   # (B, R) 1 up to and including EOS
+    response_mask: torch.Tensor   # (B, R) 1 up to and including the first stop id
     texts: list[str]
     logprobs: torch.Tensor | None = None  # (B, R) log-prob of each token under logits / temperature (lean engine)
+
+
+_TURN_MARK = "SFT2RL_TURN_END_PROBE"
+
+
+def turn_end_token_id(tokenizer) -> int | None:
+    """The special token that closes an assistant turn in ``tokenizer``'s chat template
+    (``<|im_end|>``, ``<|eot_id|>``, ``<end_of_turn>``, ...), or None (no template, or none
+    after the content).
+
+    Renders a user turn and an assistant turn whose content is a marker, and takes the first
+    special token the template writes after the marker."""
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    try:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": "x"},
+                                              {"role": "assistant", "content": _TURN_MARK}], tokenize=False)
+    except Exception:  # a template that refuses this conversation has no turn end we can read
+        return None
+    at = text.rfind(_TURN_MARK) if isinstance(text, str) else -1
+    if at < 0:
+        return None
+    tail = text[at + len(_TURN_MARK):]
+    if not tail:
+        return None
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    special |= {i for i, t in (getattr(tokenizer, "added_tokens_decoder", None) or {}).items()
+                if getattr(t, "special", False)}
+    for i in tokenizer(tail, add_special_tokens=False)["input_ids"]:
+        if i in special:
+            return int(i)
+    return None
+
+
+def stop_token_ids(model, tokenizer, generation_config=None) -> list[int]:
+    """Every id at which a reply ends, the tokenizer's EOS first: the union of
+    ``tokenizer.eos_token_id``, the generation config's ``eos_token_id`` (an int, a list or
+    None; ``generation_config``, else ``model.generation_config``; ``model`` may be None) and
+    the chat template's end-of-turn token (:func:`turn_end_token_id`).
+
+    The lean engine, ``model.generate``, :func:`response_mask` and everything built on
+    :func:`generate` (evaluation, samples, GRPO, the games' players, the medical doctor)
+    stop at these ids; the verl backend gives vLLM the same list
+    (:func:`sft2rl.verl_export.write_rollout_generation_config`)."""
+    if generation_config is None and model is not None:
+        get = getattr(model, "get_base_model", None)
+        base = get() if get is not None else model
+        generation_config = getattr(base, "generation_config", None)
+    out: list[int] = []
+    candidates = (as_ids(getattr(tokenizer, "eos_token_id", None))
+                  + as_ids(getattr(generation_config, "eos_token_id", None))
+                  + as_ids(turn_end_token_id(tokenizer)))
+    for i in candidates:
+        if i not in out:
+            out.append(i)
+    if not out:
+        raise ValueError("no stop id: the tokenizer has no eos_token_id, the generation config none and the "
+                         "chat template no end-of-turn token")
+    return out
 
 
 def chat_texts(tokenizer, prompts: list[list[dict[str, str]]]) -> list[str]:
@@ -59,10 +127,12 @@ def encode_prompts(tokenizer, prompts: list[list[dict[str, str]]], max_prompt_le
     return enc["input_ids"].to(device), enc["attention_mask"].to(device)
 
 
-def response_mask(response_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:
-    """1 for each response token up to and including the first EOS, 0 after it (long, (B, R))."""
-    is_eos = response_ids == eos_token_id
-    return ((is_eos.cumsum(dim=1) - is_eos.long()) == 0).long()
+def response_mask(response_ids: torch.Tensor, stop_ids: int | Iterable[int]) -> torch.Tensor:
+    """1 for each response token up to and including the first stop id (an int or several,
+    :func:`stop_token_ids`), 0 after it (long, (B, R))."""
+    stop = torch.tensor(as_ids(stop_ids), dtype=response_ids.dtype, device=response_ids.device)
+    is_stop = torch.isin(response_ids, stop)
+    return ((is_stop.cumsum(dim=1) - is_stop.long()) == 0).long()
 
 
 @torch.no_grad()
@@ -73,6 +143,8 @@ def generate(model, tokenizer, prompts: list[list[dict[str, str]]], *, max_new_t
 
     ``engine``: ``auto`` (the lean loop where :func:`sft2rl.rollout.supports` the model,
     else ``generate``), ``lean`` or ``hf``. Both draw the same tokens from the same seed.
+    Both stop a row at any of :func:`stop_token_ids`; the response mask and the texts end
+    with the first (the stop token itself is special, so the texts leave it out).
     """
     from . import rollout
 
@@ -91,22 +163,22 @@ def generate(model, tokenizer, prompts: list[list[dict[str, str]]], *, max_new_t
         torch.manual_seed(seed)
     was_training = model.training
     model.eval()
-    eos = tokenizer.eos_token_id
+    stops = stop_token_ids(model, tokenizer)
     logprobs = None
     if lean:
         resp, logprobs = rollout.decode(model, unique_ids, unique_mask, max_new_tokens=max_new_tokens,
-                                        eos_token_id=eos, pad_token_id=tokenizer.pad_token_id, do_sample=do_sample,
+                                        stop_token_ids=stops, pad_token_id=tokenizer.pad_token_id, do_sample=do_sample,
                                         temperature=temperature, top_p=top_p,
                                         num_return_sequences=num_return_sequences)
     else:
         kwargs = dict(do_sample=do_sample, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                      eos_token_id=eos, use_cache=True)
+                      eos_token_id=stops if len(stops) > 1 else stops[0], use_cache=True)
         if do_sample:
             kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
         resp = model.generate(input_ids=ids, attention_mask=mask, **kwargs)[:, ids.shape[1]:]
     if was_training:
         model.train()
-    resp_mask = response_mask(resp, eos)
+    resp_mask = response_mask(resp, stops)
     resp = resp.masked_fill(resp_mask == 0, tokenizer.pad_token_id)
     texts = tokenizer.batch_decode(resp, skip_special_tokens=True)
     return Generated(ids, mask, resp, resp_mask, texts, logprobs)

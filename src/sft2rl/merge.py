@@ -71,6 +71,11 @@ def merge_adapter(base: str, adapter: str, out_dir: str, atol: float = 1e-4) -> 
             f"(e.g. {unchanged[0]}): the adapter at {adapter} is untrained or was not applied"
         )
     max_delta = max(float((merged_state[k] - base_state[k]).abs().max()) for k in targets)
+    from .generation import stop_token_ids
+
+    # the merged model lists every end-of-turn id (a Qwen2.5 base lists only <|endoftext|>), so
+    # tools that read its generation_config.json (vLLM, SGLang, generate) stop where a turn ends
+    merged.generation_config.eos_token_id = stop_token_ids(merged, tokenizer)
     with atomic_dir(out_dir) as tmp:
         merged.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

@@ -9,7 +9,8 @@ modules (so LoRA layers, autocast and any dtype work unchanged) in a plain loop:
 - one prefill per distinct prompt, its cache copied to the prompt's ``n`` rows;
 - a preallocated KV cache per layer, written in place (no concatenation per token);
 - the rotary tables computed once by the model's own rotary module;
-- rows that finished (EOS) are dropped from the batch once they are a quarter of it;
+- a row finishes at any of its stop ids (:func:`sft2rl.generation.stop_token_ids`: EOS and
+  the chat template's end of turn); finished rows are dropped from the batch once they are a quarter of it;
 - sampling by inverting the cumulative distribution at one uniform number per row;
 - the log-prob of each sampled token under ``logits / temperature`` comes back with it
   (verl's rollout log-probs), so the trainer can check them against its own forward.
@@ -23,11 +24,25 @@ another shape fall back to ``generate`` (:func:`supports`).
 """
 from __future__ import annotations
 
+import numbers
+from collections.abc import Iterable
+
 import torch
 import torch.nn.functional as F
 
 #: Architectures whose decoder layer is the Llama shape this loop reproduces.
 SUPPORTED_TYPES = ("qwen2", "llama")
+
+
+def as_ids(value) -> list[int]:
+    """An ``eos_token_id`` field (None, an int or a list of ints) as a list."""
+    if value is None:
+        return []
+    if isinstance(value, numbers.Integral):
+        return [int(value)]
+    if isinstance(value, torch.Tensor):
+        return [int(v) for v in value.flatten().tolist()]
+    return [int(v) for v in value if v is not None]
 
 
 def _base(model):
@@ -166,23 +181,34 @@ def _sample(logits: torch.Tensor, do_sample: bool, temperature: float, top_p: fl
 
 
 @torch.no_grad()  # not inference_mode: the returned ids feed the training forward
-def decode(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, max_new_tokens: int, eos_token_id: int,
-           pad_token_id: int, do_sample: bool, temperature: float = 1.0, top_p: float = 1.0,
-           num_return_sequences: int = 1, match_generate: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def decode(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, max_new_tokens: int,
+           stop_token_ids: int | Iterable[int] | None = None, pad_token_id: int, do_sample: bool,
+           temperature: float = 1.0, top_p: float = 1.0, num_return_sequences: int = 1,
+           match_generate: bool = False, eos_token_id: int | Iterable[int] | None = None,
+           ) -> tuple[torch.Tensor, torch.Tensor]:
     """Decode up to ``max_new_tokens`` for left-padded prompts, ``num_return_sequences`` rows
     per prompt (consecutive, as ``generate`` orders them). Each prompt is prefilled once and
     its cache copied to its rows.
 
+    ``stop_token_ids``: an id or several (``eos_token_id`` is an alias); a row is finished
+    at the first of them it emits (that token kept), as ``generate`` with a list of EOS ids.
+
     Returns ``(response_ids, logprobs)``, both (B, R) with R <= ``max_new_tokens`` the
-    longest response: tokens after a row's EOS are ``pad_token_id`` and their log-prob 0.
+    longest response: tokens after a row's stop id are ``pad_token_id`` and their log-prob 0.
     ``logprobs`` are of each token under ``log_softmax(logits / temperature)``.
 
     ``match_generate``: keep finished rows and sample with ``torch.multinomial``, so the
     sampled tokens are those ``generate`` draws from the same seed (slower; for checks).
     """
+    if (stop_token_ids is None) == (eos_token_id is None):
+        raise TypeError("decode() takes stop_token_ids (or its alias eos_token_id), exactly one of them")
+    stops = as_ids(stop_token_ids if stop_token_ids is not None else eos_token_id)
+    if not stops:
+        raise ValueError("decode() needs at least one stop id")
     m = _base(model)
     cfg = m.config
     device = prompt_ids.device
+    stop_t = torch.tensor(stops, dtype=torch.long, device=device)
     n = num_return_sequences
     b, p = prompt_ids.shape[0] * n, prompt_ids.shape[1]
     total = p + max_new_tokens
@@ -213,7 +239,7 @@ def decode(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, max_ne
     key_mask = torch.zeros(b, total, dtype=torch.bool, device=device)
     key_mask[:, :p] = mask
     hidden = h[:, -1]
-    dead = torch.zeros(b, dtype=torch.bool, device=device)  # active rows that already emitted EOS
+    dead = torch.zeros(b, dtype=torch.bool, device=device)  # active rows that already emitted a stop id
     steps = 0
     for t in range(max_new_tokens):
         logits = m.lm_head(hidden).float()
@@ -222,7 +248,7 @@ def decode(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, max_ne
         out_ids[rows, t] = tok
         out_lp[rows, t] = lp.masked_fill(dead, 0.0)
         steps = t + 1
-        dead = dead | (tok == eos_token_id)
+        dead = dead | (tok == stops[0] if len(stops) == 1 else torch.isin(tok, stop_t))
         n_dead = int(dead.sum())
         if t == max_new_tokens - 1 or n_dead == len(rows):
             break

@@ -20,7 +20,7 @@ from .fingerprint import module_closure, run_key
 from .io import atomic_dir, read_parquet_rows, write_json
 from .logutil import LOG
 from .resume import planned_steps, prepare_run_dir
-from .verl_launch import GROUP_REWARD_LOG, SFT_IGNORED
+from .verl_launch import GROUP_REWARD_LOG, ROLLOUT_GENERATION_CONFIG, SFT_IGNORED
 
 PLAN_FILE = "plan.json"
 #: Libraries whose version is part of a verl GRPO run's restart key.
@@ -33,7 +33,9 @@ def prepare_rl_run(run_dir: str | Path, *, init: str, train: str, config_hash: s
     (same content key: init weights, train data, hook code, overrides) and write the plan.
 
     The plan counts the prompts verl keeps (its overlong filter, with the init model's
-    tokenizer) and the steps the run must take (:func:`sft2rl.resume.planned_steps`).
+    tokenizer) and the steps the run must take (:func:`sft2rl.resume.planned_steps`), and
+    records the rollout's stop ids, written for vLLM to ``<run_dir>/rollout_generation_config``
+    (:func:`write_rollout_generation_config`).
     """
     from transformers import AutoTokenizer
 
@@ -49,10 +51,54 @@ def prepare_rl_run(run_dir: str | Path, *, init: str, train: str, config_hash: s
         LOG.warning("%s: %d of %d prompts are longer than rl.max_prompt_length = %d tokens; verl leaves them out "
                     "(data.filter_overlong_prompts); first: row %d", train, len(dropped), len(rows),
                     max_prompt_length, dropped[0])
+    stops = write_rollout_generation_config(init, Path(run_dir) / ROLLOUT_GENERATION_CONFIG)
     plan = {"planned_steps": planned_steps(len(kept), train_batch, epochs, total_steps), "train_rows": len(kept),
-            "filtered_prompts": len(dropped), "run_key": key["key"], "start": guard["reason"]}
+            "filtered_prompts": len(dropped), "run_key": key["key"], "start": guard["reason"],
+            "stop_token_ids": stops}
     write_json(Path(run_dir) / PLAN_FILE, plan)
     return plan
+
+
+def rollout_stop_ids(init: str) -> tuple[list[int], Any]:
+    """The init model's stop ids (:func:`sft2rl.generation.stop_token_ids`, from its tokenizer,
+    chat template and generation config) and that generation config, loaded as verl does
+    (``generation_config.json``, else derived from ``config.json``; None if neither)."""
+    from transformers import AutoTokenizer, GenerationConfig
+
+    from .generation import stop_token_ids
+
+    try:
+        gen = GenerationConfig.from_pretrained(init)
+    except OSError:
+        try:
+            from transformers import AutoConfig
+
+            gen = GenerationConfig.from_model_config(AutoConfig.from_pretrained(init))
+        except OSError:
+            gen = None
+    return stop_token_ids(None, AutoTokenizer.from_pretrained(init), gen), gen
+
+
+def write_rollout_generation_config(init: str, out_dir: str | Path) -> list[int]:
+    """The folder vLLM loads its generation config from (``--generation-config``, set by
+    :func:`sft2rl.verl_launch.ppo_overrides`): the init model's generation config with
+    ``eos_token_id`` = every stop id, so verl's rollout stops where the local backend's does.
+    Returns the ids. The model directory itself is left as it is."""
+    from transformers import GenerationConfig
+
+    from .rollout import as_ids
+
+    ids, gen = rollout_stop_ids(init)
+    own = [] if gen is None else as_ids(gen.eos_token_id)
+    if set(ids) - set(own):
+        LOG.info("%s: its generation config stops at %s only; vLLM gets every stop id %s from %s (an SGLang "
+                 "rollout would read the model's own)", init, own, ids, out_dir)
+    gen = GenerationConfig() if gen is None else gen
+    gen.eos_token_id = ids
+    gen._from_model_config = False
+    with atomic_dir(out_dir) as tmp:
+        gen.save_pretrained(tmp)
+    return ids
 
 
 def check_planned_steps(run_dir: str | Path, step: int) -> int:
