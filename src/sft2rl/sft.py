@@ -12,6 +12,14 @@ epoch 0. When the job finishes, the epoch checkpoints move to ``<run>/checkpoint
 Loss is computed on assistant tokens only, for every assistant turn of a multi-turn
 conversation. Assistant spans are found by rendering the chat template on growing
 prefixes of the conversation, so any chat template (ours, Qwen2.5's, Qwen3's) works.
+
+No row is cut: a row (train or val) longer than the length limit, the smallest of
+``sft.max_length``, the model's positions (``max_position_embeddings``) and, for a base that
+records it, its pretraining window (``pretrain_metrics.json`` ``seq_len``, the tiny bases),
+stops the job before anything is written, with a DataError naming the file, the row, its
+length and the limit (``sft.overlong: error``, the default); ``sft.overlong: drop`` leaves such
+rows out, logged and counted in metrics.json and run_log.json (``overlong_rows``; metrics.json
+also records ``length_limit`` and ``longest_row``, the longest row trained on).
 """
 from __future__ import annotations
 
@@ -24,6 +32,7 @@ from typing import Any
 
 import torch
 
+from .errors import ConfigError, DataError
 from .io import atomic_dir, read_parquet_rows, write_json
 from .logutil import LOG
 from .model import load_model, pick_device, set_seed, train_dtype
@@ -48,7 +57,9 @@ def assistant_char_spans(tokenizer, messages: list[dict[str, str]]) -> tuple[str
 
 def encode_conversation(tokenizer, messages: list[dict[str, str]], max_length: int,
                         loss_turns: str = "all") -> dict[str, Any]:
-    """input_ids and labels (IGNORE outside the trained assistant turns), truncated to max_length.
+    """input_ids and labels (IGNORE outside the trained assistant turns), cut to max_length;
+    ``length`` is the row's full length and ``truncated`` whether it was cut (:func:`train_sft`
+    never trains on a cut row: see :func:`length_limit`).
 
     ``loss_turns``: ``all`` trains every assistant turn; ``last`` only the final one (the
     prompt/response rows of the games and the medical task: earlier turns are context).
@@ -67,7 +78,59 @@ def encode_conversation(tokenizer, messages: list[dict[str, str]], max_length: i
         for tok, (start, end) in zip(ids, offsets)
     ]
     truncated = len(ids) > max_length
-    return {"input_ids": ids[:max_length], "labels": labels[:max_length], "truncated": truncated}
+    return {"input_ids": ids[:max_length], "labels": labels[:max_length], "truncated": truncated,
+            "length": len(ids)}
+
+
+#: what ``sft.overlong`` allows: stop the job (default) or leave the over-long rows out
+OVERLONG = ("error", "drop")
+#: written by :func:`sft2rl.model.build_base` into a tiny base's directory
+PRETRAIN_INFO = "pretrain_metrics.json"
+
+
+def pretrain_window(base: str) -> int | None:
+    """The pretraining window (tokens) a base directory records (``seq_len`` in its
+    pretrain_metrics.json, as the workflow's tiny bases have); None for any other model."""
+    path = Path(base) / PRETRAIN_INFO
+    if not path.is_file():
+        return None
+    seq_len = json.loads(path.read_text()).get("seq_len")
+    return int(seq_len) if seq_len else None
+
+
+def length_limit(max_length: int, positions: int | None, window: int | None, base: str) -> tuple[int, str]:
+    """The longest row SFT trains on, and what sets it: ``sft.max_length``, the model's
+    positions or the base's pretraining window, whichever is smallest."""
+    limits = [(max_length, f"sft.max_length = {max_length}")]
+    if positions:
+        limits.append((positions, f"the model's positions (max_position_embeddings = {positions} of {base})"))
+    if window:
+        limits.append((window, f"the base's pretraining window (seq_len = {window} in {Path(base) / PRETRAIN_INFO})"))
+    return min(limits, key=lambda x: x[0])
+
+
+def check_lengths(path: str, encoded: list[dict[str, Any]], limit: int, what: str, overlong: str
+                  ) -> tuple[list[dict[str, Any]], list[int]]:
+    """The rows of ``path`` that fit in ``limit`` tokens and the (1-based) rows that do not.
+
+    ``overlong: error``: the first row over the limit is a DataError naming the file, the
+    row, its length and the limit (and how many rows are over). ``drop``: they are left out."""
+    if overlong not in OVERLONG:
+        raise ConfigError(f"config key 'sft.overlong' = {overlong!r} is not allowed; allowed values: {list(OVERLONG)}")
+    over = [i + 1 for i, e in enumerate(encoded) if e["length"] > limit]
+    if over and overlong == "error":
+        first = encoded[over[0] - 1]["length"]
+        longest = max(encoded[i - 1]["length"] for i in over)
+        raise DataError(path, over[0], "messages",
+                        f"row {over[0]} is {first} tokens, longer than {what}; {len(over)} of {len(encoded)} rows "
+                        f"are over the limit of {limit} tokens (the longest {longest}); nothing is cut: shorten the "
+                        f"rows, raise the limit, or set overlong: drop in the run's sft section to leave them out")
+    if not over:
+        return encoded, over
+    kept = [e for e in encoded if e["length"] <= limit]
+    if not kept:
+        raise DataError(path, None, "messages", f"every row is longer than {what}: nothing left to train on")
+    return kept, over
 
 
 def collate(batch: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -148,28 +211,37 @@ def train_sft(base: str, train_file: str, val_file: str, out_dir: str, cfg: dict
     from .resume import prepare_run_dir
 
     out = Path(out_dir)
-    guard = prepare_run_dir(out / "resume", sft_run_key(base, train_file, val_file, cfg))
-    resume_ckpts = out / "resume" / "checkpoints"
-    last = _last_epoch_state(resume_ckpts) if guard["resume"] else None
     set_seed(cfg["seed"])
     device = pick_device()
     model, tokenizer = load_model(base, device, train_dtype(device))
+    overlong = cfg.get("overlong", "error")
+    limit, limit_what = length_limit(cfg["max_length"], getattr(model.config, "max_position_embeddings", None),
+                                     pretrain_window(base), base)
+
+    def encode(path: str) -> tuple[list[dict], list[int]]:  # nothing is written before every row is checked
+        rows = read_parquet_rows(path)
+        enc = [encode_conversation(tokenizer, r["messages"], limit, cfg.get("loss_turns", "all")) for r in rows]
+        return check_lengths(path, enc, limit, limit_what, overlong)
+
+    train, over_train = encode(train_file)
+    val, over_val = encode(val_file)
+    overlong_rows = {"train": len(over_train), "val": len(over_val)}
+    for path, over, kept in ((train_file, over_train, train), (val_file, over_val, val)):
+        if over:
+            LOG.warning("SFT: %s: %d of %d rows are longer than %s and are left out (sft overlong: drop); "
+                        "rows %s", path, len(over), len(over) + len(kept), limit_what, over[:20])
+    guard = prepare_run_dir(out / "resume", sft_run_key(base, train_file, val_file, cfg))
+    resume_ckpts = out / "resume" / "checkpoints"
+    last = _last_epoch_state(resume_ckpts) if guard["resume"] else None
     if cfg["gradient_checkpointing"]:
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()
     model = get_peft_model(model, lora_config(cfg["lora"], tokenizer, cfg["train_tokens"]))
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
-    def encode(path: str) -> tuple[list[dict], int]:
-        rows = read_parquet_rows(path)
-        enc = [encode_conversation(tokenizer, r["messages"], cfg["max_length"], cfg.get("loss_turns", "all"))
-               for r in rows]
-        return enc, sum(e["truncated"] for e in enc)
-
-    train, n_trunc = encode(train_file)
-    val, n_trunc_val = encode(val_file)
-    LOG.info("SFT: %d train rows (%d truncated at %d tokens), %d val rows (%d truncated); %d trainable params",
-             len(train), n_trunc, cfg["max_length"], len(val), n_trunc_val, n_trainable)
+    LOG.info("SFT: %d train rows, %d val rows (longest %d tokens; limit %d: %s; over it and left out: %s); "
+             "%d trainable params", len(train), len(val), max(e["length"] for e in train + val), limit, limit_what,
+             overlong_rows, n_trainable)
 
     micro = cfg["micro_batch"]
     accum = max(1, cfg["train_batch"] // (micro * devices))
@@ -252,13 +324,15 @@ def train_sft(base: str, train_file: str, val_file: str, out_dir: str, cfg: dict
             shutil.copytree(src, Path(tmp) / src.name, ignore=shutil.ignore_patterns(STATE_FILE))
     shutil.rmtree(out / "resume")
     write_json(out / "run_log.json", {"resumed_after_epoch": first_epoch - 1, "steps_trained": step - start_step,
-                                      "steps": step, "reason": guard["reason"]})
+                                      "steps": step, "reason": guard["reason"], "overlong_rows": overlong_rows})
     # metrics.json holds what the run computed, nothing of the machine: the same config gives the
     # same bytes (the time is in the log and in the job's benchmark file)
     LOG.info("SFT: %d steps (%d in this job) in %.1f s", step, step - start_step, time.time() - t0)
     metrics = {
         "initial_val_loss": initial_val_loss, "epochs": history, "steps": step, "train_rows": len(train),
-        "truncated_rows": n_trunc, "trainable_params": n_trainable, "grad_accum": accum,
+        # the longest row trained on: what play / evaluation prompts may be checked against
+        "length_limit": limit, "longest_row": max(e["length"] for e in train), "overlong_rows": overlong_rows,
+        "trainable_params": n_trainable, "grad_accum": accum,
         "best_epoch": min(history, key=lambda h: h["val_loss"])["epoch"],
     }
     write_json(out / "metrics.json", metrics)
