@@ -3,20 +3,27 @@ from __future__ import annotations
 
 import copy
 import json
+import re
+import subprocess
+import sys
+from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from sft2rl.errors import DataError
 from sft2rl.io import write_jsonl, write_parquet
-from sft2rl.tasks.med import clinic, consult, data, dialog, doctor, patient
+from sft2rl.tasks.med import clinic, consult, data, dialog, doctor, patient, table
 
-WORLD = {"seed": 7, "categories": ["respiratory", "digestive", "skin", "neurological"], "diseases_per_category": 2,
-         "profile_size": 4, "dropout": 0.25, "confidence": 0.95, "max_questions": 6,
-         "cases": {"train": 40, "val": 6, "test": 12}, "case_seeds": {"train": 1000, "val": 2000, "test": 3000},
-         "corpus_repeats": 2}
+REPO_CONFIG = yaml.safe_load((Path(__file__).resolve().parents[1] / "config.yaml").read_text())
+MED = REPO_CONFIG["med"]
+MAX_TURNS = MED["eval"]["max_turns"]
+#: the default clinic with fewer cases (the world, its diseases and symptoms are the default's)
+WORLD = dict(MED["world"], cases={"train": 40, "val": 6, "test": 12}, corpus_repeats=2)
 
-#: a hand-made clinic: A and B share the chief complaint s1; s2 tells them apart
+#: a hand-made clinic: A and B share the chief complaint s1; s2 tells them apart (every symptom recorded)
 HAND = {"dropout": 0.25, "symptoms": ["s1", "s2", "s3", "s4"], "diseases": [
     {"name": "Alpha fever", "category": "c1", "symptoms": ["s1", "s2"], "recommendation": "Rest."},
     {"name": "Beta syndrome", "category": "c2", "symptoms": ["s1", "s3"], "recommendation": "Drink water."},
@@ -24,8 +31,7 @@ HAND = {"dropout": 0.25, "symptoms": ["s1", "s2", "s3", "s4"], "diseases": [
 
 
 def hand_case(present, disease="Beta syndrome", rec="Drink water.", chief="s1"):
-    info = [{"doctor_question": [clinic.question(s)],
-             "patient_response": [f"Yes, I have {s}." if s in present else f"No, I do not have {s}."]}
+    info = [{"doctor_question": [clinic.question(s)], "patient_response": [clinic.answer(s, s in present)]}
             for s in HAND["symptoms"]]
     return {"id": "0", "category": "c2", "exact": True,
             "first": [{"role": "system", "content": dialog.SYSTEM_PROMPT},
@@ -36,7 +42,7 @@ def hand_case(present, disease="Beta syndrome", rec="Drink water.", chief="s1"):
 @pytest.fixture(scope="module")
 def clinic_files(tmp_path_factory):
     out = tmp_path_factory.mktemp("clinic")
-    counts = data.write_clinic_data(WORLD, out, out / "corpus.jsonl")
+    counts = data.write_clinic_data(WORLD, out, out / "corpus.jsonl", MAX_TURNS)
     return out, counts
 
 
@@ -59,24 +65,38 @@ def test_parse_reply(text, kind, fields):
 
 
 # ------------------------------------------------------------------ clinic
-def test_clinic_is_deterministic_and_splits_are_disjoint_by_pattern():
+def test_clinic_is_deterministic_with_overlapping_profiles_and_partial_records():
     a, b = clinic.build_clinic(WORLD), clinic.build_clinic(copy.deepcopy(WORLD))
-    assert a == b and len(a["diseases"]) == 8
-    assert len({tuple(sorted(d["symptoms"])) for d in a["diseases"]}) == 8
-    assert len({d["name"] for d in a["diseases"]}) == 8
-    cases = clinic.generate_cases(a, WORLD["cases"], WORLD["case_seeds"])
-    assert cases == clinic.generate_cases(b, WORLD["cases"], WORLD["case_seeds"])
+    n = len(WORLD["categories"]) * WORLD["diseases_per_category"]
+    assert a == b and len(a["diseases"]) == n >= 16
+    assert len(a["symptoms"]) == 8 * len(WORLD["categories"]) + len(clinic.GENERAL_SYMPTOMS) >= 38
+    assert len({tuple(sorted(d["symptoms"])) for d in a["diseases"]}) == n
+    assert len({d["name"] for d in a["diseases"]}) == n
+    # profiles overlap: within a category, and through the general symptoms across categories
+    for cat in WORLD["categories"]:
+        profs = [set(d["symptoms"]) for d in a["diseases"] if d["category"] == cat]
+        assert any(p & q for i, p in enumerate(profs) for q in profs[i + 1:])
+        assert all(len(p & q) <= clinic.MAX_SHARED for i, p in enumerate(profs) for q in profs[i + 1:])
+    owners = {s: sum(s in d["symptoms"] for d in a["diseases"]) for s in a["symptoms"]}
+    assert max(owners[s] for s in clinic.GENERAL_SYMPTOMS) >= 3
+    cases = clinic.generate_cases(a, WORLD)
+    assert cases == clinic.generate_cases(b, WORLD)
     split = {s: [c["pattern"] for c in cases if c["split"] == s] for s in ("train", "val", "test")}
     assert {s: len(v) for s, v in split.items()} == {"train": 40, "val": 6, "test": 12}
-    assert len(set(split["test"])) == 12 and len(set(split["val"])) == 6
     assert not set(split["test"]) & set(split["train"]) and not set(split["val"]) & set(split["train"])
-    assert not set(split["test"]) & set(split["val"])
+    recorded = []
     for c in cases:
         prof = next(d for d in a["diseases"] if d["name"] == c["disease"])["symptoms"]
         assert c["chief"] in c["present"] and set(c["present"]) <= set(prof) and len(c["present"]) >= 2
-    # more test cases than the world has patterns: a clear error, not an endless loop
-    with pytest.raises(RuntimeError, match="no new case pattern"):
-        clinic.generate_cases(a, {"train": 1, "val": 1, "test": 500}, WORLD["case_seeds"])
+        assert c["volunteered"] is None or (c["volunteered"] in c["present"] and c["volunteered"] != c["chief"])
+        assert {c["chief"], c["volunteered"]} - {None} <= set(c["recorded"])
+        info = clinic.patient_information(a, c)
+        assert len(info) == len(c["recorded"]) < len(a["symptoms"])
+        recorded.append(len(info) / len(a["symptoms"]))
+    assert 0.2 < np.mean(recorded) < 0.5  # part of what could be asked, as in MTMedDialog rows
+    # a split that runs out of new consultations: a clear error, not an endless loop
+    with pytest.raises(RuntimeError, match="no new consultation"):
+        clinic.generate_cases(a, dict(WORLD, cases={"train": 1, "val": 1, "test": 2}), key=lambda c: "the same")
 
 
 def test_corpus_holds_the_knowledge_and_no_case(clinic_files):
@@ -87,25 +107,48 @@ def test_corpus_holds_the_knowledge_and_no_case(clinic_files):
         assert f"What are the symptoms of {d['name']}?" in corpus and d["recommendation"] in corpus
         assert f"Diagnosis: {d['name']}\nRecommendation: {d['recommendation']}" in corpus
     assert "Patient's description" not in corpus and "Do you have" not in corpus and " days." not in corpus
+    assert "Sorry" not in corpus and dialog.FORCE not in corpus
 
 
 # ------------------------------------------------------------------ the scripted doctor and the patient
 def test_scripted_consultation_with_a_known_outcome():
     """Chief complaint s1 fits Alpha and Beta; s2 (Alpha's) tells them apart; 'no' leaves Beta."""
     case = hand_case(present=["s1", "s3"])
-    policy = doctor.scripted_policy(HAND, confidence=0.7, max_questions=3)
+    policy = doctor.scripted_policy(HAND, confidence=0.7)
     [rec] = consult.consult([case], policy, max_turns=5, with_thinking=True, threshold=0.5, progress=False)
-    assert rec["replies"][0] == ("<think>It could be Alpha fever or Beta syndrome. Asking about s2 tells them apart."
-                                 "</think>\n<answer>Question: Do you have s2?</answer>")
+    assert rec["replies"][0] == ("<think>It could be Alpha fever or Beta syndrome. Ask about s2.</think>\n"
+                                 "<answer>Question: Do you have s2?</answer>")
     assert rec["patient"] == ["No, I do not have s2."]
     # posterior after "no s2": Alpha 0.25 / (0.25 + 1) = 0.2, Beta 0.8 >= 0.7
     assert doctor.posterior(HAND, "s1", {"s2": False}) == pytest.approx([0.2, 0.8, 0.0])
-    assert rec["replies"][1].endswith("<answer>Diagnosis: Beta syndrome\nRecommendation: Drink water.</answer>")
+    assert rec["replies"][1] == ("<think>The patient has s1, not s2. The answers fit Beta syndrome best.</think>\n"
+                                 "<answer>Diagnosis: Beta syndrome\nRecommendation: Drink water.</answer>")
     assert rec["correct"] is True and rec["turns"] == 2 and rec["questions"] == 1 and rec["sorry"] == 0
     # at confidence 0.9 it asks s3 too ("yes" rules Alpha out), then diagnoses
-    [rec] = consult.consult([case], doctor.scripted_policy(HAND, confidence=0.9, max_questions=3), max_turns=5,
+    [rec] = consult.consult([case], doctor.scripted_policy(HAND, confidence=0.9), max_turns=5,
                             with_thinking=True, threshold=0.5, progress=False)
     assert rec["patient"] == ["No, I do not have s2.", "Yes, I have s3."] and rec["correct"] and rec["turns"] == 3
+
+
+def test_scripted_doctor_reads_do_not_know_and_volunteered_symptoms():
+    world = clinic.build_clinic(WORLD)
+    d = world["diseases"][0]
+    chief, other = d["symptoms"][0], d["symptoms"][1]
+    first = dialog.description(f"I have had {chief} for 4 days. I also have {other}.")
+    assert clinic.read_self_report(first) == (chief, other)
+    asked = next(s for s in world["symptoms"] if s not in d["symptoms"])
+    reply = dialog.doctor_reply(dialog.question_answer(clinic.question(asked)), "x")
+    got_chief, answers = doctor.read_dialogue(first, [reply], [dialog.DONT_KNOW])
+    assert got_chief == chief and answers == {other: True, asked: None}
+    # "Sorry" about a symptom of its own organ system makes a disease less likely (recorded.related > other)
+    # (the general symptom as the complaint: candidates of several systems)
+    general = d["symptoms"][-1]
+    sym = next(s for s in world["category_symptoms"][d["category"]] if s not in d["symptoms"])
+    before, after = doctor.posterior(world, general, {}), doctor.posterior(world, general, {sym: None})
+    assert after[0] < before[0]
+    # it never asks what it was told or asked already
+    nxt = doctor.scripted_reply(world, first, [reply], [dialog.DONT_KNOW], confidence=1.0)
+    assert dialog.parse_reply(nxt).question not in {clinic.question(s) for s in (chief, other, asked)}
 
 
 def test_forced_diagnosis_at_the_turn_limit():
@@ -122,9 +165,30 @@ def test_forced_diagnosis_at_the_turn_limit():
     assert [dialog.FORCE in s for s in seen] == [False, False, True]
     assert rec["questions"] == 3 and rec["repeated"] == 2 and len(rec["patient"]) == 2
     # the scripted doctor diagnoses when forced, whatever its confidence
-    [rec] = consult.consult([hand_case(["s1", "s3"])], doctor.scripted_policy(HAND, confidence=1.0, max_questions=9),
+    [rec] = consult.consult([hand_case(["s1", "s3"])], doctor.scripted_policy(HAND, confidence=1.0),
                             max_turns=2, with_thinking=True, threshold=0.5, progress=False)
     assert rec["turns"] == 2 and rec["diagnosed"]
+
+
+def test_training_dialogues_end_as_the_evaluation_does(tmp_path):
+    """With a short turn limit many scripted consultations reach it: exactly their last-turn rows
+    carry the forced-diagnosis line, and those rows diagnose; no dialogue is longer."""
+    out = tmp_path / "raw"
+    data.write_clinic_data(WORLD, out, tmp_path / "corpus.jsonl", 2)
+    rows = data.load_raw(out / "train.jsonl")
+    forced = [r for r in rows if dialog.FORCE in r["prompt"][-1]["content"]]
+    assert forced and all(r["extra_info"]["turn"] == 1 for r in forced)
+    assert all(dialog.parse_reply(r["response"]).kind == "diagnosis" for r in forced)
+    assert all(r["extra_info"]["turn"] <= 1 for r in rows)
+    assert len(forced) == sum(r["extra_info"]["turn"] == 1 for r in rows)
+    # the evaluation's last prompt is the same text: the scripted doctor replays the rows exactly
+    cases = data.cases_from_rows(data.load_raw(out / "test.jsonl", need_patient=True))
+    world = json.loads((out / "world.json").read_text())
+    recs = consult.consult(cases, doctor.scripted_policy(world, confidence=WORLD["confidence"]), max_turns=2,
+                           with_thinking=True, threshold=0.5, progress=False)
+    replay = [p for c, r in zip(cases, recs) for p in data.consultation_rows(c["first"], r["replies"], r["patient"],
+                                                                              {}, {}, 2)]
+    assert [r["prompt"] for r in replay] == [r["prompt"] for r in data.load_raw(out / "test.jsonl")]
 
 
 def test_patient_answers_by_similarity_with_a_threshold():
@@ -144,6 +208,20 @@ def test_patient_answers_by_similarity_with_a_threshold():
     assert patient.Patient([], 0.5).answer("anything?") == dialog.DONT_KNOW
 
 
+@pytest.mark.parametrize("n_recorded", [1, 3, 12])
+def test_partial_records_answer_only_what_they_record(n_recorded):
+    """Whatever a case records, a recorded symptom gets its answer and any other one "Sorry"
+    (the question frame "Do you have" never matches on its own)."""
+    world = clinic.build_clinic(WORLD)
+    for start in range(0, len(world["symptoms"]), 5):
+        rec = (world["symptoms"] * 2)[start:start + n_recorded]
+        case = {"present": rec[::2], "recorded": rec}
+        p = patient.Patient(clinic.patient_information(world, case), threshold=0.5)
+        for s in world["symptoms"]:
+            want = clinic.answer(s, s in case["present"]) if s in rec else dialog.DONT_KNOW
+            assert p.answer(clinic.question(s)) == want, (s, rec)
+
+
 # ------------------------------------------------------------------ rows, with_thinking, validation
 def test_clinic_rows_are_the_consultations_the_evaluation_replays(clinic_files):
     out, counts = clinic_files
@@ -152,11 +230,11 @@ def test_clinic_rows_are_the_consultations_the_evaluation_replays(clinic_files):
     cases = data.cases_from_rows(rows)
     assert len(cases) == WORLD["cases"]["test"] and all(c["exact"] for c in cases)
     world = json.loads((out / "world.json").read_text())
-    records = consult.consult(cases, doctor.scripted_policy(world, confidence=0.95, max_questions=6), max_turns=10,
-                              with_thinking=True, threshold=0.5, progress=False)
+    records = consult.consult(cases, doctor.scripted_policy(world, confidence=WORLD["confidence"]),
+                              max_turns=MAX_TURNS, with_thinking=True, threshold=0.5, progress=False)
     # replaying with the scripted doctor gives back exactly the rows: same prompts, same replies
     replay = [p for c, r in zip(cases, records)
-              for p in data.consultation_rows(c["first"], r["replies"], r["patient"], {}, {})]
+              for p in data.consultation_rows(c["first"], r["replies"], r["patient"], {}, {}, MAX_TURNS)]
     assert [r["prompt"] for r in replay] == [r["prompt"] for r in rows]
     assert [r["response"] for r in replay] == [r["response"] for r in rows]
     first = rows[0]
@@ -290,15 +368,122 @@ def test_metrics_on_hand_computed_cases():
     assert [r["category"] for r in rows] == ["all", "c"]
 
 
-def test_random_doctor_is_seeded_and_near_chance(clinic_files):
+def test_random_doctor_is_seeded_and_near_chance_and_mostly_hears_sorry(clinic_files):
     out, _ = clinic_files
     world = json.loads((out / "world.json").read_text())
     cases = data.cases_from_rows(data.load_raw(out / "test.jsonl", need_patient=True)) * 10
     for i, c in enumerate(cases):
         cases[i] = dict(c, id=str(i))
-    runs = [consult.consult(cases, doctor.random_policy(world, max_questions=6, seed=s), max_turns=10,
+    runs = [consult.consult(cases, doctor.random_policy(world, max_turns=MAX_TURNS, seed=s), max_turns=MAX_TURNS,
                             with_thinking=True, threshold=0.5, progress=False) for s in (0, 0, 1)]
     assert runs[0] == runs[1] and runs[0] != runs[2]
-    acc = consult.summarize(runs[0])["accuracy"]
-    assert acc == pytest.approx(1 / 8, abs=0.08)
-    assert all(1 <= r["questions"] <= 6 and r["repeated"] == 0 for r in runs[0])
+    rnd = consult.summarize(runs[0])
+    assert rnd["accuracy"] == pytest.approx(1 / len(world["diseases"]), abs=0.06)
+    assert all(1 <= r["questions"] <= MAX_TURNS - 1 and r["repeated"] == 0 for r in runs[0])
+    # information-retrieval precision tells the doctors apart: the scripted doctor asks what the
+    # likely diseases' cases record, the random one mostly what they do not
+    scripted = consult.summarize(consult.consult(cases, doctor.scripted_policy(world, confidence=WORLD["confidence"]),
+                                                 max_turns=MAX_TURNS, with_thinking=True, threshold=0.5,
+                                                 progress=False))
+    assert rnd["ir_precision"] < 0.45 < scripted["ir_precision"]
+    assert scripted["accuracy"] > 0.8 > 0.2 > rnd["accuracy"]
+
+
+# ------------------------------------------------------------------ the default clinic: held out, and it fits
+@pytest.fixture(scope="module")
+def default_clinic(tmp_path_factory):
+    """The raw rows the med_world rule writes for the default config (config.yaml med section)."""
+    out = tmp_path_factory.mktemp("default_clinic")
+    data.write_clinic_data(MED["world"], out, out / "corpus.jsonl", MAX_TURNS)
+    return out
+
+
+def _masked(prompt):
+    return json.dumps([[m["role"], re.sub(r"\d+", "#", m["content"])] for m in prompt])
+
+
+def test_default_clinic_holds_out_its_test_consultations(default_clinic):
+    """With every number masked, at most 10% of the test diagnosis prompts (the consultation so
+    far, then "Diagnosis: ...") are also training prompts; checked on the rows as written."""
+    train = data.load_raw(default_clinic / "train.jsonl")
+    test = data.load_raw(default_clinic / "test.jsonl", need_patient=True)
+    seen = {_masked(r["prompt"]) for r in train}
+    diag = [r for r in test if dialog.parse_reply(r["response"]).kind == "diagnosis"]
+    assert len(diag) == MED["world"]["cases"]["test"]
+    leaked = sum(_masked(r["prompt"]) in seen for r in diag)
+    assert leaked / len(diag) <= 0.10, f"{leaked} of {len(diag)} test diagnosis prompts are training prompts"
+    report = json.loads((default_clinic / "overlap.json").read_text())["test"]
+    assert report["in_train"] == leaked and report["test_diagnosis_prompts"] == len(diag)
+    # the consultations differ in more than the first turn, and some answers are "Sorry"
+    assert len({_masked(r["prompt"]) for r in diag}) == len(diag)
+    assert sum(dialog.DONT_KNOW in json.dumps(r["prompt"]) for r in train) > len(train) / 10
+    n_symptoms = len(json.loads((default_clinic / "world.json").read_text())["symptoms"])
+    assert all(len(r["reward_model"]["patient_information"]) < n_symptoms for r in test)
+
+
+def test_default_rows_fit_the_tiny_base_window(default_clinic):
+    """The longest SFT row (with and without think blocks, train and val) in tokens of the med
+    base's tokenizer fits its pretraining window, which fits its positions and sft.max_length."""
+    from sft2rl import model as model_mod
+    from sft2rl.data import load_corpus
+    from sft2rl.sft import encode_conversation
+
+    window = MED["pretrain"]["seq_len"]
+    assert window <= MED["tiny"]["max_position_embeddings"] and window <= MED["sft"]["max_length"]
+    tok = model_mod.build_tokenizer(load_corpus(default_clinic / "corpus.jsonl"), MED["tiny"]["vocab_size"],
+                                    ("<think>", "</think>", "<answer>", "</answer>"))
+    rows = data.load_raw(default_clinic / "train.jsonl") + data.load_raw(default_clinic / "val.jsonl")
+    longest = {}
+    for thinking in (True, False):
+        longest[thinking] = max(encode_conversation(tok, data.sft_row(r, thinking)["messages"], 10**6,
+                                                    "last")["length"] for r in rows)
+    assert longest[False] < longest[True] <= window, (longest, window)
+
+
+# ------------------------------------------------------------------ decoupling
+QA_MODULES = ["sft2rl.world", "sft2rl.reward", "sft2rl.evaluate", "sft2rl.tables", "sft2rl.runs", "sft2rl.verl_hooks"]
+MED_MODULES = ["sft2rl.tasks.med." + m for m in ("clinic", "consult", "data", "dialog", "doctor", "patient", "table")]
+
+
+def test_the_medical_task_imports_no_qa_module():
+    """Neither the imports the workflow's code() follows (module level and inside functions) nor
+    what importing the package loads reach a QA module: editing the QA world never reruns it."""
+    from sft2rl import fingerprint
+
+    scripts = [Path(__file__).resolve().parents[1] / "workflow/scripts" / f"{s}.py"
+               for s in ("med_data", "med_eval", "med_table")]
+    reached = fingerprint.module_closure([m[len("sft2rl."):] for m in MED_MODULES], scripts)
+    assert not {f"sft2rl.{m}" for m in reached} & set(QA_MODULES), reached
+    code = ("import sys\n" + "".join(f"import {m}\n" for m in MED_MODULES) +
+            f"print([m for m in {QA_MODULES!r} if m in sys.modules])")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip() == "[]"
+
+
+# ------------------------------------------------------------------ the thinking ablation's paired intervals
+def _records(correct, turns=2):
+    return [{"case": str(i), "correct": bool(c), "diagnosed": True, "diagnosis": "A" if c else "B",
+             "truth_diagnosis": "A", "recommendation": "r", "truth_recommendation": "r", "turns": turns,
+             "questions": turns - 1, "repeated": 0, "invalid": 0, "patient_replies": turns - 1, "sorry": 0}
+            for i, c in enumerate(correct)]
+
+
+def test_paired_bootstrap_of_think_minus_nothink():
+    rng = np.random.default_rng(0)
+    base = [rng.random(80) < 0.5 for _ in range(3)]
+    same = [table.case_arrays(_records(b)) for b in base]
+    ci = table.paired_bootstrap(same, same, n_boot=500)
+    assert ci["diff"]["accuracy_ci_low"] == ci["diff"]["accuracy_ci_high"] == 0.0  # identical runs: no difference
+    lo, hi = ci["true"]["accuracy_ci_low"], ci["true"]["accuracy_ci_high"]
+    assert lo < np.mean([b.mean() for b in base]) < hi
+    # think right on 10 more cases in every seed: the paired interval is narrow around +0.125
+    better = [b.copy() for b in base]
+    for b in better:
+        b[np.flatnonzero(~b)[:10]] = True
+    ci = table.paired_bootstrap([table.case_arrays(_records(b)) for b in better], same, n_boot=500)
+    assert 0 < ci["diff"]["accuracy_ci_low"] < 0.125 < ci["diff"]["accuracy_ci_high"] < 0.25
+    unpaired = ci["true"]["accuracy_ci_high"] - ci["true"]["accuracy_ci_low"]
+    assert ci["diff"]["accuracy_ci_high"] - ci["diff"]["accuracy_ci_low"] < unpaired
+    with pytest.raises(ValueError, match="same held-out cases"):
+        table.paired_bootstrap(same[:1], [table.case_arrays(_records(base[0][:40]))])

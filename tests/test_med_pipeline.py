@@ -45,9 +45,10 @@ def test_eval_table_rows_and_references(med_done):
         assert sub["cases"].sum() == N_TEST
         assert (sub["cases"] * sub["accuracy"]).sum() / N_TEST == pytest.approx(alls.loc[doctor, "accuracy"], abs=1e-5)
     scripted, rnd = alls.loc["scripted"], alls.loc["random"]
-    assert scripted["accuracy"] >= 0.75 and scripted["invalid_format_rate"] == 0 and scripted["ir_precision"] == 1
+    assert scripted["accuracy"] >= 0.75 and scripted["invalid_format_rate"] == 0
     assert scripted["repeated_question_rate"] == 0 and scripted["diagnosed_rate"] == 1
-    assert rnd["accuracy"] < scripted["accuracy"] and rnd["ir_precision"] == 1
+    # partial records: the random doctor mostly hears "Sorry", the scripted one mostly answers
+    assert rnd["accuracy"] < scripted["accuracy"] and rnd["ir_precision"] < scripted["ir_precision"]
     assert ((alls["accuracy_lo"] <= alls["accuracy"]) & (alls["accuracy"] <= alls["accuracy_hi"])).all()
     assert (alls["turns"] >= 1).all() and (alls["turns"] <= MED["eval"]["max_turns"]).all()
     # the consultations on disk agree with the table
@@ -73,6 +74,11 @@ def test_ablation_over_seeds(med_done):
     diffs = [a - b for a, b in zip(per_seed["think"], per_seed["nothink"])]
     assert ab.loc["think - nothink", "accuracy_mean"] == pytest.approx(sum(diffs) / len(diffs))
     assert pd.Series(per_seed["think"]).std() == pytest.approx(ab.loc["true", "accuracy_std"], nan_ok=True)
+    # paired bootstrap intervals (per case and seed) on every row
+    for name in ab.index:
+        lo, hi = ab.loc[name, "accuracy_ci_low"], ab.loc[name, "accuracy_ci_high"]
+        assert lo <= hi and -1 <= lo and hi <= 1
+    assert ab.loc["true", "accuracy_ci_low"] <= ab.loc["true", "accuracy_mean"] <= ab.loc["true", "accuracy_ci_high"]
 
 
 def test_sft_rows_and_automatic_verified_merge(med_done):
@@ -102,8 +108,10 @@ def test_sft_rows_and_automatic_verified_merge(med_done):
 
 def test_clinic_splits_and_held_out_cases(med_done):
     world = json.loads((med_done / "data/raw/med/world.json").read_text())
-    split = {s: {c["pattern"] for c in world["cases"] if c["split"] == s} for s in ("train", "val", "test")}
+    split = {s: {c["key"] for c in world["cases"] if c["split"] == s} for s in ("train", "val", "test")}
     assert not split["test"] & split["train"] and not split["val"] & split["train"]
+    overlap = json.loads((med_done / "data/raw/med/overlap.json").read_text())
+    assert overlap["test"]["test_diagnosis_prompts"] == N_TEST and overlap["test"]["share_in_train"] <= 0.10
     cases = read_jsonl(med_done / "data/processed/med/cases.jsonl")
     assert len(cases) == N_TEST and all(c["exact"] for c in cases)
     corpus = (med_done / "data/processed/med/corpus.jsonl").read_text()
@@ -112,8 +120,18 @@ def test_clinic_splits_and_held_out_cases(med_done):
 
 def test_editing_the_eval_settings_reruns_only_the_evaluation(med_done):
     extra = med_done / "extra.yaml"
-    extra.write_text(yaml.safe_dump({"med": {"eval": dict(MED["eval"], max_turns=MED["eval"]["max_turns"] + 1)}}))
+    extra.write_text(yaml.safe_dump({"med": {"eval": dict(MED["eval"], patient_threshold=0.6)}}))
     proc = smk(med_done, "med", extra_config=extra, dry=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     jobs = planned_jobs(proc.stdout)
     assert set(jobs) == {"med_eval", "med_table", "med_figure", "med"}, jobs
+
+
+def test_the_turn_limit_is_the_training_dialogues_too(med_done):
+    """med.eval.max_turns is the one turn limit: the scripted doctor's training dialogues end at
+    it too, so editing it rebuilds the clinic's rows (and what is trained on them)."""
+    extra = med_done / "extra.yaml"
+    extra.write_text(yaml.safe_dump({"med": {"eval": dict(MED["eval"], max_turns=MED["eval"]["max_turns"] + 1)}}))
+    proc = smk(med_done, "med", extra_config=extra, dry=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "med_world" in planned_jobs(proc.stdout)

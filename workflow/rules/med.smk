@@ -19,6 +19,14 @@ MED_SFT = dict(
 )
 MED_MERGE = MED["sft"].get("merge_checkpoint", config["sft"]["merge_checkpoint"])
 MED_TAGS = ["think" if t else "nothink" for t in MED["with_thinking"]]
+if TINY:
+    # the tiny base is pretrained on windows of seq_len tokens: positions past them are untrained.
+    # (med_sft stops on a row longer than the window, the positions or sft.max_length.)
+    _window = dict(config["model"]["pretrain"], **MED["pretrain"])["seq_len"]
+    _positions = dict(config["model"]["tiny"], **MED["tiny"])["max_position_embeddings"]
+    if _window > _positions:
+        raise WorkflowError(f"Invalid config: 'med.pretrain.seq_len' = {_window} is longer than the tiny base's "
+                            f"positions, 'med.tiny.max_position_embeddings' = {_positions}")
 
 
 def med_run(tag, seed):
@@ -58,8 +66,10 @@ wildcard_constraints:
 if MED_SYNTH:
 
     rule med_world:
-        """The synthetic clinic: diseases and cases (test, val, train; disjoint by pattern), the
-        scripted doctor's consultations as raw MTMedDialog rows, and the tiny base's corpus."""
+        """The synthetic clinic: diseases and cases (test, val, train; disjoint by consultation,
+        numbers masked), the scripted doctor's consultations (at most med.eval.max_turns turns,
+        the last forced) as raw MTMedDialog rows, the test prompts seen in training
+        (overlap.json), and the tiny base's corpus (knowledge only)."""
         input:
             code=code("med_data"),
         output:
@@ -67,9 +77,11 @@ if MED_SYNTH:
             val="data/raw/med/val.jsonl",
             test="data/raw/med/test.jsonl",
             world="data/raw/med/world.json",
+            overlap="data/raw/med/overlap.json",
             corpus=f"{MED_DATA}/corpus.jsonl",
         params:
             world=MED["world"],
+            max_turns=MED["eval"]["max_turns"],
         threads: 1
         conda:
             "../../envs/local.yaml"
@@ -309,7 +321,8 @@ if config["backend"] == "verl":
 
 rule med_eval:
     """One doctor consults the simulated patient on every held-out case (greedy, at most
-    med.eval.max_turns turns); the consultations and the summary rows (all, per category)."""
+    med.eval.max_turns turns, as in the training dialogues); the consultations and the
+    summary rows (all, per category)."""
     input:
         cases=f"{MED_DATA}/cases.jsonl",
         world=["data/raw/med/world.json"] if MED_SYNTH else [],
@@ -322,7 +335,7 @@ rule med_eval:
     params:
         model=med_doctor_model,
         with_thinking=lambda wc: (med_run_info(wc.doctor) or {"with_thinking": True})["with_thinking"],
-        world={k: MED["world"][k] for k in ("confidence", "max_questions")},
+        world={k: MED["world"][k] for k in ("confidence",)},
         eval=MED["eval"],
         ci_level=config["eval"]["ci_level"],
     threads: 1
@@ -342,9 +355,11 @@ rule med_eval:
 
 rule med_table:
     """results/med/eval.csv (base, SFT with and without thinking, scripted and random doctors; all
-    cases and per category) and results/med/ablation_thinking.csv (mean +- std over seeds)."""
+    cases and per category) and results/med/ablation_thinking.csv (mean +- std over seeds, and
+    the paired bootstrap interval of think - nothink: per case and seed)."""
     input:
         summaries=expand("results/med/eval/{doctor}.json", doctor=MED_EVAL_DOCTORS),
+        consultations=expand("results/med/eval/{doctor}.jsonl", doctor=MED_ABLATION_RUNS),
         code=code("med_table"),
     output:
         eval=report("results/med/eval.csv", caption="../report/med.rst", category="Tables",
@@ -355,6 +370,7 @@ rule med_table:
     params:
         doctors=MED_DOCTORS,
         runs={run: med_run_info(run) for run in MED_ABLATION_RUNS},
+        bootstrap={k: config["eval"][k] for k in ("bootstrap_samples", "ci_level", "bootstrap_seed")},
     conda:
         "../../envs/local.yaml"
     log:

@@ -5,7 +5,8 @@ from sft2rl.tasks.med import THINKING, data
 with script_errors(snakemake) as log:
     out = snakemake.output
     if snakemake.rule == "med_world":
-        counts = data.write_clinic_data(snakemake.params.world, out.train.rsplit("/", 1)[0], out.corpus)
+        counts = data.write_clinic_data(snakemake.params.world, out.train.rsplit("/", 1)[0], out.corpus,
+                                        snakemake.params.max_turns)
         log.info("synthetic clinic: raw rows per split %s", counts)
     elif snakemake.rule == "med_corpus":
         docs = data.corpus_from_rows(data.load_raw(snakemake.input.train))

@@ -183,8 +183,8 @@ def evaluate_doctor(doctor: str, cases_path: str, world_path: str | None, model_
         if not world_path:
             raise ValueError(f"the {doctor} doctor needs the synthetic clinic (med.raw_files is set)")
         clinic = json.loads(Path(world_path).read_text())
-        policy = scripted_policy(clinic, confidence=world_cfg["confidence"], max_questions=world_cfg["max_questions"]) \
-            if doctor == "scripted" else random_policy(clinic, max_questions=world_cfg["max_questions"], seed=ev["seed"])
+        policy = scripted_policy(clinic, confidence=world_cfg["confidence"]) if doctor == "scripted" \
+            else random_policy(clinic, max_turns=ev["max_turns"], seed=ev["seed"])
     else:
         from ...generation import reply_policy
         from ...model import load_model

@@ -22,6 +22,7 @@ the category (``extra_info.category``, else "all").
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -36,12 +37,14 @@ SYNTHETIC_SOURCE = "med_synthetic"
 
 # ------------------------------------------------------------------ the synthetic clinic's rows
 def consultation_rows(first: list[dict[str, str]], replies: list[str], patient: list[str],
-                      reward_model: dict[str, Any], extra: dict[str, Any]) -> list[dict[str, Any]]:
-    """One raw row per doctor turn of a consultation (think blocks kept)."""
+                      reward_model: dict[str, Any], extra: dict[str, Any], max_turns: int) -> list[dict[str, Any]]:
+    """One raw row per doctor turn of a consultation (think blocks kept); the row of turn
+    ``max_turns`` (the last allowed) carries the forced-diagnosis line, as in the evaluation."""
     rows = []
     for k, reply in enumerate(replies):
         rows.append({"data_source": SYNTHETIC_SOURCE,
-                     "prompt": history_messages(first, replies[:k], patient[:k], with_thinking=True),
+                     "prompt": history_messages(first, replies[:k], patient[:k], with_thinking=True,
+                                                force=k == max_turns - 1),
                      "response": reply, "ability": "medical_consultation", "reward_model": reward_model,
                      "extra_info": {**extra, "turn": k}})
     return rows
@@ -49,43 +52,98 @@ def consultation_rows(first: list[dict[str, str]], replies: list[str], patient: 
 
 def clinic_case(clinic: dict[str, Any], case: dict[str, Any]) -> dict[str, Any]:
     """A clinic case as an evaluation case (what :func:`consult.consult` takes)."""
-    return {"id": f"{case['split']}-{case['index']}", "category": case["category"], "exact": True,
+    return {"id": f"{case['split']}-{case['index']}" if "split" in case else "draw", "category": case["category"],
+            "exact": True,
             "first": [{"role": "system", "content": SYSTEM_PROMPT},
                       {"role": "user", "content": description(clinic_mod.self_report(case))}],
             "truth": {"diagnosis": case["disease"], "recommendation": case["recommendation"]},
             "patient_information": clinic_mod.patient_information(clinic, case)}
 
 
-def write_clinic_data(world: dict[str, Any], out_dir: str | Path, corpus_out: str | Path) -> dict[str, int]:
-    """world.json, the raw {train,val,test}.jsonl (scripted consultations in the MTMedDialog
-    schema) and the base model's pretraining corpus. The scripted doctor asks at most
-    ``max_questions`` questions, so its consultations never reach a turn limit; the patient
-    is asked the recorded questions verbatim (similarity 1)."""
-    from .consult import consult
-    from .doctor import scripted_policy
+def scripted_consultation(clinic: dict[str, Any], ev: dict[str, Any], *, confidence: float, max_turns: int
+                          ) -> tuple[list[str], list[str]]:
+    """The scripted doctor's replies and the patient's answers on a clinic case (the clinic's
+    patient is asked its recorded questions verbatim, and nothing else is recorded: an exact
+    lookup gives what :class:`patient.Patient` answers)."""
+    from .dialog import DONT_KNOW
+    from .doctor import scripted_reply
 
+    facts = {q: r for e in ev["patient_information"] for q, r in zip(e["doctor_question"], e["patient_response"])}
+    replies: list[str] = []
+    patient: list[str] = []
+    while True:
+        reply = scripted_reply(clinic, ev["first"][-1]["content"], replies, patient, confidence=confidence,
+                               force=len(replies) == max_turns - 1)
+        replies.append(reply)
+        r = parse_reply(reply)
+        if r.kind != "question" or len(replies) >= max_turns:
+            return replies, patient
+        patient.append(facts.get(r.question, DONT_KNOW))
+
+
+def mask_numbers(text: str) -> str:
+    return re.sub(r"\d+", "N", text)
+
+
+def prompt_key(prompt: list[dict[str, str]]) -> str:
+    """A prompt with every number masked (the "for N days" of a description), as one string."""
+    return mask_numbers(json.dumps([[m["role"], m["content"]] for m in prompt]))
+
+
+def overlap(train_rows: list[dict[str, Any]], test_rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """How many test prompts (numbers masked) are also train prompts: the diagnosis prompts
+    (the whole consultation, then "Diagnosis: …") and every doctor turn's prompt."""
+    seen = {prompt_key(r["prompt"]) for r in train_rows}
+    diag = [r for r in test_rows if parse_reply(r["response"]).kind == "diagnosis"]
+    n_diag = sum(prompt_key(r["prompt"]) in seen for r in diag)
+    n_turn = sum(prompt_key(r["prompt"]) in seen for r in test_rows)
+    return {"test_diagnosis_prompts": len(diag), "in_train": n_diag,
+            "share_in_train": n_diag / len(diag) if diag else float("nan"),
+            "test_turn_prompts": len(test_rows), "turns_in_train": n_turn,
+            "turn_share_in_train": n_turn / len(test_rows) if test_rows else float("nan")}
+
+
+def write_clinic_data(world: dict[str, Any], out_dir: str | Path, corpus_out: str | Path, max_turns: int
+                      ) -> dict[str, Any]:
+    """world.json, the raw {train,val,test}.jsonl (scripted consultations in the MTMedDialog
+    schema), overlap.json (test prompts seen in training, numbers masked) and the base
+    model's pretraining corpus. The scripted doctor consults within ``max_turns`` doctor
+    turns (``med.eval.max_turns``, the evaluation's limit), the last of them forced; the
+    splits are disjoint by consultation (:func:`clinic.generate_cases`)."""
     out = Path(out_dir)
     clinic = clinic_mod.build_clinic(world)
-    cases = clinic_mod.generate_cases(clinic, world["cases"], world["case_seeds"])
-    doctor = scripted_policy(clinic, confidence=world["confidence"], max_questions=world["max_questions"])
-    counts = {}
+
+    def key(case: dict[str, Any]) -> str:
+        ev = clinic_case(clinic, case)
+        replies, patient = scripted_consultation(clinic, ev, confidence=world["confidence"], max_turns=max_turns)
+        # the diagnosis prompt: the whole consultation (the scripted doctor is deterministic)
+        return prompt_key(history_messages(ev["first"], replies[:-1], patient, force=len(replies) == max_turns))
+
+    cases = clinic_mod.generate_cases(clinic, world, key)
+    counts: dict[str, Any] = {}
+    split_rows = {}
     for split in ("train", "val", "test"):
-        mine = [c for c in cases if c["split"] == split]
-        evals = [clinic_case(clinic, c) for c in mine]
-        records = consult(evals, doctor, max_turns=world["max_questions"] + 1, with_thinking=True,
-                          threshold=1.0, progress=False)
         rows = []
-        for case, ev, rec in zip(mine, evals, records):
+        for case in (c for c in cases if c["split"] == split):
+            ev = clinic_case(clinic, case)
+            replies, patient = scripted_consultation(clinic, ev, confidence=world["confidence"], max_turns=max_turns)
             rm = {"ground_truth": dict(ev["truth"]), "patient_information": ev["patient_information"]}
-            rows += consultation_rows(ev["first"], rec["replies"], rec["patient"], rm,
-                                      {"split": split, "case": case["index"], "category": case["category"]})
+            rows += consultation_rows(ev["first"], replies, patient, rm,
+                                      {"split": split, "case": case["index"], "category": case["category"]},
+                                      max_turns)
         for i, row in enumerate(rows):
             row["extra_info"]["index"] = i
         write_jsonl(out / f"{split}.jsonl", rows)
         counts[split] = len(rows)
+        split_rows[split] = rows
+    report = {"test": overlap(split_rows["train"], split_rows["test"]),
+              "val": overlap(split_rows["train"], split_rows["val"]),
+              "redrawn": {s: sum(c["redrawn"] for c in cases if c["split"] == s) for s in clinic_mod.SPLITS}}
+    write_json(out / "overlap.json", report)
     write_json(out / "world.json", {**clinic, "cases": cases})
     docs = clinic_mod.corpus_texts(clinic, world["corpus_repeats"], world["seed"])
     write_jsonl(corpus_out, [{"text": d} for d in docs])
+    counts["overlap"] = report["test"]
     return counts
 
 
@@ -185,7 +243,7 @@ def write_cases(test: str, out: str | Path) -> int:
 def corpus_from_rows(rows: list[dict[str, Any]]) -> list[str]:
     """The tiny base's corpus from your own train rows: each dialogue once (its longest row, in
     the chat format, think blocks kept)."""
-    from ...world import chat_text
+    from ...text import chat_text
 
     longest: dict[tuple[str, str], dict[str, Any]] = {}
     for row in rows:

@@ -3,11 +3,11 @@
 A case's ``patient_information`` (the MTMedDialog field) lists recorded doctor questions and
 the patient's answers. The patient answers a question with the answer of the most similar
 recorded question: cosine similarity of TF-IDF word vectors fitted on the case's recorded
-questions (scikit-learn; words that every recorded question shares, such as "do you have",
-weigh least). Below ``threshold`` (default 0.5) the patient says "Sorry, I do not know.": on
-the synthetic clinic, where every symptom of the world is recorded as "Do you have X?",
-the same question scores 1.0 and the question of another symptom 0.18 (median; at most
-0.50: "chest pain" against "stomach pain"); the best match decides.
+questions (scikit-learn; English stop words such as "do you have" are left out, so two
+questions match by what they ask about, not by their frame). Below ``threshold`` (default
+0.5) the patient says "Sorry, I do not know.": on the synthetic clinic, whose symptoms share
+no content word, a recorded question scores 1.0 and the question of an unrecorded symptom
+0, whatever the case records.
 """
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ class Patient:
         self.vectorizer = None
         if self.pairs:
             try:
-                self.vectorizer = TfidfVectorizer(lowercase=True).fit([q for q, _ in self.pairs])
+                self.vectorizer = TfidfVectorizer(lowercase=True, stop_words="english").fit([q for q, _ in self.pairs])
                 self.matrix = self.vectorizer.transform([q for q, _ in self.pairs])
             except ValueError:  # no word in any recorded question
                 self.vectorizer = None

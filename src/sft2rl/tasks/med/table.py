@@ -4,9 +4,17 @@ versions and the figure.
 ``eval.csv``: one row per doctor and category ("all" first): the base model, the SFT runs of
 the first seed (with and without thinking), the scripted doctor and the random-question
 doctor. ``ablation_thinking.csv``: per ``with_thinking`` value, the mean and the sample
-standard deviation over the training seeds of each metric (all cases), and a row
-``think - nothink``: the mean and standard deviation of the per-seed differences (paired by
-seed).
+standard deviation over the training seeds of each metric (all cases) with a 95% bootstrap
+interval, and a row ``think - nothink``: the mean and standard deviation of the per-seed
+differences and the *paired* bootstrap interval of the difference.
+
+Intervals (:func:`paired_bootstrap`, the scheme of :func:`sft2rl.stats.bootstrap_row`):
+percentile bootstrap, hierarchical: each draw resamples the seeds (a drawn seed brings both
+its runs, with and without thinking: paired by seed) and then the held-out cases (one
+resample shared by every seed and both variants: paired by case); a variant's value is the
+mean over the drawn seeds. Every metric with an interval is a ratio of per-case sums
+(accuracy = correct / cases, ``ir_precision`` = answered / patient replies, ...), so a
+resample is a few sums. Corpus BLEU has no per-case decomposition: mean and std only.
 """
 from __future__ import annotations
 
@@ -23,6 +31,13 @@ METRICS = ["accuracy", "diag_rougeL", "rec_rougeL", "diag_bleu1", "diag_bleu2", 
            "repeated_question_rate", "invalid_format_rate", "ir_precision", "diagnosed_rate"]
 COLUMNS = ["doctor", "label", "with_thinking", "seed", "category", "cases", "accuracy", "accuracy_lo", "accuracy_hi",
            *METRICS[1:]]
+#: metrics with a bootstrap interval, as (per-case numerator, per-case denominator) of a consultation record
+RATIO_METRICS = {
+    "accuracy": ("correct", "one"), "diag_rougeL": ("diag_rougeL", "one"), "rec_rougeL": ("rec_rougeL", "one"),
+    "turns": ("turns", "one"), "repeated_question_rate": ("repeated", "questions"),
+    "invalid_format_rate": ("invalid", "turns"), "ir_precision": ("answered", "patient_replies"),
+    "diagnosed_rate": ("diagnosed", "one"),
+}
 
 
 def label(doctor: str, runs: dict[str, dict[str, Any]]) -> str:
@@ -33,6 +48,10 @@ def label(doctor: str, runs: dict[str, dict[str, Any]]) -> str:
 
 def _read(path: str) -> list[dict[str, Any]]:
     return json.loads(Path(path).read_text())
+
+
+def _read_jsonl(path: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
 def eval_frame(summaries: list[str], doctors: list[str], runs: dict[str, dict[str, Any]]) -> pd.DataFrame:
@@ -46,7 +65,66 @@ def eval_frame(summaries: list[str], doctors: list[str], runs: dict[str, dict[st
     return pd.DataFrame(out)[COLUMNS]
 
 
-def ablation_frame(summaries: list[str], runs: dict[str, dict[str, Any]]) -> pd.DataFrame:
+def case_arrays(records: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """Per-case numerators and denominators of :data:`RATIO_METRICS`, in case-id order."""
+    from .consult import rouge_l
+
+    recs = sorted(records, key=lambda r: str(r["case"]))
+    a = {"case": np.array([str(r["case"]) for r in recs]), "one": np.ones(len(recs))}
+    for k in ("turns", "repeated", "questions", "invalid", "patient_replies"):
+        a[k] = np.array([float(r[k]) for r in recs])
+    a["correct"] = np.array([float(bool(r["correct"])) for r in recs])
+    a["diagnosed"] = np.array([float(r["diagnosed"]) for r in recs])
+    a["answered"] = np.array([float(r["patient_replies"] - r["sorry"]) for r in recs])
+    a["diag_rougeL"] = np.array(rouge_l([r["diagnosis"] for r in recs], [r["truth_diagnosis"] for r in recs]))
+    a["rec_rougeL"] = np.array(rouge_l([r["recommendation"] for r in recs], [r["truth_recommendation"] for r in recs]))
+    return a
+
+
+def _ratio(a: dict[str, np.ndarray], metric: str, idx: np.ndarray) -> np.ndarray:
+    """The metric on each resample (rows of ``idx``); NaN where the denominator is 0."""
+    num, den = RATIO_METRICS[metric]
+    n, d = a[num][idx].sum(axis=-1), a[den][idx].sum(axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(d > 0, n / np.where(d > 0, d, 1), np.nan)
+
+
+def paired_bootstrap(think: list[dict[str, np.ndarray]], nothink: list[dict[str, np.ndarray]], *,
+                     n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> dict[str, dict[str, float]]:
+    """Bootstrap intervals of each variant and of think - nothink; ``think[i]`` and
+    ``nothink[i]`` are the case arrays of the same seed. Returns {"true"|"false"|"diff":
+    {<metric>_ci_low, <metric>_ci_high}}."""
+    if len(think) != len(nothink):
+        raise ValueError("the thinking ablation needs both variants for every seed")
+    cases = think[0]["case"]
+    for a in think + nothink:
+        if not np.array_equal(a["case"], cases):
+            raise ValueError("the runs of the thinking ablation must consult the same held-out cases")
+    rng = np.random.default_rng(seed)
+    n_q, n_s = len(cases), len(think)
+    q_idx = rng.integers(0, n_q, size=(n_boot, n_q))
+    s_idx = rng.integers(0, n_s, size=(n_boot, n_s)) if n_s > 1 else np.zeros((n_boot, 1), dtype=int)
+    alpha = (1 - level) / 2
+    out: dict[str, dict[str, float]] = {"true": {}, "false": {}, "diff": {}}
+
+    def interval(draws: np.ndarray) -> tuple[float, float]:
+        if np.isnan(draws).mean() > 0.05:  # undefined in more than 5% of the draws (an empty denominator)
+            return float("nan"), float("nan")
+        lo, hi = np.nanquantile(draws, [alpha, 1 - alpha])
+        return float(lo), float(hi)
+
+    for m in RATIO_METRICS:
+        per = {}
+        for name, arrays in (("true", think), ("false", nothink)):
+            stacked = np.stack([_ratio(a, m, q_idx) for a in arrays])  # (S, B)
+            per[name] = stacked[s_idx.T, np.arange(n_boot)].mean(axis=0)  # mean over the drawn seeds
+        for name, draws in (("true", per["true"]), ("false", per["false"]), ("diff", per["true"] - per["false"])):
+            out[name][f"{m}_ci_low"], out[name][f"{m}_ci_high"] = interval(draws)
+    return out
+
+
+def ablation_frame(summaries: list[str], runs: dict[str, dict[str, Any]], consultations: list[str] | None = None,
+                   bootstrap: dict[str, Any] | None = None) -> pd.DataFrame:
     alls = {rows[0]["doctor"]: rows[0] for rows in map(_read, summaries)}
     by_value: dict[bool, dict[int, dict[str, Any]]] = {}
     for run, info in runs.items():
@@ -59,6 +137,7 @@ def ablation_frame(summaries: list[str], runs: dict[str, dict[str, Any]]) -> pd.
             vals = np.array([p[m] for p in per_seed], dtype=float)
             r[f"{m}_mean"] = float(np.mean(vals))
             r[f"{m}_std"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else float("nan")
+            r[f"{m}_ci_low"] = r[f"{m}_ci_high"] = float("nan")
         return r
 
     for value in sorted(by_value, reverse=True):
@@ -68,6 +147,15 @@ def ablation_frame(summaries: list[str], runs: dict[str, dict[str, Any]]) -> pd.
         seeds = sorted(set(by_value[True]) & set(by_value[False]))
         diffs = [{m: by_value[True][s][m] - by_value[False][s][m] for m in METRICS} for s in seeds]
         out.append(row("think - nothink", diffs, seeds))
+        if consultations:
+            recs = {Path(p).stem: _read_jsonl(p) for p in consultations}
+            run_of = {(info["with_thinking"], info["seed"]): run for run, info in runs.items()}
+            arrays = {v: [case_arrays(recs[run_of[(v, s)]]) for s in seeds] for v in (True, False)}
+            bs = bootstrap or {}
+            ci = paired_bootstrap(arrays[True], arrays[False], n_boot=bs.get("bootstrap_samples", 2000),
+                                  level=bs.get("ci_level", 0.95), seed=bs.get("bootstrap_seed", 0))
+            for r in out:
+                r.update(ci[{"true": "true", "false": "false"}.get(r["with_thinking"], "diff")])
     return pd.DataFrame(out)
 
 
@@ -87,18 +175,20 @@ def eval_latex(frame: pd.DataFrame) -> str:
 
 
 def ablation_latex(frame: pd.DataFrame) -> str:
-    shown = ["accuracy", "diag_rougeL", "rec_rougeL", "turns", "invalid_format_rate"]
+    shown = ["accuracy", "diag_rougeL", "rec_rougeL", "turns", "ir_precision"]
     lines = [r"\begin{tabular}{lr" + "r" * len(shown) + "}", r"\toprule",
-             r"with thinking & seeds & accuracy & diag. R-L & rec. R-L & turns & bad format \\", r"\midrule"]
+             r"with thinking & seeds & accuracy & diag. R-L & rec. R-L & turns & info. prec. \\", r"\midrule"]
     for _, r in frame.iterrows():
-        cells = [f"{_fmt(r[f'{m}_mean'])} $\\pm$ {_fmt(r[f'{m}_std'])}" for m in shown]
+        cells = [f"{_fmt(r[f'{m}_mean'])} $\\pm$ {_fmt(r[f'{m}_std'])} [{_fmt(r.get(f'{m}_ci_low'))}, "
+                 f"{_fmt(r.get(f'{m}_ci_high'))}]" for m in shown]
         lines.append(f"{r.with_thinking} & {r.n_seeds} & " + " & ".join(cells) + r" \\")
     return "\n".join(lines + [r"\bottomrule", r"\end{tabular}", ""])
 
 
-def write_tables(summaries: list[str], doctors: list[str], runs: dict[str, dict[str, Any]], out) -> tuple:
+def write_tables(summaries: list[str], doctors: list[str], runs: dict[str, dict[str, Any]], out,
+                 consultations: list[str] | None = None, bootstrap: dict[str, Any] | None = None) -> tuple:
     frame = eval_frame(summaries, doctors, runs)
-    ablation = ablation_frame(summaries, runs)
+    ablation = ablation_frame(summaries, runs, consultations, bootstrap)
     for df, path in ((frame, out.eval), (ablation, out.ablation)):
         with atomic_file(path) as tmp:
             df.to_csv(tmp, index=False, float_format="%.6g")
@@ -107,16 +197,32 @@ def write_tables(summaries: list[str], doctors: list[str], runs: dict[str, dict[
     return frame, ablation
 
 
+def _save(fig, outputs: list[str]) -> list[str]:
+    """Write the figure to every path (png, pdf) atomically (no timestamps in the files)."""
+    written = []
+    for path in sorted(outputs):
+        ext = Path(path).suffix.lstrip(".")
+        meta = {"CreationDate": None} if ext == "pdf" else {"Software": None}
+        with atomic_file(path) as tmp:
+            fig.savefig(tmp, format=ext, dpi=150, metadata=meta)
+        written.append(str(path))
+    return written
+
+
 def figure(eval_csv: str, ablation_csv: str, outputs: list[str]) -> list[str]:
     """Left: diagnosis accuracy (95% CI) and diagnosis ROUGE-L per doctor. Right: accuracy per
-    with_thinking value, mean +- std over seeds."""
-    from ...plots import _figure, save_figure
+    with_thinking value, mean over seeds with its bootstrap interval."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
 
     frame = pd.read_csv(eval_csv)
     frame = frame[frame["category"] == "all"].reset_index(drop=True)
     ablation = pd.read_csv(ablation_csv)
     ablation = ablation[ablation["with_thinking"].isin(["true", "false"])].reset_index(drop=True)
-    fig, axes = _figure(1, 2, figsize=(9.5, 3.4))
+    fig = Figure(figsize=(9.5, 3.4), layout="constrained")
+    axes = fig.subplots(1, 2, squeeze=False)
     ax = axes[0][0]
     x = np.arange(len(frame))
     acc = frame["accuracy"].fillna(0)
@@ -128,11 +234,15 @@ def figure(eval_csv: str, ablation_csv: str, outputs: list[str]) -> list[str]:
     ax.legend(fontsize=7)
     ax.set_title("held-out consultations")
     ax = axes[0][1]
-    ax.bar(range(len(ablation)), ablation["accuracy_mean"], yerr=ablation["accuracy_std"].fillna(0), capsize=3,
-           color=["C2", "C3"][: len(ablation)])
+    mean = ablation["accuracy_mean"]
+    if "accuracy_ci_low" in ablation and ablation["accuracy_ci_low"].notna().all():
+        yerr = [mean - ablation["accuracy_ci_low"], ablation["accuracy_ci_high"] - mean]
+        what = "mean over seeds, 95% bootstrap CI"
+    else:
+        yerr, what = ablation["accuracy_std"].fillna(0), "mean ± std over seeds"
+    ax.bar(range(len(ablation)), mean, yerr=yerr, capsize=3, color=["C2", "C3"][: len(ablation)])
     ax.set_xticks(range(len(ablation)), [f"with_thinking\n{v}" for v in ablation["with_thinking"]], fontsize=8)
     ax.set_ylim(0, 1.05)
-    ax.set_ylabel("diagnosis accuracy\n(mean ± std over seeds)")
+    ax.set_ylabel(f"diagnosis accuracy\n({what})")
     ax.set_title("thinking ablation")
-    stems = {str(Path(o).with_suffix("")) for o in outputs}
-    return [path for stem in sorted(stems) for path in save_figure(fig, stem)]
+    return _save(fig, outputs)
