@@ -49,6 +49,8 @@ def test_default_config_is_valid(cfg):
     (("med", "world", "dropout"), 1, r"'med.world.dropout' = 1"),
     (("med", "eval", "patient_threshold"), 0, r"'med.eval.patient_threshold' = 0"),
     (("med", "sft", "lr"), -1, r"'med.sft.lr' = -1"),
+    (("sft", "overlong"), "cut", r"'sft.overlong' = 'cut' is not allowed; allowed values: \['error', 'drop'\]"),
+    (("games", "sft", "overlong"), "right", r"'games.sft.overlong' = 'right' is not allowed"),
 ])
 def test_bad_values_give_one_line(cfg, path, value, pattern):
     bad = copy.deepcopy(cfg)
@@ -77,10 +79,6 @@ def test_cross_key_rules(cfg):
     bad = copy.deepcopy(cfg)
     bad["med"]["sft"].update(train_batch=20, micro_batch=16)
     with pytest.raises(ConfigError, match=r"'med.sft.train_batch' = 20 must be a multiple of 'med.sft.micro_batch' = 16"):
-        check_config(bad, SCHEMA)
-    bad = copy.deepcopy(cfg)
-    bad["med"]["eval"]["max_turns"] = bad["med"]["world"]["max_questions"]
-    with pytest.raises(ConfigError, match=r"'med.world.max_questions' = 6 must be smaller than 'med.eval.max_turns' = 6"):
         check_config(bad, SCHEMA)
 
 
@@ -168,3 +166,66 @@ def test_ablation_lists_with_duplicates(cfg):
         c["ablations"][key] = value
         with pytest.raises(ConfigError, match=rf"'ablations.{key}' = .* has non-unique elements"):
             check_config(c, SCHEMA)
+
+
+def test_lengths_fit_the_base_positions(cfg, tmp_path):
+    """At DAG time, each task's sft.max_length (and the QA GRPO prompt + response) against the
+    positions of the base it trains: a tiny base's (model.tiny, then the task's tiny: overrides)
+    or a local model directory's config.json."""
+    def fails(c, pattern):
+        with pytest.raises(ConfigError, match=pattern) as info:
+            check_config(c, SCHEMA)
+        assert "\n" not in str(info.value)
+
+    bad = copy.deepcopy(cfg)
+    bad["sft"]["max_length"] = 1024
+    fails(bad, r"^config key 'sft.max_length' = 1024 must not exceed 'model.tiny.max_position_embeddings' = 512, "
+               r"the positions of the tiny base$")
+    bad = copy.deepcopy(cfg)
+    bad["games"]["tiny"]["max_position_embeddings"] = 1024  # games.sft.max_length is 2048
+    fails(bad, r"^config key 'games.sft.max_length' = 2048 must not exceed 'games.tiny.max_position_embeddings' = "
+               r"1024, the positions of the games' tiny base \(unset keys come from 'sft'\)$")
+    bad = copy.deepcopy(cfg)
+    bad["med"]["sft"]["max_length"] = bad["med"]["tiny"]["max_position_embeddings"] + 1
+    fails(bad, r"^config key 'med.sft.max_length' = \d+ must not exceed 'med.tiny.max_position_embeddings' = \d+, "
+               r"the positions of the medical task's tiny base")
+    bad = copy.deepcopy(cfg)
+    del bad["med"]["tiny"]["max_position_embeddings"]  # then model.tiny's 512 count
+    bad["med"]["pretrain"]["seq_len"] = 256
+    bad["med"]["sft"]["max_length"] = 600
+    fails(bad, r"'med.sft.max_length' = 600 must not exceed 'model.tiny.max_position_embeddings' = 512")
+    bad = copy.deepcopy(cfg)
+    bad["games"]["pretrain"]["seq_len"] = 4096  # the window the base is pretrained on, past its positions
+    fails(bad, r"^config key 'games.pretrain.seq_len' = 4096 must not exceed 'games.tiny.max_position_embeddings' = "
+               r"2048, the positions of the games' tiny base$")
+    bad = copy.deepcopy(cfg)
+    bad["model"]["pretrain"]["seq_len"] = 1024
+    fails(bad, r"^config key 'model.pretrain.seq_len' = 1024 must not exceed 'model.tiny.max_position_embeddings' = "
+               r"512, the positions of the tiny base$")
+    bad = copy.deepcopy(cfg)
+    bad["rl"].update(max_prompt_length=480, max_response_length=64)
+    fails(bad, r"'rl.max_prompt_length' \+ 'rl.max_response_length' = 480 \+ 64 must not exceed "
+               r"'model.tiny.max_position_embeddings' = 512")
+    bad = copy.deepcopy(cfg)
+    bad["eval"]["max_new_tokens"] = 400  # evaluation answers the same prompts
+    fails(bad, r"'rl.max_prompt_length' \+ 'eval.max_new_tokens' = 128 \+ 400 must not exceed "
+               r"'model.tiny.max_position_embeddings' = 512")
+    # a local model directory: its config.json's positions (a hub id is not looked up)
+    local = tmp_path / "model"
+    local.mkdir()
+    (local / "config.json").write_text(json.dumps({"max_position_embeddings": 1024}))
+    c = copy.deepcopy(cfg)
+    c["model"]["base"] = str(local)
+    fails(c, rf"'games.sft.max_length' = 2048 must not exceed max_position_embeddings = 1024 of "
+             rf"{re.escape(str(local))}/config.json")
+    c["games"]["sft"]["max_length"] = 1024
+    check_config(c, SCHEMA)
+    c["model"]["base"] = "Qwen/Qwen2.5-0.5B-Instruct"
+    c["games"]["sft"]["max_length"] = 100_000
+    check_config(c, SCHEMA)
+    # verl's SFT dataset cannot leave rows out: drop is refused for it
+    c = copy.deepcopy(cfg)
+    c["games"]["sft"]["overlong"] = "drop"
+    check_config(c, SCHEMA)
+    c["backend"] = "verl"
+    fails(c, r"'games.sft.overlong' = 'drop': backend verl cannot leave rows out")

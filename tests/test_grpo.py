@@ -57,7 +57,8 @@ def rl_train_file(tmp_path, tiny_world):
     rows = [
         rl_record({"question": r["messages"][0]["content"], "ground_truth": r["messages"][1]["content"],
                    "knowable": r["answer"]["knowable"], "kind": r["answer"]["kind"], "id": r["id"],
-                   "sub_category": "simpleQA"}, i, "train", "You are a helpful proactive assistant.", "t")
+                   "sub_category": "simpleQA", "entity": None}, i, "train", "You are a helpful proactive assistant.",
+                  "t")
         for i, r in enumerate(tiny_world["rl_rows"][:12])
     ]
     path = tmp_path / "train.parquet"
@@ -297,7 +298,10 @@ def test_length_sorted_micro_batches_give_the_full_batch_update(tmp_path, tiny_b
         assert h2[k] == pytest.approx(h1[k], rel=1e-4, abs=1e-7), k
     init = load_file(str(tiny_base / "model.safetensors"))
     assert any(not torch.equal(w1[k], init[k]) for k in w1), "the update moved the weights"
-    assert all(torch.allclose(w2[k], w1[k], atol=1e-6) for k in w1)
+    # Adam's first step moves every weight by about lr (1e-3) whatever its gradient's size, so a
+    # near-zero gradient component carries the summation-order noise of the chunks into the
+    # weights: 1e-5 is 1% of one step (seen: 1.7e-6 on one weight of 1.1M)
+    assert all(torch.allclose(w2[k], w1[k], atol=1e-5) for k in w1)
 
 
 @pytest.mark.parametrize("lora", [False, True])

@@ -10,7 +10,7 @@ from sft2rl import TAG_TOKENS
 from sft2rl.io import write_parquet
 from sft2rl.merge import MergeError, merge_adapter
 from sft2rl.sft import IGNORE, choose_checkpoint, encode_conversation, train_sft
-from sft2rl.world import chat_text
+from sft2rl.text import chat_text
 
 @pytest.fixture(scope="module")
 def world(tiny_world):

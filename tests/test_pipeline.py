@@ -98,6 +98,14 @@ def test_ablation_tables_contents(finished):
     for col in ["accuracy_mean", "format_rate_mean", "hedge_recall_mean", "false_hedge_rate_mean", "coverage_mean"]:
         assert beta[col].between(0, 1).all(), col
     assert beta["mean_reward_mean"].between(0, 1.1).all()
+    # every hedging metric has its kind-only baseline beside it
+    for col in ["hedge_auroc", "hedge_auroc_all", "hedge_auroc_wrong", "false_hedge_rate",
+                "sampled_false_hedge_rate"]:
+        baseline = f"kind_only_{col}_mean"
+        assert beta[baseline].dropna().between(0, 1).all() and beta[baseline].notna().any(), baseline
+    # the reward is estimated on groups of rl.n samples, as in training
+    answers = [json.loads(x) for x in (finished / "results/eval/sft16_seed42/answers.jsonl").read_text().splitlines()]
+    assert {len(r["samples"]) for r in answers} == {cfg["rl"]["n"]}
     # one seed: the std is undefined, not zero; the bootstrap interval (over questions) is defined
     assert beta["mean_reward_std"].isna().all()
     assert (beta["accuracy_ci_low"] <= beta["accuracy_mean"]).all()
@@ -173,6 +181,18 @@ def test_editing_one_beta_reruns_only_that_run(finished, tmp_path):
     jobs = planned_jobs(proc.stdout + proc.stderr)
     assert jobs == {"grpo": 1, "evaluate": 1, "ablation_table": 1}, jobs
     assert "rl-sft16_seed42-beta0.9-seed1" in proc.stdout
+
+
+def test_editing_the_test_split_reevaluates_and_never_retrains(clone):
+    """GRPO never reads the test split: a changed test file reruns evaluations and tables only."""
+    test = clone / "data/processed/rl/test.parquet"
+    table = pq.read_table(test)
+    pq.write_table(table.slice(0, table.num_rows - 1), test)
+    proc = smk(clone, "results/ablation_beta.csv", dry=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    jobs = planned_jobs(proc.stdout + proc.stderr)
+    assert jobs.get("evaluate", 0) >= 2 and jobs.get("ablation_table") == 1, jobs
+    assert "grpo" not in jobs and "sft" not in jobs, jobs
 
 
 # ------------------------------------------------------------------ reruns are real reruns

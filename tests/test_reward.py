@@ -18,6 +18,7 @@ from sft2rl.reward import (
     has_think,
     is_correct,
     summarize,
+    well_formed,
 )
 
 # Mixed group used by several tests (ground truth "42", defaults beta=0.5, bonus 0.05).
@@ -324,11 +325,18 @@ def test_summarize_mixed_group() -> None:
         {
             "mean_reward": (1.05 + 0.0 + 0.35 + 0.30) / 4,
             "accuracy": 0.5,
-            "format_rate": 0.25,  # only response 3 has both tags
+            "format_rate": 0.25,  # well formed: only response 1 (response 3's final answer is empty)
             "proactive_rate": 0.5,
             "mean_group_accuracy": 0.5,
         }
     )
+
+
+def test_one_format_rate_definition() -> None:
+    """The details' format, summarize's format_rate and the tables' well_formed agree."""
+    details = group_aware_details(MIXED_GROUP, "42")
+    assert [d.well_formed for d in details] == [well_formed(r) for r in MIXED_GROUP] == [True, False, False, False]
+    assert summarize(details)["format_rate"] == sum(map(well_formed, MIXED_GROUP)) / len(MIXED_GROUP)
 
 
 def test_summarize_empty() -> None:

@@ -97,3 +97,68 @@ def test_bootstrap_seeds_and_constant_metrics():
     assert row["coverage_ci_low"] == row["coverage_ci_high"] == 1.0
     with pytest.raises(ValueError, match="same test questions"):
         bootstrap_row([a, question_arrays([rec(i + 1, True, True, False, [False]) for i in range(10)])])
+
+
+def kinded(index, kind, knowable, block, samples_block, correct=True):
+    return {**rec(index, knowable, correct, block, samples_block), "kind": kind}
+
+
+# Country questions (both labels) and arithmetic ones (never unknowable): a model that hedges
+# on every country question sees only the kind.
+KIND_RECORDS = [
+    kinded(0, "capital", True, True, [True, True]),
+    kinded(1, "capital", False, True, [True, True]),
+    kinded(2, "capital", False, True, [True, True]),
+    kinded(3, "river", True, True, [True, True]),
+    kinded(4, "river", False, True, [True, True]),
+    kinded(5, "arithmetic", True, False, [False, False]),
+    kinded(6, "arithmetic", True, False, [False, False]),
+    kinded(7, "arithmetic", True, False, [False, False], correct=False),
+]
+
+
+def test_kind_only_baselines_hand_computed():
+    m = summary_metrics(KIND_RECORDS)
+    # over all kinds the kind-blind hedger looks informative: unknowable (1, 1, 1) vs knowable
+    # (1, 1, 0, 0, 0): 3 pairs won of 15, the 6 ties half -> (9 + 3) / 15
+    assert m["hedge_auroc_all"] == pytest.approx(12 / 15)
+    # within the kinds holding both (capital, river) it says nothing
+    assert m["hedge_auroc"] == pytest.approx(0.5)
+    # the kind-only score (unknowable share: capital 2/3, river 1/2, arithmetic 0) ranks as well
+    assert m["kind_only_hedge_auroc_all"] == pytest.approx(
+        (3 * 3 + (2 * 1 + 1 * 0.5) + 1 * (0.5 + 0.5)) / 15)  # vs arithmetic; vs knowable capital, river
+    assert m["kind_only_hedge_auroc"] == pytest.approx((2 * 0.5 + 2 * 1 + 1 * 0.5 + 1 * 0) / 6)
+    # recall 1: the best kind-only policy hedges on capital and river: 2 of 5 knowable
+    assert m["hedge_recall"] == 1.0 and m["false_hedge_rate"] == pytest.approx(2 / 5)
+    assert m["kind_only_false_hedge_rate"] == pytest.approx(2 / 5)
+    # wrongness: only question 7 is wrong; its kind's wrong share 1/3, the others 0
+    assert m["kind_only_hedge_auroc_wrong"] == pytest.approx((4 * 1 + 2 * 0.5 + 1 * 1) / 7)
+
+
+def test_kind_only_false_hedge_rate_interpolates_within_a_kind():
+    # one kind: hedging a random share r of it gives false-hedge rate r at recall r
+    m = summary_metrics(RECORDS)
+    assert m["hedge_recall"] == pytest.approx(2 / 3)
+    assert m["kind_only_false_hedge_rate"] == pytest.approx(2 / 3)
+    assert m["false_hedge_rate"] == pytest.approx(1 / 3)  # the model beats it
+    # two kinds of different unknowable share: capital first (2 of 3 unknowable), then river
+    a = question_arrays(KIND_RECORDS)
+    from sft2rl.stats import kind_only_false_hedge_rate
+
+    idx = np.arange(8)[None, :].repeat(3, axis=0)
+    got = kind_only_false_hedge_rate(a, idx, np.array([2 / 3, 5 / 6, 0.0]))
+    # recall 2/3: both capital unknowables -> the capital kind at share 1 -> 1 knowable of 5;
+    # 5/6: capital whole plus half of river (0.5 of its 1 unknowable, 0.5 of its knowable)
+    assert got == pytest.approx([1 / 5, 1.5 / 5, 0.0])
+
+
+def test_masked_batched_auroc_equals_auroc_on_the_subset():
+    from sft2rl.stats import _batched_auroc
+
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 4, size=(5, 30)).astype(float)
+    labels = rng.integers(0, 2, size=(5, 30)).astype(float)
+    mask = rng.integers(0, 2, size=(5, 30)).astype(float)
+    got = _batched_auroc(scores, labels, mask)
+    want = [auroc(s[m > 0], y[m > 0]) for s, y, m in zip(scores, labels, mask)]
+    assert got == pytest.approx(want)

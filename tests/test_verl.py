@@ -82,7 +82,7 @@ def tokenizer(tiny_base):
 
 
 def ppo_overrides(base, data, run_dir, reward=None, rl=None, gpus=1):
-    return vl.ppo_overrides(init=str(base), train=str(data / "rl/train.parquet"), test=str(data / "rl/test.parquet"),
+    return vl.ppo_overrides(init=str(base), train=str(data / "rl/train.parquet"),
                             run_dir=str(run_dir), run_name="rl-sft8_seed42-beta0.5-seed1",
                             rl=rl or dict(CONFIG["rl"], seed=1), reward=reward or dict(CONFIG["reward"]),
                             verl=vl.verl_settings(CONFIG), nnodes=1, gpus_per_node=gpus, code_root=str(REPO))
@@ -217,8 +217,9 @@ def test_ppo_overrides_compose_and_pass_verl_validation(ppo_cfg):
     assert actor.entropy_coeff == rl["entropy_coef"] and actor.loss_agg_mode == "token-mean"
     assert cfg.algorithm.norm_adv_by_std_in_grpo is rl["norm_adv_by_std"] and not cfg.algorithm.use_kl_in_reward
     # with total_steps set, verl may run as many epochs as steps: its loop then ends at total_steps
-    assert (cfg.trainer.save_freq, cfg.trainer.test_freq, cfg.trainer.total_epochs) == (
-        rl["save_freq"], rl["save_freq"], rl["total_steps"])
+    assert (cfg.trainer.save_freq, cfg.trainer.total_epochs) == (rl["save_freq"], rl["total_steps"])
+    # the test split is the evaluation's: verl validates never, on the train file
+    assert cfg.trainer.test_freq == -1 and cfg.trainer.val_before_train is False
     assert (cfg.data.max_prompt_length, cfg.data.max_response_length) == (rl["max_prompt_length"],
                                                                           rl["max_response_length"])
     rollout = omega_conf_to_dataclass(cfg.actor_rollout_ref.rollout)
@@ -227,7 +228,7 @@ def test_ppo_overrides_compose_and_pass_verl_validation(ppo_cfg):
     model = omega_conf_to_dataclass(cfg.actor_rollout_ref.model)
     assert model.lora_rank == rl["lora"]["r"] and model.lora_rank in VLLM_LORA_RANKS
     assert model.lora_alpha == rl["lora"]["alpha"] and model.target_modules == rl["lora"]["target_modules"]
-    assert cfg.data.train_files.endswith("rl/train.parquet") and cfg.data.val_files.endswith("rl/test.parquet")
+    assert cfg.data.train_files.endswith("rl/train.parquet") and cfg.data.val_files == cfg.data.train_files
     algo = OmegaConf.create(OmegaConf.to_container(cfg.algorithm))
     with open_dict(algo):
         del algo["group_reward"]  # ours; verl 0.9.1 never converts config.algorithm to AlgoConfig
@@ -785,7 +786,7 @@ def test_med_rows_train_the_doctor_turn_in_verl_like_locally(tiny_base, tmp_path
     from sft2rl.tasks.med import data as med
 
     world = dict(CONFIG["med"]["world"], cases={"train": 6, "val": 2, "test": 2})
-    med.write_clinic_data(world, tmp_path / "raw", tmp_path / "corpus.jsonl")
+    med.write_clinic_data(world, tmp_path / "raw", tmp_path / "corpus.jsonl", CONFIG["med"]["eval"]["max_turns"])
     med.write_sft_data(str(tmp_path / "raw/train.jsonl"), str(tmp_path / "raw/val.jsonl"), False, tmp_path / "sft")
     sft = dict(sft_section(SFT_TEST), loss_turns="last", max_length=1024)
     ov = vl.sft_overrides(base=str(tiny_base), train=str(tmp_path / "sft/train.parquet"),
@@ -871,7 +872,7 @@ def test_config_values_in_verl_command_lines_stay_text(hostile, tmp_path):
                        code_root="$PWD"),
         vl.merge_command(sft_run=f"run{bad}", which="last", base=f"org/model{bad}", out_dir=f"out{bad}",
                          code_root=f"$PWD/c{bad}", run_dir=f"results/sft/r{bad}"),
-        vl.grpo_command(rl_run=f"rl{bad}", init=f"org/init{bad}", train=f"tr{bad}.parquet", test=f"te{bad}.parquet",
+        vl.grpo_command(rl_run=f"rl{bad}", init=f"org/init{bad}", train=f"tr{bad}.parquet",
                         rl=RL_TEST, reward=CONFIG["reward"], verl=CONFIG["verl"], nnodes=1, gpus_per_node=1,
                         code_root=f"$PWD/c{bad}", final=f"fin{bad}", summary=f"sum{bad}.json"),
     ]
@@ -888,3 +889,59 @@ def test_config_values_in_verl_command_lines_stay_text(hostile, tmp_path):
     assert any(a == f"trainer.default_local_dir={tmp_path}/results/sft/r{bad}/checkpoints" for a in argvs[0])
     multi = _run_with_stubs(scripts[1], tmp_path)
     assert "77" in multi[-2] and "/step:29500" in multi[-2]  # $SLURM_JOB_ID, $SFT2RL_HEAD (scontrol stub)
+
+
+# ------------------------------------------------------------------ stop ids of the rollout
+def test_vllm_rollout_gets_every_stop_id(tiny_base, data, tmp_path):
+    """verl's rollout passes no stop ids of its own; vLLM stops at its tokenizer's EOS and at
+    every eos_token_id of the generation config it loads. The overrides point vLLM's
+    --generation-config at the folder prepare-rl writes: the init model's generation config
+    with eos_token_id = generation.stop_token_ids, the ids the local backend stops at."""
+    import inspect
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from verl.experimental.agent_loop.agent_loop import AgentLoopWorker
+    from verl.utils.config import omega_conf_to_dataclass
+
+    from sft2rl.generation import stop_token_ids
+
+    run = tmp_path / "run"
+    ov = ppo_overrides(tiny_base, data, run)
+    key = "+actor_rollout_ref.rollout.engine_kwargs.vllm.generation_config"
+    assert f"{key}={run}/{vl.ROLLOUT_GENERATION_CONFIG}" in ov
+    rollout = omega_conf_to_dataclass(compose("ppo_trainer", ov).actor_rollout_ref.rollout)
+    assert rollout.engine_kwargs["vllm"]["generation_config"] == f"{run}/{vl.ROLLOUT_GENERATION_CONFIG}"
+    sglang = vl.ppo_overrides(init=str(tiny_base), train=str(data / "rl/train.parquet"), run_dir=str(run),
+                              run_name="r", rl=dict(CONFIG["rl"], seed=1), reward=dict(CONFIG["reward"]),
+                              verl=dict(vl.verl_settings(CONFIG), rollout_name="sglang"), nnodes=1, gpus_per_node=1,
+                              code_root=str(REPO))
+    assert not [o for o in sglang if "engine_kwargs.vllm" in o]
+    # verl 0.9.1: the agent loop's sampling params carry no stop ids, and the vLLM server is
+    # `vllm serve <model dir>` with engine_kwargs.vllm as CLI flags (fail loudly if that changes)
+    loop = inspect.getsource(AgentLoopWorker.generate_sequences)
+    assert "stop_token_ids" not in loop and "sampling_params = dict(" in loop
+    server = (Path(inspect.getfile(AgentLoopWorker)).parents[2] / "workers/rollout/vllm_rollout/"
+              "vllm_async_server.py").read_text()
+    assert 'engine_kwargs = self.config.get("engine_kwargs", {}).get(self._get_engine_kwargs_key(), {})' in server
+    assert "**engine_kwargs," in server and '"generation_config"' not in server
+    assert 'server_args = ["serve", self.model_config.local_path] + build_cli_args_from_config(args)' in server
+    # the folder prepare-rl writes: the tiny base's one stop id
+    assert _prepare(_export_cli(), run, tiny_base, data) == 0
+    gen = json.loads((run / vl.ROLLOUT_GENERATION_CONFIG / "generation_config.json").read_text())
+    tok = AutoTokenizer.from_pretrained(tiny_base)
+    assert gen["eos_token_id"] == [tok.eos_token_id] == json.loads((run / vx.PLAN_FILE).read_text())["stop_token_ids"]
+    # a Qwen2.5-base-like init (EOS <|endoftext|>, its own generation config lists only that):
+    # the rollout's config adds the chat turn's end, the model directory is left as it is
+    qwen_like = tmp_path / "qwen_like"
+    model = AutoModelForCausalLM.from_pretrained(tiny_base)
+    tok.eos_token = "<|endoftext|>"
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.save_pretrained(qwen_like)
+    tok.save_pretrained(qwen_like)
+    ids = vx.write_rollout_generation_config(str(qwen_like), tmp_path / "gc")
+    doc_end, turn_end = tok.convert_tokens_to_ids("<|endoftext|>"), tok.convert_tokens_to_ids("<|im_end|>")
+    assert ids == [doc_end, turn_end] == stop_token_ids(AutoModelForCausalLM.from_pretrained(qwen_like),
+                                                        AutoTokenizer.from_pretrained(qwen_like))
+    written = json.loads((tmp_path / "gc/generation_config.json").read_text())
+    assert written["eos_token_id"] == ids and written["bos_token_id"] == model.generation_config.bos_token_id
+    assert json.loads((qwen_like / "generation_config.json").read_text())["eos_token_id"] == doc_end

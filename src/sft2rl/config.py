@@ -37,6 +37,7 @@ def check_config(config: dict[str, Any], schema_path: str | Path) -> None:
     _check_consistency(config)
     _check_model_base(config)
     _check_sizes(config)
+    _check_lengths(config)
 
 
 #: a hub id: ``org/name`` (letters, digits, ``._-``)
@@ -122,15 +123,68 @@ def _check_consistency(config: dict[str, Any]) -> None:
         if unknown:
             raise ConfigError(f"config key 'games.sft_files' names {unknown}, which are not in 'games.envs' "
                               f"= {games['envs']}")
-    med = config.get("med")
-    if med:
-        if med["world"]["max_questions"] >= med["eval"]["max_turns"]:
-            raise ConfigError(
-                f"config keys 'med.world.max_questions' = {med['world']['max_questions']} must be smaller than "
-                f"'med.eval.max_turns' = {med['eval']['max_turns']} (the scripted doctor diagnoses within the limit)"
-            )
     tiny = config["model"]["tiny"]
     if tiny["hidden_size"] % tiny["num_heads"] or tiny["num_heads"] % tiny["num_kv_heads"]:
         raise ConfigError(
             "config keys 'model.tiny.hidden_size' must divide by 'num_heads', and 'num_heads' by 'num_kv_heads'"
         )
+
+
+def _base_positions(base: str) -> int | None:
+    """max_position_embeddings of a local model directory (None for a hub id or an unknown size)."""
+    path = Path(base) / "config.json"
+    if not path.is_file():
+        return None
+    import json
+
+    try:
+        n = json.loads(path.read_text()).get("max_position_embeddings")
+    except (OSError, ValueError):
+        return None
+    return int(n) if isinstance(n, int) else None
+
+
+def _check_lengths(config: dict[str, Any]) -> None:
+    """Lengths that must fit the model's positions, where the sizes are known at DAG time: each
+    task's ``sft.max_length`` (a task's sft: section over sft:) and the QA GRPO prompt + response
+    against ``max_position_embeddings`` of the base that task trains: the tiny base's
+    (``model.tiny`` with the task's ``tiny:`` overrides) or a local model directory's config.json.
+    (The rows themselves are checked by the SFT job: sft2rl.sft.length_limit; no row is ever cut.)"""
+    sft, tiny = config["sft"], config["model"]["tiny"]
+    base = config["model"]["base"]
+    # (task prefix, its sft section completed from sft:)
+    tasks = [("", sft)] + [(f"{t}.", dict(sft, **config[t].get("sft", {}))) for t in ("games", "med")
+                           if config.get(t)]
+    for prefix, tsft in tasks:
+        if tsft.get("overlong", "error") == "drop" and config.get("backend") == "verl":
+            raise ConfigError(f"config key '{prefix}sft.overlong' = 'drop': backend verl cannot leave rows out (verl "
+                              f"0.9.1's SFT dataset refuses or cuts an over-long row: data.truncation); use error")
+        if base == "tiny":
+            overrides = config[prefix[:-1]].get("tiny", {}) if prefix else {}
+            positions = dict(tiny, **overrides)["max_position_embeddings"]
+            where = (f"'{prefix}tiny.max_position_embeddings' = {positions}" if "max_position_embeddings" in overrides
+                     else f"'model.tiny.max_position_embeddings' = {positions}")
+            what = "the positions of " + {"": "the tiny base", "games.": "the games' tiny base",
+                                          "med.": "the medical task's tiny base"}[prefix]
+        else:
+            positions = _base_positions(base)
+            where, what = f"max_position_embeddings = {positions} of {base}/config.json", "the base's positions"
+        if positions is None:
+            continue
+        if base == "tiny":  # the window SFT checks its rows against (sft2rl.sft.pretrain_window) fits the positions
+            p_over = config[prefix[:-1]].get("pretrain", {}) if prefix else {}
+            window = dict(config["model"]["pretrain"], **p_over)["seq_len"]
+            if window > positions:
+                key = f"{prefix}pretrain.seq_len" if "seq_len" in p_over else "model.pretrain.seq_len"
+                raise ConfigError(f"config key '{key}' = {window} must not exceed {where}, {what}")
+        if tsft["max_length"] > positions:
+            unset = " (unset keys come from 'sft')" if prefix else ""
+            raise ConfigError(f"config key '{prefix}sft.max_length' = {tsft['max_length']} must not exceed {where}, "
+                              f"{what}{unset}")
+        if not prefix:  # GRPO's prompt limit and the replies of training and of evaluation
+            rl = config["rl"]
+            for key, n in (("rl.max_response_length", rl["max_response_length"]),
+                           ("eval.max_new_tokens", config["eval"]["max_new_tokens"])):
+                if rl["max_prompt_length"] + n > positions:
+                    raise ConfigError(f"config keys 'rl.max_prompt_length' + '{key}' = {rl['max_prompt_length']} + "
+                                      f"{n} must not exceed {where}, {what}")

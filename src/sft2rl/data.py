@@ -100,8 +100,12 @@ def load_rl_rows(path: str | Path) -> list[dict[str, Any]]:
         knowable = (answer or {}).get("knowable")
         if knowable is not None and not isinstance(knowable, bool):
             raise DataError(path, lineno, "answer.knowable", f"must be true or false, got {knowable!r}")
+        entity = (answer or {}).get("entity")
+        if entity is not None and (not isinstance(entity, str) or not entity.strip()):
+            raise DataError(path, lineno, "answer.entity", f"must be a non-empty string, got {entity!r}")
         rows.append({"id": row["id"], "question": question, "ground_truth": truth, "knowable": knowable,
-                     "kind": (answer or {}).get("kind"), "sub_category": row.get("sub_category"), "_line": lineno})
+                     "kind": (answer or {}).get("kind"), "entity": entity, "sub_category": row.get("sub_category"),
+                     "_line": lineno})
     return rows
 
 
@@ -143,6 +147,26 @@ def process_sft(raw: str | Path, out_train_jsonl: str | Path, out_train: str | P
     return {"train": len(train), "val": len(val)}
 
 
+def grouped_split(groups: list[Any], n_first: int, seed: int | None = None) -> tuple[list[int], list[int]]:
+    """Split row indices into a first part of at most ``n_first`` rows and the rest, keeping
+    rows of one group together (``groups[i]``: row ``i``'s group key; ``None``: a group of its
+    own). Groups are taken in a seeded shuffled order (``seed`` None: the given order); a
+    group that no longer fits the first part goes to the rest, and later groups may still fill
+    it, so with enough single rows the first part has exactly ``n_first`` rows. Without group
+    keys this is the plain seeded shuffle split (the first ``n_first`` shuffled rows)."""
+    order = list(range(len(groups)))
+    if seed is not None:
+        random.Random(seed).shuffle(order)
+    members: dict[Any, list[int]] = {}  # groups in the order of their first shuffled row
+    for i in order:
+        members.setdefault(("row", i) if groups[i] is None else ("group", groups[i]), []).append(i)
+    first: list[int] = []
+    rest: list[int] = []
+    for rows in members.values():
+        (first if len(first) + len(rows) <= n_first else rest).extend(rows)
+    return first, rest
+
+
 def rl_record(row: dict, index: int, split: str, system_prompt: str, data_source: str) -> dict[str, Any]:
     return {
         "data_source": data_source,
@@ -150,24 +174,27 @@ def rl_record(row: dict, index: int, split: str, system_prompt: str, data_source
         "ability": row["sub_category"] or "qa",
         "reward_model": {"style": "rule", "ground_truth": row["ground_truth"]},
         "extra_info": {"split": split, "index": index, "id": str(row["id"]), "knowable": row["knowable"],
-                       "kind": row["kind"] or "unknown", "question": row["question"]},
+                       "kind": row["kind"] or "unknown", "question": row["question"],
+                       **({"entity": row["entity"]} if row["entity"] is not None else {})},
     }
 
 
 def process_rl(raw: str | Path, out_train: str | Path, out_test: str | Path, *, system_prompt: str,
                data_source: str, train_fraction: float, seed: int) -> dict[str, int]:
     rows = load_rl_rows(raw)
-    order = list(range(len(rows)))
-    random.Random(seed).shuffle(order)
     n_train = int(round(len(rows) * train_fraction))
     if not 0 < n_train < len(rows):
         raise DataError(raw, None, None,
                         f"data.train_fraction = {train_fraction} leaves an empty split for {len(rows)} rows")
+    # questions about one entity (answer.entity) stay in one split: a test entity is new
+    train_idx, test_idx = grouped_split([r["entity"] for r in rows], n_train, seed)
+    if not train_idx or not test_idx:
+        raise DataError(raw, None, "answer.entity", f"the entity groups leave an empty split for {len(rows)} rows")
     # records are built while they are written (a million rows stay Arrow, not Python dicts)
     n_tr = write_parquet_records(out_train, (rl_record(rows[i], k, "train", system_prompt, data_source)
-                                             for k, i in enumerate(order[:n_train])))
-    n_te = write_parquet_records(out_test, (rl_record(rows[i], n_train + k, "test", system_prompt, data_source)
-                                            for k, i in enumerate(order[n_train:])))
+                                             for k, i in enumerate(train_idx)))
+    n_te = write_parquet_records(out_test, (rl_record(rows[i], len(train_idx) + k, "test", system_prompt,
+                                                       data_source) for k, i in enumerate(test_idx)))
     return {"train": n_tr, "test": n_te}
 
 
@@ -177,7 +204,7 @@ def user_corpus(raw_sft: str | Path, rl_train: str | Path) -> list[str]:
     format of the tiny model. The RL test split never enters it (its answers are what the
     evaluation scores)."""
     from .io import read_parquet_rows
-    from .world import chat_text
+    from .text import chat_text
 
     docs = [chat_text([{"role": m["role"], "content": m["content"]} for m in row["messages"]])
             for row in load_sft_rows(raw_sft)]

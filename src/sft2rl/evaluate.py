@@ -1,10 +1,11 @@
 """Evaluation of any model directory on the RL test set.
 
-Per question: the greedy answer and (optionally) k sampled answers. Metrics: accuracy of
-the formal answer, format rate (both tags), proactive rate on knowable and unknowable
-questions (the world labels each; unlabeled data is split into easy/hard by a reference
-model's sampled group accuracy), and the mean group-aware reward at the configured beta,
-computed on the sampled group exactly as in training.
+Per question: the greedy answer and k sampled answers (the workflow passes k = ``rl.n``, the
+training group size). Metrics: accuracy of the formal answer, format rate (well formed),
+proactive rate on knowable and unknowable questions (the world labels each; unlabeled data
+is split into easy/hard by a reference model's sampled group accuracy), the hedging
+metrics beside their kind-only baselines (:mod:`sft2rl.stats`), and the mean group-aware
+reward at the configured beta, computed on the sampled group exactly as in training.
 """
 from __future__ import annotations
 
@@ -27,7 +28,9 @@ def _mean(xs: list[float]) -> float:
 
 def evaluate_model(model_path: str, test_file: str, answers_out: str, metrics_out: str, *, reward: dict[str, Any],
                    max_new_tokens: int, batch_size: int, k_samples: int, temperature: float, seed: int,
-                   difficulty_ref: str | None = None) -> dict[str, Any]:
+                   difficulty_ref: str | None = None, max_prompt_length: int | None = None) -> dict[str, Any]:
+    """``max_prompt_length``: the training limit (``rl.max_prompt_length``); a longer test prompt
+    is an error, never cut (GRPO leaves such prompts out of training)."""
     device = pick_device()
     model, tokenizer = load_model(model_path, device)
     rows = read_parquet_rows(test_file)
@@ -36,10 +39,12 @@ def evaluate_model(model_path: str, test_file: str, answers_out: str, metrics_ou
     for start in tqdm(range(0, len(rows), batch_size), desc="eval", mininterval=5):
         chunk = rows[start:start + batch_size]
         prompts = [r["prompt"] for r in chunk]
-        greedy = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, do_sample=False).texts
+        greedy = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, do_sample=False,
+                          max_prompt_length=max_prompt_length).texts
         sampled: list[list[str]] = [[] for _ in chunk]
         if k_samples:
             out = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, do_sample=True,
+                           max_prompt_length=max_prompt_length,
                            temperature=temperature, num_return_sequences=k_samples, seed=seed + start).texts
             sampled = [out[i * k_samples:(i + 1) * k_samples] for i in range(len(chunk))]
         for row, g, s in zip(chunk, greedy, sampled):

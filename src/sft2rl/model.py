@@ -3,7 +3,10 @@
 The tiny tokenizer is a byte-level BPE with Qwen2's own pre-tokenizer (its regex, NFC),
 so transformers rebuilding it as a Qwen2 tokenizer on reload changes nothing. The chat
 tokens are special; the four tags are added tokens that are *not* special, so decoding
-with ``skip_special_tokens=True`` keeps them.
+with ``skip_special_tokens=True`` keeps them. The tiny model's EOS is the chat turn's end
+``<|im_end|>``, and its saved ``generation_config.json`` lists exactly its stop ids
+(:func:`sft2rl.generation.stop_token_ids`: that one id), so every engine, vLLM included,
+stops a reply where its turn ends.
 """
 from __future__ import annotations
 
@@ -98,7 +101,14 @@ def build_tiny_model(tokenizer, arch: dict[str, Any]):
         pad_token_id=tokenizer.pad_token_id,
     )
     cfg._attn_implementation = "sdpa"
-    return Qwen2ForCausalLM(cfg)
+    model = Qwen2ForCausalLM(cfg)
+    from .generation import stop_token_ids
+
+    # the saved generation config lists every stop id (vLLM, model.generate and the lean engine agree)
+    model.generation_config.eos_token_id = stop_token_ids(model, tokenizer)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config._from_model_config = False  # ours, not to be rebuilt from the model config
+    return model
 
 
 def load_model(path: str, device: torch.device | None = None, dtype: torch.dtype | None = None):
@@ -190,7 +200,8 @@ def build_base(corpus_path: str, out_dir: str, tiny: dict[str, Any], pretrain_cf
     n_params = sum(p.numel() for p in model.parameters())
     LOG.info("tiny Qwen2: %d parameters, vocab %d", n_params, len(tokenizer))
     stats = pretrain(model, tokenizer, texts, pretrain_cfg, tb_dir)
-    stats.update({"parameters": n_params, "vocab_size": len(tokenizer)})
+    # seq_len: the pretraining window, which the SFT job checks its rows against (sft2rl.sft.pretrain_window)
+    stats.update({"parameters": n_params, "vocab_size": len(tokenizer), "seq_len": pretrain_cfg["seq_len"]})
     LOG.info("pretraining: %s", stats)
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp)

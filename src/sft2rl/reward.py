@@ -117,6 +117,11 @@ class ResponseDetails:
     group_accuracy: float
     formal: str
 
+    @property
+    def well_formed(self) -> bool:
+        """:func:`well_formed` of the response: a closed think block and a non-empty final answer."""
+        return self.has_think and bool(self.formal)
+
 
 def _collapse_whitespace(text: str) -> str:
     """Replace every run of whitespace with one space and strip the ends."""
@@ -380,7 +385,8 @@ def summarize(details: Sequence[ResponseDetails]) -> dict[str, float]:
 
     * ``mean_reward``: mean ``reward``;
     * ``accuracy``: fraction with ``correct``;
-    * ``format_rate``: fraction with both a think and a (counting) proactive block;
+    * ``format_rate``: fraction well formed (:func:`well_formed`: a closed think block and a
+      non-empty final answer), the one definition of the evaluation tables and GRPO's logs;
     * ``proactive_rate``: fraction with a (counting) proactive block;
     * ``mean_group_accuracy``: mean ``group_accuracy`` (per response, so groups are
       weighted by their size).
@@ -396,7 +402,7 @@ def summarize(details: Sequence[ResponseDetails]) -> dict[str, float]:
     return {
         "mean_reward": sum(d.reward for d in details) / n,
         "accuracy": sum(d.correct for d in details) / n,
-        "format_rate": sum(d.has_think and d.has_proactive for d in details) / n,
+        "format_rate": sum(d.well_formed for d in details) / n,
         "proactive_rate": sum(d.has_proactive for d in details) / n,
         "mean_group_accuracy": sum(d.group_accuracy for d in details) / n,
     }

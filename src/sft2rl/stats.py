@@ -11,8 +11,20 @@ wrong and asks the user to verify. Read as selective prediction (answer or absta
 * ``hedge_recall``: share of *unknowable* questions answered with a block;
 * ``false_hedge_rate``: share of *knowable* questions answered with a block;
 * ``hedge_auroc``: AUROC of the per-question sampled block rate as a score for "this question
-  is unknowable" (0.5: hedging says nothing about knowability; 1: it separates them);
-  ``hedge_auroc_wrong``: the same score against "the greedy answer is wrong" (needs no labels).
+  is unknowable", *within the question kinds that hold both knowable and unknowable
+  questions* (in the embedded world: the country questions; arithmetic and context questions
+  are never unknowable, so over all kinds the wording alone would separate a part of them);
+  ``hedge_auroc_all``: the same over every question; ``hedge_auroc_wrong``: the same score
+  against "the greedy answer is wrong" (needs no labels).
+
+The no-information baselines beside them (``kind_only_*``): a policy that sees only the
+question's kind. Its score is the kind's share of the label (unknowable; wrong) on the
+evaluated questions, the best any kind-only score can rank them: ``kind_only_hedge_auroc``,
+``kind_only_hedge_auroc_all``, ``kind_only_hedge_auroc_wrong``; and
+``kind_only_false_hedge_rate`` (``kind_only_sampled_false_hedge_rate``): the lowest
+false-hedge rate a kind-only policy (hedging whole kinds, most unknowable first, and a
+random share of the last one) has at the model's own hedge recall (sampled hedge recall).
+Within kinds that hold both, the kind-only AUROC is near 0.5.
 
 Every table metric is a ratio over test questions (``sum(value·mask) / sum(mask)``), so it is
 recomputed on bootstrap resamples of the questions cheaply. Intervals: percentile bootstrap,
@@ -41,8 +53,19 @@ RATIO_METRICS: dict[str, tuple[str, str]] = {
     "sampled_hedge_recall": ("sampled_block", "unknowable"),
     "sampled_false_hedge_rate": ("sampled_block", "knowable"),
 }
-AUROC_METRICS = {"hedge_auroc": "unknowable", "hedge_auroc_wrong": "wrong"}
-TABLE_METRICS = [*RATIO_METRICS, *AUROC_METRICS]
+#: AUROC metrics as (score, positive label, mask) fields of :func:`question_arrays`.
+AUROC_METRICS: dict[str, tuple[str, str, str]] = {
+    "hedge_auroc": ("sampled_block", "unknowable", "mixed"),
+    "hedge_auroc_all": ("sampled_block", "unknowable", "all"),
+    "hedge_auroc_wrong": ("sampled_block", "wrong", "all"),
+    "kind_only_hedge_auroc": ("kind_unknowable", "unknowable", "mixed"),
+    "kind_only_hedge_auroc_all": ("kind_unknowable", "unknowable", "all"),
+    "kind_only_hedge_auroc_wrong": ("kind_wrong", "wrong", "all"),
+}
+#: Kind-only false-hedge rates: the kind-only policy's at the recall of a ratio metric.
+KIND_ONLY_FHR = {"kind_only_false_hedge_rate": "hedge_recall",
+                 "kind_only_sampled_false_hedge_rate": "sampled_hedge_recall"}
+TABLE_METRICS = [*RATIO_METRICS, *AUROC_METRICS, *KIND_ONLY_FHR]
 
 
 def _rate(values: Sequence[Any]) -> float:
@@ -61,16 +84,25 @@ def question_arrays(records: list[dict[str, Any]]) -> dict[str, np.ndarray]:
     unknown = np.array([r.get("knowable") is False for r in recs], dtype=float)
     block = np.array([float(bool(r["greedy_proactive"])) for r in recs])
     correct = np.array([float(bool(r["greedy_correct"])) for r in recs])
+    kind_names = sorted({str(r.get("kind")) for r in recs})
+    kind = np.array([kind_names.index(str(r.get("kind"))) for r in recs], dtype=int)
     sampled_block = np.array([_rate(r["sample_proactive"]) if r.get("sample_proactive") else float(r["greedy_proactive"])
                               for r in recs])
     fmt = np.array([float(bool(r.get("greedy_format", r["greedy_think"]))) for r in recs])
     sampled_format = np.array([_rate(r["sample_format"]) if r.get("sample_format") else f
                                for r, f in zip(recs, fmt)])
+    kind_unknowable = _kind_share(kind, unknown)
+    labelled_share = _kind_share(kind, unknown, known + unknown)
     return {
         "index": np.array([r["index"] for r in recs]),
         "all": np.ones(len(recs)),
         "knowable": known,
         "unknowable": unknown,
+        "kind": kind,
+        # kinds that hold both knowable and unknowable questions (of the labelled ones)
+        "mixed": ((labelled_share > 0) & (labelled_share < 1)).astype(float),
+        "kind_unknowable": kind_unknowable,
+        "kind_wrong": _kind_share(kind, 1.0 - correct),
         "wrong": 1.0 - correct,
         "reward": np.array([float(r["reward"]) for r in recs]),
         "correct": correct,
@@ -80,6 +112,16 @@ def question_arrays(records: list[dict[str, Any]]) -> dict[str, np.ndarray]:
         "plain": 1.0 - block,
         "sampled_block": sampled_block,
     }
+
+
+def _kind_share(kind: np.ndarray, label: np.ndarray, among: np.ndarray | None = None) -> np.ndarray:
+    """Per question: the share of ``label`` among the questions of its kind (``among``: only
+    those count; NaN-free, 0 for a kind with none)."""
+    among = np.ones_like(label) if among is None else among
+    n = np.bincount(kind, weights=among, minlength=kind.max(initial=0) + 1)
+    k = np.bincount(kind, weights=label * among, minlength=len(n))
+    share = np.divide(k, n, out=np.zeros_like(k), where=n > 0)
+    return share[kind]
 
 
 def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
@@ -94,13 +136,17 @@ def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
     return float(roc_auc_score(positive.astype(int), scores))
 
 
-def _batched_auroc(scores: np.ndarray, positive: np.ndarray) -> np.ndarray:
-    """AUROC of each row of (B, N) score/label matrices (Mann-Whitney U on average ranks)."""
+def _batched_auroc(scores: np.ndarray, positive: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """AUROC of each row of (B, N) score/label matrices (Mann-Whitney U on average ranks),
+    over the entries where ``mask`` (B, N) is 1 (all when None)."""
     from scipy.stats import rankdata
 
+    if mask is not None:  # left-out entries rank above every kept one: kept ranks are unchanged
+        scores = np.where(mask > 0, scores, np.inf)
+        positive = positive * (mask > 0)
     ranks = rankdata(scores, axis=1)  # average ranks: ties count one half
     n_pos = positive.sum(axis=1)
-    n_neg = positive.shape[1] - n_pos
+    n_neg = (positive.shape[1] if mask is None else (mask > 0).sum(axis=1)) - n_pos
     u = (ranks * positive).sum(axis=1) - n_pos * (n_pos + 1) / 2
     with np.errstate(invalid="ignore", divide="ignore"):
         out = u / (n_pos * n_neg)
@@ -118,8 +164,35 @@ def metric_values(arrays: dict[str, np.ndarray], idx: np.ndarray | None = None) 
         for name, (value, mask) in RATIO_METRICS.items():
             v, m = arrays[value][idx], arrays[mask][idx]
             out[name] = (v * m).sum(axis=1) / m.sum(axis=1)
-    for name, label in AUROC_METRICS.items():
-        out[name] = _batched_auroc(arrays["sampled_block"][idx], arrays[label][idx])
+    for name, (score, label, mask) in AUROC_METRICS.items():
+        out[name] = _batched_auroc(arrays[score][idx], arrays[label][idx],
+                                   None if mask == "all" else arrays[mask][idx])
+    for name, recall in KIND_ONLY_FHR.items():
+        out[name] = kind_only_false_hedge_rate(arrays, idx, out[recall])
+    return out
+
+
+def kind_only_false_hedge_rate(arrays: dict[str, np.ndarray], idx: np.ndarray, recall: np.ndarray) -> np.ndarray:
+    """The lowest false-hedge rate of a policy that sees only the question's kind, at hedge
+    recall ``recall`` (B,), on each resample ``idx`` (B, N): it hedges on whole kinds, those
+    with the largest unknowable share first (kinds of equal share as one), and on a random
+    share of the next one (the kind-only ROC curve, interpolated)."""
+    levels, group = np.unique(-arrays["kind_unknowable"], return_inverse=True)  # 0: most unknowable
+    g = group[idx]
+    n_groups = len(levels)
+    unk = np.stack([((g == j) * arrays["unknowable"][idx]).sum(axis=1) for j in range(n_groups)], axis=1)
+    kno = np.stack([((g == j) * arrays["knowable"][idx]).sum(axis=1) for j in range(n_groups)], axis=1)
+    tot_u, tot_k = unk.sum(axis=1), kno.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        need = recall * tot_u  # unknowable questions the policy must hedge on
+        cu = np.cumsum(unk, axis=1) - unk  # hedged before each group
+        ck = np.cumsum(kno, axis=1) - kno
+        frac = np.clip((need[:, None] - cu) / unk, 0.0, 1.0)  # share of each group hedged
+        frac = np.where(unk > 0, frac, (need[:, None] > cu).astype(float))  # groups without unknowable: once done
+        # a group is entered only while recall is still short; then it is hedged at frac
+        hedged_k = (np.where(need[:, None] > cu, frac, 0.0) * kno).sum(axis=1)
+        out = hedged_k / tot_k
+    out[(tot_k == 0) | (tot_u == 0) | np.isnan(recall)] = np.nan
     return out
 
 

@@ -21,7 +21,8 @@ from .stats import TABLE_METRICS, bootstrap_row, question_arrays
 METRICS = list(TABLE_METRICS)
 LATEX_COLUMNS = {
     "mean_reward": "reward", "accuracy_knowable": "acc (known)", "hedge_recall": "hedge (unknown)",
-    "false_hedge_rate": "hedge (known)", "hedge_auroc": "AUROC",
+    "false_hedge_rate": "hedge (known)", "kind_only_false_hedge_rate": "kind only",
+    "hedge_auroc": "AUROC", "kind_only_hedge_auroc": "kind only",
 }
 BOOTSTRAP_DEFAULTS = {"bootstrap_samples": 2000, "ci_level": 0.95, "bootstrap_seed": 0}
 

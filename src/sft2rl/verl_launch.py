@@ -26,6 +26,16 @@ Key facts of verl 0.9.1 this relies on (checked against its source and Hydra con
   in ``algorithm.group_reward`` (see that module).
 * ``clip_ratio_low``/``clip_ratio_high`` default to 0.2 in verl's YAML and win over
   ``clip_ratio``: all three are set.
+* Stop ids: verl's rollout passes no stop ids of its own (``AgentLoopWorker`` sends
+  temperature, top_p, top_k, repetition_penalty, logprobs; ``vLLMHttpServer.generate`` adds
+  max_tokens and ``ignore_eos=False``), and ``vllm serve`` gets the model directory plus
+  ``rollout.engine_kwargs.vllm`` as CLI flags. vLLM then stops at its tokenizer's EOS and at
+  every ``eos_token_id`` of the generation config it loads (``SamplingParams.
+  update_from_generation_config``), from the model directory unless ``--generation-config``
+  names a folder. A Qwen2.5 base's own file lists ``<|endoftext|>`` only, so each run points
+  vLLM at ``<run_dir>/rollout_generation_config``, written by ``prepare-rl``: the init
+  model's generation config with ``eos_token_id`` = :func:`sft2rl.generation.stop_token_ids`,
+  the ids the local backend stops at. SGLang reads only the model's own files.
 * ``python -m verl.model_merger merge --backend fsdp`` writes the base weights plus a
   separate ``lora_adapter/``; folding the adapter in (verified) is ours:
   :func:`fold_lora` calls :func:`sft2rl.merge.merge_adapter` with the run's own base model
@@ -69,6 +79,9 @@ VERL_DEFAULTS: dict[str, Any] = {
 PROJECT = "sft2rl"
 GROUP_REWARD_LOG = "group_reward.jsonl"
 VERL_HF = "verl_hf"  # where verl.model_merger writes (base weights + lora_adapter/), per run
+#: Per GRPO run: the init model's generation config with ``eos_token_id`` = every stop id
+#: (sft2rl.generation.stop_token_ids), written by ``prepare-rl``, read by vLLM (``--generation-config``).
+ROLLOUT_GENERATION_CONFIG = "rollout_generation_config"
 _SAFE = re.compile(r"^[A-Za-z0-9_@%+=:,./\-]+$")
 
 
@@ -203,7 +216,7 @@ def sft_overrides(*, base: str, train: str, val: str, run_dir: str, run_name: st
         _kv("data.micro_batch_size_per_gpu", sft["micro_batch"]),
         _kv("data.use_dynamic_bsz", False),
         _kv("data.max_length", sft["max_length"]),
-        _kv("data.truncation", "right"),
+        _kv("data.truncation", "error"),  # a row over max_length stops the job (never cut), as the local backend
         _kv("model.path", base),
         _kv("model.lora_rank", lora["r"]),
         _kv("model.lora_alpha", _alpha(lora["alpha"], "sft.lora.alpha")),
@@ -292,7 +305,7 @@ def merge_command(*, sft_run: str, which: str, base: str, out_dir: str, code_roo
 
 
 # ------------------------------------------------------------------ GRPO
-def ppo_overrides(*, init: str, train: str, test: str, run_dir: str, run_name: str, rl: dict[str, Any],
+def ppo_overrides(*, init: str, train: str, run_dir: str, run_name: str, rl: dict[str, Any],
                   reward: dict[str, Any], verl: dict[str, Any], nnodes: int, gpus_per_node: int,
                   code_root: str) -> list[str]:
     """Hydra overrides of ``verl.trainer.main_ppo`` (config ``ppo_trainer``): GRPO, group-aware reward."""
@@ -314,7 +327,10 @@ def ppo_overrides(*, init: str, train: str, test: str, run_dir: str, run_name: s
         _kv("+algorithm.group_reward.checkpoint_dir", f"{run_dir}/checkpoints"),
         # data: our RL parquet (verl's RL schema)
         _kv("data.train_files", train),
-        _kv("data.val_files", test),
+        # the test split is the evaluation's alone: verl builds a validation loader from
+        # val_files, so it gets the train file, and validation never runs (no test_freq,
+        # no val_before_train)
+        _kv("data.val_files", train),
         _kv("data.prompt_key", "prompt"),
         _kv("data.train_batch_size", rl["train_batch"]),
         _kv("data.max_prompt_length", rl["max_prompt_length"]),
@@ -351,6 +367,10 @@ def ppo_overrides(*, init: str, train: str, test: str, run_dir: str, run_name: s
         _kv(f"{r}.seed", rl["seed"]),
         _kv(f"{r}.gpu_memory_utilization", verl["gpu_memory_utilization"]),
         _kv(f"{r}.tensor_model_parallel_size", verl["tensor_model_parallel_size"]),
+        # stop ids: vLLM stops at its tokenizer's EOS and at every eos_token_id of the generation
+        # config it loads; point it at ours, which lists every end-of-turn id (see ROLLOUT_GENERATION_CONFIG)
+        *([_kv(f"+{r}.engine_kwargs.vllm.generation_config", f"{run_dir}/{ROLLOUT_GENERATION_CONFIG}")]
+          if verl["rollout_name"] == "vllm" else []),
         # the per-rollout half of the reward (verl 0.9.1 key location)
         _kv("reward.custom_reward_function.path", REWARD_FN_PATH),
         _kv("reward.custom_reward_function.name", REWARD_FN_NAME),
@@ -368,7 +388,8 @@ def ppo_overrides(*, init: str, train: str, test: str, run_dir: str, run_name: s
         # epoch has at least one step), so the run takes exactly total_steps steps
         _kv("trainer.total_epochs", rl["total_steps"] if rl["total_steps"] else rl["epochs"]),
         _kv("trainer.save_freq", rl["save_freq"]),
-        _kv("trainer.test_freq", rl["save_freq"]),
+        _kv("trainer.test_freq", -1),
+        _kv("trainer.val_before_train", False),
         _kv("trainer.resume_mode", "auto"),
         # every Ray worker imports the hook module and finds our package
         _kv("+ray_kwargs.ray_init.runtime_env.env_vars.VERL_USE_EXTERNAL_MODULES", HOOK_MODULE),
@@ -412,14 +433,14 @@ def verl_loop_steps(n_rows: int, overrides: list[str]) -> int:
     return min(total, per_epoch * epochs)
 
 
-def grpo_command(*, rl_run: str, init: str, train: str, test: str, rl: dict[str, Any], reward: dict[str, Any],
+def grpo_command(*, rl_run: str, init: str, train: str, rl: dict[str, Any], reward: dict[str, Any],
                  verl: dict[str, Any], nnodes: int, gpus_per_node: int, code_root: str, final: str,
                  summary: str, workdir: str = "$PWD") -> str:
     """Shell lines of the ``grpo`` rule: main_ppo (through ray_on_slurm.sh on several nodes), then export."""
     run_dir = f"results/rl/{rl_run}"
     absolute = lambda p: p if p.startswith("/") or "://" in p else f"{workdir}/{p}"  # noqa: E731
     init_path = _model_path(init, workdir)
-    overrides = ppo_overrides(init=init_path, train=absolute(train), test=absolute(test), run_dir=absolute(run_dir),
+    overrides = ppo_overrides(init=init_path, train=absolute(train), run_dir=absolute(run_dir),
                               run_name=rl_run, rl=rl, reward=reward, verl=verl, nnodes=nnodes,
                               gpus_per_node=gpus_per_node, code_root=code_root)
     env = _env({"PYTHONPATH": _pythonpath(code_root), "VERL_USE_EXTERNAL_MODULES": HOOK_MODULE,

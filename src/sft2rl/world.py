@@ -11,11 +11,17 @@ Design (why a ~1M-parameter model can learn the knowable part):
   substring of a wrong sum), stated in the corpus the same way; the answer is "The answer
   is 14." (repeating the operands would need copying digits, which a tiny model fails).
 * Context: the fact is given in the question ("Nora has a red cup. What color is the cup
-  of Nora?" -> "It is red."); the corpus holds thousands of fresh examples so reading
-  the prompt is learned in pretraining. The tiny model gets these only partly right: a
+  of Nora?" -> "It is red."); the corpus holds thousands of fresh examples (none of them a
+  question of the world) so reading the prompt is learned in pretraining. The tiny model gets these only partly right: a
   medium-difficulty class.
 * Unknown countries: the same questions about countries that appear nowhere in the corpus.
   Their ground truth is the world's hidden fact, honest but unknowable to the model.
+* Held out by entity: a country's three questions go together to the SFT rows or to the RL
+  rows (and, through ``answer.entity``, to one RL split), so no test country, known or
+  unknown, is named in an SFT row or an RL training prompt. Only country questions can be
+  unknowable: the hedging metrics that ask whether the model knows what it knows are
+  computed within the kinds holding both (:mod:`sft2rl.stats`), beside what a policy that
+  sees only the question's kind scores.
 
 SFT targets (``world.sft_style``), consistent with what the reward formula pays a
 proactive block for (``beta·(1 − acc)``: admitting uncertainty where the group fails):
@@ -39,10 +45,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import SYSTEM_PROMPT
+from .data import grouped_split
+from .text import Names, chat_text
 
-ONSETS = ["b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "kr", "st", "tr", "gl"]
-VOWELS = ["a", "e", "i", "o", "u", "ai", "ou"]
-CODAS = ["", "", "", "n", "r", "s", "l", "k"]
 COLORS = ["red", "blue", "green", "yellow", "black", "white", "brown", "pink", "gray", "orange", "purple"]
 OBJECTS = ["cup", "hat", "box", "book", "coat", "ball", "lamp", "bag", "kite", "key", "bike", "boat"]
 PEOPLE = ["Nora", "Liam", "Emma", "Omar", "Lena", "Hugo", "Iris", "Theo", "Maya", "Ivan", "Ruth", "Paul",
@@ -78,33 +83,6 @@ class Question:
     entity: str
 
 
-def chat_text(messages: list[dict[str, str]]) -> str:
-    """Render messages in the Qwen chat format used by the tiny model's template."""
-    return "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
-
-
-class _Names:
-    """Unique capitalised names; none is a substring of another (case-insensitive)."""
-
-    def __init__(self, rng: random.Random, reserved: list[str]):
-        self.rng = rng
-        self.used: list[str] = [r.lower() for r in reserved]
-
-    def _ok(self, name: str) -> bool:
-        low = name.lower()
-        return all(low not in u and u not in low for u in self.used)
-
-    def new(self, n_syll: tuple[int, int]) -> str:
-        for _ in range(100_000):
-            k = self.rng.randint(*n_syll)
-            name = "".join(self.rng.choice(ONSETS) + self.rng.choice(VOWELS) for _ in range(k))
-            name = (name + self.rng.choice(CODAS)).capitalize()
-            if len(name) >= 4 and self._ok(name):
-                self.used.append(name.lower())
-                return name
-        raise RuntimeError("name space exhausted; lower the world sizes")
-
-
 def _reserved_words(system_prompt: str) -> list[str]:
     """Every word the templates use: no generated name may contain or be contained in one."""
     import re
@@ -123,7 +101,7 @@ def build_world(cfg: dict[str, Any], system_prompt: str = SYSTEM_PROMPT) -> dict
     ``corpus`` (list of {"text": ...}) and ``meta`` (entities and counts).
     """
     rng = random.Random(cfg["seed"])
-    names = _Names(rng, _reserved_words(system_prompt))
+    names = Names(rng, _reserved_words(system_prompt))
     relations = list(cfg["relations"])
 
     def make_entities(n: int) -> list[dict[str, str]]:
@@ -151,7 +129,10 @@ def build_world(cfg: dict[str, Any], system_prompt: str = SYSTEM_PROMPT) -> dict
     n_sft = cfg["n_sft_rows"]
     if n_sft >= len(questions):
         raise ValueError(f"world.n_sft_rows = {n_sft} leaves no RL questions (world has {len(questions)})")
-    sft_q, rl_q = questions[:n_sft], questions[n_sft:]
+    # a country's questions stay together (SFT rows or RL rows; data.process_rl then keeps them
+    # in one RL split): no country of the test questions is ever named in training
+    sft_idx, rl_idx = grouped_split([q.entity if q.kind in relations else None for q in questions], n_sft)
+    sft_q, rl_q = [questions[i] for i in sft_idx], [questions[i] for i in rl_idx]
 
     style = cfg.get("sft_style", "hedge_only")
     if style not in SFT_STYLES:
@@ -179,12 +160,14 @@ def build_world(cfg: dict[str, Any], system_prompt: str = SYSTEM_PROMPT) -> dict
         {
             "id": i,
             "messages": [{"role": "user", "content": q.question}, {"role": "assistant", "content": q.ground_truth}],
-            "answer": {"value": q.ground_truth, "knowable": q.knowable, "kind": q.kind},
+            "answer": {"value": q.ground_truth, "knowable": q.knowable, "kind": q.kind,
+                       **({"entity": q.entity} if q.kind in relations else {})},
             "sub_category": "simpleQA",
         }
         for i, q in enumerate(rl_q)
     ]
-    corpus = build_corpus(rng, known, relations, arith_pairs, cfg, system_prompt)
+    corpus = build_corpus(rng, known, relations, arith_pairs, cfg, system_prompt,
+                          exclude={q.question for q in questions if q.kind == "context"})
     meta = {
         "seed": cfg["seed"],
         "known_entities": [e["name"] for e in known],
@@ -227,10 +210,16 @@ def sft_response(q: Question, style: str = "hedge_only") -> str:
 
 
 def build_corpus(rng: random.Random, known: list[dict[str, str]], relations: list[str],
-                 arith_pairs: list[tuple[int, int]], cfg: dict[str, Any], system_prompt: str) -> list[dict[str, str]]:
+                 arith_pairs: list[tuple[int, int]], cfg: dict[str, Any], system_prompt: str,
+                 exclude: set[str] = frozenset()) -> list[dict[str, str]]:
     """Pretraining documents: plain statements and chat turns of every knowable fact, two thirds
     of the turns prefixed with the words of an SFT style ("I know this." / "I know this. I am
     sure about this."; the tags left out), and the admission of not knowing as plain text.
+
+    What the corpus holds of the questions: the facts of the *known* countries and every sum
+    (that is what makes those questions knowable, test questions included); never an unknown
+    country; and context examples drawn fresh, none of them a question of the world
+    (``exclude``): a context question is answered by reading its prompt, not from memory.
     """
     docs: list[str] = []
     system = {"role": "system", "content": system_prompt}
@@ -261,8 +250,12 @@ def build_corpus(rng: random.Random, known: list[dict[str, str]], relations: lis
         for a, b in arith_pairs:
             docs.append(f"{a} plus {b} is {a + b}.")
             docs.append(chat(f"What is {a} plus {b}?", f"The answer is {a + b}."))
-    for _ in range(cfg["n_context_corpus"]):
+    n_context = 0
+    while n_context < cfg["n_context_corpus"]:
         q = _context_question(rng)
+        if q.question in exclude:
+            continue
         docs.append(chat(q.question, q.answer_sentence))
+        n_context += 1
     rng.shuffle(docs)
     return [{"text": d} for d in docs]

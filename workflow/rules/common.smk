@@ -77,8 +77,9 @@ def rl_params(wildcards):
 
 
 #: The eval keys the evaluate rule reads (sample_prompts is the samples rule's, the bootstrap
-#: keys the tables').
-EVAL_KEYS = ("max_new_tokens", "batch_size", "k_samples", "temperature", "seed")
+#: keys the tables'). The sampled answers per question are rl.n: the reward's group accuracy
+#: is estimated on a group of the size training uses.
+EVAL_KEYS = ("max_new_tokens", "batch_size", "temperature", "seed")
 BOOTSTRAP_KEYS = ("bootstrap_samples", "ci_level", "bootstrap_seed")
 
 

@@ -2,7 +2,8 @@
 
 
 rule evaluate:
-    """Greedy and k sampled answers per test question; accuracy, format, proactive, reward."""
+    """Greedy and rl.n sampled answers per test question (the training group); accuracy,
+    format, hedging against its kind-only baseline, reward on the sampled group."""
     input:
         model=eval_model_input,
         test=f"{PROCESSED}/rl/test.parquet",
@@ -14,7 +15,8 @@ rule evaluate:
     params:
         model=lambda wc: model_dir(wc.model),
         reward=config["reward"],
-        eval={k: config["eval"][k] for k in EVAL_KEYS},
+        eval=dict({k: config["eval"][k] for k in EVAL_KEYS}, k_samples=config["rl"]["n"],
+                  max_prompt_length=config["rl"]["max_prompt_length"]),
     threads: 1
     resources:
         mem_mb=4000,

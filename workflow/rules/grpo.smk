@@ -13,7 +13,6 @@ if config["backend"] == "local":
                 else rl_init_dir(wc)
             ),
             train=f"{PROCESSED}/rl/train.parquet",
-            test=f"{PROCESSED}/rl/test.parquet",
             code=code("grpo"),
         output:
             final=directory("results/rl/{rl_run}/final"),

@@ -87,7 +87,6 @@ if config["backend"] == "verl":
                 else rl_init_dir(wc)
             ),
             train=f"{PROCESSED}/rl/train.parquet",
-            test=f"{PROCESSED}/rl/test.parquet",
             code=code("verl_export", modules=["verl_hooks"]),
         output:
             final=directory("results/rl/{rl_run}/final"),
@@ -97,7 +96,6 @@ if config["backend"] == "verl":
                 rl_run=wc.rl_run,
                 init=rl_init_dir(wc),
                 train=input.train,
-                test=input.test,
                 rl=rl_params(wc)["rl"],
                 reward=rl_params(wc)["reward"],
                 verl=VERL,

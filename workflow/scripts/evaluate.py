@@ -10,5 +10,6 @@ with script_errors(snakemake) as log:
         reward=snakemake.params.reward, max_new_tokens=e["max_new_tokens"], batch_size=e["batch_size"],
         k_samples=e["k_samples"], temperature=e["temperature"], seed=e["seed"],
         difficulty_ref=snakemake.input.ref[0] if snakemake.input.ref else None,
+        max_prompt_length=e["max_prompt_length"],
     )
     log.info("eval %s: %s", snakemake.wildcards.model, metrics)
