@@ -19,16 +19,6 @@ MED_SFT = dict(
 )
 MED_MERGE = MED["sft"].get("merge_checkpoint", config["sft"]["merge_checkpoint"])
 MED_TAGS = ["think" if t else "nothink" for t in MED["with_thinking"]]
-if TINY:
-    # the tiny base is pretrained on windows of seq_len tokens: positions past them are untrained.
-    # (med_sft stops on a row longer than the window, the positions or sft.max_length.)
-    _window = dict(config["model"]["pretrain"], **MED["pretrain"])["seq_len"]
-    _positions = dict(config["model"]["tiny"], **MED["tiny"])["max_position_embeddings"]
-    if _window > _positions:
-        raise WorkflowError(f"Invalid config: 'med.pretrain.seq_len' = {_window} is longer than the tiny base's "
-                            f"positions, 'med.tiny.max_position_embeddings' = {_positions}")
-
-
 def med_run(tag, seed):
     return f"{MED['run_name']}-{tag}-seed{seed}"
 
