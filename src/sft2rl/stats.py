@@ -186,11 +186,11 @@ def kind_only_false_hedge_rate(arrays: dict[str, np.ndarray], idx: np.ndarray, r
     with np.errstate(invalid="ignore", divide="ignore"):
         need = recall * tot_u  # unknowable questions the policy must hedge on
         cu = np.cumsum(unk, axis=1) - unk  # hedged before each group
-        ck = np.cumsum(kno, axis=1) - kno
-        frac = np.clip((need[:, None] - cu) / unk, 0.0, 1.0)  # share of each group hedged
-        frac = np.where(unk > 0, frac, (need[:, None] > cu).astype(float))  # groups without unknowable: once done
-        # a group is entered only while recall is still short; then it is hedged at frac
-        hedged_k = (np.where(need[:, None] > cu, frac, 0.0) * kno).sum(axis=1)
+        # share of each group hedged: 0 once the recall is reached; a group without an
+        # unknowable question is passed through whole while the recall is still short
+        frac = np.clip((need[:, None] - cu) / unk, 0.0, 1.0)
+        frac = np.where(unk > 0, frac, (need[:, None] > cu).astype(float))
+        hedged_k = (frac * kno).sum(axis=1)
         out = hedged_k / tot_k
     out[(tot_k == 0) | (tot_u == 0) | np.isnan(recall)] = np.nan
     return out
