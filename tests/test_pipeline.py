@@ -394,12 +394,17 @@ def test_killed_anywhere_and_rerun_gives_the_same_tables(finished, tmp_path):
     survived = []
     for name, marker, signals in KILL_POINTS:
         subprocess.run(unlock, capture_output=True, cwd=work, check=True)
-        proc = subprocess.Popen(run, cwd=work, start_new_session=True, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True)
+        # stderr to a file, not a pipe: nobody reads a pipe while the workflow runs, and a full
+        # pipe blocks every job that writes to it (the marker would then never appear)
+        err = tmp_path / f"killed-{len(survived)}.stderr"
+        with open(err, "w") as err_f:
+            proc = subprocess.Popen(run, cwd=work, start_new_session=True, stdout=subprocess.DEVNULL,
+                                    stderr=err_f, text=True)
         deadline = time.time() + 900
         while not (work / marker).exists() and proc.poll() is None and time.time() < deadline:
             time.sleep(0.01)
-        assert proc.poll() is None, f"kill point '{name}': the workflow ended first: {proc.stderr.read()[-3000:]}"
+        assert proc.poll() is None, f"kill point '{name}': the workflow ended first: {err.read_text()[-3000:]}"
+        assert (work / marker).exists(), f"kill point '{name}': no {marker} after 900 s: {err.read_text()[-3000:]}"
         for sig in signals:
             os.killpg(proc.pid, getattr(signal, sig))
             time.sleep(0.3)
