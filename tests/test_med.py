@@ -99,6 +99,21 @@ def test_clinic_is_deterministic_with_overlapping_profiles_and_partial_records()
         clinic.generate_cases(a, dict(WORLD, cases={"train": 1, "val": 1, "test": 2}), key=lambda c: "the same")
 
 
+def test_more_training_cases_leave_the_held_out_cases_as_they_are():
+    """Test cases are drawn first, then validation, then train: raising med.world.cases.train
+    (the SFT recipe's data lever) changes only the train split, so tables measured with more
+    training cases stand on the same held-out consultations."""
+    a = clinic.build_clinic(WORLD)
+    small = clinic.generate_cases(a, WORLD)
+    large = clinic.generate_cases(a, dict(WORLD, cases=dict(WORLD["cases"], train=3 * WORLD["cases"]["train"])))
+    held = [c for c in small if c["split"] != "train"]
+    assert held == [c for c in large if c["split"] != "train"]
+    train_small = [c["key"] for c in small if c["split"] == "train"]
+    train_large = [c["key"] for c in large if c["split"] == "train"]
+    assert train_large[:len(train_small)] == train_small and len(train_large) == 3 * len(train_small)
+    assert not {c["key"] for c in held} & set(train_large)
+
+
 def test_corpus_holds_the_knowledge_and_no_case(clinic_files):
     out, _ = clinic_files
     world = json.loads((out / "world.json").read_text())
