@@ -82,6 +82,51 @@ def test_loss_mask_last_turn_only(base_dir):
         encode_conversation(tok, msgs, max_length=512, loss_turns="first")
 
 
+def test_shared_prefix_gives_the_loss_and_gradient_of_the_whole_rows(base_dir):
+    """Rows that start alike (a constant instruction) compute the prefix once: the loss and every
+    LoRA gradient equal one forward pass over the whole rows; rows of different lengths, a
+    prefix cut before the first label, and rows with too little in common take the plain pass."""
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sft2rl.sft import collate, lora_config, masked_lm_loss, shared_prefix_length
+
+    tok = AutoTokenizer.from_pretrained(base_dir)
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir),
+                           lora_config({"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"}, tok, []))
+    for name, p in model.named_parameters():  # LoRA B starts at zero: give every gradient a path
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.05)
+    instruction = "You answer questions about the world. Answer with the fact and nothing else, please."
+    rows = [[{"role": "system", "content": instruction}, {"role": "user", "content": q},
+             {"role": "assistant", "content": a}]
+            for q, a in (("What is 3 plus 9?", "12"), ("And 4 plus 8 plus 1?", "It is 13."), ("Say two.", "2"))]
+    batch = collate([encode_conversation(tok, r, 512, "last") for r in rows], tok.pad_token_id)
+    n = shared_prefix_length(batch)
+    assert n >= 16 and (batch["labels"][:, :n + 1] == IGNORE).all()
+    assert len(set(batch["attention_mask"].sum(1).tolist())) == 3     # right padding is exercised
+
+    def loss_and_grads(shared: bool):
+        model.zero_grad()
+        model.is_gradient_checkpointing = not shared                   # checkpointing turns the prefix off
+        loss, count = masked_lm_loss(model, batch)
+        loss.backward()
+        return loss.detach(), count, {k: p.grad.clone() for k, p in model.named_parameters() if p.requires_grad}
+
+    (l1, c1, g1), (l2, c2, g2) = loss_and_grads(True), loss_and_grads(False)
+    del model.is_gradient_checkpointing
+    assert c1 == c2 > 0 and torch.allclose(l1, l2, rtol=1e-5)
+    assert g1.keys() == g2.keys() and len(g1) > 0
+    for k in g1:
+        assert torch.allclose(g1[k], g2[k], rtol=1e-4, atol=1e-6), k
+    one = collate([encode_conversation(tok, rows[0], 512, "last")], tok.pad_token_id)
+    assert shared_prefix_length(one) == 0
+    other = [[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}], rows[0]]
+    assert shared_prefix_length(collate([encode_conversation(tok, r, 512, "last") for r in other],
+                                        tok.pad_token_id)) == 0
+
+
 def test_best_checkpoint_refuses_the_loss_before_training():
     from sft2rl.sft import checkpoint_epoch
 
