@@ -165,11 +165,39 @@ def test_default_splits_share_no_solver_path_state(tmp_path, history):
     docs = {}
     for env in games["envs"]:
         data.write_game_data(env, games, tmp_path / env)
-        docs[env] = data.corpus_texts(data.read_levels(tmp_path / env / "levels.jsonl"), games)
+        docs[env] = data.corpus_texts(data.read_levels(tmp_path / env / "levels.jsonl"), games,
+                                      games["corpus"]["levels_per_document"])
     corpus = [d for env in games["envs"] for d in docs[env]]
     for env in games["envs"]:
         counts = assert_held_out(tmp_path / env, corpus, games["render"])
         assert counts["test"] >= games["counts"]["test"] and counts["train"] > counts["val"] > 0
+
+
+@pytest.mark.parametrize("style", ["reference", "spaced"])
+def test_cell_tokens_read_each_cell_as_one_token_and_round_trip(levels, style):
+    """games.tiny.cell_tokens: the games' tokenizer reads every cell of the reference rendering
+    as one token (the symbol with its spacing and tab), and decodes the prompt back to the very
+    text a real model reads; several levels per corpus document keep one instruction each."""
+    from sft2rl.model import build_tokenizer
+
+    env, levels = levels
+    games = dict(copy.deepcopy(CFG), render=style)
+    docs = data.corpus_texts(levels, games, levels_per_document=4)
+    train = [lv for lv in levels if lv["split"] == "train"]
+    assert len(docs) == -(-len(train) // 4) and all(d.count("Answers: <answer>") == 1 for d in docs)
+    added = ("<answer>", "</answer>") + tuple(prompts.cell_tokens(style))
+    tok = build_tokenizer(docs, 512, added)
+    cell_ids = {tok.convert_tokens_to_ids(t) for t in prompts.cell_tokens(style)}
+    assert len(cell_ids) == len(set(sokoban.SYMBOLS) | set(frozenlake.SYMBOLS))
+    for lv in levels[:20]:
+        r = data.rules(env, lv["grid"])
+        shown = r.grid(plan_states(r, lv["solution"])[0])
+        ids = tok.encode(prompts.render(shown, style), add_special_tokens=False)
+        cells = sum(len(row) for row in shown)
+        assert sum(i in cell_ids for i in ids) == cells and len(ids) == cells + len(shown) - 1
+        msgs = data.level_rows(lv, games)[0]["prompt"]
+        text = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        assert tok.decode(tok.encode(text, add_special_tokens=False)) == text
 
 
 # ------------------------------------------------------------------ Sokoban rules (hand-made rooms)

@@ -4,6 +4,7 @@
 #   best checkpoint -> the merged model, the base, a random policy and BFS play the test levels
 #   snakemake --cores all results/games/sft_eval.csv
 from sft2rl.tasks.games import ENVS as GAME_ENVS_ALL
+from sft2rl.tasks.games.prompts import cell_tokens as game_cell_tokens
 
 GAMES = config["games"]
 GAME_ENVS = GAMES["envs"]
@@ -107,6 +108,7 @@ rule game_corpus:
         f"{GAME_DATA}/corpus.jsonl",
     params:
         games={env: game_cfg(env) for env in GAME_ENVS},
+        levels_per_document=GAMES["corpus"]["levels_per_document"],
     threads: 1
     conda:
         "../../envs/local.yaml"
@@ -131,7 +133,8 @@ if TINY:
             tiny=dict(config["model"]["tiny"], **GAMES["tiny"]),
             pretrain=dict(config["model"]["pretrain"], **GAMES["pretrain"]),
             tensorboard="results/games/models/tensorboard/base",
-            added_tokens=["<think>", "</think>", "<answer>", "</answer>"],
+            added_tokens=["<think>", "</think>", "<answer>", "</answer>"]
+            + (game_cell_tokens(GAMES["render"]) if GAMES["tiny"].get("cell_tokens") else []),
         threads: 2
         resources:
             mem_mb=4000,

@@ -154,30 +154,40 @@ def split_rows(levels: list[dict[str, Any]], cfg: dict[str, Any], split: str) ->
     return rows
 
 
-def played_out(level: dict[str, Any], style: str, header: str) -> str:
-    """A level played out in plain text: ``header``, the grids along the solver's plan with the
-    move between them ("Move: Up"), then "Solved."."""
+def played_out(level: dict[str, Any], style: str) -> str:
+    """A level played out in plain text: the grids along the solver's plan with the move
+    between them ("Move: Up"), then "Solved."."""
     env = level["env"]
     r = rules(env, level["grid"])
     grids = [render(r.grid(s), style) for s in plan_states(r, level["solution"])]
-    parts = [header, grids[0]]
+    parts = [grids[0]]
     for action, grid in zip(level["solution"], grids[1:]):
         parts += [f"Move: {action}", grid]
     return "\n".join(parts + ["Solved."])
 
 
-def corpus_texts(levels: list[dict[str, Any]], cfg: dict[str, Any]) -> list[str]:
-    """Pretraining documents for the embedded base: each *train* level played out in plain text,
-    headed by the game's instruction.
+def corpus_texts(levels: list[dict[str, Any]], cfg: dict[str, Any], levels_per_document: int = 1) -> list[str]:
+    """Pretraining documents for the embedded base: the *train* levels played out in plain text,
+    ``levels_per_document`` levels (in seed order) under one copy of the game's instruction.
 
-    The base learns to read grids, the rules and good moves. Every document starts with the
+    The base learns to read grids, the rules and good moves. Each document starts with the
     instruction, so the base sees its answer line (``Answers: <answer> Up </answer> | …``) and
     with it the ``<answer>`` tags; it never sees the chat format, the format line ("Reply as
-    …") or a reply, which SFT teaches. No validation or test level appears, nor any state of
-    their solver paths (the splits are disjoint by path state, :func:`generate_levels`).
+    …") or a reply, which SFT teaches. With one level per document the instruction is most of
+    the corpus (a level's play is a few grids); more levels per document spend the
+    pretraining tokens on play. No validation or test level appears, nor any state of their
+    solver paths (the splits are disjoint by path state, :func:`generate_levels`).
     """
-    return [played_out(lv, cfg["render"], instruction(lv["env"], bool(cfg[lv["env"]].get("slippery", False))) + "\n")
-            for lv in levels if lv["split"] == "train"]
+    if levels_per_document < 1:
+        raise ValueError(f"levels_per_document {levels_per_document}: expected >= 1")
+    train = [lv for lv in levels if lv["split"] == "train"]
+    docs = []
+    for start in range(0, len(train), levels_per_document):
+        group = train[start:start + levels_per_document]
+        env = group[0]["env"]
+        header = instruction(env, bool(cfg[env].get("slippery", False)))
+        docs.append("\n\n".join([header] + [played_out(lv, cfg["render"]) for lv in group]))
+    return docs
 
 
 def write_game_data(env: str, cfg: dict[str, Any], out_dir: str | Path) -> dict[str, int]:

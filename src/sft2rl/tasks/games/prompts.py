@@ -13,13 +13,17 @@ that states the solver's remaining plan.
 
 Render styles: ``reference`` writes each cell as ``" c \\t"`` (the reference); ``spaced``
 writes each cell as ``" c"`` (half the tokens for a byte-level BPE). Rows are joined by
-newlines in both.
+newlines in both. :func:`cell_tokens` lists the text of every cell of a style, one token
+each in the games' tiny tokenizer (``games.tiny.cell_tokens``): the prompt text stays the
+reference's, only the embedded model reads it one token per cell.
 """
 from __future__ import annotations
 
 import re
 
 from . import ACTIONS
+from .frozenlake import SYMBOLS as FROZENLAKE_SYMBOLS
+from .sokoban import SYMBOLS as SOKOBAN_SYMBOLS
 
 SYSTEM = "You are a helpful assistant."
 DECIDE = "Decide the next action:"
@@ -59,6 +63,12 @@ def render(grid: list[str], style: str) -> str:
     if style == "spaced":
         return "\n".join("".join(f" {ch}" for ch in row) for row in grid)
     raise ValueError(f"render style {style!r}: expected one of {list(RENDER_STYLES)}")
+
+
+def cell_tokens(style: str) -> list[str]:
+    """The text of every grid cell of ``style`` (each symbol of either game with its spacing)."""
+    symbols = dict.fromkeys(SOKOBAN_SYMBOLS + FROZENLAKE_SYMBOLS)  # ordered, no repeats
+    return [render([ch], style) for ch in symbols]
 
 
 def instruction(env: str, slippery: bool = False) -> str:
