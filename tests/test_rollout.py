@@ -81,6 +81,30 @@ def test_greedy_tokens_identical_to_generate(eos_model):
     assert (mask.sum(1).unique().numel() > 1), "prompts of different lengths: left padding is exercised"
 
 
+def test_shared_instruction_is_prefilled_once_with_the_same_tokens(eos_model, monkeypatch):
+    """Prompts that start with the same instruction (the games' and the doctor's) prefill it once:
+    greedy tokens stay those of ``generate``; sampled tokens and log-probs those of the engine
+    without the shared prefill, for groups of n rows per prompt."""
+    model, tok = eos_model
+    system = {"role": "system", "content": "You play a game. Read the grid, then answer with one action "
+                                           "between answer tags and nothing else. Rewards follow."}
+    prompts = [[system, *p] for p in PROMPTS]
+    ids, mask = encode_prompts(tok, prompts, None, "cpu")
+    c = rollout.shared_prompt_prefix(ids, mask)
+    assert c >= rollout.MIN_SHARED_PROMPT and mask.sum(1).unique().numel() > 1
+    ref = _hf(model, tok, ids, mask, max_new_tokens=30, do_sample=False)
+    out, lp = _lean(model, tok, ids, mask, max_new_tokens=30, do_sample=False)
+    assert torch.equal(out, ref[:, :out.shape[1]]) and (ref[:, out.shape[1]:] == tok.pad_token_id).all()
+    rids, rmask = ids.repeat_interleave(3, 0), mask.repeat_interleave(3, 0)
+    shared = _lean(model, tok, rids, rmask, seed=3, n=3, max_new_tokens=30, do_sample=True, temperature=0.8)
+    monkeypatch.setattr(rollout, "MIN_SHARED_PROMPT", 10**6)
+    assert rollout.shared_prompt_prefix(ids, mask) == 0
+    plain = _lean(model, tok, rids, rmask, seed=3, n=3, max_new_tokens=30, do_sample=True, temperature=0.8)
+    assert torch.equal(shared[0], plain[0])
+    assert torch.allclose(shared[1], plain[1], atol=1e-5)
+    assert rollout.shared_prompt_prefix(ids[:1], mask[:1]) == 0
+
+
 @pytest.mark.parametrize("temperature,top_p", [(1.0, 1.0), (0.7, 1.0), (1.0, 0.8)])
 def test_sampled_tokens_identical_to_generate_for_the_same_seed(eos_model, temperature, top_p):
     """In match_generate mode the engine draws from the RNG exactly as generate does

@@ -6,7 +6,8 @@ and row), and spends a small model's decode step in per-token Python (cache obje
 construction, logits processors, stopping criteria). This engine runs the model's own
 modules (so LoRA layers, autocast and any dtype work unchanged) in a plain loop:
 
-- one prefill per distinct prompt, its cache copied to the prompt's ``n`` rows;
+- one prefill per distinct prompt, its cache copied to the prompt's ``n`` rows; the tokens
+  every prompt starts with (a task's instruction) are prefilled once for the whole batch;
 - a preallocated KV cache per layer, written in place (no concatenation per token);
 - the rotary tables computed once by the model's own rotary module;
 - a row finishes at any of its stop ids (:func:`sft2rl.generation.stop_token_ids`: EOS and
@@ -180,6 +181,44 @@ def _sample(logits: torch.Tensor, do_sample: bool, temperature: float, top_p: fl
     return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_(max=cdf.shape[1] - 1)
 
 
+#: a common prompt start shorter than this is prefilled with the rest
+MIN_SHARED_PROMPT = 16
+
+
+def shared_prompt_prefix(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> int:
+    """Tokens every left-padded prompt starts with (its real tokens), keeping at least one
+    token of each prompt after them; 0 for one prompt or a start shorter than
+    :data:`MIN_SHARED_PROMPT`."""
+    if prompt_ids.shape[0] < 2:
+        return 0
+    lengths = prompt_mask.long().sum(dim=1)
+    shortest = int(lengths.min())
+    p = prompt_ids.shape[1]
+    starts = p - lengths                                        # first real token of each row
+    idx = starts[:, None] + torch.arange(shortest, device=prompt_ids.device)[None]
+    real = prompt_ids.gather(1, idx)                            # (B, shortest): each row's first tokens
+    same = (real == real[:1]).all(dim=0).long().cumprod(0)
+    c = min(int(same.sum()), shortest - 1)
+    return c if c >= MIN_SHARED_PROMPT else 0
+
+
+def _prefix_first(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, c: int, pad_token_id: int):
+    """The layout [shared prefix (c) | each row's rest, left-padded]: same width, the padding
+    moved after the prefix."""
+    b, p = prompt_ids.shape
+    lengths = prompt_mask.long().sum(dim=1)
+    starts = p - lengths
+    ids = torch.full_like(prompt_ids, pad_token_id)
+    mask = torch.zeros_like(prompt_mask)
+    ids[:, :c] = prompt_ids[0, p - int(lengths[0]):p - int(lengths[0]) + c]
+    mask[:, :c] = 1
+    for i in range(b):                                          # the rest of row i, right-aligned
+        rest = prompt_ids[i, int(starts[i]) + c:]
+        ids[i, p - rest.shape[0]:] = rest
+        mask[i, p - rest.shape[0]:] = 1
+    return ids, mask
+
+
 @torch.no_grad()  # not inference_mode: the returned ids feed the training forward
 def decode(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, max_new_tokens: int,
            stop_token_ids: int | Iterable[int] | None = None, pad_token_id: int, do_sample: bool,
@@ -224,9 +263,27 @@ def decode(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, max_ne
     cos_all, sin_all = m.model.rotary_emb(probe, positions)
     cos_all, sin_all = cos_all[0], sin_all[0]                       # (L, D)
 
-    mask = prompt_mask.bool()
-    pos, prefill_mask = prompt_layout(prompt_mask)
-    h = _forward(m, prompt_ids, cos_all[pos], sin_all[pos], cache, 0, prefill_mask)
+    c = shared_prompt_prefix(prompt_ids, prompt_mask)
+    if c:  # the prompts' common start (a task's instruction) is prefilled once, for every row
+        prompt_ids, prompt_mask = _prefix_first(prompt_ids, prompt_mask, c, pad_token_id)
+        one = _Cache(len(m.model.layers), 1, n_kv, c, head_dim, dtype, device)
+        _forward(m, prompt_ids[:1, :c], cos_all[None, :c], sin_all[None, :c], one, 0,
+                 torch.ones(c, c, dtype=torch.bool, device=device).tril()[None, None])
+        for i in range(len(one.k)):
+            cache.k[i][:, :, :c] = one.k[i]
+            cache.v[i][:, :, :c] = one.v[i]
+        mask = prompt_mask.bool()
+        suffix = mask[:, c:]
+        pos = c + (suffix.long().cumsum(dim=1) - 1).clamp(min=0)
+        s_len = p - c
+        causal = torch.ones(s_len, s_len, dtype=torch.bool, device=device).tril()
+        own = (causal & suffix[:, None, :]) | torch.eye(s_len, dtype=torch.bool, device=device)
+        prefill_mask = torch.cat([torch.ones(own.shape[0], s_len, c, dtype=torch.bool, device=device), own], dim=2)
+        h = _forward(m, prompt_ids[:, c:], cos_all[pos], sin_all[pos], cache, c, prefill_mask[:, None])
+    else:
+        mask = prompt_mask.bool()
+        pos, prefill_mask = prompt_layout(prompt_mask)
+        h = _forward(m, prompt_ids, cos_all[pos], sin_all[pos], cache, 0, prefill_mask)
     last_pos = pos[:, -1]
     if n > 1:
         rep = torch.arange(b // n, device=device).repeat_interleave(n)
