@@ -357,5 +357,7 @@ def test_shared_prefix_equals_the_full_forward(tiny_base, lora):
     sp.backward()
     m = rmask.bool()
     assert torch.allclose(logp_shared[m], logp_full.detach()[m], atol=1e-5)
-    for p, gf in zip(params, grads_full):
-        assert p.grad is not None and torch.allclose(p.grad, gf, rtol=1e-4, atol=1e-6)
+    for p, gf in zip(params, grads_full):  # fp32 sums in another order: within 1e-6 of the gradient's scale
+        assert p.grad is not None
+        assert float((p.grad - gf).abs().max()) <= 1e-6 * max(1.0, float(gf.abs().max())), (
+            float((p.grad - gf).abs().max()), float(gf.abs().max()))
