@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from sft2rl import TAG_TOKENS
+from sft2rl.errors import ConfigError
 from sft2rl.io import write_parquet
 from sft2rl.merge import MergeError, merge_adapter
 from sft2rl.sft import IGNORE, choose_checkpoint, encode_conversation, train_sft
@@ -211,6 +212,34 @@ def test_merge_refuses_untrained_adapter_and_run_dir(sft_run, base_dir, tmp_path
     run, _ = sft_run
     with pytest.raises(MergeError, match="not a run directory"):
         merge_adapter(str(base_dir), str(run), str(tmp_path / "out2"))
+
+
+def test_full_fine_tuning_trains_every_weight_and_exports_verified(world, base_dir, tmp_path):
+    """sft.train_mode: full: every weight trains, each checkpoint is a whole model; the merge
+    stage exports it with the same guards (trained, the written model computes its logits)
+    and refuses a checkpoint that equals its base."""
+    from transformers import AutoModelForCausalLM
+
+    rows = [{"messages": r["messages"], "id": r["id"]} for r in world["sft_rows"]]
+    write_parquet(tmp_path / "train.parquet", rows[:16])
+    write_parquet(tmp_path / "val.parquet", rows[16:24])
+    cfg = dict(SFT_CFG, train_mode="full", epochs=1, lr=1e-3)
+    metrics = train_sft(str(base_dir), str(tmp_path / "train.parquet"), str(tmp_path / "val.parquet"),
+                        str(tmp_path / "run"), cfg)
+    base = AutoModelForCausalLM.from_pretrained(base_dir)
+    assert metrics["trainable_params"] == sum(p.numel() for p in base.parameters())
+    assert metrics["epochs"][0]["val_loss"] < metrics["initial_val_loss"]
+    ckpt = tmp_path / "run" / "checkpoints" / "epoch_1"
+    assert (ckpt / "config.json").is_file() and not (ckpt / "adapter_config.json").exists()
+    report = merge_adapter(str(base_dir), str(ckpt), str(tmp_path / "merged"))
+    assert report["verified"] and report["train_mode"] == "full" and report["max_weight_delta"] > 0
+    assert report["changed_weights"] == len(base.state_dict())
+    with pytest.raises(MergeError, match="untrained"):
+        merge_adapter(str(base_dir), str(base_dir), str(tmp_path / "same"))
+    assert not (tmp_path / "same").exists()
+    with pytest.raises(ConfigError, match="sft.train_mode"):
+        train_sft(str(base_dir), str(tmp_path / "train.parquet"), str(tmp_path / "val.parquet"),
+                  str(tmp_path / "bad"), dict(cfg, train_mode="qlora"))
 
 
 def test_train_tokens_are_given_as_text(base_dir):

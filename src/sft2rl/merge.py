@@ -5,6 +5,10 @@ Guards against the known failures of the reference tools: writing the unmerged b
 that does not compute base+adapter (its logits, reloaded from disk, must equal the
 adapter model's on a probe batch), merging a run directory instead of a checkpoint, and
 an existing output folder (replaced atomically).
+
+A checkpoint of full fine-tuning (``sft.train_mode: full``: a whole HF model, no adapter) is
+exported with the same guards: it must differ from the base (an untrained checkpoint is
+refused), and the written model must compute the checkpoint's logits.
 """
 from __future__ import annotations
 
@@ -47,6 +51,8 @@ def merge_adapter(base: str, adapter: str, out_dir: str, atol: float = 1e-4) -> 
 
     adapter_path = Path(adapter)
     if not (adapter_path / "adapter_config.json").is_file():
+        if (adapter_path / "config.json").is_file():  # full fine-tuning: the checkpoint is the model
+            return export_full(base, adapter, out_dir, atol)
         raise MergeError(f"{adapter_path}: no adapter_config.json; pass a checkpoint directory, not a run directory")
     device = torch.device("cpu")
     tokenizer = AutoTokenizer.from_pretrained(adapter if (adapter_path / "tokenizer_config.json").exists() else base)
@@ -92,4 +98,46 @@ def merge_adapter(base: str, adapter: str, out_dir: str, atol: float = 1e-4) -> 
         write_json(Path(tmp) / "merge_report.json", report)
     LOG.info("merged %s into %s: %d target weights changed (max |dW| %.3g), logits match within %.2g",
              adapter, out_dir, len(targets), max_delta, diff)
+    return report
+
+
+def export_full(base: str, checkpoint: str, out_dir: str, atol: float = 1e-4) -> dict[str, Any]:
+    """A fully fine-tuned checkpoint -> ``out_dir``, verified: trained (some weight differs from
+    ``base``), and the written model computes the checkpoint's logits."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .generation import stop_token_ids
+
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
+    base_state = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).state_dict()
+    state = model.state_dict()
+    if state.keys() != base_state.keys() or any(state[k].shape != base_state[k].shape for k in state):
+        raise MergeError(f"checkpoint {checkpoint} does not have the shape of its base {base}")
+    changed = [k for k in state if not torch.equal(state[k], base_state[k])]
+    if not changed:
+        raise MergeError(f"checkpoint {checkpoint} equals its base {base}: it is untrained")
+    max_delta = max(float((state[k] - base_state[k]).abs().max()) for k in changed)
+    batch = _probe_batch(tokenizer, torch.device("cpu"))
+    with torch.no_grad():
+        ref_logits = model(**batch).logits
+    model.generation_config.eos_token_id = stop_token_ids(model, tokenizer)
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        reloaded = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32).eval()
+        with torch.no_grad():
+            diff = float((reloaded(**batch).logits - ref_logits).abs().max())
+        scale = float(ref_logits.abs().max())
+        if diff > atol * max(1.0, scale):
+            raise MergeError(f"exported model's logits differ from the checkpoint's by {diff:.3g}; refusing to "
+                             f"write {out_dir}")
+        report = {"base": str(base), "checkpoint": str(checkpoint), "train_mode": "full",
+                  "changed_weights": len(changed), "max_weight_delta": max_delta, "max_logit_diff": diff,
+                  "logit_scale": scale, "verified": True}
+        write_json(Path(tmp) / "merge_report.json", report)
+    LOG.info("exported %s to %s: %d weights changed (max |dW| %.3g), logits match within %.2g",
+             checkpoint, out_dir, len(changed), max_delta, diff)
     return report

@@ -1,4 +1,9 @@
-"""LoRA SFT, local backend: transformers + peft with our own training loop.
+"""SFT, local backend: transformers + peft with our own training loop.
+
+``sft.train_mode``: ``lora`` (the default; each checkpoint is a peft adapter) or ``full``
+(every weight trains; each checkpoint is a whole HF model, what suits a tiny base whose
+adapters cannot reach the capacity a policy needs). :func:`sft2rl.merge.merge_adapter`
+exports either, verified.
 
 A killed job resumes: after each epoch the run's full training state (trainable weights,
 optimizer, scheduler, data-order and torch RNG states, history) is saved under
@@ -247,6 +252,9 @@ def train_sft(base: str, train_file: str, val_file: str, out_dir: str, cfg: dict
     from .resume import prepare_run_dir
 
     out = Path(out_dir)
+    train_mode = cfg.get("train_mode", "lora")
+    if train_mode not in ("lora", "full"):
+        raise ConfigError(f"config key 'sft.train_mode' = {train_mode!r}: expected lora or full")
     set_seed(cfg["seed"])
     device = pick_device()
     model, tokenizer = load_model(base, device, train_dtype(device))
@@ -272,7 +280,8 @@ def train_sft(base: str, train_file: str, val_file: str, out_dir: str, cfg: dict
     if cfg["gradient_checkpointing"]:
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()
-    model = get_peft_model(model, lora_config(cfg["lora"], tokenizer, cfg["train_tokens"]))
+    if train_mode == "lora":  # full: every weight trains, each checkpoint is a whole model
+        model = get_peft_model(model, lora_config(cfg["lora"], tokenizer, cfg["train_tokens"]))
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
     LOG.info("SFT: %d train rows, %d val rows (longest %d tokens; limit %d: %s; over it and left out: %s); "

@@ -218,9 +218,10 @@ def sft_overrides(*, base: str, train: str, val: str, run_dir: str, run_name: st
         _kv("data.max_length", sft["max_length"]),
         _kv("data.truncation", "error"),  # a row over max_length stops the job (never cut), as the local backend
         _kv("model.path", base),
-        _kv("model.lora_rank", lora["r"]),
-        _kv("model.lora_alpha", _alpha(lora["alpha"], "sft.lora.alpha")),
-        _kv("model.target_modules", _target_modules(lora["target_modules"])),
+        *([_kv("model.lora_rank", lora["r"]),
+           _kv("model.lora_alpha", _alpha(lora["alpha"], "sft.lora.alpha")),
+           _kv("model.target_modules", _target_modules(lora["target_modules"]))]
+          if sft.get("train_mode", "lora") == "lora" else [_kv("model.lora_rank", 0)]),
         _kv("model.enable_gradient_checkpointing", sft["gradient_checkpointing"]),
         _kv("optim.lr", sft["lr"]),
         _kv("optim.lr_scheduler_type", sft["lr_scheduler"]),
@@ -287,7 +288,7 @@ def sft_command(*, sft_run: str, base: str, train: str, val: str, sft: dict[str,
 
 
 def merge_command(*, sft_run: str, which: str, base: str, out_dir: str, code_root: str,
-                  run_dir: str | None = None) -> str:
+                  run_dir: str | None = None, train_mode: str = "lora") -> str:
     """Shell lines of the ``merge`` rule: pick the step, verl's merger, then our verified LoRA fold-in."""
     run_dir = run_dir or f"results/sft/{sft_run}"
     script = f"{code_root}/workflow/scripts/verl_export.py"
@@ -299,7 +300,7 @@ def merge_command(*, sft_run: str, which: str, base: str, out_dir: str, code_roo
         _cmd(["python", "-m", "verl.model_merger", "merge", "--backend", "fsdp",
               "--local_dir", "$SFT2RL_STEP", "--target_dir", target]),
         _cmd(["python", script, "fold", "--merger-dir", target, "--base", base, "--out", out_dir,
-              "--which", str(which), "--step-dir", "$SFT2RL_STEP"]),
+              "--which", str(which), "--step-dir", "$SFT2RL_STEP", "--train-mode", train_mode]),
         _cmd(["rm", "-rf", target]),  # the merger's full bf16 copy, no longer needed
     ])
 

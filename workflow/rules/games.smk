@@ -269,6 +269,7 @@ if config["backend"] == "verl":
                 base=GAME_BASE,
                 out_dir=output[0],
                 code_root=CODE_ROOT,
+                train_mode=GAME_SFT.get("train_mode", "lora"),
             ),
         threads: 2
         resources:

@@ -294,6 +294,7 @@ if config["backend"] == "verl":
                 base=MED_BASE,
                 out_dir=output[0],
                 code_root=CODE_ROOT,
+                train_mode=MED_SFT.get("train_mode", "lora"),
             ),
         threads: 2
         resources:

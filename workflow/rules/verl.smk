@@ -63,6 +63,7 @@ if config["backend"] == "verl":
                 base=BASE_DIR,
                 out_dir=output[0],
                 code_root=CODE_ROOT,
+                train_mode=config["sft"].get("train_mode", "lora"),
             ),
         threads: 2
         resources:

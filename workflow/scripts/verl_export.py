@@ -3,6 +3,7 @@
     verl_export.py sft-metrics --run-dir results/sft/<run>            # metrics.json from verl's checkpoints + TensorBoard
     verl_export.py choose-step --run-dir results/sft/<run> --which W   # prints the global_step_<N> dir to merge
     verl_export.py fold --merger-dir D --base B --out results/models/<run>/merged [--which W --step-dir S]
+                        [--train-mode lora|full]
     verl_export.py prepare-rl --run-dir R --init I --train T --config-hash H --max-prompt-length L
                               --train-batch B --epochs E [--total-steps S]   # restart guard + plan.json
     verl_export.py latest-step --checkpoints results/rl/<run>/checkpoints
@@ -39,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--which", default=None)
     p.add_argument("--step-dir", default=None)
+    p.add_argument("--train-mode", choices=["lora", "full"], default="lora")
     p = sub.add_parser("prepare-rl")
     p.add_argument("--run-dir", required=True)
     p.add_argument("--init", required=True)
@@ -73,9 +75,16 @@ def main(argv: list[str] | None = None) -> int:
                                                                  "reason": why})
             print(path)
         elif args.cmd == "fold":
-            report = vx.fold_lora(args.merger_dir, args.base, args.out)
-            log.info("verified merge into %s: %d LoRA-targeted weights changed (step %s, %s)", args.out,
-                     report["lora_targets"], args.step_dir, args.which)
+            if args.train_mode == "lora":
+                report = vx.fold_lora(args.merger_dir, args.base, args.out)
+                log.info("verified merge into %s: %d LoRA-targeted weights changed (step %s, %s)", args.out,
+                         report["lora_targets"], args.step_dir, args.which)
+            else:  # full fine-tuning: the merger's model is the policy, exported with the same checks
+                from sft2rl.merge import export_full
+
+                report = export_full(args.base, args.merger_dir, args.out)
+                log.info("verified export into %s: %d weights changed (step %s, %s)", args.out,
+                         report["changed_weights"], args.step_dir, args.which)
         elif args.cmd == "prepare-rl":
             plan = vx.prepare_rl_run(args.run_dir, init=args.init, train=args.train, config_hash=args.config_hash,
                                      max_prompt_length=args.max_prompt_length, train_batch=args.train_batch,
