@@ -10,7 +10,7 @@ action", teacher-forced, greedy) and greedy success on the 100 test levels, next
 
     python bench/games_levers.py --variant default '{}' \\
         --variant cells '{"tiny": {"cell_tokens": true}}' --envs frozenlake sokoban
-    -> bench/results/games_levers.csv (one row per variant and env, appended) and a table
+    -> bench/results/games_levers.csv (one row per variant and env, appended)
 
 A variant's JSON is merged key by key into the ``games`` section of config.yaml (``tiny``,
 ``corpus``, ``pretrain``, ``sft``, ``counts``, ...). Times are wall seconds on this
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
 import json
 import tempfile
 import time
@@ -53,8 +52,26 @@ def game_sft_cfg(config: dict, games: dict) -> dict:
                 **{k: v for k, v in games["sft"].items() if k != "merge_checkpoint"}, loss_turns="last")
 
 
+def base_move_rate(base: str, env: str, levels: list[dict], games: dict) -> float:
+    """The base's own policy in its corpus format: on every state of the test levels' solver
+    paths, the argmax over the four actions after "<grid>\\nMove:" starts a shortest plan."""
+    from sft2rl.tasks.games import ACTIONS
+
+    model, tok = load_model(base)
+    model.eval()
+    ids = [tok.encode(" " + a, add_special_tokens=False)[0] for a in ACTIONS]
+    hits = []
+    for lv, _, state, _, best in play.path_states(env, levels, games):
+        r = data.rules(env, lv["grid"])
+        text = "\n\n" + prompts.render(r.grid(state), games["render"]) + "\nMove:"
+        with torch.no_grad():
+            logits = model(torch.tensor([tok.encode(text, add_special_tokens=False)])).logits[0, -1]
+        hits.append(ACTIONS[int(torch.argmax(logits[ids]))] in best)
+    return sum(hits) / len(hits)
+
+
 def run_variant(name: str, over: dict, envs: list[str], config: dict, tmp: Path) -> list[dict]:
-    games = deep_merge(config["games"], over)
+    games = deep_merge(config["games"], {k: v for k, v in over.items() if k != "base_from"})
     work = tmp / name
     t0 = time.time()
     docs = []
@@ -71,16 +88,21 @@ def run_variant(name: str, over: dict, envs: list[str], config: dict, tmp: Path)
     if tiny.get("cell_tokens"):
         added += prompts.cell_tokens(games["render"])
     t0 = time.time()
-    stats = build_base(str(work / "corpus.jsonl"), str(work / "base"), tiny, pre, None, tuple(added))
+    base = str(work / "base")
+    if over.get("base_from"):  # another variant's base (same levels, corpus and tokenizer settings)
+        base = str(tmp / over["base_from"] / "base")
+        stats = json.loads((Path(base) / "pretrain_metrics.json").read_text())
+    else:
+        stats = build_base(str(work / "corpus.jsonl"), base, tiny, pre, None, tuple(added))
     t_base = time.time() - t0
     rows = []
     sft_cfg = dict(game_sft_cfg(config, games), seed=1)
     for env in envs:
         t0 = time.time()
         run = work / f"sft-{env}"
-        metrics = train_sft(str(work / "base"), str(work / env / "train.parquet"), str(work / env / "val.parquet"),
+        metrics = train_sft(base, str(work / env / "train.parquet"), str(work / env / "val.parquet"),
                             str(run), sft_cfg)
-        merge_adapter(str(work / "base"), str(choose_checkpoint(str(run), "best")), str(work / f"merged-{env}"))
+        merge_adapter(base, str(choose_checkpoint(str(run), "best")), str(work / f"merged-{env}"))
         t_sft = time.time() - t0
         t0 = time.time()
         model, tok = load_model(str(work / f"merged-{env}"))
@@ -93,7 +115,9 @@ def run_variant(name: str, over: dict, envs: list[str], config: dict, tmp: Path)
                             progress=False)
         summ = play.summarize(records)
         t_eval = time.time() - t0
+        move_rate = base_move_rate(base, env, levels, games)
         row = {"variant": name, "overrides": json.dumps(over, sort_keys=True), "env": env,
+               "base_move_rate": move_rate,
                "optimal_action_rate": acc["optimal_action_rate"], "chance": acc["chance_optimal_action_rate"],
                "greedy_success": summ["success"], "success_lo": summ["success_lo"], "success_hi": summ["success_hi"],
                "invalid_format": summ["invalid_format_rate"], "pretrain_loss": stats["final_loss"],
@@ -112,21 +136,21 @@ def main() -> None:
     ap.add_argument("--variant", nargs=2, action="append", metavar=("NAME", "JSON"), required=True)
     ap.add_argument("--envs", nargs="+", default=["frozenlake", "sokoban"])
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--keep", help="work directory to keep (bases, runs) instead of a temporary one")
     ap.add_argument("--out", default=str(RESULTS / "games_levers.csv"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    for name, spec in args.variant:
-        with tempfile.TemporaryDirectory() as tmp:
-            rows = run_variant(name, json.loads(spec), args.envs, config, Path(tmp))
-        new = not out.exists()
-        with out.open("a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            if new:
-                w.writeheader()
-            w.writerows(rows)
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = Path(args.keep or scratch)
+        for name, spec in args.variant:
+            rows = run_variant(name, json.loads(spec), args.envs, config, tmp)
+            import pandas as pd
+
+            earlier = pd.read_csv(out) if out.exists() else pd.DataFrame()
+            pd.concat([earlier, pd.DataFrame(rows)], ignore_index=True).to_csv(out, index=False, float_format="%.4g")
 
 
 if __name__ == "__main__":

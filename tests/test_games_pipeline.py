@@ -45,6 +45,7 @@ def test_games_table_rows_and_baselines(games_done):
         fits = [lv["optimal"] <= REDUCED_GAMES["eval"]["max_steps"] for lv in levels if lv["split"] == "test"]
         assert bfs["success"] == pytest.approx(sum(fits) / len(fits)) and sum(fits) >= len(fits) // 2
         assert bfs["steps_over_optimal"] == 1.0 and bfs["valid_action_rate"] == 1.0
+        assert bfs["timeout_rate"] == pytest.approx(1 - bfs["success"])  # it never loses: the rest time out
         assert bfs["optimal_action_rate"] == 1.0 and bfs["ci"] == "wilson"
         rnd = sub.loc[("random", "sampled")]
         assert rnd["valid_action_rate"] == 1.0 and rnd["invalid_format_rate"] == 0.0 and rnd["ci"] == "bootstrap-levels"

@@ -404,9 +404,11 @@ def checkpoint_epoch(metrics: dict[str, Any], which: str | int) -> int:
 
 
 def choose_checkpoint(run_dir: str, which: str | int) -> Path:
-    """The adapter checkpoint directory of the epoch ``which`` names (see :func:`checkpoint_epoch`)."""
+    """The checkpoint directory of the epoch ``which`` names (see :func:`checkpoint_epoch`): an
+    adapter (LoRA) or a whole model (``sft.train_mode: full``)."""
     metrics = json.loads((Path(run_dir) / "metrics.json").read_text())
     path = Path(run_dir) / "checkpoints" / f"epoch_{checkpoint_epoch(metrics, which)}"
-    if not (path / "adapter_config.json").is_file():
-        raise FileNotFoundError(f"{path}: no adapter_config.json (is this a step/epoch checkpoint directory?)")
+    if not any((path / f).is_file() for f in ("adapter_config.json", "config.json")):
+        raise FileNotFoundError(f"{path}: no adapter_config.json nor config.json (is this a step/epoch "
+                                "checkpoint directory?)")
     return path

@@ -208,6 +208,8 @@ def summarize(records: list[dict[str, Any]], *, ci_level: float = 0.95, bootstra
         "success_lo": lo, "success_hi": hi, "ci": method,
         "valid_action_rate": sum(r["valid"] for r in records) / replies if replies else float("nan"),
         "invalid_format_rate": 1 - sum(r["well_formed"] for r in records) / replies if replies else float("nan"),
+        # episodes that used every step without winning or losing (a loop of moves that change nothing)
+        "timeout_rate": sum(not r["won"] and not r["lost"] for r in records) / n if n else float("nan"),
         "mean_steps_solved": float(np.mean([r["steps"] for r in solved])) if solved else float("nan"),
         "steps_over_optimal": float(np.mean([r["steps"] / r["optimal"] for r in solved])) if solved else float("nan"),
     }

@@ -10,7 +10,7 @@ from ...io import atomic_file, write_text
 
 POLICY_ORDER = {"sft": 0, "base": 1, "random": 2, "bfs": 3}
 COLUMNS = ["env", "policy", "mode", "episodes", "levels", "max_steps", "success", "success_lo", "success_hi", "ci",
-           "valid_action_rate", "invalid_format_rate", "mean_steps_solved", "steps_over_optimal",
+           "valid_action_rate", "invalid_format_rate", "timeout_rate", "mean_steps_solved", "steps_over_optimal",
            "optimal_action_rate", "chance_optimal_action_rate", "path_states"]
 
 
