@@ -13,7 +13,9 @@ action", teacher-forced, greedy) and greedy success on the 100 test levels, next
     -> bench/results/games_levers.csv (one row per variant and env, appended)
 
 A variant's JSON is merged key by key into the ``games`` section of config.yaml (``tiny``,
-``corpus``, ``pretrain``, ``sft``, ``counts``, ...). Times are wall seconds on this
+``corpus``, ``pretrain``, ``sft``, ``counts``, ...); ``"base_from": "<variant>"`` reuses an
+earlier variant's base (with ``--keep``), ``"sft_envs": [...]`` fine-tunes only those envs
+(the others get the base's own move rate). Times are wall seconds on this
 machine (2 cores here), one stage at a time.
 """
 from __future__ import annotations
@@ -54,7 +56,7 @@ def game_sft_cfg(config: dict, games: dict) -> dict:
 
 def base_move_rate(base: str, env: str, levels: list[dict], games: dict) -> float:
     """The base's own policy in its corpus format: on every state of the test levels' solver
-    paths, the argmax over the four actions after "<grid>\\nMove:" starts a shortest plan."""
+    paths, the argmax over the four actions after "<grid>\\n<marker>" starts a shortest plan."""
     from sft2rl.tasks.games import ACTIONS
 
     model, tok = load_model(base)
@@ -63,7 +65,7 @@ def base_move_rate(base: str, env: str, levels: list[dict], games: dict) -> floa
     hits = []
     for lv, _, state, _, best in play.path_states(env, levels, games):
         r = data.rules(env, lv["grid"])
-        text = "\n\n" + prompts.render(r.grid(state), games["render"]) + "\nMove:"
+        text = "\n\n" + prompts.render(r.grid(state), games["render"]) + "\n" + games["corpus"]["marker"]
         with torch.no_grad():
             logits = model(torch.tensor([tok.encode(text, add_special_tokens=False)])).logits[0, -1]
         hits.append(ACTIONS[int(torch.argmax(logits[ids]))] in best)
@@ -71,15 +73,14 @@ def base_move_rate(base: str, env: str, levels: list[dict], games: dict) -> floa
 
 
 def run_variant(name: str, over: dict, envs: list[str], config: dict, tmp: Path) -> list[dict]:
-    games = deep_merge(config["games"], {k: v for k, v in over.items() if k != "base_from"})
+    games = deep_merge(config["games"], {k: v for k, v in over.items() if k not in ("base_from", "sft_envs")})
     work = tmp / name
     t0 = time.time()
     docs = []
     for env in envs:
         cfg = dict(games)
         data.write_game_data(env, cfg, work / env)
-        docs += data.corpus_texts(data.read_levels(work / env / "levels.jsonl"), cfg,
-                                  games.get("corpus", {}).get("levels_per_document", 1))
+        docs += data.corpus_texts(data.read_levels(work / env / "levels.jsonl"), cfg, **games["corpus"])
     write_jsonl(work / "corpus.jsonl", [{"text": d} for d in docs])
     t_data = time.time() - t0
     tiny = dict(config["model"]["tiny"], **games["tiny"])
@@ -98,6 +99,14 @@ def run_variant(name: str, over: dict, envs: list[str], config: dict, tmp: Path)
     rows = []
     sft_cfg = dict(game_sft_cfg(config, games), seed=1)
     for env in envs:
+        levels = data.read_levels(work / env / "levels.jsonl", "test")
+        row = {"variant": name, "overrides": json.dumps(over, sort_keys=True), "env": env,
+               "base_move_rate": base_move_rate(base, env, levels, games), "pretrain_loss": stats["final_loss"],
+               "data_s": round(t_data, 1), "base_s": round(t_base, 1)}
+        if env not in over.get("sft_envs", envs):  # the base alone
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+            continue
         t0 = time.time()
         run = work / f"sft-{env}"
         metrics = train_sft(base, str(work / env / "train.parquet"), str(work / env / "val.parquet"),
@@ -109,23 +118,18 @@ def run_variant(name: str, over: dict, envs: list[str], config: dict, tmp: Path)
         ev = games["eval"]
         pol = reply_policy(model, tok, max_new_tokens=ev["max_new_tokens"], do_sample=False,
                            temperature=ev["temperature"], seed=ev["seed"], batch_size=ev["batch_size"])
-        levels = data.read_levels(work / env / "levels.jsonl", "test")
         acc = play.step_accuracy(env, levels, pol, games, ev["max_steps"], ev["seed"])
         records = play.play(env, levels, pol, games, episodes=1, max_steps=ev["max_steps"], seed=ev["seed"],
                             progress=False)
         summ = play.summarize(records)
         t_eval = time.time() - t0
-        move_rate = base_move_rate(base, env, levels, games)
-        row = {"variant": name, "overrides": json.dumps(over, sort_keys=True), "env": env,
-               "base_move_rate": move_rate,
-               "optimal_action_rate": acc["optimal_action_rate"], "chance": acc["chance_optimal_action_rate"],
-               "greedy_success": summ["success"], "success_lo": summ["success_lo"], "success_hi": summ["success_hi"],
-               "invalid_format": summ["invalid_format_rate"], "pretrain_loss": stats["final_loss"],
-               "sft_val_loss_before": metrics["initial_val_loss"],
-               "sft_val_loss_best": min(h["val_loss"] for h in metrics["epochs"]),
-               "longest_sft_row": metrics["longest_row"], "train_rows": metrics["train_rows"],
-               "data_s": round(t_data, 1), "base_s": round(t_base, 1), "sft_merge_s": round(t_sft, 1),
-               "eval_s": round(t_eval, 1)}
+        row.update({
+            "optimal_action_rate": acc["optimal_action_rate"], "chance": acc["chance_optimal_action_rate"],
+            "greedy_success": summ["success"], "success_lo": summ["success_lo"], "success_hi": summ["success_hi"],
+            "invalid_format": summ["invalid_format_rate"], "sft_val_loss_before": metrics["initial_val_loss"],
+            "sft_val_loss_best": min(h["val_loss"] for h in metrics["epochs"]),
+            "longest_sft_row": metrics["longest_row"], "train_rows": metrics["train_rows"],
+            "sft_merge_s": round(t_sft, 1), "eval_s": round(t_eval, 1)})
         print(json.dumps(row), flush=True)
         rows.append(row)
     return rows

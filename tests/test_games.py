@@ -165,8 +165,7 @@ def test_default_splits_share_no_solver_path_state(tmp_path, history):
     docs = {}
     for env in games["envs"]:
         data.write_game_data(env, games, tmp_path / env)
-        docs[env] = data.corpus_texts(data.read_levels(tmp_path / env / "levels.jsonl"), games,
-                                      games["corpus"]["levels_per_document"])
+        docs[env] = data.corpus_texts(data.read_levels(tmp_path / env / "levels.jsonl"), games, **games["corpus"])
     corpus = [d for env in games["envs"] for d in docs[env]]
     for env in games["envs"]:
         counts = assert_held_out(tmp_path / env, corpus, games["render"])
@@ -182,9 +181,11 @@ def test_cell_tokens_read_each_cell_as_one_token_and_round_trip(levels, style):
 
     env, levels = levels
     games = dict(copy.deepcopy(CFG), render=style)
-    docs = data.corpus_texts(levels, games, levels_per_document=4)
+    docs = data.corpus_texts(levels, games, levels_per_document=4, marker=prompts.DECIDE)
     train = [lv for lv in levels if lv["split"] == "train"]
     assert len(docs) == -(-len(train) // 4) and all(d.count("Answers: <answer>") == 1 for d in docs)
+    moves = sum(len(lv["solution"]) for lv in train)
+    assert sum(d.count(prompts.DECIDE + " ") for d in docs) == moves and "Move:" not in "".join(docs)
     added = ("<answer>", "</answer>") + tuple(prompts.cell_tokens(style))
     tok = build_tokenizer(docs, 512, added)
     cell_ids = {tok.convert_tokens_to_ids(t) for t in prompts.cell_tokens(style)}

@@ -108,7 +108,7 @@ rule game_corpus:
         f"{GAME_DATA}/corpus.jsonl",
     params:
         games={env: game_cfg(env) for env in GAME_ENVS},
-        levels_per_document=GAMES["corpus"]["levels_per_document"],
+        corpus=GAMES["corpus"],
     threads: 1
     conda:
         "../../envs/local.yaml"

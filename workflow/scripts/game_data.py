@@ -18,6 +18,6 @@ with script_errors(snakemake) as log:
         for path in snakemake.input.levels:
             levels = data.read_levels(path)
             docs += data.corpus_texts(levels, snakemake.params.games[levels[0]["env"]],
-                                      snakemake.params.levels_per_document)
+                                      **snakemake.params.corpus)
         write_jsonl(snakemake.output[0], [{"text": d} for d in docs])
         log.info("game corpus: %d documents (train levels only)", len(docs))

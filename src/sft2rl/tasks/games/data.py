@@ -154,19 +154,20 @@ def split_rows(levels: list[dict[str, Any]], cfg: dict[str, Any], split: str) ->
     return rows
 
 
-def played_out(level: dict[str, Any], style: str) -> str:
+def played_out(level: dict[str, Any], style: str, marker: str = "Move:") -> str:
     """A level played out in plain text: the grids along the solver's plan with the move
-    between them ("Move: Up"), then "Solved."."""
+    between them (``marker`` and the action: "Move: Up"), then "Solved."."""
     env = level["env"]
     r = rules(env, level["grid"])
     grids = [render(r.grid(s), style) for s in plan_states(r, level["solution"])]
     parts = [grids[0]]
     for action, grid in zip(level["solution"], grids[1:]):
-        parts += [f"Move: {action}", grid]
+        parts += [f"{marker} {action}", grid]
     return "\n".join(parts + ["Solved."])
 
 
-def corpus_texts(levels: list[dict[str, Any]], cfg: dict[str, Any], levels_per_document: int = 1) -> list[str]:
+def corpus_texts(levels: list[dict[str, Any]], cfg: dict[str, Any], levels_per_document: int = 1,
+                 marker: str = "Move:") -> list[str]:
     """Pretraining documents for the embedded base: the *train* levels played out in plain text,
     ``levels_per_document`` levels (in seed order) under one copy of the game's instruction.
 
@@ -175,7 +176,9 @@ def corpus_texts(levels: list[dict[str, Any]], cfg: dict[str, Any], levels_per_d
     with it the ``<answer>`` tags; it never sees the chat format, the format line ("Reply as
     …") or a reply, which SFT teaches. With one level per document the instruction is most of
     the corpus (a level's play is a few grids); more levels per document spend the
-    pretraining tokens on play. No validation or test level appears, nor any state of their
+    pretraining tokens on play. ``marker`` precedes each move ("Move:", or the prompt's own
+    "Decide the next action:", so the base predicts the move where the prompt asks for it).
+    No validation or test level appears, nor any state of their
     solver paths (the splits are disjoint by path state, :func:`generate_levels`).
     """
     if levels_per_document < 1:
@@ -186,7 +189,7 @@ def corpus_texts(levels: list[dict[str, Any]], cfg: dict[str, Any], levels_per_d
         group = train[start:start + levels_per_document]
         env = group[0]["env"]
         header = instruction(env, bool(cfg[env].get("slippery", False)))
-        docs.append("\n\n".join([header] + [played_out(lv, cfg["render"]) for lv in group]))
+        docs.append("\n\n".join([header] + [played_out(lv, cfg["render"], marker) for lv in group]))
     return docs
 
 
