@@ -72,7 +72,8 @@ def test_sft_validates_before_training_and_merges_the_best_epoch(games_done):
         assert len(losses) == REDUCED_GAMES["sft"]["epochs"] and min(losses) < metrics["initial_val_loss"]
         best = min(metrics["epochs"], key=lambda e: e["val_loss"])["epoch"]
         report = json.loads((games_done / f"results/games/models/sft-{env}-seed42/merged/merge_report.json").read_text())
-        assert report["verified"] and report["adapter"].endswith(f"epoch_{best}")
+        # the tiny base trains fully (games.sft.train_mode: full): the best epoch's model is exported, verified
+        assert report["verified"] and report["train_mode"] == "full" and report["checkpoint"].endswith(f"epoch_{best}")
 
 
 def test_games_data_splits_and_corpus(games_done):
@@ -90,7 +91,12 @@ def test_games_data_splits_and_corpus(games_done):
         # nor in the base's corpus, as the workflow wrote them
         style = REDUCED_GAMES.get("render") or yaml.safe_load((REPO / "config.yaml").read_text())["games"]["render"]
         assert_held_out(d, corpus, style)
-    assert len(corpus) == 2 * REDUCED_GAMES["counts"]["train"]
+    # games.corpus.levels_per_document train levels per document, one instruction each
+    per_doc = yaml.safe_load((REPO / "config.yaml").read_text())["games"]["corpus"]["levels_per_document"]
+    n_train = REDUCED_GAMES["counts"]["train"]
+    assert len(corpus) == 2 * -(-n_train // per_doc)
+    assert sum(doc.count("Answers: <answer>") for doc in corpus) == len(corpus)
+    assert sum(doc.count("\nSolved.") for doc in corpus) == 2 * n_train
 
 
 def test_finished_games_workflow_plans_nothing(games_done):
