@@ -161,7 +161,8 @@ def _write_games(root):
             rows.append({"env": env, "policy": policy, "mode": mode, "episodes": 100, "levels": 100, "max_steps": 15,
                          "success": success, "success_lo": max(0.0, success - 0.1),
                          "success_hi": min(1.0, success + 0.1), "ci": "wilson", "valid_action_rate": 1.0,
-                         "invalid_format_rate": 0.0, "mean_steps_solved": 4.0, "steps_over_optimal": 1.2,
+                         "invalid_format_rate": 0.0, "timeout_rate": 1.0 - success, "mean_steps_solved": 4.0,
+                         "steps_over_optimal": 1.2,
                          "optimal_action_rate": 0.5, "chance_optimal_action_rate": 0.3, "path_states": 300})
         path = root / f"games_{env}.json"
         path.write_text(json.dumps(rows))
