@@ -44,6 +44,32 @@ def _lora_targets(peft_model) -> list[str]:
     return sorted(names)
 
 
+def _write_verified(model, tokenizer, batch, ref_logits: torch.Tensor, out_dir: str, atol: float, mismatch: str,
+                    report: dict[str, Any]) -> dict[str, Any]:
+    """Write ``model`` and ``tokenizer`` to ``out_dir`` atomically, with ``merge_report.json``;
+    refused (nothing written) unless the model reloaded from disk computes ``ref_logits`` on
+    ``batch``. The saved generation config lists every end-of-turn id (a Qwen2.5 base lists only
+    <|endoftext|>), so tools that read it (vLLM, SGLang, generate) stop where a turn ends."""
+    from transformers import AutoModelForCausalLM
+
+    from .generation import stop_token_ids
+
+    model.generation_config.eos_token_id = stop_token_ids(model, tokenizer)
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        reloaded = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32).eval()
+        with torch.no_grad():
+            diff = float((reloaded(**batch).logits - ref_logits).abs().max())
+        scale = float(ref_logits.abs().max())
+        if diff > atol * max(1.0, scale):
+            raise MergeError(f"{mismatch} by {diff:.3g} (tolerance {atol * max(1.0, scale):.3g}); refusing to "
+                             f"write {out_dir}")
+        report = dict(report, max_logit_diff=diff, logit_scale=scale, verified=True)
+        write_json(Path(tmp) / "merge_report.json", report)
+    return report
+
+
 def merge_adapter(base: str, adapter: str, out_dir: str, atol: float = 1e-4) -> dict[str, Any]:
     """Merge ``adapter`` into ``base``, verify, and write ``out_dir`` atomically."""
     from peft import PeftModel
@@ -77,27 +103,12 @@ def merge_adapter(base: str, adapter: str, out_dir: str, atol: float = 1e-4) -> 
             f"(e.g. {unchanged[0]}): the adapter at {adapter} is untrained or was not applied"
         )
     max_delta = max(float((merged_state[k] - base_state[k]).abs().max()) for k in targets)
-    from .generation import stop_token_ids
-
-    # the merged model lists every end-of-turn id (a Qwen2.5 base lists only <|endoftext|>), so
-    # tools that read its generation_config.json (vLLM, SGLang, generate) stop where a turn ends
-    merged.generation_config.eos_token_id = stop_token_ids(merged, tokenizer)
-    with atomic_dir(out_dir) as tmp:
-        merged.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        reloaded = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32).eval()
-        with torch.no_grad():
-            logits = reloaded(**batch).logits
-        diff = float((logits - ref_logits).abs().max())
-        scale = float(ref_logits.abs().max())
-        if diff > atol * max(1.0, scale):
-            raise MergeError(f"merged model's logits differ from base+adapter by {diff:.3g} (tolerance "
-                             f"{atol * max(1.0, scale):.3g}); refusing to write {out_dir}")
-        report = {"base": str(base), "adapter": str(adapter), "lora_targets": len(targets),
-                  "max_weight_delta": max_delta, "max_logit_diff": diff, "logit_scale": scale, "verified": True}
-        write_json(Path(tmp) / "merge_report.json", report)
+    report = _write_verified(merged, tokenizer, batch, ref_logits, out_dir, atol,
+                             "merged model's logits differ from base+adapter",
+                             {"base": str(base), "adapter": str(adapter), "lora_targets": len(targets),
+                              "max_weight_delta": max_delta})
     LOG.info("merged %s into %s: %d target weights changed (max |dW| %.3g), logits match within %.2g",
-             adapter, out_dir, len(targets), max_delta, diff)
+             adapter, out_dir, len(targets), max_delta, report["max_logit_diff"])
     return report
 
 
@@ -105,8 +116,6 @@ def export_full(base: str, checkpoint: str, out_dir: str, atol: float = 1e-4) ->
     """A fully fine-tuned checkpoint -> ``out_dir``, verified: trained (some weight differs from
     ``base``), and the written model computes the checkpoint's logits."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from .generation import stop_token_ids
 
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     if tokenizer.pad_token is None:
@@ -123,21 +132,10 @@ def export_full(base: str, checkpoint: str, out_dir: str, atol: float = 1e-4) ->
     batch = _probe_batch(tokenizer, torch.device("cpu"))
     with torch.no_grad():
         ref_logits = model(**batch).logits
-    model.generation_config.eos_token_id = stop_token_ids(model, tokenizer)
-    with atomic_dir(out_dir) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        reloaded = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32).eval()
-        with torch.no_grad():
-            diff = float((reloaded(**batch).logits - ref_logits).abs().max())
-        scale = float(ref_logits.abs().max())
-        if diff > atol * max(1.0, scale):
-            raise MergeError(f"exported model's logits differ from the checkpoint's by {diff:.3g}; refusing to "
-                             f"write {out_dir}")
-        report = {"base": str(base), "checkpoint": str(checkpoint), "train_mode": "full",
-                  "changed_weights": len(changed), "max_weight_delta": max_delta, "max_logit_diff": diff,
-                  "logit_scale": scale, "verified": True}
-        write_json(Path(tmp) / "merge_report.json", report)
+    report = _write_verified(model, tokenizer, batch, ref_logits, out_dir, atol,
+                             "exported model's logits differ from the checkpoint's",
+                             {"base": str(base), "checkpoint": str(checkpoint), "train_mode": "full",
+                              "changed_weights": len(changed), "max_weight_delta": max_delta})
     LOG.info("exported %s to %s: %d weights changed (max |dW| %.3g), logits match within %.2g",
-             checkpoint, out_dir, len(changed), max_delta, diff)
+             checkpoint, out_dir, len(changed), max_delta, report["max_logit_diff"])
     return report
