@@ -37,7 +37,7 @@ from sft2rl.io import write_jsonl  # noqa: E402
 from sft2rl.merge import merge_adapter  # noqa: E402
 from sft2rl.model import build_base, load_model  # noqa: E402
 from sft2rl.sft import choose_checkpoint, train_sft  # noqa: E402
-from sft2rl.tasks.games import data, play, prompts  # noqa: E402
+from sft2rl.tasks.games import data, play, prompts, sft_config  # noqa: E402
 
 
 def deep_merge(base: dict, over: dict) -> dict:
@@ -45,13 +45,6 @@ def deep_merge(base: dict, over: dict) -> dict:
     for k, v in over.items():
         out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
-
-
-def game_sft_cfg(config: dict, games: dict) -> dict:
-    """The game_sft rule's sft config (workflow/rules/games.smk: GAME_SFT)."""
-    drop = ("n_samples", "val_size", "merge_checkpoint")
-    return dict({k: v for k, v in config["sft"].items() if k not in drop},
-                **{k: v for k, v in games["sft"].items() if k != "merge_checkpoint"}, loss_turns="last")
 
 
 def base_move_rate(base: str, env: str, levels: list[dict], games: dict) -> float:
@@ -85,9 +78,7 @@ def run_variant(name: str, over: dict, envs: list[str], config: dict, tmp: Path)
     t_data = time.time() - t0
     tiny = dict(config["model"]["tiny"], **games["tiny"])
     pre = dict(config["model"]["pretrain"], **games["pretrain"])
-    added = ["<think>", "</think>", "<answer>", "</answer>"]
-    if tiny.get("cell_tokens"):
-        added += prompts.cell_tokens(games["render"])
+    added = prompts.base_added_tokens(games)
     t0 = time.time()
     base = str(work / "base")
     if over.get("base_from"):  # another variant's base (same levels, corpus and tokenizer settings)
@@ -97,7 +88,7 @@ def run_variant(name: str, over: dict, envs: list[str], config: dict, tmp: Path)
         stats = build_base(str(work / "corpus.jsonl"), base, tiny, pre, None, tuple(added))
     t_base = time.time() - t0
     rows = []
-    sft_cfg = dict(game_sft_cfg(config, games), seed=1)
+    sft_cfg = dict(sft_config(dict(config, games=games)), seed=1)
     for env in envs:
         levels = data.read_levels(work / env / "levels.jsonl", "test")
         row = {"variant": name, "overrides": json.dumps(over, sort_keys=True), "env": env,

@@ -17,7 +17,7 @@ Contenders, each run in a fresh process, interleaved round by round (each run: `
 steps; the first step of a run is its warm-up and not counted). A step is timed from one
 rollout's start to the next's (TRL: from its step-begin to its step-end callback):
 
-- ``sft2rl``: ``train_grpo`` of this checkout (lean rollout engine, no old-log-prob
+- ``sft2rl``: ``train_grpo`` (the QA task on the shared trainer) of this checkout (lean rollout engine, no old-log-prob
   forward, length-sorted micro-batches, LM head on response positions only);
 - ``sft2rl_before``: ``train_grpo`` of commit ``--before`` (default: the last commit before
   this work; ``model.generate`` rollouts, three full forward passes per step), its ``src/``
@@ -90,12 +90,16 @@ if kind == "trl":
                 callbacks=[Timer()]).train()
 else:
     import sft2rl.grpo as grpo
-    real = grpo.generate
+    try:  # the QA task's own module (the shared trainer) or, before it, the trainer
+        import sft2rl.tasks.qa.rl as qa
+    except ImportError:
+        qa = grpo
+    real = qa.generate
     def timed_generate(*a, **k):
         marks.append(time.perf_counter())
         return real(*a, **k)
-    grpo.generate = timed_generate
-    grpo.train_grpo(model, data, tempfile.mkdtemp(dir=work), dict(rl, seed=seed, total_steps=steps + 1,
+    qa.generate = timed_generate
+    qa.train_grpo(model, data, tempfile.mkdtemp(dir=work), dict(rl, seed=seed, total_steps=steps + 1,
                     save_freq=10 ** 6), reward)
     times = [b - a for a, b in zip(marks, marks[1:])]  # rollout to rollout: the last step (and its save) left out
 print("STEP_TIMES " + json.dumps(times))

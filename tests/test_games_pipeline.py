@@ -1,5 +1,6 @@
-"""The games workflow end to end on the reduced config: data -> tiny base -> LoRA SFT -> best
-merge -> four policies play the held-out levels -> results/games/sft_eval.csv and the figure.
+"""The games workflow end to end on the reduced config: data -> tiny base -> SFT -> best
+merge -> four policies play the held-out levels -> results/games/sft_eval.csv and the figure;
+multi-turn GRPO from each SFT model -> the RL model plays the same levels -> rl_eval.csv.
 
 One finished games workflow per test session (``games_done``), in its own copy of the checkout.
 """
@@ -64,6 +65,45 @@ def test_games_table_rows_and_baselines(games_done):
     assert tex.count("\\\\") == len(frame) + 1
 
 
+def test_games_rl_table_pairs_sft_and_rl_on_the_same_levels(games_done):
+    """results/games/rl_eval.csv: per env and mode, SFT and RL success from their episodes on the
+    test levels, the paired difference from the per-level outcomes, random's success beside them;
+    the RL run trained its steps, validated on the val levels at step 0 (the SFT model) and every
+    rl.val_every steps, and the RL model plays exactly as the SFT model (same levels, limits)."""
+    rl_cfg = REDUCED_GAMES["rl"]
+    frame = pd.read_csv(games_done / "results/games/rl_eval.csv")
+    assert sorted(zip(frame["env"], frame["mode"])) == sorted((e, m) for e in ENVS for m in ("greedy", "sampled"))
+    for _, row in frame.iterrows():
+        eps = {p: [json.loads(x) for x in (games_done / f"results/games/eval/{row.env}/{p}.jsonl").read_text().splitlines()]
+               for p in ("sft", "rl")}
+        per_level = {}
+        for p, records in eps.items():
+            mine = [r for r in records if r["mode"] == row["mode"]]
+            assert all(1 <= r["steps"] <= REDUCED_GAMES["eval"]["max_steps"] for r in mine)
+            by = {}
+            for r in mine:
+                by.setdefault(r["level"], []).append(r["won"])
+            per_level[p] = {k: sum(v) / len(v) for k, v in by.items()}
+            assert row[f"{p}_success"] == pytest.approx(sum(r["won"] for r in mine) / len(mine))
+        assert set(per_level["sft"]) == set(per_level["rl"]) and len(per_level["rl"]) == N_TEST
+        diff = sum(per_level["rl"][k] - per_level["sft"][k] for k in per_level["sft"]) / N_TEST
+        assert row["diff"] == pytest.approx(diff) and row["diff_lo"] <= row["diff"] <= row["diff_hi"]
+        rnd = json.loads((games_done / f"results/games/eval/{row.env}/random.json").read_text())[0]
+        assert row["random_success"] == pytest.approx(rnd["success"]) and row["rl_steps"] == rl_cfg["total_steps"]
+    for env in ENVS:
+        summary = json.loads((games_done / f"results/games/rl/rl-{env}-seed1/summary.json").read_text())
+        assert summary["steps"] == rl_cfg["total_steps"] and summary["export"]["policy_changed"]
+        val_steps = [h["step"] for h in summary["history"] if "val_success" in h]
+        assert val_steps == list(range(0, rl_cfg["total_steps"] + 1, rl_cfg["val_every"]))
+        trained = [h for h in summary["history"] if h["step"] > 0]
+        assert all(1 <= h["turns"] <= REDUCED_GAMES["eval"]["max_steps"] for h in trained)
+        assert all(0 <= h["groups_with_spread"] <= 1 for h in trained)
+    for ext in ("png", "pdf"):
+        assert (games_done / f"results/figures/games_rl_success.{ext}").stat().st_size > 1000
+    tex = (games_done / "results/tables/games_rl_eval.tex").read_text()
+    assert tex.count("\\\\") == len(frame) + 1
+
+
 def test_sft_validates_before_training_and_merges_the_best_epoch(games_done):
     for env in ENVS:
         run = games_done / f"results/games/sft/sft-{env}-seed42"
@@ -102,6 +142,21 @@ def test_games_data_splits_and_corpus(games_done):
 def test_finished_games_workflow_plans_nothing(games_done):
     proc = smk(games_done, "games", dry=True)
     assert proc.returncode == 0 and planned_jobs(proc.stdout) == {}, proc.stdout[-2000:]
+
+
+def test_reward_or_rl_config_change_retrains_games_rl(games_done, tmp_path):
+    """A changed reward setting (games.rl.format_penalty) or reward code (the games' RL task)
+    retrains both envs' RL and remakes the RL table, and nothing of SFT."""
+    extra = tmp_path / "penalty.yaml"
+    extra.write_text(yaml.safe_dump({"games": {"rl": dict(REDUCED_GAMES["rl"], format_penalty=-0.5)}}))
+    jobs = planned_jobs(smk(games_done, "games", extra_config=extra, dry=True).stdout)
+    assert jobs.get("game_rl") == 2 and jobs.get("game_rl_table") == 1 and "game_sft" not in jobs, jobs
+    dst = tmp_path / "clone"
+    shutil.copytree(games_done, dst, symlinks=True)
+    rl_py = dst / "src/sft2rl/tasks/games/rl.py"
+    rl_py.write_text(rl_py.read_text() + "\n# edited\n")
+    jobs = planned_jobs(smk(dst, "games", dry=True).stdout)
+    assert jobs.get("game_rl") == 2 and "game_sft" not in jobs and "game_merge" not in jobs, jobs
 
 
 def test_game_data_is_deterministic(games_done, tmp_path):

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from sft2rl.data import rl_record
-from sft2rl.grpo import ActorLossConfig, grpo_advantages, train_grpo
+from sft2rl.grpo import ActorLossConfig, grpo_advantages
+from sft2rl.tasks.qa.rl import train_grpo
 from sft2rl.io import write_parquet
 
 
@@ -184,9 +185,10 @@ def test_code_edit_and_finished_run_restart_from_step_zero(tmp_path, tiny_base, 
 
 
 def test_code_closure_covers_what_grpo_imports():
+    """A QA GRPO run's key: the trainer's modules and the QA task's (its reward among them)."""
     from sft2rl.fingerprint import module_closure
 
-    mods = module_closure(["grpo"])
+    mods = module_closure(["grpo", "tasks.qa.rl"])
     for m in ("grpo", "reward", "generation", "rollout", "shared_prefix", "model", "io", "merge", "resume", "fingerprint",
               "errors"):
         assert m in mods, m
@@ -285,7 +287,9 @@ def test_length_sorted_micro_batches_give_the_full_batch_update(tmp_path, tiny_b
     from types import SimpleNamespace
 
     # the untrained base earns no reward: score by length instead, so advantages are not all zero
-    monkeypatch.setattr(grpo, "group_aware_details", lambda texts, gt, **kw: [
+    import sft2rl.tasks.qa.rl as qa_rl
+
+    monkeypatch.setattr(qa_rl, "group_aware_details", lambda texts, gt, **kw: [
         SimpleNamespace(reward=len(t) / 50, correct=False, has_proactive=False, group_accuracy=0.0) for t in texts])
     out = {}
     for size in (2, 1000):

@@ -172,6 +172,31 @@ def _write_games(root):
     games_table.success_figure(str(root / "results/games/sft_eval.csv"),
                                [str(root / "results/figures/games_success.png"),
                                 str(root / "results/figures/games_success.pdf")])
+    # the RL table and curve, from synthetic play episodes and RL summaries
+    rows, train = [], {}
+    for env in ("sokoban", "frozenlake"):
+        files = {}
+        for policy, p_win in (("sft", 0.4), ("rl", 0.5)):
+            eps = [{"level": lv, "mode": mode, "won": (lv * 7 + k) % 10 < 10 * p_win}
+                   for mode, k_n in (("greedy", 1), ("sampled", 2)) for lv in range(20) for k in range(k_n)]
+            (root / f"{env}_{policy}.jsonl").write_text("".join(json.dumps(e) + "\n" for e in eps))
+            summ = [{"mode": m, "levels": 20, "episodes": 20 * k_n, "success": p_win, "success_lo": p_win - 0.2,
+                     "success_hi": p_win + 0.2, "timeout_rate": 0.1, "invalid_format_rate": 0.0}
+                    for m, k_n in (("greedy", 1), ("sampled", 2))]
+            (root / f"{env}_{policy}.json").write_text(json.dumps(summ))
+            files.update({policy: str(root / f"{env}_{policy}.json"), f"{policy}_episodes": str(root / f"{env}_{policy}.jsonl")})
+        (root / f"{env}_random.json").write_text(json.dumps([{"success": 0.2, "success_lo": 0.1, "success_hi": 0.3}]))
+        hist = [{"step": 0, "val_success": 0.4}] + [{"step": s, "success": 0.4 + s / 100, **({"val_success": 0.5} if s % 5 == 0 else {})}
+                                                     for s in range(1, 11)]
+        (root / f"{env}_rl_summary.json").write_text(json.dumps({"steps": 10, "seconds": 60.0, "history": hist}))
+        files.update(random=str(root / f"{env}_random.json"), train=str(root / f"{env}_rl_summary.json"))
+        train[env] = files["train"]
+        rows += games_table.rl_rows(env, files, {"bootstrap_samples": 200, "ci_level": 0.95, "bootstrap_seed": 0})
+    frame = games_table.write_rl_table(rows, str(root / "results/games/rl_eval.csv"),
+                                       str(root / "results/tables/games_rl_eval.tex"))
+    assert frame["diff"].tolist() == pytest.approx([0.1] * 4) and (frame["diff_lo"] <= 0.1).all()
+    games_table.rl_curve_figure(train, [str(root / "results/figures/games_rl_success.png"),
+                                        str(root / "results/figures/games_rl_success.pdf")])
 
 
 # ------------------------------------------------------------------ curve reader
@@ -231,8 +256,8 @@ def test_make_figures_writes_all_sixteen(built):
     # no temp files left (the games figure, written by the games' own rule, sits next to them)
     assert sorted(f.name for f in out.iterdir() if not f.name.startswith(("games_", "med_"))) == \
         sorted(Path(p).name for p in expected)
-    assert sorted(f.name for f in out.iterdir() if f.name.startswith("games_")) == ["games_success.pdf",
-                                                                                    "games_success.png"]
+    assert sorted(f.name for f in out.iterdir() if f.name.startswith("games_")) == [
+        "games_rl_success.pdf", "games_rl_success.png", "games_success.pdf", "games_success.png"]
 
 
 def test_figures_script(tmp_path, built):
@@ -289,9 +314,11 @@ def test_paper_references_generated_files():
     refs = paper_mod.paper_inputs(REPO / "paper" / "main.tex")
     assert sorted(refs["inputs"]) == sorted([f"../results/tables/ablation_{a}.tex" for a in plots.ABLATION_NAMES]
                                             + ["../results/tables/games_sft_eval.tex",
+                                               "../results/tables/games_rl_eval.tex",
                                                "../results/tables/med_eval.tex",
                                                "../results/tables/med_ablation_thinking.tex"])
     assert {f"../results/figures/{s}.pdf" for s in plots.FIGURE_STEMS} | {"../results/figures/games_success.pdf",
+                                                                          "../results/figures/games_rl_success.pdf",
                                                                           "../results/figures/med_eval.pdf"} \
         == set(refs["graphics"])
 

@@ -1,12 +1,19 @@
-"""GRPO with the group-aware reward, local backend (one process, CPU or one GPU).
+"""GRPO, local backend (one process, CPU or one GPU): one trainer for every task.
+
+A task (:mod:`sft2rl.rl_task`) supplies its items, its rollouts (one-turn answers or
+multi-turn episodes, as rows with a loss mask on the policy's own tokens), the rewards of
+each group and its metrics; the trainer knows no task. Each trajectory's score is
+normalised within its group and every policy token of the trajectory shares it.
 
 The math is verl's own: group advantages (``compute_grpo_outcome_advantage``), the clipped
-policy loss (``compute_policy_loss_vanilla``), the KL estimator (``kl_penalty``) and the
-loss aggregation (``agg_loss``) are imported from ``verl.trainer.ppo.core_algos``, which is
-pure torch and runs on CPU, so this loop computes exactly what verl computes. What verl
-cannot serve on CPU is written here: rollouts (verl 0.9 only rolls out with vLLM/SGLang on
-GPU; we use HF ``generate``), the group-aware reward (verl calls reward functions one
-rollout at a time) and the training loop itself.
+policy loss (``compute_policy_loss_vanilla``, with clip-higher through ``clip_ratio_low`` /
+``clip_ratio_high``), the KL estimator (``kl_penalty``) and the loss aggregation
+(``agg_loss``) are imported from ``verl.trainer.ppo.core_algos``, which is pure torch and
+runs on CPU, so this loop computes exactly what verl computes. What verl cannot serve on CPU
+is written here: rollouts (verl 0.9 only rolls out with vLLM/SGLang on GPU; we use the lean
+engine or HF ``generate``), group rewards and the training loop itself. StarPO-S's variance
+filter (``keep_group_fraction``: train only on the groups with the largest reward spread)
+is :func:`sft2rl.rl_task.group_filter`.
 
 Restart safety: every ``save_freq`` steps a checkpoint (policy, optimizer, step) is
 written atomically. Where a job starts is decided by :mod:`sft2rl.resume` from a content
@@ -15,9 +22,6 @@ parameters, library versions): a killed run with the same key resumes from its l
 checkpoint; anything else starts from step 0 in a clean run directory. Data order and
 sampling seeds are functions of (seed, step), so a resumed run reaches the same final
 step on the same batches.
-
-Prompts longer than ``rl.max_prompt_length`` tokens are dropped before training, counted
-in the log and the summary (verl's ``data.filter_overlong_prompts``); none is ever cut.
 
 Precision: full fine-tuning keeps fp32 master weights; on a GPU with bf16 the forward
 passes run under bf16 autocast (as verl's FSDP mixed precision does), so small updates
@@ -39,12 +43,10 @@ import torch
 
 from .errors import RunError
 from .fingerprint import module_closure, run_key
-from .generation import filter_overlong_prompts, generate
-from .io import atomic_dir, read_parquet_rows, write_json
+from .io import atomic_dir, write_json
 from .logutil import LOG
 from .model import load_model, pick_device, set_seed, train_dtype
 from .resume import planned_steps, prepare_run_dir
-from .reward import group_aware_details, options_from_config, well_formed
 
 @dataclass
 class ActorLossConfig:
@@ -62,12 +64,6 @@ class ActorLossConfig:
 
 #: Libraries whose version is part of a GRPO run's restart key.
 LIBRARIES = ("torch", "transformers", "peft", "verl")
-
-
-def grpo_run_key(init_model: str, train_file: str, cfg: dict[str, Any], reward_cfg: dict[str, Any]) -> dict[str, Any]:
-    """Content key of a local GRPO run (see :mod:`sft2rl.resume`)."""
-    return run_key(models={"init": init_model}, data={"train": train_file}, modules=module_closure(["grpo"]),
-                   params={"rl": cfg, "reward": reward_cfg}, libraries=LIBRARIES)
 
 
 def precision(device: torch.device, train_mode: str, requested: str = "auto") -> tuple[torch.dtype, torch.dtype | None]:
@@ -149,42 +145,54 @@ def length_chunks(prompt_mask: torch.Tensor, response_mask: torch.Tensor, rows: 
 
 
 class _Scorer:
-    """Response log-probs of chunks of one rollout batch's rows under ``model``, for the
-    groups ``groups``: each group's prompt computed once (:class:`sft2rl.shared_prefix.SharedPrefix`)
-    where the model has the supported shape, else the plain forward pass per chunk.
+    """Response log-probs of chunks of the rows ``rows`` of one rollout batch under ``model``.
+
+    Rows with the same ``prompt_index`` share one prompt (the n answers of a one-turn group,
+    or every turn of a batch of episodes after the common instruction): each distinct prompt
+    of ``rows`` is computed once (:class:`sft2rl.shared_prefix.SharedPrefix`) where the model
+    has the supported shape and some prompt is shared, else the plain forward pass per chunk.
     With ``grad``, call :meth:`finish` after the chunks' backward passes."""
 
-    def __init__(self, model, gen, n: int, groups: range, grad: bool):
+    def __init__(self, model, ro, rows: torch.Tensor, grad: bool):
         from .rollout import supports
         from .shared_prefix import SharedPrefix
 
-        self.model, self.gen, self.n, self.g0 = model, gen, n, groups.start
+        self.model, self.ro = model, ro
         self.shared = None
-        if supports(model):
-            self.shared = SharedPrefix(model, gen.prompt_ids[::n][groups.start:groups.stop],
-                                       gen.prompt_mask[::n][groups.start:groups.stop], grad)
+        index = ro.prompt_index
+        if index is None or not supports(model):
+            return
+        prompts = index[rows]
+        unique, first = torch.unique(prompts, sorted=True, return_inverse=True)
+        if len(unique) == len(rows):  # nothing shared
+            return
+        rep = torch.zeros(len(unique), dtype=torch.long, device=rows.device)
+        rep[first] = rows  # a row of each distinct prompt (rows of one prompt hold the same ids)
+        self.slot = torch.full((int(index.max()) + 1,), -1, dtype=torch.long, device=rows.device)
+        self.slot[unique] = torch.arange(len(unique), device=rows.device)
+        self.shared = SharedPrefix(model, ro.prompt_ids[rep], ro.prompt_mask[rep], grad)
 
     def __call__(self, idx: torch.Tensor, p0: int, r: int, response_mask: torch.Tensor, temperature: float,
                  with_entropy: bool = False, entropy_grad: bool = True):
-        gen = self.gen
+        ro = self.ro
         if self.shared is None:
-            return response_logprobs(self.model, gen.prompt_ids[idx, p0:], gen.prompt_mask[idx, p0:],
-                                     gen.response_ids[idx, :r], response_mask[idx, :r], temperature,
+            return response_logprobs(self.model, ro.prompt_ids[idx, p0:], ro.prompt_mask[idx, p0:],
+                                     ro.response_ids[idx, :r], response_mask[idx, :r], temperature,
                                      with_entropy=with_entropy, entropy_grad=entropy_grad)
-        logits = self.shared.logits(idx // self.n - self.g0, gen.response_ids[idx, :r]) / temperature
-        return _token_logprobs(logits, gen.response_ids[idx, :r], with_entropy, entropy_grad)
+        logits = self.shared.logits(self.slot[ro.prompt_index[idx]], ro.response_ids[idx, :r]) / temperature
+        return _token_logprobs(logits, ro.response_ids[idx, :r], with_entropy, entropy_grad)
 
     def finish(self) -> None:
         if self.shared is not None:
             self.shared.backward()
 
 
-def _chunked_logprobs(model, gen, response_mask: torch.Tensor, n: int, temperature: float):
+def _chunked_logprobs(model, ro, response_mask: torch.Tensor, temperature: float):
     """Response log-probs of every row of a rollout batch (zeros past each response), chunk by chunk."""
     out = torch.zeros(response_mask.shape, dtype=torch.float32, device=response_mask.device)
-    rows = torch.arange(response_mask.shape[0])
-    score = _Scorer(model, gen, n, range(response_mask.shape[0] // n), grad=False)
-    for idx, p0, r in length_chunks(gen.prompt_mask, response_mask, rows):
+    rows = torch.arange(response_mask.shape[0], device=response_mask.device)
+    score = _Scorer(model, ro, rows, grad=False)
+    for idx, p0, r in length_chunks(ro.prompt_mask, response_mask, rows):
         out[idx, :r] = score(idx, p0, r, response_mask, temperature)[0].float()
     return out
 
@@ -206,9 +214,36 @@ def _latest_checkpoint(ckpt_root: Path) -> Path | None:
     return max(steps, key=lambda p: int(p.name.split("_")[1]), default=None)
 
 
-def train_grpo(init_model: str, train_file: str, run_dir: str, cfg: dict[str, Any], reward_cfg: dict[str, Any],
-               stop_after: int | None = None, precision_mode: str = "auto") -> dict[str, Any]:
-    """Run GRPO; checkpoints in run_dir/checkpoints, TensorBoard in run_dir/tensorboard.
+def rl_run_key(init_model: str, task, cfg: dict[str, Any]) -> dict[str, Any]:
+    """Content key of a local GRPO run (see :mod:`sft2rl.resume`): the init weights, the task's
+    data, parameters and modules, the trainer's modules, ``cfg`` and the library versions."""
+    k = task.key()
+    return run_key(models={"init": init_model}, data=k.get("data", {}),
+                   modules=module_closure(["grpo", *k.get("modules", [])]),
+                   params={"rl": cfg, **k.get("params", {})}, libraries=LIBRARIES)
+
+
+def trajectory_advantages(scores: torch.Tensor, traj_group: np.ndarray, norm_by_std: bool) -> torch.Tensor:
+    """verl's GRPO outcome advantage of each trajectory (its score normalised within its group)."""
+    from verl.trainer.ppo.core_algos import compute_grpo_outcome_advantage
+
+    ones = torch.ones((len(scores), 1), dtype=torch.float32, device=scores.device)
+    adv, _ = compute_grpo_outcome_advantage(scores.float()[:, None], ones, traj_group,
+                                            norm_adv_by_std_in_grpo=norm_by_std)
+    return adv[:, 0]
+
+
+def _minibatch_rows(ro, kept_traj: torch.Tensor, g0: int, g1: int) -> torch.Tensor:
+    """The kept rows whose trajectory belongs to groups g0..g1-1, in row order."""
+    group = torch.as_tensor(ro.traj_group, device=ro.row_traj.device)[ro.row_traj]
+    sel = (group >= g0) & (group < g1) & kept_traj[ro.row_traj]
+    return torch.nonzero(sel).flatten()
+
+
+def train_rl(init_model: str, task, run_dir: str, cfg: dict[str, Any], stop_after: int | None = None,
+             precision_mode: str = "auto") -> dict[str, Any]:
+    """Run GRPO on ``task`` (:class:`sft2rl.rl_task.RLTask`); checkpoints in run_dir/checkpoints,
+    TensorBoard in run_dir/tensorboard.
 
     Returns the summary; the policy of the last step is at ``summary['last_checkpoint']``,
     ``steps_trained`` counts the steps this call ran and ``resumed_from_step`` the step it
@@ -219,23 +254,21 @@ def train_grpo(init_model: str, train_file: str, run_dir: str, cfg: dict[str, An
     from tqdm import tqdm
     from verl.trainer.ppo.core_algos import agg_loss, compute_policy_loss_vanilla, kl_penalty
 
+    from .rl_task import group_filter
+
     run = Path(run_dir)
     ckpt_root = run / "checkpoints"
-    run_key_ = grpo_run_key(init_model, train_file, cfg, reward_cfg)
+    run_key_ = rl_run_key(init_model, task, cfg)
     guard = prepare_run_dir(run, run_key_)
     device = pick_device()
     param_dtype, amp = precision(device, cfg["train_mode"], precision_mode)
     set_seed(cfg["seed"])
     model, tokenizer = load_model(init_model, device, param_dtype)
-    rows, dropped = filter_overlong_prompts(read_parquet_rows(train_file), tokenizer, cfg["max_prompt_length"])
-    if dropped:
-        LOG.warning("%s: %d of %d prompts are longer than rl.max_prompt_length = %d tokens and are left out "
-                    "(as verl's data.filter_overlong_prompts does); first: row %d", train_file, len(dropped),
-                    len(rows) + len(dropped), cfg["max_prompt_length"], dropped[0])
-    if not rows:
-        raise ValueError(f"{train_file}: every prompt is longer than rl.max_prompt_length = {cfg['max_prompt_length']}")
-    steps_per_epoch = len(rows) // cfg["train_batch"]
-    total = planned_steps(len(rows), cfg["train_batch"], cfg["epochs"], cfg["total_steps"])
+    items = task.load(tokenizer, cfg)
+    steps_per_epoch = len(items) // cfg["train_batch"]
+    if steps_per_epoch == 0:
+        raise ValueError(f"{len(items)} training items are fewer than rl.train_batch = {cfg['train_batch']}")
+    total = planned_steps(len(items), cfg["train_batch"], cfg["epochs"], cfg["total_steps"])
 
     resume = _latest_checkpoint(ckpt_root) if guard["resume"] else None
     if cfg["train_mode"] == "lora":
@@ -267,62 +300,67 @@ def train_grpo(init_model: str, train_file: str, run_dir: str, cfg: dict[str, An
         start, history = state["step"], state["history"]
         LOG.info("resuming from %s (step %d of %d)", resume, start, total)
 
-    loss_cfg = ActorLossConfig(clip_ratio=cfg["clip_ratio"])
-    rkw = options_from_config(reward_cfg)
+    loss_cfg = ActorLossConfig(clip_ratio=cfg["clip_ratio"], clip_ratio_low=cfg.get("clip_ratio_low"),
+                               clip_ratio_high=cfg.get("clip_ratio_high"))
+    keep = cfg.get("keep_group_fraction", 1.0)
+    val_every = cfg.get("val_every") or 0
     n, bsz, mini = cfg["n"], cfg["train_batch"], cfg["ppo_mini_batch"]
     writer = SummaryWriter(str(run / "tensorboard"), purge_step=start + 1 if start else None)
     t0, tokens_done = time.time(), 0
     bar = tqdm(total=total, initial=start, desc="grpo", mininterval=5)
     last_ckpt = resume
+    if val_every and start == 0:  # the init policy's validation, step 0
+        history.append({"step": 0, **{f"val_{k}": v for k, v in task.validate(model, tokenizer).items()}})
+        for k, v in history[-1].items():
+            if k != "step":
+                writer.add_scalar(f"val/{k[4:]}", v, 0)
     for step in range(start + 1, total + 1):
         t_step = time.perf_counter()
         epoch, pos = divmod(step - 1, steps_per_epoch)
-        batch_rows = [rows[i] for i in _batches(len(rows), bsz, cfg["seed"], epoch)[pos]]
-        torch.manual_seed(cfg["seed"] * 1_000_003 + step)
+        batch_items = [items[i] for i in _batches(len(items), bsz, cfg["seed"], epoch)[pos]]
         with _autocast(device, amp):
-            gen = generate(model, tokenizer, [r["prompt"] for r in batch_rows], max_new_tokens=cfg["max_response_length"],
-                           do_sample=True, temperature=cfg["temperature"], top_p=cfg["top_p"], num_return_sequences=n,
-                           max_prompt_length=cfg["max_prompt_length"])
-        details = []
-        for g, r in enumerate(batch_rows):
-            details += group_aware_details(gen.texts[g * n:(g + 1) * n], r["reward_model"]["ground_truth"], **rkw)
-        scores = torch.tensor([d.reward for d in details], device=device)
-        group_ids = np.repeat(np.arange(bsz), n)
-        rmask = gen.response_mask
-        adv = grpo_advantages(scores, rmask, group_ids, cfg["norm_adv_by_std"])
+            ro = task.rollout(model, tokenizer, batch_items, n, cfg, cfg["seed"] * 1_000_003 + step)
+        scores_np, task_metrics = task.rewards(batch_items, ro)
+        scores = torch.tensor(scores_np, dtype=torch.float32, device=device)
+        kept_groups = group_filter(scores_np, ro.traj_group, keep)
+        kept_traj = torch.as_tensor(kept_groups[ro.traj_group], device=device)
+        lmask = ro.loss_mask
+        adv = trajectory_advantages(scores, ro.traj_group, cfg["norm_adv_by_std"])[ro.row_traj][:, None] * lmask
         skip_old = on_policy(cfg)
         with torch.inference_mode(), _autocast(device, amp):
-            old_logp = None if skip_old else _chunked_logprobs(model, gen, rmask, n, cfg["temperature"])
+            old_logp = None if skip_old else _chunked_logprobs(model, ro, ro.response_mask, cfg["temperature"])
             if ref_model is None:
                 with model.disable_adapter():
-                    ref_logp = _chunked_logprobs(model, gen, rmask, n, cfg["temperature"])
+                    ref_logp = _chunked_logprobs(model, ro, ro.response_mask, cfg["temperature"])
             else:
-                ref_logp = _chunked_logprobs(ref_model, gen, rmask, n, cfg["temperature"])
+                ref_logp = _chunked_logprobs(ref_model, ro, ro.response_mask, cfg["temperature"])
         ref_logp = ref_logp.clone()  # out of inference mode: it enters the loss
         old_logp = old_logp.clone() if old_logp is not None else None
         stats: dict[str, list[float]] = {"pg_loss": [], "kl": [], "entropy": [], "clipfrac": [], "grad_norm": [],
                                          "ppo_kl": [], "rollout_logprob_diff_max": []}
         for _ in range(cfg["ppo_epochs"]):
             for m0 in range(0, bsz, mini):
-                rows_mb = torch.arange(m0 * n, min(m0 + mini, bsz) * n)
-                total_tokens = rmask[rows_mb].sum()
+                rows_mb = _minibatch_rows(ro, kept_traj, m0, min(m0 + mini, bsz))
+                total_tokens = lmask[rows_mb].sum()
+                if len(rows_mb) == 0 or total_tokens == 0:  # every group of this mini-batch filtered out
+                    continue
                 opt.zero_grad(set_to_none=True)
                 acc = dict.fromkeys(("pg_loss", "kl", "entropy", "clipfrac", "ppo_kl"), 0.0)
                 diff_max = None
-                with _autocast(device, amp):  # the mini-batch's prompts, once per group
-                    score = _Scorer(model, gen, n, range(m0, min(m0 + mini, bsz)), grad=True)
+                with _autocast(device, amp):  # the mini-batch's prompts, each computed once
+                    score = _Scorer(model, ro, rows_mb, grad=True)
                 # gradient accumulation over length-sorted micro-batches, each weighted by its share of
                 # the tokens: the token-mean loss and gradient of the whole mini-batch, less padding
-                for idx, p0, r in length_chunks(gen.prompt_mask, rmask, rows_mb):
+                for idx, p0, r in length_chunks(ro.prompt_mask, ro.response_mask, rows_mb):
                     with _autocast(device, amp):
-                        logp, ent = score(idx, p0, r, rmask, cfg["temperature"], with_entropy=True,
+                        logp, ent = score(idx, p0, r, ro.response_mask, cfg["temperature"], with_entropy=True,
                                           entropy_grad=cfg["entropy_coef"] != 0)
-                    mask = rmask[idx, :r].float()
+                    mask = lmask[idx, :r].float()
                     w = mask.sum() / total_tokens
                     old = logp.detach() if skip_old else old_logp[idx, :r]
                     pg_loss, pg_m = compute_policy_loss_vanilla(old, logp, adv[idx, :r], mask, "token-mean", loss_cfg)
-                    if gen.logprobs is not None:  # the engine's log-probs against the training pass (verl logs it)
-                        d = float(((gen.logprobs[idx, :r] - logp.detach()).abs() * mask).max())
+                    if ro.logprobs is not None:  # the engine's log-probs against the training pass (verl logs it)
+                        d = float(((ro.logprobs[idx, :r] - logp.detach()).abs() * mask).max())
                         diff_max = d if diff_max is None else max(diff_max, d)
                     kl = agg_loss(kl_penalty(logp, ref_logp[idx, :r], cfg["kl_type"]), mask, "token-mean")
                     entropy = agg_loss(ent, mask, "token-mean")
@@ -345,43 +383,46 @@ def train_grpo(init_model: str, train_file: str, run_dir: str, cfg: dict[str, An
                 stats["grad_norm"].append(float(gnorm))
                 if diff_max is not None:
                     stats["rollout_logprob_diff_max"].append(diff_max)
-        tokens_done += int(rmask.sum())
+        tokens_done += int(lmask.sum())
         metrics = {
             "step": step,
             "reward_mean": float(scores.mean()), "reward_std": float(scores.std()),
-            "accuracy": float(np.mean([d.correct for d in details])),
-            "format_rate": float(np.mean([well_formed(t) for t in gen.texts])),
-            "proactive_block_rate": float(np.mean([d.has_proactive for d in details])),
-            "group_accuracy": float(np.mean([d.group_accuracy for d in details])),
-            "response_length": float(rmask.sum(dim=1).float().mean()),
+            **task_metrics, **ro.metrics,
+            "response_length": float(lmask.sum(dim=1).float().mean()),
             "tokens_per_s": tokens_done / (time.time() - t0),
             "step_seconds": time.perf_counter() - t_step,  # rollout, reward, forwards and update; no checkpoint
             **{k: float(np.mean(v)) for k, v in stats.items() if v},
         }
-        for key, split in (("knowable", True), ("unknowable", False)):
-            sel = [d for d, r in zip(details, np.repeat(batch_rows, n)) if r["extra_info"].get("knowable") is split]
-            if sel:
-                metrics[f"proactive_block_rate_{key}"] = float(np.mean([d.has_proactive for d in sel]))
+        # groups whose trajectories differ in reward: the only ones with a gradient (none left: collapse)
+        metrics["groups_with_spread"] = float(np.mean([scores_np[ro.traj_group == g].std() > 0
+                                                       for g in range(len(batch_items))]))
+        if keep < 1.0:
+            metrics["kept_groups"] = float(kept_groups.mean())
+        if val_every and (step % val_every == 0 or step == total):
+            metrics.update({f"val_{k}": v for k, v in task.validate(model, tokenizer).items()})
         history.append(metrics)
         for k, v in metrics.items():
             if k != "step":
-                writer.add_scalar(f"rl/{k}", v, step)
+                writer.add_scalar(f"val/{k[4:]}" if k.startswith("val_") else f"rl/{k}", v, step)
         bar.update(1)
-        bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", kl=f"{metrics['kl']:.4f}")
+        bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", kl=f"{metrics.get('kl', 0.0):.4f}")
         if step % cfg["save_freq"] == 0 or step == total:
             last_ckpt = _save_checkpoint(ckpt_root / f"step_{step}", model, tokenizer, opt, step, history)
         if stop_after is not None and step >= start + stop_after:
             break
     bar.close()
     writer.close()
-    done = history[-1]["step"] if history else 0
+    trained = [h for h in history if h["step"] > 0]
+    done = trained[-1]["step"] if trained else 0
     summary = {"backend": "local", "steps": done, "total_steps": total, "steps_trained": done - start,
                "resumed_from_step": start if resume else None, "start": guard["reason"],
-               "seconds": time.time() - t0, "run_key": run_key_["key"], "train_rows": len(rows),
-               "filtered_prompts": len(dropped), "precision": {"params": str(param_dtype), "autocast": str(amp)},
+               "seconds": time.time() - t0, "run_key": run_key_["key"], "train_rows": len(items),
+               "filtered_prompts": getattr(task, "filtered", 0),
+               "precision": {"params": str(param_dtype), "autocast": str(amp)},
                "last_checkpoint": str(last_ckpt) if last_ckpt else None, "train_mode": cfg["train_mode"],
-               "first": history[0] if history else None, "last": history[-1] if history else None,
-               "reward_first10": _avg(history[:10], "reward_mean"), "reward_last10": _avg(history[-10:], "reward_mean")}
+               "first": trained[0] if trained else None, "last": trained[-1] if trained else None,
+               "reward_first10": _avg(trained[:10], "reward_mean"), "reward_last10": _avg(trained[-10:], "reward_mean"),
+               "history": history}
     return summary
 
 

@@ -352,8 +352,8 @@ def ppo_overrides(*, init: str, train: str, run_dir: str, run_name: str, rl: dic
         _kv(f"{a}.use_dynamic_bsz", True),
         _kv(f"{a}.ppo_max_token_len_per_gpu", verl["max_token_len_per_gpu"]),
         _kv(f"{a}.clip_ratio", rl["clip_ratio"]),
-        _kv(f"{a}.clip_ratio_low", rl["clip_ratio"]),
-        _kv(f"{a}.clip_ratio_high", rl["clip_ratio"]),
+        _kv(f"{a}.clip_ratio_low", rl.get("clip_ratio_low") or rl["clip_ratio"]),
+        _kv(f"{a}.clip_ratio_high", rl.get("clip_ratio_high") or rl["clip_ratio"]),
         _kv(f"{a}.loss_agg_mode", "token-mean"),
         _kv(f"{a}.entropy_coeff", rl["entropy_coef"]),
         _kv(f"{a}.use_kl_loss", rl["use_kl_loss"]),
@@ -438,6 +438,9 @@ def grpo_command(*, rl_run: str, init: str, train: str, rl: dict[str, Any], rewa
                  verl: dict[str, Any], nnodes: int, gpus_per_node: int, code_root: str, final: str,
                  summary: str, workdir: str = "$PWD") -> str:
     """Shell lines of the ``grpo`` rule: main_ppo (through ray_on_slurm.sh on several nodes), then export."""
+    if rl.get("keep_group_fraction", 1.0) < 1.0:
+        raise ValueError("rl.keep_group_fraction < 1 (StarPO-S's variance filter) runs on the local backend "
+                         "only; verl 0.9's trainer has no such filter")
     run_dir = f"results/rl/{rl_run}"
     absolute = lambda p: p if p.startswith("/") or "://" in p else f"{workdir}/{p}"  # noqa: E731
     init_path = _model_path(init, workdir)

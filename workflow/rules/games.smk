@@ -3,20 +3,19 @@
 #   levels + BFS rows -> (tiny base) -> LoRA SFT sft-<env>-seed<S> -> verified merge of the
 #   best checkpoint -> the merged model, the base, a random policy and BFS play the test levels
 #   snakemake --cores all results/games/sft_eval.csv
-from sft2rl.tasks.games import ENVS as GAME_ENVS_ALL
-from sft2rl.tasks.games.prompts import cell_tokens as game_cell_tokens
+from sft2rl.tasks.games import ENVS as GAME_ENVS_ALL, rl_config as game_rl_config, sft_config as game_sft_config
+from sft2rl.tasks.games.prompts import base_added_tokens as game_base_added_tokens
 
 GAMES = config["games"]
 GAME_ENVS = GAMES["envs"]
 GAME_DATA = f"{PROCESSED}/games"
 GAME_BASE = "results/games/models/base" if TINY else config["model"]["base"]
 #: the sft: section with the games' overrides; the loss is on the last (the solver's) turn only
-GAME_SFT = dict(
-    {k: v for k, v in config["sft"].items() if k not in ("n_samples", "val_size", "merge_checkpoint")},
-    **{k: v for k, v in GAMES["sft"].items() if k != "merge_checkpoint"},
-    loss_turns="last",
-)
+GAME_SFT = game_sft_config(config)
 GAME_MERGE = GAMES["sft"].get("merge_checkpoint", config["sft"]["merge_checkpoint"])
+#: the rl: section with the games' overrides; replies as long as in play
+GAME_RL = game_rl_config(config)
+#: the policies of the SFT table (sft_eval.csv); "rl" plays too, for rl_eval.csv
 GAME_POLICIES = ["sft", "base", "random", "bfs"]
 GAME_LEVEL_KEYS = ("seeds", "counts", "max_solution_length", "render", "history", "with_thinking")
 
@@ -40,10 +39,16 @@ def game_sft_data(wildcards):
     return {"train": f"{d}/train.parquet", "val": f"{d}/val.parquet"}
 
 
+def game_rl_run(env):
+    return f"rl-{env}-seed{GAME_RL['seed']}"
+
+
 def game_policy_model(wildcards):
     """The model directory a policy plays with (none for random and BFS)."""
     if wildcards.policy == "sft":
         return f"results/games/models/{game_run(wildcards.env)}/merged"
+    if wildcards.policy == "rl":
+        return f"results/games/models/{game_rl_run(wildcards.env)}/final"
     if wildcards.policy == "base":
         return GAME_BASE
     return None
@@ -51,7 +56,7 @@ def game_policy_model(wildcards):
 
 wildcard_constraints:
     env="|".join(GAME_ENVS_ALL),
-    policy="|".join(GAME_POLICIES),
+    policy="|".join(GAME_POLICIES + ["rl"]),
 
 
 rule game_data:
@@ -133,8 +138,7 @@ if TINY:
             tiny=dict(config["model"]["tiny"], **GAMES["tiny"]),
             pretrain=dict(config["model"]["pretrain"], **GAMES["pretrain"]),
             tensorboard="results/games/models/tensorboard/base",
-            added_tokens=["<think>", "</think>", "<answer>", "</answer>"]
-            + (game_cell_tokens(GAMES["render"]) if GAMES["tiny"].get("cell_tokens") else []),
+            added_tokens=game_base_added_tokens(GAMES),
         threads: 2
         resources:
             mem_mb=4000,
@@ -316,6 +320,69 @@ rule game_play:
         "../scripts/game_play.py"
 
 
+rule game_rl:
+    """Multi-turn GRPO from the env's merged SFT model on its train levels (sft2rl.tasks.games.rl on
+    the shared trainer); validation success on the val levels every rl.val_every steps; the last
+    policy exported as an HF directory. Resumes after a kill, restarts after any change."""
+    input:
+        levels=f"{GAME_DATA}/{{env}}/levels.jsonl",
+        init=lambda wc: f"results/games/models/sft-{wc.env}-seed{GAME_SFT['seed']}/merged",
+        code=code("game_rl"),
+    output:
+        final=directory("results/games/models/rl-{env}-seed{seed}/final"),
+        summary="results/games/rl/rl-{env}-seed{seed}/summary.json",
+    wildcard_constraints:
+        seed=r"\d+",
+    params:
+        init=lambda wc: f"results/games/models/sft-{wc.env}-seed{GAME_SFT['seed']}/merged",
+        cfg=lambda wc: dict(GAME_RL, seed=int(wc.seed)),
+        games=lambda wc: dict(game_cfg(wc.env), eval=GAMES["eval"], rl=GAMES["rl"]),
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=120,
+        **LOCAL_GPU_RES,
+    conda:
+        "../../envs/local.yaml"
+    benchmark:
+        "results/benchmarks/games/rl-{env}-seed{seed}.tsv"
+    log:
+        "results/logs/games/rl-{env}-seed{seed}.log",
+    script:
+        "../scripts/game_rl.py"
+
+
+GAME_RL_FIGURES = [f"results/figures/games_rl_success.{ext}" for ext in ("png", "pdf")]
+
+
+rule game_rl_table:
+    """results/games/rl_eval.csv: SFT and RL on the test levels per env and mode, the paired
+    per-level difference RL - SFT with its bootstrap interval, the random policy beside them;
+    its LaTeX table; the figure of val success against the RL step."""
+    input:
+        sft=expand("results/games/eval/{env}/sft.json", env=GAME_ENVS),
+        sft_episodes=expand("results/games/eval/{env}/sft.jsonl", env=GAME_ENVS),
+        rl=expand("results/games/eval/{env}/rl.json", env=GAME_ENVS),
+        rl_episodes=expand("results/games/eval/{env}/rl.jsonl", env=GAME_ENVS),
+        random=expand("results/games/eval/{env}/random.json", env=GAME_ENVS),
+        train=[f"results/games/rl/{game_rl_run(env)}/summary.json" for env in GAME_ENVS],
+        code=code("game_table"),
+    output:
+        csv=report("results/games/rl_eval.csv", caption="../report/games_rl.rst", category="Tables",
+                   labels={"table": "games_rl"}),
+        tex="results/tables/games_rl_eval.tex",
+        figure=GAME_RL_FIGURES,
+    params:
+        envs=GAME_ENVS,
+        bootstrap={k: config["eval"][k] for k in BOOTSTRAP_KEYS},
+    conda:
+        "../../envs/local.yaml"
+    log:
+        "results/logs/games/rl_table.log",
+    script:
+        "../scripts/game_table.py"
+
+
 rule game_table:
     """results/games/sft_eval.csv: success (95% interval), valid actions, invalid format, steps over
     the BFS optimum, per env and policy; its LaTeX table for the paper."""
@@ -354,10 +421,12 @@ rule game_figure:
 
 
 rule games:
-    """The whole games system: table and figure."""
+    """The whole games system: SFT and RL tables and figures."""
     input:
         "results/games/sft_eval.csv",
         GAME_FIGURES,
+        "results/games/rl_eval.csv",
+        GAME_RL_FIGURES,
 
 
 localrules:

@@ -75,9 +75,10 @@ rule paper:
     input:
         tex="paper/main.tex",
         tables=[f"results/tables/ablation_{a}.tex" for a in ABLATIONS] + ["results/tables/games_sft_eval.tex",
+                                                                   "results/tables/games_rl_eval.tex",
                                                                    "results/tables/med_eval.tex",
                                                                    "results/tables/med_ablation_thinking.tex"],
-        figures=[f for f in FIGURES + GAME_FIGURES + MED_FIGURES if f.endswith(".pdf")],
+        figures=[f for f in FIGURES + GAME_FIGURES + GAME_RL_FIGURES + MED_FIGURES if f.endswith(".pdf")],
         code=code("paper"),
     output:
         pdf="paper/main.pdf",

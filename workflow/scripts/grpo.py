@@ -1,6 +1,7 @@
 from pathlib import Path
 
-from sft2rl.grpo import check_steps, export_final, train_grpo
+from sft2rl.grpo import check_steps, export_final
+from sft2rl.tasks.qa.rl import train_grpo
 from sft2rl.io import write_json
 from sft2rl.logutil import script_errors
 from sft2rl.resources import use_job_threads

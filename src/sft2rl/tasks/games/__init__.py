@@ -9,7 +9,10 @@ Everything about the games lives in this folder:
 * ``data``: levels -> SFT rows (one per solver step), splits disjoint by every solver-path state,
   validation of user-supplied rows, the pretraining corpus of the embedded base model;
 * ``play``: evaluation by playing (model, random and BFS policies), success with Wilson
-  intervals.
+  intervals;
+* ``rl``: the games as a multi-turn task of the shared GRPO trainer (episodes in lockstep,
+  RAGEN's reward and format penalty);
+* ``table``: the SFT table, the RL table (paired per-level differences) and their figures.
 """
 from __future__ import annotations
 
@@ -18,3 +21,23 @@ ACTIONS = ("Up", "Down", "Left", "Right")
 MOVES = {"Up": (-1, 0), "Down": (1, 0), "Left": (0, -1), "Right": (0, 1)}
 ENVS = ("sokoban", "frozenlake")
 
+
+
+def sft_config(config: dict) -> dict:
+    """The shared ``sft:`` section with the games' overrides (``games.sft``), the loss on the
+    last (the solver's) turn only: what the ``game_sft`` rule trains with."""
+    drop = ("n_samples", "val_size", "merge_checkpoint")
+    return dict({k: v for k, v in config["sft"].items() if k not in drop},
+                **{k: v for k, v in config["games"]["sft"].items() if k != "merge_checkpoint"},
+                loss_turns="last")
+
+
+def rl_config(config: dict) -> dict:
+    """The shared ``rl:`` section with the games' overrides (``games.rl``): what the ``game_rl``
+    rule trains with. Replies are as long as in play (``games.eval.max_new_tokens``); the RL
+    starts from the env's merged SFT model (``rl.init`` does not apply)."""
+    games = config["games"]
+    over = {k: v for k, v in games["rl"].items() if k != "format_penalty"}
+    out = dict({k: v for k, v in config["rl"].items() if k != "init"}, **over)
+    out["max_response_length"] = games["eval"]["max_new_tokens"]
+    return out

@@ -56,6 +56,7 @@ class Episode:
     lost: bool = False
     valid: int = 0
     well_formed: int = 0
+    env_reward: float = 0.0     # the sum of the environment's own step rewards (RAGEN's)
 
     def __post_init__(self):
         from .data import rules
@@ -93,6 +94,7 @@ class Episode:
             self.valid += 1
             env_action = ACTIONS.index(action) if self.env_name == "sokoban" else frozenlake.ENV_ACTION[action]
             _, reward, terminated, _, _ = self.env.step(env_action)
+            self.env_reward += float(reward)
             if terminated:
                 self.won = self.rules.won(self.state())
                 self.lost = not self.won
@@ -102,7 +104,7 @@ class Episode:
     def record(self) -> dict[str, Any]:
         return {"env": self.env_name, "level": self.level["index"], "episode": self.episode, "won": self.won,
                 "lost": self.lost, "steps": self.steps, "optimal": self.level["optimal"], "valid": self.valid,
-                "well_formed": self.well_formed, "replies": self.replies}
+                "well_formed": self.well_formed, "env_reward": self.env_reward, "replies": self.replies}
 
 
 def random_policy(seed: int) -> Policy:
@@ -219,7 +221,7 @@ def summarize(records: list[dict[str, Any]], *, ci_level: float = 0.95, bootstra
 def evaluate_policy(env_name: str, policy: str, levels_path: str, model_path: str | None, games: dict[str, Any],
                     ev: dict[str, Any], bootstrap: dict[str, Any], episodes_out: str, summary_out: str
                     ) -> list[dict[str, Any]]:
-    """Play the test levels with ``policy`` (sft | base | random | bfs); write the episodes
+    """Play the test levels with ``policy`` (sft | base | rl | random | bfs); write the episodes
     (jsonl) and the summary rows (json: one per mode); return the rows."""
     from ...io import write_json, write_jsonl
     from .data import read_levels
@@ -229,7 +231,7 @@ def evaluate_policy(env_name: str, policy: str, levels_path: str, model_path: st
     stats = dict(ci_level=bootstrap["ci_level"], bootstrap_samples=bootstrap["bootstrap_samples"],
                  bootstrap_seed=bootstrap["bootstrap_seed"])
     runs: list[tuple[str, Policy, int]] = []
-    if policy in ("sft", "base"):
+    if policy in ("sft", "base", "rl"):
         from ...generation import reply_policy
         from ...model import load_model
 
@@ -244,7 +246,7 @@ def evaluate_policy(env_name: str, policy: str, levels_path: str, model_path: st
     elif policy == "bfs":
         runs.append(("greedy", bfs_policy(games["max_solution_length"]), 1))
     else:
-        raise ValueError(f"unknown policy {policy!r}: expected sft, base, random or bfs")
+        raise ValueError(f"unknown policy {policy!r}: expected sft, base, rl, random or bfs")
     rows, episodes = [], []
     for mode, pol, n in runs:
         steps = step_accuracy(env_name, levels, pol, games, ev["max_steps"], ev["seed"])

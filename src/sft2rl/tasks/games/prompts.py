@@ -71,6 +71,14 @@ def cell_tokens(style: str) -> list[str]:
     return [render([ch], style) for ch in symbols]
 
 
+def base_added_tokens(games: dict) -> list[str]:
+    """The tokens the games' tiny base adds to its tokenizer: the answer and think tags, and one
+    token per grid cell when ``games.tiny.cell_tokens`` is on (the ``game_base_model`` rule and
+    bench/games_levers.py both take them from here)."""
+    tags = ["<think>", "</think>", "<answer>", "</answer>"]
+    return tags + (cell_tokens(games["render"]) if games["tiny"].get("cell_tokens") else [])
+
+
 def instruction(env: str, slippery: bool = False) -> str:
     return INSTRUCTIONS[env].format(slippery=SLIPPERY if slippery else "")
 

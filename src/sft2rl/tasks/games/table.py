@@ -1,4 +1,5 @@
-"""The games table (results/games/sft_eval.csv), its LaTeX version and the success figure."""
+"""The games tables: results/games/sft_eval.csv (every policy on the test levels) and
+results/games/rl_eval.csv (SFT against RL, paired per level), their LaTeX versions and figures."""
 from __future__ import annotations
 
 import json
@@ -63,5 +64,104 @@ def success_figure(csv: str, outputs: list[str]) -> list[str]:
         ax.set_title(env)
         ax.set_ylim(0, 1.05)
     axes[0][0].set_ylabel("success rate (95% CI)")
+    stems = {str(Path(o).with_suffix("")) for o in outputs}
+    return [path for stem in sorted(stems) for path in save_figure(fig, stem)]
+
+
+# ------------------------------------------------------------------ RL: results/games/rl_eval.csv
+RL_COLUMNS = ["env", "mode", "levels", "episodes", "sft_success", "sft_lo", "sft_hi", "rl_success", "rl_lo", "rl_hi",
+              "diff", "diff_lo", "diff_hi", "random_success", "random_lo", "random_hi", "sft_timeout_rate",
+              "rl_timeout_rate", "sft_invalid_format_rate", "rl_invalid_format_rate", "rl_steps", "rl_seconds"]
+
+
+def _per_level(episodes: str, mode: str) -> dict[int, float]:
+    by: dict[int, list[float]] = {}
+    for line in Path(episodes).read_text(encoding="utf-8").splitlines():
+        r = json.loads(line)
+        if r["mode"] == mode:
+            by.setdefault(r["level"], []).append(float(r["won"]))
+    return {lv: sum(v) / len(v) for lv, v in by.items()}
+
+
+def paired_difference(sft: dict[int, float], rl: dict[int, float], *, samples: int, level: float,
+                      seed: int) -> tuple[float, float, float]:
+    """Mean per-level success of RL minus SFT on the same levels, with a percentile bootstrap
+    interval over levels (each level's episodes stay together)."""
+    import numpy as np
+
+    if set(sft) != set(rl):
+        raise ValueError(f"SFT and RL played different levels ({len(set(sft) ^ set(rl))} differ)")
+    d = np.array([rl[k] - sft[k] for k in sorted(sft)])
+    rng = np.random.default_rng(seed)
+    draws = d[rng.integers(0, len(d), size=(samples, len(d)))].mean(axis=1)
+    alpha = (1 - level) / 2
+    return float(d.mean()), float(np.quantile(draws, alpha)), float(np.quantile(draws, 1 - alpha))
+
+
+def rl_rows(env: str, files: dict[str, str], bootstrap: dict) -> list[dict]:
+    """One row per play mode: SFT and RL on the test levels, their paired difference, random's
+    success. ``files``: the play summaries and episodes of ``sft`` and ``rl`` (``sft_episodes``,
+    ``rl_episodes``), the ``random`` summary and the RL run's ``train`` summary."""
+    sft_rows = {r["mode"]: r for r in json.loads(Path(files["sft"]).read_text())}
+    rl_rows_ = {r["mode"]: r for r in json.loads(Path(files["rl"]).read_text())}
+    rnd = json.loads(Path(files["random"]).read_text())[0]
+    summ = json.loads(Path(files["train"]).read_text())
+    out = []
+    for mode in sorted(set(sft_rows) & set(rl_rows_)):
+        s, r = sft_rows[mode], rl_rows_[mode]
+        diff, lo, hi = paired_difference(_per_level(files["sft_episodes"], mode), _per_level(files["rl_episodes"], mode),
+                                         samples=bootstrap["bootstrap_samples"], level=bootstrap["ci_level"],
+                                         seed=bootstrap["bootstrap_seed"])
+        out.append({"env": env, "mode": mode, "levels": s["levels"], "episodes": s["episodes"],
+                    "sft_success": s["success"], "sft_lo": s["success_lo"], "sft_hi": s["success_hi"],
+                    "rl_success": r["success"], "rl_lo": r["success_lo"], "rl_hi": r["success_hi"],
+                    "diff": diff, "diff_lo": lo, "diff_hi": hi, "random_success": rnd["success"],
+                    "random_lo": rnd["success_lo"], "random_hi": rnd["success_hi"],
+                    "sft_timeout_rate": s["timeout_rate"], "rl_timeout_rate": r["timeout_rate"],
+                    "sft_invalid_format_rate": s["invalid_format_rate"],
+                    "rl_invalid_format_rate": r["invalid_format_rate"], "rl_steps": summ["steps"],
+                    "rl_seconds": summ["seconds"]})
+    return out
+
+
+def rl_latex(frame: pd.DataFrame) -> str:
+    lines = [r"\begin{tabular}{llrrrr}", r"\toprule",
+             r"env & mode & SFT [95\% CI] & RL [95\% CI] & RL $-$ SFT [95\% CI] & random \\", r"\midrule"]
+    for _, r in frame.iterrows():
+        lines.append(f"{r.env} & {r['mode']} & {_fmt(r.sft_success)} [{_fmt(r.sft_lo)}, {_fmt(r.sft_hi)}] & "
+                     f"{_fmt(r.rl_success)} [{_fmt(r.rl_lo)}, {_fmt(r.rl_hi)}] & {r['diff']:+.2f} "
+                     f"[{r.diff_lo:+.2f}, {r.diff_hi:+.2f}] & {_fmt(r.random_success)} \\\\")
+    lines += [r"\bottomrule", r"\end{tabular}", ""]
+    return "\n".join(lines)
+
+
+def write_rl_table(rows: list[dict], csv_out: str, tex_out: str) -> pd.DataFrame:
+    frame = pd.DataFrame(rows)[RL_COLUMNS].sort_values(["env", "mode"], kind="stable").reset_index(drop=True)
+    with atomic_file(csv_out) as tmp:
+        frame.to_csv(tmp, index=False, float_format="%.6g")
+    write_text(tex_out, rl_latex(frame))
+    return frame
+
+
+def rl_curve_figure(summaries: dict[str, str], outputs: list[str]) -> list[str]:
+    """Greedy success on the val levels against the RL step (step 0: the SFT model), one panel
+    per env, and the training episodes' success beside it."""
+    from ...plots import _figure, save_figure
+
+    fig, axes = _figure(1, len(summaries), figsize=(4.2 * len(summaries), 3.2))
+    for ax, (env, path) in zip(axes[0], summaries.items()):
+        hist = json.loads(Path(path).read_text())["history"]
+        val = [(h["step"], h["val_success"]) for h in hist if "val_success" in h]
+        train = [(h["step"], h["success"]) for h in hist if "success" in h]
+        if train:
+            ax.plot(*zip(*train), color="C7", lw=1, label="train episodes (sampled)")
+        if val:
+            ax.plot(*zip(*val), "o-", color="C0", label="val levels (greedy)")
+            ax.axhline(val[0][1], color="C1", ls="--", lw=1, label="SFT (step 0)")
+        ax.set_title(env)
+        ax.set_xlabel("RL step")
+        ax.set_ylim(0, 1.05)
+    axes[0][0].set_ylabel("success rate")
+    axes[0][0].legend(fontsize=7)
     stems = {str(Path(o).with_suffix("")) for o in outputs}
     return [path for stem in sorted(stems) for path in save_figure(fig, stem)]

@@ -1,0 +1,109 @@
+"""What a task gives the one GRPO trainer (:func:`sft2rl.grpo.train_rl`).
+
+The trainer knows no task. A task supplies:
+
+* ``items``: its training items (QA prompts, game levels, medical cases), loaded once;
+* ``rollout(model, tokenizer, items, n, cfg, seed)``: ``n`` episodes of each item through the
+  shared generation engine, as a :class:`Rollout`;
+* ``rewards(items, rollout)``: the score of every trajectory, computed per group (QA's
+  group-aware reward is a function of the whole group), and the task's metrics of the batch;
+* ``validate(model, tokenizer)``: held-out metrics every ``rl.val_every`` steps (``{}``: none);
+* ``key``: what the restart key holds besides the trainer's own (data files, parameters and
+  the task's package modules), so a rerun after a change to any of them starts afresh.
+
+A trajectory is one or more *rows*. A row is a prompt (left-padded) and a response
+(right-padded); ``response_mask`` is 1 on every real response token (what the forward pass
+attends to) and ``loss_mask`` 1 only on the tokens the policy sampled. A one-turn answer is
+one row with both masks equal; a Markov prompt per turn gives one row per turn; a growing
+multi-turn history gives one row whose response holds the policy's turns and the
+environment's observations, the observations with loss mask 0. Every row of a trajectory
+takes the trajectory's advantage.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, Sequence
+
+import numpy as np
+import torch
+
+
+@dataclass
+class Rollout:
+    prompt_ids: torch.Tensor        # (rows, P) left-padded
+    prompt_mask: torch.Tensor       # (rows, P)
+    response_ids: torch.Tensor      # (rows, R) right-padded
+    response_mask: torch.Tensor     # (rows, R) 1 on every real response token (attention)
+    loss_mask: torch.Tensor         # (rows, R) 1 on the tokens the policy sampled
+    row_traj: torch.Tensor          # (rows,) the trajectory of each row
+    traj_group: np.ndarray          # (T,) the group (item of the batch) of each trajectory
+    logprobs: torch.Tensor | None = None  # (rows, R) the engine's log-probs of sampled tokens
+    #: (rows,) rows with the same index have the same prompt (the n answers of a one-turn
+    #: group): the trainer computes each such prompt once; None: no sharing assumed
+    prompt_index: torch.Tensor | None = None
+    info: Any = None                # the task's own record of the episodes (for its rewards)
+    metrics: dict[str, float] = field(default_factory=dict)  # the task's rollout metrics
+
+    @property
+    def n_traj(self) -> int:
+        return len(self.traj_group)
+
+
+class RLTask(Protocol):
+    items: list
+
+    def key(self) -> dict[str, Any]: ...
+
+    def rollout(self, model, tokenizer, items: list, n: int, cfg: dict[str, Any], seed: int) -> Rollout: ...
+
+    def rewards(self, items: list, rollout: Rollout) -> tuple[np.ndarray, dict[str, float]]: ...
+
+    def validate(self, model, tokenizer) -> dict[str, float]: ...
+
+
+def pack_rows(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]],
+              loss: Sequence[Sequence[int]], logprobs: Sequence[Sequence[float]] | None, pad_id: int,
+              device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """Token lists -> the padded tensors of a :class:`Rollout` (prompts left-, responses right-padded)."""
+    if not (len(prompts) == len(responses) == len(loss)):
+        raise ValueError("prompts, responses and loss masks differ in number")
+    if any(len(r) != len(m) for r, m in zip(responses, loss)):
+        raise ValueError("a response and its loss mask differ in length")
+    rows = len(prompts)
+    p = max(len(x) for x in prompts)
+    r = max(1, max(len(x) for x in responses))
+    out = {
+        "prompt_ids": torch.full((rows, p), pad_id, dtype=torch.long),
+        "prompt_mask": torch.zeros((rows, p), dtype=torch.long),
+        "response_ids": torch.full((rows, r), pad_id, dtype=torch.long),
+        "response_mask": torch.zeros((rows, r), dtype=torch.long),
+        "loss_mask": torch.zeros((rows, r), dtype=torch.long),
+    }
+    if logprobs is not None:
+        out["logprobs"] = torch.zeros((rows, r), dtype=torch.float32)
+    for i, (pr, rs, lm) in enumerate(zip(prompts, responses, loss)):
+        if pr:
+            out["prompt_ids"][i, p - len(pr):] = torch.as_tensor(list(pr))
+            out["prompt_mask"][i, p - len(pr):] = 1
+        if rs:
+            out["response_ids"][i, :len(rs)] = torch.as_tensor(list(rs))
+            out["response_mask"][i, :len(rs)] = 1
+            out["loss_mask"][i, :len(rs)] = torch.as_tensor(list(lm))
+            if logprobs is not None:
+                out["logprobs"][i, :len(rs)] = torch.as_tensor(list(logprobs[i]), dtype=torch.float32)
+    return {k: v.to(device) for k, v in out.items()}
+
+
+def group_filter(scores: np.ndarray, traj_group: np.ndarray, keep: float) -> np.ndarray:
+    """StarPO-S's variance filter: the groups to train on, the ``keep`` share (rounded up, at
+    least one) with the highest standard deviation of trajectory reward; ties keep the earlier
+    group. ``keep`` 1.0 keeps every group. Returns a bool per group."""
+    groups = int(traj_group.max()) + 1 if len(traj_group) else 0
+    if keep >= 1.0:
+        return np.ones(groups, dtype=bool)
+    std = np.array([scores[traj_group == g].std() for g in range(groups)])
+    k = max(1, int(np.ceil(keep * groups)))
+    order = np.argsort(-std, kind="stable")[:k]
+    kept = np.zeros(groups, dtype=bool)
+    kept[order] = True
+    return kept

@@ -1,0 +1,135 @@
+"""The games on the shared GRPO trainer: multi-turn episodes on the train levels.
+
+One item is a train level; its ``n`` episodes are one group (RAGEN: 16 episodes of the same
+level seed, 8 levels per batch). All episodes of a batch advance in lockstep: each turn the
+active episodes' prompts go through the generation engine as one batch, exactly as in play
+(:mod:`sft2rl.tasks.games.play`: the same prompt, built by :func:`prompts.messages` with the
+same history setting, the same reply limit ``games.eval.max_new_tokens``, the same turn limit
+``games.eval.max_steps``, the same parsing of a reply into an action).
+
+Each turn is one row of the trajectory: its prompt, and the policy's sampled reply (loss
+mask 1 on every sampled token). The prompts of every turn of a batch start alike (chat
+header and instruction): that common start is the rows' shared prompt, computed once per
+batch by the trainer, and the rest of a turn's prompt (grid and answer line) leads the row's
+response as context (loss mask 0), so the log-probs are those of the whole prompt. With ``games.history: false`` (the default)
+the prompt is Markov (the current grid); with ``true`` it holds the earlier grids and
+replies, and the row's prompt is that turn's whole chat. Every row of an episode takes the
+episode's advantage.
+
+Reward of an episode (RAGEN's): the sum of the environment's step rewards (Sokoban: -0.1
+per action, +1 per box pushed onto a target, -1 per box pushed off, +10 on solving;
+FrozenLake: +1 on reaching the goal) plus ``format_penalty`` for every turn whose reply is
+not one well-formed answer with an action (such a turn does not move; the grid is shown
+again).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from ...generation import generate, prompt_lengths
+from ...rl_task import Rollout, pack_rows
+from .data import read_levels
+from .play import Episode, play
+
+
+def common_prefix(prompts: list[list[int]]) -> int:
+    """Tokens every prompt starts with, keeping at least one token of each after them."""
+    shortest = min(len(p) for p in prompts)
+    c = 0
+    while c < shortest - 1 and all(p[c] == prompts[0][c] for p in prompts):
+        c += 1
+    return c
+
+
+class GamesTask:
+    """One env's multi-turn RL task (:func:`sft2rl.grpo.train_rl`)."""
+
+    def __init__(self, env: str, levels_path: str, games: dict[str, Any]):
+        self.env, self.levels_path, self.games = env, levels_path, games
+        self.rl = games["rl"]
+        self.max_turns = games["eval"]["max_steps"]
+        self.max_new_tokens = games["eval"]["max_new_tokens"]
+        self.items: list[dict] = []
+        self.val_levels: list[dict] = []
+
+    def key(self) -> dict[str, Any]:
+        return {"data": {"levels": self.levels_path}, "params": {"games": self.games, "env": self.env},
+                "modules": ["tasks.games.rl"]}
+
+    def load(self, tokenizer, cfg: dict[str, Any]) -> list[dict]:
+        self.items = read_levels(self.levels_path, "train")
+        self.val_levels = read_levels(self.levels_path, "val")
+        if not self.items:
+            raise ValueError(f"{self.levels_path}: no train levels")
+        if cfg["max_response_length"] != self.max_new_tokens:
+            raise ValueError(f"rl.max_response_length = {cfg['max_response_length']} differs from "
+                             f"games.eval.max_new_tokens = {self.max_new_tokens}: training and play must "
+                             "allow the same reply length")
+        first = [Episode(self.env, lv, 0, self.games, self.max_turns, 0).prompt() for lv in self.items]
+        longest = max(prompt_lengths(tokenizer, first))
+        if longest > cfg["max_prompt_length"]:
+            raise ValueError(f"{self.levels_path}: a first-turn prompt has {longest} tokens, more than "
+                             f"rl.max_prompt_length = {cfg['max_prompt_length']}; raise it (prompts are never cut)")
+        return self.items
+
+    def rollout(self, model, tokenizer, items: list[dict], n: int, cfg: dict[str, Any], seed: int) -> Rollout:
+        torch.manual_seed(seed)
+        eps = [Episode(self.env, lv, k, self.games, self.max_turns, seed * 7 + g * n + k)
+               for g, lv in enumerate(items) for k in range(n)]
+        prompts, responses, logps, owner = [], [], [], []
+        while True:
+            active = [i for i, e in enumerate(eps) if not e.done]
+            if not active:
+                break
+            gen = generate(model, tokenizer, [eps[i].prompt() for i in active], max_new_tokens=self.max_new_tokens,
+                           do_sample=True, temperature=cfg["temperature"], top_p=cfg["top_p"],
+                           max_prompt_length=cfg["max_prompt_length"])
+            for row, i in enumerate(active):
+                pm, rm = gen.prompt_mask[row].bool(), gen.response_mask[row].bool()
+                prompts.append(gen.prompt_ids[row][pm].tolist())
+                responses.append(gen.response_ids[row][rm].tolist())
+                logps.append(gen.logprobs[row][rm].tolist() if gen.logprobs is not None else None)
+                owner.append(i)
+                eps[i].act(gen.texts[row])
+        # every turn's prompt starts with the same chat header and instruction: that prefix is the
+        # rows' one shared prompt (computed once by the trainer), the rest of each turn's prompt
+        # leads its response as context (loss mask 0)
+        c = common_prefix(prompts)
+        loss = [[0] * (len(p) - c) + [1] * len(r) for p, r in zip(prompts, responses)]
+        with_logps = all(lp is not None for lp in logps)
+        t = pack_rows([p[:c] for p in prompts], [p[c:] + r for p, r in zip(prompts, responses)], loss,
+                      [[0.0] * (len(p) - c) + lp for p, lp in zip(prompts, logps)] if with_logps else None,
+                      tokenizer.pad_token_id, model.device)
+        turns = np.array([e.steps for e in eps])
+        return Rollout(t["prompt_ids"], t["prompt_mask"], t["response_ids"], t["response_mask"], t["loss_mask"],
+                       torch.as_tensor(owner, device=model.device), np.repeat(np.arange(len(items)), n),
+                       t.get("logprobs"), prompt_index=torch.zeros(len(owner), dtype=torch.long, device=model.device),
+                       info=eps, metrics={"turns": float(turns.mean()), "rows": float(len(owner))})
+
+    def rewards(self, items: list[dict], rollout: Rollout) -> tuple[np.ndarray, dict[str, float]]:
+        eps: list[Episode] = rollout.info
+        penalty = float(self.rl["format_penalty"])
+        scores = np.array([e.env_reward + penalty * (e.steps - e.valid) for e in eps], dtype=np.float64)
+        steps = sum(e.steps for e in eps)
+        return scores, {"success": float(np.mean([e.won for e in eps])),
+                        "lost": float(np.mean([e.lost for e in eps])),
+                        "invalid_rate": 1 - sum(e.valid for e in eps) / steps if steps else 0.0,
+                        "env_reward": float(np.mean([e.env_reward for e in eps]))}
+
+    def validate(self, model, tokenizer) -> dict[str, float]:
+        """Greedy success on the val levels, played as the table plays the test levels."""
+        from ...generation import reply_policy
+
+        ev = self.games["eval"]
+        pol = reply_policy(model, tokenizer, max_new_tokens=ev["max_new_tokens"], do_sample=False,
+                           temperature=ev["temperature"], seed=ev["seed"], batch_size=ev["batch_size"])
+        was = model.training
+        records = play(self.env, self.val_levels, pol, self.games, episodes=1, max_steps=ev["max_steps"],
+                       seed=ev["seed"], progress=False)
+        if was:
+            model.train()
+        return {"success": float(np.mean([r["won"] for r in records])),
+                "timeout_rate": float(np.mean([not r["won"] and not r["lost"] for r in records]))}

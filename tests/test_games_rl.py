@@ -1,0 +1,182 @@
+"""The RL task interface and the games as a multi-turn task: rows and masks, rewards, the
+variance filter, trajectory advantages, and a short run of the shared trainer on FrozenLake."""
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from sft2rl.rl_task import group_filter, pack_rows
+from sft2rl.tasks.games import data, play, prompts
+from test_games import CFG
+
+GAMES = dict(copy.deepcopy(CFG), counts={"train": 6, "val": 3, "test": 3},
+             eval={"max_steps": 4, "max_new_tokens": 6, "temperature": 1.0, "batch_size": 64, "seed": 0, "k_samples": 0},
+             rl={"format_penalty": -0.1})
+RL = dict(seed=1, train_mode="full", lora=dict(r=4, alpha=8, dropout=0.0, target_modules="all-linear"),
+          n=3, train_batch=2, ppo_mini_batch=2, ppo_epochs=1, epochs=1, total_steps=2, lr=1e-3, grad_clip=1.0,
+          clip_ratio=0.2, clip_ratio_low=0.2, clip_ratio_high=0.28, keep_group_fraction=1.0, val_every=1,
+          kl_coef=0.001, kl_type="low_var_kl", use_kl_loss=False, entropy_coef=0.0, norm_adv_by_std=True,
+          temperature=1.0, top_p=1.0, max_prompt_length=384, max_response_length=6, save_freq=2)
+
+
+def test_pack_rows_pads_prompts_left_and_responses_right():
+    t = pack_rows([[5, 6], [7]], [[1, 2, 3], [4]], [[1, 0, 1], [1]], [[-0.5, 0.0, -1.0], [-2.0]], pad_id=0)
+    assert t["prompt_ids"].tolist() == [[5, 6], [0, 7]] and t["prompt_mask"].tolist() == [[1, 1], [0, 1]]
+    assert t["response_ids"].tolist() == [[1, 2, 3], [4, 0, 0]]
+    assert t["response_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert t["loss_mask"].tolist() == [[1, 0, 1], [1, 0, 0]]
+    assert t["logprobs"].tolist() == [[-0.5, 0.0, -1.0], [-2.0, 0.0, 0.0]]
+    with pytest.raises(ValueError, match="loss mask"):
+        pack_rows([[1]], [[1, 2]], [[1]], None, pad_id=0)
+
+
+def test_group_filter_keeps_the_groups_with_the_largest_reward_spread():
+    scores = np.array([0, 0, 0, 1, 0, 1, 5, -5, 0, 1, 1, 1.0])
+    groups = np.repeat(np.arange(4), 3)
+    assert group_filter(scores, groups, 1.0).tolist() == [True] * 4
+    assert group_filter(scores, groups, 0.25).tolist() == [False, False, True, False]
+    assert group_filter(scores, groups, 0.5).tolist() == [False, True, True, False]
+    assert group_filter(scores, groups, 0.01).sum() == 1  # at least one group
+
+
+def test_trajectory_advantage_is_the_group_normalised_score():
+    from sft2rl.grpo import trajectory_advantages
+
+    adv = trajectory_advantages(torch.tensor([1.0, 0.0, 0.0, 2.0, 2.0]), np.array([0, 0, 0, 1, 1]), True)
+    m, s = 1 / 3, float(np.std([1, 0, 0], ddof=1))
+    assert adv.tolist() == pytest.approx([(1 - m) / (s + 1e-6), -m / (s + 1e-6), -m / (s + 1e-6), 0.0, 0.0], abs=1e-5)
+
+
+@pytest.mark.parametrize("env", ["frozenlake", "sokoban"])
+def test_episode_reward_is_ragen_reward(env):
+    """The BFS plan played through the environment: FrozenLake +1 on the goal; Sokoban -0.1 per
+    action, +1 for the box onto its target, +10 on solving; a reply without an action does not
+    move and costs the format penalty."""
+    from sft2rl.rl_task import Rollout
+    from sft2rl.tasks.games.rl import GamesTask
+
+    lv = data.generate_levels(env, CFG)[0]
+    g = dict(GAMES, eval=dict(GAMES["eval"], max_steps=len(lv["solution"]) + 1))
+    ep = play.Episode(env, lv, 0, g, len(lv["solution"]) + 1, 0)
+    ep.act("I do not know")
+    for a in lv["solution"]:
+        ep.act(f"<answer> {a} </answer>")
+    assert ep.won and ep.steps == len(lv["solution"]) + 1 and ep.valid == len(lv["solution"])
+    expected_env = 1.0 if env == "frozenlake" else -0.1 * len(lv["solution"]) + 1 + 10
+    assert ep.env_reward == pytest.approx(expected_env)
+    task = GamesTask(env, "unused", g)
+    ro = Rollout(*(torch.zeros(1, 1),) * 5, torch.zeros(1, dtype=torch.long), np.zeros(1, dtype=int), info=[ep])
+    scores, metrics = task.rewards([lv], ro)
+    assert scores.tolist() == pytest.approx([expected_env - 0.1])
+    assert metrics["success"] == 1.0 and metrics["invalid_rate"] == pytest.approx(1 / ep.steps)
+
+
+@pytest.fixture(scope="module")
+def frozen(tmp_path_factory):
+    """FrozenLake levels on disk and an untrained tiny model with the games tokenizer."""
+    from sft2rl.model import build_tiny_model, build_tokenizer
+    from sft2rl.tasks.games.prompts import base_added_tokens
+
+    from conftest import TINY_ARCH
+
+    out = tmp_path_factory.mktemp("games_rl")
+    data.write_game_data("frozenlake", GAMES, out / "frozenlake")
+    levels = data.read_levels(out / "frozenlake" / "levels.jsonl")
+    docs = data.corpus_texts(levels, GAMES, levels_per_document=2, marker="Move:")
+    tok = build_tokenizer(docs, 400, tuple(base_added_tokens(dict(GAMES, tiny={"cell_tokens": True}))))
+    torch.manual_seed(0)
+    model = build_tiny_model(tok, TINY_ARCH)
+    model.save_pretrained(out / "model")
+    tok.save_pretrained(out / "model")
+    return out
+
+
+def test_multi_turn_rollout_rows_masks_and_rewards(frozen):
+    """Every turn of every episode is one row: its prompt is the one play builds, its response
+    the policy's reply (loss mask on every sampled token, nothing else), its trajectory the
+    episode; the scores are the episodes' rewards."""
+    from sft2rl.model import load_model
+    from sft2rl.tasks.games.rl import GamesTask
+
+    model, tok = load_model(str(frozen / "model"))
+    task = GamesTask("frozenlake", str(frozen / "frozenlake" / "levels.jsonl"), GAMES)
+    items = task.load(tok, RL)
+    assert len(items) == GAMES["counts"]["train"] and len(task.val_levels) == GAMES["counts"]["val"]
+    ro = task.rollout(model, tok, items[:2], 3, RL, seed=7)
+    eps = ro.info
+    assert ro.traj_group.tolist() == [0, 0, 0, 1, 1, 1] and len(eps) == 6
+    assert [int((ro.row_traj == i).sum()) for i in range(6)] == [e.steps for e in eps]
+    # one shared prompt (the common start of every turn's prompt); the loss only on sampled tokens
+    assert ro.prompt_index.tolist() == [0] * len(ro.row_traj) and ro.prompt_mask.all()
+    assert (ro.prompt_ids == ro.prompt_ids[:1]).all() and ro.prompt_ids.shape[1] > 50
+    assert ((ro.loss_mask == 1) <= (ro.response_mask == 1)).all()
+    assert ro.logprobs is not None and float(ro.logprobs[ro.loss_mask == 0].abs().sum()) == 0.0
+    turn = {i: 0 for i in range(6)}
+    for row in range(len(ro.row_traj)):
+        i = int(ro.row_traj[row])
+        e = eps[i]
+        resp, loss = ro.response_ids[row][ro.response_mask[row].bool()], ro.loss_mask[row][ro.response_mask[row].bool()]
+        first_sampled = int(loss.argmax())
+        assert loss[first_sampled:].all() and not loss[:first_sampled].any()  # context, then the reply
+        assert tok.decode(resp[first_sampled:], skip_special_tokens=True) == e.replies[turn[i]]
+        grids = e.grids[:turn[i] + 1]
+        msgs = prompts.messages("frozenlake", grids, e.replies[:turn[i]], style=GAMES["render"], history=False,
+                                with_thinking=False)
+        text = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        whole = ro.prompt_ids[row].tolist() + resp[:first_sampled].tolist()
+        assert whole == tok.encode(text, add_special_tokens=False)  # the prompt play builds, whole
+        turn[i] += 1
+    # the trainer's log-probs with the shared prompt computed once = the plain forward pass over
+    # each whole row = the engine's own log-probs of the sampled tokens
+    import dataclasses
+
+    from sft2rl.grpo import _chunked_logprobs
+
+    with torch.no_grad():
+        shared = _chunked_logprobs(model, ro, ro.response_mask, 1.0)
+        plain = _chunked_logprobs(model, dataclasses.replace(ro, prompt_index=None), ro.response_mask, 1.0)
+    on = ro.loss_mask.bool()
+    assert torch.allclose(shared[on], plain[on], atol=1e-5)
+    assert torch.allclose(shared[on], ro.logprobs[on], atol=1e-4)
+    scores, metrics = task.rewards(items[:2], ro)
+    assert scores.tolist() == pytest.approx([e.env_reward - 0.1 * (e.steps - e.valid) for e in eps])
+    # the same seed gives the same episodes
+    again = task.rollout(model, tok, items[:2], 3, RL, seed=7)
+    assert [e.replies for e in again.info] == [e.replies for e in eps]
+
+
+def test_games_rl_runs_on_the_shared_trainer_with_validation(frozen, tmp_path):
+    """Two steps of the shared trainer on FrozenLake: step 0 and each step validated on the val
+    levels, the task's metrics in the history, the policy moved (an untrained model's replies
+    differ in reward only by chance, so the run is checked for its bookkeeping, not for learning)."""
+    from sft2rl.grpo import train_rl
+    from sft2rl.tasks.games.rl import GamesTask
+
+    task = GamesTask("frozenlake", str(frozen / "frozenlake" / "levels.jsonl"), GAMES)
+    summary = train_rl(str(frozen / "model"), task, str(tmp_path / "run"), RL)
+    hist = summary["history"]
+    assert [h["step"] for h in hist] == [0, 1, 2] and summary["steps"] == 2
+    assert all("val_success" in h for h in hist)
+    for h in hist[1:]:
+        assert {"success", "invalid_rate", "turns", "reward_std", "entropy"} <= set(h)
+        assert 1 <= h["turns"] <= GAMES["eval"]["max_steps"]
+    state = json.loads((tmp_path / "run" / "checkpoints" / "step_2" / "trainer_state.json").read_text())
+    assert state["step"] == 2
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        train_rl(str(frozen / "model"), task, str(tmp_path / "bad"), dict(RL, max_response_length=7))
+
+
+def test_restart_key_covers_the_task_modules_and_no_other_task():
+    """A run's key holds the trainer's and its own task's modules: editing the games' play code
+    restarts games RL, editing QA's reward does not (and the reverse)."""
+    from sft2rl.fingerprint import module_closure
+
+    games = module_closure(["grpo", "tasks.games.rl"])
+    qa = module_closure(["grpo", "tasks.qa.rl"])
+    assert {"tasks.games.play", "tasks.games.rl", "rl_task", "generation"} <= set(games)
+    assert "reward" not in games and not any(m.startswith("tasks.qa") for m in games)
+    assert {"reward", "tasks.qa.rl"} <= set(qa) and not any(m.startswith("tasks.games") for m in qa)
