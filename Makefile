@@ -37,13 +37,16 @@ test-slurm: setup
 	CI=1 $(BIN)/pytest -q tests/test_slurm.py
 
 # The bench/ suite (README "Performance"): the headline here first (its SFT model and RL data
-# are the benches' inputs), then rollout, GRPO step (vs TRL: the bench extra), pretraining,
-# and the headline from a fresh clone with snakemake -n after it. Results: bench/results/.
+# are the benches' inputs), then rollout, GRPO step (vs TRL: the bench extra), the games'
+# multi-turn rollout (after the games target), pretraining, and the headline from a fresh
+# clone with snakemake -n after it. Results: bench/results/.
 bench: setup
 	$(PY) -m pip install -q -c constraints.txt -e '.[bench]'
 	$(BIN)/snakemake --cores $(CORES) results/ablation_beta.csv
 	$(PY) bench/rollout.py
 	$(PY) bench/grpo_step.py
+	$(BIN)/snakemake --cores $(CORES) games
+	$(PY) bench/games_rollout.py
 	$(PY) bench/pretrain.py
 	$(PY) bench/workflow.py --headline
 

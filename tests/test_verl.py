@@ -257,6 +257,22 @@ def test_ppo_misspelt_key_is_refused(tiny_base, data, tmp_path):
 
 
 # ------------------------------------------------------------------ 5. no legacy reward keys
+def test_clip_higher_reaches_verl_and_the_variance_filter_is_refused(tiny_base, data, tmp_path):
+    """rl.clip_ratio_low / clip_ratio_high (StarPO-S's clip-higher) become verl's actor keys;
+    rl.keep_group_fraction < 1 (StarPO-S's variance filter, local trainer only) stops the verl
+    command line with a clear error instead of being dropped."""
+    from verl.utils.config import omega_conf_to_dataclass
+
+    rl = dict(RL_TEST, clip_ratio_low=0.2, clip_ratio_high=0.28)
+    cfg = compose("ppo_trainer", ppo_overrides(tiny_base, data, tmp_path / "run", rl=rl))
+    actor = omega_conf_to_dataclass(cfg.actor_rollout_ref.actor)
+    assert (actor.clip_ratio_low, actor.clip_ratio_high) == (0.2, 0.28)
+    with pytest.raises(ValueError, match="keep_group_fraction"):
+        vl.grpo_command(rl_run="r", init="org/init", train="t.parquet", rl=dict(rl, keep_group_fraction=0.25),
+                        reward=CONFIG["reward"], verl=CONFIG["verl"], nnodes=1, gpus_per_node=1, code_root="$PWD",
+                        final="f", summary="s.json")
+
+
 def test_legacy_reward_keys_are_never_emitted(tiny_base, data, tmp_path, ppo_cfg):
     ppo = ppo_overrides(tiny_base, data, tmp_path)
     sft = sft_overrides(tiny_base, data, tmp_path)
