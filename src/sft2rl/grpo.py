@@ -88,15 +88,9 @@ def _autocast(device: torch.device, amp: torch.dtype | None):
 
 def grpo_advantages(scores: torch.Tensor, response_mask: torch.Tensor, group_ids: np.ndarray,
                     norm_by_std: bool) -> torch.Tensor:
-    """verl's GRPO outcome advantage: the sequence score sits on the last response token."""
-    from verl.trainer.ppo.core_algos import compute_grpo_outcome_advantage
-
-    token_rewards = torch.zeros_like(response_mask, dtype=torch.float32)
-    last = response_mask.sum(dim=1).clamp(min=1) - 1
-    token_rewards[torch.arange(len(scores)), last] = scores.float()
-    adv, _ = compute_grpo_outcome_advantage(token_rewards, response_mask.float(), group_ids,
-                                            norm_adv_by_std_in_grpo=norm_by_std)
-    return adv
+    """verl's GRPO outcome advantage per response token: each row's group-normalised score
+    (:func:`trajectory_advantages`) on every token of its response mask."""
+    return trajectory_advantages(scores, group_ids, norm_by_std)[:, None] * response_mask.float()
 
 
 def response_logprobs(model, gen_prompt_ids, prompt_mask, response_ids, response_mask, temperature: float,
@@ -311,9 +305,7 @@ def train_rl(init_model: str, task, run_dir: str, cfg: dict[str, Any], stop_afte
     last_ckpt = resume
     if val_every and start == 0:  # the init policy's validation, step 0
         history.append({"step": 0, **{f"val_{k}": v for k, v in task.validate(model, tokenizer).items()}})
-        for k, v in history[-1].items():
-            if k != "step":
-                writer.add_scalar(f"val/{k[4:]}", v, 0)
+        _log_scalars(writer, history[-1])
     for step in range(start + 1, total + 1):
         t_step = time.perf_counter()
         epoch, pos = divmod(step - 1, steps_per_epoch)
@@ -401,9 +393,7 @@ def train_rl(init_model: str, task, run_dir: str, cfg: dict[str, Any], stop_afte
         if val_every and (step % val_every == 0 or step == total):
             metrics.update({f"val_{k}": v for k, v in task.validate(model, tokenizer).items()})
         history.append(metrics)
-        for k, v in metrics.items():
-            if k != "step":
-                writer.add_scalar(f"val/{k[4:]}" if k.startswith("val_") else f"rl/{k}", v, step)
+        _log_scalars(writer, metrics)
         bar.update(1)
         bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", kl=f"{metrics.get('kl', 0.0):.4f}")
         if step % cfg["save_freq"] == 0 or step == total:
@@ -424,6 +414,13 @@ def train_rl(init_model: str, task, run_dir: str, cfg: dict[str, Any], stop_afte
                "reward_first10": _avg(trained[:10], "reward_mean"), "reward_last10": _avg(trained[-10:], "reward_mean"),
                "history": history}
     return summary
+
+
+def _log_scalars(writer, metrics: dict[str, float]) -> None:
+    """One history entry to TensorBoard: ``val_*`` under ``val/``, the rest under ``rl/``."""
+    for k, v in metrics.items():
+        if k != "step":
+            writer.add_scalar(f"val/{k[4:]}" if k.startswith("val_") else f"rl/{k}", v, metrics["step"])
 
 
 def check_steps(summary: dict[str, Any]) -> None:

@@ -126,10 +126,7 @@ class GamesTask:
         ev = self.games["eval"]
         pol = reply_policy(model, tokenizer, max_new_tokens=ev["max_new_tokens"], do_sample=False,
                            temperature=ev["temperature"], seed=ev["seed"], batch_size=ev["batch_size"])
-        was = model.training
         records = play(self.env, self.val_levels, pol, self.games, episodes=1, max_steps=ev["max_steps"],
-                       seed=ev["seed"], progress=False)
-        if was:
-            model.train()
+                       seed=ev["seed"], progress=False)  # generate() restores the model's training mode
         return {"success": float(np.mean([r["won"] for r in records])),
                 "timeout_rate": float(np.mean([not r["won"] and not r["lost"] for r in records]))}
