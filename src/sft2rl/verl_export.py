@@ -59,6 +59,73 @@ def prepare_rl_run(run_dir: str | Path, *, init: str, train: str, config_hash: s
     return plan
 
 
+#: A games RL run's files (backend: verl), in its run directory.
+GAME_TRAIN = "train.parquet"
+AGENT_LOOPS = "agent_loops.yaml"
+EPISODE_LOG = "episodes.jsonl"
+
+
+def prepare_game_rl(run_dir: str | Path, *, init: str, levels: str, env: str, games: dict[str, Any], seed: int,
+                    config_hash: str, train_batch: int, epochs: int, total_steps: int | None) -> dict[str, Any]:
+    """Before ``main_ppo`` of a games run: the restart guard (init weights, levels, the agent
+    loop's code, overrides, games config), verl's RL parquet of the train levels, the agent-loop
+    file that registers :class:`sft2rl.tasks.games.verl_agent.GameAgentLoop` with this run's
+    games config, the rollout's stop ids, and the plan. ``plan["response_length"]`` is the
+    longest episode's response (:func:`~sft2rl.tasks.games.rl.episode_token_budget`): the
+    command line passes it to ``data.max_response_length``."""
+    import yaml
+    from transformers import AutoTokenizer
+
+    from .io import write_parquet, write_text
+    from .tasks.games.data import read_levels
+    from .tasks.games import VERL_AGENT_NAME
+    from .tasks.games.rl import episode_token_budget, verl_rows
+
+    run = Path(run_dir).resolve()
+    key = run_key(models={"init": init}, data={"levels": levels},
+                  modules=module_closure(["tasks.games.verl_agent"]),
+                  params={"overrides": config_hash, "games": games, "env": env, "seed": seed}, libraries=LIBRARIES)
+    guard = prepare_run_dir(run, key, also_clear=(EPISODE_LOG, PLAN_FILE))
+    train = read_levels(levels, "train")
+    if not train:
+        raise RunError(f"{levels}: no train levels")
+    tokenizer = AutoTokenizer.from_pretrained(init)
+    write_parquet(run / GAME_TRAIN, verl_rows(env, train, games, seed))
+    loops = [{"name": VERL_AGENT_NAME, "_target_": "sft2rl.tasks.games.verl_agent.GameAgentLoop", "env": env,
+              "games": games, "episode_log": str(run / EPISODE_LOG)}]
+    write_text(run / AGENT_LOOPS, yaml.safe_dump(loops, sort_keys=False))
+    budget = episode_token_budget(tokenizer, env, train, games)
+    stops = write_rollout_generation_config(init, run / ROLLOUT_GENERATION_CONFIG)
+    plan = {"planned_steps": planned_steps(len(train), train_batch, epochs, total_steps), "train_rows": len(train),
+            "run_key": key["key"], "start": guard["reason"], "stop_token_ids": stops, **budget}
+    write_json(run / PLAN_FILE, plan)
+    return plan
+
+
+def game_rl_history(path: str | Path) -> list[dict[str, Any]]:
+    """Per training step (the weights version the rollout server reported), the mean of the
+    agent loop's finished episodes: success, score (the reward), turns, invalid-action rate."""
+    import numpy as np
+
+    by_step: dict[int, list[dict]] = {}
+    path = Path(path)
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                rec = json.loads(line)
+                if rec.get("step") is not None:
+                    by_step.setdefault(int(rec["step"]), []).append(rec)
+    out = []
+    for step in sorted(by_step):
+        eps = by_step[step]
+        steps = sum(e["steps"] for e in eps)
+        out.append({"step": step + 1, "n": len(eps), "success": float(np.mean([e["won"] for e in eps])),
+                    "reward_mean": float(np.mean([e["score"] for e in eps])),
+                    "turns": float(np.mean([e["steps"] for e in eps])),
+                    "invalid_rate": 1 - sum(e["valid"] for e in eps) / steps if steps else 0.0})
+    return out
+
+
 def rollout_stop_ids(init: str) -> tuple[list[int], Any]:
     """The init model's stop ids (:func:`sft2rl.generation.stop_token_ids`, from its tokenizer,
     chat template and generation config) and that generation config, loaded as verl does
@@ -222,19 +289,20 @@ def read_group_reward_log(path: str | Path) -> list[dict[str, Any]]:
 
 
 def rl_summary(run_dir: str | Path, step_dir: str | Path, train_mode: str, total_steps: int | None,
-               export: dict[str, Any]) -> dict[str, Any]:
+               export: dict[str, Any], history: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """summary.json of a verl GRPO run (same keys as the local backend's), and rl/* TensorBoard tags.
 
     The tags the figures read (``rl/reward_mean``, ``rl/kl``) are written next to verl's own
     events: rewards from the hook's log (verl's ``critic/score`` holds the per-rollout codes),
-    KL from verl's ``actor/kl_loss``.
+    or ``history`` where the run has its own (a games run: :func:`game_rl_history`), KL from
+    verl's ``actor/kl_loss``.
     """
     import numpy as np
 
     from .tblog import read_scalars
 
     run = Path(run_dir)
-    history = read_group_reward_log(run / GROUP_REWARD_LOG)
+    history = read_group_reward_log(run / GROUP_REWARD_LOG) if history is None else history
     scalars = read_scalars(run / "tensorboard")
     kl_tag = "actor/kl_loss" if "actor/kl_loss" in scalars else next(
         (t for t in scalars if t.endswith("kl_loss")), None)
@@ -261,4 +329,4 @@ def rl_summary(run_dir: str | Path, step_dir: str | Path, train_mode: str, total
             "last_checkpoint": str(step_dir), "logged_steps": len(history),
             "first": history[0] if history else None, "last": history[-1] if history else None,
             "reward_first10": avg(history[:10], "reward_mean"), "reward_last10": avg(history[-10:], "reward_mean"),
-            "export": export}
+            "history": history, "export": export}

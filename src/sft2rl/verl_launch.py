@@ -310,6 +310,57 @@ def ppo_overrides(*, init: str, train: str, run_dir: str, run_name: str, rl: dic
                   reward: dict[str, Any], verl: dict[str, Any], nnodes: int, gpus_per_node: int,
                   code_root: str) -> list[str]:
     """Hydra overrides of ``verl.trainer.main_ppo`` (config ``ppo_trainer``): GRPO, group-aware reward."""
+    algorithm = [
+        # algorithm: GRPO advantages over the group-aware reward (sft2rl.verl_hooks)
+        _kv("algorithm.adv_estimator", ADV_ESTIMATOR),
+        _kv("algorithm.norm_adv_by_std_in_grpo", rl["norm_adv_by_std"]),
+        _kv("algorithm.use_kl_in_reward", False),
+        *[_kv(f"+algorithm.group_reward.{k}", reward[k]) for k in GROUP_REWARD_KEYS],
+        _kv("+algorithm.group_reward.log_path", f"{run_dir}/{GROUP_REWARD_LOG}"),
+        _kv("+algorithm.group_reward.checkpoint_dir", f"{run_dir}/checkpoints"),
+    ]
+    reward_fn = [
+        # the per-rollout half of the reward (verl 0.9.1 key location)
+        _kv("reward.custom_reward_function.path", REWARD_FN_PATH),
+        _kv("reward.custom_reward_function.name", REWARD_FN_NAME),
+        *[_kv(f"+reward.custom_reward_function.reward_kwargs.{k}", reward[k]) for k in ROLLOUT_REWARD_KEYS],
+    ]
+    hook = [_kv("+ray_kwargs.ray_init.runtime_env.env_vars.VERL_USE_EXTERNAL_MODULES", HOOK_MODULE)]
+    return _ppo(algorithm=algorithm, reward_fn=reward_fn, hook=hook, init=init, train=train, run_dir=run_dir,
+                run_name=run_name, rl=rl, verl=verl, nnodes=nnodes, gpus_per_node=gpus_per_node, code_root=code_root)
+
+
+def agent_ppo_overrides(*, init: str, train: str, run_dir: str, run_name: str, rl: dict[str, Any],
+                        agent_loops: str, agent_name: str, response_length: str, verl: dict[str, Any], nnodes: int,
+                        gpus_per_node: int, code_root: str) -> list[str]:
+    """Overrides of ``main_ppo`` for a multi-turn task played by an agent loop (the games):
+    verl's own ``grpo`` estimator over the episodes of a prompt, the reward each episode's loop
+    returns (``reward_score``, so no reward function is called), the loops listed in
+    ``agent_loops`` and chosen by the rows' ``agent_name`` (``agent_name`` also the default),
+    the raw chat handed to the loop, and ``response_length`` tokens for a whole episode's
+    replies and observations (a value or a ``$SFT2RL_*`` variable set by the job)."""
+    algorithm = [
+        _kv("algorithm.adv_estimator", "grpo"),
+        _kv("algorithm.norm_adv_by_std_in_grpo", rl["norm_adv_by_std"]),
+        _kv("algorithm.use_kl_in_reward", False),
+    ]
+    r = "actor_rollout_ref.rollout"
+    agent = [
+        _kv(f"{r}.mode", "async"),
+        _kv(f"{r}.agent.agent_loop_config_path", agent_loops),
+        _kv(f"{r}.agent.default_agent_loop", agent_name),
+        _kv("data.return_raw_chat", True),
+    ]
+    return _ppo(algorithm=algorithm, reward_fn=agent, hook=[], init=init, train=train, run_dir=run_dir,
+                run_name=run_name, rl=dict(rl, max_response_length=response_length), verl=verl, nnodes=nnodes,
+                gpus_per_node=gpus_per_node, code_root=code_root)
+
+
+def _ppo(*, algorithm: list[str], reward_fn: list[str], hook: list[str], init: str, train: str, run_dir: str,
+         run_name: str, rl: dict[str, Any], verl: dict[str, Any], nnodes: int, gpus_per_node: int,
+         code_root: str) -> list[str]:
+    """The overrides every GRPO run of ``main_ppo`` shares: data, policy, rollout, trainer; the
+    run's ``algorithm``, reward (``reward_fn``) and hook-module (``hook``) overrides in place."""
     world = check_world(nnodes, gpus_per_node)
     if (rl["train_batch"] * rl["n"]) % world:
         raise VerlConfigError(f"config keys 'rl.train_batch' x 'rl.n' = {rl['train_batch'] * rl['n']} must be a "
@@ -319,13 +370,7 @@ def ppo_overrides(*, init: str, train: str, run_dir: str, run_name: str, rl: dic
                               f"is larger than the number of GPUs ({world})")
     a, r = "actor_rollout_ref.actor", "actor_rollout_ref.rollout"
     out = [
-        # algorithm: GRPO advantages over the group-aware reward (sft2rl.verl_hooks)
-        _kv("algorithm.adv_estimator", ADV_ESTIMATOR),
-        _kv("algorithm.norm_adv_by_std_in_grpo", rl["norm_adv_by_std"]),
-        _kv("algorithm.use_kl_in_reward", False),
-        *[_kv(f"+algorithm.group_reward.{k}", reward[k]) for k in GROUP_REWARD_KEYS],
-        _kv("+algorithm.group_reward.log_path", f"{run_dir}/{GROUP_REWARD_LOG}"),
-        _kv("+algorithm.group_reward.checkpoint_dir", f"{run_dir}/checkpoints"),
+        *algorithm,
         # data: our RL parquet (verl's RL schema)
         _kv("data.train_files", train),
         # the test split is the evaluation's alone: verl builds a validation loader from
@@ -372,10 +417,7 @@ def ppo_overrides(*, init: str, train: str, run_dir: str, run_name: str, rl: dic
         # config it loads; point it at ours, which lists every end-of-turn id (see ROLLOUT_GENERATION_CONFIG)
         *([_kv(f"+{r}.engine_kwargs.vllm.generation_config", f"{run_dir}/{ROLLOUT_GENERATION_CONFIG}")]
           if verl["rollout_name"] == "vllm" else []),
-        # the per-rollout half of the reward (verl 0.9.1 key location)
-        _kv("reward.custom_reward_function.path", REWARD_FN_PATH),
-        _kv("reward.custom_reward_function.name", REWARD_FN_NAME),
-        *[_kv(f"+reward.custom_reward_function.reward_kwargs.{k}", reward[k]) for k in ROLLOUT_REWARD_KEYS],
+        *reward_fn,
         _kv("critic.enable", False),
         # trainer
         _kv("trainer.project_name", PROJECT),
@@ -392,8 +434,8 @@ def ppo_overrides(*, init: str, train: str, run_dir: str, run_name: str, rl: dic
         _kv("trainer.test_freq", -1),
         _kv("trainer.val_before_train", False),
         _kv("trainer.resume_mode", "auto"),
-        # every Ray worker imports the hook module and finds our package
-        _kv("+ray_kwargs.ray_init.runtime_env.env_vars.VERL_USE_EXTERNAL_MODULES", HOOK_MODULE),
+        # every Ray worker imports the hook module (if any) and finds our package
+        *hook,
         _kv("+ray_kwargs.ray_init.runtime_env.env_vars.PYTHONPATH", f"{code_root}/src"),
         _kv("+ray_kwargs.ray_init.runtime_env.env_vars.TENSORBOARD_DIR", f"{run_dir}/tensorboard"),
     ]
@@ -469,6 +511,54 @@ def grpo_command(*, rl_run: str, init: str, train: str, rl: dict[str, Any], rewa
         _cmd(["rm", "-rf", target]),
     ]
     return "\n".join([env, prepare, train_cmd, *export])
+
+
+def game_rl_command(*, rl_run: str, env: str, init: str, levels: str, rl: dict[str, Any], games: dict[str, Any],
+                    verl: dict[str, Any], nnodes: int, gpus_per_node: int, code_root: str, run_dir: str, final: str,
+                    summary: str, workdir: str = "$PWD") -> str:
+    """Shell lines of the games' ``game_rl`` rule on verl: ``prepare-game-rl`` (restart guard,
+    the train levels as verl rows, the agent-loop file, the episode's token budget), ``main_ppo``
+    with :class:`sft2rl.tasks.games.verl_agent.GameAgentLoop` playing every episode, then the
+    export (the summary's history from the loop's episode log)."""
+    import json
+
+    from .tasks.games import VERL_AGENT_NAME
+
+    if not games.get("history"):
+        raise VerlConfigError("config key 'games.history' = false: on backend verl a game episode is one sequence "
+                              "(verl's agent loop), so the prompt of each turn is the whole history; set "
+                              "games.history: true (SFT and play then use it too)")
+    if rl.get("keep_group_fraction", 1.0) < 1.0:
+        raise VerlConfigError("config key 'games.rl.keep_group_fraction' < 1 (StarPO-S's variance filter) runs on the "
+                              "local backend only; verl 0.9's trainer has no such filter")
+    absolute = lambda p: p if p.startswith("/") or "://" in p else f"{workdir}/{p}"  # noqa: E731
+    overrides = agent_ppo_overrides(
+        init=_model_path(init, workdir), train=absolute(f"{run_dir}/train.parquet"), run_dir=absolute(run_dir),
+        run_name=rl_run, rl=rl, agent_loops=absolute(f"{run_dir}/agent_loops.yaml"), agent_name=VERL_AGENT_NAME,
+        response_length="$SFT2RL_RESPONSE_LENGTH", verl=verl, nnodes=nnodes, gpus_per_node=gpus_per_node,
+        code_root=code_root)
+    env_line = _env({"PYTHONPATH": _pythonpath(code_root), "TENSORBOARD_DIR": absolute(f"{run_dir}/tensorboard")})
+    launcher = ["python"] if nnodes == 1 else ["bash", f"{code_root}/workflow/scripts/ray_on_slurm.sh",
+                                               str(gpus_per_node), "--", "python"]
+    script = f"{code_root}/workflow/scripts/verl_export.py"
+    target = f"{run_dir}/{VERL_HF}"
+    prepare = "SFT2RL_RESPONSE_LENGTH=$(" + _cmd(
+        ["python", script, "prepare-game-rl", "--run-dir", run_dir, "--init", init, "--levels", levels, "--env", env,
+         "--games-json", json.dumps(games, sort_keys=True), "--seed", str(rl["seed"]),
+         "--config-hash", config_hash(overrides), "--train-batch", str(rl["train_batch"]), "--epochs", str(rl["epochs"])]
+        + (["--total-steps", str(rl["total_steps"])] if rl["total_steps"] else [])) + ")"
+    export = [
+        "SFT2RL_STEP=$(" + _cmd(["python", script, "latest-step", "--checkpoints", f"{run_dir}/checkpoints"]) + ")",
+        _cmd(["rm", "-rf", target]),
+        _cmd(["python", "-m", "verl.model_merger", "merge", "--backend", "fsdp",
+              "--local_dir", "$SFT2RL_STEP/actor", "--target_dir", target]),
+        _cmd(["python", script, "rl-export", "--run-dir", run_dir, "--merger-dir", target, "--init", init,
+              "--step-dir", "$SFT2RL_STEP", "--train-mode", rl["train_mode"], "--final", final,
+              "--summary", summary, "--episode-log", f"{run_dir}/episodes.jsonl"]),
+        _cmd(["rm", "-rf", target]),
+    ]
+    train_cmd = _lines([*launcher, "-m", "verl.trainer.main_ppo"], overrides)
+    return "\n".join([env_line, prepare, train_cmd, *export])
 
 
 def config_hash(overrides: list[str]) -> str:

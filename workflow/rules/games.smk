@@ -320,36 +320,84 @@ rule game_play:
         "../scripts/game_play.py"
 
 
-rule game_rl:
-    """Multi-turn GRPO from the env's merged SFT model on its train levels (sft2rl.tasks.games.rl on
-    the shared trainer); validation success on the val levels every rl.val_every steps; the last
-    policy exported as an HF directory. Resumes after a kill, restarts after any change."""
-    input:
-        levels=f"{GAME_DATA}/{{env}}/levels.jsonl",
-        init=lambda wc: f"results/games/models/sft-{wc.env}-seed{GAME_SFT['seed']}/merged",
-        code=code("game_rl"),
-    output:
-        final=directory("results/games/models/rl-{env}-seed{seed}/final"),
-        summary="results/games/rl/rl-{env}-seed{seed}/summary.json",
-    wildcard_constraints:
-        seed=r"\d+",
-    params:
-        init=lambda wc: f"results/games/models/sft-{wc.env}-seed{GAME_SFT['seed']}/merged",
-        cfg=lambda wc: dict(GAME_RL, seed=int(wc.seed)),
-        games=lambda wc: dict(game_cfg(wc.env), eval=GAMES["eval"], rl=GAMES["rl"]),
-    threads: 1
-    resources:
-        mem_mb=4000,
-        runtime=120,
-        **LOCAL_GPU_RES,
-    conda:
-        "../../envs/local.yaml"
-    benchmark:
-        "results/benchmarks/games/rl-{env}-seed{seed}.tsv"
-    log:
-        "results/logs/games/rl-{env}-seed{seed}.log",
-    script:
-        "../scripts/game_rl.py"
+if config["backend"] == "local":
+
+    rule game_rl:
+        """Multi-turn GRPO from the env's merged SFT model on its train levels (sft2rl.tasks.games.rl on
+        the shared trainer); validation success on the val levels every rl.val_every steps; the last
+        policy exported as an HF directory. Resumes after a kill, restarts after any change."""
+        input:
+            levels=f"{GAME_DATA}/{{env}}/levels.jsonl",
+            init=lambda wc: f"results/games/models/sft-{wc.env}-seed{GAME_SFT['seed']}/merged",
+            code=code("game_rl"),
+        output:
+            final=directory("results/games/models/rl-{env}-seed{seed}/final"),
+            summary="results/games/rl/rl-{env}-seed{seed}/summary.json",
+        wildcard_constraints:
+            seed=r"\d+",
+        params:
+            init=lambda wc: f"results/games/models/sft-{wc.env}-seed{GAME_SFT['seed']}/merged",
+            cfg=lambda wc: dict(GAME_RL, seed=int(wc.seed)),
+            games=lambda wc: dict(game_cfg(wc.env), eval=GAMES["eval"], rl=GAMES["rl"]),
+        threads: 1
+        resources:
+            mem_mb=4000,
+            runtime=120,
+            **LOCAL_GPU_RES,
+        conda:
+            "../../envs/local.yaml"
+        benchmark:
+            "results/benchmarks/games/rl-{env}-seed{seed}.tsv"
+        log:
+            "results/logs/games/rl-{env}-seed{seed}.log",
+        script:
+            "../scripts/game_rl.py"
+
+
+if config["backend"] == "verl":
+
+    rule game_rl:
+        """Multi-turn GRPO on verl from the env's merged SFT model: main_ppo with the games'
+        agent loop (sft2rl.tasks.games.verl_agent: the environment steps inside verl's rollout,
+        one sequence per episode, games.history: true), verl's grpo estimator over the episodes
+        of a level; the last checkpoint exported as an HF directory, the summary's history from
+        the loop's episode log."""
+        input:
+            levels=f"{GAME_DATA}/{{env}}/levels.jsonl",
+            init=lambda wc: f"results/games/models/sft-{wc.env}-seed{GAME_SFT['seed']}/merged",
+            code=code("verl_export", modules=["tasks.games.verl_agent"]),
+        output:
+            final=directory("results/games/models/rl-{env}-seed{seed}/final"),
+            summary="results/games/rl/rl-{env}-seed{seed}/summary.json",
+        wildcard_constraints:
+            seed=r"\d+",
+        params:
+            cmd=lambda wc, input, output, resources: verl_launch.game_rl_command(
+                rl_run=f"rl-{wc.env}-seed{wc.seed}",
+                env=wc.env,
+                init=input.init,
+                levels=input.levels,
+                rl=dict(GAME_RL, seed=int(wc.seed)),
+                games=dict(game_cfg(wc.env), eval=GAMES["eval"], rl=GAMES["rl"]),
+                verl=VERL,
+                nnodes=resources.nodes,
+                gpus_per_node=verl_launch.gpus_per_node(resources),
+                code_root=CODE_ROOT,
+                run_dir=f"results/games/rl/rl-{wc.env}-seed{wc.seed}",
+                final=output.final,
+                summary=output.summary,
+            ),
+        threads: VERL["cpus_per_node"]
+        resources:
+            **verl_launch.job_resources(VERL, VERL["grpo_runtime"]),
+        conda:
+            "../../envs/verl.yaml"
+        benchmark:
+            "results/benchmarks/games/rl-{env}-seed{seed}.tsv"
+        log:
+            "results/logs/games/rl-{env}-seed{seed}.log",
+        shell:
+            "( {params.cmd} ) > {log} 2>&1"
 
 
 GAME_RL_FIGURES = [f"results/figures/games_rl_success.{ext}" for ext in ("png", "pdf")]

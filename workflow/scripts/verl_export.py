@@ -6,8 +6,12 @@
                         [--train-mode lora|full]
     verl_export.py prepare-rl --run-dir R --init I --train T --config-hash H --max-prompt-length L
                               --train-batch B --epochs E [--total-steps S]   # restart guard + plan.json
+    verl_export.py prepare-game-rl --run-dir R --init I --levels L --env E --games-json J --seed S
+                                   --config-hash H --train-batch B --epochs E [--total-steps S]
+                                   # a games run: guard, rows, agent-loop file; prints the episode's token budget
     verl_export.py latest-step --checkpoints results/rl/<run>/checkpoints
     verl_export.py rl-export --run-dir R --merger-dir D --init I --step-dir S --train-mode lora|full --final F --summary J
+                             [--episode-log E]   # a games run: the history from its agent loop's episodes
 
 The logic lives in sft2rl.verl_export (tested); this is its command line. Errors that are the
 user's to fix (a refused merge, a missing checkpoint, steps run != steps planned) end in one
@@ -50,6 +54,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-batch", type=int, required=True)
     p.add_argument("--epochs", type=int, required=True)
     p.add_argument("--total-steps", type=int, default=None)
+    p = sub.add_parser("prepare-game-rl")
+    p.add_argument("--run-dir", required=True)
+    p.add_argument("--init", required=True)
+    p.add_argument("--levels", required=True)
+    p.add_argument("--env", required=True)
+    p.add_argument("--games-json", required=True)
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--config-hash", required=True)
+    p.add_argument("--train-batch", type=int, required=True)
+    p.add_argument("--epochs", type=int, required=True)
+    p.add_argument("--total-steps", type=int, default=None)
     p = sub.add_parser("latest-step")
     p.add_argument("--checkpoints", required=True)
     p = sub.add_parser("rl-export")
@@ -60,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-mode", choices=["lora", "full"], required=True)
     p.add_argument("--final", required=True)
     p.add_argument("--summary", required=True)
+    p.add_argument("--episode-log", default=None)
     args = ap.parse_args(argv)
     log = setup_logging()
     try:
@@ -90,6 +106,14 @@ def main(argv: list[str] | None = None) -> int:
                                      max_prompt_length=args.max_prompt_length, train_batch=args.train_batch,
                                      epochs=args.epochs, total_steps=args.total_steps)
             log.info("verl GRPO plan: %s", plan)
+        elif args.cmd == "prepare-game-rl":
+            import json
+
+            plan = vx.prepare_game_rl(args.run_dir, init=args.init, levels=args.levels, env=args.env,
+                                      games=json.loads(args.games_json), seed=args.seed, config_hash=args.config_hash,
+                                      train_batch=args.train_batch, epochs=args.epochs, total_steps=args.total_steps)
+            log.info("verl games GRPO plan: %s", plan)
+            print(plan["response_length"])  # read by the job's shell: data.max_response_length
         elif args.cmd == "latest-step":
             print(vx.latest_rl_checkpoint(args.checkpoints))
         elif args.cmd == "rl-export":
@@ -97,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
             planned = vx.check_planned_steps(args.run_dir, step)
             export = (vx.fold_lora(args.merger_dir, args.init, args.final) if args.train_mode == "lora"
                       else vx.copy_full(args.merger_dir, args.final))
-            summary = vx.rl_summary(args.run_dir, args.step_dir, args.train_mode, planned, export)
+            history = vx.game_rl_history(args.episode_log) if args.episode_log else None
+            summary = vx.rl_summary(args.run_dir, args.step_dir, args.train_mode, planned, export, history)
             write_json(args.summary, summary)
             mark_complete(args.run_dir)
             log.info("verl GRPO export: step %s of %s, reward %s -> %s", summary["steps"], planned,

@@ -12,6 +12,7 @@ Everything about the games lives in this folder:
   intervals;
 * ``rl``: the games as a multi-turn task of the shared GRPO trainer (episodes in lockstep,
   RAGEN's reward and format penalty);
+* ``verl_agent``: the same episodes as a verl agent loop (``backend: verl``);
 * ``table``: the SFT table, the RL table (paired per-level differences) and their figures.
 """
 from __future__ import annotations
@@ -20,6 +21,8 @@ ACTIONS = ("Up", "Down", "Left", "Right")
 #: (row, column) offset of each action.
 MOVES = {"Up": (-1, 0), "Down": (1, 0), "Left": (0, -1), "Right": (0, 1)}
 ENVS = ("sokoban", "frozenlake")
+#: ``agent_name`` of the games' verl rows: :class:`sft2rl.tasks.games.verl_agent.GameAgentLoop`.
+VERL_AGENT_NAME = "sft2rl_game"
 
 
 

@@ -24,6 +24,7 @@ again).
 """
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
@@ -31,8 +32,10 @@ import torch
 
 from ...generation import generate, prompt_lengths
 from ...rl_task import Rollout, pack_rows
+from . import VERL_AGENT_NAME
 from .data import read_levels
 from .play import Episode, play
+from .prompts import OBSERVATION, render
 
 
 def common_prefix(prompts: list[list[int]]) -> int:
@@ -42,6 +45,12 @@ def common_prefix(prompts: list[list[int]]) -> int:
     while c < shortest - 1 and all(p[c] == prompts[0][c] for p in prompts):
         c += 1
     return c
+
+
+def episode_score(ep: Episode, format_penalty: float) -> float:
+    """RAGEN's episode reward: the environment's step rewards plus ``format_penalty`` for every
+    turn whose reply was not one well-formed answer with an action."""
+    return float(ep.env_reward + format_penalty * (ep.steps - ep.valid))
 
 
 class GamesTask:
@@ -112,7 +121,7 @@ class GamesTask:
     def rewards(self, items: list[dict], rollout: Rollout) -> tuple[np.ndarray, dict[str, float]]:
         eps: list[Episode] = rollout.info
         penalty = float(self.rl["format_penalty"])
-        scores = np.array([e.env_reward + penalty * (e.steps - e.valid) for e in eps], dtype=np.float64)
+        scores = np.array([episode_score(e, penalty) for e in eps], dtype=np.float64)
         steps = sum(e.steps for e in eps)
         return scores, {"success": float(np.mean([e.won for e in eps])),
                         "lost": float(np.mean([e.lost for e in eps])),
@@ -130,3 +139,53 @@ class GamesTask:
                        seed=ev["seed"], progress=False)  # generate() restores the model's training mode
         return {"success": float(np.mean([r["won"] for r in records])),
                 "timeout_rate": float(np.mean([not r["won"] and not r["lost"] for r in records]))}
+
+
+# ------------------------------------------------------------------ verl (backend: verl)
+def verl_rows(env: str, levels: list[dict], games: dict[str, Any], seed: int) -> list[dict]:
+    """One row of verl's RL parquet per train level: the first turn's chat (``prompt``, what
+    verl's dataset tokenises and filters by length), the agent loop that plays it, and the
+    level itself (``extra_info.level``, JSON) for the environment inside the loop."""
+    rows = []
+    for lv in levels:
+        first = Episode(env, lv, 0, games, games["eval"]["max_steps"], 0).prompt()
+        rows.append({"data_source": f"sft2rl/games/{env}", "prompt": first, "agent_name": VERL_AGENT_NAME,
+                     "ability": "game", "reward_model": {"style": "rule", "ground_truth": ""},
+                     "extra_info": {"level": json.dumps(lv), "index": int(lv["index"]),
+                                    "seed": seed * 100_003 + int(lv["index"])}})
+    return rows
+
+
+def episode_token_budget(tokenizer, env: str, levels: list[dict], games: dict[str, Any]) -> dict[str, int]:
+    """The most response tokens one episode can take in the agent loop (its ``rollout.response_length``):
+    ``max_steps`` replies of ``max_new_tokens`` and, between them, ``max_steps - 1`` observations,
+    each as long as the longest observation turn the chat template renders for a grid of these
+    levels (every state on their solver paths), plus two tokens for the turn boundary."""
+    def length(msgs, gen):
+        text = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen)
+        return len(tokenizer.encode(text, add_special_tokens=False))
+
+    ev = games["eval"]
+    longest = 0
+    for lv in levels:
+        ep = Episode(env, lv, 0, games, ev["max_steps"], 0)
+        first = ep.prompt()
+        head = first + [{"role": "assistant", "content": "x"}]
+        base = length(head, False)
+        for grid in _path_grids(env, lv, games):
+            turn = head + [{"role": "user", "content": OBSERVATION.format(grid=render(grid, games["render"]))}]
+            longest = max(longest, length(turn, True) - base)
+    steps, reply = int(ev["max_steps"]), int(ev["max_new_tokens"])
+    return {"observation_tokens": longest + 2, "reply_tokens": reply,
+            "response_length": steps * reply + (steps - 1) * (longest + 2)}
+
+
+def _path_grids(env: str, level: dict, games: dict[str, Any]) -> list[list[str]]:
+    """The grids of every state on the level's solver path (the start included)."""
+    from . import ACTIONS
+
+    ep = Episode(env, level, 0, games, len(level["solution"]) + 1, 0)
+    for a in level["solution"]:
+        if a in ACTIONS and not ep.done:
+            ep.act(f"<answer> {a} </answer>")
+    return ep.grids
