@@ -40,6 +40,7 @@ rule all:
         ABLATION_TABLES,
         rules.figures.output,
         rules.games.input,
+        rules.games_ablation.input,
         rules.med.input,
         rules.stage_times.output,
 

@@ -326,3 +326,55 @@ def test_sft_state_of_another_key_is_not_resumed(sft_run, base_dir, tmp_path):
     assert log["resumed_after_epoch"] == 0 and log["steps_trained"] == 12 and "params" in log["reason"]
     assert (run / "metrics.json").read_bytes() == (done / "metrics.json").read_bytes()
     shutil.rmtree(run)
+
+
+def test_pretraining_precision_is_chosen_recorded_and_applied(monkeypatch, base_dir):
+    """fp32 unless bf16 is asked for (or allowed: auto) and the device has native bf16; the
+    precision used is in the pretraining metrics; under bf16 the forward runs in autocast."""
+    from transformers import AutoTokenizer
+
+    from sft2rl import model as model_mod
+    from conftest import TINY_ARCH
+
+    cpu = torch.device("cpu")
+    for native, expected in ((False, ("fp32", "fp32", "fp32")), (True, ("fp32", "bf16", "bf16"))):
+        monkeypatch.setattr(model_mod, "has_bf16", lambda device, native=native: native)
+        assert tuple(model_mod.pretrain_precision(cpu, p) for p in ("fp32", "bf16", "auto")) == expected
+    with pytest.raises(ValueError, match="fp32, bf16 or auto"):
+        model_mod.pretrain_precision(cpu, "fp16")
+    tok = AutoTokenizer.from_pretrained(base_dir)
+    texts = ["The capital of Nilail is Paris. " * 8] * 8
+    cfg = dict(seed=0, steps=2, batch_size=2, seq_len=32, lr=1e-3, warmup_steps=0, weight_decay=0.0)
+    seen = []
+    for precision in ("fp32", "bf16"):
+        m = model_mod.build_tiny_model(tok, TINY_ARCH)
+        m.register_forward_hook(lambda mod, inp, out: seen.append(torch.is_autocast_enabled("cpu")))
+        stats = model_mod.pretrain(m, tok, texts, dict(cfg, precision=precision), device=cpu)
+        assert stats["precision"] == precision and stats["steps"] == 2
+    assert seen == [False, False, True, True]
+
+
+def test_base_checks_sft_rows_against_its_window_before_pretraining(monkeypatch, tmp_path):
+    """A tiny base whose pretraining window is shorter than an SFT row it will train stops
+    before pretraining (file, row, length named; nothing written); with overlong: drop it
+    pretrains and records the window."""
+    from sft2rl import model as model_mod
+    from sft2rl.errors import DataError
+    from sft2rl.io import write_jsonl
+    from conftest import TINY_ARCH
+
+    write_jsonl(tmp_path / "corpus.jsonl", [{"text": "Up Down Left Right. " * 20}] * 20)
+    short = [{"role": "user", "content": "Up"}, {"role": "assistant", "content": "Down"}]
+    long_ = [{"role": "user", "content": "Up Down Left Right " * 30}, {"role": "assistant", "content": "Left"}]
+    write_parquet(tmp_path / "rows.parquet", [{"messages": short}, {"messages": long_}, {"messages": short}])
+    called = []
+    monkeypatch.setattr(model_mod, "pretrain", lambda *a, **k: called.append(1) or {"steps": 1})
+    pre = dict(seed=0, steps=1, batch_size=2, seq_len=48, lr=1e-3, warmup_steps=0, weight_decay=0.0)
+    tiny = dict(TINY_ARCH, vocab_size=300)
+    with pytest.raises(DataError, match=r"rows\.parquet.*row 2.*pretraining window"):
+        model_mod.build_base(str(tmp_path / "corpus.jsonl"), str(tmp_path / "base"), tiny, pre,
+                             sft_rows=[str(tmp_path / "rows.parquet")])
+    assert not called and not (tmp_path / "base").exists()
+    stats = model_mod.build_base(str(tmp_path / "corpus.jsonl"), str(tmp_path / "base"), tiny, pre,
+                                 sft_rows=[str(tmp_path / "rows.parquet")], overlong="drop")
+    assert called == [1] and stats["seq_len"] == 48 and (tmp_path / "base" / "config.json").is_file()

@@ -10,6 +10,7 @@ stops a reply where its turn ends.
 """
 from __future__ import annotations
 
+import contextlib
 import random
 import shutil
 import time
@@ -43,6 +44,29 @@ def train_dtype(device: torch.device) -> torch.dtype:
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return torch.float32
+
+
+def has_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes in bf16 natively: a CUDA GPU that supports it, or a CPU with
+    AVX512-BF16 or AMX (elsewhere bf16 is emulated and slower than fp32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    cpu = torch.cpu
+    return bool(getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()
+                or getattr(cpu, "_is_amx_tile_supported", lambda: False)())
+
+
+def pretrain_precision(device: torch.device, requested: str) -> str:
+    """The pretraining precision actually used: ``fp32``; ``bf16`` (autocast, fp32 master
+    weights) where the device has native bf16 and it was asked for (``bf16``) or allowed
+    (``auto``); fp32 otherwise. Part of the base's run log and metrics."""
+    if requested not in ("fp32", "bf16", "auto"):
+        raise ValueError(f"pretrain precision must be fp32, bf16 or auto, got {requested!r}")
+    if requested != "fp32" and has_bf16(device):
+        return "bf16"
+    if requested == "bf16":
+        LOG.warning("pretraining precision bf16 asked for, but %s has no native bf16: fp32", device)
+    return "fp32"
 
 
 def set_seed(seed: int) -> None:
@@ -142,6 +166,10 @@ def pretrain(model, tokenizer, texts: list[str], cfg: dict[str, Any], tb_dir: st
     from transformers import get_cosine_schedule_with_warmup
 
     device = device or pick_device()
+    used = pretrain_precision(device, cfg.get("precision", "fp32"))
+    amp = (torch.autocast(device.type, dtype=torch.bfloat16) if used == "bf16"
+           else contextlib.nullcontext())
+    LOG.info("pretraining precision: %s (asked: %s)", used, cfg.get("precision", "fp32"))
     set_seed(cfg["seed"])
     gen = torch.Generator().manual_seed(cfg["seed"])
     model.to(device).train()
@@ -166,7 +194,8 @@ def pretrain(model, tokenizer, texts: list[str], cfg: dict[str, Any], tb_dir: st
             order = torch.randperm(n, generator=gen).tolist()
         idx, order = order[:bsz], order[bsz:]
         batch = torch.stack([chunks[i * seq: i * seq + seq + 1] for i in idx]).to(device)
-        logits = model(input_ids=batch[:, :-1]).logits
+        with amp:
+            logits = model(input_ids=batch[:, :-1]).logits
         loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), batch[:, 1:].flatten())
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -185,17 +214,25 @@ def pretrain(model, tokenizer, texts: list[str], cfg: dict[str, Any], tb_dir: st
     elapsed = time.time() - t0
     tail = losses[-20:]
     return {"final_loss": sum(tail) / len(tail), "first_loss": losses[0], "steps": cfg["steps"],
-            "seconds": elapsed, "tokens_per_s": tokens / elapsed}
+            "seconds": elapsed, "tokens_per_s": tokens / elapsed, "precision": used}
 
 
 def build_base(corpus_path: str, out_dir: str, tiny: dict[str, Any], pretrain_cfg: dict[str, Any],
-               tb_dir: str | None = None, added_tokens: tuple[str, ...] = TAG_TOKENS) -> dict[str, Any]:
-    """Tokenizer + tiny Qwen2 + pretraining, saved atomically as an HF directory."""
+               tb_dir: str | None = None, added_tokens: tuple[str, ...] = TAG_TOKENS,
+               sft_rows: list[str] | None = None, overlong: str = "error", loss_turns: str = "all") -> dict[str, Any]:
+    """Tokenizer + tiny Qwen2 + pretraining, saved atomically as an HF directory. ``sft_rows``:
+    the SFT files this base will train on, checked against the pretraining window with the new
+    tokenizer before any pretraining (:func:`sft2rl.sft.check_window`)."""
     from .data import load_corpus
 
     texts = load_corpus(corpus_path)
     set_seed(pretrain_cfg["seed"])
     tokenizer = build_tokenizer(texts, tiny["vocab_size"], tuple(added_tokens))
+    if sft_rows:
+        from .sft import check_window
+
+        longest = check_window(tokenizer, sft_rows, pretrain_cfg["seq_len"], overlong, loss_turns)
+        LOG.info("SFT rows against the pretraining window of %d tokens: longest %s", pretrain_cfg["seq_len"], longest)
     model = build_tiny_model(tokenizer, tiny)
     n_params = sum(p.numel() for p in model.parameters())
     LOG.info("tiny Qwen2: %d parameters, vocab %d", n_params, len(tokenizer))

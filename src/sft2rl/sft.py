@@ -114,6 +114,25 @@ def length_limit(max_length: int, positions: int | None, window: int | None, bas
     return min(limits, key=lambda x: x[0])
 
 
+def check_window(tokenizer, paths: list[str], window: int, overlong: str, loss_turns: str = "all") -> dict[str, int]:
+    """Before a tiny base pretrains: the SFT rows of ``paths`` against its pretraining window
+    (``seq_len``), with the tokenizer just built, as the SFT job will check them
+    (:func:`check_lengths`: ``overlong: error`` stops here, naming file, row and length, so no
+    pretraining is spent on a base SFT would refuse; ``drop`` counts the rows SFT will leave
+    out). Returns the longest row per file."""
+    longest = {}
+    for path in paths:
+        rows = read_parquet_rows(path)
+        enc = [encode_conversation(tokenizer, r["messages"], window, loss_turns) for r in rows]
+        _, over = check_lengths(path, enc, window,
+                                f"the pretraining window (games/model pretrain.seq_len = {window})", overlong)
+        if over:
+            LOG.warning("%s: %d of %d rows are longer than the pretraining window (%d tokens): SFT will leave them "
+                        "out (overlong: drop)", path, len(over), len(rows), window)
+        longest[str(path)] = max(e["length"] for e in enc)
+    return longest
+
+
 def check_lengths(path: str, encoded: list[dict[str, Any]], limit: int, what: str, overlong: str
                   ) -> tuple[list[dict[str, Any]], list[int]]:
     """The rows of ``path`` that fit in ``limit`` tokens and the (1-based) rows that do not.

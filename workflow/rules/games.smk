@@ -33,10 +33,13 @@ def game_base_input(wildcards=None):
     return [GAME_BASE] if TINY else []
 
 
-def game_sft_data(wildcards):
-    env = wildcards.env
+def game_sft_files(env):
     d = f"{GAME_DATA}/{env}/user" if env in GAMES["sft_files"] else f"{GAME_DATA}/{env}"
     return {"train": f"{d}/train.parquet", "val": f"{d}/val.parquet"}
+
+
+def game_sft_data(wildcards):
+    return game_sft_files(wildcards.env)
 
 
 def game_rl_run(env):
@@ -131,10 +134,14 @@ if TINY:
         """The games' tiny Qwen2 (tokenizer + pretraining on the game corpus)."""
         input:
             corpus=f"{GAME_DATA}/corpus.jsonl",
+            # the SFT rows of every env, checked against the pretraining window before pretraining
+            sft_rows=[f for env in GAME_ENVS for f in game_sft_files(env).values()],
             code=code("base_model"),
         output:
             directory("results/games/models/base"),
         params:
+            overlong=GAME_SFT.get("overlong", "error"),
+            loss_turns=GAME_SFT.get("loss_turns", "all"),
             tiny=dict(config["model"]["tiny"], **GAMES["tiny"]),
             pretrain=dict(config["model"]["pretrain"], **GAMES["pretrain"]),
             tensorboard="results/games/models/tensorboard/base",
@@ -468,6 +475,148 @@ rule game_figure:
         "../scripts/game_table.py"
 
 
+# RL-init ablation (local backend): SFT on the first N train levels of each env, the same
+# best-checkpoint merge, the same multi-turn GRPO and the same play on the test levels; the
+# main run (every train level) is the last row of each env.
+GAME_ABL = GAMES["ablation_rl_init"]
+GAME_ABL_DIR = "results/games/ablation_rl_init"
+if any(n >= GAMES["counts"]["train"] for n in GAME_ABL["sft_levels"]):
+    raise ValueError(f"config key 'games.ablation_rl_init.sft_levels' = {GAME_ABL['sft_levels']}: each must be fewer "
+                     f"than games.counts.train = {GAMES['counts']['train']} (the main run uses every train level)")
+
+
+def game_abl_model(wildcards):
+    d = f"{GAME_ABL_DIR}/{wildcards.env}/L{wildcards.n}"
+    return f"{d}/merged" if wildcards.policy == "sft" else f"{d}/rl/final"
+
+
+if config["backend"] == "local":
+
+    rule game_sft_levels_data:
+        """SFT rows of the first {n} train levels of one env (its validation rows unchanged)."""
+        input:
+            levels=f"{GAME_DATA}/{{env}}/levels.jsonl",
+            code=code("game_data"),
+        output:
+            train=f"{GAME_DATA}/{{env}}/levels{{n}}/train.parquet",
+        wildcard_constraints:
+            n=r"\d+",
+        params:
+            games=lambda wc: game_cfg(wc.env),
+        threads: 1
+        conda:
+            "../../envs/local.yaml"
+        log:
+            "results/logs/games/levels{n}_data_{env}.log",
+        script:
+            "../scripts/game_data.py"
+
+    use rule game_sft as game_sft_levels with:
+        input:
+            train=f"{GAME_DATA}/{{env}}/levels{{n}}/train.parquet",
+            val=f"{GAME_DATA}/{{env}}/val.parquet",
+            base=game_base_input,
+            code=code("sft"),
+        output:
+            checkpoints=directory(f"{GAME_ABL_DIR}/{{env}}/L{{n}}/sft/checkpoints"),
+            metrics=f"{GAME_ABL_DIR}/{{env}}/L{{n}}/sft/metrics.json",
+        wildcard_constraints:
+            n=r"\d+",
+        params:
+            base=GAME_BASE,
+            sft=GAME_SFT,
+            seed=GAME_SFT["seed"],
+        benchmark:
+            f"results/benchmarks/games/ablation_rl_init/sft-{{env}}-L{{n}}.tsv"
+        log:
+            "results/logs/games/ablation_rl_init/sft-{env}-L{n}.log",
+
+    use rule game_merge as game_merge_levels with:
+        input:
+            checkpoints=f"{GAME_ABL_DIR}/{{env}}/L{{n}}/sft/checkpoints",
+            metrics=f"{GAME_ABL_DIR}/{{env}}/L{{n}}/sft/metrics.json",
+            base=game_base_input,
+            code=code("merge"),
+        output:
+            directory(f"{GAME_ABL_DIR}/{{env}}/L{{n}}/merged"),
+        wildcard_constraints:
+            n=r"\d+",
+        benchmark:
+            f"results/benchmarks/games/ablation_rl_init/merge-{{env}}-L{{n}}.tsv"
+        log:
+            "results/logs/games/ablation_rl_init/merge-{env}-L{n}.log",
+
+    use rule game_rl as game_rl_levels with:
+        input:
+            levels=f"{GAME_DATA}/{{env}}/levels.jsonl",
+            init=f"{GAME_ABL_DIR}/{{env}}/L{{n}}/merged",
+            code=code("game_rl"),
+        output:
+            final=directory(f"{GAME_ABL_DIR}/{{env}}/L{{n}}/rl/final"),
+            summary=f"{GAME_ABL_DIR}/{{env}}/L{{n}}/rl/summary.json",
+        wildcard_constraints:
+            n=r"\d+",
+        params:
+            init=lambda wc: f"{GAME_ABL_DIR}/{wc.env}/L{wc.n}/merged",
+            cfg=dict(GAME_RL),
+            games=lambda wc: dict(game_cfg(wc.env), eval=GAMES["eval"], rl=GAMES["rl"]),
+        benchmark:
+            f"results/benchmarks/games/ablation_rl_init/rl-{{env}}-L{{n}}.tsv"
+        log:
+            "results/logs/games/ablation_rl_init/rl-{env}-L{n}.log",
+
+    use rule game_play as game_play_levels with:
+        input:
+            levels=f"{GAME_DATA}/{{env}}/levels.jsonl",
+            model=game_abl_model,
+            code=code("game_play"),
+        output:
+            episodes=f"{GAME_ABL_DIR}/{{env}}/L{{n}}/eval/{{policy}}.jsonl",
+            summary=f"{GAME_ABL_DIR}/{{env}}/L{{n}}/eval/{{policy}}.json",
+        wildcard_constraints:
+            n=r"\d+",
+            policy="sft|rl",
+        params:
+            model=game_abl_model,
+            games=lambda wc: game_cfg(wc.env),
+            eval=GAMES["eval"],
+            bootstrap={k: config["eval"][k] for k in BOOTSTRAP_KEYS},
+        benchmark:
+            f"results/benchmarks/games/ablation_rl_init/play-{{env}}-L{{n}}-{{policy}}.tsv"
+        log:
+            "results/logs/games/ablation_rl_init/play-{env}-L{n}-{policy}.log",
+
+    rule game_ablation_rl_init:
+        """results/games/ablation_rl_init.csv: per env, RL from SFT on the first N train levels
+        (games.ablation_rl_init.sft_levels) and from the main SFT run (every train level), each
+        played on the test levels; the paired per-level difference RL - SFT with its interval."""
+        input:
+            abl=[f"{GAME_ABL_DIR}/{env}/L{n}/{f}" for env in GAME_ABL["envs"] for n in GAME_ABL["sft_levels"]
+                 for f in ("eval/sft.json", "eval/sft.jsonl", "eval/rl.json", "eval/rl.jsonl", "rl/summary.json")],
+            abl_rows=[f"{GAME_DATA}/{env}/levels{n}/train.parquet" for env in GAME_ABL["envs"]
+                      for n in GAME_ABL["sft_levels"]],
+            main=[f"results/games/{f}" for env in GAME_ABL["envs"]
+                  for f in (f"eval/{env}/sft.json", f"eval/{env}/sft.jsonl", f"eval/{env}/rl.json",
+                            f"eval/{env}/rl.jsonl", f"rl/{game_rl_run(env)}/summary.json")],
+            main_rows=[f"{GAME_DATA}/{env}/train.parquet" for env in GAME_ABL["envs"]],
+            random=[f"results/games/eval/{env}/random.json" for env in GAME_ABL["envs"]],
+            code=code("game_table"),
+        output:
+            csv="results/games/ablation_rl_init.csv",
+            tex="results/tables/games_ablation_rl_init.tex",
+        params:
+            envs=GAME_ABL["envs"],
+            sft_levels=GAME_ABL["sft_levels"],
+            all_levels=GAMES["counts"]["train"],
+            bootstrap={k: config["eval"][k] for k in BOOTSTRAP_KEYS},
+        conda:
+            "../../envs/local.yaml"
+        log:
+            "results/logs/games/ablation_rl_init.log",
+        script:
+            "../scripts/game_table.py"
+
+
 rule games:
     """The whole games system: SFT and RL tables and figures."""
     input:
@@ -477,5 +626,12 @@ rule games:
         GAME_RL_FIGURES,
 
 
+rule games_ablation:
+    """The games' RL-init ablation (local backend)."""
+    input:
+        "results/games/ablation_rl_init.csv" if config["backend"] == "local" else [],
+
+
 localrules:
     games,
+    games_ablation,

@@ -7,4 +7,7 @@ with script_errors(snakemake) as log:
     log.info("threads: %d", use_job_threads(snakemake.threads))
     build_base(snakemake.input.corpus, snakemake.output[0], snakemake.params.tiny,
                snakemake.params.pretrain, snakemake.params.tensorboard,
-               tuple(getattr(snakemake.params, "added_tokens", TAG_TOKENS)))
+               tuple(getattr(snakemake.params, "added_tokens", TAG_TOKENS)),
+               sft_rows=list(getattr(snakemake.input, "sft_rows", []) or []),
+               overlong=getattr(snakemake.params, "overlong", "error"),
+               loss_turns=getattr(snakemake.params, "loss_turns", "all"))

@@ -13,6 +13,10 @@ with script_errors(snakemake) as log:
         counts = data.write_user_rows(snakemake.input.train, snakemake.input.val,
                                       Path(snakemake.output.train).parent)
         log.info("%s: user rows %s", snakemake.wildcards.env, counts)
+    elif snakemake.rule == "game_sft_levels_data":
+        n = data.write_level_subset_rows(snakemake.input.levels, snakemake.params.games,
+                                         int(snakemake.wildcards.n), snakemake.output.train)
+        log.info("%s: %d SFT rows from the first %s train levels", snakemake.wildcards.env, n, snakemake.wildcards.n)
     else:  # game_corpus
         docs = []
         for path in snakemake.input.levels:

@@ -40,7 +40,7 @@ def rl_config(config: dict) -> dict:
     rule trains with. Replies are as long as in play (``games.eval.max_new_tokens``); the RL
     starts from the env's merged SFT model (``rl.init`` does not apply)."""
     games = config["games"]
-    over = {k: v for k, v in games["rl"].items() if k != "format_penalty"}
+    over = {k: v for k, v in games["rl"].items() if k not in ("format_penalty", "levels")}
     out = dict({k: v for k, v in config["rl"].items() if k != "init"}, **over)
     out["max_response_length"] = games["eval"]["max_new_tokens"]
     return out

@@ -207,6 +207,17 @@ def write_game_data(env: str, cfg: dict[str, Any], out_dir: str | Path) -> dict[
     return counts
 
 
+def write_level_subset_rows(levels_path: str | Path, cfg: dict[str, Any], n: int, out: str | Path) -> int:
+    """SFT rows (one per solver step) of the first ``n`` train levels only, for SFT models of
+    lesser strength (the RL-init ablation); the validation rows stay the env's own."""
+    train = read_levels(levels_path, "train")
+    if n > len(train):
+        raise ValueError(f"{levels_path}: {n} train levels asked for, {len(train)} exist")
+    rows = split_rows(train[:n], cfg, "train")
+    write_parquet(out, rows)
+    return len(rows)
+
+
 # ------------------------------------------------------------------ user-supplied rows
 def load_game_rows(path: str | Path) -> list[dict[str, Any]]:
     """Validate game SFT rows (jsonl or parquet): a non-empty message list as ``prompt`` and a

@@ -70,6 +70,8 @@ class GamesTask:
 
     def load(self, tokenizer, cfg: dict[str, Any]) -> list[dict]:
         self.items = read_levels(self.levels_path, "train")
+        if self.rl.get("levels"):  # RL on the first ``games.rl.levels`` train levels only
+            self.items = self.items[:int(self.rl["levels"])]
         self.val_levels = read_levels(self.levels_path, "val")
         if not self.items:
             raise ValueError(f"{self.levels_path}: no train levels")

@@ -27,16 +27,17 @@ def _fmt(x: float) -> str:
     return "--" if pd.isna(x) else f"{x:.2f}"
 
 
+def _tabular(align: str, header: str, body: list[str]) -> str:
+    return "\n".join([rf"\begin{{tabular}}{{{align}}}", r"\toprule", header + r" \\", r"\midrule",
+                      *[line + r" \\" for line in body], r"\bottomrule", r"\end{tabular}", ""])
+
+
 def latex(frame: pd.DataFrame) -> str:
-    lines = [r"\begin{tabular}{lllrrrrr}", r"\toprule",
-             r"env & policy & mode & success [95\% CI] & valid act. & bad format & steps/opt. & opt. action \\",
-             r"\midrule"]
-    for _, r in frame.iterrows():
-        lines.append(f"{r.env} & {r.policy} & {r['mode']} & {_fmt(r.success)} [{_fmt(r.success_lo)}, "
-                     f"{_fmt(r.success_hi)}] & {_fmt(r.valid_action_rate)} & {_fmt(r.invalid_format_rate)} & "
-                     f"{_fmt(r.steps_over_optimal)} & {_fmt(r.optimal_action_rate)} \\\\")
-    lines += [r"\bottomrule", r"\end{tabular}", ""]
-    return "\n".join(lines)
+    body = [f"{r.env} & {r.policy} & {r['mode']} & {_fmt(r.success)} [{_fmt(r.success_lo)}, "
+            f"{_fmt(r.success_hi)}] & {_fmt(r.valid_action_rate)} & {_fmt(r.invalid_format_rate)} & "
+            f"{_fmt(r.steps_over_optimal)} & {_fmt(r.optimal_action_rate)}" for _, r in frame.iterrows()]
+    return _tabular("lllrrrrr", r"env & policy & mode & success [95\% CI] & valid act. & bad format & steps/opt. & "
+                    r"opt. action", body)
 
 
 def write_table(summaries: list[str], csv_out: str, tex_out: str) -> pd.DataFrame:
@@ -124,15 +125,15 @@ def rl_rows(env: str, files: dict[str, str], bootstrap: dict) -> list[dict]:
     return out
 
 
-def rl_latex(frame: pd.DataFrame) -> str:
-    lines = [r"\begin{tabular}{llrrrr}", r"\toprule",
-             r"env & mode & SFT [95\% CI] & RL [95\% CI] & RL $-$ SFT [95\% CI] & random \\", r"\midrule"]
-    for _, r in frame.iterrows():
-        lines.append(f"{r.env} & {r['mode']} & {_fmt(r.sft_success)} [{_fmt(r.sft_lo)}, {_fmt(r.sft_hi)}] & "
-                     f"{_fmt(r.rl_success)} [{_fmt(r.rl_lo)}, {_fmt(r.rl_hi)}] & {r['diff']:+.2f} "
-                     f"[{r.diff_lo:+.2f}, {r.diff_hi:+.2f}] & {_fmt(r.random_success)} \\\\")
-    lines += [r"\bottomrule", r"\end{tabular}", ""]
-    return "\n".join(lines)
+def rl_latex(frame: pd.DataFrame, lead: tuple[tuple[str, str], ...] = ()) -> str:
+    """The RL table's LaTeX; ``lead``: (column, header) pairs shown after the env."""
+    body = [" & ".join([r.env, *[str(r[c]) for c, _ in lead], r["mode"]]) +
+            f" & {_fmt(r.sft_success)} [{_fmt(r.sft_lo)}, {_fmt(r.sft_hi)}] & "
+            f"{_fmt(r.rl_success)} [{_fmt(r.rl_lo)}, {_fmt(r.rl_hi)}] & {r['diff']:+.2f} "
+            f"[{r.diff_lo:+.2f}, {r.diff_hi:+.2f}] & {_fmt(r.random_success)}" for _, r in frame.iterrows()]
+    header = " & ".join(["env", *[h for _, h in lead], "mode"])
+    return _tabular("l" + "r" * len(lead) + "lrrrr",
+                    header + r" & SFT [95\% CI] & RL [95\% CI] & RL $-$ SFT [95\% CI] & random", body)
 
 
 def write_rl_table(rows: list[dict], csv_out: str, tex_out: str) -> pd.DataFrame:
@@ -140,6 +141,21 @@ def write_rl_table(rows: list[dict], csv_out: str, tex_out: str) -> pd.DataFrame
     with atomic_file(csv_out) as tmp:
         frame.to_csv(tmp, index=False, float_format="%.6g")
     write_text(tex_out, rl_latex(frame))
+    return frame
+
+
+ABLATION_RL_INIT_COLUMNS = ["env", "sft_levels", "sft_rows", *RL_COLUMNS[1:]]
+
+
+def write_ablation_rl_init(rows: list[dict], csv_out: str, tex_out: str) -> pd.DataFrame:
+    """results/games/ablation_rl_init.csv: RL from SFT models of different strength (SFT on the
+    first ``sft_levels`` train levels; the largest is the main run), per env and play mode:
+    SFT and RL success on the test levels, the paired per-level difference, random beside them."""
+    frame = pd.DataFrame(rows)[ABLATION_RL_INIT_COLUMNS].sort_values(["env", "sft_levels", "mode"], kind="stable")
+    frame = frame.reset_index(drop=True)
+    with atomic_file(csv_out) as tmp:
+        frame.to_csv(tmp, index=False, float_format="%.6g")
+    write_text(tex_out, rl_latex(frame, lead=(("sft_levels", "SFT levels"),)))
     return frame
 
 
