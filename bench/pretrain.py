@@ -21,7 +21,7 @@ from common import REPO, matmul_gflops, publish
 
 
 def corpus_texts(cfg: dict) -> tuple[list[str], str]:
-    from sft2rl.data import load_corpus
+    from sft2rl.rows import load_corpus
 
     path = REPO / "data/raw/world_corpus.jsonl"
     if path.is_file():

@@ -9,9 +9,10 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from sft2rl.data import process_rl, process_sft, strip_thinking
+from sft2rl.data import process_rl, process_sft
 from sft2rl.io import DataError, atomic_dir, atomic_file, read_jsonl
 from sft2rl.reward import group_aware_details
+from sft2rl.rows import strip_thinking
 from sft2rl.world import build_world
 
 from conftest import REPO

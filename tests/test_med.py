@@ -440,7 +440,7 @@ def test_default_rows_fit_the_tiny_base_window(default_clinic):
     """The longest SFT row (with and without think blocks, train and val) in tokens of the med
     base's tokenizer fits its pretraining window, which fits its positions and sft.max_length."""
     from sft2rl import model as model_mod
-    from sft2rl.data import load_corpus
+    from sft2rl.rows import load_corpus
     from sft2rl.sft import encode_conversation
 
     window = MED["pretrain"]["seq_len"]

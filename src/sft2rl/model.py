@@ -191,7 +191,7 @@ def pretrain(model, tokenizer, texts: list[str], cfg: dict[str, Any], tb_dir: st
 def build_base(corpus_path: str, out_dir: str, tiny: dict[str, Any], pretrain_cfg: dict[str, Any],
                tb_dir: str | None = None, added_tokens: tuple[str, ...] = TAG_TOKENS) -> dict[str, Any]:
     """Tokenizer + tiny Qwen2 + pretraining, saved atomically as an HF directory."""
-    from .data import load_corpus
+    from .rows import load_corpus
 
     texts = load_corpus(corpus_path)
     set_seed(pretrain_cfg["seed"])
