@@ -1,9 +1,9 @@
 from pathlib import Path
 
-from sft2rl import runs
 from sft2rl.logutil import script_errors
 from sft2rl.resources import use_job_threads
 from sft2rl.sft import train_sft
+from sft2rl.tasks.qa import runs
 
 with script_errors(snakemake) as log:
     use_job_threads(snakemake.threads)

@@ -14,8 +14,8 @@ import random
 from pathlib import Path
 from typing import Any
 
-from .io import DataError, iter_rows, read_rows, write_jsonl, write_parquet, write_parquet_records
-from .rows import ROLES, strip_thinking
+from ...io import DataError, iter_rows, read_rows, write_jsonl, write_parquet, write_parquet_records
+from ...rows import ROLES, strip_thinking
 
 
 def _check_messages(path: Path, lineno: int, row: dict, need: tuple[str, ...]) -> list[dict[str, str]]:
@@ -177,8 +177,8 @@ def user_corpus(raw_sft: str | Path, rl_train: str | Path) -> list[str]:
     every SFT conversation and every RL *train* question with its ground truth, in the chat
     format of the tiny model. The RL test split never enters it (its answers are what the
     evaluation scores)."""
-    from .io import read_parquet_rows
-    from .text import chat_text
+    from ...io import read_parquet_rows
+    from ...text import chat_text
 
     docs = [chat_text([{"role": m["role"], "content": m["content"]} for m in row["messages"]])
             for row in load_sft_rows(raw_sft)]
