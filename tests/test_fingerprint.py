@@ -48,6 +48,7 @@ def test_run_key_names_the_changed_part(tmp_path):
     ("grpo", {"grpo", "tasks.qa.rl", "tasks.qa.reward", "generation", "model", "io", "merge", "resume"},
      {"plots", "tasks.qa.tables"}),
     ("evaluate", {"tasks.qa.evaluate", "tasks.qa.reward", "generation", "model", "io"}, {"grpo", "plots"}),
+    ("sft", {"sft", "model", "rows"}, {"tasks.qa", "tasks.qa.runs"}),  # shared by every task
     ("merge", {"merge", "sft"}, {"plots"}),  # the checkpoint choice lives in sft.py
     ("verl_export", {"verl_export", "verl_launch", "tblog", "merge"}, {"plots"}),
     ("figures", {"plots", "tblog"}, {"model", "grpo"}),

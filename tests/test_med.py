@@ -466,7 +466,7 @@ def test_the_medical_task_imports_no_qa_module():
     from sft2rl import fingerprint
 
     scripts = [Path(__file__).resolve().parents[1] / "workflow/scripts" / f"{s}.py"
-               for s in ("med_data", "med_eval", "med_table")]
+               for s in ("med_data", "med_eval", "med_table", "base_model", "sft", "merge")]
     reached = fingerprint.module_closure([m[len("sft2rl."):] for m in MED_MODULES], scripts)
     assert not [m for m in reached if f"sft2rl.{m}".startswith(QA_PACKAGE)], reached
     code = ("import sys\n" + "".join(f"import {m}\n" for m in MED_MODULES) +
