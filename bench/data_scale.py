@@ -27,8 +27,8 @@ REPO = Path(__file__).resolve().parents[1]
 CHILD = r"""
 import json, resource, sys, time
 sys.path.insert(0, {src!r})
-from sft2rl.data import process_rl, process_sft
 from sft2rl.errors import DataError
+from sft2rl.tasks.qa.data import process_rl, process_sft
 kind, raw, out = sys.argv[1], sys.argv[2], sys.argv[3]
 t0 = time.perf_counter()
 error = None

@@ -7,7 +7,7 @@ each (as a GRPO job), the settings of config.yaml's ``rl`` section on all three:
     full fine-tuning, AdamW lr 5e-5 (constant, no weight decay), grad clip 1.0, clip ratio 0.2,
     KL loss with coefficient 0.001 against a frozen reference model, one PPO epoch over one
     mini-batch (on-policy), token-mean loss, group advantages normalised by the std,
-    the group-aware reward of sft2rl.reward; no gradient checkpointing.
+    the group-aware reward of sft2rl.tasks.qa.reward; no gradient checkpointing.
 
 What could not be matched, stated in the output: TRL's KL is the k3 estimator unclamped
 (verl's ``low_var_kl`` clamps it to [-10, 10]); TRL's std normalisation adds 1e-4 (verl
@@ -59,7 +59,7 @@ if kind == "trl":
     from trl import GRPOConfig, GRPOTrainer
     from sft2rl.io import read_parquet_rows
     from sft2rl.model import load_model
-    from sft2rl.reward import group_aware_details, options_from_config
+    from sft2rl.tasks.qa.reward import group_aware_details, options_from_config
     m, tok = load_model(model, torch.device("cpu"), torch.float32)
     rows = read_parquet_rows(data)
     ds = Dataset.from_list([{"prompt": r["prompt"], "ground_truth": r["reward_model"]["ground_truth"]} for r in rows])

@@ -21,12 +21,12 @@ from common import REPO, matmul_gflops, publish
 
 
 def corpus_texts(cfg: dict) -> tuple[list[str], str]:
-    from sft2rl.data import load_corpus
+    from sft2rl.rows import load_corpus
 
     path = REPO / "data/raw/world_corpus.jsonl"
     if path.is_file():
         return load_corpus(str(path)), str(path)
-    from sft2rl.world import build_world
+    from sft2rl.tasks.qa.world import build_world
 
     return [d["text"] for d in build_world(cfg["world"])["corpus"]], "built from config.yaml world"
 

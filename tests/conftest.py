@@ -17,7 +17,7 @@ TINY_WORLD = dict(seed=3, n_known_entities=6, n_unknown_entities=6, relations=["
 
 @pytest.fixture(scope="session")
 def tiny_world():
-    from sft2rl.world import build_world
+    from sft2rl.tasks.qa.world import build_world
 
     return build_world(TINY_WORLD)
 

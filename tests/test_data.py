@@ -9,10 +9,11 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from sft2rl.data import process_rl, process_sft, strip_thinking
 from sft2rl.io import DataError, atomic_dir, atomic_file, read_jsonl
-from sft2rl.reward import group_aware_details
-from sft2rl.world import build_world
+from sft2rl.rows import strip_thinking
+from sft2rl.tasks.qa.data import process_rl, process_sft
+from sft2rl.tasks.qa.reward import group_aware_details
+from sft2rl.tasks.qa.world import build_world
 
 from conftest import REPO
 
@@ -62,7 +63,7 @@ def test_world_raw_schemas(world):
 
 def test_default_test_split_is_large_enough(world, tmp_path):
     """The default config holds out >= 200 questions, >= 80 knowable and >= 80 unknowable."""
-    from sft2rl.data import process_rl
+    from sft2rl.tasks.qa.data import process_rl
     from sft2rl.io import read_parquet_rows, write_jsonl
 
     cfg = yaml.safe_load((REPO / "config.yaml").read_text())

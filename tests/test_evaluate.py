@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from sft2rl.evaluate import _assign_difficulty, summarize_records
+from sft2rl.tasks.qa.evaluate import _assign_difficulty, summarize_records
 
 
 def rec(kind, knowable, correct, think, proactive, samples_proactive, reward, group_acc=0.0, index=0):

@@ -36,26 +36,28 @@ def test_run_key_names_the_changed_part(tmp_path):
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "w").write_text("1")
     (tmp_path / "d").write_text("rows")
-    k1 = run_key(models={"init": tmp_path / "m"}, data={"train": tmp_path / "d"}, modules=["reward"], params={"a": 1})
-    k2 = run_key(models={"init": tmp_path / "m"}, data={"train": tmp_path / "d"}, modules=["reward"], params={"a": 2})
+    k1 = run_key(models={"init": tmp_path / "m"}, data={"train": tmp_path / "d"}, modules=["tasks.qa.reward"], params={"a": 1})
+    k2 = run_key(models={"init": tmp_path / "m"}, data={"train": tmp_path / "d"}, modules=["tasks.qa.reward"], params={"a": 2})
     assert k1["key"] != k2["key"] and changed_parts(k1, k2) == ["params"]
     (tmp_path / "m" / "w").write_text("2")
-    k3 = run_key(models={"init": tmp_path / "m"}, data={"train": tmp_path / "d"}, modules=["reward"], params={"a": 1})
+    k3 = run_key(models={"init": tmp_path / "m"}, data={"train": tmp_path / "d"}, modules=["tasks.qa.reward"], params={"a": 1})
     assert changed_parts(k1, k3) == ["model:init"]
 
 
 @pytest.mark.parametrize("script, must, must_not", [
-    ("grpo", {"grpo", "reward", "generation", "model", "io", "merge", "resume"}, {"plots", "tables"}),
-    ("evaluate", {"evaluate", "reward", "generation", "model", "io"}, {"grpo", "plots"}),
+    ("grpo", {"grpo", "tasks.qa.rl", "tasks.qa.reward", "generation", "model", "io", "merge", "resume"},
+     {"plots", "tasks.qa.tables"}),
+    ("evaluate", {"tasks.qa.evaluate", "tasks.qa.reward", "generation", "model", "io"}, {"grpo", "plots"}),
+    ("sft", {"sft", "model", "rows"}, {"tasks.qa", "tasks.qa.runs"}),  # shared by every task
     ("merge", {"merge", "sft"}, {"plots"}),  # the checkpoint choice lives in sft.py
     ("verl_export", {"verl_export", "verl_launch", "tblog", "merge"}, {"plots"}),
     ("figures", {"plots", "tblog"}, {"model", "grpo"}),
     # subpackages: a task's modules, the packages on their way, and what they import in functions
     ("game_play", {"tasks", "tasks.games", "tasks.games.play", "tasks.games.sokoban", "tasks.games.frozenlake",
                    "tasks.games.data", "tasks.games.prompts", "tasks.games.solver", "generation", "model", "io"},
-     {"grpo", "plots", "reward"}),
-    ("game_data", {"tasks.games.data", "tasks.games.sokoban", "tasks.games.frozenlake", "io"},
-     {"tasks.games.play", "model", "generation"}),
+     {"grpo", "plots", "tasks.qa.reward"}),
+    ("game_data", {"tasks.games.data", "tasks.games.sokoban", "tasks.games.frozenlake", "io", "rows"},
+     {"tasks.games.play", "model", "generation", "tasks.qa"}),
     ("game_table", {"tasks.games.table", "plots"}, {"tasks.games.sokoban", "model"}),
 ])
 def test_code_inputs_follow_imports(script, must, must_not):

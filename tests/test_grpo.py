@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from sft2rl.data import rl_record
 from sft2rl.grpo import ActorLossConfig, grpo_advantages
-from sft2rl.tasks.qa.rl import train_grpo
 from sft2rl.io import write_parquet
+from sft2rl.tasks.qa.data import rl_record
+from sft2rl.tasks.qa.rl import train_grpo
 
 
 def test_group_advantages_hand_computed():
@@ -189,10 +189,10 @@ def test_code_closure_covers_what_grpo_imports():
     from sft2rl.fingerprint import module_closure
 
     mods = module_closure(["grpo", "tasks.qa.rl"])
-    for m in ("grpo", "reward", "generation", "rollout", "shared_prefix", "model", "io", "merge", "resume", "fingerprint",
-              "errors"):
+    for m in ("grpo", "tasks.qa.reward", "generation", "rollout", "shared_prefix", "model", "io", "merge", "resume",
+              "fingerprint", "errors"):
         assert m in mods, m
-    assert "plots" not in mods and "tables" not in mods
+    assert "plots" not in mods and "tasks.qa.tables" not in mods
 
 
 def test_full_finetuning_keeps_fp32_master_weights(tmp_path, tiny_base, rl_train_file):

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sft2rl.data import grouped_split, process_rl
 from sft2rl.io import read_parquet_rows, write_jsonl
-from sft2rl.world import build_world
+from sft2rl.tasks.qa.data import grouped_split, process_rl
+from sft2rl.tasks.qa.world import build_world
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -248,7 +248,7 @@ def test_switching_merge_checkpoint_retrains_rl(clone, tmp_path):
 
 def test_editing_reward_code_retrains_rl(clone):
     before = _rl_state(clone)
-    reward = clone / "src/sft2rl/reward.py"
+    reward = clone / "src/sft2rl/tasks/qa/reward.py"
     # a real change of the reward: rollouts later in a group earn a little more
     reward.write_text(reward.read_text() + (
         "\n\n_group_aware_details = group_aware_details\n\n\n"
@@ -318,7 +318,7 @@ def test_real_data_on_the_tiny_base_runs_end_to_end(tmp_path):
     SFT, merge and evaluation run. The user files arrive as Windows tools write them (UTF-8 with
     a byte-order mark, CRLF) and as parquet."""
     from sft2rl.io import read_jsonl, write_parquet
-    from sft2rl.world import build_world
+    from sft2rl.tasks.qa.world import build_world
 
     work = copy_checkout(tmp_path / "project")
     cfg = yaml.safe_load((REPO / "config.yaml").read_text())

@@ -13,8 +13,8 @@ import pytest
 
 from sft2rl import paper as paper_mod
 from sft2rl import plots
-from sft2rl.runs import rl_name, sft_name
-from sft2rl.tables import build_table, write_table
+from sft2rl.tasks.qa.runs import rl_name, sft_name
+from sft2rl.tasks.qa.tables import build_table, write_table
 
 REPO = Path(__file__).resolve().parents[1]
 SFT = sft_name(50, 42)
@@ -56,7 +56,7 @@ def _records(seed: int, shift: float, n: int = 20) -> list[dict]:
 
 
 def _write_ablations(root: Path) -> dict[str, str]:
-    """Ablation CSV + LaTeX built by the real sft2rl.tables code from fake evaluation records."""
+    """Ablation CSV + LaTeX built by the real sft2rl.tasks.qa.tables code from fake evaluation records."""
     n = 0
 
     def group(variant, kind, models, shift, ref=None):

@@ -1,4 +1,4 @@
-"""Tests for ``sft2rl.reward`` (group-aware proactive reward)."""
+"""Tests for ``sft2rl.tasks.qa.reward`` (group-aware proactive reward)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sft2rl.reward import (
+from sft2rl.tasks.qa.reward import (
     ResponseDetails,
     formal_answer,
     group_aware_details,
@@ -455,7 +455,7 @@ def test_fuzzy_accepts_everything_substring_accepts(formal: str, ground_truth: s
 
 
 def test_well_formed_is_the_format_of_both_sft_styles():
-    from sft2rl.reward import well_formed
+    from sft2rl.tasks.qa.reward import well_formed
 
     assert well_formed("<think>\nI know this.\n</think>\n\nThe capital of Bora is Lin.")  # hedge_only, knowable
     assert well_formed("<think>a</think>\n\n<proactive>\nI am not sure.\n</proactive>\n\nI do not know.")

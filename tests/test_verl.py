@@ -25,10 +25,10 @@ pytest.importorskip("verl")
 
 from sft2rl import verl_export as vx  # noqa: E402
 from sft2rl import verl_launch as vl  # noqa: E402
-from sft2rl.data import process_rl, process_sft  # noqa: E402
 from sft2rl.io import write_jsonl  # noqa: E402
 from sft2rl.merge import MergeError  # noqa: E402
-from sft2rl.reward import group_aware_rewards  # noqa: E402
+from sft2rl.tasks.qa.data import process_rl, process_sft  # noqa: E402
+from sft2rl.tasks.qa.reward import group_aware_rewards  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = yaml.safe_load((REPO / "config.yaml").read_text())
@@ -199,7 +199,7 @@ def test_ppo_overrides_compose_and_pass_verl_validation(ppo_cfg):
     from verl.trainer.ppo.utils import need_critic, need_reference_policy
     from verl.utils.config import omega_conf_to_dataclass, validate_config
 
-    from sft2rl import verl_hooks
+    from sft2rl.tasks.qa import verl_hooks
 
     rl, reward = RL_TEST, CONFIG["reward"]
     cfg = migrate_legacy_reward_impl(ppo_cfg.copy())  # what the reward loop does first
@@ -244,7 +244,7 @@ def test_ppo_overrides_compose_and_pass_verl_validation(ppo_cfg):
               extra_info={})["score"] == verl_hooks.encode(True, True, False, True)  # + a final answer
     # every Ray worker gets the hook module and our package (main_ppo merges this into ray.init)
     env = OmegaConf.to_container(OmegaConf.merge(get_ppo_ray_runtime_env(cfg), cfg.ray_kwargs.ray_init.runtime_env))
-    assert env["env_vars"]["VERL_USE_EXTERNAL_MODULES"] == "sft2rl.verl_hooks"
+    assert env["env_vars"]["VERL_USE_EXTERNAL_MODULES"] == "sft2rl.tasks.qa.verl_hooks"
     assert env["env_vars"]["PYTHONPATH"] == str(REPO / "src")
 
 
@@ -284,7 +284,7 @@ def test_legacy_reward_keys_are_never_emitted(tiny_base, data, tmp_path, ppo_cfg
     assert vl.has_legacy_keys(["custom_reward_function.path=x", "+reward_model.reward_manager=batch"]) == [
         "custom_reward_function.path=x", "+reward_model.reward_manager=batch"]
     assert ppo_cfg.custom_reward_function.path is None and ppo_cfg.reward_model.reward_manager is None
-    assert ppo_cfg.reward.custom_reward_function.path == "pkg://sft2rl.verl_hooks"
+    assert ppo_cfg.reward.custom_reward_function.path == "pkg://sft2rl.tasks.qa.verl_hooks"
 
 
 # ------------------------------------------------------------------ 2. RL parquet through RLHFDataset
@@ -377,7 +377,7 @@ def test_group_hook_matches_local_backend(variant, tiny_base, data, tmp_path, to
     from verl.trainer.ppo.reward import get_custom_reward_fn
     from verl.trainer.ppo.v1.utils import compute_advantage_for_multi_trajectories
 
-    from sft2rl import verl_hooks
+    from sft2rl.tasks.qa import verl_hooks
     from sft2rl.grpo import grpo_advantages
 
     reward = dict(CONFIG["reward"], **(VARIANT if variant else {}))
@@ -421,7 +421,7 @@ def test_group_hook_matches_local_backend(variant, tiny_base, data, tmp_path, to
 
 
 def test_group_rewards_from_codes_equal_library_on_random_groups():
-    from sft2rl import verl_hooks
+    from sft2rl.tasks.qa import verl_hooks
 
     rng = np.random.default_rng(0)
     parts = ["<think>x</think>", "<proactive>short</proactive>", "<proactive>a long enough remark</proactive>",
@@ -442,7 +442,7 @@ def test_group_rewards_from_codes_equal_library_on_random_groups():
 
 
 def test_hook_refuses_scores_that_are_not_codes():
-    from sft2rl import verl_hooks
+    from sft2rl.tasks.qa import verl_hooks
 
     cfg = {"group_reward": {"beta": 0.5, "format_bonus": 0.05, "acc_over": "all"}}
     with pytest.raises(ValueError, match="not integer reward codes"):
@@ -583,11 +583,11 @@ def test_snakemake_dry_run_prints_verl_commands(tmp_path):
     assert "torchrun --standalone --nnodes 1 --nproc_per_node 1 -m verl.trainer.sft_trainer" in out
     assert "python -m verl.trainer.main_ppo" in out
     assert "algorithm.adv_estimator=group_aware_grpo" in out
-    assert "reward.custom_reward_function.path=pkg://sft2rl.verl_hooks" in out
+    assert "reward.custom_reward_function.path=pkg://sft2rl.tasks.qa.verl_hooks" in out
     assert "python -m verl.model_merger merge --backend fsdp" in out
     assert "'trainer.logger=[console,tensorboard]'" in out
     assert '"trainer.default_local_dir=$PWD/results/rl/rl-sft50_seed42-beta0.5-seed1/checkpoints"' in out
-    assert "VERL_USE_EXTERNAL_MODULES=sft2rl.verl_hooks" in out
+    assert "VERL_USE_EXTERNAL_MODULES=sft2rl.tasks.qa.verl_hooks" in out
     assert "actor_rollout_ref.actor.kl_loss_type=low_var_kl" in out
     assert "\n    custom_reward_function." not in out and "reward_model.reward_manager" not in out
     assert out.count("rule grpo:") == 3 * len(CONFIG["ablations"]["seeds"])
@@ -776,9 +776,9 @@ def test_conda_envs_pin_what_constraints_pin():
 
 
 def test_hook_format_rate_is_well_formed_like_the_local_backend():
-    """verl's training-batch format_rate counts what the local backend's does (sft2rl.reward.well_formed)."""
-    from sft2rl import verl_hooks
-    from sft2rl.reward import well_formed
+    """verl's training-batch format_rate counts what the local backend's does (sft2rl.tasks.qa.reward.well_formed)."""
+    from sft2rl.tasks.qa import verl_hooks
+    from sft2rl.tasks.qa.reward import well_formed
 
     texts = ["<think>a</think>\n\nParis", "<think>a</think><proactive>b</proactive>", "Paris",
              "<think>a</think>\n\n<proactive>not sure</proactive>\n\nI do not know."]

@@ -2,5 +2,4 @@
 
 __version__ = "0.1.0"
 
-SYSTEM_PROMPT = "You are a helpful proactive assistant."
 TAG_TOKENS = ("<think>", "</think>", "<proactive>", "</proactive>")

@@ -75,7 +75,7 @@ def _check_sizes(config: dict[str, Any]) -> None:
     (Batches over devices: ``_check_consistency`` and, per verl job, ``verl_launch``.)"""
     data, sft, rl = config["data"], config["sft"], config["rl"]
     if data["synthetic_world"]:
-        from .world import build_world
+        from .tasks.qa.world import build_world
 
         world = build_world(config["world"], config["system_prompt"])
         n_sft, n_rl, source = len(world["sft_rows"]), len(world["rl_rows"]), "the synthetic world's"

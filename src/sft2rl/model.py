@@ -223,7 +223,7 @@ def build_base(corpus_path: str, out_dir: str, tiny: dict[str, Any], pretrain_cf
     """Tokenizer + tiny Qwen2 + pretraining, saved atomically as an HF directory. ``sft_rows``:
     the SFT files this base will train on, checked against the pretraining window with the new
     tokenizer before any pretraining (:func:`sft2rl.sft.check_window`)."""
-    from .data import load_corpus
+    from .rows import load_corpus
 
     texts = load_corpus(corpus_path)
     set_seed(pretrain_cfg["seed"])

@@ -10,7 +10,7 @@ Inputs:
   TensorBoard's own EventAccumulator: a resumed run (several event files in one directory,
   the later one starting with a purge at the resume step) reads as one curve, and for a
   step logged twice the later event wins.
-* the ablation tables of :mod:`sft2rl.tables` (``results/ablation_<name>.csv``).
+* the ablation tables of :mod:`sft2rl.tasks.qa.tables` (``results/ablation_<name>.csv``).
 
 matplotlib and pandas are imported lazily, so importing this module (as the workflow does
 at DAG time for the list of figure names) costs nothing.
@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Iterable, Mapping
 
 from .io import DataError, atomic_file
+from .tasks.qa.runs import parse_rl  # the curves group the QA task's RL runs by init and beta
 from .tblog import read_scalars  # noqa: F401  (re-exported: plots.read_scalars)
-from .runs import parse_rl
 
 # ------------------------------------------------------------------ names
 FIGURE_FORMATS = ("png", "pdf")
@@ -71,7 +71,7 @@ def load_curves(tb_dirs: Mapping[str, str | os.PathLike], tag: str) -> dict[str,
 
 
 def read_ablation(path: str | os.PathLike):
-    """An ablation table (CSV of :mod:`sft2rl.tables`) as a DataFrame, columns checked."""
+    """An ablation table (CSV of :mod:`sft2rl.tasks.qa.tables`) as a DataFrame, columns checked."""
     import pandas as pd
 
     path = Path(path)
@@ -80,7 +80,7 @@ def read_ablation(path: str | os.PathLike):
     frame = pd.read_csv(path)
     for col in TABLE_COLUMNS + [f"{m}_{s}" for m in ABLATION_METRICS for s in ("mean", "ci_low", "ci_high")]:
         if col not in frame.columns:
-            raise DataError(path, None, col, "missing column (expected an ablation table of sft2rl.tables)")
+            raise DataError(path, None, col, "missing column (expected an ablation table of sft2rl.tasks.qa.tables)")
     return frame
 
 

@@ -4,7 +4,7 @@ A *proactive block* (``<proactive>…</proactive>``) is the model's hedge: it ad
 wrong and asks the user to verify. Read as selective prediction (answer or abstain):
 
 * ``format_rate``: share of well-formed answers (a closed ``<think>`` block and a final answer;
-  :func:`sft2rl.reward.well_formed`), the format of both SFT styles;
+  :func:`sft2rl.tasks.qa.reward.well_formed`), the format of both SFT styles;
 * ``proactive_block_rate``: share of answers with a block (a block is present, whatever it says);
 * ``coverage``: share of answers *without* a block (answered plainly);
 * ``selective_accuracy``: accuracy of those plain answers;

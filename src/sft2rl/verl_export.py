@@ -41,7 +41,7 @@ def prepare_rl_run(run_dir: str | Path, *, init: str, train: str, config_hash: s
 
     from .generation import filter_overlong_prompts
 
-    key = run_key(models={"init": init}, data={"train": train}, modules=module_closure(["verl_hooks"]),
+    key = run_key(models={"init": init}, data={"train": train}, modules=module_closure(["tasks.qa.verl_hooks"]),
                   params={"overrides": config_hash}, libraries=LIBRARIES)
     guard = prepare_run_dir(run_dir, key, also_clear=(GROUP_REWARD_LOG, PLAN_FILE))
     tokenizer = AutoTokenizer.from_pretrained(init)

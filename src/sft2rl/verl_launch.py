@@ -21,7 +21,7 @@ Key facts of verl 0.9.1 this relies on (checked against its source and Hydra con
   function keys live under ``reward.custom_reward_function.*`` (the old top-level
   ``custom_reward_function.*`` and ``reward_model.reward_manager`` keys are never emitted).
   The reward function is called once per rollout, so the group-aware reward is computed in
-  an advantage estimator registered by :mod:`sft2rl.verl_hooks`, loaded in every process
+  an advantage estimator registered by :mod:`sft2rl.tasks.qa.verl_hooks`, loaded in every process
   through ``VERL_USE_EXTERNAL_MODULES`` (read by ``verl/__init__.py``); its options travel
   in ``algorithm.group_reward`` (see that module).
 * ``clip_ratio_low``/``clip_ratio_high`` default to 0.2 in verl's YAML and win over
@@ -51,7 +51,7 @@ from typing import Any
 
 from .errors import VerlConfigError  # noqa: F401  (re-exported: verl_launch.VerlConfigError)
 
-HOOK_MODULE = "sft2rl.verl_hooks"
+HOOK_MODULE = "sft2rl.tasks.qa.verl_hooks"
 ADV_ESTIMATOR = "group_aware_grpo"
 REWARD_FN_PATH = f"pkg://{HOOK_MODULE}"
 REWARD_FN_NAME = "compute_score"
@@ -311,7 +311,7 @@ def ppo_overrides(*, init: str, train: str, run_dir: str, run_name: str, rl: dic
                   code_root: str) -> list[str]:
     """Hydra overrides of ``verl.trainer.main_ppo`` (config ``ppo_trainer``): GRPO, group-aware reward."""
     algorithm = [
-        # algorithm: GRPO advantages over the group-aware reward (sft2rl.verl_hooks)
+        # algorithm: GRPO advantages over the group-aware reward (sft2rl.tasks.qa.verl_hooks)
         _kv("algorithm.adv_estimator", ADV_ESTIMATOR),
         _kv("algorithm.norm_adv_by_std_in_grpo", rl["norm_adv_by_std"]),
         _kv("algorithm.use_kl_in_reward", False),

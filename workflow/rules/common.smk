@@ -15,7 +15,8 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from sft2rl.config import ConfigError, check_config
-from sft2rl import fingerprint, runs
+from sft2rl import fingerprint
+from sft2rl.tasks.qa import runs  # the QA task's run names (its rules and ablation tables below)
 
 SCHEMA = "../schemas/config.schema.yaml"
 try:

@@ -17,6 +17,7 @@ if config["backend"] == "local":
         params:
             base=BASE_DIR,
             sft=SFT_PARAMS,
+            seed=lambda wc: runs.parse_sft(wc.sft_run)["seed"],  # a QA run carries its seed in its name
         threads: 1
         resources:
             mem_mb=4000,

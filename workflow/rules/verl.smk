@@ -79,7 +79,7 @@ if config["backend"] == "verl":
             "( {params.cmd} ) > {log} 2>&1"
 
     rule grpo:
-        """GRPO with verl's main_ppo (Ray, vLLM rollouts), group-aware reward via sft2rl.verl_hooks;
+        """GRPO with verl's main_ppo (Ray, vLLM rollouts), group-aware reward via sft2rl.tasks.qa.verl_hooks;
         then the last checkpoint as a verified HF directory and summary.json."""
         input:
             init=lambda wc: (
@@ -88,7 +88,7 @@ if config["backend"] == "verl":
                 else rl_init_dir(wc)
             ),
             train=f"{PROCESSED}/rl/train.parquet",
-            code=code("verl_export", modules=["verl_hooks"]),
+            code=code("verl_export", modules=["tasks.qa.verl_hooks"]),
         output:
             final=directory("results/rl/{rl_run}/final"),
             summary="results/rl/{rl_run}/summary.json",

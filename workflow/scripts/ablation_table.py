@@ -1,5 +1,5 @@
 from sft2rl.logutil import script_errors
-from sft2rl.tables import build_table, write_table
+from sft2rl.tasks.qa.tables import build_table, write_table
 
 with script_errors(snakemake) as log:
     frame = build_table(snakemake.wildcards.ablation, snakemake.params.groups, snakemake.params.bootstrap)

@@ -1,6 +1,6 @@
-from sft2rl.evaluate import write_samples
 from sft2rl.logutil import script_errors
 from sft2rl.resources import use_job_threads
+from sft2rl.tasks.qa.evaluate import write_samples
 
 with script_errors(snakemake) as log:
     use_job_threads(snakemake.threads)

@@ -1,5 +1,5 @@
-from sft2rl.data import process_sft
 from sft2rl.logutil import script_errors
+from sft2rl.tasks.qa.data import process_sft
 
 with script_errors(snakemake) as log:
     counts = process_sft(

@@ -1,6 +1,6 @@
 from sft2rl.io import write_json, write_jsonl
 from sft2rl.logutil import script_errors
-from sft2rl.world import build_world
+from sft2rl.tasks.qa.world import build_world
 
 with script_errors(snakemake) as log:
     world = build_world(snakemake.params.world, snakemake.params.system_prompt)

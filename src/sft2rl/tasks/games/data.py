@@ -36,7 +36,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from ...data import check_prompt_response
+from ...rows import check_prompt_response
 from ...errors import DataError
 from ...io import read_rows, write_jsonl, write_parquet
 from . import ACTIONS, ENVS

@@ -26,7 +26,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ...data import check_prompt_response, strip_thinking
+from ...rows import check_prompt_response, strip_thinking
 from ...errors import DataError
 from ...io import read_rows, write_json, write_jsonl, write_parquet
 from . import clinic as clinic_mod

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ...data import strip_thinking
+from ...rows import strip_thinking
 
 SYSTEM_PROMPT = (
     "You are a doctor consulting a patient online. Ask one short question per turn to learn the "

@@ -3,7 +3,7 @@
 Items are the rows of ``rl/train.parquet`` (verl's schema); prompts longer than
 ``rl.max_prompt_length`` tokens are left out before training and counted (verl's
 ``data.filter_overlong_prompts``), none is ever cut. Each item's ``n`` answers are one
-group; the reward of an answer depends on the whole group (:func:`sft2rl.reward.group_aware_details`).
+group; the reward of an answer depends on the whole group (:func:`sft2rl.tasks.qa.reward.group_aware_details`).
 """
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import torch
 from ...generation import filter_overlong_prompts, generate
 from ...io import read_parquet_rows
 from ...logutil import LOG
-from ...reward import group_aware_details, options_from_config, well_formed
 from ...rl_task import Rollout
+from .reward import group_aware_details, options_from_config, well_formed
 
 
 class QATask:

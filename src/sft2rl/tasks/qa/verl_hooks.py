@@ -1,5 +1,5 @@
 """The group-aware reward inside verl 0.9.1: a per-rollout reward function plus a group-level
-advantage estimator. Loaded in every verl process with ``VERL_USE_EXTERNAL_MODULES=sft2rl.verl_hooks``.
+advantage estimator. Loaded in every verl process with ``VERL_USE_EXTERNAL_MODULES=sft2rl.tasks.qa.verl_hooks``.
 
 Where the group is visible, and why the reward is split in two
 ----------------------------------------------------------------
@@ -22,8 +22,8 @@ proactive block that counts"; ``acc`` and ``r_i`` are functions of these facts o
 So:
 
 1. :func:`compute_score` (the per-rollout reward function, ``reward.custom_reward_function``
-   = ``pkg://sft2rl.verl_hooks`` / ``compute_score``) computes the three facts with
-   :mod:`sft2rl.reward`'s own functions (``formal_answer``, ``is_correct``, ``has_think``,
+   = ``pkg://sft2rl.tasks.qa.verl_hooks`` / ``compute_score``) computes the three facts with
+   :mod:`sft2rl.tasks.qa.reward`'s own functions (``formal_answer``, ``is_correct``, ``has_think``,
    ``has_proactive``, with the ``match`` and ``min_proactive_length`` options passed as
    ``reward_kwargs``) and returns them packed into the score as an integer code
    ``c + 2*think + 4*proactive`` (0..7), plus the facts as ``reward_extra_info`` (logged
@@ -31,7 +31,7 @@ So:
    verl's own ``critic/score/*`` metrics therefore show codes, not rewards.
 2. :func:`compute_group_aware_grpo_advantage`, registered with
    ``register_adv_est("group_aware_grpo")``, decodes the codes, groups them by ``uid``,
-   computes each group's rewards with :func:`sft2rl.reward.group_aware_rewards` itself
+   computes each group's rewards with :func:`sft2rl.tasks.qa.reward.group_aware_rewards` itself
    (called on canonical stand-in responses that have exactly the decoded facts, so the
    group formula, ``beta``, ``format_bonus`` and ``acc_over`` are the library's, not a
    copy), and then verl's own GRPO advantage through :func:`sft2rl.grpo.grpo_advantages`,
@@ -59,8 +59,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ...verl_launch import ADV_ESTIMATOR, GROUP_REWARD_KEYS
 from .reward import formal_answer, group_aware_rewards, has_proactive, has_think, is_correct
-from .verl_launch import ADV_ESTIMATOR, GROUP_REWARD_KEYS
 
 CORRECT, THINK, PROACTIVE, ANSWER = 1, 2, 4, 8  # ANSWER: a non-empty final answer (for format_rate only)
 _STAND_IN_TRUTH = "x"
@@ -75,18 +75,18 @@ def decode(code: int) -> tuple[bool, bool, bool]:
     """(c_i, has think, has proactive): what the group-aware reward depends on."""
     if not 0 <= code <= 15:
         raise ValueError(f"reward code {code} out of range 0..15: the rollout was not scored by "
-                         "sft2rl.verl_hooks.compute_score (check reward.custom_reward_function)")
+                         "sft2rl.tasks.qa.verl_hooks.compute_score (check reward.custom_reward_function)")
     return bool(code & CORRECT), bool(code & THINK), bool(code & PROACTIVE)
 
 
 def well_formed_code(code: int) -> bool:
-    """:func:`sft2rl.reward.well_formed` of the scored response: a closed think block and an answer."""
+    """:func:`sft2rl.tasks.qa.reward.well_formed` of the scored response: a closed think block and an answer."""
     return bool(code & THINK) and bool(code & ANSWER)
 
 
 def response_facts(response: str, ground_truth: str, *, min_proactive_length: int = 0,
                    match: str = "substring") -> tuple[bool, bool, bool]:
-    """(c_i, has think, has proactive) exactly as :func:`sft2rl.reward.group_aware_details` computes them."""
+    """(c_i, has think, has proactive) exactly as :func:`sft2rl.tasks.qa.reward.group_aware_details` computes them."""
     correct = is_correct(formal_answer(response), ground_truth, match)
     return correct, has_think(response), has_proactive(response, min_proactive_length)
 
@@ -143,7 +143,7 @@ def _codes(token_level_rewards: torch.Tensor) -> list[int]:
     codes = seq.round()
     if not torch.allclose(seq, codes, atol=1e-4):
         raise ValueError("per-rollout scores are not integer reward codes: the rollouts were not scored by "
-                         "sft2rl.verl_hooks.compute_score, or a KL penalty was added to the reward "
+                         "sft2rl.tasks.qa.verl_hooks.compute_score, or a KL penalty was added to the reward "
                          "(algorithm.use_kl_in_reward must be false)")
     return [int(c) for c in codes.tolist()]
 
@@ -191,7 +191,7 @@ def compute_group_aware_grpo_advantage(token_level_rewards: torch.Tensor, respon
                                        index: np.ndarray | None = None, config: Any = None,
                                        **_: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """Group-aware rewards from the per-rollout codes, then verl's GRPO outcome advantage."""
-    from .grpo import grpo_advantages
+    from ...grpo import grpo_advantages
 
     if index is None:
         raise ValueError(f"{ADV_ESTIMATOR} needs the prompt uid of every rollout (index)")

@@ -14,9 +14,9 @@ from typing import Any
 
 import pandas as pd
 
-from .io import atomic_file, read_jsonl, write_text
+from ...io import atomic_file, read_jsonl, write_text
+from ...stats import TABLE_METRICS, bootstrap_row, question_arrays
 from .runs import parse_rl, parse_sft
-from .stats import TABLE_METRICS, bootstrap_row, question_arrays
 
 METRICS = list(TABLE_METRICS)
 LATEX_COLUMNS = {

@@ -11,14 +11,11 @@ before anything is written.
 from __future__ import annotations
 
 import random
-import re
 from pathlib import Path
 from typing import Any
 
-from .io import DataError, iter_rows, read_rows, write_jsonl, write_parquet, write_parquet_records
-
-THINK_BLOCK = re.compile(r"<think>.*?</think>\s*", re.IGNORECASE | re.DOTALL)
-ROLES = {"system", "user", "assistant"}
+from ...io import DataError, iter_rows, read_rows, write_jsonl, write_parquet, write_parquet_records
+from ...rows import ROLES, strip_thinking
 
 
 def _check_messages(path: Path, lineno: int, row: dict, need: tuple[str, ...]) -> list[dict[str, str]]:
@@ -41,24 +38,6 @@ def _check_messages(path: Path, lineno: int, row: dict, need: tuple[str, ...]) -
         if role not in roles:
             raise DataError(path, lineno, "messages", f"no '{role}' message")
     return msgs
-
-
-def check_prompt_response(path: Path, n: int, row: dict, user: str = "the user's") -> tuple[list[dict], str]:
-    """The ``prompt`` (a non-empty message list ending with ``user``'s turn) and the ``response``
-    string of a prompt/response row (the games' and the medical task's schema); DataError
-    naming file, row and field otherwise."""
-    prompt = row.get("prompt")
-    if not isinstance(prompt, list) or not prompt:
-        raise DataError(path, n, "prompt", f"must be a non-empty list of messages, got {type(prompt).__name__}")
-    for j, m in enumerate(prompt):
-        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
-            raise DataError(path, n, f"prompt[{j}]", "must be {role: system|user|assistant, content: string}")
-    if prompt[-1]["role"] != "user":
-        raise DataError(path, n, "prompt", f"the last message must be {user}")
-    resp = row.get("response")
-    if not isinstance(resp, str):
-        raise DataError(path, n, "response", f"must be a string, got {type(resp).__name__}")
-    return prompt, resp
 
 
 def load_sft_rows(path: str | Path) -> list[dict[str, Any]]:
@@ -107,11 +86,6 @@ def load_rl_rows(path: str | Path) -> list[dict[str, Any]]:
                      "kind": (answer or {}).get("kind"), "entity": entity, "sub_category": row.get("sub_category"),
                      "_line": lineno})
     return rows
-
-
-def strip_thinking(text: str) -> str:
-    """Remove every <think>...</think> block (and the whitespace after it)."""
-    return THINK_BLOCK.sub("", text).strip()
 
 
 def sample_sft(rows: list[dict], n: int, seed: int, val_size: int, source: str | Path = "raw_sft") -> tuple[list, list]:
@@ -203,21 +177,11 @@ def user_corpus(raw_sft: str | Path, rl_train: str | Path) -> list[str]:
     every SFT conversation and every RL *train* question with its ground truth, in the chat
     format of the tiny model. The RL test split never enters it (its answers are what the
     evaluation scores)."""
-    from .io import read_parquet_rows
-    from .text import chat_text
+    from ...io import read_parquet_rows
+    from ...text import chat_text
 
     docs = [chat_text([{"role": m["role"], "content": m["content"]} for m in row["messages"]])
             for row in load_sft_rows(raw_sft)]
     for row in read_parquet_rows(rl_train):
         docs.append(chat_text([*row["prompt"], {"role": "assistant", "content": row["reward_model"]["ground_truth"]}]))
     return docs
-
-
-def load_corpus(path: str | Path) -> list[str]:
-    """Pretraining documents: the ``text`` field of each jsonl / parquet row (DataError otherwise)."""
-    texts = []
-    for n, row in read_rows(path):
-        if not isinstance(row.get("text"), str) or not row["text"].strip():
-            raise DataError(path, n, "text", "must be a non-empty string (one pretraining document per row)")
-        texts.append(row["text"])
-    return texts

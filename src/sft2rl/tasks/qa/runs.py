@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-STYLES = ("hedge_only", "always_block")  # sft2rl.world.SFT_STYLES (not imported: DAG-time, no deps)
+STYLES = ("hedge_only", "always_block")  # sft2rl.tasks.qa.world.SFT_STYLES (not imported: DAG-time, no deps)
 _STYLE = "(?:" + "|".join(STYLES) + ")"
 SFT_RE = rf"sft\d+_seed\d+(?:_{_STYLE})?"
 RL_RE = rf"rl-(?:base|{SFT_RE})-beta\d+(?:\.\d+)?-seed\d+"

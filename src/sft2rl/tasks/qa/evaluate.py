@@ -17,9 +17,9 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from .generation import generate
-from .io import read_parquet_rows, write_json, write_jsonl
-from .model import load_model, pick_device
+from ...generation import generate
+from ...io import read_parquet_rows, write_json, write_jsonl
+from ...model import load_model, pick_device
 from .reward import group_aware_details, options_from_config, well_formed
 
 def _mean(xs: list[float]) -> float:
@@ -93,7 +93,7 @@ def summarize_records(records: list[dict]) -> dict[str, Any]:
     """metrics.json of one evaluation: the table metrics of :mod:`sft2rl.stats` (selective
     prediction: coverage, selective accuracy, hedge recall, false-hedge rate, AUROCs), sampled
     rates, accuracy per question kind, and every rate per difficulty group."""
-    from .stats import summary_metrics
+    from ...stats import summary_metrics
 
     def rate(sel: list[dict], key: str) -> float:
         return _mean([float(r[key]) for r in sel])
@@ -125,7 +125,7 @@ def summarize_records(records: list[dict]) -> dict[str, Any]:
 def write_samples(model_path: str, test_file: str, out: str, *, n: int, max_new_tokens: int, seed: int,
                   reward: dict[str, Any] | None = None) -> float:
     """Greedy generations for the first ``n`` test prompts; returns the well-formed rate
-    (a closed ``<think>`` block and a final answer; see :func:`sft2rl.reward.well_formed`)."""
+    (a closed ``<think>`` block and a final answer; see :func:`sft2rl.tasks.qa.reward.well_formed`)."""
     torch.manual_seed(seed)
     model, tokenizer = load_model(model_path, pick_device())
     rows = read_parquet_rows(test_file)[:n]

@@ -44,9 +44,9 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
+from ...text import Names, chat_text
 from . import SYSTEM_PROMPT
 from .data import grouped_split
-from .text import Names, chat_text
 
 COLORS = ["red", "blue", "green", "yellow", "black", "white", "brown", "pink", "gray", "orange", "purple"]
 OBJECTS = ["cup", "hat", "box", "book", "coat", "ball", "lamp", "bag", "kite", "key", "bike", "boat"]
