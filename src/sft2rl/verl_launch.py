@@ -476,13 +476,40 @@ def verl_loop_steps(n_rows: int, overrides: list[str]) -> int:
     return min(total, per_epoch * epochs)
 
 
+def _refuse_group_filter(rl: dict[str, Any], key: str) -> None:
+    if rl.get("keep_group_fraction", 1.0) < 1.0:
+        raise VerlConfigError(f"config key '{key}' < 1 (StarPO-S's variance filter) runs on the local backend only; "
+                              "verl 0.9's trainer has no such filter")
+
+
+def _ppo_launcher(nnodes: int, gpus_per_node: int, code_root: str) -> list[str]:
+    """``python`` on one node; on several, through ray_on_slurm.sh (Ray head and workers)."""
+    return ["python"] if nnodes == 1 else ["bash", f"{code_root}/workflow/scripts/ray_on_slurm.sh",
+                                           str(gpus_per_node), "--", "python"]
+
+
+def _rl_export_lines(script: str, run_dir: str, init: str, train_mode: str, final: str, summary: str,
+                     extra: list[str] = ()) -> list[str]:
+    """After ``main_ppo``: the last checkpoint through verl's merger, then ``rl-export`` (verified
+    HF directory and summary.json; ``extra``: more rl-export arguments)."""
+    target = f"{run_dir}/{VERL_HF}"
+    return [
+        "SFT2RL_STEP=$(" + _cmd(["python", script, "latest-step", "--checkpoints", f"{run_dir}/checkpoints"]) + ")",
+        _cmd(["rm", "-rf", target]),
+        _cmd(["python", "-m", "verl.model_merger", "merge", "--backend", "fsdp",
+              "--local_dir", "$SFT2RL_STEP/actor", "--target_dir", target]),
+        _cmd(["python", script, "rl-export", "--run-dir", run_dir, "--merger-dir", target, "--init", init,
+              "--step-dir", "$SFT2RL_STEP", "--train-mode", train_mode, "--final", final, "--summary", summary,
+              *extra]),
+        _cmd(["rm", "-rf", target]),
+    ]
+
+
 def grpo_command(*, rl_run: str, init: str, train: str, rl: dict[str, Any], reward: dict[str, Any],
                  verl: dict[str, Any], nnodes: int, gpus_per_node: int, code_root: str, final: str,
                  summary: str, workdir: str = "$PWD") -> str:
     """Shell lines of the ``grpo`` rule: main_ppo (through ray_on_slurm.sh on several nodes), then export."""
-    if rl.get("keep_group_fraction", 1.0) < 1.0:
-        raise ValueError("rl.keep_group_fraction < 1 (StarPO-S's variance filter) runs on the local backend "
-                         "only; verl 0.9's trainer has no such filter")
+    _refuse_group_filter(rl, "rl.keep_group_fraction")
     run_dir = f"results/rl/{rl_run}"
     absolute = lambda p: p if p.startswith("/") or "://" in p else f"{workdir}/{p}"  # noqa: E731
     init_path = _model_path(init, workdir)
@@ -491,25 +518,14 @@ def grpo_command(*, rl_run: str, init: str, train: str, rl: dict[str, Any], rewa
                               gpus_per_node=gpus_per_node, code_root=code_root)
     env = _env({"PYTHONPATH": _pythonpath(code_root), "VERL_USE_EXTERNAL_MODULES": HOOK_MODULE,
                 "TENSORBOARD_DIR": absolute(f"{run_dir}/tensorboard")})
-    launcher = ["python"] if nnodes == 1 else ["bash", f"{code_root}/workflow/scripts/ray_on_slurm.sh",
-                                               str(gpus_per_node), "--", "python"]
+    launcher = _ppo_launcher(nnodes, gpus_per_node, code_root)
     train_cmd = _lines([*launcher, "-m", "verl.trainer.main_ppo"], overrides)
     script = f"{code_root}/workflow/scripts/verl_export.py"
-    target = f"{run_dir}/{VERL_HF}"
     prepare = _cmd(["python", script, "prepare-rl", "--run-dir", run_dir, "--init", init, "--train", train,
                     "--config-hash", config_hash(overrides), "--max-prompt-length", str(rl["max_prompt_length"]),
                     "--train-batch", str(rl["train_batch"]), "--epochs", str(rl["epochs"])]
                    + (["--total-steps", str(rl["total_steps"])] if rl["total_steps"] else []))
-    export = [
-        "SFT2RL_STEP=$(" + _cmd(["python", script, "latest-step", "--checkpoints", f"{run_dir}/checkpoints"]) + ")",
-        _cmd(["rm", "-rf", target]),
-        _cmd(["python", "-m", "verl.model_merger", "merge", "--backend", "fsdp",
-              "--local_dir", "$SFT2RL_STEP/actor", "--target_dir", target]),
-        _cmd(["python", script, "rl-export", "--run-dir", run_dir, "--merger-dir", target, "--init", init,
-              "--step-dir", "$SFT2RL_STEP", "--train-mode", rl["train_mode"], "--final", final,
-              "--summary", summary]),
-        _cmd(["rm", "-rf", target]),
-    ]
+    export = _rl_export_lines(script, run_dir, init, rl["train_mode"], final, summary)
     return "\n".join([env, prepare, train_cmd, *export])
 
 
@@ -528,9 +544,7 @@ def game_rl_command(*, rl_run: str, env: str, init: str, levels: str, rl: dict[s
         raise VerlConfigError("config key 'games.history' = false: on backend verl a game episode is one sequence "
                               "(verl's agent loop), so the prompt of each turn is the whole history; set "
                               "games.history: true (SFT and play then use it too)")
-    if rl.get("keep_group_fraction", 1.0) < 1.0:
-        raise VerlConfigError("config key 'games.rl.keep_group_fraction' < 1 (StarPO-S's variance filter) runs on the "
-                              "local backend only; verl 0.9's trainer has no such filter")
+    _refuse_group_filter(rl, "games.rl.keep_group_fraction")
     absolute = lambda p: p if p.startswith("/") or "://" in p else f"{workdir}/{p}"  # noqa: E731
     overrides = agent_ppo_overrides(
         init=_model_path(init, workdir), train=absolute(f"{run_dir}/train.parquet"), run_dir=absolute(run_dir),
@@ -538,25 +552,15 @@ def game_rl_command(*, rl_run: str, env: str, init: str, levels: str, rl: dict[s
         response_length="$SFT2RL_RESPONSE_LENGTH", verl=verl, nnodes=nnodes, gpus_per_node=gpus_per_node,
         code_root=code_root)
     env_line = _env({"PYTHONPATH": _pythonpath(code_root), "TENSORBOARD_DIR": absolute(f"{run_dir}/tensorboard")})
-    launcher = ["python"] if nnodes == 1 else ["bash", f"{code_root}/workflow/scripts/ray_on_slurm.sh",
-                                               str(gpus_per_node), "--", "python"]
+    launcher = _ppo_launcher(nnodes, gpus_per_node, code_root)
     script = f"{code_root}/workflow/scripts/verl_export.py"
-    target = f"{run_dir}/{VERL_HF}"
     prepare = "SFT2RL_RESPONSE_LENGTH=$(" + _cmd(
         ["python", script, "prepare-game-rl", "--run-dir", run_dir, "--init", init, "--levels", levels, "--env", env,
          "--games-json", json.dumps(games, sort_keys=True), "--seed", str(rl["seed"]),
          "--config-hash", config_hash(overrides), "--train-batch", str(rl["train_batch"]), "--epochs", str(rl["epochs"])]
         + (["--total-steps", str(rl["total_steps"])] if rl["total_steps"] else [])) + ")"
-    export = [
-        "SFT2RL_STEP=$(" + _cmd(["python", script, "latest-step", "--checkpoints", f"{run_dir}/checkpoints"]) + ")",
-        _cmd(["rm", "-rf", target]),
-        _cmd(["python", "-m", "verl.model_merger", "merge", "--backend", "fsdp",
-              "--local_dir", "$SFT2RL_STEP/actor", "--target_dir", target]),
-        _cmd(["python", script, "rl-export", "--run-dir", run_dir, "--merger-dir", target, "--init", init,
-              "--step-dir", "$SFT2RL_STEP", "--train-mode", rl["train_mode"], "--final", final,
-              "--summary", summary, "--episode-log", f"{run_dir}/episodes.jsonl"]),
-        _cmd(["rm", "-rf", target]),
-    ]
+    export = _rl_export_lines(script, run_dir, init, rl["train_mode"], final, summary,
+                              ["--episode-log", f"{run_dir}/episodes.jsonl"])
     train_cmd = _lines([*launcher, "-m", "verl.trainer.main_ppo"], overrides)
     return "\n".join([env_line, prepare, train_cmd, *export])
 
