@@ -75,23 +75,30 @@ def test_episode_reward_is_ragen_reward(env):
     assert metrics["success"] == 1.0 and metrics["invalid_rate"] == pytest.approx(1 / ep.steps)
 
 
-@pytest.fixture(scope="module")
-def frozen(tmp_path_factory):
-    """FrozenLake levels on disk and an untrained tiny model with the games tokenizer."""
+def write_frozenlake_and_tiny_model(out, games: dict):
+    """FrozenLake levels of ``games`` under ``out/frozenlake`` and an untrained tiny model with
+    the games tokenizer under ``out/model``; returns the tokenizer."""
     from sft2rl.model import build_tiny_model, build_tokenizer
     from sft2rl.tasks.games.prompts import base_added_tokens
 
     from conftest import TINY_ARCH
 
-    out = tmp_path_factory.mktemp("games_rl")
-    data.write_game_data("frozenlake", GAMES, out / "frozenlake")
+    data.write_game_data("frozenlake", games, out / "frozenlake")
     levels = data.read_levels(out / "frozenlake" / "levels.jsonl")
-    docs = data.corpus_texts(levels, GAMES, levels_per_document=2, marker="Move:")
-    tok = build_tokenizer(docs, 400, tuple(base_added_tokens(dict(GAMES, tiny={"cell_tokens": True}))))
+    docs = data.corpus_texts(levels, games, levels_per_document=2, marker="Move:")
+    tok = build_tokenizer(docs, 400, tuple(base_added_tokens(dict(games, tiny={"cell_tokens": True}))))
     torch.manual_seed(0)
     model = build_tiny_model(tok, TINY_ARCH)
     model.save_pretrained(out / "model")
     tok.save_pretrained(out / "model")
+    return tok
+
+
+@pytest.fixture(scope="module")
+def frozen(tmp_path_factory):
+    """FrozenLake levels on disk and an untrained tiny model with the games tokenizer."""
+    out = tmp_path_factory.mktemp("games_rl")
+    write_frozenlake_and_tiny_model(out, GAMES)
     return out
 
 

@@ -20,6 +20,7 @@ from sft2rl import verl_export as vx  # noqa: E402
 from sft2rl import verl_launch as vl  # noqa: E402
 from sft2rl.tasks.games import data, play  # noqa: E402
 from test_games import CFG  # noqa: E402
+from test_games_rl import write_frozenlake_and_tiny_model  # noqa: E402
 from test_verl import CONFIG, REPO, compose  # noqa: E402
 
 GAMES = dict(copy.deepcopy(CFG), history=True, counts={"train": 6, "val": 3, "test": 3},
@@ -33,19 +34,9 @@ RL = dict(CONFIG["rl"], seed=3, train_batch=2, n=4, total_steps=3, train_mode="f
 @pytest.fixture(scope="module")
 def game_run(tmp_path_factory):
     """FrozenLake levels, a tiny model with the games tokenizer, and a prepared verl games run."""
-    from sft2rl.model import build_tiny_model, build_tokenizer
-    from sft2rl.tasks.games.prompts import base_added_tokens
-
-    from conftest import TINY_ARCH
-
     out = tmp_path_factory.mktemp("verl_games")
-    data.write_game_data("frozenlake", GAMES, out / "frozenlake")
+    tok = write_frozenlake_and_tiny_model(out, GAMES)
     levels = data.read_levels(out / "frozenlake" / "levels.jsonl")
-    docs = data.corpus_texts(levels, GAMES, levels_per_document=2, marker="Move:")
-    tok = build_tokenizer(docs, 400, tuple(base_added_tokens(dict(GAMES, tiny={"cell_tokens": True}))))
-    model = build_tiny_model(tok, TINY_ARCH)
-    model.save_pretrained(out / "model")
-    tok.save_pretrained(out / "model")
     run = out / "run"
     overrides = overrides_for(out, run, "$SFT2RL_RESPONSE_LENGTH")
     plan = vx.prepare_game_rl(run, init=str(out / "model"), levels=str(out / "frozenlake" / "levels.jsonl"),
