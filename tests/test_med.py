@@ -295,7 +295,20 @@ def test_history_without_thinking_matches_the_training_rows(clinic_files):
     replies = [m["content"] for m in row["prompt"][2::2]]
     answers = [m["content"] for m in row["prompt"][3::2]]
     assert len(replies) == k
-    assert dialog.history_messages(first, replies, answers, with_thinking=False) == data.sft_row(row, False)["prompt"]
+    # the budget the clinic's consultations had is stated at the end of the description
+    assert row["prompt"][1]["content"].endswith("\n" + dialog.BUDGET.format(n=MAX_TURNS))
+    assert dialog.history_messages(first, replies, answers, with_thinking=False,
+                                   budget=MAX_TURNS) == data.sft_row(row, False)["prompt"]
+    # the evaluation's consultation of the same dialogue states the same budget: the same prompt
+    [case] = [c for c in data.cases_from_rows(rows) if c["first"][1]["content"] in row["prompt"][1]["content"]][:1]
+    assert "turns." not in case["first"][1]["content"]
+    con = consult.Consultation(0, case, MAX_TURNS, with_thinking=False)
+    con.replies, con.patient = replies, answers
+    assert con.prompt() == data.sft_row(row, False)["prompt"]
+    # another budget replaces the line, and your own rows get it stated in their SFT rows
+    assert dialog.with_budget(first, 3)[1]["content"].endswith("at most 3 turns.")
+    own = {**row, "prompt": [first[0], {"role": "user", "content": case["first"][1]["content"]}] + row["prompt"][2:]}
+    assert data.sft_row(own, True, budget=MAX_TURNS)["prompt"] == data.sft_row(row, True)["prompt"]
 
 
 BAD_ROWS = [

@@ -22,7 +22,7 @@ takes the trajectory's advantage.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -107,3 +107,53 @@ def group_filter(scores: np.ndarray, traj_group: np.ndarray, keep: float) -> np.
     kept = np.zeros(groups, dtype=bool)
     kept[order] = True
     return kept
+
+
+def common_prefix(prompts: list[list[int]]) -> int:
+    """Tokens every prompt starts with, keeping at least one token of each after them."""
+    shortest = min(len(p) for p in prompts)
+    c = 0
+    while c < shortest - 1 and all(p[c] == prompts[0][c] for p in prompts):
+        c += 1
+    return c
+
+
+def multi_turn_rollout(model, tokenizer, episodes: list, groups: np.ndarray, *, done: Callable[[Any], bool],
+                       prompt: Callable[[Any], list[dict[str, str]]], advance: Callable[[list, list[str]], None],
+                       max_new_tokens: int, cfg: dict[str, Any], metrics: dict[str, float] | None = None) -> Rollout:
+    """Episodes played in lockstep through the generation engine: each turn the prompts of the
+    episodes not ``done`` go through :func:`sft2rl.generation.generate` as one batch (sampled
+    at ``rl.temperature`` / ``rl.top_p``, prompts never cut past ``rl.max_prompt_length``), and
+    ``advance(active episodes, replies)`` moves them on (the environment or the patient).
+
+    Each turn is one row: the prompts of every turn start alike (chat header, instruction),
+    that common start is the rows' one shared prompt (computed once per batch by the
+    trainer), the rest of a turn's prompt leads its response as context (loss mask 0), and
+    the sampled reply has loss mask 1. ``groups``: the group of each episode."""
+    from .generation import generate
+
+    prompts, responses, logps, owner = [], [], [], []
+    while True:
+        active = [i for i, e in enumerate(episodes) if not done(e)]
+        if not active:
+            break
+        gen = generate(model, tokenizer, [prompt(episodes[i]) for i in active], max_new_tokens=max_new_tokens,
+                       do_sample=True, temperature=cfg["temperature"], top_p=cfg["top_p"],
+                       max_prompt_length=cfg["max_prompt_length"])
+        for row, i in enumerate(active):
+            pm, rm = gen.prompt_mask[row].bool(), gen.response_mask[row].bool()
+            prompts.append(gen.prompt_ids[row][pm].tolist())
+            responses.append(gen.response_ids[row][rm].tolist())
+            logps.append(gen.logprobs[row][rm].tolist() if gen.logprobs is not None else None)
+            owner.append(i)
+        advance([episodes[i] for i in active], gen.texts)
+    c = common_prefix(prompts)
+    loss = [[0] * (len(p) - c) + [1] * len(r) for p, r in zip(prompts, responses)]
+    with_logps = all(lp is not None for lp in logps)
+    t = pack_rows([p[:c] for p in prompts], [p[c:] + r for p, r in zip(prompts, responses)], loss,
+                  [[0.0] * (len(p) - c) + lp for p, lp in zip(prompts, logps)] if with_logps else None,
+                  tokenizer.pad_token_id, model.device)
+    return Rollout(t["prompt_ids"], t["prompt_mask"], t["response_ids"], t["response_mask"], t["loss_mask"],
+                   torch.as_tensor(owner, device=model.device), groups, t.get("logprobs"),
+                   prompt_index=torch.zeros(len(owner), dtype=torch.long, device=model.device),
+                   info=episodes, metrics={**(metrics or {}), "rows": float(len(owner))})

@@ -281,3 +281,16 @@ def wilson(successes: int, n: int, level: float = 0.95) -> tuple[float, float]:
         return float("nan"), float("nan")
     ci = binomtest(successes, n).proportion_ci(confidence_level=level, method="wilson")
     return float(ci.low), float(ci.high)
+
+
+def paired_difference(sft: dict[Any, float], rl: dict[Any, float], *, samples: int, level: float,
+                      seed: int) -> tuple[float, float, float]:
+    """Mean per-item value of RL minus SFT on the same items (levels, cases), with a percentile
+    bootstrap interval over items (each item's episodes stay together)."""
+    if set(sft) != set(rl):
+        raise ValueError(f"SFT and RL were evaluated on different items ({len(set(sft) ^ set(rl))} differ)")
+    d = np.array([rl[k] - sft[k] for k in sorted(sft)])
+    rng = np.random.default_rng(seed)
+    draws = d[rng.integers(0, len(d), size=(samples, len(d)))].mean(axis=1)
+    alpha = (1 - level) / 2
+    return float(d.mean()), float(np.quantile(draws, alpha)), float(np.quantile(draws, 1 - alpha))

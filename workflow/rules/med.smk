@@ -3,8 +3,12 @@
 #   synthetic clinic (or your MTMedDialog files) -> rows with/without think -> (tiny base) ->
 #   LoRA SFT <run_name>-{think,nothink}-seed<S> (loss on the doctor's reply) -> verified merge
 #   into results/models/<run>/merged -> consultations with the simulated patient -> tables
+#   -> multi-turn GRPO of the merged doctor against the patient (fixed or dynamic turn budget) ->
+#   results/med/rl_eval.csv, results/med/ablation_turn_budget.csv
 #   snakemake --cores all results/med/eval.csv results/med/ablation_thinking.csv
 import re as _re
+
+from sft2rl.tasks.med import RL_MODES as MED_RL_MODES, rl_config as med_rl_config
 
 MED = config["med"]
 MED_SYNTH = not MED["raw_files"]
@@ -27,12 +31,34 @@ MED_ABLATION_RUNS = [med_run(t, s) for t in MED_TAGS for s in MED["seeds"]]
 MED_DOCTORS = ["base"] + [med_run(t, MED["seeds"][0]) for t in MED_TAGS] + (["scripted", "random"] if MED_SYNTH else [])
 MED_EVAL_DOCTORS = list(dict.fromkeys(MED_DOCTORS + MED_ABLATION_RUNS))
 MED_RUN_RE = _re.escape(MED["run_name"]) + r"-(think|nothink)-seed(\d+)"
+#: medical RL: the shared trainer's settings with med.rl's, and the task's own keys
+MED_RL = med_rl_config(config)
+MED_RLC = MED["rl"]
+MED_RL_SFT = med_run("think" if MED_RLC["with_thinking"] else "nothink", MED["seeds"][0])
+MED_RL_INIT = f"results/models/{MED_RL_SFT}/merged"
+MED_RL_RE = r"rl-(fixed|dynamic)-seed(\d+)"
+MED_RL_RUNS = [f"rl-{m}-seed{s}" for m in MED_RL_MODES for s in MED_RLC["seeds"]]
+#: the doctors of rl_eval.csv: base, the SFT doctor RL starts from, RL with each budget (first seed)
+MED_RL_DOCTORS = ["base", MED_RL_SFT] + [f"rl-{m}-seed{MED_RLC['seeds'][0]}" for m in MED_RL_MODES] + \
+    (["scripted", "random"] if MED_SYNTH else [])
+if MED_RLC["with_thinking"] not in MED["with_thinking"]:
+    raise ValueError(f"config key 'med.rl.with_thinking' is {MED_RLC['with_thinking']}, but med.with_thinking "
+                     f"{MED['with_thinking']} trains no such SFT doctor to start RL from")
+if MED_RLC["budget_range"][0] > MED_RLC["budget_range"][1]:
+    raise ValueError(f"config key 'med.rl.budget_range' must be [low, high] with low <= high, got {MED_RLC['budget_range']}")
+if MED_SYNTH and MED_RL["train_batch"] > MED["world"]["cases"]["train"]:
+    raise ValueError(f"config key 'med.rl.train_batch' ({MED_RL['train_batch']}) is larger than the clinic's "
+                     f"train cases (med.world.cases.train = {MED['world']['cases']['train']})")
 
 
 def med_run_info(doctor):
-    """with_thinking and seed of an SFT doctor's run name (None for base, scripted, random)."""
+    """with_thinking and seed of an SFT doctor's run name, or of an RL doctor (with_thinking of
+    the SFT doctor it starts from, its budget and RL seed); None for base, scripted, random."""
     m = _re.fullmatch(MED_RUN_RE, doctor)
-    return {"with_thinking": m.group(1) == "think", "seed": int(m.group(2))} if m else None
+    if m:
+        return {"with_thinking": m.group(1) == "think", "seed": int(m.group(2))}
+    m = _re.fullmatch(MED_RL_RE, doctor)
+    return {"with_thinking": MED_RLC["with_thinking"], "budget": m.group(1), "seed": int(m.group(2))} if m else None
 
 
 def med_base_input(wildcards=None):
@@ -45,12 +71,21 @@ def med_doctor_model(wildcards):
         return MED_BASE
     if wildcards.doctor in ("scripted", "random"):
         return None
+    if _re.fullmatch(MED_RL_RE, wildcards.doctor):
+        return f"results/med/models/{wildcards.doctor}/final"
     return f"results/models/{wildcards.doctor}/merged"
+
+
+def med_eval_model_input(wildcards):
+    """The doctor's model directory as an input (none for scripted, random, a hub base)."""
+    model = med_doctor_model(wildcards)
+    return [] if model is None or (wildcards.doctor == "base" and not TINY) else [model]
 
 
 wildcard_constraints:
     thinking="think|nothink",
-    doctor=f"base|scripted|random|{MED_RUN_RE}",
+    doctor=f"base|scripted|random|{MED_RUN_RE}|{MED_RL_RE}",
+    budget="fixed|dynamic",
 
 
 if MED_SYNTH:
@@ -112,6 +147,8 @@ rule med_data:
     output:
         train=f"{MED_DATA}/{{thinking}}/train.parquet",
         val=f"{MED_DATA}/{{thinking}}/val.parquet",
+    params:
+        budget=MED["eval"]["max_turns"],
     threads: 1
     conda:
         "../../envs/local.yaml"
@@ -126,7 +163,7 @@ rule med_data:
 rule med_cases:
     """The held-out cases: the distinct dialogues of the test rows (description, truth, patient facts)."""
     input:
-        test=MED_RAW["test"],
+        rows=MED_RAW["test"],
         code=code("med_data"),
     output:
         f"{MED_DATA}/cases.jsonl",
@@ -312,13 +349,12 @@ if config["backend"] == "verl":
 
 rule med_eval:
     """One doctor consults the simulated patient on every held-out case (greedy, at most
-    med.eval.max_turns turns, as in the training dialogues); the consultations and the
-    summary rows (all, per category)."""
+    med.eval.max_turns turns, as in the training dialogues); the consultations (each with
+    its reward and terms) and the summary rows (all, per category)."""
     input:
         cases=f"{MED_DATA}/cases.jsonl",
         world=["data/raw/med/world.json"] if MED_SYNTH else [],
-        model=lambda wc: [] if med_doctor_model(wc) is None or (wc.doctor == "base" and not TINY)
-        else med_doctor_model(wc),
+        model=med_eval_model_input,
         code=code("med_eval"),
     output:
         consultations="results/med/eval/{doctor}.jsonl",
@@ -328,6 +364,8 @@ rule med_eval:
         with_thinking=lambda wc: (med_run_info(wc.doctor) or {"with_thinking": True})["with_thinking"],
         world={k: MED["world"][k] for k in ("confidence",)},
         eval=MED["eval"],
+        patient=MED["patient"],
+        reward=MED_RLC["reward"],
         ci_level=config["eval"]["ci_level"],
     threads: 1
     resources:
@@ -342,6 +380,82 @@ rule med_eval:
         "results/logs/med/eval_{doctor}.log",
     script:
         "../scripts/med_eval.py"
+
+
+use rule med_eval as med_eval_budget with:
+    output:
+        consultations="results/med/eval_budget/{doctor}-turns{turns}.jsonl",
+        summary="results/med/eval_budget/{doctor}-turns{turns}.json",
+    wildcard_constraints:
+        turns=r"\d+",
+    params:
+        model=med_doctor_model,
+        with_thinking=lambda wc: (med_run_info(wc.doctor) or {"with_thinking": True})["with_thinking"],
+        world={k: MED["world"][k] for k in ("confidence",)},
+        eval=lambda wc: dict(MED["eval"], max_turns=int(wc.turns)),
+        patient=MED["patient"],
+        reward=MED_RLC["reward"],
+        ci_level=config["eval"]["ci_level"],
+    benchmark:
+        "results/benchmarks/med/eval_budget/{doctor}-turns{turns}.tsv"
+    log:
+        "results/logs/med/eval_budget/{doctor}-turns{turns}.log",
+
+
+rule med_rl_cases:
+    """The RL cases: the distinct dialogues of the train rows (what RL trains on) and of the val
+    rows (its validation), with their patient facts."""
+    input:
+        rows=lambda wc: MED_RAW[wc.split],
+        code=code("med_data"),
+    output:
+        f"{MED_DATA}/rl/{{split}}_cases.jsonl",
+    wildcard_constraints:
+        split="train|val",
+    threads: 1
+    conda:
+        "../../envs/local.yaml"
+    log:
+        "results/logs/med/rl_cases_{split}.log",
+    script:
+        "../scripts/med_data.py"
+
+
+if config["backend"] == "local":
+
+    rule med_rl:
+        """Multi-turn GRPO of the merged SFT doctor against the patient on the train cases
+        (sft2rl.tasks.med.rl on the shared trainer; DoctorAgent-RL's reward; the turn budget
+        fixed at med.eval.max_turns or drawn per case from med.rl.budget_range, stated in the
+        prompt); validation on the val cases every rl.val_every steps; the last policy exported
+        as an HF directory. Resumes after a kill, restarts after any change."""
+        input:
+            train=f"{MED_DATA}/rl/train_cases.jsonl",
+            val=f"{MED_DATA}/rl/val_cases.jsonl",
+            init=MED_RL_INIT,
+            code=code("med_rl"),
+        output:
+            final=directory("results/med/models/rl-{budget}-seed{seed}/final"),
+            summary="results/med/rl/rl-{budget}-seed{seed}/summary.json",
+        wildcard_constraints:
+            seed=r"\d+",
+        params:
+            init=MED_RL_INIT,
+            cfg=lambda wc: dict(MED_RL, seed=int(wc.seed)),
+            med={"eval": MED["eval"], "patient": MED["patient"], "rl": MED_RLC},
+        threads: 1
+        resources:
+            mem_mb=4000,
+            runtime=120,
+            **LOCAL_GPU_RES,
+        conda:
+            "../../envs/local.yaml"
+        benchmark:
+            "results/benchmarks/med/rl-{budget}-seed{seed}.tsv"
+        log:
+            "results/logs/med/rl-{budget}-seed{seed}.log",
+        script:
+            "../scripts/med_rl.py"
 
 
 rule med_table:
@@ -390,12 +504,78 @@ rule med_figure:
         "../scripts/med_table.py"
 
 
+MED_RL_FIGURES = [f"results/figures/med_rl_curves.{ext}" for ext in ("png", "pdf")]
+MED_BUDGET_FIGURES = [f"results/figures/med_turn_budget.{ext}" for ext in ("png", "pdf")]
+
+
+rule med_rl_table:
+    """results/med/rl_eval.csv: base, the SFT doctor RL starts from, RL with a fixed and a dynamic
+    turn budget, the scripted and random doctors on the held-out cases; the paired per-case
+    difference RL - SFT (accuracy, reward) with its bootstrap interval; LaTeX; the figure of
+    the reward, its terms and val accuracy against the RL step."""
+    input:
+        summaries=expand("results/med/eval/{doctor}.json", doctor=MED_RL_DOCTORS),
+        consultations=expand("results/med/eval/{doctor}.jsonl", doctor=MED_RL_DOCTORS),
+        train=[f"results/med/rl/{d}/summary.json" for d in MED_RL_DOCTORS if _re.fullmatch(MED_RL_RE, d)],
+        code=code("med_rl_table"),
+    output:
+        csv=report("results/med/rl_eval.csv", caption="../report/med_rl.rst", category="Tables",
+                   labels={"table": "med_rl"}),
+        tex="results/tables/med_rl_eval.tex",
+        figure=MED_RL_FIGURES,
+    params:
+        doctors=MED_RL_DOCTORS,
+        sft=MED_RL_SFT,
+        rl_doctors=[d for d in MED_RL_DOCTORS if _re.fullmatch(MED_RL_RE, d)],
+        infos={d: med_run_info(d) for d in MED_RL_DOCTORS},
+        bootstrap={k: config["eval"][k] for k in BOOTSTRAP_KEYS},
+    conda:
+        "../../envs/local.yaml"
+    log:
+        "results/logs/med/rl_table.log",
+    script:
+        "../scripts/med_rl_table.py"
+
+
+#: (kind, budget, doctor) of the turn-budget ablation: the SFT doctor, and RL of each budget and seed
+MED_BUDGET_RUNS = [("sft", t, MED_RL_SFT) for t in MED_RLC["eval_budgets"]] + [
+    (m, t, f"rl-{m}-seed{s}") for m in MED_RL_MODES for t in MED_RLC["eval_budgets"] for s in MED_RLC["seeds"]]
+
+
+rule med_turn_budget:
+    """results/med/ablation_turn_budget.csv: RL with a fixed and with a dynamic turn budget (every
+    RL seed) and the SFT doctor, each evaluated at every budget of med.rl.eval_budgets; mean and
+    std over seeds, bootstrap intervals over cases, dynamic - fixed paired per case; LaTeX and
+    the figure of accuracy against the budget."""
+    input:
+        consultations=[f"results/med/eval_budget/{d}-turns{t}.jsonl" for _, t, d in MED_BUDGET_RUNS],
+        code=code("med_rl_table"),
+    output:
+        csv="results/med/ablation_turn_budget.csv",
+        tex="results/tables/med_ablation_turn_budget.tex",
+        figure=[report(f, caption="../report/med_turn_budget.rst", category="Figures", subcategory="Medical",
+                       labels={"figure": "med_turn_budget"}) if f.endswith(".png") else f for f in MED_BUDGET_FIGURES],
+    params:
+        runs=[(k, t) for k, t, _ in MED_BUDGET_RUNS],
+        bootstrap={k: config["eval"][k] for k in BOOTSTRAP_KEYS},
+    conda:
+        "../../envs/local.yaml"
+    log:
+        "results/logs/med/turn_budget.log",
+    script:
+        "../scripts/med_rl_table.py"
+
+
 rule med:
-    """The whole medical consultation system: tables and figure."""
+    """The whole medical consultation system: SFT and RL tables, the ablations, the figures."""
     input:
         "results/med/eval.csv",
         "results/med/ablation_thinking.csv",
         MED_FIGURES,
+        "results/med/rl_eval.csv",
+        "results/med/ablation_turn_budget.csv",
+        MED_RL_FIGURES,
+        MED_BUDGET_FIGURES,
 
 
 localrules:

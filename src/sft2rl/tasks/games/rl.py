@@ -30,21 +30,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from ...generation import generate, prompt_lengths
-from ...rl_task import Rollout, pack_rows
+from ...generation import prompt_lengths
+from ...rl_task import Rollout, multi_turn_rollout
 from . import VERL_AGENT_NAME
 from .data import read_levels
 from .play import Episode, play
 from .prompts import OBSERVATION, render
-
-
-def common_prefix(prompts: list[list[int]]) -> int:
-    """Tokens every prompt starts with, keeping at least one token of each after them."""
-    shortest = min(len(p) for p in prompts)
-    c = 0
-    while c < shortest - 1 and all(p[c] == prompts[0][c] for p in prompts):
-        c += 1
-    return c
 
 
 def episode_score(ep: Episode, format_penalty: float) -> float:
@@ -90,35 +81,15 @@ class GamesTask:
         torch.manual_seed(seed)
         eps = [Episode(self.env, lv, k, self.games, self.max_turns, seed * 7 + g * n + k)
                for g, lv in enumerate(items) for k in range(n)]
-        prompts, responses, logps, owner = [], [], [], []
-        while True:
-            active = [i for i, e in enumerate(eps) if not e.done]
-            if not active:
-                break
-            gen = generate(model, tokenizer, [eps[i].prompt() for i in active], max_new_tokens=self.max_new_tokens,
-                           do_sample=True, temperature=cfg["temperature"], top_p=cfg["top_p"],
-                           max_prompt_length=cfg["max_prompt_length"])
-            for row, i in enumerate(active):
-                pm, rm = gen.prompt_mask[row].bool(), gen.response_mask[row].bool()
-                prompts.append(gen.prompt_ids[row][pm].tolist())
-                responses.append(gen.response_ids[row][rm].tolist())
-                logps.append(gen.logprobs[row][rm].tolist() if gen.logprobs is not None else None)
-                owner.append(i)
-                eps[i].act(gen.texts[row])
-        # every turn's prompt starts with the same chat header and instruction: that prefix is the
-        # rows' one shared prompt (computed once by the trainer), the rest of each turn's prompt
-        # leads its response as context (loss mask 0)
-        c = common_prefix(prompts)
-        loss = [[0] * (len(p) - c) + [1] * len(r) for p, r in zip(prompts, responses)]
-        with_logps = all(lp is not None for lp in logps)
-        t = pack_rows([p[:c] for p in prompts], [p[c:] + r for p, r in zip(prompts, responses)], loss,
-                      [[0.0] * (len(p) - c) + lp for p, lp in zip(prompts, logps)] if with_logps else None,
-                      tokenizer.pad_token_id, model.device)
-        turns = np.array([e.steps for e in eps])
-        return Rollout(t["prompt_ids"], t["prompt_mask"], t["response_ids"], t["response_mask"], t["loss_mask"],
-                       torch.as_tensor(owner, device=model.device), np.repeat(np.arange(len(items)), n),
-                       t.get("logprobs"), prompt_index=torch.zeros(len(owner), dtype=torch.long, device=model.device),
-                       info=eps, metrics={"turns": float(turns.mean()), "rows": float(len(owner))})
+
+        def advance(active: list[Episode], replies: list[str]) -> None:
+            for e, reply in zip(active, replies):
+                e.act(reply)
+
+        ro = multi_turn_rollout(model, tokenizer, eps, np.repeat(np.arange(len(items)), n), done=lambda e: e.done,
+                                prompt=Episode.prompt, advance=advance, max_new_tokens=self.max_new_tokens, cfg=cfg)
+        ro.metrics["turns"] = float(np.mean([e.steps for e in eps]))
+        return ro
 
     def rewards(self, items: list[dict], rollout: Rollout) -> tuple[np.ndarray, dict[str, float]]:
         eps: list[Episode] = rollout.info

@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from ...io import atomic_file, write_text
+from ...stats import paired_difference
 
 POLICY_ORDER = {"sft": 0, "base": 1, "random": 2, "bfs": 3}
 COLUMNS = ["env", "policy", "mode", "episodes", "levels", "max_steps", "success", "success_lo", "success_hi", "ci",
@@ -82,21 +83,6 @@ def _per_level(episodes: str, mode: str) -> dict[int, float]:
         if r["mode"] == mode:
             by.setdefault(r["level"], []).append(float(r["won"]))
     return {lv: sum(v) / len(v) for lv, v in by.items()}
-
-
-def paired_difference(sft: dict[int, float], rl: dict[int, float], *, samples: int, level: float,
-                      seed: int) -> tuple[float, float, float]:
-    """Mean per-level success of RL minus SFT on the same levels, with a percentile bootstrap
-    interval over levels (each level's episodes stay together)."""
-    import numpy as np
-
-    if set(sft) != set(rl):
-        raise ValueError(f"SFT and RL played different levels ({len(set(sft) ^ set(rl))} differ)")
-    d = np.array([rl[k] - sft[k] for k in sorted(sft)])
-    rng = np.random.default_rng(seed)
-    draws = d[rng.integers(0, len(d), size=(samples, len(d)))].mean(axis=1)
-    alpha = (1 - level) / 2
-    return float(d.mean()), float(np.quantile(draws, alpha)), float(np.quantile(draws, 1 - alpha))
 
 
 def rl_rows(env: str, files: dict[str, str], bootstrap: dict) -> list[dict]:

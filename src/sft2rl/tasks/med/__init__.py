@@ -14,8 +14,27 @@ Everything about the medical task lives in this folder:
   validation with errors naming file, row and field, ``with_thinking`` processing, the
   held-out cases;
 * ``consult``: consultations between a doctor and the patient, their metrics;
-* ``table``: ``results/med/eval.csv``, the thinking ablation, LaTeX, the figure.
+* ``reward``: DoctorAgent-RL's consultation reward, term by term;
+* ``rl``: the consultation as a multi-turn task of the shared GRPO trainer (fixed or dynamic
+  turn budget);
+* ``table``: ``results/med/eval.csv``, the thinking ablation, LaTeX, the figure;
+* ``rl_table``: ``results/med/rl_eval.csv``, the turn-budget ablation, their figures.
 """
 from __future__ import annotations
 
 THINKING = {"think": True, "nothink": False}  # run-name part -> with_thinking
+#: the turn budgets of medical RL (:mod:`sft2rl.tasks.med.rl`)
+RL_MODES = ("fixed", "dynamic")
+#: keys of ``med.rl`` that belong to the task, not to the shared trainer's ``rl:`` section
+RL_TASK_KEYS = ("with_thinking", "seeds", "budget_range", "eval_budgets", "reward")
+
+
+def rl_config(config: dict) -> dict:
+    """The shared ``rl:`` section with the medical overrides (``med.rl``): what the ``med_rl``
+    rule trains with. Replies are as long as in evaluation (``med.eval.max_new_tokens``); RL
+    starts from the merged SFT doctor (``rl.init`` does not apply)."""
+    med = config["med"]
+    over = {k: v for k, v in med["rl"].items() if k not in RL_TASK_KEYS}
+    out = dict({k: v for k, v in config["rl"].items() if k != "init"}, **over)
+    out["max_response_length"] = med["eval"]["max_new_tokens"]
+    return out

@@ -24,7 +24,6 @@ Metrics (per doctor, over all cases and per category):
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,18 +31,20 @@ import numpy as np
 
 from ...stats import wilson
 from .dialog import NOT_UNDERSTOOD, Reply, history_messages, parse_reply
-from .patient import Patient
+from .patient import PatientRequest, patient_backend
+from .reward import episode_terms, question_key, same_text, weights
 
 CATEGORY_ALL = "all"
 
 
 @dataclass
 class Consultation:
+    """One consultation: the doctor's replies, what the patient said after each, the budget
+    (``max_turns``, stated in the prompt; the last turn forced)."""
     key: int
     case: dict[str, Any]
     max_turns: int
     with_thinking: bool
-    patient_sim: Patient
     replies: list[str] = field(default_factory=list)
     patient: list[str] = field(default_factory=list)
     parsed: list[Reply] = field(default_factory=list)
@@ -59,59 +60,91 @@ class Consultation:
 
     def prompt(self) -> list[dict[str, str]]:
         return history_messages(self.first, self.replies, self.patient, with_thinking=self.with_thinking,
-                                force=self.last_turn)
+                                force=self.last_turn, budget=self.max_turns)
 
-    def act(self, reply: str) -> None:
+    def act(self, reply: str) -> str | None:
+        """Take the doctor's reply; the question the patient must answer (:meth:`hear`), else None."""
         r = parse_reply(reply)
         self.replies.append(reply)
         self.parsed.append(r)
         if r.kind == "diagnosis" or len(self.replies) >= self.max_turns:
             self.ended = True
+        elif r.kind == "question":
+            return r.question
         else:
-            self.patient.append(self.patient_sim.answer(r.question) if r.kind == "question" else NOT_UNDERSTOOD)
+            self.patient.append(NOT_UNDERSTOOD)
+        return None
 
-    def record(self) -> dict[str, Any]:
+    def hear(self, answer: str) -> None:
+        self.patient.append(answer)
+
+    def asked(self) -> list[tuple[str, str]]:
+        """The earlier questions with the patient's answers."""
+        return [(r.question, said) for r, said in zip(self.parsed, self.patient) if r.kind == "question"]
+
+    def reward_terms(self, w: dict[str, Any]) -> dict[str, float]:
+        return episode_terms(self.parsed, self.patient, self.case["truth"], w)
+
+    def record(self, w: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The consultation's record: diagnosis, metrics' counts and the reward with its terms
+        (``w``: :func:`reward.weights`; the reference weights by default)."""
+        w = w or weights(None)
         final = self.parsed[-1] if self.parsed and self.parsed[-1].kind == "diagnosis" else None
-        questions = [normalize(r.question) for r in self.parsed if r.kind == "question"]
+        questions = [question_key(r.question) for r in self.parsed if r.kind == "question"]
         truth = self.case["truth"]
+        terms = self.reward_terms(w)
+        reward = float(sum(terms.values()))
         return {
-            "case": self.case["id"], "category": self.case["category"],
+            "case": self.case["id"], "category": self.case["category"], "max_turns": self.max_turns,
             "truth_diagnosis": truth["diagnosis"], "truth_recommendation": truth["recommendation"],
             "diagnosed": final is not None, "diagnosis": final.diagnosis if final else "",
             "recommendation": final.recommendation if final else "",
-            "correct": (normalize(final.diagnosis) == normalize(truth["diagnosis"]) if final else False)
+            "correct": (same_text(final.diagnosis, truth["diagnosis"]) if final else False)
             if self.case["exact"] else None,
             "turns": len(self.replies), "questions": len(questions),
             "repeated": len(questions) - len(set(questions)),
             "invalid": sum(r.kind == "invalid" for r in self.parsed),
             "patient_replies": len(self.patient), "sorry": sum(p.startswith("Sorry") for p in self.patient),
+            "reward": reward, "success": reward >= w["success_threshold"],
+            **{f"reward_{k}": v for k, v in terms.items()},
             "replies": self.replies, "patient": self.patient,
         }
 
 
-def normalize(text: str) -> str:
-    return re.sub(r"\s+", " ", text.strip().lower()).rstrip(".").strip()
+def advance(cons: list[Consultation], replies: list[str], patients) -> None:
+    """One turn of the consultations ``cons``: each takes its reply, then the patient answers
+    every question of the turn in one batch (``patients``: :func:`patient.patient_backend`)."""
+    asks = []
+    for c, reply in zip(cons, replies):
+        q = c.act(reply)
+        if q is not None:
+            asks.append((c, PatientRequest(c.case, q, c.asked())))
+    if asks:
+        for (c, _), said in zip(asks, patients.answer([r for _, r in asks])):
+            c.hear(said)
 
 
-def consult(cases: list[dict[str, Any]], policy, *, max_turns: int, with_thinking: bool, threshold: float,
-            progress: bool = True) -> list[dict[str, Any]]:
-    """Run one consultation per case with ``policy``; one record per case."""
+def consult(cases: list[dict[str, Any]], policy, *, max_turns: int, with_thinking: bool, threshold: float = 0.5,
+            patients=None, reward: dict[str, Any] | None = None, progress: bool = True) -> list[dict[str, Any]]:
+    """Run one consultation per case with ``policy``; one record per case. ``patients``: the
+    patient backend (default: the rule patient with ``threshold``); ``reward``: the weights
+    of the records' reward (default: the reference's)."""
     from tqdm import tqdm
 
     if max_turns < 1:
         raise ValueError("config key 'med.eval.max_turns' must be at least 1")
-    cons = [Consultation(i, case, max_turns, with_thinking, Patient(case["patient_information"], threshold))
-            for i, case in enumerate(cases)]
+    patients = patients or patient_backend("rule", threshold)
+    w = weights(reward)
+    cons = [Consultation(i, case, max_turns, with_thinking) for i, case in enumerate(cases)]
     bar = tqdm(total=max_turns, desc="consult", mininterval=5, disable=not progress)
     while True:
         active = [c for c in cons if not c.ended]
         if not active:
             break
-        for c, reply in zip(active, policy(active, [c.prompt() for c in active])):
-            c.act(reply)
+        advance(active, policy(active, [c.prompt() for c in active]), patients)
         bar.update(1)
     bar.close()
-    return [c.record() for c in cons]
+    return [c.record(w) for c in cons]
 
 
 # ------------------------------------------------------------------ metrics
@@ -154,6 +187,8 @@ def summarize(records: list[dict[str, Any]], ci_level: float = 0.95) -> dict[str
         "invalid_format_rate": share(sum(r["invalid"] for r in records), turns),
         "ir_precision": share(replies - sum(r["sorry"] for r in records), replies),
         "diagnosed_rate": share(sum(r["diagnosed"] for r in records), n),
+        "reward": float(np.mean([r["reward"] for r in records])) if n else float("nan"),
+        "success_rate": share(sum(r["success"] for r in records), n),
     }
 
 
@@ -168,9 +203,12 @@ def summary_rows(records: list[dict[str, Any]], ci_level: float = 0.95) -> list[
 # ------------------------------------------------------------------ one doctor: the rule's job
 def evaluate_doctor(doctor: str, cases_path: str, world_path: str | None, model_path: str | None,
                     with_thinking: bool, ev: dict[str, Any], world_cfg: dict[str, Any], ci_level: float,
-                    consultations_out: str, summary_out: str) -> list[dict[str, Any]]:
-    """Consult every held-out case with ``doctor`` (base | scripted | random | an SFT run name);
-    write the consultations (jsonl) and the summary rows (json); return the rows."""
+                    consultations_out: str, summary_out: str, patient: Any = "rule",
+                    reward: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Consult every held-out case with ``doctor`` (base | scripted | random | an SFT or RL run
+    name) within ``ev['max_turns']`` turns, against the patient ``patient`` (``med.patient``);
+    write the consultations (jsonl, with each one's reward under ``reward``: ``med.rl.reward``)
+    and the summary rows (json); return the rows."""
     import json
     from pathlib import Path
 
@@ -193,7 +231,7 @@ def evaluate_doctor(doctor: str, cases_path: str, world_path: str | None, model_
         policy = reply_policy(model, tokenizer, max_new_tokens=ev["max_new_tokens"], do_sample=False,
                               temperature=1.0, seed=ev["seed"], batch_size=ev["batch_size"])
     records = consult(cases, policy, max_turns=ev["max_turns"], with_thinking=with_thinking,
-                      threshold=ev["patient_threshold"])
+                      patients=patient_backend(patient, ev["patient_threshold"]), reward=reward)
     for r in records:
         r["doctor"] = doctor
     rows = [{"doctor": doctor, **row} for row in summary_rows(records, ci_level)]

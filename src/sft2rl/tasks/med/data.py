@@ -30,7 +30,7 @@ from ...rows import check_prompt_response, strip_thinking
 from ...errors import DataError
 from ...io import read_rows, write_json, write_jsonl, write_parquet
 from . import clinic as clinic_mod
-from .dialog import SYSTEM_PROMPT, description, history_messages, parse_reply
+from .dialog import SYSTEM_PROMPT, description, history_messages, parse_reply, with_budget
 
 SYNTHETIC_SOURCE = "med_synthetic"
 
@@ -44,7 +44,7 @@ def consultation_rows(first: list[dict[str, str]], replies: list[str], patient: 
     for k, reply in enumerate(replies):
         rows.append({"data_source": SYNTHETIC_SOURCE,
                      "prompt": history_messages(first, replies[:k], patient[:k], with_thinking=True,
-                                                force=k == max_turns - 1),
+                                                force=k == max_turns - 1, budget=max_turns),
                      "response": reply, "ability": "medical_consultation", "reward_model": reward_model,
                      "extra_info": {**extra, "turn": k}})
     return rows
@@ -117,7 +117,8 @@ def write_clinic_data(world: dict[str, Any], out_dir: str | Path, corpus_out: st
         ev = clinic_case(clinic, case)
         replies, patient = scripted_consultation(clinic, ev, confidence=world["confidence"], max_turns=max_turns)
         # the diagnosis prompt: the whole consultation (the scripted doctor is deterministic)
-        return prompt_key(history_messages(ev["first"], replies[:-1], patient, force=len(replies) == max_turns))
+        return prompt_key(history_messages(ev["first"], replies[:-1], patient, force=len(replies) == max_turns,
+                                           budget=max_turns))
 
     cases = clinic_mod.generate_cases(clinic, world, key)
     counts: dict[str, Any] = {}
@@ -194,24 +195,38 @@ def load_raw(path: str | Path, need_patient: bool = False) -> list[dict[str, Any
 
 
 # ------------------------------------------------------------------ processing
-def sft_row(row: dict[str, Any], with_thinking: bool) -> dict[str, Any]:
+def _first_user(prompt: list[dict[str, str]]) -> int:
+    return next(i for i, m in enumerate(prompt) if m["role"] == "user")
+
+
+def state_budget(prompt: list[dict[str, str]], budget: int | None) -> list[dict[str, str]]:
+    """``prompt`` with the turn budget stated at the end of the patient's description (the first
+    user turn), as every consultation states it (:func:`dialog.with_budget`)."""
+    k = _first_user(prompt) + 1
+    return with_budget(prompt[:k], budget) + [dict(m) for m in prompt[k:]]
+
+
+def sft_row(row: dict[str, Any], with_thinking: bool, budget: int | None = None) -> dict[str, Any]:
     """prompt, response and messages of one raw row; without thinking every think block leaves
-    the target and the earlier doctor turns."""
+    the target and the earlier doctor turns. ``budget``: the turn limit the description states
+    (the clinic's rows state it already; your own rows get it, as the consultations do)."""
     def keep(text: str) -> str:
         return text if with_thinking else strip_thinking(text)
 
+    raw = state_budget(row["prompt"], budget) if budget is not None else row["prompt"]
     prompt = [{"role": m["role"], "content": keep(m["content"]) if m["role"] == "assistant" else m["content"]}
-              for m in row["prompt"]]
+              for m in raw]
     response = keep(row["response"])
     return {"prompt": prompt, "response": response,
             "messages": prompt + [{"role": "assistant", "content": response}]}
 
 
-def write_sft_data(train: str, val: str, with_thinking: bool, out_dir: str | Path) -> dict[str, int]:
+def write_sft_data(train: str, val: str, with_thinking: bool, out_dir: str | Path, budget: int | None = None
+                   ) -> dict[str, int]:
     """Validate both raw files, then write the processed {train,val}.parquet."""
     loaded = {"train": load_raw(train), "val": load_raw(val)}
     for split, rows in loaded.items():
-        write_parquet(Path(out_dir) / f"{split}.parquet", [sft_row(r, with_thinking) for r in rows])
+        write_parquet(Path(out_dir) / f"{split}.parquet", [sft_row(r, with_thinking, budget) for r in rows])
     return {k: len(v) for k, v in loaded.items()}
 
 
@@ -220,8 +235,9 @@ def cases_from_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     cases: dict[tuple[str, str], dict[str, Any]] = {}
     for row in rows:
         prompt = row["prompt"]
-        first_user = next(i for i, m in enumerate(prompt) if m["role"] == "user")
-        first = [{"role": m["role"], "content": m["content"]} for m in prompt[: first_user + 1]]
+        # the description without its budget line: a consultation states its own budget
+        first = with_budget([{"role": m["role"], "content": m["content"]} for m in prompt[: _first_user(prompt) + 1]],
+                            None)
         truth = row["reward_model"]["ground_truth"]
         extra = row.get("extra_info") or {}
         # the clinic numbers its cases; MTMedDialog rows of one dialogue share description and truth
@@ -234,8 +250,10 @@ def cases_from_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(cases.values())
 
 
-def write_cases(test: str, out: str | Path) -> int:
-    cases = cases_from_rows(load_raw(test, need_patient=True))
+def write_cases(rows: str, out: str | Path) -> int:
+    """The distinct dialogues of a raw file (the test file: the held-out cases; train and val:
+    the RL cases) as cases."""
+    cases = cases_from_rows(load_raw(rows, need_patient=True))
     write_jsonl(out, cases)
     return len(cases)
 

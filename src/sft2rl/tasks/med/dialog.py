@@ -21,6 +21,10 @@ SYSTEM_PROMPT = (
     "<answer>Diagnosis: the disease\nRecommendation: your advice</answer>.")
 FORMAT_LINE = "Think briefly inside <think> </think>, then reply inside <answer> </answer>."
 FORCE = "This is your last turn: give your diagnosis and recommendation now."
+#: the turn budget, stated at the end of the patient's description (DoctorAgent-RL tells the
+#: doctor its limit): in the SFT rows, in RL (fixed or drawn per case) and in evaluation
+BUDGET = "You have at most {n} turns."
+BUDGET_RE = re.compile(r"\nYou have at most \d+ turns\.$")
 DONT_KNOW = "Sorry, I do not know."
 NOT_UNDERSTOOD = "Sorry, I do not understand."
 ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
@@ -70,12 +74,24 @@ def parse_reply(text: str) -> Reply:
     return Reply("invalid")
 
 
+def with_budget(first: list[dict[str, str]], budget: int | None) -> list[dict[str, str]]:
+    """``first`` (system + description) with the budget line ending the description (one
+    stated already is replaced); ``budget`` None: without a budget line."""
+    msgs = [dict(m) for m in first]
+    i = max(k for k, m in enumerate(msgs) if m["role"] == "user")
+    text = BUDGET_RE.sub("", msgs[i]["content"])
+    msgs[i]["content"] = text + ("\n" + BUDGET.format(n=budget) if budget is not None else "")
+    return msgs
+
+
 def history_messages(first: list[dict[str, str]], replies: list[str], patient: list[str], *,
-                     with_thinking: bool = True, force: bool = False) -> list[dict[str, str]]:
+                     with_thinking: bool = True, force: bool = False, budget: int | None = None
+                     ) -> list[dict[str, str]]:
     """The prompt of the next doctor turn: ``first`` (system + description), then the earlier
     doctor replies and patient replies; without thinking the earlier replies lose their think
-    blocks (as the training rows do). ``force`` appends :data:`FORCE` to the last user turn."""
-    msgs = [dict(m) for m in first]
+    blocks (as the training rows do). ``force`` appends :data:`FORCE` to the last user turn;
+    ``budget`` states the turn limit at the end of the description (:func:`with_budget`)."""
+    msgs = with_budget(first, budget)
     for reply, answer in zip(replies, patient):
         msgs.append({"role": "assistant", "content": reply if with_thinking else strip_thinking(reply)})
         msgs.append({"role": "user", "content": answer})

@@ -1,0 +1,105 @@
+"""The consultation reward of DoctorAgent-RL, term by term, every weight from config.
+
+An episode is one consultation of at most its turn budget. Its reward is the sum of its
+turns' terms (``med.rl.reward``, reference weights by default):
+
+* a question the patient answers from the record: ``answered`` (+1); one it cannot answer
+  ("Sorry, I do not know."): ``unanswered`` (-1);
+* a question asked before in the same consultation (case, spaces and a final "?" or "."
+  ignored): ``repeated`` (-2), instead of the answered / unanswered term;
+* a turn in neither answer format, or a question turn holding more than one question
+  (more than one "?"): ``invalid`` (-2);
+* the diagnosis turn: ``diagnosis`` (5) x the match of the diagnosis with the truth and
+  ``recommendation`` (5) x the token-overlap F1 of the recommendation; the match is the
+  token-overlap F1 (``match: f1``, the reference's) or exact (``match: exact``: 1 when the
+  names agree, case, spaces and a final period ignored; the clinic has exact disease names);
+* a consultation that reaches its turn budget without a diagnosis: ``no_diagnosis`` (-5) (a
+  question at that last turn is never answered and earns no question term).
+
+The episode succeeds when its reward reaches ``success_threshold`` (10). Token-overlap F1 is
+SQuAD's: lower case, punctuation and articles removed, F1 of the bags of words.
+"""
+from __future__ import annotations
+
+import re
+import string
+from collections import Counter
+from typing import Any
+
+#: DoctorAgent-RL's weights (restated in issue 23); ``med.rl.reward`` overrides them
+REFERENCE = {"diagnosis": 5.0, "recommendation": 5.0, "answered": 1.0, "unanswered": -1.0, "repeated": -2.0,
+             "invalid": -2.0, "no_diagnosis": -5.0, "match": "f1", "success_threshold": 10.0}
+#: the terms an episode's reward is the sum of (the keys of :func:`episode_terms`)
+TERMS = ("diagnosis", "recommendation", "answered", "unanswered", "repeated", "invalid", "no_diagnosis")
+
+_PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+
+
+def _tokens(text: str) -> list[str]:
+    return _ARTICLES.sub(" ", _PUNCT.sub(" ", text.lower())).split()
+
+
+def token_f1(prediction: str, truth: str) -> float:
+    """SQuAD's token-overlap F1 of two texts (0 when either has no word)."""
+    p, t = _tokens(prediction), _tokens(truth)
+    common = sum((Counter(p) & Counter(t)).values())
+    if not p or not t or common == 0:
+        return 0.0
+    precision, recall = common / len(p), common / len(t)
+    return 2 * precision * recall / (precision + recall)
+
+
+def same_text(a: str, b: str) -> bool:
+    """Equal up to case, runs of spaces and a final period (the exact-diagnosis rule)."""
+    def norm(s: str) -> str:
+        return re.sub(r"\s+", " ", s.strip().lower()).rstrip(".").strip()
+    return norm(a) == norm(b)
+
+
+def question_key(question: str) -> str:
+    """What makes two questions the same question: case, spaces, a final "?" or "." ignored."""
+    return re.sub(r"\s+", " ", question.strip().lower()).rstrip("?.").strip()
+
+
+def weights(cfg: dict[str, Any] | None) -> dict[str, Any]:
+    """The reference weights with ``cfg`` (``med.rl.reward``) over them; unknown keys refused."""
+    cfg = dict(cfg or {})
+    unknown = sorted(set(cfg) - set(REFERENCE))
+    if unknown:
+        raise ValueError(f"config key 'med.rl.reward': unknown {unknown}; known: {sorted(REFERENCE)}")
+    out = {**REFERENCE, **cfg}
+    if out["match"] not in ("f1", "exact"):
+        raise ValueError(f"config key 'med.rl.reward.match' must be f1 or exact, got {out['match']!r}")
+    return out
+
+
+def episode_terms(parsed: list, patient: list[str], truth: dict[str, str], w: dict[str, Any]) -> dict[str, float]:
+    """Each term's share of one consultation's reward. ``parsed``: the doctor's replies as
+    :class:`sft2rl.tasks.med.dialog.Reply`; ``patient``: what the patient said after each
+    reply but the last (the answer, or "Sorry, I do not understand." after a malformed turn)."""
+    out = dict.fromkeys(TERMS, 0.0)
+    asked: set[str] = set()
+    for i, r in enumerate(parsed):
+        if r.kind == "invalid" or (r.kind == "question" and r.question.count("?") > 1):
+            out["invalid"] += w["invalid"]
+            continue
+        if r.kind == "diagnosis":
+            match = (1.0 if same_text(r.diagnosis, truth["diagnosis"]) else 0.0) if w["match"] == "exact" \
+                else token_f1(r.diagnosis, truth["diagnosis"])
+            out["diagnosis"] += w["diagnosis"] * match
+            out["recommendation"] += w["recommendation"] * token_f1(r.recommendation, truth["recommendation"])
+            continue
+        if i >= len(patient):  # the question of the last turn: the budget ended the consultation
+            continue
+        key = question_key(r.question)
+        if key in asked:
+            out["repeated"] += w["repeated"]
+        elif not patient[i].startswith("Sorry"):
+            out["answered"] += w["answered"]
+        else:
+            out["unanswered"] += w["unanswered"]
+        asked.add(key)
+    if not parsed or parsed[-1].kind != "diagnosis":
+        out["no_diagnosis"] += w["no_diagnosis"]
+    return out

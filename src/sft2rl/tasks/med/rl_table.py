@@ -1,0 +1,214 @@
+"""Medical RL's tables and figures.
+
+``results/med/rl_eval.csv``: one row per doctor on the held-out cases at the evaluation's
+budget (``med.eval.max_turns``): the base model, the SFT doctor RL starts from, RL with a
+fixed and with a dynamic turn budget (first RL seed), the scripted and the random doctor;
+accuracy with its 95% Wilson interval, ROUGE-L and BLEU of diagnosis and recommendation,
+turns, repeated-question rate, information-retrieval precision, invalid-format rate, mean
+episode reward and success rate; for the RL rows the paired per-case difference RL - SFT of
+accuracy and of reward with its percentile bootstrap interval over cases.
+
+``results/med/ablation_turn_budget.csv``: the SFT doctor and the RL doctors of each budget
+(every RL seed) evaluated at each of ``med.rl.eval_budgets``: per (doctor, budget) the mean
+and standard deviation over seeds of accuracy, reward, turns and diagnosed rate, with a
+percentile bootstrap interval over cases of the seed-averaged per-case value; and a row
+``dynamic - fixed`` per budget with the paired per-case difference (seeds averaged per case).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ...io import atomic_file, write_text
+from ...stats import paired_difference
+from .table import METRICS, _fmt, _read_jsonl, _save
+
+RL_EVAL_COLUMNS = ["doctor", "label", "budget", "seed", "cases", "accuracy", "accuracy_lo", "accuracy_hi", *METRICS[1:],
+                   "reward", "success_rate", "diff_accuracy", "diff_accuracy_lo", "diff_accuracy_hi", "diff_reward",
+                   "diff_reward_lo", "diff_reward_hi", "rl_steps", "rl_seconds"]
+LABELS = {"base": "base model", "scripted": "scripted doctor", "random": "random-question doctor"}
+
+
+def _label(doctor: str, info: dict[str, Any] | None) -> str:
+    if doctor in LABELS:
+        return LABELS[doctor]
+    if info and "budget" in info:
+        return f"RL, {info['budget']} budget"
+    return "SFT" + (", with thinking" if info and info["with_thinking"] else ", without thinking")
+
+
+def per_case(records: list[dict[str, Any]], key: str) -> dict[str, float]:
+    """case id -> the consultation's value of ``key`` (correct as 0/1, reward)."""
+    return {str(r["case"]): float(bool(r[key])) if key == "correct" else float(r[key]) for r in records}
+
+
+def rl_eval_frame(summaries: dict[str, str], consultations: dict[str, str], sft: str, infos: dict[str, Any],
+                  train: dict[str, str], bootstrap: dict[str, Any]) -> pd.DataFrame:
+    """The rows of rl_eval.csv (all cases), doctors in the order of ``summaries``."""
+    bs = dict(samples=bootstrap["bootstrap_samples"], level=bootstrap["ci_level"], seed=bootstrap["bootstrap_seed"])
+    sft_recs = _read_jsonl(consultations[sft])
+    rows = []
+    for doctor, path in summaries.items():
+        row = dict(json.loads(Path(path).read_text())[0])
+        info = infos.get(doctor)
+        row.update(label=_label(doctor, info), budget=(info or {}).get("budget"),
+                   seed=(info or {}).get("seed"))
+        if doctor in train:
+            recs = _read_jsonl(consultations[doctor])
+            for key, name in (("correct", "accuracy"), ("reward", "reward")):
+                d, lo, hi = paired_difference(per_case(sft_recs, key), per_case(recs, key), **bs)
+                row.update({f"diff_{name}": d, f"diff_{name}_lo": lo, f"diff_{name}_hi": hi})
+            summ = json.loads(Path(train[doctor]).read_text())
+            row.update(rl_steps=summ["steps"], rl_seconds=summ["seconds"])
+        rows.append(row)
+    return pd.DataFrame(rows).reindex(columns=RL_EVAL_COLUMNS)
+
+
+def rl_eval_latex(frame: pd.DataFrame) -> str:
+    lines = [r"\begin{tabular}{lrrrrrrr}", r"\toprule",
+             r"doctor & accuracy [95\% CI] & diag. R-L & rec. R-L & turns & repeated q. & reward & "
+             r"RL $-$ SFT accuracy [95\% CI] \\", r"\midrule"]
+    for _, r in frame.iterrows():
+        diff = "" if pd.isna(r.diff_accuracy) else \
+            f"{r.diff_accuracy:+.2f} [{r.diff_accuracy_lo:+.2f}, {r.diff_accuracy_hi:+.2f}]"
+        lines.append(f"{r.label} & {_fmt(r.accuracy)} [{_fmt(r.accuracy_lo)}, {_fmt(r.accuracy_hi)}] & "
+                     f"{_fmt(r.diag_rougeL)} & {_fmt(r.rec_rougeL)} & {_fmt(r.turns)} & "
+                     f"{_fmt(r.repeated_question_rate)} & {_fmt(r.reward)} & {diff} \\\\")
+    return "\n".join(lines + [r"\bottomrule", r"\end{tabular}", ""])
+
+
+def write_rl_eval(frame: pd.DataFrame, csv_out: str, tex_out: str) -> None:
+    with atomic_file(csv_out) as tmp:
+        frame.to_csv(tmp, index=False, float_format="%.6g")
+    write_text(tex_out, rl_eval_latex(frame))
+
+
+# ------------------------------------------------------------------ the turn-budget ablation
+BUDGET_METRICS = {"accuracy": "correct", "reward": "reward", "turns": "turns", "diagnosed_rate": "diagnosed"}
+
+
+def _case_matrix(paths: list[str], key: str) -> tuple[list[str], np.ndarray]:
+    """(case ids, values (seeds x cases)) of ``key`` over the consultations of each file."""
+    per = [per_case(_read_jsonl(p), key) for p in paths]
+    cases = sorted(per[0])
+    if any(sorted(p) != cases for p in per):
+        raise ValueError("the turn-budget ablation's doctors must consult the same held-out cases")
+    return cases, np.array([[p[c] for c in cases] for p in per])
+
+
+def _interval(values: np.ndarray, bs: dict[str, Any]) -> tuple[float, float]:
+    rng = np.random.default_rng(bs["bootstrap_seed"])
+    draws = values[rng.integers(0, len(values), size=(bs["bootstrap_samples"], len(values)))].mean(axis=1)
+    alpha = (1 - bs["ci_level"]) / 2
+    return float(np.quantile(draws, alpha)), float(np.quantile(draws, 1 - alpha))
+
+
+def turn_budget_frame(files: dict[tuple[str, int], list[str]], bootstrap: dict[str, Any]) -> pd.DataFrame:
+    """``files``: (doctor kind: sft | fixed | dynamic, budget) -> the consultations of each seed."""
+    rows = []
+    budgets = sorted({b for _, b in files})
+    for kind in ("sft", "fixed", "dynamic", "dynamic - fixed"):
+        for b in budgets:
+            if kind == "dynamic - fixed":
+                if ("dynamic", b) not in files or ("fixed", b) not in files:
+                    continue
+                pair = [files[("dynamic", b)], files[("fixed", b)]]
+            elif (kind, b) in files:
+                pair = [files[(kind, b)]]
+            else:
+                continue
+            row: dict[str, Any] = {"doctor": kind, "max_turns": b, "n_seeds": len(pair[0])}
+            for m, key in BUDGET_METRICS.items():
+                mats = [_case_matrix(p, key)[1] for p in pair]
+                per_seed = mats[0].mean(axis=1) - (mats[1].mean(axis=1) if len(mats) > 1 else 0)
+                case_values = mats[0].mean(axis=0) - (mats[1].mean(axis=0) if len(mats) > 1 else 0)
+                row[f"{m}_mean"] = float(case_values.mean())
+                row[f"{m}_std"] = float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else float("nan")
+                row[f"{m}_lo"], row[f"{m}_hi"] = _interval(case_values, bootstrap)
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def budget_latex(frame: pd.DataFrame) -> str:
+    lines = [r"\begin{tabular}{lrrrr}", r"\toprule",
+             r"doctor & turn budget & seeds & accuracy [95\% CI] & reward [95\% CI] \\", r"\midrule"]
+    for _, r in frame.iterrows():
+        sign = "+.2f" if r.doctor == "dynamic - fixed" else ".2f"
+        lines.append(f"{r.doctor} & {r.max_turns} & {r.n_seeds} & {r.accuracy_mean:{sign}} "
+                     f"[{r.accuracy_lo:{sign}}, {r.accuracy_hi:{sign}}] & {r.reward_mean:{sign}} "
+                     f"[{r.reward_lo:{sign}}, {r.reward_hi:{sign}}] \\\\")
+    return "\n".join(lines + [r"\bottomrule", r"\end{tabular}", ""])
+
+
+def write_turn_budget(frame: pd.DataFrame, csv_out: str, tex_out: str) -> None:
+    with atomic_file(csv_out) as tmp:
+        frame.to_csv(tmp, index=False, float_format="%.6g")
+    write_text(tex_out, budget_latex(frame))
+
+
+def budget_figure(csv: str, outputs: list[str]) -> list[str]:
+    """Accuracy and mean reward against the evaluation's turn budget: the SFT doctor and RL with a
+    fixed and with a dynamic budget (mean over seeds, 95% bootstrap band over cases)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    frame = pd.read_csv(csv)
+    fig = Figure(figsize=(9.0, 3.4), layout="constrained")
+    axes = fig.subplots(1, 2, squeeze=False)[0]
+    for ax, m, ylabel in ((axes[0], "accuracy", "diagnosis accuracy"), (axes[1], "reward", "mean episode reward")):
+        for i, kind in enumerate(("sft", "fixed", "dynamic")):
+            sub = frame[frame["doctor"] == kind].sort_values("max_turns")
+            if sub.empty:
+                continue
+            label = {"sft": "SFT", "fixed": "RL, fixed budget", "dynamic": "RL, dynamic budget"}[kind]
+            ax.plot(sub["max_turns"], sub[f"{m}_mean"], "o-", color=f"C{i}", label=label)
+            ax.fill_between(sub["max_turns"], sub[f"{m}_lo"], sub[f"{m}_hi"], color=f"C{i}", alpha=0.15)
+        ax.set_xlabel("turn budget at evaluation")
+        ax.set_ylabel(ylabel)
+    axes[0].set_ylim(0, 1.05)
+    axes[0].legend(fontsize=7)
+    return _save(fig, outputs)
+
+
+def curves_figure(summaries: dict[str, str], outputs: list[str]) -> list[str]:
+    """Per RL run (fixed, dynamic): the training episodes' mean reward and each reward term
+    against the step, and greedy accuracy on the val cases (step 0: the SFT doctor)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    from .reward import TERMS
+
+    fig = Figure(figsize=(4.0 * len(summaries), 6.0), layout="constrained")
+    axes = fig.subplots(2, len(summaries), squeeze=False)
+    for col, (name, path) in enumerate(summaries.items()):
+        hist = json.loads(Path(path).read_text())["history"]
+        train = [h for h in hist if "episode_reward" in h]
+        ax = axes[0][col]
+        if train:
+            steps = [h["step"] for h in train]
+            ax.plot(steps, [h["episode_reward"] for h in train], color="k", lw=1.5, label="reward")
+            for i, t in enumerate(TERMS):
+                ax.plot(steps, [h[f"reward_{t}"] for h in train], lw=0.8, color=f"C{i}", label=t)
+        ax.set_title(name)
+        ax.set_xlabel("RL step")
+        ax.set_ylabel("training episodes (sampled)")
+        ax = axes[1][col]
+        val = [h for h in hist if "val_accuracy" in h]
+        if val:
+            ax.plot([h["step"] for h in val], [h["val_accuracy"] for h in val], "o-", color="C0", label="accuracy")
+            ax.plot([h["step"] for h in val], [h["val_success"] for h in val], "s--", color="C1",
+                    label="success (reward >= threshold)")
+        ax.set_ylim(0, 1.05)
+        ax.set_xlabel("RL step")
+        ax.set_ylabel("val cases (greedy)")
+    axes[0][0].legend(fontsize=6)
+    axes[1][0].legend(fontsize=7)
+    return _save(fig, outputs)

@@ -1,0 +1,176 @@
+"""The medical consultation as a multi-turn RL task: DoctorAgent-RL's reward term by term, the
+turn budget (fixed, or drawn per case and stated in the prompt), rows and masks of a
+rollout, and a short run of the shared trainer."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from sft2rl.tasks.med import consult, data, dialog, reward
+from sft2rl.tasks.med.dialog import parse_reply
+from test_med import MAX_TURNS, MED, WORLD, hand_case
+
+RL = dict(seed=1, train_mode="full", lora=dict(r=4, alpha=8, dropout=0.0, target_modules="all-linear"),
+          n=3, train_batch=2, ppo_mini_batch=2, ppo_epochs=1, epochs=1, total_steps=2, lr=1e-3, grad_clip=1.0,
+          clip_ratio=0.2, clip_ratio_low=0.2, clip_ratio_high=0.28, keep_group_fraction=1.0, val_every=1,
+          kl_coef=0.001, kl_type="low_var_kl", use_kl_loss=False, entropy_coef=0.001, norm_adv_by_std=True,
+          temperature=1.0, top_p=1.0, max_prompt_length=1024, max_response_length=6, save_freq=2)
+MED_RL = {"eval": dict(MED["eval"], max_turns=3, max_new_tokens=6, batch_size=8),
+          "patient": "rule", "rl": {"with_thinking": False, "budget_range": [2, 4], "reward": {}}}
+
+
+def q(text: str) -> str:
+    return f"<answer>Question: {text}</answer>"
+
+
+def dx(d: str, r: str) -> str:
+    return f"<answer>Diagnosis: {d}\nRecommendation: {r}</answer>"
+
+
+def test_token_f1_is_squad_f1():
+    assert reward.token_f1("Beta syndrome", "beta syndrome.") == 1.0
+    assert reward.token_f1("Alpha syndrome", "Beta syndrome") == pytest.approx(0.5)
+    # 2 common of 3 predicted and 4 true words: P 2/3, R 1/2
+    assert reward.token_f1("drink water now", "the drink of water daily") == pytest.approx(2 * (2 / 3) * 0.5 / (2 / 3 + 0.5))
+    assert reward.token_f1("", "x") == 0.0 and reward.token_f1("a the", "a") == 0.0
+
+
+def test_episode_reward_terms_are_the_reference_terms():
+    """+1 answered, -1 "Sorry", -2 repeated (instead), -2 malformed or two questions in one turn,
+    5 x F1 of diagnosis and recommendation; -5 without a diagnosis at the limit."""
+    w = reward.weights(None)
+    case = hand_case(["s1", "s3"])  # s1..s4 recorded; the truth: Beta syndrome, "Drink water."
+    con = consult.Consultation(0, case, 8, with_thinking=False)
+    patients = consult.patient_backend("rule", 0.5)
+    for reply in [q("Do you have s3?"), q("do you have S3"), "garbled", q("Do you have fever?"),
+                  q("Do you have s2? Do you have s4?"), dx("Alpha syndrome", "Drink water.")]:
+        consult.advance([con], [reply], patients)
+    assert con.patient[2] == dialog.NOT_UNDERSTOOD and con.patient[3] == dialog.DONT_KNOW
+    terms = con.reward_terms(w)
+    assert terms == {"answered": 1.0, "repeated": -2.0, "invalid": -4.0, "unanswered": -1.0,
+                     "diagnosis": pytest.approx(2.5), "recommendation": 5.0, "no_diagnosis": 0.0}
+    rec = con.record(w)
+    assert rec["reward"] == pytest.approx(1.5) and rec["success"] is False and rec["repeated"] == 1
+    assert rec["reward_invalid"] == -4.0 and rec["correct"] is False
+    # exact match: the wrong disease earns nothing for the diagnosis
+    assert con.reward_terms(reward.weights({"match": "exact"}))["diagnosis"] == 0.0
+    # the right one earns everything: success at reward >= 10
+    good = consult.Consultation(0, case, 8, with_thinking=False)
+    for reply in [q("Do you have s3?"), dx("Beta syndrome", "Drink water.")]:
+        consult.advance([good], [reply], patients)
+    assert good.record(w)["reward"] == 11.0 and good.record(w)["success"] is True
+    # the budget runs out without a diagnosis: -5 and the turns' terms
+    late = consult.Consultation(0, case, 2, with_thinking=False)
+    for reply in [q("Do you have s3?"), q("Do you have s4?")]:
+        consult.advance([late], [reply], patients)
+    assert late.ended and late.reward_terms(w)["no_diagnosis"] == -5.0 and late.record(w)["reward"] == -4.0
+    with pytest.raises(ValueError, match="unknown"):
+        reward.weights({"bonus": 1})
+    with pytest.raises(ValueError, match="match"):
+        reward.weights({"match": "rouge"})
+    assert parse_reply(dx("x", "y")).kind == "diagnosis"
+
+
+def test_budgets_fixed_and_drawn_per_case():
+    from sft2rl.tasks.med.rl import budgets
+
+    assert budgets("fixed", 3, 8, [2, 10], seed=1) == [8, 8, 8]
+    drawn = budgets("dynamic", 400, 8, [2, 10], seed=1)
+    assert set(drawn) == set(range(2, 11)) and drawn == budgets("dynamic", 400, 8, [2, 10], seed=1)
+    assert drawn != budgets("dynamic", 400, 8, [2, 10], seed=2)
+    with pytest.raises(ValueError, match="fixed"):
+        budgets("random", 1, 8, [2, 10], seed=1)
+
+
+@pytest.fixture(scope="module")
+def clinic_model(tmp_path_factory):
+    """The RL cases of a small clinic (train and val) and an untrained tiny model with its tokenizer."""
+    from sft2rl.model import build_tiny_model, build_tokenizer
+    from sft2rl.text import chat_text
+
+    from conftest import TINY_ARCH
+
+    out = tmp_path_factory.mktemp("med_rl")
+    world = dict(WORLD, cases={"train": 6, "val": 3, "test": 3})
+    data.write_clinic_data(world, out, out / "corpus.jsonl", MAX_TURNS)
+    for split in ("train", "val"):
+        data.write_cases(out / f"{split}.jsonl", out / f"{split}_cases.jsonl")
+    rows = data.load_raw(out / "train.jsonl")
+    docs = [chat_text(r["prompt"] + [{"role": "assistant", "content": r["response"]}]) for r in rows]
+    tok = build_tokenizer(docs, 400, ("<think>", "</think>", "<answer>", "</answer>"))
+    torch.manual_seed(0)
+    build_tiny_model(tok, TINY_ARCH).save_pretrained(out / "model")
+    tok.save_pretrained(out / "model")
+    return out
+
+
+@pytest.mark.parametrize("mode", ["fixed", "dynamic"])
+def test_consultation_rollout_rows_masks_budgets_and_rewards(clinic_model, mode):
+    """Every doctor turn is one row whose prompt is the evaluation's prompt for that turn (the
+    budget stated), whose loss mask covers the sampled reply only; a group shares its budget;
+    the scores are the consultations' rewards."""
+    from sft2rl.model import load_model
+    from sft2rl.tasks.med.rl import MedTask
+
+    model, tok = load_model(str(clinic_model / "model"))
+    task = MedTask(str(clinic_model / "train_cases.jsonl"), str(clinic_model / "val_cases.jsonl"), MED_RL, mode)
+    items = task.load(tok, RL)
+    assert len(items) == 6 and len(task.val_cases) == 3
+    ro = task.rollout(model, tok, items[:2], 3, RL, seed=11)
+    cons = ro.info
+    assert ro.traj_group.tolist() == [0, 0, 0, 1, 1, 1]
+    limits = [c.max_turns for c in cons]
+    assert limits[:3] == [limits[0]] * 3 and limits[3:] == [limits[3]] * 3
+    assert all(2 <= b <= 4 for b in limits) if mode == "dynamic" else limits == [3] * 6
+    assert [int((ro.row_traj == i).sum()) for i in range(6)] == [len(c.replies) for c in cons]
+    assert ((ro.loss_mask == 1) <= (ro.response_mask == 1)).all()
+    turn = dict.fromkeys(range(6), 0)
+    for row in range(len(ro.row_traj)):
+        i = int(ro.row_traj[row])
+        c = cons[i]
+        on = ro.response_mask[row].bool()
+        resp, loss = ro.response_ids[row][on], ro.loss_mask[row][on]
+        k = int(loss.argmax())
+        assert loss[k:].all() and not loss[:k].any()
+        assert tok.decode(resp[k:], skip_special_tokens=True) == c.replies[turn[i]]
+        msgs = dialog.history_messages(c.first, c.replies[:turn[i]], c.patient[:turn[i]], with_thinking=False,
+                                       force=turn[i] == c.max_turns - 1, budget=c.max_turns)
+        assert f"at most {c.max_turns} turns." in msgs[1]["content"]
+        text = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        assert ro.prompt_ids[row].tolist() + resp[:k].tolist() == tok.encode(text, add_special_tokens=False)
+        turn[i] += 1
+    scores, metrics = task.rewards(items[:2], ro)
+    assert scores.tolist() == [c.record()["reward"] for c in cons]
+    # an untrained model's replies are malformed: -2 a turn, -5 without a diagnosis
+    assert scores.tolist() == [-2.0 * len(c.replies) - 5.0 for c in cons]
+    assert metrics["invalid_rate"] == 1.0 and metrics["reward_no_diagnosis"] == -5.0
+    again = task.rollout(model, tok, items[:2], 3, RL, seed=11)
+    assert [c.replies for c in again.info] == [c.replies for c in cons]
+
+
+def test_med_rl_runs_on_the_shared_trainer_with_validation(clinic_model, tmp_path):
+    from sft2rl.grpo import train_rl
+    from sft2rl.tasks.med.rl import MedTask
+
+    task = MedTask(str(clinic_model / "train_cases.jsonl"), str(clinic_model / "val_cases.jsonl"), MED_RL, "dynamic")
+    summary = train_rl(str(clinic_model / "model"), task, str(tmp_path / "run"), RL)
+    hist = summary["history"]
+    assert [h["step"] for h in hist] == [0, 1, 2]
+    assert all({"val_episode_reward", "val_accuracy", "val_turns"} <= set(h) for h in hist)
+    for h in hist[1:]:
+        assert {"episode_reward", "reward_answered", "reward_invalid", "success", "budget", "entropy"} <= set(h)
+        assert 2 <= h["budget"] <= 4
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        train_rl(str(clinic_model / "model"), task, str(tmp_path / "bad"), dict(RL, max_response_length=7))
+
+
+def test_restart_key_covers_the_medical_modules_only():
+    from sft2rl.fingerprint import module_closure
+
+    med = module_closure(["grpo", "tasks.med.rl"])
+    assert {"tasks.med.reward", "tasks.med.patient", "tasks.med.consult", "tasks.med.dialog", "rl_task"} <= set(med)
+    assert not any(m.startswith(("tasks.qa", "tasks.games")) for m in med)
+    assert np.isfinite(json.loads(json.dumps(1.0)))

@@ -1,0 +1,19 @@
+from sft2rl.logutil import script_errors
+from sft2rl.tasks.med import rl_table
+
+with script_errors(snakemake) as log:
+    p, i, o = snakemake.params, snakemake.input, snakemake.output
+    if snakemake.rule == "med_rl_table":
+        frame = rl_table.rl_eval_frame(dict(zip(p.doctors, i.summaries)), dict(zip(p.doctors, i.consultations)),
+                                       p.sft, p.infos, dict(zip(p.rl_doctors, i.train)), p.bootstrap)
+        rl_table.write_rl_eval(frame, o.csv, o.tex)
+        rl_table.curves_figure(dict(zip(p.rl_doctors, i.train)), list(o.figure))
+        log.info("med rl_eval: %s", frame[["doctor", "accuracy", "reward", "diff_accuracy"]].to_dict("records"))
+    else:  # med_turn_budget
+        files = {}
+        for (kind, turns), path in zip(p.runs, i.consultations):
+            files.setdefault((kind, turns), []).append(path)
+        frame = rl_table.turn_budget_frame(files, p.bootstrap)
+        rl_table.write_turn_budget(frame, o.csv, o.tex)
+        rl_table.budget_figure(o.csv, list(o.figure))
+        log.info("med turn-budget ablation: %d rows", len(frame))
