@@ -124,7 +124,9 @@ def test_editing_the_eval_settings_reruns_only_the_evaluation(med_done):
     proc = smk(med_done, "med", extra_config=extra, dry=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     jobs = planned_jobs(proc.stdout)
-    assert set(jobs) == {"med_eval", "med_table", "med_figure", "med"}, jobs
+    # the patient is the same in evaluation and RL: RL and every consultation rerun, SFT does not
+    assert set(jobs) == {"med_eval", "med_table", "med_figure", "med_rl", "med_eval_budget", "med_rl_table",
+                         "med_turn_budget", "med"}, jobs
 
 
 def test_the_turn_limit_is_the_training_dialogues_too(med_done):
@@ -135,3 +137,87 @@ def test_the_turn_limit_is_the_training_dialogues_too(med_done):
     proc = smk(med_done, "med", extra_config=extra, dry=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "med_world" in planned_jobs(proc.stdout)
+
+
+# ------------------------------------------------------------------ medical RL
+RL = MED["rl"]
+SFT_DOCTOR = f"{RUN}-{'think' if RL['with_thinking'] else 'nothink'}-seed{SEEDS[0]}"
+RL_DOCTORS = [f"rl-{m}-seed{RL['seeds'][0]}" for m in ("fixed", "dynamic")]
+
+
+def test_rl_eval_table_and_paired_differences(med_done):
+    frame = pd.read_csv(med_done / "results/med/rl_eval.csv").set_index("doctor")
+    assert list(frame.index) == ["base", SFT_DOCTOR, *RL_DOCTORS, "scripted", "random"]
+    assert (frame["cases"] == N_TEST).all()
+    sft = read_jsonl(med_done / f"results/med/eval/{SFT_DOCTOR}.jsonl")
+    for doctor in frame.index:
+        recs = read_jsonl(med_done / f"results/med/eval/{doctor}.jsonl")
+        # every consultation's reward is the sum of its terms; the table's reward is their mean
+        for r in recs:
+            assert r["reward"] == pytest.approx(sum(v for k, v in r.items() if k.startswith("reward_")))
+            assert r["success"] == (r["reward"] >= 10)
+        assert frame.loc[doctor, "reward"] == pytest.approx(sum(r["reward"] for r in recs) / N_TEST, abs=1e-5)
+    for doctor in RL_DOCTORS:
+        row = frame.loc[doctor]
+        recs = read_jsonl(med_done / f"results/med/eval/{doctor}.jsonl")
+        assert {r["case"] for r in recs} == {r["case"] for r in sft}
+        # the paired per-case difference of means is the difference of the means, inside its interval
+        assert row["diff_accuracy"] == pytest.approx(row["accuracy"] - frame.loc[SFT_DOCTOR, "accuracy"], abs=1e-5)
+        assert row["diff_reward"] == pytest.approx(row["reward"] - frame.loc[SFT_DOCTOR, "reward"], abs=1e-4)
+        assert row["diff_accuracy_lo"] <= row["diff_accuracy"] <= row["diff_accuracy_hi"]
+        assert row["rl_steps"] == RL["total_steps"]
+        assert all(r["max_turns"] == MED["eval"]["max_turns"] for r in recs)
+    assert frame[["diff_accuracy"]].loc[["base", SFT_DOCTOR, "scripted", "random"]].isna().all().all()
+    for ext in ("png", "pdf"):
+        assert (med_done / f"results/figures/med_rl_curves.{ext}").stat().st_size > 1000
+    assert (med_done / "results/tables/med_rl_eval.tex").read_text().count("\\\\") == len(frame) + 1
+
+
+def test_rl_raises_the_reward_on_its_cases(med_done):
+    """Every step of the reduced RL consults the same 8 train cases (rl.train_batch = med.rl.cases):
+    the first step's episodes are the SFT doctor's; the mean episode reward of the last five
+    steps must exceed the first five's. Curves, terms and validation are in the summary."""
+    assert RL["cases"] == RL["train_batch"]
+    for doctor in RL_DOCTORS:
+        summary = json.loads((med_done / f"results/med/rl/{doctor}/summary.json").read_text())
+        hist = [h for h in summary["history"] if h["step"] > 0]
+        assert len(hist) == RL["total_steps"] and summary["train_rows"] == RL["cases"]
+        first = sum(h["episode_reward"] for h in hist[:5]) / 5
+        last = sum(h["episode_reward"] for h in hist[-5:]) / 5
+        assert last > first + 0.5, (doctor, first, last)
+        for h in hist:
+            assert {"reward_diagnosis", "reward_answered", "reward_repeated", "success", "turns", "entropy"} <= set(h)
+            assert h["episode_reward"] == pytest.approx(sum(h[f"reward_{t}"] for t in (
+                "diagnosis", "recommendation", "answered", "unanswered", "repeated", "invalid", "no_diagnosis")))
+        budgets = [h["budget"] for h in hist]
+        if doctor.startswith("rl-fixed"):
+            assert set(budgets) == {MED["eval"]["max_turns"]}
+        else:
+            assert min(budgets) >= RL["budget_range"][0] and max(budgets) <= RL["budget_range"][1]
+            assert len(set(budgets)) > 1
+        vals = [h for h in summary["history"] if "val_accuracy" in h]
+        assert vals[0]["step"] == 0 and vals[-1]["step"] == RL["total_steps"]
+        tb = list((med_done / f"results/med/rl/{doctor}/tensorboard").glob("events.out.tfevents.*"))
+        assert tb
+
+
+def test_turn_budget_ablation(med_done):
+    ab = pd.read_csv(med_done / "results/med/ablation_turn_budget.csv")
+    budgets = sorted(RL["eval_budgets"])
+    for kind in ("sft", "fixed", "dynamic", "dynamic - fixed"):
+        sub = ab[ab["doctor"] == kind]
+        assert sorted(sub["max_turns"]) == budgets, kind
+    for t in budgets:
+        for doctor in [SFT_DOCTOR, *RL_DOCTORS]:
+            recs = read_jsonl(med_done / f"results/med/eval_budget/{doctor}-turns{t}.jsonl")
+            assert len(recs) == N_TEST and max(r["turns"] for r in recs) <= t
+            assert all(r["max_turns"] == t for r in recs)
+        at = ab[ab["max_turns"] == t].set_index("doctor")
+        fixed = read_jsonl(med_done / f"results/med/eval_budget/{RL_DOCTORS[0]}-turns{t}.jsonl")
+        assert at.loc["fixed", "accuracy_mean"] == pytest.approx(sum(r["correct"] for r in fixed) / N_TEST)
+        assert at.loc["dynamic - fixed", "accuracy_mean"] == pytest.approx(
+            at.loc["dynamic", "accuracy_mean"] - at.loc["fixed", "accuracy_mean"], abs=1e-6)
+        assert (at["accuracy_lo"] <= at["accuracy_mean"] + 1e-9).all()
+        assert (at["accuracy_mean"] <= at["accuracy_hi"] + 1e-9).all()
+    for ext in ("png", "pdf"):
+        assert (med_done / f"results/figures/med_turn_budget.{ext}").stat().st_size > 1000

@@ -46,9 +46,10 @@ if MED_RLC["with_thinking"] not in MED["with_thinking"]:
                      f"{MED['with_thinking']} trains no such SFT doctor to start RL from")
 if MED_RLC["budget_range"][0] > MED_RLC["budget_range"][1]:
     raise ValueError(f"config key 'med.rl.budget_range' must be [low, high] with low <= high, got {MED_RLC['budget_range']}")
-if MED_SYNTH and MED_RL["train_batch"] > MED["world"]["cases"]["train"]:
-    raise ValueError(f"config key 'med.rl.train_batch' ({MED_RL['train_batch']}) is larger than the clinic's "
-                     f"train cases (med.world.cases.train = {MED['world']['cases']['train']})")
+MED_RL_CASES = min(MED["world"]["cases"]["train"], MED_RLC.get("cases") or MED["world"]["cases"]["train"])
+if MED_SYNTH and MED_RL["train_batch"] > MED_RL_CASES:
+    raise ValueError(f"config key 'med.rl.train_batch' ({MED_RL['train_batch']}) is larger than the train cases RL "
+                     f"uses ({MED_RL_CASES}: med.world.cases.train, med.rl.cases)")
 
 
 def med_run_info(doctor):

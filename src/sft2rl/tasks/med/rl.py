@@ -51,8 +51,8 @@ def budgets(mode: str, n_items: int, fixed: int, budget_range: list[int], seed: 
 
 class MedTask:
     """The doctor's multi-turn RL task (:func:`sft2rl.grpo.train_rl`). ``med`` holds
-    ``eval``, ``patient`` and ``rl`` (``turn_budget``, ``budget_range``, ``reward``,
-    ``with_thinking``) of the ``med:`` config section; ``mode``: fixed or dynamic."""
+    ``eval``, ``patient`` and ``rl`` (``budget_range``, ``reward``, ``with_thinking``,
+    ``cases``) of the ``med:`` config section; ``mode``: fixed or dynamic."""
 
     def __init__(self, train_cases: str, val_cases: str, med: dict[str, Any], mode: str):
         if mode not in MODES:
@@ -75,6 +75,8 @@ class MedTask:
 
     def load(self, tokenizer, cfg: dict[str, Any]) -> list[dict]:
         self.items = read_cases(self.train_path)
+        if self.rl.get("cases"):  # RL on the first ``med.rl.cases`` train cases only
+            self.items = self.items[:int(self.rl["cases"])]
         self.val_cases = read_cases(self.val_path)
         if not self.items:
             raise ValueError(f"{self.train_path}: no train cases")
