@@ -59,6 +59,8 @@ paper: setup
 samples: setup
 	$(BIN)/snakemake --cores $(CORES) samples
 
+# snakemake --lint, every finding; `make test` runs it too (tests/test_lint.py, which fails on any
+# finding outside the rule files it exempts).
 lint: setup
 	$(BIN)/snakemake --lint
 
