@@ -1,7 +1,8 @@
-# Game environments (SPEC section B): Sokoban and FrozenLake. Everything about them is in
-# src/sft2rl/tasks/games/ and here; the SFT and merge stages are the shared ones.
-#   levels + BFS rows -> (tiny base) -> LoRA SFT sft-<env>-seed<S> -> verified merge of the
-#   best checkpoint -> the merged model, the base, a random policy and BFS play the test levels
+# Game environments (SPEC sections B and E): Sokoban and FrozenLake. Everything about them is in
+# src/sft2rl/tasks/games/ and here; the SFT and merge rules are the shared ones (use rule).
+#   levels + BFS rows -> (tiny base) -> SFT sft-<env>-seed<S> -> verified merge of the best
+#   checkpoint -> the merged model, the base, a random policy and BFS play the test levels ->
+#   multi-turn GRPO rl-<env>-seed<S> -> the RL model plays them too (docs/games.md)
 #   snakemake --cores all results/games/sft_eval.csv
 from sft2rl.tasks.games import ENVS as GAME_ENVS_ALL, rl_config as game_rl_config, sft_config as game_sft_config
 from sft2rl.tasks.games.prompts import base_added_tokens as game_base_added_tokens
