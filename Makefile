@@ -36,7 +36,7 @@ test-slurm: setup
 	tests/slurm/cluster.sh up
 	CI=1 $(BIN)/pytest -q tests/test_slurm.py
 
-# The bench/ suite (README "Performance"): the headline here first (its SFT model and RL data
+# The bench/ suite (docs/performance.md): the headline here first (its SFT model and RL data
 # are the benches' inputs), then rollout, GRPO step (vs TRL: the bench extra), the games'
 # multi-turn rollout (after the games target), pretraining, and the headline from a fresh
 # clone with snakemake -n after it. Results: bench/results/.
@@ -59,6 +59,8 @@ paper: setup
 samples: setup
 	$(BIN)/snakemake --cores $(CORES) samples
 
+# snakemake --lint, every finding; `make test` runs it too (tests/test_lint.py, which fails on any
+# finding outside the rule files it exempts).
 lint: setup
 	$(BIN)/snakemake --lint
 

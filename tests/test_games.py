@@ -414,3 +414,43 @@ def test_step_accuracy_of_scripted_policies():
     want = sum("Up" in optimal_actions(data.rules("sokoban", x["grid"]), s) for x, _, s, _, _ in states) / len(states)
     assert got["optimal_action_rate"] == pytest.approx(want)
     assert 0 < got["chance_optimal_action_rate"] < 1
+
+
+def _env_at(env_name, lv, state):
+    """An episode of a level whose environment starts on ``state`` (through its public reset option)."""
+    return play.Episode(env_name, lv, 0, CFG, 10, 0, start=state)
+
+
+def test_reset_option_starts_each_env_on_a_given_state(levels):
+    """reset(options={"state": s}) starts on s (Sokoban: (player, boxes); FrozenLake: (row, col)), and the
+    environment steps from there as the level's rules do; without the option, on the level's start."""
+    env_name, lvs = levels
+    lv = next(x for x in lvs if x["split"] == "test" and x["optimal"] >= 3)
+    rules = data.rules(env_name, lv["grid"])
+    for state in list(plan_states(rules, lv["solution"]))[:-1]:  # the states the solver moves from
+        for action in ACTIONS:
+            ep = _env_at(env_name, lv, state)
+            assert ep.state() == state and ep.grids == [rules.grid(state)]
+            ep.act(f"<answer> {action} </answer>")
+            assert ep.state() == rules.step(state, action)[0]
+    assert play.Episode(env_name, lv, 0, CFG, 10, 0).state() == rules.start
+    bad = ((0, 0), frozenset()) if env_name == "sokoban" else (99, 0)
+    with pytest.raises(ValueError, match=f"{env_name} reset: state"):
+        _env_at(env_name, lv, bad)
+
+
+@pytest.mark.parametrize("env_name", ["sokoban", "frozenlake"])
+def test_step_accuracy_starts_episodes_on_the_path_states(env_name):
+    """step_accuracy's episodes stand on the solver-path states (reset option, no internal attribute):
+    the solver scores 1.0, and each episode a policy sees is at its state, grid included."""
+    lv = [x for x in data.generate_levels(env_name, CFG) if x["split"] == "test"]
+    states = play.path_states(env_name, lv, CFG)
+    seen = []
+
+    def probe(episodes, prompts_):
+        seen.extend((e.state(), e.grids) for e in episodes)
+        return ["<answer> Up </answer>"] * len(episodes)
+
+    play.step_accuracy(env_name, lv, probe, CFG, 10, 0)
+    assert seen == [(s, [data.rules(env_name, x["grid"]).grid(s)]) for x, _, s, _, _ in states]
+    assert play.step_accuracy(env_name, lv, play.bfs_policy(100), CFG, 10, 0)["optimal_action_rate"] == 1.0

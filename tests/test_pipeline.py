@@ -313,7 +313,7 @@ def test_snakemake_report_builds(clone):
 
 
 def test_real_data_on_the_tiny_base_runs_end_to_end(tmp_path):
-    """model.base: tiny with data.synthetic_world: false (the README's way to try real data on a
+    """model.base: tiny with data.synthetic_world: false (docs/qa.md's way to try real data on a
     laptop): the tiny base pretrains on the user's own SFT conversations and RL train rows, then
     SFT, merge and evaluation run. The user files arrive as Windows tools write them (UTF-8 with
     a byte-order mark, CRLF) and as parquet."""

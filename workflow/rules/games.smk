@@ -1,7 +1,8 @@
-# Game environments (SPEC section B): Sokoban and FrozenLake. Everything about them is in
-# src/sft2rl/tasks/games/ and here; the SFT and merge stages are the shared ones.
-#   levels + BFS rows -> (tiny base) -> LoRA SFT sft-<env>-seed<S> -> verified merge of the
-#   best checkpoint -> the merged model, the base, a random policy and BFS play the test levels
+# Game environments (SPEC sections B and E): Sokoban and FrozenLake. Everything about them is in
+# src/sft2rl/tasks/games/ and here; the SFT and merge rules are the shared ones (use rule).
+#   levels + BFS rows -> (tiny base) -> SFT sft-<env>-seed<S> -> verified merge of the best
+#   checkpoint -> the merged model, the base, a random policy and BFS play the test levels ->
+#   multi-turn GRPO rl-<env>-seed<S> -> the RL model plays them too (docs/games.md)
 #   snakemake --cores all results/games/sft_eval.csv
 from sft2rl.tasks.games import ENVS as GAME_ENVS_ALL, rl_config as game_rl_config, sft_config as game_sft_config
 from sft2rl.tasks.games.prompts import base_added_tokens as game_base_added_tokens
@@ -10,6 +11,9 @@ GAMES = config["games"]
 GAME_ENVS = GAMES["envs"]
 GAME_DATA = f"{PROCESSED}/games"
 GAME_BASE = "results/games/models/base" if TINY else config["model"]["base"]
+#: the base model as an input when the workflow builds it (the tiny base), else nothing; the rules take
+#: it through a function, as the shared rules take base_input (params.base names the same directory)
+GAME_BASE_INPUT = [GAME_BASE] if TINY else []
 #: the sft: section with the games' overrides; the loss is on the last (the solver's) turn only
 GAME_SFT = game_sft_config(config)
 GAME_MERGE = GAMES["sft"].get("merge_checkpoint", config["sft"]["merge_checkpoint"])
@@ -18,44 +22,29 @@ GAME_RL = game_rl_config(config)
 #: the policies of the SFT table (sft_eval.csv); "rl" plays too, for rl_eval.csv
 GAME_POLICIES = ["sft", "base", "random", "bfs"]
 GAME_LEVEL_KEYS = ("seeds", "counts", "max_solution_length", "render", "history", "with_thinking")
-
-
-def game_run(env):
-    return f"sft-{env}-seed{GAME_SFT['seed']}"
-
-
-def game_cfg(env):
-    """The games keys one env's data and play depend on (editing Sokoban's reruns only Sokoban)."""
-    return dict({k: GAMES[k] for k in GAME_LEVEL_KEYS}, **{env: GAMES[env]})
-
-
-def game_base_input(wildcards=None):
-    return [GAME_BASE] if TINY else []
-
-
-def game_sft_files(env):
-    d = f"{GAME_DATA}/{env}/user" if env in GAMES["sft_files"] else f"{GAME_DATA}/{env}"
-    return {"train": f"{d}/train.parquet", "val": f"{d}/val.parquet"}
-
-
-def game_sft_data(wildcards):
-    return game_sft_files(wildcards.env)
-
-
-def game_rl_run(env):
-    return f"rl-{env}-seed{GAME_RL['seed']}"
-
-
-def game_policy_model(wildcards):
-    """The model directory a policy plays with (none for random and BFS)."""
-    if wildcards.policy == "sft":
-        return f"results/games/models/{game_run(wildcards.env)}/merged"
-    if wildcards.policy == "rl":
-        return f"results/games/models/{game_rl_run(wildcards.env)}/final"
-    if wildcards.policy == "base":
-        return GAME_BASE
-    return None
-
+# Per env (tables, not functions: this file holds rules only):
+#: the games keys one env's data and play depend on (editing Sokoban's reruns only Sokoban)
+GAME_CFG = {env: dict({k: GAMES[k] for k in GAME_LEVEL_KEYS}, **{env: GAMES[env]}) for env in GAME_ENVS_ALL}
+#: its SFT rows: the generated ones, or your own (games.sft_files) once checked by game_user_rows
+GAME_SFT_FILES = {
+    env: {split: f"{GAME_DATA}/{env}/user/{split}.parquet" if env in GAMES["sft_files"]
+          else f"{GAME_DATA}/{env}/{split}.parquet" for split in ("train", "val")}
+    for env in GAME_ENVS_ALL
+}
+#: its SFT and RL run names
+GAME_RUN = {env: f"sft-{env}-seed{GAME_SFT['seed']}" for env in GAME_ENVS_ALL}
+GAME_RL_RUN = {env: f"rl-{env}-seed{GAME_RL['seed']}" for env in GAME_ENVS_ALL}
+#: the model directory each policy plays with (none for random and BFS)
+GAME_POLICY_MODEL = {
+    env: {"sft": f"results/games/models/{GAME_RUN[env]}/merged", "rl": f"results/games/models/{GAME_RL_RUN[env]}/final",
+          "base": GAME_BASE, "random": None, "bfs": None}
+    for env in GAME_ENVS_ALL
+}
+#: ... and as the job's input: nothing for random, BFS and a base the workflow does not build
+GAME_POLICY_INPUT = {
+    env: {policy: [] if model is None or (policy == "base" and not TINY) else model for policy, model in models.items()}
+    for env, models in GAME_POLICY_MODEL.items()
+}
 
 wildcard_constraints:
     env="|".join(GAME_ENVS_ALL),
@@ -73,7 +62,7 @@ rule game_data:
         val=f"{GAME_DATA}/{{env}}/val.parquet",
         test=f"{GAME_DATA}/{{env}}/test.parquet",
     params:
-        games=lambda wc: game_cfg(wc.env),
+        games=lambda wc: GAME_CFG[wc.env],
     threads: 1
     conda:
         "../../envs/local.yaml"
@@ -115,7 +104,7 @@ rule game_corpus:
     output:
         f"{GAME_DATA}/corpus.jsonl",
     params:
-        games={env: game_cfg(env) for env in GAME_ENVS},
+        games={env: GAME_CFG[env] for env in GAME_ENVS},
         corpus=GAMES["corpus"],
     threads: 1
     conda:
@@ -135,7 +124,7 @@ if TINY:
         input:
             corpus=f"{GAME_DATA}/corpus.jsonl",
             # the SFT rows of every env, checked against the pretraining window before pretraining
-            sft_rows=[f for env in GAME_ENVS for f in game_sft_files(env).values()],
+            sft_rows=[f for env in GAME_ENVS for f in GAME_SFT_FILES[env].values()],
             code=code("base_model"),
         output:
             directory("results/games/models/base"),
@@ -161,139 +150,83 @@ if TINY:
             "../scripts/base_model.py"
 
 
+# SFT and merge are the shared rules (sft.smk for the local backend, verl.smk for verl): the same
+# threads, resources, software environment and script or command; the games give the rows, the
+# paths, the code the job runs and the parameters:
 if config["backend"] == "local":
-
-    rule game_sft:
-        """LoRA SFT on one env's solver rows (loss on the final response only); per-epoch validation
-        loss, before training included."""
-        input:
-            unpack(game_sft_data),
-            base=game_base_input,
-            code=code("sft"),
-        output:
-            checkpoints=directory("results/games/sft/sft-{env}-seed{seed}/checkpoints"),
-            metrics="results/games/sft/sft-{env}-seed{seed}/metrics.json",
-        wildcard_constraints:
-            seed=r"\d+",
-        params:
+    #: the local loop's: the base, the sft section with the games' overrides, the seed
+    GAME_SFT_PARAMS = dict(base=GAME_BASE, sft=GAME_SFT, seed=lambda wc: int(wc.seed))
+    GAME_MERGE_PARAMS = dict(base=GAME_BASE, which=GAME_MERGE)
+    GAME_SFT_CODE, GAME_MERGE_CODE = code("sft"), code("merge")
+else:
+    #: verl's SFT trainer and model merger command lines (the loss on the final turn: sft2rl.verl_sft_data)
+    GAME_SFT_PARAMS = dict(
+        cmd=lambda wc, input, resources: verl_launch.sft_command(
+            sft_run=f"sft-{wc.env}-seed{wc.seed}",
+            run_dir=f"results/games/sft/sft-{wc.env}-seed{wc.seed}",
             base=GAME_BASE,
+            train=input.train,
+            val=input.val,
             sft=GAME_SFT,
-            seed=lambda wc: int(wc.seed),
-        threads: 1
-        resources:
-            mem_mb=4000,
-            runtime=120,
-            **LOCAL_GPU_RES,
-        conda:
-            "../../envs/local.yaml"
-        benchmark:
-            "results/benchmarks/games/sft-{env}-seed{seed}.tsv"
-        log:
-            "results/logs/games/sft-{env}-seed{seed}.log",
-        script:
-            "../scripts/sft.py"
-
-    rule game_merge:
-        """Verified merge of the chosen checkpoint (best: lowest validation loss, never 'before training')."""
-        input:
-            checkpoints="results/games/sft/sft-{env}-seed{seed}/checkpoints",
-            metrics="results/games/sft/sft-{env}-seed{seed}/metrics.json",
-            base=game_base_input,
-            code=code("merge"),
-        output:
-            directory("results/games/models/sft-{env}-seed{seed}/merged"),
-        wildcard_constraints:
-            seed=r"\d+",
-        params:
-            base=GAME_BASE,
+            seed=int(wc.seed),
+            nnodes=resources.nodes,
+            gpus_per_node=verl_launch.gpus_per_node(resources),
+            code_root=CODE_ROOT,
+            rdzv_port=VERL["rdzv_port"],
+        ),
+    )
+    GAME_MERGE_PARAMS = dict(
+        cmd=lambda wc, output: verl_launch.merge_command(
+            sft_run=f"sft-{wc.env}-seed{wc.seed}",
+            run_dir=f"results/games/sft/sft-{wc.env}-seed{wc.seed}",
             which=GAME_MERGE,
-        threads: 1
-        resources:
-            mem_mb=4000,
-            runtime=30,
-        conda:
-            "../../envs/local.yaml"
-        benchmark:
-            "results/benchmarks/games/merge-{env}-seed{seed}.tsv"
-        log:
-            "results/logs/games/merge-{env}-seed{seed}.log",
-        script:
-            "../scripts/merge.py"
+            base=GAME_BASE,
+            out_dir=output[0],
+            code_root=CODE_ROOT,
+            train_mode=GAME_SFT.get("train_mode", "lora"),
+        ),
+    )
+    GAME_SFT_CODE, GAME_MERGE_CODE = code("verl_export", modules=["verl_sft_data"]), code("verl_export")
 
 
-if config["backend"] == "verl":
+use rule sft as game_sft with:
+    """SFT on one env's solver rows, the loss on the final response only (local loop or verl's SFT
+    trainer); a checkpoint and a validation loss per epoch (the local loop's also before training)."""
+    input:
+        unpack(lambda wc: GAME_SFT_FILES[wc.env]),
+        base=lambda wc: GAME_BASE_INPUT,
+        code=GAME_SFT_CODE,
+    output:
+        checkpoints=directory("results/games/sft/sft-{env}-seed{seed}/checkpoints"),
+        metrics="results/games/sft/sft-{env}-seed{seed}/metrics.json",
+    wildcard_constraints:
+        seed=r"\d+",
+    params:
+        **GAME_SFT_PARAMS,
+    benchmark:
+        "results/benchmarks/games/sft-{env}-seed{seed}.tsv"
+    log:
+        "results/logs/games/sft-{env}-seed{seed}.log",
 
-    rule game_sft:
-        """LoRA SFT with verl's SFT trainer on one env's solver rows (loss on the final turn:
-        sft2rl.verl_sft_data); a checkpoint and a val loss per epoch."""
-        input:
-            unpack(game_sft_data),
-            base=game_base_input,
-            code=code("verl_export", modules=["verl_sft_data"]),
-        output:
-            checkpoints=directory("results/games/sft/sft-{env}-seed{seed}/checkpoints"),
-            metrics="results/games/sft/sft-{env}-seed{seed}/metrics.json",
-        wildcard_constraints:
-            seed=r"\d+",
-        params:
-            cmd=lambda wc, input, resources: verl_launch.sft_command(
-                sft_run=f"sft-{wc.env}-seed{wc.seed}",
-                run_dir=f"results/games/sft/sft-{wc.env}-seed{wc.seed}",
-                base=GAME_BASE,
-                train=input.train,
-                val=input.val,
-                sft=GAME_SFT,
-                seed=int(wc.seed),
-                nnodes=resources.nodes,
-                gpus_per_node=verl_launch.gpus_per_node(resources),
-                code_root=CODE_ROOT,
-                rdzv_port=VERL["rdzv_port"],
-            ),
-        threads: VERL["cpus_per_node"]
-        resources:
-            **verl_launch.job_resources(VERL, VERL["sft_runtime"]),
-        conda:
-            "../../envs/verl.yaml"
-        benchmark:
-            "results/benchmarks/games/sft-{env}-seed{seed}.tsv"
-        log:
-            "results/logs/games/sft-{env}-seed{seed}.log",
-        shell:
-            "( {params.cmd} ) > {log} 2>&1"
 
-    rule game_merge:
-        """verl's model merger on the chosen step, then our verified LoRA fold-in."""
-        input:
-            checkpoints="results/games/sft/sft-{env}-seed{seed}/checkpoints",
-            metrics="results/games/sft/sft-{env}-seed{seed}/metrics.json",
-            base=game_base_input,
-            code=code("verl_export"),
-        output:
-            directory("results/games/models/sft-{env}-seed{seed}/merged"),
-        wildcard_constraints:
-            seed=r"\d+",
-        params:
-            cmd=lambda wc, output: verl_launch.merge_command(
-                sft_run=f"sft-{wc.env}-seed{wc.seed}",
-                run_dir=f"results/games/sft/sft-{wc.env}-seed{wc.seed}",
-                which=GAME_MERGE,
-                base=GAME_BASE,
-                out_dir=output[0],
-                code_root=CODE_ROOT,
-                train_mode=GAME_SFT.get("train_mode", "lora"),
-            ),
-        threads: 2
-        resources:
-            mem_mb=VERL["mem_mb"],
-            runtime=60,
-        conda:
-            "../../envs/verl.yaml"
-        benchmark:
-            "results/benchmarks/games/merge-{env}-seed{seed}.tsv"
-        log:
-            "results/logs/games/merge-{env}-seed{seed}.log",
-        shell:
-            "( {params.cmd} ) > {log} 2>&1"
+use rule merge as game_merge with:
+    """Verified merge of the chosen checkpoint (best: lowest validation loss, never 'before training');
+    on verl, verl's model merger first."""
+    input:
+        checkpoints="results/games/sft/sft-{env}-seed{seed}/checkpoints",
+        metrics="results/games/sft/sft-{env}-seed{seed}/metrics.json",
+        base=lambda wc: GAME_BASE_INPUT,
+        code=GAME_MERGE_CODE,
+    output:
+        directory("results/games/models/sft-{env}-seed{seed}/merged"),
+    wildcard_constraints:
+        seed=r"\d+",
+    params:
+        **GAME_MERGE_PARAMS,
+    benchmark:
+        "results/benchmarks/games/merge-{env}-seed{seed}.tsv"
+    log:
+        "results/logs/games/merge-{env}-seed{seed}.log",
 
 
 rule game_play:
@@ -301,15 +234,14 @@ rule game_play:
     episodes per level for the models); episodes and the summary rows."""
     input:
         levels=f"{GAME_DATA}/{{env}}/levels.jsonl",
-        model=lambda wc: [] if game_policy_model(wc) is None or (wc.policy == "base" and not TINY)
-        else game_policy_model(wc),
+        model=lambda wc: GAME_POLICY_INPUT[wc.env][wc.policy],
         code=code("game_play"),
     output:
         episodes="results/games/eval/{env}/{policy}.jsonl",
         summary="results/games/eval/{env}/{policy}.json",
     params:
-        model=game_policy_model,
-        games=lambda wc: game_cfg(wc.env),
+        model=lambda wc: GAME_POLICY_MODEL[wc.env][wc.policy],
+        games=lambda wc: GAME_CFG[wc.env],
         eval=GAMES["eval"],
         bootstrap={k: config["eval"][k] for k in BOOTSTRAP_KEYS},
     threads: 1
@@ -345,7 +277,7 @@ if config["backend"] == "local":
         params:
             init=lambda wc: f"results/games/models/sft-{wc.env}-seed{GAME_SFT['seed']}/merged",
             cfg=lambda wc: dict(GAME_RL, seed=int(wc.seed)),
-            games=lambda wc: dict(game_cfg(wc.env), eval=GAMES["eval"], rl=GAMES["rl"]),
+            games=lambda wc: dict(GAME_CFG[wc.env], eval=GAMES["eval"], rl=GAMES["rl"]),
         threads: 1
         resources:
             mem_mb=4000,
@@ -385,7 +317,7 @@ if config["backend"] == "verl":
                 init=input.init,
                 levels=input.levels,
                 rl=dict(GAME_RL, seed=int(wc.seed)),
-                games=dict(game_cfg(wc.env), eval=GAMES["eval"], rl=GAMES["rl"]),
+                games=dict(GAME_CFG[wc.env], eval=GAMES["eval"], rl=GAMES["rl"]),
                 verl=VERL,
                 nnodes=resources.nodes,
                 gpus_per_node=verl_launch.gpus_per_node(resources),
@@ -420,7 +352,7 @@ rule game_rl_table:
         rl=expand("results/games/eval/{env}/rl.json", env=GAME_ENVS),
         rl_episodes=expand("results/games/eval/{env}/rl.jsonl", env=GAME_ENVS),
         random=expand("results/games/eval/{env}/random.json", env=GAME_ENVS),
-        train=[f"results/games/rl/{game_rl_run(env)}/summary.json" for env in GAME_ENVS],
+        train=[f"results/games/rl/{GAME_RL_RUN[env]}/summary.json" for env in GAME_ENVS],
         code=code("game_table"),
     output:
         csv=report("results/games/rl_eval.csv", caption="../report/games_rl.rst", category="Tables",
@@ -484,10 +416,8 @@ if any(n >= GAMES["counts"]["train"] for n in GAME_ABL["sft_levels"]):
     raise ValueError(f"config key 'games.ablation_rl_init.sft_levels' = {GAME_ABL['sft_levels']}: each must be fewer "
                      f"than games.counts.train = {GAMES['counts']['train']} (the main run uses every train level)")
 
-
-def game_abl_model(wildcards):
-    d = f"{GAME_ABL_DIR}/{wildcards.env}/L{wildcards.n}"
-    return f"{d}/merged" if wildcards.policy == "sft" else f"{d}/rl/final"
+#: the model a policy of the ablation plays with, per policy (wildcards env and n)
+GAME_ABL_MODEL = {"sft": f"{GAME_ABL_DIR}/{{env}}/L{{n}}/merged", "rl": f"{GAME_ABL_DIR}/{{env}}/L{{n}}/rl/final"}
 
 
 if config["backend"] == "local":
@@ -502,7 +432,7 @@ if config["backend"] == "local":
         wildcard_constraints:
             n=r"\d+",
         params:
-            games=lambda wc: game_cfg(wc.env),
+            games=lambda wc: GAME_CFG[wc.env],
         threads: 1
         conda:
             "../../envs/local.yaml"
@@ -515,7 +445,7 @@ if config["backend"] == "local":
         input:
             train=f"{GAME_DATA}/{{env}}/levels{{n}}/train.parquet",
             val=f"{GAME_DATA}/{{env}}/val.parquet",
-            base=game_base_input,
+            base=lambda wc: GAME_BASE_INPUT,
             code=code("sft"),
         output:
             checkpoints=directory(f"{GAME_ABL_DIR}/{{env}}/L{{n}}/sft/checkpoints"),
@@ -535,7 +465,7 @@ if config["backend"] == "local":
         input:
             checkpoints=f"{GAME_ABL_DIR}/{{env}}/L{{n}}/sft/checkpoints",
             metrics=f"{GAME_ABL_DIR}/{{env}}/L{{n}}/sft/metrics.json",
-            base=game_base_input,
+            base=lambda wc: GAME_BASE_INPUT,
             code=code("merge"),
         output:
             directory(f"{GAME_ABL_DIR}/{{env}}/L{{n}}/merged"),
@@ -559,7 +489,7 @@ if config["backend"] == "local":
         params:
             init=lambda wc: f"{GAME_ABL_DIR}/{wc.env}/L{wc.n}/merged",
             cfg=dict(GAME_RL),
-            games=lambda wc: dict(game_cfg(wc.env), eval=GAMES["eval"], rl=GAMES["rl"]),
+            games=lambda wc: dict(GAME_CFG[wc.env], eval=GAMES["eval"], rl=GAMES["rl"]),
         benchmark:
             f"results/benchmarks/games/ablation_rl_init/rl-{{env}}-L{{n}}.tsv"
         log:
@@ -568,7 +498,7 @@ if config["backend"] == "local":
     use rule game_play as game_play_levels with:
         input:
             levels=f"{GAME_DATA}/{{env}}/levels.jsonl",
-            model=game_abl_model,
+            model=lambda wc: GAME_ABL_MODEL[wc.policy].format(env=wc.env, n=wc.n),
             code=code("game_play"),
         output:
             episodes=f"{GAME_ABL_DIR}/{{env}}/L{{n}}/eval/{{policy}}.jsonl",
@@ -577,8 +507,8 @@ if config["backend"] == "local":
             n=r"\d+",
             policy="sft|rl",
         params:
-            model=game_abl_model,
-            games=lambda wc: game_cfg(wc.env),
+            model=lambda wc: GAME_ABL_MODEL[wc.policy].format(env=wc.env, n=wc.n),
+            games=lambda wc: GAME_CFG[wc.env],
             eval=GAMES["eval"],
             bootstrap={k: config["eval"][k] for k in BOOTSTRAP_KEYS},
         benchmark:
@@ -597,7 +527,7 @@ if config["backend"] == "local":
                       for n in GAME_ABL["sft_levels"]],
             main=[f"results/games/{f}" for env in GAME_ABL["envs"]
                   for f in (f"eval/{env}/sft.json", f"eval/{env}/sft.jsonl", f"eval/{env}/rl.json",
-                            f"eval/{env}/rl.jsonl", f"rl/{game_rl_run(env)}/summary.json")],
+                            f"eval/{env}/rl.jsonl", f"rl/{GAME_RL_RUN[env]}/summary.json")],
             main_rows=[f"{GAME_DATA}/{env}/train.parquet" for env in GAME_ABL["envs"]],
             random=[f"results/games/eval/{env}/random.json" for env in GAME_ABL["envs"]],
             code=code("game_table"),

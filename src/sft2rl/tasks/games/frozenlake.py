@@ -99,11 +99,24 @@ def generate(seed: int, *, size: int = 4, p_frozen: float = 0.8, max_attempts: i
 
 
 def make_env(desc: list[str], slippery: bool, max_steps: int = 100):
-    """gymnasium's FrozenLake on this map (``max_episode_steps`` truncates)."""
+    """gymnasium's FrozenLake on this map (``max_episode_steps`` truncates), with one reset option:
+    ``reset(options={"state": (row, col)})`` starts the episode on that cell instead of ``S``."""
     from gymnasium.envs.toy_text.frozen_lake import FrozenLakeEnv
     from gymnasium.wrappers import TimeLimit
 
-    return TimeLimit(FrozenLakeEnv(desc=desc, is_slippery=slippery), max_episode_steps=max_steps)
+    class LevelFrozenLake(FrozenLakeEnv):
+        def reset(self, *, seed: int | None = None, options: dict | None = None):
+            obs, info = super().reset(seed=seed, options=options)  # the same draws as gymnasium's reset
+            start = (options or {}).get("state")
+            if start is None:
+                return obs, info
+            r, c = int(start[0]), int(start[1])
+            if not (0 <= r < self.nrow and 0 <= c < self.ncol):
+                raise ValueError(f"frozenlake reset: state {start!r} is outside the {self.nrow}x{self.ncol} map")
+            self.s = r * self.ncol + c
+            return int(self.s), info
+
+    return TimeLimit(LevelFrozenLake(desc=desc, is_slippery=slippery), max_episode_steps=max_steps)
 
 
 def position(env) -> Pos:

@@ -57,6 +57,7 @@ class Episode:
     valid: int = 0
     well_formed: int = 0
     env_reward: float = 0.0     # the sum of the environment's own step rewards (RAGEN's)
+    start: Any = None           # a state to start from (what state() returns; the env's reset option); None: the level's start
 
     def __post_init__(self):
         from .data import rules
@@ -67,7 +68,7 @@ class Episode:
         else:
             self.env = frozenlake.make_env(self.level["grid"], bool(self.cfg["frozenlake"].get("slippery", False)),
                                            self.max_steps)
-        self.env.reset(seed=self.seed)
+        self.env.reset(seed=self.seed, options=None if self.start is None else {"state": self.start})
         self.grids = [self.grid()]
 
     @property
@@ -163,14 +164,8 @@ def step_accuracy(env_name: str, levels: list[dict[str, Any]], policy: Policy, c
                   max_steps: int, seed: int) -> dict[str, float]:
     """Optimal-action rate of ``policy`` on every state of the solver's paths, and chance's."""
     states = path_states(env_name, levels, cfg)
-    episodes = []
-    for lv, k, state, prompt, _ in states:  # episodes placed on the path's states (what bfs/random read)
-        ep = Episode(env_name, lv, k, cfg, max_steps, seed)
-        if env_name == "sokoban":
-            ep.env.state = state
-        else:
-            ep.env.unwrapped.s = state[0] * ep.env.unwrapped.ncol + state[1]
-        episodes.append(ep)
+    # episodes started on the path's states (through the environments' reset option; what bfs/random read)
+    episodes = [Episode(env_name, lv, k, cfg, max_steps, seed, start=state) for lv, k, state, _, _ in states]
     replies = policy(episodes, [p for *_, p, _ in states])
     hits = [parse_action(reply)[0] in best for reply, (*_, best) in zip(replies, states)]
     return {"optimal_action_rate": float(np.mean(hits)) if hits else float("nan"),

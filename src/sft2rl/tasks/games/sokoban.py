@@ -226,9 +226,24 @@ class SokobanEnv(gymnasium.Env):
         return "\n".join(self.rules.grid(self.state))
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        """Start an episode at the level's start, or at ``options["state"]`` = (player, boxes):
+        any state of this level (a cell that is not a wall, one box per target)."""
         super().reset(seed=seed)
-        self.state, self.steps = self.rules.start, 0
-        return self._obs(), {"won": False}
+        start = (options or {}).get("state")
+        self.state, self.steps = self.rules.start if start is None else self._check_state(start), 0
+        return self._obs(), {"won": self.rules.won(self.state)}
+
+    def _check_state(self, state) -> State:
+        player, boxes = state
+        player, boxes = (int(player[0]), int(player[1])), frozenset((int(r), int(c)) for r, c in boxes)
+        h, w = self.rules.shape
+        cells = [player, *boxes]
+        if any(not (0 <= r < h and 0 <= c < w) or (r, c) in self.rules.walls for r, c in cells):
+            raise ValueError(f"sokoban reset: state {state!r} puts the player or a box outside the room or on a wall")
+        if player in boxes or len(boxes) != len(self.rules.targets):
+            raise ValueError(f"sokoban reset: state {state!r} needs the player off the boxes and "
+                             f"{len(self.rules.targets)} box(es), one per target")
+        return player, boxes
 
     def step(self, action: int):
         before = len(self.state[1] & self.rules.targets)
