@@ -1,0 +1,87 @@
+# The medical task's settings and helper functions for workflow/rules/med.smk (kept apart from
+# the rules, as Snakemake's linter asks): the SFT and RL run names, the doctors of each table,
+# the model a doctor consults with, and the configuration checks made when the DAG is built.
+import re as _re
+
+from sft2rl.tasks.med import RL_MODES as MED_RL_MODES, rl_config as med_rl_config
+
+MED = config["med"]
+MED_SYNTH = not MED["raw_files"]
+MED_RAW = MED["raw_files"] or {s: f"data/raw/med/{s}.jsonl" for s in ("train", "val", "test")}
+MED_DATA = f"{PROCESSED}/med"
+MED_BASE = "results/med/models/base" if TINY else config["model"]["base"]
+#: the sft: section with the doctor runs' overrides; the loss is on the last (the doctor's) turn only
+MED_SFT = dict(
+    {k: v for k, v in config["sft"].items() if k not in ("n_samples", "val_size", "merge_checkpoint", "with_thinking")},
+    **{k: v for k, v in MED["sft"].items() if k not in ("merge_checkpoint", "with_thinking", "seed")},
+    loss_turns="last",
+)
+MED_MERGE = MED["sft"].get("merge_checkpoint", config["sft"]["merge_checkpoint"])
+MED_TAGS = ["think" if t else "nothink" for t in MED["with_thinking"]]
+def med_run(tag, seed):
+    return f"{MED['run_name']}-{tag}-seed{seed}"
+
+
+MED_ABLATION_RUNS = [med_run(t, s) for t in MED_TAGS for s in MED["seeds"]]
+MED_DOCTORS = ["base"] + [med_run(t, MED["seeds"][0]) for t in MED_TAGS] + (["scripted", "random"] if MED_SYNTH else [])
+MED_EVAL_DOCTORS = list(dict.fromkeys(MED_DOCTORS + MED_ABLATION_RUNS))
+MED_RUN_RE = _re.escape(MED["run_name"]) + r"-(think|nothink)-seed(\d+)"
+#: medical RL: the shared trainer's settings with med.rl's, and the task's own keys
+MED_RL = med_rl_config(config)
+MED_RLC = MED["rl"]
+MED_RL_SFT = med_run("think" if MED_RLC["with_thinking"] else "nothink", MED["seeds"][0])
+MED_RL_INIT = f"results/models/{MED_RL_SFT}/merged"
+MED_RL_RE = r"rl-(fixed|dynamic)-seed(\d+)"
+MED_RL_RUNS = [f"rl-{m}-seed{s}" for m in MED_RL_MODES for s in MED_RLC["seeds"]]
+#: the doctors of rl_eval.csv: base, the SFT doctor RL starts from, RL with each budget (first seed)
+MED_RL_DOCTORS = ["base", MED_RL_SFT] + [f"rl-{m}-seed{MED_RLC['seeds'][0]}" for m in MED_RL_MODES] + \
+    (["scripted", "random"] if MED_SYNTH else [])
+if MED_RLC["with_thinking"] not in MED["with_thinking"]:
+    raise ValueError(f"config key 'med.rl.with_thinking' is {MED_RLC['with_thinking']}, but med.with_thinking "
+                     f"{MED['with_thinking']} trains no such SFT doctor to start RL from")
+if MED_RLC["budget_range"][0] > MED_RLC["budget_range"][1]:
+    raise ValueError(f"config key 'med.rl.budget_range' must be [low, high] with low <= high, got {MED_RLC['budget_range']}")
+MED_RL_CASES = min(MED["world"]["cases"]["train"], MED_RLC.get("cases") or MED["world"]["cases"]["train"])
+if MED_SYNTH and MED_RL["train_batch"] > MED_RL_CASES:
+    raise ValueError(f"config key 'med.rl.train_batch' ({MED_RL['train_batch']}) is larger than the train cases RL "
+                     f"uses ({MED_RL_CASES}: med.world.cases.train, med.rl.cases)")
+
+
+def med_run_info(doctor):
+    """with_thinking and seed of an SFT doctor's run name, or of an RL doctor (with_thinking of
+    the SFT doctor it starts from, its budget and RL seed); None for base, scripted, random."""
+    m = _re.fullmatch(MED_RUN_RE, doctor)
+    if m:
+        return {"with_thinking": m.group(1) == "think", "seed": int(m.group(2))}
+    m = _re.fullmatch(MED_RL_RE, doctor)
+    return {"with_thinking": MED_RLC["with_thinking"], "budget": m.group(1), "seed": int(m.group(2))} if m else None
+
+
+def med_base_input(wildcards=None):
+    return [MED_BASE] if TINY else []
+
+
+def med_doctor_model(wildcards):
+    """The model directory a doctor consults with (none for the scripted and random doctors)."""
+    if wildcards.doctor == "base":
+        return MED_BASE
+    if wildcards.doctor in ("scripted", "random"):
+        return None
+    if _re.fullmatch(MED_RL_RE, wildcards.doctor):
+        return f"results/med/models/{wildcards.doctor}/final"
+    return f"results/models/{wildcards.doctor}/merged"
+
+
+def med_eval_model_input(wildcards):
+    """The doctor's model directory as an input (none for scripted, random, a hub base)."""
+    model = med_doctor_model(wildcards)
+    return [] if model is None or (wildcards.doctor == "base" and not TINY) else [model]
+
+
+def med_sft_data(wildcards):
+    return {"train": f"{MED_DATA}/{wildcards.thinking}/train.parquet",
+            "val": f"{MED_DATA}/{wildcards.thinking}/val.parquet"}
+
+
+MED_SFT_DIR = f"results/med/sft/{MED['run_name']}-{{thinking}}-seed{{seed}}"
+MED_MERGED = f"results/models/{MED['run_name']}-{{thinking}}-seed{{seed}}/merged"
