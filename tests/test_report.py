@@ -147,6 +147,68 @@ def _write_med(root):
                           ablation_tex=str(root / "results/tables/med_ablation_thinking.tex"))
     med_table.write_tables(summaries, doctors, runs, out)
     med_table.figure(out.eval, out.ablation, [str(root / f"results/figures/med_eval.{e}") for e in ("png", "pdf")])
+    _write_med_rl(root)
+
+
+def _med_records(n: int, correct: int, reward: float, turns: int = 3) -> list[dict]:
+    from sft2rl.tasks.med.reward import TERMS
+
+    return [{"case": str(i), "correct": i < correct, "reward": reward, "turns": turns, "diagnosed": True,
+             **{f"reward_{t}": (reward if t == "diagnosis" else 0.0) for t in TERMS}} for i in range(n)]
+
+
+def _write_med_rl(root):
+    """The medical RL table, the turn-budget ablation and their figures, from synthetic
+    consultations and RL summaries, through the medical task's own writers; checks the
+    paired differences on them."""
+    from sft2rl.tasks.med import rl_table
+    from sft2rl.tasks.med.reward import TERMS
+
+    bs = {"bootstrap_samples": 500, "ci_level": 0.95, "bootstrap_seed": 0}
+    doctors = {"base": (0, -15.0), "med-doctor-nothink-seed1": (10, 4.0), "rl-fixed-seed1": (14, 6.0),
+               "rl-dynamic-seed1": (16, 6.5), "scripted": (30, 10.5), "random": (2, 3.0)}
+    summaries, consultations, train = {}, {}, {}
+    for doctor, (correct, reward) in doctors.items():
+        recs = _med_records(30, correct, reward)
+        consultations[doctor] = root / f"med_rl_{doctor}.jsonl"
+        consultations[doctor].write_text("".join(json.dumps(r) + "\n" for r in recs))
+        summaries[doctor] = root / f"med_rl_{doctor}.json"
+        summaries[doctor].write_text(json.dumps([{"doctor": doctor, "category": "all", "cases": 30,
+                                                  "accuracy": correct / 30, "accuracy_lo": 0.0, "accuracy_hi": 1.0,
+                                                  "reward": reward, "success_rate": 0.0}]))
+        if doctor.startswith("rl-"):
+            hist = [{"step": 0, "val_accuracy": 0.3, "val_success": 0.1}] + [
+                {"step": s, "episode_reward": 4 + s / 10, **{f"reward_{t}": 0.1 * s for t in TERMS}} for s in (1, 2, 3)]
+            train[doctor] = root / f"med_rl_train_{doctor}.json"
+            train[doctor].write_text(json.dumps({"steps": 3, "seconds": 60.0, "history": hist + [
+                {"step": 3, "val_accuracy": 0.4, "val_success": 0.2}]}))
+    infos = {"med-doctor-nothink-seed1": {"with_thinking": False, "seed": 1},
+             "rl-fixed-seed1": {"with_thinking": False, "budget": "fixed", "seed": 1},
+             "rl-dynamic-seed1": {"with_thinking": False, "budget": "dynamic", "seed": 1}}
+    frame = rl_table.rl_eval_frame({k: str(v) for k, v in summaries.items()},
+                                   {k: str(v) for k, v in consultations.items()}, "med-doctor-nothink-seed1", infos,
+                                   {k: str(v) for k, v in train.items()}, bs)
+    rl_table.write_rl_eval(frame, str(root / "results/med/rl_eval.csv"), str(root / "results/tables/med_rl_eval.tex"))
+    fixed = frame.set_index("doctor").loc["rl-fixed-seed1"]
+    # every case: +4/30 accuracy on 4 of the 30 cases, reward +2 on all
+    assert fixed["diff_accuracy"] == pytest.approx(4 / 30) and fixed["diff_reward"] == pytest.approx(2.0)
+    assert fixed["diff_reward_lo"] == pytest.approx(2.0) and fixed["diff_accuracy_lo"] < 4 / 30 < fixed["diff_accuracy_hi"]
+    assert fixed["label"] == "RL, fixed budget" and fixed["rl_steps"] == 3
+    rl_table.curves_figure({k: str(v) for k, v in train.items()},
+                           [str(root / f"results/figures/med_rl_curves.{e}") for e in ("png", "pdf")])
+    files = {}
+    for kind, doctor in (("sft", "med-doctor-nothink-seed1"), ("fixed", "rl-fixed-seed1"),
+                         ("dynamic", "rl-dynamic-seed1")):
+        for t in (2, 8):
+            files[(kind, t)] = [str(consultations[doctor])] * (1 if kind == "sft" else 2)
+    ab = rl_table.turn_budget_frame(files, bs)
+    rl_table.write_turn_budget(ab, str(root / "results/med/ablation_turn_budget.csv"),
+                               str(root / "results/tables/med_ablation_turn_budget.tex"))
+    diff = ab[(ab["doctor"] == "dynamic - fixed") & (ab["max_turns"] == 2)].iloc[0]
+    assert diff["accuracy_mean"] == pytest.approx(2 / 30) and diff["reward_mean"] == pytest.approx(0.5)
+    assert list(ab["doctor"].unique()) == ["sft", "fixed", "dynamic", "dynamic - fixed"]
+    rl_table.budget_figure(str(root / "results/med/ablation_turn_budget.csv"),
+                           [str(root / f"results/figures/med_turn_budget.{e}") for e in ("png", "pdf")])
 
 
 def _write_games(root):
@@ -316,10 +378,14 @@ def test_paper_references_generated_files():
                                             + ["../results/tables/games_sft_eval.tex",
                                                "../results/tables/games_rl_eval.tex",
                                                "../results/tables/med_eval.tex",
-                                               "../results/tables/med_ablation_thinking.tex"])
+                                               "../results/tables/med_ablation_thinking.tex",
+                                               "../results/tables/med_rl_eval.tex",
+                                               "../results/tables/med_ablation_turn_budget.tex"])
     assert {f"../results/figures/{s}.pdf" for s in plots.FIGURE_STEMS} | {"../results/figures/games_success.pdf",
                                                                           "../results/figures/games_rl_success.pdf",
-                                                                          "../results/figures/med_eval.pdf"} \
+                                                                          "../results/figures/med_eval.pdf",
+                                                                          "../results/figures/med_rl_curves.pdf",
+                                                                          "../results/figures/med_turn_budget.pdf"} \
         == set(refs["graphics"])
 
 

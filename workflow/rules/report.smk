@@ -77,8 +77,11 @@ rule paper:
         tables=[f"results/tables/ablation_{a}.tex" for a in ABLATIONS] + ["results/tables/games_sft_eval.tex",
                                                                    "results/tables/games_rl_eval.tex",
                                                                    "results/tables/med_eval.tex",
-                                                                   "results/tables/med_ablation_thinking.tex"],
-        figures=[f for f in FIGURES + GAME_FIGURES + GAME_RL_FIGURES + MED_FIGURES if f.endswith(".pdf")],
+                                                                   "results/tables/med_ablation_thinking.tex",
+                                                                   "results/tables/med_rl_eval.tex",
+                                                                   "results/tables/med_ablation_turn_budget.tex"],
+        figures=[f for f in FIGURES + GAME_FIGURES + GAME_RL_FIGURES + MED_FIGURES + MED_RL_FIGURES + MED_BUDGET_FIGURES
+                 if f.endswith(".pdf")],
         code=code("paper"),
     output:
         pdf="paper/main.pdf",
