@@ -174,3 +174,23 @@ def test_restart_key_covers_the_medical_modules_only():
     assert {"tasks.med.reward", "tasks.med.patient", "tasks.med.consult", "tasks.med.dialog", "rl_task"} <= set(med)
     assert not any(m.startswith(("tasks.qa", "tasks.games")) for m in med)
     assert np.isfinite(json.loads(json.dumps(1.0)))
+
+
+def test_restart_key_holds_a_local_patient_models_weights(clinic_model, tmp_path):
+    """A local patient model is keyed by its content: new weights restart RL, a moved copy does not."""
+    import shutil
+
+    from sft2rl.grpo import rl_run_key
+    from sft2rl.tasks.med.rl import MedTask
+
+    def key(model_dir):
+        med = dict(MED_RL, patient={"model": str(model_dir)})
+        task = MedTask(str(clinic_model / "train_cases.jsonl"), str(clinic_model / "val_cases.jsonl"), med, "fixed")
+        return rl_run_key(str(clinic_model / "model"), task, RL)["parts"]["data:patient_model"]
+
+    a = tmp_path / "a"
+    shutil.copytree(clinic_model / "model", a)
+    shutil.copytree(clinic_model / "model", tmp_path / "b")
+    assert key(a) == key(tmp_path / "b")
+    (a / "config.json").write_text((a / "config.json").read_text().replace("}", ', "x": 1}', 1))
+    assert key(a) != key(tmp_path / "b")

@@ -274,6 +274,7 @@ rule med_eval:
         cases=f"{MED_DATA}/cases.jsonl",
         world=["data/raw/med/world.json"] if MED_SYNTH else [],
         model=med_eval_model_input,
+        patient=med_patient_input,
         code=code("med_eval"),
     output:
         consultations="results/med/eval/{doctor}.jsonl",
@@ -352,6 +353,7 @@ if config["backend"] == "local":
             train=f"{MED_DATA}/rl/train_cases.jsonl",
             val=f"{MED_DATA}/rl/val_cases.jsonl",
             init=MED_RL_INIT,
+            patient=med_patient_input,
             code=code("med_rl"),
         output:
             final=directory("results/med/models/rl-{budget}-seed{seed}/final"),

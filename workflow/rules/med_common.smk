@@ -85,3 +85,12 @@ def med_sft_data(wildcards):
 
 MED_SFT_DIR = f"results/med/sft/{MED['run_name']}-{{thinking}}-seed{{seed}}"
 MED_MERGED = f"results/models/{MED['run_name']}-{{thinking}}-seed{{seed}}/merged"
+
+
+def med_patient_input(wildcards=None):
+    """A local patient model directory (med.patient: {model: <dir>}) as an input: new weights rerun
+    every consultation and RL run; a hub id, an endpoint or the rule patient: nothing."""
+    spec = MED["patient"]
+    if isinstance(spec, dict) and "endpoint" not in spec and os.path.isdir(spec["model"]):
+        return [spec["model"]]
+    return []

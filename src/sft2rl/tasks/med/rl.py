@@ -23,6 +23,7 @@ DoctorAgent-RL's, term by term (:mod:`sft2rl.tasks.med.reward`).
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -66,7 +67,11 @@ class MedTask:
         self.val_cases: list[dict] = []
 
     def key(self) -> dict[str, Any]:
-        return {"data": {"train_cases": self.train_path, "val_cases": self.val_path},
+        data = {"train_cases": self.train_path, "val_cases": self.val_path}
+        spec = self.med.get("patient")
+        if isinstance(spec, dict) and "endpoint" not in spec and Path(str(spec.get("model"))).is_dir():
+            data["patient_model"] = spec["model"]  # a local patient model: its weights, not its path
+        return {"data": data,
                 "params": {"med": self.med, "mode": self.mode, "patient": self.patients.describe()},
                 "modules": ["tasks.med.rl"]}
 
