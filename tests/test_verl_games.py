@@ -46,10 +46,12 @@ def game_run(tmp_path_factory):
             "levels": [lv for lv in levels if lv["split"] == "train"]}
 
 
-def overrides_for(out, run, response_length):
+def overrides_for(out, run, response_length, rl=RL, agent_name="sft2rl_game", run_name="rl-frozenlake-seed3"):
+    """main_ppo's overrides of an agent-loop run prepared in ``run`` with the model in ``out``
+    (the games' by default; the medical test passes its own)."""
     return vl.agent_ppo_overrides(
-        init=str(out / "model"), train=str(run / vx.GAME_TRAIN), run_dir=str(run), run_name="rl-frozenlake-seed3",
-        rl=RL, agent_loops=str(run / vx.AGENT_LOOPS), agent_name="sft2rl_game", response_length=response_length,
+        init=str(out / "model"), train=str(run / vx.GAME_TRAIN), run_dir=str(run), run_name=run_name,
+        rl=rl, agent_loops=str(run / vx.AGENT_LOOPS), agent_name=agent_name, response_length=response_length,
         verl=vl.verl_settings(CONFIG), nnodes=1, gpus_per_node=1, code_root=str(REPO))
 
 
@@ -57,8 +59,6 @@ def test_prepared_run_rows_budget_and_composed_config(game_run):
     """One verl row per train level (first-turn chat, the agent loop's name, the level), loaded by
     verl's dataset; the episode budget covers every reply and observation; the overrides compose
     into verl's config with the loop file, async rollout, raw chat and verl's own grpo."""
-    from verl.trainer.ppo.core_algos import get_adv_estimator_fn
-    from verl.utils.config import omega_conf_to_dataclass
     from verl.utils.dataset.rl_dataset import RLHFDataset
 
     run, plan, tok = game_run["run"], game_run["plan"], game_run["tok"]
@@ -74,17 +74,26 @@ def test_prepared_run_rows_budget_and_composed_config(game_run):
     steps, reply = GAMES["eval"]["max_steps"], GAMES["eval"]["max_new_tokens"]
     assert plan["response_length"] == steps * reply + (steps - 1) * plan["observation_tokens"]
     assert plan["planned_steps"] == RL["total_steps"]
-    rollout = omega_conf_to_dataclass(cfg.actor_rollout_ref.rollout)
-    assert rollout.mode == "async" and rollout.response_length == plan["response_length"]
-    assert rollout.agent.agent_loop_config_path == str(run / vx.AGENT_LOOPS)
-    assert rollout.agent.default_agent_loop == "sft2rl_game" and cfg.data.return_raw_chat is True
-    assert cfg.algorithm.adv_estimator == "grpo" and get_adv_estimator_fn("grpo") is not None
-    assert cfg.reward.custom_reward_function.path is None  # the loop returns the reward itself
-    assert "VERL_USE_EXTERNAL_MODULES" not in cfg.ray_kwargs.ray_init.runtime_env.env_vars
+    check_agent_config(cfg, run, plan, "sft2rl_game")
     loops = yaml.safe_load((run / vx.AGENT_LOOPS).read_text())
     assert [(x["name"], x["_target_"], x["env"]) for x in loops] == [
         ("sft2rl_game", "sft2rl.tasks.games.verl_agent.GameAgentLoop", "frozenlake")]
     assert loops[0]["games"] == GAMES and loops[0]["episode_log"] == str(run.resolve() / vx.EPISODE_LOG)
+
+
+def check_agent_config(cfg, run, plan, agent_name):
+    """The composed config validates into verl's rollout dataclass: async rollout, the run's loop
+    file and agent loop, its response length, the raw chat, verl's own grpo, no reward function."""
+    from verl.trainer.ppo.core_algos import get_adv_estimator_fn
+    from verl.utils.config import omega_conf_to_dataclass
+
+    rollout = omega_conf_to_dataclass(cfg.actor_rollout_ref.rollout)
+    assert rollout.mode == "async" and rollout.response_length == plan["response_length"]
+    assert rollout.agent.agent_loop_config_path == str(run / vx.AGENT_LOOPS)
+    assert rollout.agent.default_agent_loop == agent_name and cfg.data.return_raw_chat is True
+    assert cfg.algorithm.adv_estimator == "grpo" and get_adv_estimator_fn("grpo") is not None
+    assert cfg.reward.custom_reward_function.path is None  # the loop returns the reward itself
+    assert "VERL_USE_EXTERNAL_MODULES" not in cfg.ray_kwargs.ray_init.runtime_env.env_vars
 
 
 class StubServer:

@@ -59,7 +59,7 @@ def prepare_rl_run(run_dir: str | Path, *, init: str, train: str, config_hash: s
     return plan
 
 
-#: A games RL run's files (backend: verl), in its run directory.
+#: An agent-loop RL run's files (the games', the medical consultation's; backend: verl), in its run directory.
 GAME_TRAIN = "train.parquet"
 AGENT_LOOPS = "agent_loops.yaml"
 EPISODE_LOG = "episodes.jsonl"
@@ -102,11 +102,119 @@ def prepare_game_rl(run_dir: str | Path, *, init: str, levels: str, env: str, ga
     return plan
 
 
-def game_rl_history(path: str | Path) -> list[dict[str, Any]]:
-    """Per training step (the weights version the rollout server reported), the mean of the
-    agent loop's finished episodes: success, score (the reward), turns, invalid-action rate."""
-    import numpy as np
+def prepare_med_rl(run_dir: str | Path, *, init: str, cases: str, mode: str, med: dict[str, Any], seed: int,
+                   config_hash: str, max_prompt_length: int, train_batch: int, epochs: int,
+                   total_steps: int | None) -> dict[str, Any]:
+    """Before ``main_ppo`` of a medical run: the restart guard (init weights, cases, the agent
+    loop's code, overrides, med config, budget mode, seed), verl's RL parquet of the train cases
+    (:func:`med_verl_rows`: each with its turn budget), the agent-loop file that registers
+    :class:`sft2rl.tasks.med.verl_agent.MedAgentLoop` with this run's med config and the rollout's
+    stop ids, and the plan. A first-turn prompt over ``max_prompt_length`` tokens is an error (as
+    on the local backend: verl would leave the case out). ``plan["response_length"]`` is the
+    longest consultation's response (:func:`med_episode_token_budget`): the command line passes
+    it to ``data.max_response_length``."""
+    import yaml
+    from transformers import AutoTokenizer
 
+    from .generation import prompt_lengths
+    from .io import write_parquet, write_text
+    from .tasks.med import VERL_AGENT_NAME
+    from .tasks.med.data import read_cases
+    from .tasks.med.patient import patient_backend
+
+    run = Path(run_dir).resolve()
+    patient = patient_backend(med.get("patient", "rule"), med["eval"]["patient_threshold"]).describe()
+    key = run_key(models={"init": init}, data={"cases": cases},
+                  modules=module_closure(["tasks.med.verl_agent", "tasks.med.rl"]),
+                  params={"overrides": config_hash, "med": med, "mode": mode, "seed": seed, "patient": patient},
+                  libraries=LIBRARIES)
+    guard = prepare_run_dir(run, key, also_clear=(EPISODE_LOG, PLAN_FILE))
+    train = read_cases(cases)
+    if med["rl"].get("cases"):  # RL on the first ``med.rl.cases`` train cases only (as MedTask.load)
+        train = train[:int(med["rl"]["cases"])]
+    if not train:
+        raise RunError(f"{cases}: no train cases")
+    tokenizer = AutoTokenizer.from_pretrained(init)
+    rows = med_verl_rows(train, med, mode, seed)
+    longest = max(prompt_lengths(tokenizer, [r["prompt"] for r in rows]))
+    if longest > max_prompt_length:
+        raise RunError(f"{cases}: a first-turn prompt has {longest} tokens, more than rl.max_prompt_length = "
+                       f"{max_prompt_length}; raise it (prompts are never cut)")
+    write_parquet(run / GAME_TRAIN, rows)
+    budget = med_episode_token_budget(tokenizer, train, max(r["extra_info"]["max_turns"] for r in rows), med)
+    stops = write_rollout_generation_config(init, run / ROLLOUT_GENERATION_CONFIG)
+    loops = [{"name": VERL_AGENT_NAME, "_target_": "sft2rl.tasks.med.verl_agent.MedAgentLoop", "med": med,
+              "stop_ids": stops, "episode_log": str(run / EPISODE_LOG)}]
+    write_text(run / AGENT_LOOPS, yaml.safe_dump(loops, sort_keys=False))
+    plan = {"planned_steps": planned_steps(len(rows), train_batch, epochs, total_steps), "train_rows": len(rows),
+            "run_key": key["key"], "start": guard["reason"], "stop_token_ids": stops, "mode": mode,
+            "longest_prompt": longest, **budget}
+    write_json(run / PLAN_FILE, plan)
+    return plan
+
+
+def med_verl_rows(cases: list[dict[str, Any]], med: dict[str, Any], mode: str, seed: int) -> list[dict[str, Any]]:
+    """One row of verl's RL parquet per train case: the first turn's chat (``prompt``, what verl's
+    dataset tokenises and filters by length, the budget stated), the agent loop that plays it,
+    and in ``extra_info`` the case (JSON) and its turn budget: ``med.eval.max_turns`` (``fixed``)
+    or drawn per case from ``med.rl.budget_range`` with ``seed`` (``dynamic``,
+    :func:`sft2rl.tasks.med.rl.budgets`). A case keeps its budget for the run: the ``rollout.n``
+    consultations of a group share it, as on the local backend."""
+    from .tasks.med import VERL_AGENT_NAME
+    from .tasks.med.consult import Consultation
+    from .tasks.med.rl import budgets
+
+    limits = budgets(mode, len(cases), med["eval"]["max_turns"], med["rl"]["budget_range"], seed)
+    with_thinking = bool(med["rl"]["with_thinking"])
+    return [{"data_source": "sft2rl/med", "prompt": Consultation(i, case, limit, with_thinking).prompt(),
+             "agent_name": VERL_AGENT_NAME, "ability": "medical_consultation",
+             "reward_model": {"style": "rule", "ground_truth": case["truth"]["diagnosis"]},
+             "extra_info": {"case": json.dumps(case), "max_turns": int(limit), "index": i}}
+            for i, (case, limit) in enumerate(zip(cases, limits))]
+
+
+def med_episode_token_budget(tokenizer, cases: list[dict[str, Any]], max_turns: int, med: dict[str, Any]
+                             ) -> dict[str, int]:
+    """The most response tokens one consultation can take in the agent loop (its
+    ``rollout.response_length``): ``max_turns`` replies of ``med.eval.max_new_tokens`` and,
+    between them, ``max_turns - 1`` patient turns, each as long as the longest user turn the
+    chat template renders for what the patient can say, with the forced-diagnosis line, plus two
+    tokens for the turn boundary (the newline after an end-of-turn token, the end-of-turn token
+    closing a reply cut at the limit). What the patient can say: "Sorry, I do not understand.",
+    and for the rule patient "Sorry, I do not know." and every recorded answer of the cases; a
+    model patient's answer counts as twice its token limit (its tokenizer may split the text
+    into fewer tokens than the doctor's)."""
+    from .tasks.med.dialog import DONT_KNOW, FORCE, NOT_UNDERSTOOD
+    from .tasks.med.patient import patient_backend, recorded_pairs
+
+    def length(msgs, gen):
+        text = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen)
+        return len(tokenizer.encode(text, add_special_tokens=False))
+
+    head = [*cases[0]["first"], {"role": "assistant", "content": "x"}]
+    base = length(head, False)
+
+    def turn(text: str) -> int:
+        return length(head + [{"role": "user", "content": text + "\n" + FORCE}], True) - base
+
+    ev = med["eval"]
+    patient = patient_backend(med.get("patient", "rule"), ev["patient_threshold"]).describe()
+    said = {NOT_UNDERSTOOD}
+    extra = 0
+    if patient["kind"] == "rule":
+        said |= {DONT_KNOW} | {a for c in cases for _, a in recorded_pairs(c["patient_information"])}
+    else:
+        extra = 2 * int(patient.get("max_new_tokens") or patient.get("max_tokens"))
+        said |= {""}
+    observation = max(turn(t) for t in said) + extra + 2
+    reply = int(ev["max_new_tokens"])
+    return {"observation_tokens": observation, "reply_tokens": reply, "max_turns": int(max_turns),
+            "response_length": max_turns * reply + (max_turns - 1) * observation}
+
+
+def episodes_by_step(path: str | Path) -> dict[int, list[dict[str, Any]]]:
+    """An agent loop's episode log (one JSON line per finished episode) grouped by the weights
+    version the rollout server reported (lines without one are left out)."""
     by_step: dict[int, list[dict]] = {}
     path = Path(path)
     if path.is_file():
@@ -115,14 +223,38 @@ def game_rl_history(path: str | Path) -> list[dict[str, Any]]:
                 rec = json.loads(line)
                 if rec.get("step") is not None:
                     by_step.setdefault(int(rec["step"]), []).append(rec)
+    return dict(sorted(by_step.items()))
+
+
+def game_rl_history(path: str | Path) -> list[dict[str, Any]]:
+    """Per training step (the weights version the rollout server reported), the mean of the
+    agent loop's finished episodes: success, score (the reward), turns, invalid-action rate."""
+    import numpy as np
+
     out = []
-    for step in sorted(by_step):
-        eps = by_step[step]
+    for step, eps in episodes_by_step(path).items():
         steps = sum(e["steps"] for e in eps)
         out.append({"step": step + 1, "n": len(eps), "success": float(np.mean([e["won"] for e in eps])),
                     "reward_mean": float(np.mean([e["score"] for e in eps])),
                     "turns": float(np.mean([e["steps"] for e in eps])),
                     "invalid_rate": 1 - sum(e["valid"] for e in eps) / steps if steps else 0.0})
+    return out
+
+
+def med_rl_history(path: str | Path) -> list[dict[str, Any]]:
+    """Per training step (the weights version the rollout server reported + 1), the means of the
+    medical agent loop's consultations, with the local backend's keys
+    (:func:`sft2rl.tasks.med.rl.episode_metrics`: episode_reward and every reward term, success,
+    accuracy, turns, the rates) plus ``reward_mean`` (= episode_reward) and ``budget``."""
+    import numpy as np
+
+    from .tasks.med.rl import episode_metrics
+
+    out = []
+    for step, eps in episodes_by_step(path).items():
+        metrics = episode_metrics(eps)
+        out.append({"step": step + 1, "n": len(eps), "reward_mean": metrics["episode_reward"], **metrics,
+                    "budget": float(np.mean([e["max_turns"] for e in eps]))})
     return out
 
 
@@ -294,7 +426,8 @@ def rl_summary(run_dir: str | Path, step_dir: str | Path, train_mode: str, total
 
     The tags the figures read (``rl/reward_mean``, ``rl/kl``) are written next to verl's own
     events: rewards from the hook's log (verl's ``critic/score`` holds the per-rollout codes),
-    or ``history`` where the run has its own (a games run: :func:`game_rl_history`), KL from
+    or ``history`` where the run has its own (an agent-loop run: :func:`game_rl_history`,
+    :func:`med_rl_history`), KL from
     verl's ``actor/kl_loss``.
     """
     import numpy as np

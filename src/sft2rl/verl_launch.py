@@ -333,7 +333,8 @@ def ppo_overrides(*, init: str, train: str, run_dir: str, run_name: str, rl: dic
 def agent_ppo_overrides(*, init: str, train: str, run_dir: str, run_name: str, rl: dict[str, Any],
                         agent_loops: str, agent_name: str, response_length: str, verl: dict[str, Any], nnodes: int,
                         gpus_per_node: int, code_root: str) -> list[str]:
-    """Overrides of ``main_ppo`` for a multi-turn task played by an agent loop (the games):
+    """Overrides of ``main_ppo`` for a multi-turn task played by an agent loop (the games, the
+    medical consultation):
     verl's own ``grpo`` estimator over the episodes of a prompt, the reward each episode's loop
     returns (``reward_score``, so no reward function is called), the loops listed in
     ``agent_loops`` and chosen by the rows' ``agent_name`` (``agent_name`` also the default),
@@ -545,24 +546,64 @@ def game_rl_command(*, rl_run: str, env: str, init: str, levels: str, rl: dict[s
                               "(verl's agent loop), so the prompt of each turn is the whole history; set "
                               "games.history: true (SFT and play then use it too)")
     _refuse_group_filter(rl, "games.rl.keep_group_fraction")
+    return _agent_rl_command(
+        prepare=["prepare-game-rl", "--levels", levels, "--env", env,
+                 "--games-json", json.dumps(games, sort_keys=True)],
+        episode_log=[], agent_name=VERL_AGENT_NAME, rl_run=rl_run, init=init, rl=rl, verl=verl, nnodes=nnodes,
+        gpus_per_node=gpus_per_node, code_root=code_root, run_dir=run_dir, final=final, summary=summary,
+        workdir=workdir)
+
+
+def med_rl_command(*, rl_run: str, mode: str, init: str, cases: str, rl: dict[str, Any], med: dict[str, Any],
+                   verl: dict[str, Any], nnodes: int, gpus_per_node: int, code_root: str, run_dir: str, final: str,
+                   summary: str, workdir: str = "$PWD") -> str:
+    """Shell lines of the medical ``med_rl`` rule on verl: ``prepare-med-rl`` (restart guard, the
+    train cases as verl rows with their turn budgets, fixed or drawn per case (``mode``), the
+    agent-loop file, the consultation's token budget), ``main_ppo`` with
+    :class:`sft2rl.tasks.med.verl_agent.MedAgentLoop` playing every consultation against the
+    patient of ``med.patient``, then the export (the summary's history from the loop's episode
+    log). ``med``: ``eval``, ``patient`` and ``rl`` of the ``med:`` section; ``rl``: the trainer
+    settings (:func:`sft2rl.tasks.med.rl_config`)."""
+    import json
+
+    from .tasks.med import RL_MODES, VERL_AGENT_NAME
+
+    if mode not in RL_MODES:
+        raise VerlConfigError(f"medical RL turn budget {mode!r}: expected one of {list(RL_MODES)}")
+    _refuse_group_filter(rl, "med.rl.keep_group_fraction")
+    return _agent_rl_command(
+        prepare=["prepare-med-rl", "--cases", cases, "--mode", mode, "--med-json", json.dumps(med, sort_keys=True),
+                 "--max-prompt-length", str(rl["max_prompt_length"])],
+        episode_log=["--episode-task", "med"], agent_name=VERL_AGENT_NAME, rl_run=rl_run, init=init, rl=rl,
+        verl=verl, nnodes=nnodes, gpus_per_node=gpus_per_node, code_root=code_root, run_dir=run_dir, final=final,
+        summary=summary, workdir=workdir)
+
+
+def _agent_rl_command(*, prepare: list[str], episode_log: list[str], agent_name: str, rl_run: str, init: str,
+                      rl: dict[str, Any], verl: dict[str, Any], nnodes: int, gpus_per_node: int, code_root: str,
+                      run_dir: str, final: str, summary: str, workdir: str) -> str:
+    """The shell lines of a task played by an agent loop: ``prepare`` (the task's prepare
+    subcommand and its own arguments; it prints the episode's token budget, kept in
+    ``$SFT2RL_RESPONSE_LENGTH``), ``main_ppo`` (:func:`agent_ppo_overrides` with the run's
+    ``train.parquet`` and ``agent_loops.yaml``), then the export with the history from
+    ``episodes.jsonl`` (``episode_log``: more rl-export arguments)."""
     absolute = lambda p: p if p.startswith("/") or "://" in p else f"{workdir}/{p}"  # noqa: E731
     overrides = agent_ppo_overrides(
         init=_model_path(init, workdir), train=absolute(f"{run_dir}/train.parquet"), run_dir=absolute(run_dir),
-        run_name=rl_run, rl=rl, agent_loops=absolute(f"{run_dir}/agent_loops.yaml"), agent_name=VERL_AGENT_NAME,
+        run_name=rl_run, rl=rl, agent_loops=absolute(f"{run_dir}/agent_loops.yaml"), agent_name=agent_name,
         response_length="$SFT2RL_RESPONSE_LENGTH", verl=verl, nnodes=nnodes, gpus_per_node=gpus_per_node,
         code_root=code_root)
     env_line = _env({"PYTHONPATH": _pythonpath(code_root), "TENSORBOARD_DIR": absolute(f"{run_dir}/tensorboard")})
     launcher = _ppo_launcher(nnodes, gpus_per_node, code_root)
     script = f"{code_root}/workflow/scripts/verl_export.py"
-    prepare = "SFT2RL_RESPONSE_LENGTH=$(" + _cmd(
-        ["python", script, "prepare-game-rl", "--run-dir", run_dir, "--init", init, "--levels", levels, "--env", env,
-         "--games-json", json.dumps(games, sort_keys=True), "--seed", str(rl["seed"]),
+    prepare_line = "SFT2RL_RESPONSE_LENGTH=$(" + _cmd(
+        ["python", script, prepare[0], "--run-dir", run_dir, "--init", init, *prepare[1:], "--seed", str(rl["seed"]),
          "--config-hash", config_hash(overrides), "--train-batch", str(rl["train_batch"]), "--epochs", str(rl["epochs"])]
         + (["--total-steps", str(rl["total_steps"])] if rl["total_steps"] else [])) + ")"
     export = _rl_export_lines(script, run_dir, init, rl["train_mode"], final, summary,
-                              ["--episode-log", f"{run_dir}/episodes.jsonl"])
+                              ["--episode-log", f"{run_dir}/episodes.jsonl", *episode_log])
     train_cmd = _lines([*launcher, "-m", "verl.trainer.main_ppo"], overrides)
-    return "\n".join([env_line, prepare, train_cmd, *export])
+    return "\n".join([env_line, prepare_line, train_cmd, *export])
 
 
 def config_hash(overrides: list[str]) -> str:

@@ -9,9 +9,13 @@
     verl_export.py prepare-game-rl --run-dir R --init I --levels L --env E --games-json J --seed S
                                    --config-hash H --train-batch B --epochs E [--total-steps S]
                                    # a games run: guard, rows, agent-loop file; prints the episode's token budget
+    verl_export.py prepare-med-rl --run-dir R --init I --cases C --mode fixed|dynamic --med-json J
+                                  --max-prompt-length L --seed S --config-hash H --train-batch B --epochs E
+                                  [--total-steps S]   # a medical run: the same, the consultation's token budget
     verl_export.py latest-step --checkpoints results/rl/<run>/checkpoints
     verl_export.py rl-export --run-dir R --merger-dir D --init I --step-dir S --train-mode lora|full --final F --summary J
-                             [--episode-log E]   # a games run: the history from its agent loop's episodes
+                             [--episode-log E [--episode-task game|med]]   # an agent-loop run (games,
+                             # medical consultation): the history from its agent loop's episodes
 
 The logic lives in sft2rl.verl_export (tested); this is its command line. Errors that are the
 user's to fix (a refused merge, a missing checkpoint, steps run != steps planned) end in one
@@ -65,6 +69,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-batch", type=int, required=True)
     p.add_argument("--epochs", type=int, required=True)
     p.add_argument("--total-steps", type=int, default=None)
+    p = sub.add_parser("prepare-med-rl")
+    p.add_argument("--run-dir", required=True)
+    p.add_argument("--init", required=True)
+    p.add_argument("--cases", required=True)
+    p.add_argument("--mode", choices=["fixed", "dynamic"], required=True)
+    p.add_argument("--med-json", required=True)
+    p.add_argument("--max-prompt-length", type=int, required=True)
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--config-hash", required=True)
+    p.add_argument("--train-batch", type=int, required=True)
+    p.add_argument("--epochs", type=int, required=True)
+    p.add_argument("--total-steps", type=int, default=None)
     p = sub.add_parser("latest-step")
     p.add_argument("--checkpoints", required=True)
     p = sub.add_parser("rl-export")
@@ -76,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--final", required=True)
     p.add_argument("--summary", required=True)
     p.add_argument("--episode-log", default=None)
+    p.add_argument("--episode-task", choices=["game", "med"], default="game")
     args = ap.parse_args(argv)
     log = setup_logging()
     try:
@@ -114,6 +131,15 @@ def main(argv: list[str] | None = None) -> int:
                                       train_batch=args.train_batch, epochs=args.epochs, total_steps=args.total_steps)
             log.info("verl games GRPO plan: %s", plan)
             print(plan["response_length"])  # read by the job's shell: data.max_response_length
+        elif args.cmd == "prepare-med-rl":
+            import json
+
+            plan = vx.prepare_med_rl(args.run_dir, init=args.init, cases=args.cases, mode=args.mode,
+                                     med=json.loads(args.med_json), seed=args.seed, config_hash=args.config_hash,
+                                     max_prompt_length=args.max_prompt_length, train_batch=args.train_batch,
+                                     epochs=args.epochs, total_steps=args.total_steps)
+            log.info("verl medical GRPO plan: %s", plan)
+            print(plan["response_length"])  # read by the job's shell: data.max_response_length
         elif args.cmd == "latest-step":
             print(vx.latest_rl_checkpoint(args.checkpoints))
         elif args.cmd == "rl-export":
@@ -121,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
             planned = vx.check_planned_steps(args.run_dir, step)
             export = (vx.fold_lora(args.merger_dir, args.init, args.final) if args.train_mode == "lora"
                       else vx.copy_full(args.merger_dir, args.final))
-            history = vx.game_rl_history(args.episode_log) if args.episode_log else None
+            histories = {"game": vx.game_rl_history, "med": vx.med_rl_history}
+            history = histories[args.episode_task](args.episode_log) if args.episode_log else None
             summary = vx.rl_summary(args.run_dir, args.step_dir, args.train_mode, planned, export, history)
             write_json(args.summary, summary)
             mark_complete(args.run_dir)

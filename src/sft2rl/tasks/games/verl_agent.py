@@ -29,15 +29,13 @@ This module imports verl; only verl's workers import it.
 from __future__ import annotations
 
 import json
-import os
 import random
 from typing import Any
-from uuid import uuid4
 
 from omegaconf import DictConfig, OmegaConf
 from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopOutput, register
-from verl.utils.profiler import simple_timer
 
+from ...verl_agent import EpisodeTokens, append_record
 from . import VERL_AGENT_NAME
 from .play import Episode
 from .rl import episode_score
@@ -68,51 +66,19 @@ class GameAgentLoop(AgentLoopBase):
         level = json.loads(info["level"])
         seed = int(info.get("seed", random.randrange(2**31)))
         ep = Episode(self.env, level, 0, self.games, self.max_turns, seed)
-        prompt_ids = await self.ct_build_initial_tokens(ep.prompt())
-        runtime = list(prompt_ids)
-        mask: list[int] = []
-        logprobs: list[float] | None = []
-        params = dict(sampling_params, max_tokens=self.max_new_tokens)
-        request_id = uuid4().hex
-        metrics: dict[str, Any] = {}
-        version = None
+        seq = await EpisodeTokens.start(self, ep.prompt(), sampling_params, self.max_new_tokens)
         while True:
-            with simple_timer("generate_sequences", metrics):
-                out = await self.server_manager.generate(request_id=request_id, prompt_ids=runtime,
-                                                         sampling_params=params)
-            version = out.extra_fields.get("global_steps", version)
-            if out.log_probs is None:
-                logprobs = None  # a server that returns none: verl recomputes them (old_log_prob)
-            merged, mask, logprobs = await self.ct_merge_assistant_token(
-                runtime, out.token_ids, mask, logprobs,
-                assistant_logprobs=list(out.log_probs) if logprobs is not None else None)
-            runtime = merged.token_ids
-            ep.act(self.tokenizer.decode(out.token_ids, skip_special_tokens=True))
+            reply = await seq.reply()
+            ep.act(self.tokenizer.decode(reply, skip_special_tokens=True))
             if ep.done:
                 break
-            # the next observation: the chat template's rendering of the new user message
-            updated = ep.prompt()
-            merged, mask, logprobs = await self.ct_merge_context_msg(updated[:-1], updated, runtime, mask, logprobs)
-            runtime = merged.token_ids
-        if len(mask) > self.response_length:
-            raise ValueError(f"a {self.env} episode of {ep.steps} turns has {len(mask)} response tokens, more than "
-                             f"rollout.response_length = {self.response_length} (computed by prepare-game-rl from "
-                             "the levels; episodes are never cut)")
+            await seq.hear(ep.prompt())  # the next observation: the chat template's rendering of the new user message
+        if seq.response_length > self.response_length:
+            raise ValueError(f"a {self.env} episode of {ep.steps} turns has {seq.response_length} response tokens, "
+                             f"more than rollout.response_length = {self.response_length} (computed by "
+                             "prepare-game-rl from the levels; episodes are never cut)")
         score = episode_score(ep, self.penalty)
-        self._log(ep, score, version)
-        return AgentLoopOutput(
-            prompt_ids=prompt_ids, response_ids=runtime[len(prompt_ids):], response_mask=mask,
-            response_logprobs=logprobs, reward_score=score, num_turns=2 * ep.steps,
-            metrics=metrics, extra_fields={"turn_scores": [], "tool_rewards": []})
-
-    def _log(self, ep: Episode, score: float, version: Any) -> None:
-        if not self.episode_log:
-            return
-        rec = {"step": version, "level": ep.level["index"], "won": ep.won, "lost": ep.lost, "steps": ep.steps,
-               "valid": ep.valid, "env_reward": ep.env_reward, "score": score}
-        line = (json.dumps(rec) + "\n").encode()
-        fd = os.open(self.episode_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, line)  # one short append: lines of concurrent workers do not interleave
-        finally:
-            os.close(fd)
+        append_record(self.episode_log, {"step": seq.version, "level": ep.level["index"], "won": ep.won,
+                                         "lost": ep.lost, "steps": ep.steps, "valid": ep.valid,
+                                         "env_reward": ep.env_reward, "score": score})
+        return seq.output(score, 2 * ep.steps)

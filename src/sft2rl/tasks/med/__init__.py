@@ -17,11 +17,14 @@ Everything about the medical task lives in this folder:
 * ``reward``: DoctorAgent-RL's consultation reward, term by term;
 * ``rl``: the consultation as a multi-turn task of the shared GRPO trainer (fixed or dynamic
   turn budget);
+* ``verl_agent``: the same consultations as a verl agent loop (``backend: verl``);
 * ``table``: ``results/med/eval.csv``, the thinking ablation, LaTeX, the figure;
 * ``rl_table``: ``results/med/rl_eval.csv``, the turn-budget ablation, their figures.
 """
 from __future__ import annotations
 
+#: ``agent_name`` of the medical verl rows: :class:`sft2rl.tasks.med.verl_agent.MedAgentLoop`.
+VERL_AGENT_NAME = "sft2rl_med"
 THINKING = {"think": True, "nothink": False}  # run-name part -> with_thinking
 #: the turn budgets of medical RL (:mod:`sft2rl.tasks.med.rl`)
 RL_MODES = ("fixed", "dynamic")
