@@ -425,6 +425,54 @@ rule med_figure:
         "../scripts/med_table.py"
 
 
+if config["backend"] == "verl":
+
+    rule med_rl:
+        """Multi-turn GRPO of the merged SFT doctor on verl: main_ppo with the medical agent loop
+        (sft2rl.tasks.med.verl_agent: the consultation against med.patient inside verl's rollout,
+        one sequence per consultation, checked against the prompt evaluation shows), verl's grpo
+        estimator over the consultations of a case; the turn budget fixed at med.eval.max_turns or
+        drawn per case from med.rl.budget_range (stated in the prompt); the last checkpoint
+        exported as an HF directory, the summary's history from the loop's episode log."""
+        input:
+            train=f"{MED_DATA}/rl/train_cases.jsonl",
+            init=MED_RL_INIT,
+            patient=med_patient_input,
+            code=code("verl_export", modules=["tasks.med.verl_agent"]),
+        output:
+            final=directory("results/med/models/rl-{budget}-seed{seed}/final"),
+            summary="results/med/rl/rl-{budget}-seed{seed}/summary.json",
+        wildcard_constraints:
+            seed=r"\d+",
+        params:
+            cmd=lambda wc, input, output, resources: verl_launch.med_rl_command(
+                rl_run=f"rl-{wc.budget}-seed{wc.seed}",
+                mode=wc.budget,
+                init=input.init,
+                cases=input.train,
+                rl=dict(MED_RL, seed=int(wc.seed)),
+                med={"eval": MED["eval"], "patient": MED["patient"], "rl": MED_RLC},
+                verl=VERL,
+                nnodes=resources.nodes,
+                gpus_per_node=verl_launch.gpus_per_node(resources),
+                code_root=CODE_ROOT,
+                run_dir=f"results/med/rl/rl-{wc.budget}-seed{wc.seed}",
+                final=output.final,
+                summary=output.summary,
+            ),
+        threads: VERL["cpus_per_node"]
+        resources:
+            **verl_launch.job_resources(VERL, VERL["grpo_runtime"]),
+        conda:
+            "../../envs/verl.yaml"
+        benchmark:
+            "results/benchmarks/med/rl-{budget}-seed{seed}.tsv"
+        log:
+            "results/logs/med/rl-{budget}-seed{seed}.log",
+        shell:
+            "( {params.cmd} ) > {log} 2>&1"
+
+
 MED_RL_FIGURES = [f"results/figures/med_rl_curves.{ext}" for ext in ("png", "pdf")]
 MED_BUDGET_FIGURES = [f"results/figures/med_turn_budget.{ext}" for ext in ("png", "pdf")]
 

@@ -78,6 +78,15 @@ def med_eval_model_input(wildcards):
     return [] if model is None or (wildcards.doctor == "base" and not TINY) else [model]
 
 
+def med_patient_input(wildcards=None):
+    """A local patient model directory (med.patient: {model: <dir>}) as an input: new weights rerun
+    every consultation and RL run; a hub id, an endpoint or the TF-IDF patient add none."""
+    spec = MED["patient"]
+    if isinstance(spec, dict) and "endpoint" not in spec and os.path.isdir(spec["model"]):
+        return [spec["model"]]
+    return []
+
+
 def med_sft_data(wildcards):
     return {"train": f"{MED_DATA}/{wildcards.thinking}/train.parquet",
             "val": f"{MED_DATA}/{wildcards.thinking}/val.parquet"}
@@ -86,11 +95,3 @@ def med_sft_data(wildcards):
 MED_SFT_DIR = f"results/med/sft/{MED['run_name']}-{{thinking}}-seed{{seed}}"
 MED_MERGED = f"results/models/{MED['run_name']}-{{thinking}}-seed{{seed}}/merged"
 
-
-def med_patient_input(wildcards=None):
-    """A local patient model directory (med.patient: {model: <dir>}) as an input: new weights rerun
-    every consultation and RL run; a hub id, an endpoint or the rule patient: nothing."""
-    spec = MED["patient"]
-    if isinstance(spec, dict) and "endpoint" not in spec and os.path.isdir(spec["model"]):
-        return [spec["model"]]
-    return []
