@@ -363,7 +363,7 @@ if config["backend"] == "local":
         params:
             init=lambda wc, input: input.init,
             cfg=lambda wc: dict(MED_RL, seed=int(wc.seed)),
-            med={"eval": MED["eval"], "patient": MED["patient"], "rl": MED_RLC},
+            med=MED_RL_TASK,
         threads: 1
         resources:
             mem_mb=4000,
@@ -451,7 +451,7 @@ if config["backend"] == "verl":
                 init=input.init,
                 cases=input.train,
                 rl=dict(MED_RL, seed=int(wc.seed)),
-                med={"eval": MED["eval"], "patient": MED["patient"], "rl": MED_RLC},
+                med=MED_RL_TASK,
                 verl=VERL,
                 nnodes=resources.nodes,
                 gpus_per_node=verl_launch.gpus_per_node(resources),

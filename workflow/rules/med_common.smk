@@ -31,6 +31,9 @@ MED_RL = med_rl_config(config)
 MED_RLC = MED["rl"]
 MED_RL_SFT = med_run("think" if MED_RLC["with_thinking"] else "nothink", MED["seeds"][0])
 MED_RL_INIT = f"results/models/{MED_RL_SFT}/merged"
+#: what an RL run's task reads (the seeds and evaluation budgets of the ablation are not part of a run)
+MED_RL_TASK = {"eval": MED["eval"], "patient": MED["patient"],
+               "rl": {k: v for k, v in MED_RLC.items() if k not in ("seeds", "eval_budgets")}}
 MED_RL_RE = r"rl-(fixed|dynamic)-seed(\d+)"
 MED_RL_RUNS = [f"rl-{m}-seed{s}" for m in MED_RL_MODES for s in MED_RLC["seeds"]]
 #: the doctors of rl_eval.csv: base, the SFT doctor RL starts from, RL with each budget (first seed)
