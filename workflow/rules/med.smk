@@ -133,137 +133,82 @@ if TINY:
 
 
 if config["backend"] == "local":
-
-    rule med_sft:
-        """LoRA SFT of the doctor (loss on the doctor's reply only); validation loss before
-        training and after every epoch."""
-        input:
-            unpack(med_sft_data),
-            base=med_base_input,
-            code=code("sft"),
-        output:
-            checkpoints=directory(f"{MED_SFT_DIR}/checkpoints"),
-            metrics=f"{MED_SFT_DIR}/metrics.json",
-        wildcard_constraints:
-            seed=r"\d+",
-        params:
+    MED_SFT_PARAMS = dict(base=MED_BASE, sft=MED_SFT, seed=lambda wc: int(wc.seed))
+    MED_MERGE_PARAMS = dict(base=MED_BASE, which=MED_MERGE)
+    MED_SFT_CODE, MED_MERGE_CODE = code("sft"), code("merge")
+    MED_SFT_RESOURCES = dict(mem_mb=4000, runtime=240, **LOCAL_GPU_RES)
+else:
+    #: verl's SFT trainer and model merger command lines (the loss on the final turn: sft2rl.verl_sft_data)
+    MED_SFT_PARAMS = dict(
+        cmd=lambda wc, input, resources: verl_launch.sft_command(
+            sft_run=med_run(wc.thinking, wc.seed),
+            run_dir=f"results/med/sft/{med_run(wc.thinking, wc.seed)}",
             base=MED_BASE,
+            train=input.train,
+            val=input.val,
             sft=MED_SFT,
-            seed=lambda wc: int(wc.seed),
-        threads: 1
-        resources:
-            mem_mb=4000,
-            runtime=240,
-            **LOCAL_GPU_RES,
-        conda:
-            "../../envs/local.yaml"
-        benchmark:
-            "results/benchmarks/med/sft-{thinking}-seed{seed}.tsv"
-        log:
-            "results/logs/med/sft-{thinking}-seed{seed}.log",
-        script:
-            "../scripts/sft.py"
-
-    rule med_merge:
-        """Automatic verified merge of the chosen checkpoint into results/models/<run>/merged."""
-        input:
-            checkpoints=f"{MED_SFT_DIR}/checkpoints",
-            metrics=f"{MED_SFT_DIR}/metrics.json",
-            base=med_base_input,
-            code=code("merge"),
-        output:
-            directory(MED_MERGED),
-        wildcard_constraints:
-            seed=r"\d+",
-        params:
-            base=MED_BASE,
+            seed=int(wc.seed),
+            nnodes=resources.nodes,
+            gpus_per_node=verl_launch.gpus_per_node(resources),
+            code_root=CODE_ROOT,
+            rdzv_port=VERL["rdzv_port"],
+        ),
+    )
+    MED_MERGE_PARAMS = dict(
+        cmd=lambda wc, output: verl_launch.merge_command(
+            sft_run=med_run(wc.thinking, wc.seed),
+            run_dir=f"results/med/sft/{med_run(wc.thinking, wc.seed)}",
             which=MED_MERGE,
-        threads: 1
-        resources:
-            mem_mb=4000,
-            runtime=30,
-        conda:
-            "../../envs/local.yaml"
-        benchmark:
-            "results/benchmarks/med/merge-{thinking}-seed{seed}.tsv"
-        log:
-            "results/logs/med/merge-{thinking}-seed{seed}.log",
-        script:
-            "../scripts/merge.py"
+            base=MED_BASE,
+            out_dir=output[0],
+            code_root=CODE_ROOT,
+            train_mode=MED_SFT.get("train_mode", "lora"),
+        ),
+    )
+    MED_SFT_CODE, MED_MERGE_CODE = code("verl_export", modules=["verl_sft_data"]), code("verl_export")
+    MED_SFT_RESOURCES = verl_launch.job_resources(VERL, VERL["sft_runtime"])
 
 
-if config["backend"] == "verl":
+use rule sft as med_sft with:
+    """SFT of the doctor (loss on the doctor's reply only: the local loop, or verl's SFT trainer);
+    validation loss before training (local) and after every epoch."""
+    input:
+        unpack(med_sft_data),
+        base=med_base_input,
+        code=MED_SFT_CODE,
+    output:
+        checkpoints=directory(f"{MED_SFT_DIR}/checkpoints"),
+        metrics=f"{MED_SFT_DIR}/metrics.json",
+    wildcard_constraints:
+        seed=r"\d+",
+    params:
+        **MED_SFT_PARAMS,
+    resources:
+        **MED_SFT_RESOURCES,
+    benchmark:
+        "results/benchmarks/med/sft-{thinking}-seed{seed}.tsv"
+    log:
+        "results/logs/med/sft-{thinking}-seed{seed}.log",
 
-    rule med_sft:
-        """LoRA SFT of the doctor with verl's SFT trainer (loss on the final turn: sft2rl.verl_sft_data)."""
-        input:
-            unpack(med_sft_data),
-            base=med_base_input,
-            code=code("verl_export", modules=["verl_sft_data"]),
-        output:
-            checkpoints=directory(f"{MED_SFT_DIR}/checkpoints"),
-            metrics=f"{MED_SFT_DIR}/metrics.json",
-        wildcard_constraints:
-            seed=r"\d+",
-        params:
-            cmd=lambda wc, input, resources: verl_launch.sft_command(
-                sft_run=med_run(wc.thinking, wc.seed),
-                run_dir=f"results/med/sft/{med_run(wc.thinking, wc.seed)}",
-                base=MED_BASE,
-                train=input.train,
-                val=input.val,
-                sft=MED_SFT,
-                seed=int(wc.seed),
-                nnodes=resources.nodes,
-                gpus_per_node=verl_launch.gpus_per_node(resources),
-                code_root=CODE_ROOT,
-                rdzv_port=VERL["rdzv_port"],
-            ),
-        threads: VERL["cpus_per_node"]
-        resources:
-            **verl_launch.job_resources(VERL, VERL["sft_runtime"]),
-        conda:
-            "../../envs/verl.yaml"
-        benchmark:
-            "results/benchmarks/med/sft-{thinking}-seed{seed}.tsv"
-        log:
-            "results/logs/med/sft-{thinking}-seed{seed}.log",
-        shell:
-            "( {params.cmd} ) > {log} 2>&1"
 
-    rule med_merge:
-        """verl's model merger on the chosen step, then our verified LoRA fold-in, into results/models/<run>/merged."""
-        input:
-            checkpoints=f"{MED_SFT_DIR}/checkpoints",
-            metrics=f"{MED_SFT_DIR}/metrics.json",
-            base=med_base_input,
-            code=code("verl_export"),
-        output:
-            directory(MED_MERGED),
-        wildcard_constraints:
-            seed=r"\d+",
-        params:
-            cmd=lambda wc, output: verl_launch.merge_command(
-                sft_run=med_run(wc.thinking, wc.seed),
-                run_dir=f"results/med/sft/{med_run(wc.thinking, wc.seed)}",
-                which=MED_MERGE,
-                base=MED_BASE,
-                out_dir=output[0],
-                code_root=CODE_ROOT,
-                train_mode=MED_SFT.get("train_mode", "lora"),
-            ),
-        threads: 2
-        resources:
-            mem_mb=VERL["mem_mb"],
-            runtime=60,
-        conda:
-            "../../envs/verl.yaml"
-        benchmark:
-            "results/benchmarks/med/merge-{thinking}-seed{seed}.tsv"
-        log:
-            "results/logs/med/merge-{thinking}-seed{seed}.log",
-        shell:
-            "( {params.cmd} ) > {log} 2>&1"
+use rule merge as med_merge with:
+    """Automatic verified merge of the chosen checkpoint into results/models/<run>/merged (on verl,
+    verl's model merger first)."""
+    input:
+        checkpoints=f"{MED_SFT_DIR}/checkpoints",
+        metrics=f"{MED_SFT_DIR}/metrics.json",
+        base=med_base_input,
+        code=MED_MERGE_CODE,
+    output:
+        directory(MED_MERGED),
+    wildcard_constraints:
+        seed=r"\d+",
+    params:
+        **MED_MERGE_PARAMS,
+    benchmark:
+        "results/benchmarks/med/merge-{thinking}-seed{seed}.tsv"
+    log:
+        "results/logs/med/merge-{thinking}-seed{seed}.log",
 
 
 rule med_eval:
