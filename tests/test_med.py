@@ -371,11 +371,13 @@ def test_metrics_on_hand_computed_cases():
         return {**base, **kw}
 
     records = [rec("Roku disease", "Roku disease", True, turns=3, questions=2, repeated=1, invalid=0,
-                   patient_replies=2, sorry=1),
+                   patient_replies=2, sorry=1, reward=11.0, success=True),
                rec("Roku fever", "Guzes syndrome", False, turns=4, questions=2, repeated=0, invalid=1,
-                   patient_replies=3, sorry=0),
-               rec("", "Kai fever", False, turns=10, questions=8, repeated=3, invalid=2, patient_replies=9, sorry=9)]
+                   patient_replies=3, sorry=0, reward=2.0, success=False),
+               rec("", "Kai fever", False, turns=10, questions=8, repeated=3, invalid=2, patient_replies=9, sorry=9,
+                   reward=-20.0, success=False)]
     s = consult.summarize(records)
+    assert s["reward"] == pytest.approx(-7 / 3) and s["success_rate"] == pytest.approx(1 / 3)
     assert s["accuracy"] == pytest.approx(1 / 3)
     lo, hi = s["accuracy_lo"], s["accuracy_hi"]
     assert 0 < lo < 1 / 3 < hi < 1
