@@ -31,12 +31,13 @@ import torch
 
 from ...generation import prompt_lengths
 from ...rl_task import Rollout, multi_turn_rollout
+from . import RL_MODES
 from .consult import Consultation, advance, consult
 from .data import read_cases
 from .patient import patient_backend
 from .reward import TERMS, weights
 
-MODES = ("fixed", "dynamic")
+MODES = RL_MODES
 
 
 def budgets(mode: str, n_items: int, fixed: int, budget_range: list[int], seed: int) -> list[int]:
