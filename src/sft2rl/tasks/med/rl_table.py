@@ -81,10 +81,15 @@ def rl_eval_latex(frame: pd.DataFrame) -> str:
     return "\n".join(lines + [r"\bottomrule", r"\end{tabular}", ""])
 
 
-def write_rl_eval(frame: pd.DataFrame, csv_out: str, tex_out: str) -> None:
+def _write(frame: pd.DataFrame, csv_out: str, tex_out: str, tex: str) -> None:
+    """A table as CSV (atomically) and its LaTeX."""
     with atomic_file(csv_out) as tmp:
         frame.to_csv(tmp, index=False, float_format="%.6g")
-    write_text(tex_out, rl_eval_latex(frame))
+    write_text(tex_out, tex)
+
+
+def write_rl_eval(frame: pd.DataFrame, csv_out: str, tex_out: str) -> None:
+    _write(frame, csv_out, tex_out, rl_eval_latex(frame))
 
 
 # ------------------------------------------------------------------ the turn-budget ablation
@@ -145,9 +150,7 @@ def budget_latex(frame: pd.DataFrame) -> str:
 
 
 def write_turn_budget(frame: pd.DataFrame, csv_out: str, tex_out: str) -> None:
-    with atomic_file(csv_out) as tmp:
-        frame.to_csv(tmp, index=False, float_format="%.6g")
-    write_text(tex_out, budget_latex(frame))
+    _write(frame, csv_out, tex_out, budget_latex(frame))
 
 
 def budget_figure(csv: str, outputs: list[str]) -> list[str]:
