@@ -430,6 +430,21 @@ def check_steps(summary: dict[str, Any]) -> None:
                        f"(last checkpoint: {summary.get('last_checkpoint')}); refusing to export it as finished")
 
 
+def run_job(init_model: str, task, cfg: dict[str, Any], final_dir: str, summary_path: str) -> dict[str, Any]:
+    """One RL job of any task, as a workflow rule runs it: train (resuming where the run key
+    allows), refuse a run whose steps differ from the plan, export the last policy to
+    ``final_dir``, write the summary and mark the run directory (the summary's) complete."""
+    from .resume import mark_complete
+
+    run_dir = Path(summary_path).parent
+    summary = train_rl(init_model, task, str(run_dir), cfg)
+    check_steps(summary)
+    summary["export"] = export_final(init_model, summary, final_dir)
+    write_json(summary_path, summary)
+    mark_complete(run_dir)
+    return summary
+
+
 def _avg(hist: list[dict], key: str) -> float | None:
     vals = [h[key] for h in hist if key in h]
     return float(np.mean(vals)) if vals else None

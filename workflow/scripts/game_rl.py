@@ -1,21 +1,13 @@
-from pathlib import Path
-
-from sft2rl.grpo import check_steps, export_final, train_rl
-from sft2rl.io import write_json
+from sft2rl.grpo import run_job
 from sft2rl.logutil import script_errors
 from sft2rl.resources import use_job_threads
-from sft2rl.resume import mark_complete
 from sft2rl.tasks.games.rl import GamesTask
 
 with script_errors(snakemake) as log:
     use_job_threads(snakemake.threads)
-    run_dir = Path(snakemake.output.summary).parent
     task = GamesTask(snakemake.wildcards.env, snakemake.input.levels, snakemake.params.games)
-    summary = train_rl(snakemake.params.init, task, str(run_dir), snakemake.params.cfg)
-    check_steps(summary)
-    summary["export"] = export_final(snakemake.params.init, summary, snakemake.output.final)
-    write_json(snakemake.output.summary, summary)
-    mark_complete(run_dir)
+    summary = run_job(snakemake.params.init, task, snakemake.params.cfg, snakemake.output.final,
+                      snakemake.output.summary)
     last = summary["last"] or {}
     log.info("games RL %s: %d steps, episode success %.3f, val success %s", snakemake.wildcards.env,
              summary["steps"], last.get("success", float("nan")), last.get("val_success"))
