@@ -165,6 +165,13 @@ def test_med_rl_runs_on_the_shared_trainer_with_validation(clinic_model, tmp_pat
         assert 2 <= h["budget"] <= 4
     with pytest.raises(ValueError, match="max_new_tokens"):
         train_rl(str(clinic_model / "model"), task, str(tmp_path / "bad"), dict(RL, max_response_length=7))
+    with pytest.raises(ValueError, match=r"first-turn prompt has \d+ tokens, more than rl.max_prompt_length = 40"):
+        train_rl(str(clinic_model / "model"), task, str(tmp_path / "long"), dict(RL, max_prompt_length=40))
+    empty = tmp_path / "none.jsonl"
+    empty.write_text("")
+    with pytest.raises(ValueError, match="none.jsonl: no training items"):
+        train_rl(str(clinic_model / "model"), MedTask(str(empty), str(clinic_model / "val_cases.jsonl"), MED_RL,
+                                                      "fixed"), str(tmp_path / "empty"), RL)
 
 
 def test_restart_key_covers_the_medical_modules_only():

@@ -61,6 +61,24 @@ class RLTask(Protocol):
     def validate(self, model, tokenizer) -> dict[str, float]: ...
 
 
+def check_limits(tokenizer, cfg: dict[str, Any], source: str, items: list, first_prompts: list[str],
+                 reply_limit: int, reply_key: str) -> None:
+    """The checks every multi-turn task makes when it loads its items: there are some, the
+    trainer's reply limit is the one evaluation uses (``reply_key`` names that setting), and no
+    first-turn prompt is longer than ``rl.max_prompt_length`` (prompts are never cut)."""
+    from .generation import prompt_lengths
+
+    if not items:
+        raise ValueError(f"{source}: no training items")
+    if cfg["max_response_length"] != reply_limit:
+        raise ValueError(f"rl.max_response_length = {cfg['max_response_length']} differs from {reply_key} = "
+                         f"{reply_limit}: training and evaluation must allow the same reply length")
+    longest = max(prompt_lengths(tokenizer, first_prompts))
+    if longest > cfg["max_prompt_length"]:
+        raise ValueError(f"{source}: a first-turn prompt has {longest} tokens, more than rl.max_prompt_length = "
+                         f"{cfg['max_prompt_length']}; raise it (prompts are never cut)")
+
+
 def pack_rows(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]],
               loss: Sequence[Sequence[int]], logprobs: Sequence[Sequence[float]] | None, pad_id: int,
               device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:

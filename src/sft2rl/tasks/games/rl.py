@@ -30,8 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ...generation import prompt_lengths
-from ...rl_task import Rollout, multi_turn_rollout
+from ...rl_task import Rollout, check_limits, multi_turn_rollout
 from . import VERL_AGENT_NAME
 from .data import read_levels
 from .play import Episode, play
@@ -64,17 +63,9 @@ class GamesTask:
         if self.rl.get("levels"):  # RL on the first ``games.rl.levels`` train levels only
             self.items = self.items[:int(self.rl["levels"])]
         self.val_levels = read_levels(self.levels_path, "val")
-        if not self.items:
-            raise ValueError(f"{self.levels_path}: no train levels")
-        if cfg["max_response_length"] != self.max_new_tokens:
-            raise ValueError(f"rl.max_response_length = {cfg['max_response_length']} differs from "
-                             f"games.eval.max_new_tokens = {self.max_new_tokens}: training and play must "
-                             "allow the same reply length")
         first = [Episode(self.env, lv, 0, self.games, self.max_turns, 0).prompt() for lv in self.items]
-        longest = max(prompt_lengths(tokenizer, first))
-        if longest > cfg["max_prompt_length"]:
-            raise ValueError(f"{self.levels_path}: a first-turn prompt has {longest} tokens, more than "
-                             f"rl.max_prompt_length = {cfg['max_prompt_length']}; raise it (prompts are never cut)")
+        check_limits(tokenizer, cfg, self.levels_path, self.items, first, self.max_new_tokens,
+                     "games.eval.max_new_tokens")
         return self.items
 
     def rollout(self, model, tokenizer, items: list[dict], n: int, cfg: dict[str, Any], seed: int) -> Rollout:

@@ -29,8 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ...generation import prompt_lengths
-from ...rl_task import Rollout, multi_turn_rollout
+from ...rl_task import Rollout, check_limits, multi_turn_rollout
 from . import RL_MODES
 from .consult import Consultation, advance, consult
 from .data import read_cases
@@ -84,17 +83,9 @@ class MedTask:
         if self.rl.get("cases"):  # RL on the first ``med.rl.cases`` train cases only
             self.items = self.items[:int(self.rl["cases"])]
         self.val_cases = read_cases(self.val_path)
-        if not self.items:
-            raise ValueError(f"{self.train_path}: no train cases")
-        if cfg["max_response_length"] != self.ev["max_new_tokens"]:
-            raise ValueError(f"rl.max_response_length = {cfg['max_response_length']} differs from "
-                             f"med.eval.max_new_tokens = {self.ev['max_new_tokens']}: training and evaluation "
-                             "must allow the same reply length")
         first = [Consultation(0, c, self._max_budget(), self.with_thinking).prompt() for c in self.items]
-        longest = max(prompt_lengths(tokenizer, first))
-        if longest > cfg["max_prompt_length"]:
-            raise ValueError(f"{self.train_path}: a first-turn prompt has {longest} tokens, more than "
-                             f"rl.max_prompt_length = {cfg['max_prompt_length']}; raise it (prompts are never cut)")
+        check_limits(tokenizer, cfg, self.train_path, self.items, first, self.ev["max_new_tokens"],
+                     "med.eval.max_new_tokens")
         return self.items
 
     def rollout(self, model, tokenizer, items: list[dict], n: int, cfg: dict[str, Any], seed: int) -> Rollout:
