@@ -7,6 +7,7 @@ One finished medical workflow per test session (``med_done``), in its own copy o
 from __future__ import annotations
 
 import json
+import re
 
 import pandas as pd
 import pytest
@@ -221,3 +222,40 @@ def test_turn_budget_ablation(med_done):
         assert (at["accuracy_mean"] <= at["accuracy_hi"] + 1e-9).all()
     for ext in ("png", "pdf"):
         assert (med_done / f"results/figures/med_turn_budget.{ext}").stat().st_size > 1000
+
+
+def test_rl_trains_on_train_cases_only(med_done):
+    """RL's cases are the first med.rl.cases of the clinic's train split; none is a test or val
+    consultation by content (the description with numbers masked, the record and the truth)."""
+    from sft2rl.tasks.med.data import mask_numbers
+
+    def key(case):
+        return mask_numbers(json.dumps([case["first"][-1]["content"], case["truth"], case["patient_information"]]))
+
+    rl = read_jsonl(med_done / "data/processed/med/rl/train_cases.jsonl")
+    test = read_jsonl(med_done / "data/processed/med/cases.jsonl")
+    val = read_jsonl(med_done / "data/processed/med/rl/val_cases.jsonl")
+    summary = json.loads((med_done / f"results/med/rl/{RL_DOCTORS[0]}/summary.json").read_text())
+    assert summary["train_rows"] == RL["cases"] <= len(rl) and len(test) == N_TEST
+    assert not {key(c) for c in rl} & {key(c) for c in test}
+    assert not {key(c) for c in rl} & {key(c) for c in val}
+    assert {key(c) for c in val} and {key(c) for c in test}
+
+
+def test_more_seeds_and_eval_budgets_leave_finished_rl_runs_alone(med_done):
+    """A second RL seed and another evaluation budget plan the new seed's two runs and the
+    new evaluations; the finished seed-1 runs are not retrained."""
+    extra = med_done / "extra.yaml"
+    extra.write_text(yaml.safe_dump({"med": {"rl": dict(RL, seeds=[*RL["seeds"], RL["seeds"][0] + 1],
+                                                        eval_budgets=[*RL["eval_budgets"], 3])}}))
+    proc = smk(med_done, "med", extra_config=extra, dry=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = planned_jobs(proc.stdout)
+    assert jobs["med_rl"] == 2, jobs
+    new = f"seed{RL['seeds'][0] + 1}"
+    planned = re.findall(r"rule med_rl:\n(?:    .*\n)*?    output: .*?results/med/models/(rl-\w+-seed\d+)/final", proc.stdout)
+    assert sorted(planned) == [f"rl-dynamic-{new}", f"rl-fixed-{new}"], planned
+    # every doctor at the new budget (SFT, both modes x both seeds), and nothing before RL
+    n_b, n_s = len(RL["eval_budgets"]), len(RL["seeds"])
+    assert jobs["med_eval_budget"] == (n_b + 1) * (1 + 2 * (n_s + 1)) - n_b * (1 + 2 * n_s), jobs
+    assert not {"med_world", "med_sft", "med_merge", "med_base_model", "med_rl_cases"} & set(jobs), jobs
