@@ -412,11 +412,23 @@ def test_random_doctor_is_seeded_and_near_chance_and_mostly_hears_sorry(clinic_f
     assert all(1 <= r["questions"] <= MAX_TURNS - 1 and r["repeated"] == 0 for r in runs[0])
     # information-retrieval precision tells the doctors apart: the scripted doctor asks what the
     # likely diseases' cases record, the random one mostly what they do not
-    scripted = consult.summarize(consult.consult(cases, doctor.scripted_policy(world, confidence=WORLD["confidence"]),
-                                                 max_turns=MAX_TURNS, with_thinking=True, threshold=0.5,
-                                                 progress=False))
+    scripted_recs = consult.consult(cases, doctor.scripted_policy(world, confidence=WORLD["confidence"]),
+                                    max_turns=MAX_TURNS, with_thinking=True, threshold=0.5, progress=False)
+    consult.mark_evidence(scripted_recs, cases, world, WORLD["confidence"])
+    scripted = consult.summarize(scripted_recs)
     assert rnd["ir_precision"] < 0.45 < scripted["ir_precision"]
     assert scripted["accuracy"] > 0.8 > 0.2 > rnd["accuracy"]
+    # evidence: the scripted doctor stops asking once its posterior passes the confidence, so its
+    # consultations end with sufficient evidence (but those forced at the last turn) and it
+    # concludes right from it; the random doctor often asks enough but guesses
+    assert "evidence_sufficient" not in runs[0][0] and pd.isna(rnd["evidence_sufficient_rate"])
+    consult.mark_evidence(runs[0], cases, world, WORLD["confidence"])
+    rnd = consult.summarize(runs[0])
+    assert all(r["correct"] for r in scripted_recs if r["evidence_sufficient"])
+    assert scripted["accuracy_if_sufficient"] == 1.0 and scripted["evidence_sufficient_rate"] > 0.8
+    assert rnd["accuracy_if_sufficient"] < 0.3 and 0.2 < rnd["evidence_sufficient_rate"] < 1.0
+    assert rnd["accuracy_if_sufficient"] == pytest.approx(
+        sum(r["correct"] for r in runs[0] if r["evidence_sufficient"]) / sum(r["evidence_sufficient"] for r in runs[0]))
 
 
 # ------------------------------------------------------------------ the default clinic: held out, and it fits

@@ -169,6 +169,13 @@ def test_rl_eval_table_and_paired_differences(med_done):
         assert row["rl_steps"] == RL["total_steps"]
         assert all(r["max_turns"] == MED["eval"]["max_turns"] for r in recs)
     assert frame[["diff_accuracy"]].loc[["base", SFT_DOCTOR, "scripted", "random"]].isna().all().all()
+    # evidence: the scripted doctor concludes right whenever its evidence suffices; the SFT
+    # doctor's two evidence columns are those of its records
+    assert frame.loc["scripted", "accuracy_if_sufficient"] == 1.0
+    marked = [r for r in sft if r["evidence_sufficient"]]
+    assert frame.loc[SFT_DOCTOR, "evidence_sufficient_rate"] == pytest.approx(len(marked) / N_TEST)
+    assert frame.loc[SFT_DOCTOR, "accuracy_if_sufficient"] == pytest.approx(
+        sum(r["correct"] for r in marked) / len(marked) if marked else float("nan"), nan_ok=True)
     for ext in ("png", "pdf"):
         assert (med_done / f"results/figures/med_rl_curves.{ext}").stat().st_size > 1000
     assert (med_done / "results/tables/med_rl_eval.tex").read_text().count("\\\\") == len(frame) + 1

@@ -20,7 +20,11 @@ Metrics (per doctor, over all cases and per category):
 * ``turns``: mean doctor turns; ``repeated_question_rate``: share of questions asked before
   in the same consultation; ``invalid_format_rate``: share of doctor turns in neither format;
   ``ir_precision``: share of patient replies that are not "Sorry…" (information retrieval
-  precision); ``diagnosed_rate``: share of consultations ended by a diagnosis.
+  precision); ``diagnosed_rate``: share of consultations ended by a diagnosis;
+* the synthetic clinic only: ``evidence_sufficient_rate``, share of consultations whose
+  description and answers make the true disease the clinic's most probable at the scripted
+  doctor's confidence (the questions sufficed), and ``accuracy_if_sufficient``, the accuracy
+  on those (the conclusion from enough evidence).
 """
 from __future__ import annotations
 
@@ -171,6 +175,7 @@ def summarize(records: list[dict[str, Any]], ci_level: float = 0.95) -> dict[str
     d_pred, d_ref = [r["diagnosis"] for r in records], [r["truth_diagnosis"] for r in records]
     r_pred, r_ref = [r["recommendation"] for r in records], [r["truth_recommendation"] for r in records]
     questions, turns, replies = (sum(r[k] for r in records) for k in ("questions", "turns", "patient_replies"))
+    marked = [r for r in records if r.get("evidence_sufficient") is not None]
 
     def share(num: float, den: float) -> float:
         return num / den if den else float("nan")
@@ -189,7 +194,26 @@ def summarize(records: list[dict[str, Any]], ci_level: float = 0.95) -> dict[str
         "diagnosed_rate": share(sum(r["diagnosed"] for r in records), n),
         "reward": float(np.mean([r["reward"] for r in records])) if n else float("nan"),
         "success_rate": share(sum(r["success"] for r in records), n),
+        # the synthetic clinic only (records marked by mark_evidence): how often the evidence
+        # gathered sufficed for the true diagnosis, and the accuracy on those consultations
+        "evidence_sufficient_rate": share(sum(bool(r["evidence_sufficient"]) for r in marked), len(marked)),
+        "accuracy_if_sufficient": share(sum(bool(r["correct"]) for r in marked if r["evidence_sufficient"]),
+                                        sum(bool(r["evidence_sufficient"]) for r in marked)),
     }
+
+
+def mark_evidence(records: list[dict[str, Any]], cases: list[dict[str, Any]], clinic: dict[str, Any],
+                  confidence: float) -> None:
+    """Mark each consultation record of the synthetic clinic with ``evidence_sufficient``
+    (:func:`doctor.evidence_sufficient`: its description and answers made the true disease the
+    clinic's most probable at ``confidence``, the scripted doctor's diagnosis threshold)."""
+    from .doctor import evidence_sufficient
+
+    by_id = {str(c["id"]): c for c in cases}
+    for r in records:
+        case = by_id[str(r["case"])]
+        r["evidence_sufficient"] = evidence_sufficient(clinic, case["first"][-1]["content"], r["replies"],
+                                                       r["patient"], r["truth_diagnosis"], confidence)
 
 
 def summary_rows(records: list[dict[str, Any]], ci_level: float = 0.95) -> list[dict[str, Any]]:
@@ -232,6 +256,8 @@ def evaluate_doctor(doctor: str, cases_path: str, world_path: str | None, model_
                               temperature=1.0, seed=ev["seed"], batch_size=ev["batch_size"])
     records = consult(cases, policy, max_turns=ev["max_turns"], with_thinking=with_thinking,
                       patients=patient_backend(patient, ev["patient_threshold"]), reward=reward)
+    if world_path:
+        mark_evidence(records, cases, json.loads(Path(world_path).read_text()), world_cfg["confidence"])
     for r in records:
         r["doctor"] = doctor
     rows = [{"doctor": doctor, **row} for row in summary_rows(records, ci_level)]

@@ -27,6 +27,7 @@ from typing import Any, Callable
 
 from .clinic import question, read_self_report
 from .dialog import diagnosis_answer, doctor_reply, parse_reply, question_answer
+from .reward import same_text
 
 Policy = Callable[[list[Any], list[list[dict[str, str]]]], list[str]]
 ASKED_RE = re.compile(r"^Do you have (.+)\?$")
@@ -91,6 +92,18 @@ def posterior(clinic: dict[str, Any], chief: str | None, answers: dict[str, bool
     total = sum(weights)
     n = len(weights)
     return [w / total for w in weights] if total > 0 else [1 / n] * n
+
+
+def evidence_sufficient(clinic: dict[str, Any], first_user: str, replies: list[str], patient: list[str],
+                        truth: str, confidence: float) -> bool:
+    """Whether what a consultation learnt (the description and the patient's answers) makes the
+    true disease the clinic's most probable one at posterior >= ``confidence``: the scripted
+    doctor, given this evidence, would diagnose it correctly. It separates a doctor that asked
+    too little from one that concluded wrongly from enough."""
+    chief, answers = read_dialogue(first_user, replies, patient)
+    post = posterior(clinic, chief, answers)
+    top = min(range(len(post)), key=lambda i: (-post[i], i))
+    return post[top] >= confidence and same_text(clinic["diseases"][top]["name"], truth)
 
 
 def _entropy(p: list[float]) -> float:
