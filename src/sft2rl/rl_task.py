@@ -61,7 +61,7 @@ class RLTask(Protocol):
     def validate(self, model, tokenizer) -> dict[str, float]: ...
 
 
-def check_limits(tokenizer, cfg: dict[str, Any], source: str, items: list, first_prompts: list[str],
+def check_limits(tokenizer, cfg: dict[str, Any], source: str, items: list, first_prompts: list[list[dict]],
                  reply_limit: int, reply_key: str) -> None:
     """The checks every multi-turn task makes when it loads its items: there are some, the
     trainer's reply limit is the one evaluation uses (``reply_key`` names that setting), and no

@@ -6,8 +6,9 @@ fixed and with a dynamic turn budget (first RL seed), the scripted and the rando
 accuracy with its 95% Wilson interval, ROUGE-L and BLEU of diagnosis and recommendation,
 turns, repeated-question rate, information-retrieval precision, invalid-format rate, mean
 episode reward and success rate, the share of consultations whose evidence sufficed for the
-true diagnosis and the accuracy on those (the synthetic clinic); for the RL rows the paired per-case difference RL - SFT of
-accuracy and of reward with its percentile bootstrap interval over cases.
+true diagnosis and the accuracy on those (the synthetic clinic); for the RL rows the paired
+per-case difference RL - SFT of accuracy and of reward with its percentile bootstrap interval
+over cases.
 
 ``results/med/ablation_turn_budget.csv``: the SFT doctor and the RL doctors of each budget
 (every RL seed) evaluated at each of ``med.rl.eval_budgets``: per (doctor, budget) the mean
@@ -29,8 +30,9 @@ from ...stats import paired_difference
 from .table import METRICS, _fmt, _read_jsonl, _save
 
 RL_EVAL_COLUMNS = ["doctor", "label", "budget", "seed", "cases", "accuracy", "accuracy_lo", "accuracy_hi", *METRICS[1:],
-                   "reward", "success_rate", "evidence_sufficient_rate", "accuracy_if_sufficient", "diff_accuracy", "diff_accuracy_lo", "diff_accuracy_hi", "diff_reward",
-                   "diff_reward_lo", "diff_reward_hi", "rl_steps", "rl_seconds"]
+                   "reward", "success_rate", "evidence_sufficient_rate", "accuracy_if_sufficient", "diff_accuracy",
+                   "diff_accuracy_lo", "diff_accuracy_hi", "diff_reward", "diff_reward_lo", "diff_reward_hi",
+                   "rl_steps", "rl_seconds"]
 LABELS = {"base": "base model", "scripted": "scripted doctor", "random": "random-question doctor"}
 
 
