@@ -94,6 +94,12 @@ def posterior(clinic: dict[str, Any], chief: str | None, answers: dict[str, bool
     return [w / total for w in weights] if total > 0 else [1 / n] * n
 
 
+def ranked(post: list[float]) -> list[int]:
+    """Disease indices from the most probable down (ties: the clinic's order), the order the
+    scripted doctor lists and diagnoses by."""
+    return sorted(range(len(post)), key=lambda i: (-post[i], i))
+
+
 def evidence_sufficient(clinic: dict[str, Any], first_user: str, replies: list[str], patient: list[str],
                         truth: str, confidence: float) -> bool:
     """Whether what a consultation learnt (the description and the patient's answers) makes the
@@ -102,7 +108,7 @@ def evidence_sufficient(clinic: dict[str, Any], first_user: str, replies: list[s
     too little from one that concluded wrongly from enough."""
     chief, answers = read_dialogue(first_user, replies, patient)
     post = posterior(clinic, chief, answers)
-    top = min(range(len(post)), key=lambda i: (-post[i], i))
+    top = ranked(post)[0]
     return post[top] >= confidence and same_text(clinic["diseases"][top]["name"], truth)
 
 
@@ -135,7 +141,7 @@ def scripted_reply(clinic: dict[str, Any], first_user: str, replies: list[str], 
     """The scripted doctor's next reply (with its think block); ``force``: the last turn."""
     chief, answers = read_dialogue(first_user, replies, patient)
     post = posterior(clinic, chief, answers)
-    order = sorted(range(len(post)), key=lambda i: (-post[i], i))
+    order = ranked(post)
     names = [clinic["diseases"][i]["name"] for i in order if post[i] > 0.01][:3]
     s, _ = best_question(clinic, chief, answers)
     if not force and s is not None and post[order[0]] < confidence:
