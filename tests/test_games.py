@@ -154,14 +154,15 @@ def assert_held_out(out_dir, corpus_docs, style):
     return {s: len(rows[s]) for s in rows}
 
 
-@pytest.mark.parametrize("history", [False, True])
-def test_default_splits_share_no_solver_path_state(tmp_path, history):
+@pytest.mark.parametrize("history,recovery", [(False, 0), (True, 0), (False, 1), (True, 1)])
+def test_default_splits_share_no_solver_path_state(tmp_path, history, recovery):
     """config.yaml's games section (its counts and sizes), through the functions the game_data and
     game_corpus rules call: test and val states are nowhere in train (rows and corpus), test nowhere
     in val. (Before the splits were disjoint by path state, 43 Sokoban and 6 FrozenLake test rows
     were training rows.)"""
     games = yaml.safe_load((REPO / "config.yaml").read_text())["games"]
     games["history"] = history
+    games["recovery"] = {"per_state": recovery, "seed": 0}
     docs = {}
     for env in games["envs"]:
         data.write_game_data(env, games, tmp_path / env)
@@ -170,6 +171,45 @@ def test_default_splits_share_no_solver_path_state(tmp_path, history):
     for env in games["envs"]:
         counts = assert_held_out(tmp_path / env, corpus, games["render"])
         assert counts["test"] >= games["counts"]["test"] and counts["train"] > counts["val"] > 0
+
+
+@pytest.mark.parametrize("env_name", ["sokoban", "frozenlake"])
+def test_recovery_rows_are_one_wrong_move_off_the_path_with_an_optimal_target(env_name):
+    """games.recovery: each train level adds up to per_state rows per path state, at a state one
+    moving, non-losing wrong move away that is on no path of its own level, labelled with an
+    action that starts a shortest plan from there; the same seed draws the same rows, another seed
+    others; a state in ``held`` gives no row; per_state 0 gives the solver's rows only."""
+    from sft2rl.tasks.games.solver import optimal_actions
+
+    cfg = dict(CFG, recovery={"per_state": 1, "seed": 0})
+    levels = [lv for lv in data.generate_levels(env_name, cfg) if lv["split"] == "train"]
+    base = data.split_rows(levels, dict(CFG, recovery={"per_state": 0, "seed": 0}), "train")
+    rows = data.split_rows(levels, cfg, "train", held=set())
+    rec = [r for r in rows if r["ability"] == "bfs-recovery"]
+    assert rows[:len(base)] == base and len(rec) == len(rows) - len(base)
+    assert len(rec) >= len(base) // 2  # most path states have a wrong move with a plan
+    by_level = {lv["index"]: lv for lv in levels}
+    for row in rec:
+        lv = by_level[row["extra_info"]["level"]]
+        r = data.rules(env_name, lv["grid"])
+        path = plan_states(r, lv["solution"])
+        k = row["extra_info"]["step"]
+        shown = row["prompt"][-1]["content"]  # the grid of the state the row is at
+        state = next(n for a in ACTIONS for n, moved in [r.step(path[k], a)]
+                     if moved and prompts.render(r.grid(n), "reference") in shown)
+        assert state not in path and not r.failed(state)
+        assert row["reward_model"]["ground_truth"]["action"] in optimal_actions(r, state)
+        assert row["response"] == prompts.response(row["reward_model"]["ground_truth"]["action"])
+    assert [r["prompt"] for r in data.split_rows(levels, cfg, "train", held=set())] == [r["prompt"] for r in rows]
+    other = data.split_rows(levels, dict(cfg, recovery={"per_state": 1, "seed": 1}), "train", held=set())
+    assert [r["prompt"] for r in other] != [r["prompt"] for r in rows]
+    # a held state is never a row: hold every state the first level's recovery rows show
+    first = [r for r in rec if r["extra_info"]["level"] == levels[0]["index"]]
+    r0 = data.rules(env_name, levels[0]["grid"])
+    held = {data.level_hash(env_name, r0.grid(n)) for s in plan_states(r0, levels[0]["solution"])
+            for a in ACTIONS for n, _ in [r0.step(s, a)]}
+    kept = [r for r in data.split_rows(levels, cfg, "train", held=held) if r["ability"] == "bfs-recovery"]
+    assert first and not [r for r in kept if r["extra_info"]["level"] == levels[0]["index"]]
 
 
 @pytest.mark.parametrize("style", ["reference", "spaced"])

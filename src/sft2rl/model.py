@@ -56,17 +56,22 @@ def has_bf16(device: torch.device) -> bool:
                 or getattr(cpu, "_is_amx_tile_supported", lambda: False)())
 
 
-def pretrain_precision(device: torch.device, requested: str) -> str:
-    """The pretraining precision actually used: ``fp32``; ``bf16`` (autocast, fp32 master
-    weights) where the device has native bf16 and it was asked for (``bf16``) or allowed
-    (``auto``); fp32 otherwise. Part of the base's run log and metrics."""
+def pretrain_precision(device: torch.device, requested: str, what: str = "pretraining") -> str:
+    """The training precision actually used (pretraining; SFT with ``what='SFT'``): ``fp32``;
+    ``bf16`` (autocast, fp32 master weights) where the device has native bf16 and it was asked
+    for (``bf16``) or allowed (``auto``); fp32 otherwise. Part of the run's log."""
     if requested not in ("fp32", "bf16", "auto"):
-        raise ValueError(f"pretrain precision must be fp32, bf16 or auto, got {requested!r}")
+        raise ValueError(f"{what} precision must be fp32, bf16 or auto, got {requested!r}")
     if requested != "fp32" and has_bf16(device):
         return "bf16"
     if requested == "bf16":
-        LOG.warning("pretraining precision bf16 asked for, but %s has no native bf16: fp32", device)
+        LOG.warning("%s precision bf16 asked for, but %s has no native bf16: fp32", what, device)
     return "fp32"
+
+
+def autocast(device: torch.device, used: str):
+    """The context a forward pass runs in at precision ``used`` (:func:`pretrain_precision`)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16) if used == "bf16" else contextlib.nullcontext()
 
 
 def set_seed(seed: int) -> None:
@@ -167,8 +172,7 @@ def pretrain(model, tokenizer, texts: list[str], cfg: dict[str, Any], tb_dir: st
 
     device = device or pick_device()
     used = pretrain_precision(device, cfg.get("precision", "fp32"))
-    amp = (torch.autocast(device.type, dtype=torch.bfloat16) if used == "bf16"
-           else contextlib.nullcontext())
+    amp = autocast(device, used)
     LOG.info("pretraining precision: %s (asked: %s)", used, cfg.get("precision", "fp32"))
     set_seed(cfg["seed"])
     gen = torch.Generator().manual_seed(cfg["seed"])

@@ -40,7 +40,7 @@ import torch
 from .errors import ConfigError, DataError
 from .io import atomic_dir, read_parquet_rows, write_json
 from .logutil import LOG
-from .model import load_model, pick_device, set_seed, train_dtype
+from .model import autocast, load_model, pick_device, pretrain_precision, set_seed, train_dtype
 
 IGNORE = -100
 
@@ -230,10 +230,10 @@ def lora_config(lora: dict[str, Any], tokenizer, train_tokens: list[str]):
     )
 
 
-def evaluate_loss(model, data: list[dict], micro_batch: int, pad_id: int, device) -> float:
+def evaluate_loss(model, data: list[dict], micro_batch: int, pad_id: int, device, precision: str = "fp32") -> float:
     model.eval()
     total, count = 0.0, 0
-    with torch.no_grad():
+    with torch.no_grad(), autocast(device, precision):
         for i in range(0, len(data), micro_batch):
             batch = {k: v.to(device) for k, v in collate(data[i:i + micro_batch], pad_id).items()}
             loss, n = masked_lm_loss(model, batch)
@@ -277,6 +277,8 @@ def train_sft(base: str, train_file: str, val_file: str, out_dir: str, cfg: dict
     set_seed(cfg["seed"])
     device = pick_device()
     model, tokenizer = load_model(base, device, train_dtype(device))
+    # bf16 autocast over fp32 weights where asked for / allowed and the device has native bf16
+    precision = pretrain_precision(device, cfg.get("precision", "fp32"), "SFT")
     overlong = cfg.get("overlong", "error")
     limit, limit_what = length_limit(cfg["max_length"], getattr(model.config, "max_position_embeddings", None),
                                      pretrain_window(base), base)
@@ -304,8 +306,9 @@ def train_sft(base: str, train_file: str, val_file: str, out_dir: str, cfg: dict
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
     LOG.info("SFT: %d train rows, %d val rows (longest %d tokens; limit %d: %s; over it and left out: %s); "
-             "%d trainable params", len(train), len(val), max(e["length"] for e in train + val), limit, limit_what,
-             overlong_rows, n_trainable)
+             "%d trainable params; precision %s (asked: %s)", len(train), len(val),
+             max(e["length"] for e in train + val), limit, limit_what, overlong_rows, n_trainable, precision,
+             cfg.get("precision", "fp32"))
 
     micro = cfg["micro_batch"]
     accum = max(1, cfg["train_batch"] // (micro * devices))
@@ -338,7 +341,7 @@ def train_sft(base: str, train_file: str, val_file: str, out_dir: str, cfg: dict
     writer = SummaryWriter(str(out / "tensorboard"), purge_step=step + 1 if step else None)
     bar = tqdm(total=total_steps, initial=step, desc="sft", mininterval=5)
     if last is None:
-        initial_val_loss = evaluate_loss(model, val, micro, pad_id, device)
+        initial_val_loss = evaluate_loss(model, val, micro, pad_id, device, precision)
         writer.add_scalar("val/loss", initial_val_loss, 0)
     for epoch in range(first_epoch, cfg["epochs"] + 1):
         order = torch.randperm(len(train), generator=gen).tolist()
@@ -350,7 +353,8 @@ def train_sft(base: str, train_file: str, val_file: str, out_dir: str, cfg: dict
             step_loss = 0.0
             for b in micro_batches:
                 b = {k: v.to(device) for k, v in b.items()}
-                loss, _ = masked_lm_loss(model, b)
+                with autocast(device, precision):
+                    loss, _ = masked_lm_loss(model, b)
                 (loss / n_tok).backward()
                 step_loss += loss.item() / n_tok
                 tokens += int(b["attention_mask"].sum())
@@ -365,7 +369,7 @@ def train_sft(base: str, train_file: str, val_file: str, out_dir: str, cfg: dict
             writer.add_scalar("train/lr", sched.get_last_lr()[0], step)
             writer.add_scalar("train/grad_norm", float(gnorm), step)
             writer.add_scalar("train/tokens_per_s", tokens / (time.time() - t0), step)
-        val_loss = evaluate_loss(model, val, micro, pad_id, device)
+        val_loss = evaluate_loss(model, val, micro, pad_id, device, precision)
         writer.add_scalar("val/loss", val_loss, step)
         train_loss = sum(epoch_losses) / len(epoch_losses)  # mean over the epoch's optimizer steps
         history.append({"epoch": epoch, "step": step, "train_loss": train_loss, "last_step_loss": step_loss,
@@ -388,7 +392,8 @@ def train_sft(base: str, train_file: str, val_file: str, out_dir: str, cfg: dict
             shutil.copytree(src, Path(tmp) / src.name, ignore=shutil.ignore_patterns(STATE_FILE))
     shutil.rmtree(out / "resume")
     write_json(out / "run_log.json", {"resumed_after_epoch": first_epoch - 1, "steps_trained": step - start_step,
-                                      "steps": step, "reason": guard["reason"], "overlong_rows": overlong_rows})
+                                      "steps": step, "reason": guard["reason"], "overlong_rows": overlong_rows,
+                                      "precision": precision})
     # metrics.json holds what the run computed, nothing of the machine: the same config gives the
     # same bytes (the time is in the log and in the job's benchmark file)
     LOG.info("SFT: %d steps (%d in this job) in %.1f s", step, step - start_step, time.time() - t0)

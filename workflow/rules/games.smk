@@ -62,7 +62,8 @@ rule game_data:
         val=f"{GAME_DATA}/{{env}}/val.parquet",
         test=f"{GAME_DATA}/{{env}}/test.parquet",
     params:
-        games=lambda wc: GAME_CFG[wc.env],
+        # recovery shapes the train rows only: play and the corpus do not key on it
+        games=lambda wc: dict(GAME_CFG[wc.env], recovery=GAMES["recovery"]),
     threads: 1
     conda:
         "../../envs/local.yaml"
@@ -432,7 +433,7 @@ if config["backend"] == "local":
         wildcard_constraints:
             n=r"\d+",
         params:
-            games=lambda wc: GAME_CFG[wc.env],
+            games=lambda wc: dict(GAME_CFG[wc.env], recovery=GAMES["recovery"]),
         threads: 1
         conda:
             "../../envs/local.yaml"

@@ -147,8 +147,74 @@ def level_rows(level: dict[str, Any], cfg: dict[str, Any]) -> list[dict[str, Any
     return rows
 
 
-def split_rows(levels: list[dict[str, Any]], cfg: dict[str, Any], split: str) -> list[dict[str, Any]]:
+def recovery_rows(level: dict[str, Any], cfg: dict[str, Any], held: set[str]) -> list[dict[str, Any]]:
+    """Rows at states one wrong move off the solver's path (``games.recovery.per_state`` per
+    path state, drawn with ``games.recovery.seed``), each labelled with the first action of a
+    shortest plan from there: the states greedy play reaches after a mistake, which the
+    solver's own path never shows (DAgger-style coverage, labelled by BFS). A wrong move that
+    changes nothing, leads to a state with no plan (a Sokoban deadlock, a FrozenLake hole), back
+    onto the level's own path or to a grid in ``held`` (the val/test path states) gives no row. With ``history: true`` the
+    wrong move and its observation are the last turn of the prompt."""
+    import random
+
+    per_state = int(cfg.get("recovery", {}).get("per_state", 0))
+    if per_state <= 0:
+        return []
+    env = level["env"]
+    r = rules(env, level["grid"])
+    states = plan_states(r, level["solution"])
+    grids = [r.grid(s) for s in states]
+    style, history, thinking = cfg["render"], cfg["history"], cfg["with_thinking"]
+    slippery = bool(cfg[env].get("slippery", False))
+    rng = random.Random(f"{cfg['recovery']['seed']}:{env}:{level['seed']}:{level.get('attempt', 0)}")
+    answers = [response(a, level["solution"][k:], thinking) for k, a in enumerate(level["solution"])]
+    own = {level_hash(env, g) for g in grids}  # a step back onto the path is already a row
+    rows = []
+    for k, action in enumerate(level["solution"]):
+        options = []
+        for wrong in ACTIONS:
+            if wrong == action:
+                continue
+            nxt, moved = r.step(states[k], wrong)
+            if not moved or r.won(nxt) or r.failed(nxt):
+                continue
+            grid = r.grid(nxt)
+            if level_hash(env, grid) in held | own:
+                continue
+            plan = bfs(r, nxt, cfg["max_solution_length"])
+            if plan:
+                options.append((wrong, grid, plan))
+        for wrong, grid, plan in rng.sample(options, min(per_state, len(options))):
+            prompt = messages(env, grids[: k + 1] + [grid], answers[:k] + [response(wrong, [wrong] + plan, thinking)],
+                              style=style, history=history, with_thinking=thinking, slippery=slippery)
+            target = response(plan[0], plan, thinking)
+            rows.append({
+                "data_source": env, "prompt": prompt, "response": target, "ability": "bfs-recovery",
+                "reward_model": {"style": "rule", "ground_truth": {"action": plan[0], "plan": plan}},
+                "extra_info": {"split": level["split"], "index": 0, "level": level["index"], "step": k},
+                "messages": prompt + [{"role": "assistant", "content": target}],
+            })
+    return rows
+
+
+def held_states(levels: list[dict[str, Any]], split: str) -> set[str]:
+    """The path states of the splits drawn before ``split`` (test, then val): what a row of
+    ``split`` must never show."""
+    earlier = SPLITS[: SPLITS.index(split)]
+    return {h for lv in levels if lv["split"] in earlier for h in path_hashes(lv["env"], lv["grid"], lv["solution"])}
+
+
+def split_rows(levels: list[dict[str, Any]], cfg: dict[str, Any], split: str,
+               held: set[str] | None = None) -> list[dict[str, Any]]:
+    """The SFT rows of ``split``: one per solver step; for train, with ``games.recovery``,
+    the recovery rows after each level's own (none at a state in ``held``, by default the
+    val/test path states of ``levels``)."""
     rows = [row for lv in levels if lv["split"] == split for row in level_rows(lv, cfg)]
+    if split == "train" and int(cfg.get("recovery", {}).get("per_state", 0)) > 0:
+        held = held_states(levels, "train") if held is None else held
+        extra = [row for lv in levels if lv["split"] == split for row in recovery_rows(lv, cfg, held)]
+        LOG.info("train: %d solver rows, %d recovery rows", len(rows), len(extra))
+        rows += extra
     for i, row in enumerate(rows):
         row["extra_info"]["index"] = i
     return rows
@@ -210,10 +276,11 @@ def write_game_data(env: str, cfg: dict[str, Any], out_dir: str | Path) -> dict[
 def write_level_subset_rows(levels_path: str | Path, cfg: dict[str, Any], n: int, out: str | Path) -> int:
     """SFT rows (one per solver step) of the first ``n`` train levels only, for SFT models of
     lesser strength (the RL-init ablation); the validation rows stay the env's own."""
-    train = read_levels(levels_path, "train")
+    levels = read_levels(levels_path)
+    train = [lv for lv in levels if lv["split"] == "train"]
     if n > len(train):
         raise ValueError(f"{levels_path}: {n} train levels asked for, {len(train)} exist")
-    rows = split_rows(train[:n], cfg, "train")
+    rows = split_rows(train[:n], cfg, "train", held=held_states(levels, "train"))
     write_parquet(out, rows)
     return len(rows)
 
