@@ -33,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import random
 from pathlib import Path
 from typing import Any
 
@@ -155,8 +156,6 @@ def recovery_rows(level: dict[str, Any], cfg: dict[str, Any], held: set[str]) ->
     changes nothing, leads to a state with no plan (a Sokoban deadlock, a FrozenLake hole), back
     onto the level's own path or to a grid in ``held`` (the val/test path states) gives no row. With ``history: true`` the
     wrong move and its observation are the last turn of the prompt."""
-    import random
-
     per_state = int(cfg.get("recovery", {}).get("per_state", 0))
     if per_state <= 0:
         return []
@@ -179,7 +178,8 @@ def recovery_rows(level: dict[str, Any], cfg: dict[str, Any], held: set[str]) ->
             if not moved or r.won(nxt) or r.failed(nxt):
                 continue
             grid = r.grid(nxt)
-            if level_hash(env, grid) in held | own:
+            h = level_hash(env, grid)
+            if h in held or h in own:
                 continue
             plan = bfs(r, nxt, cfg["max_solution_length"])
             if plan:
