@@ -124,27 +124,37 @@ def redraw_counts(levels: list[dict[str, Any]]) -> dict[str, int]:
     return {s: sum(lv.get("overlap_redraws", 0) > 0 for lv in levels if lv["split"] == s) for s in SPLITS}
 
 
+def _path(level: dict[str, Any]):
+    """A level's rules, the states along its solution and their grids."""
+    r = rules(level["env"], level["grid"])
+    states = plan_states(r, level["solution"])
+    return r, states, [r.grid(s) for s in states]
+
+
+def _row(level: dict[str, Any], cfg: dict[str, Any], k: int, grids: list, answers: list[str], plan: list[str],
+         ability: str) -> dict[str, Any]:
+    """The SFT row at step ``k`` of a level: the prompt of the observations ``grids`` and the
+    replies ``answers`` so far, the target the first action of ``plan``."""
+    env = level["env"]
+    prompt = messages(env, grids, answers, style=cfg["render"], history=cfg["history"],
+                      with_thinking=cfg["with_thinking"], slippery=bool(cfg[env].get("slippery", False)))
+    target = response(plan[0], plan, cfg["with_thinking"])
+    return {
+        "data_source": env, "prompt": prompt, "response": target, "ability": ability,
+        "reward_model": {"style": "rule", "ground_truth": {"action": plan[0], "plan": plan}},
+        "extra_info": {"split": level["split"], "index": 0, "level": level["index"], "step": k},
+        "messages": prompt + [{"role": "assistant", "content": target}],
+    }
+
+
 def level_rows(level: dict[str, Any], cfg: dict[str, Any]) -> list[dict[str, Any]]:
     """One SFT row per solver step of a level, with the prompt that step sees."""
-    env = level["env"]
-    r = rules(env, level["grid"])
-    states = plan_states(r, level["solution"])
-    grids = [r.grid(s) for s in states]
-    style, history, thinking = cfg["render"], cfg["history"], cfg["with_thinking"]
-    slippery = bool(cfg[env].get("slippery", False))
+    _, _, grids = _path(level)
     answers: list[str] = []
     rows = []
-    for k, action in enumerate(level["solution"]):
-        prompt = messages(env, grids[: k + 1], answers, style=style, history=history, with_thinking=thinking,
-                          slippery=slippery)
-        target = response(action, level["solution"][k:], thinking)
-        rows.append({
-            "data_source": env, "prompt": prompt, "response": target, "ability": "bfs",
-            "reward_model": {"style": "rule", "ground_truth": {"action": action, "plan": level["solution"][k:]}},
-            "extra_info": {"split": level["split"], "index": 0, "level": level["index"], "step": k},
-            "messages": prompt + [{"role": "assistant", "content": target}],
-        })
-        answers.append(target)  # the history holds the replies the model is trained to give
+    for k in range(len(level["solution"])):
+        rows.append(_row(level, cfg, k, grids[: k + 1], answers, level["solution"][k:], "bfs"))
+        answers.append(rows[-1]["response"])  # the history holds the replies the model is trained to give
     return rows
 
 
@@ -159,12 +169,8 @@ def recovery_rows(level: dict[str, Any], cfg: dict[str, Any], held: set[str]) ->
     per_state = int(cfg.get("recovery", {}).get("per_state", 0))
     if per_state <= 0:
         return []
-    env = level["env"]
-    r = rules(env, level["grid"])
-    states = plan_states(r, level["solution"])
-    grids = [r.grid(s) for s in states]
-    style, history, thinking = cfg["render"], cfg["history"], cfg["with_thinking"]
-    slippery = bool(cfg[env].get("slippery", False))
+    env, thinking = level["env"], cfg["with_thinking"]
+    r, states, grids = _path(level)
     rng = random.Random(f"{cfg['recovery']['seed']}:{env}:{level['seed']}:{level.get('attempt', 0)}")
     answers = [response(a, level["solution"][k:], thinking) for k, a in enumerate(level["solution"])]
     own = {level_hash(env, g) for g in grids}  # a step back onto the path is already a row
@@ -185,15 +191,8 @@ def recovery_rows(level: dict[str, Any], cfg: dict[str, Any], held: set[str]) ->
             if plan:
                 options.append((wrong, grid, plan))
         for wrong, grid, plan in rng.sample(options, min(per_state, len(options))):
-            prompt = messages(env, grids[: k + 1] + [grid], answers[:k] + [response(wrong, [wrong] + plan, thinking)],
-                              style=style, history=history, with_thinking=thinking, slippery=slippery)
-            target = response(plan[0], plan, thinking)
-            rows.append({
-                "data_source": env, "prompt": prompt, "response": target, "ability": "bfs-recovery",
-                "reward_model": {"style": "rule", "ground_truth": {"action": plan[0], "plan": plan}},
-                "extra_info": {"split": level["split"], "index": 0, "level": level["index"], "step": k},
-                "messages": prompt + [{"role": "assistant", "content": target}],
-            })
+            rows.append(_row(level, cfg, k, grids[: k + 1] + [grid],
+                             answers[:k] + [response(wrong, [wrong] + plan, thinking)], plan, "bfs-recovery"))
     return rows
 
 
