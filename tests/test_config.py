@@ -51,6 +51,8 @@ def test_default_config_is_valid(cfg):
     (("med", "sft", "lr"), -1, r"'med.sft.lr' = -1"),
     (("sft", "overlong"), "cut", r"'sft.overlong' = 'cut' is not allowed; allowed values: \['error', 'drop'\]"),
     (("games", "sft", "overlong"), "right", r"'games.sft.overlong' = 'right' is not allowed"),
+    (("games", "history"), 0, r"'games.history' = 0"),
+    (("games", "history"), "last", r"'games.history' = 'last'"),
 ])
 def test_bad_values_give_one_line(cfg, path, value, pattern):
     bad = copy.deepcopy(cfg)

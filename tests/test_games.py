@@ -320,6 +320,18 @@ def test_rows_schema_and_history():
     assert hist[2]["prompt"][2] == {"role": "assistant", "content": f"<answer> {lv['solution'][0]} </answer>"}
     assert hist[2]["prompt"][3]["content"].startswith("After you take this action, the observation is: \n")
     assert hist[2]["messages"][-1] == {"role": "assistant", "content": hist[2]["response"]}
+    win = data.level_rows(lv, dict(CFG, history=2))  # the last two turns: an episode begun two actions ago
+    assert [len(r["prompt"]) for r in win] == [2 + 2 * min(k, 2) for k in range(len(win))]
+    assert win[1]["prompt"] == hist[1]["prompt"] and win[2]["prompt"] == hist[2]["prompt"]
+    grids = data._path(lv)[2]
+    for k in range(3, len(win)):
+        assert win[k]["prompt"][1]["content"] == prompts.first_turn("sokoban", grids[k - 2], "reference", False)
+        assert win[k]["prompt"][2:] == hist[k]["prompt"][-4:]
+    markov = data.level_rows(lv, dict(CFG, history=False))
+    assert [r["prompt"] for r in markov] == [r["prompt"] for r in rows]
+    for bad in (0, -1, 1.5, "2"):
+        with pytest.raises(ValueError, match="games.history"):
+            prompts.messages("sokoban", [lv["grid"]], [], style="reference", history=bad, with_thinking=False)
     think = data.level_rows(lv, dict(CFG, with_thinking=True))[0]["response"]
     assert think == f"<think> A shortest plan from here: {', '.join(lv['solution'])}. </think> <answer> {lv['solution'][0]} </answer>"
 
@@ -398,9 +410,11 @@ def test_scripted_policy_has_its_known_success_rate():
     assert row["ci"] == "wilson" and row["success_lo"] < 0.5 < row["success_hi"]
 
 
-def test_history_prompt_in_play_matches_training_rows():
-    """An episode that plays the solver's moves sees exactly the training rows' prompts."""
-    cfg = dict(CFG, history=True)
+@pytest.mark.parametrize("history", [True, 2])
+def test_history_prompt_in_play_matches_training_rows(history):
+    """An episode that plays the solver's moves sees exactly the training rows' prompts (the
+    whole history, or a window of the last two turns)."""
+    cfg = dict(CFG, history=history)
     lv = [x for x in data.generate_levels("sokoban", cfg) if x["split"] == "test" and x["optimal"] >= 3][0]
     rows = data.level_rows(lv, cfg)
     seen = []

@@ -189,8 +189,9 @@ def test_game_rl_on_verl_needs_the_history_prompt_and_plans_the_agent_loop(tmp_p
     kw = dict(rl_run="rl-sokoban-seed1", env="sokoban", init="m", levels="l.jsonl", rl=dict(CONFIG["rl"], seed=1),
               verl=vl.verl_settings(CONFIG), nnodes=1, gpus_per_node=1, code_root=str(REPO), run_dir="r",
               final="f", summary="s.json")
-    with pytest.raises(vl.VerlConfigError, match="games.history"):
-        vl.game_rl_command(games=dict(CONFIG["games"], history=False), **kw)
+    for window in (False, 2):  # a window of turns is not one growing sequence either
+        with pytest.raises(vl.VerlConfigError, match="games.history"):
+            vl.game_rl_command(games=dict(CONFIG["games"], history=window), **kw)
     with pytest.raises(vl.VerlConfigError, match="keep_group_fraction"):
         vl.game_rl_command(games=dict(CONFIG["games"], history=True), **dict(kw, rl=dict(kw["rl"],
                                                                                           keep_group_fraction=0.25)))

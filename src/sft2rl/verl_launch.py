@@ -541,10 +541,10 @@ def game_rl_command(*, rl_run: str, env: str, init: str, levels: str, rl: dict[s
 
     from .tasks.games import VERL_AGENT_NAME
 
-    if not games.get("history"):
-        raise VerlConfigError("config key 'games.history' = false: on backend verl a game episode is one sequence "
-                              "(verl's agent loop), so the prompt of each turn is the whole history; set "
-                              "games.history: true (SFT and play then use it too)")
+    if games.get("history") is not True:
+        raise VerlConfigError(f"config key 'games.history' = {games.get('history')!r}: on backend verl a game episode "
+                              "is one sequence (verl's agent loop), so the prompt of each turn is the whole history; "
+                              "set games.history: true (SFT and play then use it too)")
     _refuse_group_filter(rl, "games.rl.keep_group_fraction")
     return _agent_rl_command(
         prepare=["prepare-game-rl", "--levels", levels, "--env", env,

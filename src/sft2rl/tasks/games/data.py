@@ -14,7 +14,7 @@ same seed drawn again (its next attempt), when
 
 So the splits are disjoint by every solver-path state, not only by seed or initial grid:
 no grid a held-out row's prompt shows (with ``history: false`` the current one; with
-``history: true`` every one so far) is in a training row, so no held-out (prompt, target)
+``history: true`` every one so far; with ``history: k`` the last k + 1) is in a training row, so no held-out (prompt, target)
 pair is a training row, and the pretraining corpus (train levels along the same paths)
 holds no held-out state. The rule is on grids, so the levels do not depend on ``history``. Test levels are
 drawn first against nothing but each other, so they are a function of their seeds alone

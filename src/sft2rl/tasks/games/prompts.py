@@ -7,7 +7,10 @@ Protocol (the reference's, restated): the system turn; a user turn with the inst
 (goal, symbols, rules, answers, rewards), the initial grid, "Decide the next action:" and
 a format line; then, after each action, an assistant turn with the answer and a user turn
 "After you take this action, the observation is: \\n{grid}\\n". With ``history: false``
-the prompt is the first user turn built on the current grid (a Markov prompt). The
+the prompt is the first user turn built on the current grid (a Markov prompt); with
+``history: k`` (an integer) it holds the last ``k`` turns: the first user turn is built on
+the grid of ``k`` actions ago, followed by the ``k`` replies and observations since, exactly
+the prompt of an episode that started there. The
 response is ``<answer> Up </answer>``, with ``with_thinking`` preceded by a think block
 that states the solver's remaining plan.
 
@@ -87,18 +90,28 @@ def first_turn(env: str, grid: list[str], style: str, with_thinking: bool, slipp
     return f"{instruction(env, slippery)}\n\n{render(grid, style)}\n{DECIDE}\n{FORMAT[with_thinking]}"
 
 
-def messages(env: str, grids: list[str], answers: list[str], *, style: str, history: bool,
+def history_window(history: bool | int) -> int | None:
+    """How many earlier turns a prompt holds under ``games.history``: 0 (``false``, Markov),
+    ``k`` (an integer k >= 1), or None (``true``, every one)."""
+    if history is True or history is False:
+        return None if history else 0
+    if not isinstance(history, int) or history < 1:
+        raise ValueError(f"games.history = {history!r}: expected true, false or an integer >= 1")
+    return history
+
+
+def messages(env: str, grids: list[str], answers: list[str], *, style: str, history: bool | int,
              with_thinking: bool, slippery: bool = False) -> list[dict[str, str]]:
     """The prompt before the next action: ``grids`` are the observations so far (the initial
-    grid first), ``answers`` the assistant replies so far (one fewer than ``grids``)."""
+    grid first), ``answers`` the assistant replies so far (one fewer than ``grids``);
+    ``history`` as in :func:`history_window`."""
     if len(grids) != len(answers) + 1:
         raise ValueError(f"{len(grids)} observations for {len(answers)} answers")
-    if not history:
-        return [{"role": "system", "content": SYSTEM},
-                {"role": "user", "content": first_turn(env, grids[-1], style, with_thinking, slippery)}]
+    keep = history_window(history)
+    start = 0 if keep is None else max(0, len(answers) - keep)
     out = [{"role": "system", "content": SYSTEM},
-           {"role": "user", "content": first_turn(env, grids[0], style, with_thinking, slippery)}]
-    for answer, grid in zip(answers, grids[1:]):
+           {"role": "user", "content": first_turn(env, grids[start], style, with_thinking, slippery)}]
+    for answer, grid in zip(answers[start:], grids[start + 1:]):
         out.append({"role": "assistant", "content": answer})
         out.append({"role": "user", "content": OBSERVATION.format(grid=render(grid, style))})
     return out

@@ -13,7 +13,7 @@ header and instruction): that common start is the rows' shared prompt, computed 
 batch by the trainer, and the rest of a turn's prompt (grid and answer line) leads the row's
 response as context (loss mask 0), so the log-probs are those of the whole prompt. With ``games.history: false`` (the default)
 the prompt is Markov (the current grid); with ``true`` it holds the earlier grids and
-replies, and the row's prompt is that turn's whole chat. Every row of an episode takes the
+replies (with an integer ``k`` the last ``k`` of them), and the row's prompt is that turn's whole chat. Every row of an episode takes the
 episode's advantage.
 
 Reward of an episode (RAGEN's): the sum of the environment's step rewards (Sokoban: -0.1

@@ -52,7 +52,7 @@ class GameAgentLoop(AgentLoopBase):
     def __init__(self, *args, games: Any, env: str, episode_log: str | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.games = OmegaConf.to_container(games, resolve=True) if isinstance(games, DictConfig) else dict(games)
-        if not self.games.get("history"):
+        if self.games.get("history") is not True:
             raise ValueError("games on verl need games.history: true (one sequence per episode)")
         self.env = env
         self.episode_log = episode_log
