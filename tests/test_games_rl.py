@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from sft2rl.rl_task import group_filter, pack_rows
+from sft2rl.rl_task import chain_turns, group_filter, pack_rows
 from sft2rl.tasks.games import data, play, prompts
 from test_games import CFG
 
@@ -32,6 +32,27 @@ def test_pack_rows_pads_prompts_left_and_responses_right():
     assert t["logprobs"].tolist() == [[-0.5, 0.0, -1.0], [-2.0, 0.0, 0.0]]
     with pytest.raises(ValueError, match="loss mask"):
         pack_rows([[1]], [[1, 2]], [[1]], None, pad_id=0)
+
+
+def test_chain_turns_extends_a_row_only_where_the_prompt_continues_it():
+    """Episode 0 grows a history (turn 2's prompt = turn 1's prompt + reply + observation);
+    episode 1's second prompt re-tokenises the reply (no extension) and its third continues
+    that new row; episode 2 is Markov (same-length prompts): one row per turn."""
+    turns = [(0, [1, 2], [5, 6], [-.1, -.2]), (1, [1, 3], [7], [-.3]), (2, [1, 4], [8], [-.4]),
+             (0, [1, 2, 5, 6, 9], [5], [-.5]), (1, [1, 3, 70, 9], [7], [-.6]), (2, [1, 4], [8], [-.7]),
+             (0, [1, 2, 5, 6, 9, 5, 9, 9], [6], [-.8]), (1, [1, 3, 70, 9, 7, 9], [2], [-.9])]
+    owner, prompts_, tails, loss, logps = chain_turns(turns)
+    assert owner == [0, 1, 2, 1, 2]
+    assert prompts_ == [[1, 2], [1, 3], [1, 4], [1, 3, 70, 9], [1, 4]]
+    assert tails == [[5, 6, 9, 5, 9, 9, 6], [7], [8], [7, 9, 2], [8]]
+    assert loss == [[1, 1, 0, 1, 0, 0, 1], [1], [1], [1, 0, 1], [1]]
+    assert logps[0] == [-.1, -.2, 0.0, -.5, 0.0, 0.0, -.8] and logps[3] == [-.6, 0.0, -.9]
+    # every sampled token keeps its place: the loss-1 tokens of an episode's rows are its replies in order
+    for ep in range(3):
+        sampled = [t for o, tl, m in zip(owner, tails, loss) if o == ep for t, b in zip(tl, m) if b]
+        assert sampled == [t for i, _, r, _ in turns if i == ep for t in r]
+    # without log-probs (an engine that gives none) the rows have none
+    assert chain_turns([(0, [1], [2], None), (0, [1, 2, 3], [4], None)])[4] == [None]
 
 
 def test_group_filter_keeps_the_groups_with_the_largest_reward_spread():
@@ -154,6 +175,55 @@ def test_multi_turn_rollout_rows_masks_and_rewards(frozen):
     # the same seed gives the same episodes
     again = task.rollout(model, tok, items[:2], 3, RL, seed=7)
     assert [e.replies for e in again.info] == [e.replies for e in eps]
+
+
+def sampled_turns(ro):
+    """Every reply of a rollout in row order: (trajectory, the row's tokens before the reply,
+    the reply's tokens), a reply being a run of loss-mask-1 tokens; asserts no row is without one."""
+    out = []
+    for row in range(len(ro.row_traj)):
+        real = ro.response_mask[row].bool()
+        resp, loss = ro.response_ids[row][real].tolist(), ro.loss_mask[row][real].tolist()
+        starts = [k for k in range(len(loss)) if loss[k] and (k == 0 or not loss[k - 1])]
+        assert starts, "a row without a sampled token"
+        for k in starts:
+            end = next((j for j in range(k, len(loss)) if not loss[j]), len(loss))
+            out.append((int(ro.row_traj[row]), ro.prompt_ids[row].tolist() + resp[:k], resp[k:end]))
+    return out
+
+
+def test_history_rollout_is_one_row_per_episode_with_the_turns_log_probs(frozen):
+    """With the history prompt a turn's prompt continues the episode's row, so an episode is
+    one row (where the reply's tokens re-tokenise as sampled): each reply's context in its row
+    is exactly the prompt play builds for that turn, and the trainer's log-prob of every
+    sampled token is the engine's."""
+    from sft2rl.grpo import _chunked_logprobs
+    from sft2rl.model import load_model
+    from sft2rl.tasks.games.rl import GamesTask
+
+    games = dict(GAMES, history=True)
+    model, tok = load_model(str(frozen / "model"))
+    task = GamesTask("frozenlake", str(frozen / "frozenlake" / "levels.jsonl"), games)
+    items = task.load(tok, RL)
+    ro = task.rollout(model, tok, items[:2], 3, dict(RL, max_prompt_length=2048), seed=7)
+    eps = ro.info
+    turns = sum(e.steps for e in eps)
+    assert len(ro.row_traj) < turns and sum(e.steps > 1 for e in eps) > 0  # rows were chained
+    assert sorted(set(ro.row_traj.tolist())) == list(range(6))
+    turn = {i: 0 for i in range(6)}
+    for i, before, reply in sampled_turns(ro):  # each reply: the tokens before it are that turn's whole prompt
+        e = eps[i]
+        assert tok.decode(reply, skip_special_tokens=True) == e.replies[turn[i]]
+        msgs = prompts.messages("frozenlake", e.grids[:turn[i] + 1], e.replies[:turn[i]], style="reference",
+                                history=True, with_thinking=False)
+        text = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        assert before == tok.encode(text, add_special_tokens=False)
+        turn[i] += 1
+    assert turn == {i: e.steps for i, e in enumerate(eps)}
+    with torch.no_grad():
+        logp = _chunked_logprobs(model, ro, ro.response_mask, 1.0)
+    on = ro.loss_mask.bool()
+    assert torch.allclose(logp[on], ro.logprobs[on], atol=1e-4)
 
 
 def test_games_rl_runs_on_the_shared_trainer_with_validation(frozen, tmp_path):

@@ -109,9 +109,12 @@ def clinic_model(tmp_path_factory):
 
 @pytest.mark.parametrize("mode", ["fixed", "dynamic"])
 def test_consultation_rollout_rows_masks_budgets_and_rewards(clinic_model, mode):
-    """Every doctor turn is one row whose prompt is the evaluation's prompt for that turn (the
-    budget stated), whose loss mask covers the sampled reply only; a group shares its budget;
-    the scores are the consultations' rewards."""
+    """Every doctor reply sits in a row after exactly the evaluation's prompt for that turn (the
+    budget stated; a turn whose prompt continues the consultation's row extends it), the loss
+    mask covers the sampled replies only; a group shares its budget; the scores are the
+    consultations' rewards."""
+    from test_games_rl import sampled_turns
+
     from sft2rl.model import load_model
     from sft2rl.tasks.med.rl import MedTask
 
@@ -125,23 +128,18 @@ def test_consultation_rollout_rows_masks_budgets_and_rewards(clinic_model, mode)
     limits = [c.max_turns for c in cons]
     assert limits[:3] == [limits[0]] * 3 and limits[3:] == [limits[3]] * 3
     assert all(2 <= b <= 4 for b in limits) if mode == "dynamic" else limits == [3] * 6
-    assert [int((ro.row_traj == i).sum()) for i in range(6)] == [len(c.replies) for c in cons]
     assert ((ro.loss_mask == 1) <= (ro.response_mask == 1)).all()
     turn = dict.fromkeys(range(6), 0)
-    for row in range(len(ro.row_traj)):
-        i = int(ro.row_traj[row])
+    for i, before, reply in sampled_turns(ro):
         c = cons[i]
-        on = ro.response_mask[row].bool()
-        resp, loss = ro.response_ids[row][on], ro.loss_mask[row][on]
-        k = int(loss.argmax())
-        assert loss[k:].all() and not loss[:k].any()
-        assert tok.decode(resp[k:], skip_special_tokens=True) == c.replies[turn[i]]
+        assert tok.decode(reply, skip_special_tokens=True) == c.replies[turn[i]]
         msgs = dialog.history_messages(c.first, c.replies[:turn[i]], c.patient[:turn[i]], with_thinking=False,
                                        force=turn[i] == c.max_turns - 1, budget=c.max_turns)
         assert f"at most {c.max_turns} turns." in msgs[1]["content"]
         text = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-        assert ro.prompt_ids[row].tolist() + resp[:k].tolist() == tok.encode(text, add_special_tokens=False)
+        assert before == tok.encode(text, add_special_tokens=False)
         turn[i] += 1
+    assert turn == {i: len(c.replies) for i, c in enumerate(cons)}
     scores, metrics = task.rewards(items[:2], ro)
     assert scores.tolist() == [c.record()["reward"] for c in cons]
     # an untrained model's replies are malformed: -2 a turn, -5 without a diagnosis

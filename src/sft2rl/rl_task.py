@@ -15,9 +15,9 @@ A trajectory is one or more *rows*. A row is a prompt (left-padded) and a respon
 (right-padded); ``response_mask`` is 1 on every real response token (what the forward pass
 attends to) and ``loss_mask`` 1 only on the tokens the policy sampled. A one-turn answer is
 one row with both masks equal; a Markov prompt per turn gives one row per turn; a growing
-multi-turn history gives one row whose response holds the policy's turns and the
-environment's observations, the observations with loss mask 0. Every row of a trajectory
-takes the trajectory's advantage.
+multi-turn history gives one row per episode whose response holds the policy's turns and the
+environment's observations, the observations with loss mask 0 (:func:`chain_turns`). Every
+row of a trajectory takes the trajectory's advantage.
 """
 from __future__ import annotations
 
@@ -136,6 +136,39 @@ def common_prefix(prompts: list[list[int]]) -> int:
     return c
 
 
+def chain_turns(turns: Sequence[tuple[int, list[int], list[int], list[float] | None]]):
+    """Turns ``(episode, prompt ids, sampled reply ids, their log-probs)``, in the order played,
+    -> rows ``(owner, prompt, tail, loss mask, log-probs)``, the last three over the tail. A
+    turn whose prompt starts with its episode's open row (that row's prompt and tail, token
+    for token) appends the rest of its prompt (the observation: loss 0, log-prob 0) and its
+    reply (loss 1) to the row; any other turn opens a row. Each sampled token then sees the
+    same tokens before it as in its own turn's prompt, so its log-prob is the same, and a
+    growing history costs one sequence per episode instead of one per turn."""
+    owner: list[int] = []
+    prompts: list[list[int]] = []
+    tails: list[list[int]] = []
+    loss: list[list[int]] = []
+    logps: list[list[float] | None] = []
+    open_row: dict[int, int] = {}
+    for i, p, r, lp in turns:
+        k = open_row.get(i)
+        if k is not None:
+            n_p, n_t = len(prompts[k]), len(tails[k])
+            if len(p) > n_p + n_t and p[:n_p] == prompts[k] and p[n_p:n_p + n_t] == tails[k]:
+                ctx = p[n_p + n_t:]
+                tails[k] += ctx + r
+                loss[k] += [0] * len(ctx) + [1] * len(r)
+                logps[k] = None if lp is None or logps[k] is None else logps[k] + [0.0] * len(ctx) + lp
+                continue
+        open_row[i] = len(owner)
+        owner.append(i)
+        prompts.append(list(p))
+        tails.append(list(r))
+        loss.append([1] * len(r))
+        logps.append(None if lp is None else list(lp))
+    return owner, prompts, tails, loss, logps
+
+
 def multi_turn_rollout(model, tokenizer, episodes: list, groups: np.ndarray, *, done: Callable[[Any], bool],
                        prompt: Callable[[Any], list[dict[str, str]]], advance: Callable[[list, list[str]], None],
                        max_new_tokens: int, cfg: dict[str, Any], metrics: dict[str, float] | None = None) -> Rollout:
@@ -144,13 +177,15 @@ def multi_turn_rollout(model, tokenizer, episodes: list, groups: np.ndarray, *, 
     at ``rl.temperature`` / ``rl.top_p``, prompts never cut past ``rl.max_prompt_length``), and
     ``advance(active episodes, replies)`` moves them on (the environment or the patient).
 
-    Each turn is one row: the prompts of every turn start alike (chat header, instruction),
-    that common start is the rows' one shared prompt (computed once per batch by the
-    trainer), the rest of a turn's prompt leads its response as context (loss mask 0), and
-    the sampled reply has loss mask 1. ``groups``: the group of each episode."""
+    Rows (:func:`chain_turns`): a turn whose prompt's tokens continue its episode's row so far
+    (a growing history) extends that row; any other turn (a Markov prompt, a window of turns,
+    a history re-tokenised otherwise) starts a row. The rows' common start (chat header,
+    instruction) is their one shared prompt (computed once per batch by the trainer); the
+    rest of a row's prompt and the observations between its turns are context (loss mask 0),
+    the sampled replies have loss mask 1. ``groups``: the group of each episode."""
     from .generation import generate
 
-    prompts, responses, logps, owner = [], [], [], []
+    turns: list[tuple[int, list[int], list[int], list[float] | None]] = []
     while True:
         active = [i for i, e in enumerate(episodes) if not done(e)]
         if not active:
@@ -160,15 +195,14 @@ def multi_turn_rollout(model, tokenizer, episodes: list, groups: np.ndarray, *, 
                        max_prompt_length=cfg["max_prompt_length"])
         for row, i in enumerate(active):
             pm, rm = gen.prompt_mask[row].bool(), gen.response_mask[row].bool()
-            prompts.append(gen.prompt_ids[row][pm].tolist())
-            responses.append(gen.response_ids[row][rm].tolist())
-            logps.append(gen.logprobs[row][rm].tolist() if gen.logprobs is not None else None)
-            owner.append(i)
+            turns.append((i, gen.prompt_ids[row][pm].tolist(), gen.response_ids[row][rm].tolist(),
+                          gen.logprobs[row][rm].tolist() if gen.logprobs is not None else None))
         advance([episodes[i] for i in active], gen.texts)
+    owner, prompts, tails, loss, logps = chain_turns(turns)
     c = common_prefix(prompts)
-    loss = [[0] * (len(p) - c) + [1] * len(r) for p, r in zip(prompts, responses)]
     with_logps = all(lp is not None for lp in logps)
-    t = pack_rows([p[:c] for p in prompts], [p[c:] + r for p, r in zip(prompts, responses)], loss,
+    t = pack_rows([p[:c] for p in prompts], [p[c:] + r for p, r in zip(prompts, tails)],
+                  [[0] * (len(p) - c) + m for p, m in zip(prompts, loss)],
                   [[0.0] * (len(p) - c) + lp for p, lp in zip(prompts, logps)] if with_logps else None,
                   tokenizer.pad_token_id, model.device)
     return Rollout(t["prompt_ids"], t["prompt_mask"], t["response_ids"], t["response_mask"], t["loss_mask"],
