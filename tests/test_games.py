@@ -212,6 +212,46 @@ def test_recovery_rows_are_one_wrong_move_off_the_path_with_an_optimal_target(en
     assert first and not [r for r in kept if r["extra_info"]["level"] == levels[0]["index"]]
 
 
+def test_still_rows_show_a_move_that_changed_nothing_then_the_solver_action():
+    """games.recovery.still (with a history window): at a path state, a wrong move that leaves
+    the grid as it was is the prompt's last turn (that move, the same grid again) and the
+    target is the solver's action there; at most ``still`` per path state, only where such a
+    move exists; the Markov prompt refuses the key (the row would repeat the solver's)."""
+    import yaml
+
+    from sft2rl.config import ConfigError, check_config
+
+    cfg = dict(CFG, history=1, recovery={"per_state": 0, "still": 1, "seed": 0})
+    levels = [lv for lv in data.generate_levels("sokoban", cfg) if lv["split"] == "train"]
+    base = data.split_rows(levels, dict(cfg, recovery={"per_state": 0, "seed": 0}), "train")
+    rows = data.split_rows(levels, cfg, "train", held=set())
+    still = [r for r in rows if r["ability"] == "bfs-still"]
+    assert rows[:len(base)] == base and len(still) == len(rows) - len(base) > 0
+    by_level = {lv["index"]: lv for lv in levels}
+    expected = 0
+    for lv in levels:
+        r = data.rules("sokoban", lv["grid"])
+        path = plan_states(r, lv["solution"])
+        expected += sum(any(not r.step(s, a)[1] for a in ACTIONS if a != lv["solution"][k]) for k, s in enumerate(path[:-1]))
+    assert len(still) == expected  # one per path state that has a wrong move changing nothing
+    for row in still:
+        lv = by_level[row["extra_info"]["level"]]
+        k = row["extra_info"]["step"]
+        r = data.rules("sokoban", lv["grid"])
+        state = plan_states(r, lv["solution"])[k]
+        grid = prompts.render(r.grid(state), "reference")
+        wrong = prompts.parse_action(row["prompt"][-2]["content"])[0]
+        assert row["prompt"][-2]["role"] == "assistant" and wrong != lv["solution"][k]
+        assert not r.step(state, wrong)[1]  # the move changed nothing
+        assert grid in row["prompt"][1]["content"] and grid in row["prompt"][-1]["content"]
+        assert row["prompt"][-1]["content"].startswith("After you take this action")
+        assert row["response"] == prompts.response(lv["solution"][k])
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config["games"]["recovery"]["still"] = 1
+    with pytest.raises(ConfigError, match="games.recovery.still"):
+        check_config(config, REPO / "workflow/schemas/config.schema.yaml")
+
+
 @pytest.mark.parametrize("style", ["reference", "spaced"])
 def test_cell_tokens_read_each_cell_as_one_token_and_round_trip(levels, style):
     """games.tiny.cell_tokens: the games' tokenizer reads every cell of the reference rendering

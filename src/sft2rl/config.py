@@ -119,6 +119,11 @@ def _check_consistency(config: dict[str, Any]) -> None:
             )
     games = config.get("games")
     if games:
+        if games.get("recovery", {}).get("still", 0) and games["history"] is False:
+            raise ConfigError("config key 'games.recovery.still' = "
+                              f"{games['recovery']['still']} needs a history in the prompt (games.history: 1 or "
+                              "more, or true): with the Markov prompt a move that changed nothing shows the same "
+                              "prompt as the solver's own row")
         unknown = sorted(set(games["sft_files"]) - set(games["envs"]))
         if unknown:
             raise ConfigError(f"config key 'games.sft_files' names {unknown}, which are not in 'games.envs' "

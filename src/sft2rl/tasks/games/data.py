@@ -165,23 +165,33 @@ def recovery_rows(level: dict[str, Any], cfg: dict[str, Any], held: set[str]) ->
     solver's own path never shows (DAgger-style coverage, labelled by BFS). A wrong move that
     changes nothing, leads to a state with no plan (a Sokoban deadlock, a FrozenLake hole), back
     onto the level's own path or to a grid in ``held`` (the val/test path states) gives no row. With ``history: true`` the
-    wrong move and its observation are the last turn of the prompt."""
-    per_state = int(cfg.get("recovery", {}).get("per_state", 0))
-    if per_state <= 0:
+    wrong move and its observation are the last turn of the prompt.
+
+    ``games.recovery.still`` (needs a history in the prompt): rows per path state after a wrong
+    move that changed nothing (a walk into a wall, a push against one): the prompt's last turn
+    shows that move and the same grid again, the target is the solver's action there. They
+    teach a policy to leave a move that does nothing, which greedy play otherwise repeats to
+    the step limit."""
+    rec = cfg.get("recovery", {})
+    per_state, still = int(rec.get("per_state", 0)), int(rec.get("still", 0))
+    if per_state <= 0 and still <= 0:
         return []
     env, thinking = level["env"], cfg["with_thinking"]
     r, states, grids = _path(level)
-    rng = random.Random(f"{cfg['recovery']['seed']}:{env}:{level['seed']}:{level.get('attempt', 0)}")
+    rng = random.Random(f"{rec['seed']}:{env}:{level['seed']}:{level.get('attempt', 0)}")
     answers = [response(a, level["solution"][k:], thinking) for k, a in enumerate(level["solution"])]
     own = {level_hash(env, g) for g in grids}  # a step back onto the path is already a row
     rows = []
     for k, action in enumerate(level["solution"]):
-        options = []
+        options, stuck = [], []
         for wrong in ACTIONS:
             if wrong == action:
                 continue
             nxt, moved = r.step(states[k], wrong)
-            if not moved or r.won(nxt) or r.failed(nxt):
+            if not moved:
+                stuck.append(wrong)
+                continue
+            if per_state <= 0 or r.won(nxt) or r.failed(nxt):
                 continue
             grid = r.grid(nxt)
             h = level_hash(env, grid)
@@ -193,6 +203,10 @@ def recovery_rows(level: dict[str, Any], cfg: dict[str, Any], held: set[str]) ->
         for wrong, grid, plan in rng.sample(options, min(per_state, len(options))):
             rows.append(_row(level, cfg, k, grids[: k + 1] + [grid],
                              answers[:k] + [response(wrong, [wrong] + plan, thinking)], plan, "bfs-recovery"))
+        for wrong in rng.sample(stuck, min(still, len(stuck))):  # the move changed nothing: same grid again
+            plan = level["solution"][k:]
+            rows.append(_row(level, cfg, k, grids[: k + 1] + [grids[k]],
+                             answers[:k] + [response(wrong, [wrong] + plan, thinking)], plan, "bfs-still"))
     return rows
 
 
@@ -209,7 +223,8 @@ def split_rows(levels: list[dict[str, Any]], cfg: dict[str, Any], split: str,
     the recovery rows after each level's own (none at a state in ``held``, by default the
     val/test path states of ``levels``)."""
     rows = [row for lv in levels if lv["split"] == split for row in level_rows(lv, cfg)]
-    if split == "train" and int(cfg.get("recovery", {}).get("per_state", 0)) > 0:
+    rec = cfg.get("recovery", {})
+    if split == "train" and (int(rec.get("per_state", 0)) > 0 or int(rec.get("still", 0)) > 0):
         held = held_states(levels, "train") if held is None else held
         extra = [row for lv in levels if lv["split"] == split for row in recovery_rows(lv, cfg, held)]
         LOG.info("train: %d solver rows, %d recovery rows", len(rows), len(extra))
