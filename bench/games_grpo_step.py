@@ -10,8 +10,9 @@ advantages, full fine-tuning, AdamW lr 1e-4 (constant, no weight decay), grad cl
 0.2 / 0.28, no KL term, one PPO epoch over one mini-batch, token-mean loss.
 
 - ``sft2rl``: :func:`sft2rl.grpo.train_rl` with :class:`sft2rl.tasks.games.rl.GamesTask`
-  (every episode of the batch in lockstep through the lean engine; one row per turn with
-  the shared prompt computed once);
+  (every episode of the batch in lockstep through the lean engine; an episode's turns
+  chained into one sequence where each prompt's tokens continue it,
+  :func:`sft2rl.rl_task.chain_turns`, the shared prompt computed once);
 - ``trl``: ``trl.GRPOTrainer`` 1.16 with a ``rollout_func`` that plays the same episodes in
   lockstep with ``model.generate`` (one batched call per turn, the plain way) and returns
   one sequence per episode with its ``env_mask`` (observation tokens 0) and log-probs.
@@ -20,10 +21,11 @@ What cannot be matched, stated in the output: TRL's ``environment_factory`` (its
 multi-turn path) drives an environment through tool calls, so it needs a chat template that
 renders tool calls and a policy that emits them; the games' policy answers in RAGEN's
 ``<answer>`` format and the tiny model's template has no tools (TRL refuses it: "The provided
-chat template does not support tool calling"), hence ``rollout_func``. TRL trains one
-sequence per episode, sft2rl one row per turn (the same tokens under the loss, the prompt
-of each turn as context); TRL's advantage std adds 1e-4 (verl 1e-6); the episodes differ
-(each draws its own samples), so the table also gives turns per step.
+chat template does not support tool calling"), hence ``rollout_func``. Both train one
+sequence per episode (sft2rl falls back to a row per turn where a prompt does not continue
+its episode's tokens); TRL's advantage std adds 1e-4 (verl 1e-6); the episodes differ
+(each draws its own samples), so the table also gives turns per step, and each step's
+rollout (playing the episodes) apart from the rest (log-probs and the update).
 
     python bench/games_grpo_step.py [--steps 4] [--rounds 2]
     -> bench/results/games_grpo_step.{json,csv}
@@ -58,7 +60,7 @@ rl = dict(rl_config(dict(cfg, games=games)), seed=seed, total_steps=steps + 1, s
           max_prompt_length=2048)
 ev = games["eval"]
 n, batch = rl["n"], rl["train_batch"]
-times, turns = [], []
+times, turns, rollouts = [], [], []
 if kind == "trl":
     from datasets import Dataset
     from transformers import TrainerCallback
@@ -73,6 +75,7 @@ if kind == "trl":
     stops = stop_token_ids(m, tok)
 
     def rollout(prompts, trainer):
+        t_roll = time.perf_counter()
         model_ = trainer.model
         eps = [Episode(env, by_text[p[-1]["content"]], k, games, ev["max_steps"], seed * 1000 + k)
                for k, p in enumerate(prompts)]
@@ -109,6 +112,7 @@ if kind == "trl":
                     mask[i] += [0] * len(obs)
                     logps[i] += [0.0] * len(obs)
         turns.append(sum(e.steps for e in eps))
+        rollouts.append(time.perf_counter() - t_roll)
         return {"prompt_ids": prompt_ids, "completion_ids": [s[len(p):] for s, p in zip(seq, prompt_ids)],
                 "logprobs": logps, "env_mask": mask,
                 "episode_reward": [episode_score(e, games["rl"]["format_penalty"]) for e in eps]}
@@ -140,14 +144,15 @@ else:
     def timed(self, *a, **k):
         marks.append(time.perf_counter())
         ro = real(self, *a, **k)
+        rollouts.append(time.perf_counter() - marks[-1])
         turns.append(int(sum(e.steps for e in ro.info)))
         return ro
     GamesTask.rollout = timed
     task = GamesTask(env, levels, dict(games, rl=dict(games["rl"])))
     train_rl(model, task, tempfile.mkdtemp(dir=work), rl)
     times = [b - a for a, b in zip(marks, marks[1:])]
-    turns = turns[:len(times)]
-print("STEP_TIMES " + json.dumps({"times": times, "turns": turns}))
+    turns, rollouts = turns[:len(times)], rollouts[:len(times)]
+print("STEP_TIMES " + json.dumps({"times": times, "turns": turns, "rollouts": rollouts}))
 """
 
 
@@ -161,7 +166,7 @@ def run_child(kind: str, model: str, levels: str, steps: int, seed: int, work: P
     if proc.returncode != 0 or not line:
         raise SystemExit(f"{kind} failed:\n{proc.stderr[-3000:]}")
     got = json.loads(line[-1].split(" ", 1)[1])
-    return {"times": got["times"][1:], "turns": got["turns"][1:]}  # the first step is the warm-up
+    return {k: got[k][1:] for k in ("times", "turns", "rollouts")}  # the first step is the warm-up
 
 
 def main(argv=None) -> int:
@@ -179,7 +184,7 @@ def main(argv=None) -> int:
         print(f"needs the games workflow's FrozenLake SFT model and levels ({a.model}): run "
               "`snakemake --cores 2 games` first", file=sys.stderr)
         return 2
-    got: dict[str, dict[str, list]] = {k: {"times": [], "turns": []} for k in ("sft2rl", "trl")}
+    got: dict[str, dict[str, list]] = {k: {"times": [], "turns": [], "rollouts": []} for k in ("sft2rl", "trl")}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(a.rounds):
             for name in got:
@@ -192,6 +197,8 @@ def main(argv=None) -> int:
     rows = [{"contender": k, "median_s_per_step": med[k], "min_s": min(v["times"]), "max_s": max(v["times"]),
              "steps_timed": len(v["times"]), "mean_turns_per_step": statistics.mean(v["turns"]),
              "s_per_1000_turns": 1000 * sum(v["times"]) / sum(v["turns"]),
+             "rollout_s_per_1000_turns": 1000 * sum(v["rollouts"]) / sum(v["turns"]),
+             "update_s_per_1000_turns": 1000 * (sum(v["times"]) - sum(v["rollouts"])) / sum(v["turns"]),
              "time_vs_sft2rl": med[k] / med["sft2rl"]} for k, v in got.items()]
     rl = dict(config["rl"], **{k: v for k, v in config["games"]["rl"].items()})
     payload = {"what": "one multi-turn GRPO step on FrozenLake (history prompt), identical settings, 1 thread each",
@@ -203,7 +210,8 @@ def main(argv=None) -> int:
                             "train_mode": rl["train_mode"], "ppo_epochs": rl["ppo_epochs"]},
                "not_matched": ["TRL environment_factory needs tool calls (the policy answers in RAGEN's format and "
                                "the tiny model's chat template has no tools): TRL runs with rollout_func",
-                               "TRL trains one sequence per episode, sft2rl one row per turn (same loss tokens)",
+                               "both train one sequence per episode where the next prompt's tokens continue it "
+                               "(TRL: built so; sft2rl: chain_turns checks it)",
                                "advantage std epsilon: TRL 1e-4 vs verl 1e-6",
                                "episodes differ (own samples): compare per turn as well"],
                "results": got}

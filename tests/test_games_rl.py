@@ -243,6 +243,11 @@ def test_games_rl_runs_on_the_shared_trainer_with_validation(frozen, tmp_path):
         assert 1 <= h["turns"] <= GAMES["eval"]["max_steps"]
     state = json.loads((tmp_path / "run" / "checkpoints" / "step_2" / "trainer_state.json").read_text())
     assert state["step"] == 2
+    assert all("kl" in h for h in hist[1:])  # validated steps log the KL to the reference
+    # without a KL term the reference runs only on validation steps and the last: its KL is a diagnostic
+    quiet = train_rl(str(frozen / "model"), task, str(tmp_path / "quiet"), dict(RL, val_every=0))["history"]
+    assert [h["step"] for h in quiet] == [1, 2] and "kl" not in quiet[0] and quiet[1]["kl"] >= 0
+    assert quiet[0]["pg_loss"] == pytest.approx(hist[1]["pg_loss"], abs=1e-6)  # the same first update
     with pytest.raises(ValueError, match="max_new_tokens"):
         train_rl(str(frozen / "model"), task, str(tmp_path / "bad"), dict(RL, max_response_length=7))
 

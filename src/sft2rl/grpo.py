@@ -191,6 +191,14 @@ def _chunked_logprobs(model, ro, response_mask: torch.Tensor, temperature: float
     return out
 
 
+def needs_reference(cfg: dict[str, Any], diagnostic_step: bool) -> bool:
+    """Whether a step runs the reference model's forward pass: always when the KL term is in
+    the loss (``rl.use_kl_loss``); without it only on ``diagnostic_step`` (a validation step,
+    and the last), where the KL to the reference is logged to watch the policy's drift. verl
+    likewise runs no reference without a KL term; the pass is a quarter of an update."""
+    return bool(cfg["use_kl_loss"]) or diagnostic_step
+
+
 def on_policy(cfg: dict[str, Any]) -> bool:
     """One PPO epoch over one mini-batch: the update's policy is the rollout's, so the old
     log-probs are the training pass's own, detached (as verl's actor does); no extra forward."""
@@ -319,14 +327,17 @@ def train_rl(init_model: str, task, run_dir: str, cfg: dict[str, Any], stop_afte
         lmask = ro.loss_mask
         adv = trajectory_advantages(scores, ro.traj_group, cfg["norm_adv_by_std"])[ro.row_traj][:, None] * lmask
         skip_old = on_policy(cfg)
+        validate_now = bool(val_every) and (step % val_every == 0 or step == total)
+        with_ref = needs_reference(cfg, validate_now or step == total)
         with torch.inference_mode(), _autocast(device, amp):
             old_logp = None if skip_old else _chunked_logprobs(model, ro, ro.response_mask, cfg["temperature"])
-            if ref_model is None:
+            ref_logp = None
+            if with_ref and ref_model is None:
                 with model.disable_adapter():
                     ref_logp = _chunked_logprobs(model, ro, ro.response_mask, cfg["temperature"])
-            else:
+            elif with_ref:
                 ref_logp = _chunked_logprobs(ref_model, ro, ro.response_mask, cfg["temperature"])
-        ref_logp = ref_logp.clone()  # out of inference mode: it enters the loss
+        ref_logp = ref_logp.clone() if ref_logp is not None else None  # out of inference mode: it enters the loss
         old_logp = old_logp.clone() if old_logp is not None else None
         stats: dict[str, list[float]] = {"pg_loss": [], "kl": [], "entropy": [], "clipfrac": [], "grad_norm": [],
                                          "ppo_kl": [], "rollout_logprob_diff_max": []}
@@ -337,7 +348,7 @@ def train_rl(init_model: str, task, run_dir: str, cfg: dict[str, Any], stop_afte
                 if len(rows_mb) == 0 or total_tokens == 0:  # every group of this mini-batch filtered out
                     continue
                 opt.zero_grad(set_to_none=True)
-                acc = dict.fromkeys(("pg_loss", "kl", "entropy", "clipfrac", "ppo_kl"), 0.0)
+                acc = dict.fromkeys(("pg_loss", "entropy", "clipfrac", "ppo_kl"), 0.0)
                 diff_max = None
                 with _autocast(device, amp):  # the mini-batch's prompts, each computed once
                     score = _Scorer(model, ro, rows_mb, grad=True)
@@ -354,15 +365,18 @@ def train_rl(init_model: str, task, run_dir: str, cfg: dict[str, Any], stop_afte
                     if ro.logprobs is not None:  # the engine's log-probs against the training pass (verl logs it)
                         d = float(((ro.logprobs[idx, :r] - logp.detach()).abs() * mask).max())
                         diff_max = d if diff_max is None else max(diff_max, d)
-                    kl = agg_loss(kl_penalty(logp, ref_logp[idx, :r], cfg["kl_type"]), mask, "token-mean")
                     entropy = agg_loss(ent, mask, "token-mean")
                     loss = pg_loss - cfg["entropy_coef"] * entropy if cfg["entropy_coef"] != 0 else pg_loss
+                    kl = None
+                    if ref_logp is not None:
+                        kl = agg_loss(kl_penalty(logp, ref_logp[idx, :r], cfg["kl_type"]), mask, "token-mean")
                     if cfg["use_kl_loss"]:
                         loss = loss + cfg["kl_coef"] * kl
                     (loss * w).backward()
                     w = float(w)
                     acc["pg_loss"] += w * pg_loss.item()
-                    acc["kl"] += w * kl.item()
+                    if kl is not None:
+                        acc["kl"] = acc.get("kl", 0.0) + w * kl.item()
                     acc["entropy"] += w * entropy.item()
                     acc["clipfrac"] += w * float(pg_m["actor/pg_clipfrac"])
                     acc["ppo_kl"] += w * float(pg_m["actor/ppo_kl"])
@@ -390,7 +404,7 @@ def train_rl(init_model: str, task, run_dir: str, cfg: dict[str, Any], stop_afte
                                                        for g in range(len(batch_items))]))
         if keep < 1.0:
             metrics["kept_groups"] = float(kept_groups.mean())
-        if val_every and (step % val_every == 0 or step == total):
+        if validate_now:
             metrics.update({f"val_{k}": v for k, v in task.validate(model, tokenizer).items()})
         history.append(metrics)
         _log_scalars(writer, metrics)
