@@ -409,7 +409,8 @@ def train_rl(init_model: str, task, run_dir: str, cfg: dict[str, Any], stop_afte
         history.append(metrics)
         _log_scalars(writer, metrics)
         bar.update(1)
-        bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", kl=f"{metrics.get('kl', 0.0):.4f}")
+        bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}",  # the KL where this step computed it
+                        **({"kl": f"{metrics['kl']:.4f}"} if "kl" in metrics else {}))
         if step % cfg["save_freq"] == 0 or step == total:
             last_ckpt = _save_checkpoint(ckpt_root / f"step_{step}", model, tokenizer, opt, step, history)
         if stop_after is not None and step >= start + stop_after:
