@@ -8,6 +8,7 @@ One finished games workflow per test session (``games_done``), in its own copy o
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pandas as pd
@@ -209,6 +210,23 @@ def test_games_data_splits_and_corpus(games_done):
 def test_finished_games_workflow_plans_nothing(games_done):
     proc = smk(games_done, "games", dry=True)
     assert proc.returncode == 0 and planned_jobs(proc.stdout) == {}, proc.stdout[-2000:]
+
+
+def test_the_chain_to_rl_runs_before_the_play_jobs_beside_it(games_done):
+    """Base -> SFT -> merge -> RL is the games target's longest path: its jobs outrank the play
+    jobs, so on 2 cores a play job never holds back Sokoban's SFT or RL (docs/games.md, time)."""
+    out = smk(games_done, "games", "--forceall", dry=True).stdout
+    jobs = []  # [rule, priority] per planned job, in the order printed
+    for line in out.splitlines():
+        if m := re.match(r"(?:local)?rule (\w+):$", line):
+            jobs.append([m.group(1), 0])
+        elif (m := re.match(r"\s+priority: (\d+)$", line)) and jobs:
+            jobs[-1][1] = int(m.group(1))
+    priority = {}
+    for rule, p in jobs:
+        priority.setdefault(rule, set()).add(p)
+    assert priority["game_sft"] == priority["game_merge"] == priority["game_rl"] == {10}, priority
+    assert priority["game_play"] == {0} and priority["game_table"] == {0}, priority
 
 
 def test_reward_or_rl_config_change_retrains_games_rl(games_done, tmp_path):

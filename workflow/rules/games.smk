@@ -46,6 +46,10 @@ GAME_POLICY_INPUT = {
     for env, models in GAME_POLICY_MODEL.items()
 }
 
+#: the chain base -> SFT -> merge -> RL runs before the play jobs that wait beside it (the base's,
+#: the SFT model's): with 2 cores Snakemake otherwise started a play job before Sokoban's SFT
+GAME_CHAIN_PRIORITY = 10
+
 wildcard_constraints:
     env="|".join(GAME_ENVS_ALL),
     policy="|".join(GAME_POLICIES + ["rl"]),
@@ -204,6 +208,7 @@ use rule sft as game_sft with:
         seed=r"\d+",
     params:
         **GAME_SFT_PARAMS,
+    priority: GAME_CHAIN_PRIORITY
     benchmark:
         "results/benchmarks/games/sft-{env}-seed{seed}.tsv"
     log:
@@ -224,6 +229,7 @@ use rule merge as game_merge with:
         seed=r"\d+",
     params:
         **GAME_MERGE_PARAMS,
+    priority: GAME_CHAIN_PRIORITY
     benchmark:
         "results/benchmarks/games/merge-{env}-seed{seed}.tsv"
     log:
@@ -279,6 +285,7 @@ if config["backend"] == "local":
             init=lambda wc: f"results/games/models/sft-{wc.env}-seed{GAME_SFT['seed']}/merged",
             cfg=lambda wc: dict(GAME_RL, seed=int(wc.seed)),
             games=lambda wc: dict(GAME_CFG[wc.env], eval=GAMES["eval"], rl=GAMES["rl"]),
+        priority: GAME_CHAIN_PRIORITY
         threads: 1
         resources:
             mem_mb=4000,
@@ -327,6 +334,7 @@ if config["backend"] == "verl":
                 final=output.final,
                 summary=output.summary,
             ),
+        priority: GAME_CHAIN_PRIORITY
         threads: VERL["cpus_per_node"]
         resources:
             **verl_launch.job_resources(VERL, VERL["grpo_runtime"]),
