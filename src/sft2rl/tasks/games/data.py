@@ -158,6 +158,13 @@ def level_rows(level: dict[str, Any], cfg: dict[str, Any]) -> list[dict[str, Any
     return rows
 
 
+def recovery_counts(cfg: dict[str, Any]) -> tuple[int, int]:
+    """``games.recovery``'s rows per path state: (one wrong move off the path, a move that
+    changed nothing); (0, 0) when off."""
+    rec = cfg.get("recovery", {})
+    return int(rec.get("per_state", 0)), int(rec.get("still", 0))
+
+
 def recovery_rows(level: dict[str, Any], cfg: dict[str, Any], held: set[str]) -> list[dict[str, Any]]:
     """Rows at states one wrong move off the solver's path (``games.recovery.per_state`` per
     path state, drawn with ``games.recovery.seed``), each labelled with the first action of a
@@ -173,7 +180,7 @@ def recovery_rows(level: dict[str, Any], cfg: dict[str, Any], held: set[str]) ->
     teach a policy to leave a move that does nothing, which greedy play otherwise repeats to
     the step limit."""
     rec = cfg.get("recovery", {})
-    per_state, still = int(rec.get("per_state", 0)), int(rec.get("still", 0))
+    per_state, still = recovery_counts(cfg)
     if per_state <= 0 and still <= 0:
         return []
     env, thinking = level["env"], cfg["with_thinking"]
@@ -223,8 +230,7 @@ def split_rows(levels: list[dict[str, Any]], cfg: dict[str, Any], split: str,
     the recovery rows after each level's own (none at a state in ``held``, by default the
     val/test path states of ``levels``)."""
     rows = [row for lv in levels if lv["split"] == split for row in level_rows(lv, cfg)]
-    rec = cfg.get("recovery", {})
-    if split == "train" and (int(rec.get("per_state", 0)) > 0 or int(rec.get("still", 0)) > 0):
+    if split == "train" and max(recovery_counts(cfg)) > 0:
         held = held_states(levels, "train") if held is None else held
         extra = [row for lv in levels if lv["split"] == split for row in recovery_rows(lv, cfg, held)]
         LOG.info("train: %d solver rows, %d recovery rows", len(rows), len(extra))
