@@ -154,16 +154,15 @@ def assert_held_out(out_dir, corpus_docs, style):
     return {s: len(rows[s]) for s in rows}
 
 
-@pytest.mark.parametrize("history,recovery", [(False, 0), (True, 0), (False, 1), (True, 1), (1, 1)])
-def test_default_splits_share_no_solver_path_state(tmp_path, history, recovery):
+@pytest.mark.parametrize("history,recovery,still", [(False, 0, 0), (True, 0, 0), (False, 1, 0), (True, 1, 0), (1, 1, 1)])
+def test_default_splits_share_no_solver_path_state(tmp_path, history, recovery, still):
     """config.yaml's games section (its counts and sizes), through the functions the game_data and
     game_corpus rules call: test and val states are nowhere in train (rows and corpus), test nowhere
     in val; with a window of one turn, rows after a move that changed nothing too. (Before the
     splits were disjoint by path state, 43 Sokoban and 6 FrozenLake test rows were training rows.)"""
     games = yaml.safe_load((REPO / "config.yaml").read_text())["games"]
     games["history"] = history
-    games["recovery"] = {"per_state": recovery, "still": recovery if history == 1 and history is not True else 0,
-                         "seed": 0}
+    games["recovery"] = {"per_state": recovery, "still": still, "seed": 0}
     docs = {}
     for env in games["envs"]:
         data.write_game_data(env, games, tmp_path / env)

@@ -332,10 +332,11 @@ def train_rl(init_model: str, task, run_dir: str, cfg: dict[str, Any], stop_afte
         with torch.inference_mode(), _autocast(device, amp):
             old_logp = None if skip_old else _chunked_logprobs(model, ro, ro.response_mask, cfg["temperature"])
             ref_logp = None
-            if with_ref:  # the reference: the separate copy, or the model with its adapter off
-                ref = model if ref_model is None else ref_model
-                with model.disable_adapter() if ref_model is None else contextlib.nullcontext():
-                    ref_logp = _chunked_logprobs(ref, ro, ro.response_mask, cfg["temperature"])
+            if with_ref and ref_model is None:  # LoRA: the reference is the model with its adapter off
+                with model.disable_adapter():
+                    ref_logp = _chunked_logprobs(model, ro, ro.response_mask, cfg["temperature"])
+            elif with_ref:
+                ref_logp = _chunked_logprobs(ref_model, ro, ro.response_mask, cfg["temperature"])
         ref_logp = ref_logp.clone() if ref_logp is not None else None  # out of inference mode: it enters the loss
         old_logp = old_logp.clone() if old_logp is not None else None
         stats: dict[str, list[float]] = {"pg_loss": [], "kl": [], "entropy": [], "clipfrac": [], "grad_norm": [],
