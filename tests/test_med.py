@@ -482,6 +482,59 @@ def test_default_rows_fit_the_tiny_base_window(default_clinic):
     assert longest[False] < longest[True] <= window, (longest, window)
 
 
+@pytest.mark.parametrize("thinking", [True, False])
+def test_consultation_rows_train_each_turn_as_its_own_row_does(clinic_files, thinking):
+    """One row per consultation (med.sft_rows: consultation) trained on every doctor turn puts
+    the loss on exactly the tokens the per-turn rows put it on, each after the same tokens."""
+    from sft2rl import model as model_mod
+    from sft2rl.rows import load_corpus
+    from sft2rl.sft import IGNORE, encode_conversation
+
+    out, _ = clinic_files
+    tok = model_mod.build_tokenizer(load_corpus(out / "corpus.jsonl"), MED["tiny"]["vocab_size"],
+                                    ("<think>", "</think>", "<answer>", "</answer>"))
+    turns = [data.sft_row(r, thinking) for r in data.load_raw(out / "train.jsonl")]
+    packed = data.pack_consultations(out / "train.jsonl", turns)
+    assert len(packed) == WORLD["cases"]["train"] < len(turns)
+    assert all(dialog.parse_reply(r["response"]).kind == "diagnosis" for r in packed)
+    big = [encode_conversation(tok, r["messages"], 10**6, "all") for r in packed]
+    trained = 0
+    for r in turns:
+        own = encode_conversation(tok, r["messages"], 10**6, "last")
+        n = own["length"]
+        home = [b for b in big if b["input_ids"][:n] == own["input_ids"]]
+        assert home, r["messages"][-1]
+        # on its own row's tokens the consultation row trains the row's target, and nothing else
+        assert home[0]["labels"][n - sum(t != IGNORE for t in own["labels"]):n] == \
+            [t for t in own["labels"] if t != IGNORE]
+        trained += sum(t != IGNORE for t in own["labels"])
+    assert sum(t != IGNORE for b in big for t in b["labels"]) == trained
+    assert sum(b["length"] for b in big) * 2 < sum(encode_conversation(tok, r["messages"], 10**6, "last")["length"]
+                                                   for r in turns)
+
+
+def test_consultation_rows_need_every_turn_of_a_history(tmp_path):
+    """A row whose earlier doctor turns have no rows of their own cannot be packed without
+    training them: the error names file, row and field; per-turn rows train such a file."""
+    row = _multi_turn_row()
+    write_jsonl(tmp_path / "train.jsonl", [row])
+    write_jsonl(tmp_path / "val.jsonl", [row])
+    with pytest.raises(DataError, match=r"train.jsonl:1: field 'prompt': its doctor turn at message 3 has no row"):
+        data.write_sft_data(str(tmp_path / "train.jsonl"), str(tmp_path / "val.jsonl"), False, tmp_path / "out",
+                            rows="consultation")
+    assert not (tmp_path / "out").exists()
+    assert data.write_sft_data(str(tmp_path / "train.jsonl"), str(tmp_path / "val.jsonl"), False, tmp_path / "out",
+                               rows="turn") == {"train": 1, "val": 1}
+    # with a row for each of its turns the consultation is one row; a second copy of the whole
+    # consultation would train its early turns twice where the per-turn rows train them once
+    first = {**row, "prompt": row["prompt"][:2], "response": row["prompt"][2]["content"]}
+    second = {**row, "prompt": row["prompt"][:4], "response": row["prompt"][4]["content"]}
+    rows = [data.sft_row(r, True) for r in (first, second, row)]
+    assert data.pack_consultations("t", rows) == rows[2:]
+    with pytest.raises(DataError, match=r"^t:1: field 'prompt': packed, this doctor turn would train 2 times"):
+        data.pack_consultations("t", rows + rows[2:])
+
+
 # ------------------------------------------------------------------ decoupling
 QA_PACKAGE = "sft2rl.tasks.qa"
 MED_MODULES = ["sft2rl.tasks.med." + m for m in ("clinic", "consult", "data", "dialog", "doctor", "patient", "table")]

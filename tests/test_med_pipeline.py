@@ -85,7 +85,10 @@ def test_ablation_over_seeds(med_done):
 def test_sft_rows_and_automatic_verified_merge(med_done):
     think = pd.read_parquet(med_done / "data/processed/med/think/train.parquet")
     nothink = pd.read_parquet(med_done / "data/processed/med/nothink/train.parquet")
-    assert len(think) == len(nothink) > 0
+    # one row per consultation (med.sft_rows), ending in its diagnosis
+    assert MED["sft_rows"] == "consultation" and len(think) == len(nothink) == MED["world"]["cases"]["train"]
+    assert nothink["response"].str.contains("Diagnosis: ").all()
+    assert (nothink["messages"].map(len) > 3).mean() > 0.5   # most hold earlier doctor turns
     assert think["response"].str.startswith("<think>").all()
     assert not nothink["response"].str.contains("<think>").any()
     assert not any("<think>" in m["content"] for msgs in nothink["messages"] for m in msgs if m["role"] == "assistant")

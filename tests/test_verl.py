@@ -790,9 +790,11 @@ def test_hook_format_rate_is_well_formed_like_the_local_backend():
 
 
 # ------------------------------------------------------------------ 8. the medical task on verl
-def test_med_rows_train_the_doctor_turn_in_verl_like_locally(tiny_base, tmp_path):
+@pytest.mark.parametrize("sft_rows", ["consultation", "turn"])
+def test_med_rows_train_the_doctor_turn_in_verl_like_locally(tiny_base, tmp_path, sft_rows):
     """Processed MTMedDialog rows (earlier doctor turns as context, without thinking) through verl's
-    SFT trainer config: the same tokens and the same last-turn loss mask as the local backend."""
+    SFT trainer config: the same tokens and the same loss mask as the local backend (every doctor
+    turn of a consultation row: verl's own multi-turn dataset; the last of a per-turn row)."""
     from transformers import AutoTokenizer
     from verl.trainer.sft_trainer import create_sft_dataset
     from verl.utils.config import omega_conf_to_dataclass
@@ -803,26 +805,29 @@ def test_med_rows_train_the_doctor_turn_in_verl_like_locally(tiny_base, tmp_path
 
     world = dict(CONFIG["med"]["world"], cases={"train": 6, "val": 2, "test": 2})
     med.write_clinic_data(world, tmp_path / "raw", tmp_path / "corpus.jsonl", CONFIG["med"]["eval"]["max_turns"])
-    med.write_sft_data(str(tmp_path / "raw/train.jsonl"), str(tmp_path / "raw/val.jsonl"), False, tmp_path / "sft")
-    sft = dict(sft_section(SFT_TEST), loss_turns="last", max_length=1024)
+    med.write_sft_data(str(tmp_path / "raw/train.jsonl"), str(tmp_path / "raw/val.jsonl"), False, tmp_path / "sft",
+                       rows=sft_rows)
+    loss_turns = "all" if sft_rows == "consultation" else "last"
+    sft = dict(sft_section(SFT_TEST), loss_turns=loss_turns, max_length=1024)
     ov = vl.sft_overrides(base=str(tiny_base), train=str(tmp_path / "sft/train.parquet"),
                           val=str(tmp_path / "sft/val.parquet"), run_dir=str(tmp_path / "run"),
                           run_name="med-doctor-nothink-seed1", sft=sft, seed=1, nnodes=1, gpus_per_node=1)
     cfg = compose("sft_trainer_engine", ov)
     model_cfg = omega_conf_to_dataclass(cfg.model)
     ds = create_sft_dataset(cfg.data.train_files, cfg.data, model_cfg.tokenizer, None)
-    assert type(ds).__name__ == "LastTurnSFTDataset"
+    assert type(ds).__name__ == ("LastTurnSFTDataset" if sft_rows == "turn" else "MultiTurnSFTDataset")
     tok = AutoTokenizer.from_pretrained(tiny_base)
     rows = [r for r in read_parquet_rows(tmp_path / "sft/train.parquet") if len(r["prompt"]) >= 4][:3]
     assert rows, "need rows with earlier doctor turns"
     index = {json.dumps(r["messages"]): i for i, r in enumerate(read_parquet_rows(tmp_path / "sft/train.parquet"))}
     for row in rows:
         item = ds[index[json.dumps(row["messages"])]]
-        enc = encode_conversation(tok, row["messages"], sft["max_length"], loss_turns="last")
+        enc = encode_conversation(tok, row["messages"], sft["max_length"], loss_turns=loss_turns)
         assert item["input_ids"].tolist() == enc["input_ids"]
         ours = {j for j, lab in enumerate(enc["labels"]) if lab != IGNORE}
         assert set(torch.nonzero(item["loss_mask"]).flatten().tolist()) == ours
-        assert tok.decode([enc["input_ids"][j] for j in sorted(ours)]).startswith(row["response"])
+        assert tok.decode([enc["input_ids"][j] for j in sorted(ours)]).startswith(
+            row["response"] if sft_rows == "turn" else row["messages"][2]["content"])
         assert "<think>" not in row["response"]
 
 

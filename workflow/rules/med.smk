@@ -65,8 +65,9 @@ else:
 
 
 rule med_data:
-    """Raw rows -> SFT rows (prompt, response, messages); nothink drops every think block from the
-    targets and the earlier doctor turns. Both files are checked before anything is written."""
+    """Raw rows -> SFT rows (prompt, response, messages), one per consultation or per doctor turn
+    (med.sft_rows); nothink drops every think block from the targets and the earlier doctor turns.
+    Both files are checked before anything is written."""
     input:
         train=MED_RAW["train"],
         val=MED_RAW["val"],
@@ -76,6 +77,7 @@ rule med_data:
         val=f"{MED_DATA}/{{thinking}}/val.parquet",
     params:
         budget=MED["eval"]["max_turns"],
+        rows=MED["sft_rows"],
     threads: 1
     conda:
         "../../envs/local.yaml"

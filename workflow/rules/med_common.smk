@@ -10,11 +10,12 @@ MED_SYNTH = not MED["raw_files"]
 MED_RAW = MED["raw_files"] or {s: f"data/raw/med/{s}.jsonl" for s in ("train", "val", "test")}
 MED_DATA = f"{PROCESSED}/med"
 MED_BASE = "results/med/models/base" if TINY else config["model"]["base"]
-#: the sft: section with the doctor runs' overrides; the loss is on the last (the doctor's) turn only
+#: the sft: section with the doctor runs' overrides; the loss is on the doctor's turns only: the
+#: last turn of a per-turn row, every turn of a consultation row (med.sft_rows)
 MED_SFT = dict(
     {k: v for k, v in config["sft"].items() if k not in ("n_samples", "val_size", "merge_checkpoint", "with_thinking")},
     **{k: v for k, v in MED["sft"].items() if k not in ("merge_checkpoint", "with_thinking", "seed")},
-    loss_turns="last",
+    loss_turns="all" if MED["sft_rows"] == "consultation" else "last",
 )
 MED_MERGE = MED["sft"].get("merge_checkpoint", config["sft"]["merge_checkpoint"])
 MED_TAGS = ["think" if t else "nothink" for t in MED["with_thinking"]]

@@ -15,7 +15,8 @@ with script_errors(snakemake) as log:
     elif snakemake.rule == "med_data":
         thinking = snakemake.wildcards.thinking
         counts = data.write_sft_data(snakemake.input.train, snakemake.input.val, THINKING[thinking],
-                                     out.train.rsplit("/", 1)[0], snakemake.params.budget)
+                                     out.train.rsplit("/", 1)[0], snakemake.params.budget,
+                                     snakemake.params.rows)
         log.info("%s: SFT rows %s", thinking, counts)
     else:  # med_cases (the held-out cases), med_rl_cases (train and val: RL's)
         log.info("%s: %d cases", out[0], data.write_cases(snakemake.input.rows, out[0]))

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -221,13 +222,59 @@ def sft_row(row: dict[str, Any], with_thinking: bool, budget: int | None = None)
             "messages": prompt + [{"role": "assistant", "content": response}]}
 
 
-def write_sft_data(train: str, val: str, with_thinking: bool, out_dir: str | Path, budget: int | None = None
-                   ) -> dict[str, int]:
-    """Validate both raw files, then write the processed {train,val}.parquet."""
-    loaded = {"train": load_raw(train), "val": load_raw(val)}
-    for split, rows in loaded.items():
-        write_parquet(Path(out_dir) / f"{split}.parquet", [sft_row(r, with_thinking, budget) for r in rows])
-    return {k: len(v) for k, v in loaded.items()}
+#: what ``med.sft_rows`` allows: one SFT row per doctor turn (the loss on that turn), or one per
+#: consultation (the loss on every doctor turn; :func:`pack_consultations`)
+SFT_ROWS = ("turn", "consultation")
+
+
+def _key(messages: list[dict[str, str]]) -> str:
+    return json.dumps([[m["role"], m["content"]] for m in messages], ensure_ascii=False)
+
+
+def pack_consultations(path: str | Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The processed per-turn rows of ``path`` as one row per consultation: the row of its last
+    doctor turn, whose ``messages`` hold every earlier turn. Trained on every doctor turn (the
+    SFT's ``loss_turns: all``), each turn is the target it is in its own row, with the same
+    tokens before it, so the loss is the per-turn rows' with each consultation's context
+    encoded once (about 2.5x fewer tokens on the embedded clinic).
+
+    Packing must train exactly the rows' targets, each once: every doctor turn in a row's
+    history has a row of its own ending there. A row that breaks this (a file of only some
+    turns) stops with an error naming it; ``med.sft_rows: turn`` trains such files."""
+    own = Counter(_key(r["messages"]) for r in rows)
+    inner = set()  # every history that ends at a doctor turn and is continued by a longer row
+    for r in rows:
+        msgs = r["messages"]
+        inner.update(_key(msgs[:i + 1]) for i in range(len(msgs) - 1) if msgs[i]["role"] == "assistant")
+    leaves = [r for r in rows if _key(r["messages"]) not in inner]
+    trained = Counter(_key(r["messages"][:i + 1]) for r in leaves
+                      for i, m in enumerate(r["messages"]) if m["role"] == "assistant")
+    for n, r in enumerate(rows, start=1):
+        msgs = r["messages"]
+        for i, m in enumerate(msgs[:-1]):
+            if m["role"] == "assistant" and _key(msgs[:i + 1]) not in own:
+                raise DataError(path, n, "prompt", f"its doctor turn at message {i + 1} has no row of its own, so "
+                                                   "one row per consultation would train it; set med.sft_rows: turn")
+        if trained[_key(msgs)] != own[_key(msgs)]:
+            raise DataError(path, n, "prompt", f"packed, this doctor turn would train {trained[_key(msgs)]} times "
+                                               f"(it has {own[_key(msgs)]} rows); set med.sft_rows: turn")
+    return leaves
+
+
+def write_sft_data(train: str, val: str, with_thinking: bool, out_dir: str | Path, budget: int | None = None,
+                   rows: str = "turn") -> dict[str, int]:
+    """Validate both raw files, then write the processed {train,val}.parquet: one row per doctor
+    turn, or (``rows: consultation``) per consultation (:func:`pack_consultations`)."""
+    if rows not in SFT_ROWS:
+        raise ValueError(f"med.sft_rows = {rows!r}: expected one of {SFT_ROWS}")
+    paths = {"train": train, "val": val}
+    out = {}
+    for split, path in paths.items():  # everything is checked before anything is written
+        done = [sft_row(r, with_thinking, budget) for r in load_raw(path)]
+        out[split] = pack_consultations(path, done) if rows == "consultation" else done
+    for split, done in out.items():
+        write_parquet(Path(out_dir) / f"{split}.parquet", done)
+    return {k: len(v) for k, v in out.items()}
 
 
 def cases_from_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
