@@ -135,6 +135,18 @@ def test_editing_the_eval_settings_reruns_only_the_evaluation(med_done):
                          "med_turn_budget", "med"}, jobs
 
 
+def test_editing_the_sft_rows_reruns_the_sft_from_its_data(med_done):
+    """med.sft_rows changes the processed rows and the SFT's loss turns: both variants' rows and
+    every SFT run are planned again; the clinic and the base are not."""
+    extra = med_done / "extra.yaml"
+    extra.write_text(yaml.safe_dump({"med": {"sft_rows": "turn"}}))
+    proc = smk(med_done, "med", extra_config=extra, dry=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = planned_jobs(proc.stdout)
+    assert jobs["med_data"] == len(MED["with_thinking"]) and jobs["med_sft"] == len(MED["with_thinking"]) * len(SEEDS)
+    assert not {"med_world", "med_corpus", "med_base_model", "med_cases"} & set(jobs), jobs
+
+
 def test_the_turn_limit_is_the_training_dialogues_too(med_done):
     """med.eval.max_turns is the one turn limit: the scripted doctor's training dialogues end at
     it too, so editing it rebuilds the clinic's rows (and what is trained on them)."""

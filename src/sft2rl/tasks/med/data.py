@@ -241,24 +241,23 @@ def pack_consultations(path: str | Path, rows: list[dict[str, Any]]) -> list[dic
     Packing must train exactly the rows' targets, each once: every doctor turn in a row's
     history has a row of its own ending there. A row that breaks this (a file of only some
     turns) stops with an error naming it; ``med.sft_rows: turn`` trains such files."""
-    own = Counter(_key(r["messages"]) for r in rows)
-    inner = set()  # every history that ends at a doctor turn and is continued by a longer row
-    for r in rows:
-        msgs = r["messages"]
-        inner.update(_key(msgs[:i + 1]) for i in range(len(msgs) - 1) if msgs[i]["role"] == "assistant")
-    leaves = [r for r in rows if _key(r["messages"]) not in inner]
-    trained = Counter(_key(r["messages"][:i + 1]) for r in leaves
-                      for i, m in enumerate(r["messages"]) if m["role"] == "assistant")
-    for n, r in enumerate(rows, start=1):
-        msgs = r["messages"]
-        for i, m in enumerate(msgs[:-1]):
-            if m["role"] == "assistant" and _key(msgs[:i + 1]) not in own:
-                raise DataError(path, n, "prompt", f"its doctor turn at message {i + 1} has no row of its own, so "
+    # per row, the key of every prefix that ends at a doctor turn (the last one is the row itself)
+    turns = [[_key(msgs[:i + 1]) for i, m in enumerate(msgs) if m["role"] == "assistant"]
+             for msgs in (r["messages"] for r in rows)]
+    own = Counter(keys[-1] for keys in turns)
+    inner = {k for keys in turns for k in keys[:-1]}  # histories continued by a longer row
+    leaves = [n for n, keys in enumerate(turns) if keys[-1] not in inner]  # each consultation's last turn
+    trained = Counter(k for n in leaves for k in turns[n])
+    for n, keys in enumerate(turns):
+        missing = next((i for i, k in enumerate(keys[:-1]) if k not in own), None)
+        if missing is not None:
+            at = [i for i, m in enumerate(rows[n]["messages"]) if m["role"] == "assistant"][missing]
+            raise DataError(path, n + 1, "prompt", f"its doctor turn at message {at + 1} has no row of its own, so "
                                                    "one row per consultation would train it; set med.sft_rows: turn")
-        if trained[_key(msgs)] != own[_key(msgs)]:
-            raise DataError(path, n, "prompt", f"packed, this doctor turn would train {trained[_key(msgs)]} times "
-                                               f"(it has {own[_key(msgs)]} rows); set med.sft_rows: turn")
-    return leaves
+        if trained[keys[-1]] != own[keys[-1]]:
+            raise DataError(path, n + 1, "prompt", f"packed, this doctor turn would train {trained[keys[-1]]} times "
+                                                   f"(it has {own[keys[-1]]} rows); set med.sft_rows: turn")
+    return [rows[n] for n in leaves]
 
 
 def write_sft_data(train: str, val: str, with_thinking: bool, out_dir: str | Path, budget: int | None = None,
