@@ -193,10 +193,12 @@ def sampled_turns(ro):
 
 
 def test_history_rollout_is_one_row_per_episode_with_the_turns_log_probs(frozen):
-    """With the history prompt a turn's prompt continues the episode's row, so an episode is
-    one row (where the reply's tokens re-tokenise as sampled): each reply's context in its row
-    is exactly the prompt play builds for that turn, and the trainer's log-prob of every
-    sampled token is the engine's."""
+    """With the history prompt every turn continues its episode's tokens (token in, token
+    out), so an episode is one row even where a sampled reply does not re-tokenise as sampled:
+    each reply's context in its row is exactly the prompt that turn had (the tokens play
+    builds: the chat rendered where every earlier reply re-tokenises as sampled), and the
+    trainer's log-prob of every sampled token is the engine's."""
+    from sft2rl.chat_tokens import TokenChat, token_builder
     from sft2rl.grpo import _chunked_logprobs
     from sft2rl.model import load_model
     from sft2rl.tasks.games.rl import GamesTask
@@ -207,23 +209,78 @@ def test_history_rollout_is_one_row_per_episode_with_the_turns_log_probs(frozen)
     items = task.load(tok, RL)
     ro = task.rollout(model, tok, items[:2], 3, dict(RL, max_prompt_length=2048), seed=7)
     eps = ro.info
-    turns = sum(e.steps for e in eps)
-    assert len(ro.row_traj) < turns and sum(e.steps > 1 for e in eps) > 0  # rows were chained
-    assert sorted(set(ro.row_traj.tolist())) == list(range(6))
+    assert ro.row_traj.tolist() == list(range(6)) and sum(e.steps > 1 for e in eps) > 0  # one row per episode
     turn = {i: 0 for i in range(6)}
+    chats = [TokenChat(tok, token_builder(tok, model.config.model_type)) for _ in eps]
+    canonical = {i: True for i in range(6)}
+    rendered = 0
     for i, before, reply in sampled_turns(ro):  # each reply: the tokens before it are that turn's whole prompt
         e = eps[i]
-        assert tok.decode(reply, skip_special_tokens=True) == e.replies[turn[i]]
+        text = tok.decode(reply, skip_special_tokens=True)
+        assert text == e.replies[turn[i]]
         msgs = prompts.messages("frozenlake", e.grids[:turn[i] + 1], e.replies[:turn[i]], style="reference",
                                 history=True, with_thinking=False)
-        text = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-        assert before == tok.encode(text, add_special_tokens=False)
+        assert before == chats[i].prompt(msgs)
+        if canonical[i]:  # every earlier reply re-tokenised as sampled: the rendered chat
+            chat_text = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+            assert before == tok.encode(chat_text, add_special_tokens=False)
+            rendered += 1
+        chats[i].reply(reply, text)
+        canonical[i] &= tok.encode(text, add_special_tokens=False) + [tok.convert_tokens_to_ids("<|im_end|>")] \
+            == reply
         turn[i] += 1
-    assert turn == {i: e.steps for i, e in enumerate(eps)}
+    assert turn == {i: e.steps for i, e in enumerate(eps)} and rendered >= 6
     with torch.no_grad():
         logp = _chunked_logprobs(model, ro, ro.response_mask, 1.0)
     on = ro.loss_mask.bool()
     assert torch.allclose(logp[on], ro.logprobs[on], atol=1e-4)
+
+
+def test_token_chat_continues_the_sampled_tokens_and_renders_what_does_not_extend(frozen):
+    """A conversation's tokens: replies that re-tokenise as sampled give exactly the rendered
+    chat; a reply sampled as other tokens than its text's (a space and a newline apart) stays
+    as sampled and the next observation follows it; a prompt that does not extend the chat (a
+    Markov prompt, a one-turn window past its first turn) is the chat rendered whole."""
+    from sft2rl.chat_tokens import TokenChat, chat_ids, token_builder
+    from sft2rl.model import load_model
+
+    model, tok = load_model(str(frozen / "model"))
+    end = tok.convert_tokens_to_ids("<|im_end|>")
+    lv = data.read_levels(frozen / "frozenlake" / "levels.jsonl", "train")[0]
+    grids = [play.Episode("frozenlake", lv, 0, GAMES, 4, 0).grid()] * 3
+
+    def msgs(n, history=True, answers=("<answer> Up </answer>", "<answer> Left </answer>")):
+        return prompts.messages("frozenlake", grids[:n + 1], list(answers[:n]), style="reference", history=history,
+                                with_thinking=False)
+
+    chat = TokenChat(tok, token_builder(tok, model.config.model_type))
+    assert chat.prompt(msgs(0)) == chat_ids(tok, msgs(0))
+    for n, answer in enumerate(["<answer> Up </answer>", "<answer> Left </answer>"]):
+        chat.reply(tok.encode(answer, add_special_tokens=False) + [end], answer)
+        assert chat.prompt(msgs(n + 1)) == chat_ids(tok, msgs(n + 1))  # canonical replies: the rendered chat
+    assert chat.continued == 2
+
+    odd = "<answer> Up \n"
+    canon = tok.encode(odd, add_special_tokens=False)
+    split = tok.encode("<answer> Up", add_special_tokens=False) + tok.encode(" ", add_special_tokens=False) \
+        + tok.encode("\n", add_special_tokens=False)
+    assert split != canon and tok.decode(split) == odd  # two ways to write the same text
+    chat = TokenChat(tok, token_builder(tok, model.config.model_type))
+    first = chat.prompt(msgs(0))
+    chat.reply(split + [end], odd)
+    grown = chat.prompt(msgs(1, answers=(odd,)))
+    assert grown[:len(first) + len(split) + 1] == first + split + [end]  # the reply as sampled
+    rendered = chat_ids(tok, msgs(1, answers=(odd,)))
+    assert grown != rendered and tok.decode(grown) == tok.decode(rendered)  # same text, other tokens
+    assert grown[len(first) + len(split) + 1:] == rendered[len(first) + len(canon) + 1:]  # the observation's own
+
+    for history in (False, 1):  # prompts that drop earlier turns are rendered whole
+        chat = TokenChat(tok, token_builder(tok, model.config.model_type))
+        chat.prompt(msgs(0, history))
+        for n, answer in enumerate(["<answer> Up </answer>", "<answer> Left </answer>"]):
+            chat.reply(tok.encode(answer, add_special_tokens=False) + [end], answer)
+            assert chat.prompt(msgs(n + 1, history)) == chat_ids(tok, msgs(n + 1, history))
+        assert chat.continued == (0 if history is False else 1)
 
 
 def test_games_rl_runs_on_the_shared_trainer_with_validation(frozen, tmp_path):

@@ -109,12 +109,14 @@ def clinic_model(tmp_path_factory):
 
 @pytest.mark.parametrize("mode", ["fixed", "dynamic"])
 def test_consultation_rollout_rows_masks_budgets_and_rewards(clinic_model, mode):
-    """Every doctor reply sits in a row after exactly the evaluation's prompt for that turn (the
-    budget stated; a turn whose prompt continues the consultation's row extends it), the loss
-    mask covers the sampled replies only; a group shares its budget; the scores are the
-    consultations' rewards."""
+    """A consultation is one row: every doctor reply sits after exactly the prompt of that
+    turn, the evaluation's (the budget stated; the tokens so far, then the patient's answer as
+    the chat template renders it; the rendered chat where every earlier reply re-tokenises as
+    sampled); the loss mask covers the sampled replies only; a group shares its budget; the
+    scores are the consultations' rewards."""
     from test_games_rl import sampled_turns
 
+    from sft2rl.chat_tokens import TokenChat, token_builder
     from sft2rl.model import load_model
     from sft2rl.tasks.med.rl import MedTask
 
@@ -129,17 +131,32 @@ def test_consultation_rollout_rows_masks_budgets_and_rewards(clinic_model, mode)
     assert limits[:3] == [limits[0]] * 3 and limits[3:] == [limits[3]] * 3
     assert all(2 <= b <= 4 for b in limits) if mode == "dynamic" else limits == [3] * 6
     assert ((ro.loss_mask == 1) <= (ro.response_mask == 1)).all()
+    # one row per consultation, but for a turn after a reply the prompt shows otherwise (without
+    # thinking a reply is shown stripped): that prompt is rendered whole and opens a row
+    from sft2rl.rows import strip_thinking
+
+    shown_otherwise = [sum(strip_thinking(r) != r for r in c.replies[:-1]) for c in cons]
+    assert [int((ro.row_traj == i).sum()) for i in range(6)] == [1 + k for k in shown_otherwise]
     turn = dict.fromkeys(range(6), 0)
+    chats = [TokenChat(tok, token_builder(tok, model.config.model_type)) for _ in cons]
+    canonical, rendered = dict.fromkeys(range(6), True), 0
+    end = tok.convert_tokens_to_ids("<|im_end|>")
     for i, before, reply in sampled_turns(ro):
         c = cons[i]
-        assert tok.decode(reply, skip_special_tokens=True) == c.replies[turn[i]]
+        text = tok.decode(reply, skip_special_tokens=True)
+        assert text == c.replies[turn[i]]
         msgs = dialog.history_messages(c.first, c.replies[:turn[i]], c.patient[:turn[i]], with_thinking=False,
                                        force=turn[i] == c.max_turns - 1, budget=c.max_turns)
         assert f"at most {c.max_turns} turns." in msgs[1]["content"]
-        text = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-        assert before == tok.encode(text, add_special_tokens=False)
+        assert before == chats[i].prompt(msgs)
+        if canonical[i]:
+            chat_text = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+            assert before == tok.encode(chat_text, add_special_tokens=False)
+            rendered += 1
+        chats[i].reply(reply, text)
+        canonical[i] &= tok.encode(text, add_special_tokens=False) + [end] == reply
         turn[i] += 1
-    assert turn == {i: len(c.replies) for i, c in enumerate(cons)}
+    assert turn == {i: len(c.replies) for i, c in enumerate(cons)} and rendered >= 6
     scores, metrics = task.rewards(items[:2], ro)
     assert scores.tolist() == [c.record()["reward"] for c in cons]
     # an untrained model's replies are malformed: -2 a turn, -5 without a diagnosis

@@ -175,6 +175,17 @@ def test_agent_loop_plays_an_episode_as_the_local_backend_does(game_run):
                                 with_thinking=False)
     expected = tok.apply_chat_template(last_prompt, tokenize=False, add_generation_prompt=True) + tok.decode(gen[-1])
     assert tok.decode(seq) == expected
+    # the local backend grows the same tokens (sft2rl.chat_tokens, the same builder): each
+    # turn's prompt is the prompt the server got
+    from sft2rl.chat_tokens import TokenChat, token_builder
+
+    local = play.Episode("frozenlake", level, 0, GAMES, GAMES["eval"]["max_steps"], 5)
+    chat = TokenChat(tok, token_builder(tok, "qwen2"))
+    for call, g, t in zip(server.calls, gen, texts):
+        assert chat.prompt(local.prompt()) == call["prompt_ids"]
+        chat.reply(g, t)
+        local.act(t)
+    assert chat.ids == seq and chat.continued == len(server.calls) - 1
     log = [json.loads(x) for x in (run / vx.EPISODE_LOG).read_text().splitlines()]
     assert log[-1] == {"step": 4, "level": level["index"], "won": True, "lost": False, "steps": ep.steps,
                        "valid": ep.valid, "env_reward": 1.0, "score": pytest.approx(0.9)}

@@ -111,12 +111,28 @@ def filter_overlong_prompts(rows: list[dict], tokenizer, max_prompt_length: int,
     return kept, dropped
 
 
-def encode_prompts(tokenizer, prompts: list[list[dict[str, str]]], max_prompt_length: int | None, device):
-    """Left-padded prompt ids. Never truncates: a prompt over ``max_prompt_length`` is an error
-    (cutting it would remove the end of the question and the assistant header)."""
-    texts = chat_texts(tokenizer, prompts)
+def _token_prompts(prompts) -> bool:
+    """Whether ``prompts`` are token id lists (else chats)."""
+    return bool(prompts) and all(isinstance(p, (list, tuple)) and p and isinstance(p[0], int) for p in prompts)
+
+
+def encode_prompts(tokenizer, prompts: list[list[dict[str, str]]] | list[list[int]], max_prompt_length: int | None,
+                   device):
+    """Left-padded prompt ids of chats (rendered with the assistant header) or of prompts given
+    as token ids (:class:`sft2rl.chat_tokens.TokenChat`). Never truncates: a prompt over
+    ``max_prompt_length`` is an error (cutting it would remove the end of the question and the
+    assistant header)."""
     tokenizer.padding_side = "left"
-    enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    if _token_prompts(prompts):
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), tokenizer.pad_token_id, dtype=torch.long)
+        att = torch.zeros((len(prompts), width), dtype=torch.long)
+        for i, p in enumerate(prompts):
+            ids[i, width - len(p):] = torch.as_tensor(list(p), dtype=torch.long)
+            att[i, width - len(p):] = 1
+        enc = {"input_ids": ids, "attention_mask": att}
+    else:
+        enc = tokenizer(chat_texts(tokenizer, prompts), return_tensors="pt", padding=True, add_special_tokens=False)
     if max_prompt_length is not None:
         lengths = enc["attention_mask"].sum(dim=1).tolist()
         over = [(i, n) for i, n in enumerate(lengths) if n > max_prompt_length]
@@ -136,10 +152,11 @@ def response_mask(response_ids: torch.Tensor, stop_ids: int | Iterable[int]) -> 
 
 
 @torch.no_grad()
-def generate(model, tokenizer, prompts: list[list[dict[str, str]]], *, max_new_tokens: int,
+def generate(model, tokenizer, prompts: list[list[dict[str, str]]] | list[list[int]], *, max_new_tokens: int,
              do_sample: bool, temperature: float = 1.0, top_p: float = 1.0, num_return_sequences: int = 1,
              max_prompt_length: int | None = None, seed: int | None = None, engine: str = "auto") -> Generated:
-    """Generate for each prompt ``num_return_sequences`` responses (grouped consecutively).
+    """Generate for each prompt (a chat, or its token ids) ``num_return_sequences`` responses
+    (grouped consecutively).
 
     ``engine``: ``auto`` (the lean loop where :func:`sft2rl.rollout.supports` the model,
     else ``generate``), ``lean`` or ``hf``. Both draw the same tokens from the same seed.
@@ -184,18 +201,37 @@ def generate(model, tokenizer, prompts: list[list[dict[str, str]]], *, max_new_t
     return Generated(ids, mask, resp, resp_mask, texts, logprobs)
 
 
+def reply_texts(gen: Generated, chats: list | None = None) -> list[str]:
+    """The replies of ``gen`` as text; each appended, tokens and text, to its
+    :class:`sft2rl.chat_tokens.TokenChat` in ``chats`` (one per prompt) where given."""
+    if chats is not None:
+        for row, chat in enumerate(chats):
+            chat.reply(gen.response_ids[row][gen.response_mask[row].bool()].tolist(), gen.texts[row])
+    return list(gen.texts)
+
+
 def reply_policy(model, tokenizer, *, max_new_tokens: int, do_sample: bool, temperature: float, seed: int,
                  batch_size: int):
     """A model as an agent that answers a list of prompts per call, ``batch_size`` at a time
     (the games' players and the medical task's doctor). Call ``i`` of the policy seeds its
-    sampling with ``seed + i``, so a run is reproducible while calls draw differently."""
+    sampling with ``seed + i``, so a run is reproducible while calls draw differently. Each
+    item (an episode, a consultation) keeps its tokens (:class:`sft2rl.chat_tokens.TokenChats`):
+    a prompt that extends the item's chat continues the tokens the model produced (``items``
+    None: every prompt stands alone)."""
+    from .chat_tokens import TokenChats
+
     calls = [0]
+    chats = TokenChats(model, tokenizer)
 
     def act(items, prompts: list[list[dict[str, str]]]) -> list[str]:
         out: list[str] = []
         for i in range(0, len(prompts), batch_size):
             calls[0] += 1
-            out += generate(model, tokenizer, prompts[i:i + batch_size], max_new_tokens=max_new_tokens,
-                            do_sample=do_sample, temperature=temperature, seed=seed + calls[0]).texts
+            batch = prompts[i:i + batch_size]
+            part = None if items is None else [chats(item) for item in items[i:i + batch_size]]
+            ids = batch if part is None else [c.prompt(p) for c, p in zip(part, batch)]
+            gen = generate(model, tokenizer, ids, max_new_tokens=max_new_tokens, do_sample=do_sample,
+                           temperature=temperature, seed=seed + calls[0])
+            out += reply_texts(gen, part)
         return out
     return act

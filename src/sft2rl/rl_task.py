@@ -16,7 +16,8 @@ A trajectory is one or more *rows*. A row is a prompt (left-padded) and a respon
 attends to) and ``loss_mask`` 1 only on the tokens the policy sampled. A one-turn answer is
 one row with both masks equal; a Markov prompt per turn gives one row per turn; a growing
 multi-turn history gives one row per episode whose response holds the policy's turns and the
-environment's observations, the observations with loss mask 0 (:func:`chain_turns`). Every
+environment's observations, the observations with loss mask 0 (:func:`chain_turns`; the
+episode's tokens grow as :class:`sft2rl.chat_tokens.TokenChat` grows them). Every
 row of a trajectory takes the trajectory's advantage.
 """
 from __future__ import annotations
@@ -177,27 +178,32 @@ def multi_turn_rollout(model, tokenizer, episodes: list, groups: np.ndarray, *, 
     at ``rl.temperature`` / ``rl.top_p``, prompts never cut past ``rl.max_prompt_length``), and
     ``advance(active episodes, replies)`` moves them on (the environment or the patient).
 
-    Rows (:func:`chain_turns`): a turn whose prompt's tokens continue its episode's row so far
-    (a growing history) extends that row; any other turn (a Markov prompt, a window of turns,
-    a history re-tokenised otherwise) starts a row. The rows' common start (chat header,
+    Each episode keeps its tokens as play does (:class:`sft2rl.chat_tokens.TokenChat`): a
+    prompt that extends the episode's chat is its tokens so far (the sampled replies as
+    sampled) and the new messages as the chat template renders them, so a growing history is
+    one row per episode (:func:`chain_turns`); any other turn (a Markov prompt, a window of
+    turns past its first, a reply the prompt shows otherwise) is rendered whole and starts a row. The rows' common start (chat header,
     instruction) is their one shared prompt (computed once per batch by the trainer); the
     rest of a row's prompt and the observations between its turns are context (loss mask 0),
     the sampled replies have loss mask 1. ``groups``: the group of each episode."""
-    from .generation import generate
+    from .chat_tokens import TokenChat, model_type, token_builder
+    from .generation import generate, reply_texts
 
+    builder = token_builder(tokenizer, model_type(model))
+    chats = [TokenChat(tokenizer, builder) for _ in episodes]
     turns: list[tuple[int, list[int], list[int], list[float] | None]] = []
     while True:
         active = [i for i, e in enumerate(episodes) if not done(e)]
         if not active:
             break
-        gen = generate(model, tokenizer, [prompt(episodes[i]) for i in active], max_new_tokens=max_new_tokens,
-                       do_sample=True, temperature=cfg["temperature"], top_p=cfg["top_p"],
-                       max_prompt_length=cfg["max_prompt_length"])
+        gen = generate(model, tokenizer, [chats[i].prompt(prompt(episodes[i])) for i in active],
+                       max_new_tokens=max_new_tokens, do_sample=True, temperature=cfg["temperature"],
+                       top_p=cfg["top_p"], max_prompt_length=cfg["max_prompt_length"])
         for row, i in enumerate(active):
             pm, rm = gen.prompt_mask[row].bool(), gen.response_mask[row].bool()
             turns.append((i, gen.prompt_ids[row][pm].tolist(), gen.response_ids[row][rm].tolist(),
                           gen.logprobs[row][rm].tolist() if gen.logprobs is not None else None))
-        advance([episodes[i] for i in active], gen.texts)
+        advance([episodes[i] for i in active], reply_texts(gen, [chats[i] for i in active]))
     owner, prompts, tails, loss, logps = chain_turns(turns)
     c = common_prefix(prompts)
     with_logps = all(lp is not None for lp in logps)
