@@ -177,6 +177,27 @@ def test_reply_policy_stops_at_the_turn_end(base_like):
     assert act(None, PROMPTS) == direct.texts
 
 
+def test_prompts_as_token_ids_generate_as_their_chats(base_like):
+    """A prompt given as token ids (a conversation's tokens, sft2rl.chat_tokens) is left-padded
+    as the rendered chats are: the chat's own ids draw the same replies; a policy given its
+    items answers their first prompts as the chats."""
+    from sft2rl.chat_tokens import chat_ids
+    from sft2rl.generation import reply_policy
+
+    model, tok, _, _ = base_like
+    ids = [chat_ids(tok, p) for p in PROMPTS]
+    assert len({len(x) for x in ids}) > 1  # left padding is exercised
+    a = generate(model, tok, PROMPTS, max_new_tokens=NEW, do_sample=True, seed=3)
+    b = generate(model, tok, ids, max_new_tokens=NEW, do_sample=True, seed=3)
+    assert torch.equal(a.prompt_ids, b.prompt_ids) and torch.equal(a.prompt_mask, b.prompt_mask)
+    assert torch.equal(a.response_ids, b.response_ids) and a.texts == b.texts
+    with pytest.raises(ValueError, match="max_prompt_length"):
+        generate(model, tok, ids, max_new_tokens=NEW, do_sample=False, max_prompt_length=min(map(len, ids)))
+    act = reply_policy(model, tok, max_new_tokens=NEW, do_sample=False, temperature=1.0, seed=0, batch_size=4)
+    items = [object() for _ in PROMPTS]
+    assert act(items, PROMPTS) == generate(model, tok, PROMPTS, max_new_tokens=NEW, do_sample=False).texts
+
+
 def test_decode_takes_one_stop_argument(base_like):
     model, tok, _, _ = base_like
     ids, mask = encode_prompts(tok, PROMPTS[:2], None, "cpu")
