@@ -25,9 +25,11 @@ Messages = list[dict[str, str]]
 
 
 def chat_ids(tokenizer, messages: Messages) -> list[int]:
-    """The chat ``messages`` with the assistant header, as one prompt's token ids."""
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+    """The chat ``messages`` with the assistant header, as one prompt's token ids (as
+    :func:`sft2rl.generation.encode_prompts` tokenises a chat)."""
+    from .generation import chat_texts
+
+    return tokenizer(chat_texts(tokenizer, [messages])[0], add_special_tokens=False)["input_ids"]
 
 
 def token_builder(tokenizer, model_type: str | None):
