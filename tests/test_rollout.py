@@ -212,3 +212,47 @@ def test_fast_sampler_draws_from_the_model_distribution(top_p):
     assert chisquare(counts[keep].numpy(), expected.numpy()).pvalue > 1e-3
     if top_p < 1:
         assert (~keep).any(), "top-p removed some tokens"
+
+
+def test_a_carried_cache_prefills_only_the_new_tokens_with_the_same_tokens(eos_model, monkeypatch):
+    """Multi-turn: each row's cache from one turn (its prompt and the reply tokens that went
+    through the model) is carried to the next, whose prompt continues it with new tokens (the
+    reply's end and an observation, of different lengths per row): only the new tokens are
+    prefilled, and the next replies are those of a decode from scratch (greedy tokens equal,
+    log-probs to 1e-5). A row without a cache, or whose cache is not its prompt's start, is
+    prefilled whole in the same call."""
+    model, tok = eos_model
+    ids, mask = _batch(tok, 1)
+    kw = dict(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, max_new_tokens=12, do_sample=False)
+    caches: list = []
+    out, _ = rollout.decode(model, ids, mask, caches_out=caches, **kw)
+    assert len(caches) == len(PROMPTS) and all(c is not None for c in caches)
+    nxt = []
+    for i, c in enumerate(caches):
+        prompt = ids[i][mask[i].bool()].tolist()
+        reply = out[i][_resp_mask(out[i:i + 1], tok.eos_token_id)[0].bool()].tolist()
+        assert c.ids == prompt + reply[:len(c.ids) - len(prompt)] and len(c.ids) >= len(prompt) + len(reply) - 1
+        assert c.k[0].shape[1] == len(c.ids)
+        obs = tok.encode(" and then" * (i % 3 + 1), add_special_tokens=False)
+        nxt.append(prompt + reply + obs)
+    width = max(map(len, nxt))
+    ids2 = torch.full((len(nxt), width), tok.pad_token_id)
+    mask2 = torch.zeros((len(nxt), width), dtype=torch.long)
+    for i, p in enumerate(nxt):
+        ids2[i, width - len(p):], mask2[i, width - len(p):] = torch.tensor(p), 1
+    fresh, fresh_lp = rollout.decode(model, ids2, mask2, **kw)
+    prefilled = []
+    real = rollout._forward
+    monkeypatch.setattr(rollout, "_forward", lambda m, x, *a, **k: prefilled.append(x.shape[1]) or real(m, x, *a, **k))
+    past = list(caches)
+    past[1] = None                                     # no cache: prefilled whole
+    past[2] = rollout.RowCache([7] + caches[2].ids[1:], caches[2].k, caches[2].v)  # not its prompt's start
+    again, again_lp = rollout.decode(model, ids2, mask2, past=past, **kw)
+    assert torch.equal(again, fresh) and torch.allclose(again_lp, fresh_lp, atol=1e-5)
+    rest = [len(p) - (0 if i in (1, 2) else len(c.ids)) for i, (p, c) in enumerate(zip(nxt, caches))]
+    assert prefilled[0] == max(rest) == max(len(nxt[1]), len(nxt[2]))  # rows 1 and 2: their whole prompt
+    prefilled.clear()
+    carried, carried_lp = rollout.decode(model, ids2, mask2, past=caches, **kw)
+    assert torch.equal(carried, fresh) and torch.allclose(carried_lp, fresh_lp, atol=1e-5)
+    new = max(len(p) - len(c.ids) for p, c in zip(nxt, caches))
+    assert prefilled[0] == new < width // 2  # the window of the longest new part only

@@ -154,7 +154,8 @@ def response_mask(response_ids: torch.Tensor, stop_ids: int | Iterable[int]) -> 
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[list[dict[str, str]]] | list[list[int]], *, max_new_tokens: int,
              do_sample: bool, temperature: float = 1.0, top_p: float = 1.0, num_return_sequences: int = 1,
-             max_prompt_length: int | None = None, seed: int | None = None, engine: str = "auto") -> Generated:
+             max_prompt_length: int | None = None, seed: int | None = None, engine: str = "auto",
+             past: list | None = None, caches_out: list | None = None) -> Generated:
     """Generate for each prompt (a chat, or its token ids) ``num_return_sequences`` responses
     (grouped consecutively).
 
@@ -162,6 +163,10 @@ def generate(model, tokenizer, prompts: list[list[dict[str, str]]] | list[list[i
     else ``generate``), ``lean`` or ``hf``. Both draw the same tokens from the same seed.
     Both stop a row at any of :func:`stop_token_ids`; the response mask and the texts end
     with the first (the stop token itself is special, so the texts leave it out).
+
+    ``past`` / ``caches_out``: the lean engine's K/V of each row's sequence so far, carried
+    from one turn to the next (:func:`sft2rl.rollout.decode`); ``model.generate`` takes none
+    and fills ``caches_out`` with None.
     """
     from . import rollout
 
@@ -186,8 +191,11 @@ def generate(model, tokenizer, prompts: list[list[dict[str, str]]] | list[list[i
         resp, logprobs = rollout.decode(model, unique_ids, unique_mask, max_new_tokens=max_new_tokens,
                                         stop_token_ids=stops, pad_token_id=tokenizer.pad_token_id, do_sample=do_sample,
                                         temperature=temperature, top_p=top_p,
-                                        num_return_sequences=num_return_sequences)
+                                        num_return_sequences=num_return_sequences, past=past,
+                                        caches_out=caches_out)
     else:
+        if caches_out is not None:
+            caches_out[:] = [None] * ids.shape[0]
         kwargs = dict(do_sample=do_sample, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
                       eos_token_id=stops if len(stops) > 1 else stops[0], use_cache=True)
         if do_sample:

@@ -191,15 +191,20 @@ def multi_turn_rollout(model, tokenizer, episodes: list, groups: np.ndarray, *, 
 
     builder = token_builder(tokenizer, model_type(model))
     chats = [TokenChat(tokenizer, builder) for _ in episodes]
+    kv: list = [None] * len(episodes)  # each episode's K/V so far: a continuing prompt prefills its new tokens only
     turns: list[tuple[int, list[int], list[int], list[float] | None]] = []
     while True:
         active = [i for i, e in enumerate(episodes) if not done(e)]
+        kv = [None if done(e) else c for e, c in zip(episodes, kv)]  # a finished episode's cache goes
         if not active:
             break
+        out: list = []
         gen = generate(model, tokenizer, [chats[i].prompt(prompt(episodes[i])) for i in active],
                        max_new_tokens=max_new_tokens, do_sample=True, temperature=cfg["temperature"],
-                       top_p=cfg["top_p"], max_prompt_length=cfg["max_prompt_length"])
+                       top_p=cfg["top_p"], max_prompt_length=cfg["max_prompt_length"],
+                       past=[kv[i] for i in active], caches_out=out)
         for row, i in enumerate(active):
+            kv[i] = out[row]
             pm, rm = gen.prompt_mask[row].bool(), gen.response_mask[row].bool()
             turns.append((i, gen.prompt_ids[row][pm].tolist(), gen.response_ids[row][rm].tolist(),
                           gen.logprobs[row][rm].tolist() if gen.logprobs is not None else None))

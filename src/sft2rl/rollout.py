@@ -14,7 +14,10 @@ modules (so LoRA layers, autocast and any dtype work unchanged) in a plain loop:
   the chat template's end of turn); finished rows are dropped from the batch once they are a quarter of it;
 - sampling by inverting the cumulative distribution at one uniform number per row;
 - the log-prob of each sampled token under ``logits / temperature`` comes back with it
-  (verl's rollout log-probs), so the trainer can check them against its own forward.
+  (verl's rollout log-probs), so the trainer can check them against its own forward;
+- multi-turn: each row's K/V (prompt and reply) can be carried to the next turn
+  (:class:`RowCache`), whose prompt continues it: only the new tokens (the reply's end and
+  the observation) are prefilled, as a serving engine's prefix cache does.
 
 Exactness (tests/test_rollout.py, and bench/rollout.py --check in CI): greedy tokens are
 identical to ``model.generate``; with ``match_generate=True`` (finished rows kept, multinomial
@@ -78,6 +81,30 @@ class _Cache:
         """Keep only ``rows``."""
         self.k = [t.index_select(0, rows) for t in self.k]
         self.v = [t.index_select(0, rows) for t in self.v]
+
+
+class RowCache:
+    """One sequence's K/V so far, carried from one turn's decode to the next: ``ids`` are the
+    tokens it holds (positions 0..len-1, the prompt's real tokens then the reply tokens that
+    went through the model), ``k``/``v`` per layer (H_kv, len, D)."""
+
+    def __init__(self, ids: list[int], k: list[torch.Tensor], v: list[torch.Tensor]):
+        self.ids, self.k, self.v = ids, k, v
+
+    def usable_for(self, prompt: list[int]) -> int:
+        """How many leading tokens of ``prompt`` this cache holds (0 unless it is a prefix of
+        ``prompt`` that leaves at least one token to prefill)."""
+        n = len(self.ids)
+        return n if n < len(prompt) and prompt[:n] == self.ids else 0
+
+
+def _snapshot(cache: _Cache, slot_rows: torch.Tensor, slots: list[torch.Tensor], ids: list[list[int]],
+              out: list, orig: list[int]) -> None:
+    """Copy the K/V of ``slots[j]`` of cache row ``slot_rows[j]`` into ``out[orig[j]]``."""
+    for j, r in enumerate(slot_rows.tolist()):
+        sl = slots[j]
+        out[orig[j]] = RowCache(ids[j], [k[r].index_select(1, sl) for k in cache.k],
+                                [v[r].index_select(1, sl) for v in cache.v])
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -224,6 +251,7 @@ def decode(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, max_ne
            stop_token_ids: int | Iterable[int] | None = None, pad_token_id: int, do_sample: bool,
            temperature: float = 1.0, top_p: float = 1.0, num_return_sequences: int = 1,
            match_generate: bool = False, eos_token_id: int | Iterable[int] | None = None,
+           past: list[RowCache | None] | None = None, caches_out: list | None = None,
            ) -> tuple[torch.Tensor, torch.Tensor]:
     """Decode up to ``max_new_tokens`` for left-padded prompts, ``num_return_sequences`` rows
     per prompt (consecutive, as ``generate`` orders them). Each prompt is prefilled once and
@@ -238,6 +266,12 @@ def decode(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, max_ne
 
     ``match_generate``: keep finished rows and sample with ``torch.multinomial``, so the
     sampled tokens are those ``generate`` draws from the same seed (slower; for checks).
+
+    Multi-turn (one row per prompt): ``past`` gives each row the :class:`RowCache` of its
+    sequence so far (None: none); where it holds the start of the row's prompt, only the rest
+    is prefilled (the window of the longest rest; a row's cached tokens inside that window are
+    computed again). ``caches_out``, a list, receives one :class:`RowCache` per row: the
+    prompt's real tokens and the reply tokens that went through the model, for the next turn.
     """
     if (stop_token_ids is None) == (eos_token_id is None):
         raise TypeError("decode() takes stop_token_ids (or its alias eos_token_id), exactly one of them")
@@ -263,8 +297,31 @@ def decode(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, max_ne
     cos_all, sin_all = m.model.rotary_emb(probe, positions)
     cos_all, sin_all = cos_all[0], sin_all[0]                       # (L, D)
 
-    c = shared_prompt_prefix(prompt_ids, prompt_mask)
-    if c:  # the prompts' common start (a task's instruction) is prefilled once, for every row
+    lengths = prompt_mask.long().sum(dim=1).tolist()
+    real_ids = [prompt_ids[i, p - lengths[i]:].tolist() for i in range(b // n)] if (past or caches_out is not None) \
+        else None
+    held = [0] * (b // n)
+    if caches_out is not None and n != 1:
+        raise ValueError("caches_out needs one row per prompt (num_return_sequences = 1)")
+    if past is not None:
+        if n != 1 or len(past) != b:
+            raise ValueError("past caches need one row per prompt (num_return_sequences = 1)")
+        held = [pc.usable_for(real_ids[i]) if pc is not None else 0 for i, pc in enumerate(past)]
+    window = max(lengths[i] - held[i] for i in range(b // n)) if any(held) else p
+    c = 0 if window < p else shared_prompt_prefix(prompt_ids, prompt_mask)
+    if window < p:  # each row's cached start in place, then the rest of every prompt prefilled
+        for i, got in enumerate(held):
+            if got:
+                first = p - lengths[i]
+                for layer in range(len(cache.k)):
+                    cache.k[layer][i, :, first:first + got] = past[i].k[layer]
+                    cache.v[layer][i, :, first:first + got] = past[i].v[layer]
+        mask = prompt_mask.bool()
+        pos, prefill_mask = prompt_layout(prompt_mask)
+        start = p - window
+        h = _forward(m, prompt_ids[:, start:], cos_all[pos[:, start:]], sin_all[pos[:, start:]], cache, start,
+                     prefill_mask[:, :, start:])
+    elif c:  # the prompts' common start (a task's instruction) is prefilled once, for every row
         prompt_ids, prompt_mask = _prefix_first(prompt_ids, prompt_mask, c, pad_token_id)
         one = _Cache(len(m.model.layers), 1, n_kv, c, head_dim, dtype, device)
         _forward(m, prompt_ids[:1, :c], cos_all[None, :c], sin_all[None, :c], one, 0,
@@ -290,6 +347,21 @@ def decode(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, max_ne
         cache.keep(rep)
         h, last_pos, mask = h[rep], last_pos[rep], mask[rep]
 
+    written = torch.zeros(b, dtype=torch.long, device=device)  # reply tokens of each row through the model
+    prompt_slots = [mask[i].nonzero().squeeze(1) for i in range(b)] if caches_out is not None else None
+
+    def keep_caches(which: torch.Tensor) -> None:
+        """Snapshot the cache rows ``which`` (positions in the current batch) into ``caches_out``."""
+        if caches_out is None or len(which) == 0:
+            return
+        orig = rows[which].tolist()
+        reply = [out_ids[r, :int(written[r])].tolist() for r in orig]
+        slots = [torch.cat([prompt_slots[r], p + torch.arange(len(reply[j]), device=device)])
+                 for j, r in enumerate(orig)]
+        _snapshot(cache, which, slots, [real_ids[r] + reply[j] for j, r in enumerate(orig)], caches_out, orig)
+
+    if caches_out is not None:
+        caches_out[:] = [None] * b
     out_ids = torch.full((b, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
     out_lp = torch.zeros(b, max_new_tokens, dtype=torch.float32, device=device)
     rows = torch.arange(b, device=device)        # original index of each active row
@@ -312,11 +384,22 @@ def decode(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, max_ne
         if not match_generate and n_dead * 4 >= len(rows):
             # drop finished rows once they are a quarter of the batch (each drop copies the cache)
             keep = (~dead).nonzero().squeeze(1)
+            keep_caches(dead.nonzero().squeeze(1))
             rows, tok, last_pos, key_mask, dead = rows[keep], tok[keep], last_pos[keep], key_mask[keep], dead[keep]
             cache.keep(keep)
         last_pos = last_pos + 1
         key_mask[:, p + t] = True
         h = _forward(m, tok[:, None], cos_all[last_pos][:, None], sin_all[last_pos][:, None], cache, p + t,
                      key_mask[:, None, None, :p + t + 1])
+        written[rows] = torch.minimum(written[rows] + 1, _reply_lengths(out_ids[rows, :t + 1], stop_t))
         hidden = h[:, -1]
+    keep_caches(torch.arange(len(rows), device=device))
     return out_ids[:, :steps], out_lp[:, :steps]
+
+
+def _reply_lengths(out: torch.Tensor, stop_t: torch.Tensor) -> torch.Tensor:
+    """Tokens of each row's reply so far in ``out`` (B, T): up to and including its first stop id."""
+    is_stop = torch.isin(out, stop_t)
+    first = torch.where(is_stop.any(dim=1), is_stop.long().argmax(dim=1) + 1, torch.full_like(is_stop[:, 0], out.shape[1],
+                                                                                               dtype=torch.long))
+    return first
