@@ -310,6 +310,10 @@ def decode(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, max_ne
     window = max(lengths[i] - held[i] for i in range(b // n)) if any(held) else p
     c = 0 if window < p else shared_prompt_prefix(prompt_ids, prompt_mask)
     if window < p:  # each row's cached start in place, then the rest of every prompt prefilled
+        start = p - window
+        for layer in range(len(cache.k)):  # slots no row fills (left padding) must hold finite values:
+            cache.k[layer][:, :, :start].zero_()  # a masked key still multiplies its value by 0
+            cache.v[layer][:, :, :start].zero_()
         for i, got in enumerate(held):
             if got:
                 first = p - lengths[i]
@@ -318,7 +322,6 @@ def decode(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, max_ne
                     cache.v[layer][i, :, first:first + got] = past[i].v[layer]
         mask = prompt_mask.bool()
         pos, prefill_mask = prompt_layout(prompt_mask)
-        start = p - window
         h = _forward(m, prompt_ids[:, start:], cos_all[pos[:, start:]], sin_all[pos[:, start:]], cache, start,
                      prefill_mask[:, :, start:])
     elif c:  # the prompts' common start (a task's instruction) is prefilled once, for every row
