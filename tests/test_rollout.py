@@ -256,3 +256,17 @@ def test_a_carried_cache_prefills_only_the_new_tokens_with_the_same_tokens(eos_m
     assert torch.equal(carried, fresh) and torch.allclose(carried_lp, fresh_lp, atol=1e-5)
     new = max(len(p) - len(c.ids) for p, c in zip(nxt, caches))
     assert prefilled[0] == new < width // 2  # the window of the longest new part only
+
+    # preallocated cache memory may hold anything, NaN included: the slots left of the window
+    # (left padding) must not reach a row's attention (a masked key still multiplies its value)
+    init = rollout._Cache.__init__
+
+    def nan_init(self, *a, **k):
+        init(self, *a, **k)
+        for t in self.k + self.v:
+            t.fill_(float("nan"))
+
+    monkeypatch.setattr(rollout._Cache, "__init__", nan_init)
+    for past in (None, caches):
+        got, got_lp = rollout.decode(model, ids2, mask2, past=past, **kw)
+        assert torch.equal(got, fresh) and torch.allclose(got_lp, fresh_lp, atol=1e-5)
