@@ -15,6 +15,11 @@ needed work (each distinct prompt prefilled once, then every response token) rea
 
     python bench/rollout.py            -> bench/results/rollout.json, rollout.csv
     python bench/rollout.py --quick --check   (CI: small model, exactness only; exit 1 if not exact)
+    python bench/rollout.py --device cuda --dtype bf16   (a GPU: bench/gpu_check.py runs it so)
+
+On a GPU the peak is the device's measured matmul rate in ``--dtype``, and exactness is
+reported, not required: other kernels (``generate``'s attention, bf16 rounding) may pick
+other tokens where two are nearly tied.
 """
 from __future__ import annotations
 
@@ -26,9 +31,31 @@ from common import REPO, interleaved, matmul_gflops, publish, tiny_model
 
 DEFAULT_MODEL = REPO / "results/models/sft50_seed42/merged"
 DEFAULT_DATA = REPO / "data/processed/rl/train.parquet"
+DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
 
 
-def load(model_path: str | None, data_path: str | None, n_prompts: int, quick: bool):
+def device_matmul_gflops(device: str, dtype: str, threads: int, n: int = 4096, reps: int = 20) -> float:
+    """The matmul rate the rollout is compared to: the CPU's fp32 rate with ``threads`` threads,
+    or a GPU's measured rate in ``dtype``."""
+    import time
+
+    import torch
+
+    if device == "cpu":
+        return matmul_gflops(threads)
+    a = torch.randn(n, n, device=device, dtype=getattr(torch, DTYPES[dtype]))
+    b = torch.randn(n, n, device=device, dtype=a.dtype)
+    a @ b
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    torch.cuda.synchronize()
+    return 2 * n ** 3 * reps / (time.perf_counter() - t0) / 1e9
+
+
+def load(model_path: str | None, data_path: str | None, n_prompts: int, quick: bool, device: str = "cpu",
+         dtype: str = "fp32"):
     import torch
 
     from sft2rl.io import read_parquet_rows
@@ -37,10 +64,11 @@ def load(model_path: str | None, data_path: str | None, n_prompts: int, quick: b
     if model_path is None and DEFAULT_MODEL.is_dir() and not quick:
         model_path = str(DEFAULT_MODEL)
     if model_path:
-        model, tok = load_model(model_path, torch.device("cpu"), torch.float32)
+        model, tok = load_model(model_path, torch.device(device), getattr(torch, DTYPES[dtype]))
         source = model_path
     else:
         model, tok = tiny_model(hidden=64 if quick else 128, layers=2 if quick else 4)
+        model = model.to(device=device, dtype=getattr(torch, DTYPES[dtype]))
         source = "random init (no built model)"
     if data_path is None and DEFAULT_DATA.is_file() and not quick:
         data_path = str(DEFAULT_DATA)
@@ -51,6 +79,12 @@ def load(model_path: str | None, data_path: str | None, n_prompts: int, quick: b
                     {"role": "user", "content": f"What is the capital of Land{i}? And what is {i} plus {i + 3}?"}]
                    for i in range(n_prompts)]
     return model.eval(), tok, prompts, source
+
+
+def device_name(device: str) -> str:
+    import torch
+
+    return torch.cuda.get_device_name(0) if device.startswith("cuda") else f"cpu ({torch.get_num_threads()} threads)"
 
 
 def flops_per_token(model, context: float) -> float:
@@ -74,6 +108,8 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="small model, 2 repetitions (CI)")
     ap.add_argument("--check", action="store_true", help="exit 1 unless the engine is exact")
     ap.add_argument("--out", default="rollout")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="the model's weights")
     a = ap.parse_args(argv)
     rl = yaml.safe_load((REPO / "config.yaml").read_text())["rl"]
     torch.set_num_threads(a.threads)
@@ -83,8 +119,8 @@ def main(argv=None) -> int:
 
     n_prompts, n, new = rl["train_batch"], rl["n"], rl["max_response_length"]
     reps = 2 if a.quick else a.reps
-    model, tok, prompts, source = load(a.model, a.data, n_prompts, a.quick)
-    uids, umask = encode_prompts(tok, prompts, None, "cpu")
+    model, tok, prompts, source = load(a.model, a.data, n_prompts, a.quick, a.device, a.dtype)
+    uids, umask = encode_prompts(tok, prompts, None, a.device)
     ids, mask = uids.repeat_interleave(n, 0), umask.repeat_interleave(n, 0)
     # every stop id (EOS and the chat turn's end), as generation.generate uses them
     eos, pad, temp = stop_token_ids(model, tok), tok.pad_token_id, rl["temperature"]
@@ -141,7 +177,7 @@ def main(argv=None) -> int:
                           "lean": run("lean", lambda s: lean(True, s)),
                           "lean_match_generate": run("lean_match_generate", lambda s: lean(True, s, match=True))},
                          reps=reps)
-    gflops = matmul_gflops(a.threads)
+    gflops = device_matmul_gflops(a.device, a.dtype, a.threads)
     p_len = float(mask.sum(1).float().mean())
     rows = []
     base = timing["generate"]["median_s"]
@@ -158,10 +194,11 @@ def main(argv=None) -> int:
     payload = {"what": "rollout throughput at the GRPO batch shape", "model": source,
                "batch": {"prompts": n_prompts, "n": n, "rows": int(ids.shape[0]), "max_new_tokens": new,
                          "temperature": temp, "mean_prompt_tokens": p_len},
-               "threads": a.threads, "matmul_gflops_fp32": gflops, "exactness": exact, "timing": timing}
+               "threads": a.threads, "device": device_name(a.device), "dtype": a.dtype,
+               "matmul_gflops": gflops, "exactness": exact, "timing": timing}
     publish(a.out, payload, rows)
     print("exactness:", exact)
-    print("matmul peak:", f"{gflops:.1f} GFLOP/s with {a.threads} thread(s)")
+    print("matmul peak:", f"{gflops:.1f} GFLOP/s ({device_name(a.device)}, {a.dtype})")
     if a.check and not exact["exact"]:
         print("NOT EXACT", file=sys.stderr)
         return 1
