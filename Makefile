@@ -9,7 +9,7 @@ STAMP := $(VENV)/.setup-done
 CORES ?= all
 export PYTHONHASHSEED := 0
 
-.PHONY: setup run test test-fast test-slurm bench figures paper samples lint clean
+.PHONY: setup run test test-fast test-slurm bench gpu-wheels figures paper samples lint clean
 setup: $(STAMP)
 
 # torch first, from the local CPU wheel, so no resolver ever pulls a CUDA build;
@@ -49,6 +49,10 @@ bench: setup
 	$(PY) bench/games_rollout.py
 	$(PY) bench/pretrain.py
 	$(PY) bench/workflow.py --headline
+
+# Wheels for the GPU check (bench/gpu_check.py) on a device machine without a registry: carry .whl/.
+gpu-wheels: setup
+	bench/gpu_wheels.sh
 
 figures: setup
 	$(BIN)/snakemake --cores $(CORES) figures
