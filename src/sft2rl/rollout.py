@@ -298,8 +298,8 @@ def decode(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, max_ne
     cos_all, sin_all = cos_all[0], sin_all[0]                       # (L, D)
 
     lengths = prompt_mask.long().sum(dim=1).tolist()
-    real_ids = [prompt_ids[i, p - lengths[i]:].tolist() for i in range(b // n)] if (past or caches_out is not None) \
-        else None
+    real_ids = [prompt_ids[i, p - lengths[i]:].tolist() for i in range(b // n)] \
+        if past is not None or caches_out is not None else None
     held = [0] * (b // n)
     if caches_out is not None and n != 1:
         raise ValueError("caches_out needs one row per prompt (num_return_sequences = 1)")
@@ -350,15 +350,17 @@ def decode(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, max_ne
         cache.keep(rep)
         h, last_pos, mask = h[rep], last_pos[rep], mask[rep]
 
-    written = torch.zeros(b, dtype=torch.long, device=device)  # reply tokens of each row through the model
     prompt_slots = [mask[i].nonzero().squeeze(1) for i in range(b)] if caches_out is not None else None
 
-    def keep_caches(which: torch.Tensor) -> None:
-        """Snapshot the cache rows ``which`` (positions in the current batch) into ``caches_out``."""
+    def keep_caches(which: torch.Tensor, forwarded: int) -> None:
+        """Snapshot the cache rows ``which`` (positions in the current batch) into ``caches_out``,
+        once the first ``forwarded`` reply steps have gone through the model: a row holds its
+        reply up to its stop id, at most ``forwarded`` tokens of it."""
         if caches_out is None or len(which) == 0:
             return
         orig = rows[which].tolist()
-        reply = [out_ids[r, :int(written[r])].tolist() for r in orig]
+        held = _reply_lengths(out_ids[orig, :forwarded + 1], stop_t).clamp(max=forwarded).tolist()
+        reply = [out_ids[r, :n].tolist() for r, n in zip(orig, held)]
         slots = [torch.cat([prompt_slots[r], p + torch.arange(len(reply[j]), device=device)])
                  for j, r in enumerate(orig)]
         _snapshot(cache, which, slots, [real_ids[r] + reply[j] for j, r in enumerate(orig)], caches_out, orig)
@@ -387,16 +389,16 @@ def decode(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, max_ne
         if not match_generate and n_dead * 4 >= len(rows):
             # drop finished rows once they are a quarter of the batch (each drop copies the cache)
             keep = (~dead).nonzero().squeeze(1)
-            keep_caches(dead.nonzero().squeeze(1))
+            keep_caches(dead.nonzero().squeeze(1), t)
             rows, tok, last_pos, key_mask, dead = rows[keep], tok[keep], last_pos[keep], key_mask[keep], dead[keep]
             cache.keep(keep)
         last_pos = last_pos + 1
         key_mask[:, p + t] = True
         h = _forward(m, tok[:, None], cos_all[last_pos][:, None], sin_all[last_pos][:, None], cache, p + t,
                      key_mask[:, None, None, :p + t + 1])
-        written[rows] = torch.minimum(written[rows] + 1, _reply_lengths(out_ids[rows, :t + 1], stop_t))
         hidden = h[:, -1]
-    keep_caches(torch.arange(len(rows), device=device))
+    # the loop ends before the last sampled token goes through the model
+    keep_caches(torch.arange(len(rows), device=device), max(steps - 1, 0))
     return out_ids[:, :steps], out_lp[:, :steps]
 
 
