@@ -44,7 +44,7 @@ from pathlib import Path
 
 from common import REPO
 
-#: What the reduced config builds: (name, GRPO summary, the run's kind).
+#: The GRPO runs the reduced config builds: name -> the run's summary.json.
 RUNS = {
     "qa_grpo": "results/rl/rl-sft16_seed42-beta0.3-seed1/summary.json",
     "frozenlake_grpo": "results/games/rl/rl-frozenlake-seed1/summary.json",

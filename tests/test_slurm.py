@@ -79,10 +79,15 @@ def _workdir(root: Path) -> Path:
     return root
 
 
+def _text(log: Path) -> str:
+    """A log's text; a job killed mid-write can leave a character cut in half."""
+    return log.read_text(errors="replace")
+
+
 class Run:
     def __init__(self, workdir: Path, proc: subprocess.CompletedProcess, seconds: float, log: Path):
         self.workdir, self.returncode, self.seconds, self.logfile = workdir, proc.returncode, seconds, log
-        self.log = log.read_text(errors="replace")  # a job killed mid-write can cut a character
+        self.log = _text(log)
         # Snakemake's own lines: without the job logs it prints after a failure
         # (show-failed-logs), which contain the job's own "rule ...:" blocks
         self.main = re.sub(r"^Logfile [^\n]*:\n={40,}\n.*?^={40,}$", "", self.log, flags=re.S | re.M)
@@ -155,7 +160,7 @@ def snakemake(workdir: Path, targets: list[str], *args: str, configfiles=(REDUCE
 
 def _cancel_run(log: Path) -> None:
     """After a timeout: cancel what the killed snakemake left on the cluster (job name = run id)."""
-    m = re.search(r"SLURM run ID: (\S+)", log.read_text(errors="replace"))
+    m = re.search(r"SLURM run ID: (\S+)", _text(log))
     if m:
         subprocess.run(["scancel", "--name", m.group(1)], check=False)
 
@@ -173,7 +178,7 @@ def _elapsed(slurm_log: Path) -> list[float]:
     """'Elapsed time' lines of a job's SLURM log, in seconds: [inner snakemake (the rule, run
     by srun), outer snakemake (the batch script)]."""
     out = []
-    for h, m, s in re.findall(r"Elapsed time: (\d+):(\d\d):(\d\d(?:\.\d+)?)", slurm_log.read_text(errors="replace")):
+    for h, m, s in re.findall(r"Elapsed time: (\d+):(\d\d):(\d\d(?:\.\d+)?)", _text(slurm_log)):
         out.append(int(h) * 3600 + int(m) * 60 + float(s))
     return out
 
@@ -236,7 +241,7 @@ def test_every_job_went_through_sbatch(slurm_run):
     for jid, sid in submitted.items():
         rule = jobs[jid]["rule"]
         assert f"rule_{rule}" in logs[sid].relative_to(run.workdir).parts, (rule, logs[sid])
-        assert re.search(rf"Finished jobid: \d+ \(Rule: {rule}\)", logs[sid].read_text(errors="replace")), logs[sid]
+        assert re.search(rf"Finished jobid: \d+ \(Rule: {rule}\)", _text(logs[sid])), logs[sid]
     # each job asked SLURM for as many CPUs as its rule has threads
     for j in jobs.values():
         assert j.get("cpus_per_task") == j["threads"], j
@@ -284,7 +289,7 @@ def test_failed_job_is_reported_and_rerun_resumes(slurm_cluster, tmp_path):
     assert "Error in rule rl_data" in first.log
     (rl_id,) = [first.submitted()[j] for j, r in rules.items() if r == "rl_data"]
     assert re.search(rf"SLURM-job '{rl_id}' failed, SLURM status is: 'FAILED'", first.log), _fail_msg(first)
-    assert "train_fraction" in first.slurm_logs()[rl_id].read_text(errors="replace")  # the job's own error, in its SLURM log
+    assert "train_fraction" in _text(first.slurm_logs()[rl_id])  # the job's own error, in its SLURM log
     finished = {r for j, r in rules.items() if jobs[j].get("end")}
     assert finished == {"world", "sft_data"}
     assert (wd / targets[1]).exists() and not (wd / targets[0]).exists()

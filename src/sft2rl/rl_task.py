@@ -183,9 +183,10 @@ def multi_turn_rollout(model, tokenizer, episodes: list, groups: np.ndarray, *, 
     sampled) and the new messages as the chat template renders them, so a growing history is
     one row per episode (:func:`chain_turns`); any other turn (a Markov prompt, a window of
     turns past its first, a reply the prompt shows otherwise) is rendered whole and starts a
-    row. The rows' common start (chat header, instruction) is their one shared prompt (computed once per batch by the trainer); the
-    rest of a row's prompt and the observations between its turns are context (loss mask 0),
-    the sampled replies have loss mask 1. ``groups``: the group of each episode."""
+    row. The rows' common start (chat header, instruction) is their one shared prompt
+    (computed once per batch by the trainer); the rest of a row's prompt and the observations
+    between its turns are context (loss mask 0), the sampled replies have loss mask 1.
+    ``groups``: the group of each episode."""
     from .chat_tokens import TokenChat, model_type, token_builder
     from .generation import generate, reply_texts
 
