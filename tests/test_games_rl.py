@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from sft2rl.rl_task import chain_turns, group_filter, pack_rows
+from sft2rl.rl_task import chain_turns, group_filter, pack_rows, step_advantages
 from sft2rl.tasks.games import data, play, prompts
 from test_games import CFG
 
@@ -41,12 +41,14 @@ def test_chain_turns_extends_a_row_only_where_the_prompt_continues_it():
     turns = [(0, [1, 2], [5, 6], [-.1, -.2]), (1, [1, 3], [7], [-.3]), (2, [1, 4], [8], [-.4]),
              (0, [1, 2, 5, 6, 9], [5], [-.5]), (1, [1, 3, 70, 9], [7], [-.6]), (2, [1, 4], [8], [-.7]),
              (0, [1, 2, 5, 6, 9, 5, 9, 9], [6], [-.8]), (1, [1, 3, 70, 9, 7, 9], [2], [-.9])]
-    owner, prompts_, tails, loss, logps = chain_turns(turns)
+    owner, prompts_, tails, loss, logps, turn_of = chain_turns(turns)
     assert owner == [0, 1, 2, 1, 2]
     assert prompts_ == [[1, 2], [1, 3], [1, 4], [1, 3, 70, 9], [1, 4]]
     assert tails == [[5, 6, 9, 5, 9, 9, 6], [7], [8], [7, 9, 2], [8]]
     assert loss == [[1, 1, 0, 1, 0, 0, 1], [1], [1], [1, 0, 1], [1]]
     assert logps[0] == [-.1, -.2, 0.0, -.5, 0.0, 0.0, -.8] and logps[3] == [-.6, 0.0, -.9]
+    # each sampled token's turn of its episode (-1 on the observations between them)
+    assert turn_of == [[0, 0, -1, 1, -1, -1, 2], [0], [0], [1, -1, 2], [1]]
     # every sampled token keeps its place: the loss-1 tokens of an episode's rows are its replies in order
     for ep in range(3):
         sampled = [t for o, tl, m in zip(owner, tails, loss) if o == ep for t, b in zip(tl, m) if b]
@@ -70,6 +72,23 @@ def test_trajectory_advantage_is_the_group_normalised_score():
     adv = trajectory_advantages(torch.tensor([1.0, 0.0, 0.0, 2.0, 2.0]), np.array([0, 0, 0, 1, 1]), True)
     m, s = 1 / 3, float(np.std([1, 0, 0], ddof=1))
     assert adv.tolist() == pytest.approx([(1 - m) / (s + 1e-6), -m / (s + 1e-6), -m / (s + 1e-6), 0.0, 0.0], abs=1e-5)
+
+
+def test_step_advantage_normalises_returns_among_the_turns_from_one_state():
+    """GiGPO's step level: a state reached by several turns of a group compares their
+    discounted returns; a state reached once, or in another group, gives 0."""
+    turns = [[("s", 0.0), ("a", 1.0)],   # group 0: s -> a -> goal
+             [("s", 0.0), ("b", 0.0)],   # group 0: s -> b -> hole
+             [("s", 0.0), ("a", 0.0)],   # group 0: s -> a -> hole
+             [("s", 5.0)]]               # group 1: another level's s
+    got = step_advantages(turns, np.array([0, 0, 0, 1]), gamma=0.5, norm_by_std=False)
+    r_s = np.array([0.5, 0.0, 0.0])      # returns from s: 0 + 0.5 * 1, 0, 0
+    assert got[:3, 0].tolist() == pytest.approx((r_s - r_s.mean()).tolist())
+    assert got[0, 1] == pytest.approx(0.5) and got[2, 1] == pytest.approx(-0.5)  # a: 1 against 0
+    assert got[1, 1] == 0.0 and got[3].tolist() == [0.0, 0.0]  # b once; group 1's s alone
+    normed = step_advantages(turns, np.array([0, 0, 0, 1]), gamma=0.5, norm_by_std=True)
+    assert normed[0, 0] == pytest.approx((0.5 - 1 / 6) / (np.std(r_s, ddof=1) + 1e-6))
+    assert step_advantages([[("s", 1.0)], [("s", 1.0)]], np.array([0, 0]), 0.9, True).tolist() == [[0.0], [0.0]]
 
 
 @pytest.mark.parametrize("env", ["frozenlake", "sokoban"])
@@ -307,6 +326,68 @@ def test_games_rl_runs_on_the_shared_trainer_with_validation(frozen, tmp_path):
     assert quiet[0]["pg_loss"] == pytest.approx(hist[1]["pg_loss"], abs=1e-6)  # the same first update
     with pytest.raises(ValueError, match="max_new_tokens"):
         train_rl(str(frozen / "model"), task, str(tmp_path / "bad"), dict(RL, max_response_length=7))
+
+
+def test_token_advantage_is_the_trajectory_s_plus_the_weighted_step_advantage_of_its_turn():
+    from sft2rl.grpo import _with_step_advantages
+    from sft2rl.rl_task import Rollout
+
+    # two episodes of one level; episode 0 is one row of two turns (an observation between them),
+    # episode 1 two rows of one turn each
+    loss = torch.tensor([[1, 1, 0, 1], [1, 0, 0, 0], [1, 1, 0, 0]])
+    turn_of = torch.tensor([[0, 0, -1, 1], [0, -1, -1, -1], [1, 1, -1, -1]])
+    ro = Rollout(*(torch.zeros(3, 4),) * 4, loss, torch.tensor([0, 1, 1]), np.array([0, 0]), turn_of=turn_of)
+    turns = [[("s", 0.0), ("a", 1.0)], [("s", 0.0), ("b", 0.0)]]
+    base = torch.full((3, 4), 0.5) * loss
+    adv, m = _with_step_advantages(base, turns, np.array([1.0, 0.0]), ro, 2.0,
+                                   {"step_adv_gamma": 1.0, "norm_adv_by_std": False}, step_advantages)
+    # from s: returns 1 and 0 -> +0.5 / -0.5; a and b reached once -> 0
+    assert adv.tolist() == [[1.5, 1.5, 0.0, 0.5], [-0.5, 0.0, 0.0, 0.0], [0.5, 0.5, 0.0, 0.0]]
+    assert m["step_adv_nonzero"] == pytest.approx(0.5)
+    from sft2rl.errors import RunError
+
+    with pytest.raises(RunError, match="do not sum"):
+        _with_step_advantages(base, turns, np.array([2.0, 0.0]), ro, 2.0,
+                              {"step_adv_gamma": 1.0, "norm_adv_by_std": False}, step_advantages)
+
+
+def test_step_advantages_reach_each_sampled_token_of_its_turn(frozen, tmp_path):
+    """With ``step_adv_weight`` the games' turn rewards sum to the episode scores, every
+    sampled token is marked with its turn, and a short run logs how many turns shared a state;
+    a task without turn rewards (QA's one-turn answers) is refused before training."""
+    from sft2rl.grpo import train_rl
+    from sft2rl.model import load_model
+    from sft2rl.tasks.games.rl import GamesTask
+
+    model, tok = load_model(str(frozen / "model"))
+    task = GamesTask("frozenlake", str(frozen / "frozenlake" / "levels.jsonl"), GAMES)
+    items = task.load(tok, RL)
+    ro = task.rollout(model, tok, items[:2], 3, RL, seed=7)
+    turns = task.turn_rewards(items[:2], ro)
+    scores, _ = task.rewards(items[:2], ro)
+    assert [sum(r for _, r in t) for t in turns] == pytest.approx(scores.tolist())
+    assert [len(t) for t in turns] == [e.steps for e in ro.info]
+    assert [t[0][0] for t in turns[:3]] == ["\n".join(ro.info[0].grids[0])] * 3  # one start state per level
+    assert ((ro.turn_of >= 0) == (ro.loss_mask == 1)).all()
+    for row in range(len(ro.row_traj)):  # Markov prompt: one row per turn, in order
+        marks = ro.turn_of[row][ro.loss_mask[row] == 1].unique().tolist()
+        assert len(marks) == 1
+    for i in range(len(ro.info)):
+        rows = (ro.row_traj == i).nonzero().flatten().tolist()
+        assert [int(ro.turn_of[r].max()) for r in rows] == list(range(len(rows)))
+    hist = train_rl(str(frozen / "model"), task, str(tmp_path / "gigpo"),
+                    dict(RL, val_every=0, step_adv_weight=1.0, step_adv_gamma=0.95))["history"]
+    assert len(hist) == 2 and all(0 <= h["step_adv_nonzero"] <= 1 for h in hist)
+
+    class OneTurn:
+        def key(self):
+            return {}
+
+        def load(self, tokenizer, cfg):
+            return [0, 1]
+
+    with pytest.raises(ValueError, match="step_adv_weight = 1.0.*OneTurn"):
+        train_rl(str(frozen / "model"), OneTurn(), str(tmp_path / "one"), dict(RL, step_adv_weight=1.0))
 
 
 def test_restart_key_covers_the_task_modules_and_no_other_task():

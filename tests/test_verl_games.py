@@ -206,6 +206,8 @@ def test_game_rl_on_verl_needs_the_history_prompt_and_plans_the_agent_loop(tmp_p
     with pytest.raises(vl.VerlConfigError, match="keep_group_fraction"):
         vl.game_rl_command(games=dict(CONFIG["games"], history=True), **dict(kw, rl=dict(kw["rl"],
                                                                                           keep_group_fraction=0.25)))
+    with pytest.raises(vl.VerlConfigError, match="games.rl.step_adv_weight"):  # GiGPO: local trainer only
+        vl.game_rl_command(games=dict(CONFIG["games"], history=True), **dict(kw, rl=dict(kw["rl"], step_adv_weight=1.0)))
     config = dict(CONFIG, backend="verl", games=dict(CONFIG["games"], history=True))
     wd = tmp_path / "wd"
     wd.mkdir()

@@ -3,7 +3,10 @@
 A task (:mod:`sft2rl.rl_task`) supplies its items, its rollouts (one-turn answers or
 multi-turn episodes, as rows with a loss mask on the policy's own tokens), the rewards of
 each group and its metrics; the trainer knows no task. Each trajectory's score is
-normalised within its group and every policy token of the trajectory shares it.
+normalised within its group and every policy token of the trajectory shares it; with
+``rl.step_adv_weight`` > 0 (GiGPO) a multi-turn task's tokens add their turn's step advantage
+(:func:`sft2rl.rl_task.step_advantages`: the turn's return against the group's other turns
+from the same state).
 
 The math is verl's own: group advantages (``compute_grpo_outcome_advantage``), the clipped
 policy loss (``compute_policy_loss_vanilla``, with clip-higher through ``clip_ratio_low`` /
@@ -235,6 +238,25 @@ def trajectory_advantages(scores: torch.Tensor, traj_group: np.ndarray, norm_by_
     return adv[:, 0]
 
 
+def _with_step_advantages(adv: torch.Tensor, turns: list, scores: np.ndarray, ro, weight: float,
+                          cfg: dict[str, Any], step_advantages) -> tuple[torch.Tensor, dict[str, float]]:
+    """``adv`` plus ``weight`` x each sampled token's step advantage (its turn's, by ``ro.turn_of``);
+    the task's turn rewards must sum to each trajectory's score."""
+    if ro.turn_of is None:
+        raise ValueError("rl.step_adv_weight > 0 needs rollouts that mark each sampled token's turn (turn_of)")
+    sums = np.array([sum(r for _, r in t) for t in turns])
+    if len(turns) != len(scores) or not np.allclose(sums, scores, atol=1e-5):
+        raise RunError("the task's turn rewards do not sum to its trajectory scores")
+    sa = torch.as_tensor(step_advantages(turns, ro.traj_group, cfg["step_adv_gamma"], cfg["norm_adv_by_std"]),
+                         dtype=adv.dtype, device=adv.device)
+    turn = ro.turn_of
+    if int(turn.max()) >= sa.shape[1]:
+        raise RunError("a sampled token's turn is past its trajectory's turns")
+    tok = sa[ro.row_traj[:, None].expand_as(turn), turn.clamp(min=0)] * (turn >= 0) * ro.loss_mask
+    n_turns = sum(len(t) for t in turns)
+    return adv + weight * tok, {"step_adv_nonzero": float((sa != 0).sum()) / max(1, n_turns)}
+
+
 def _minibatch_rows(ro, kept_traj: torch.Tensor, g0: int, g1: int) -> torch.Tensor:
     """The kept rows whose trajectory belongs to groups g0..g1-1, in row order."""
     group = torch.as_tensor(ro.traj_group, device=ro.row_traj.device)[ro.row_traj]
@@ -256,7 +278,7 @@ def train_rl(init_model: str, task, run_dir: str, cfg: dict[str, Any], stop_afte
     from tqdm import tqdm
     from verl.trainer.ppo.core_algos import agg_loss, compute_policy_loss_vanilla, kl_penalty
 
-    from .rl_task import group_filter
+    from .rl_task import group_filter, step_advantages
 
     run = Path(run_dir)
     ckpt_root = run / "checkpoints"
@@ -267,6 +289,10 @@ def train_rl(init_model: str, task, run_dir: str, cfg: dict[str, Any], stop_afte
     set_seed(cfg["seed"])
     model, tokenizer = load_model(init_model, device, param_dtype)
     items = task.load(tokenizer, cfg)
+    w_step = float(cfg.get("step_adv_weight", 0.0))
+    if w_step and not hasattr(task, "turn_rewards"):
+        raise ValueError(f"rl.step_adv_weight = {w_step}: step advantages need a multi-turn task that reports "
+                         f"each turn's state and reward; {type(task).__name__} does not (set it to 0)")
     steps_per_epoch = len(items) // cfg["train_batch"]
     if steps_per_epoch == 0:
         raise ValueError(f"{len(items)} training items are fewer than rl.train_batch = {cfg['train_batch']}")
@@ -326,6 +352,10 @@ def train_rl(init_model: str, task, run_dir: str, cfg: dict[str, Any], stop_afte
         kept_traj = torch.as_tensor(kept_groups[ro.traj_group], device=device)
         lmask = ro.loss_mask
         adv = trajectory_advantages(scores, ro.traj_group, cfg["norm_adv_by_std"])[ro.row_traj][:, None] * lmask
+        step_metrics: dict[str, float] = {}
+        if w_step:  # GiGPO: plus each turn's advantage among the group's turns from the same state
+            adv, step_metrics = _with_step_advantages(adv, task.turn_rewards(batch_items, ro), scores_np, ro, w_step,
+                                                      cfg, step_advantages)
         skip_old = on_policy(cfg)
         validate_now = bool(val_every) and (step % val_every == 0 or step == total)
         with_ref = needs_reference(cfg, validate_now or step == total)
@@ -393,7 +423,7 @@ def train_rl(init_model: str, task, run_dir: str, cfg: dict[str, Any], stop_afte
         metrics = {
             "step": step,
             "reward_mean": float(scores.mean()), "reward_std": float(scores.std()),
-            **task_metrics, **ro.metrics,
+            **task_metrics, **ro.metrics, **step_metrics,
             "response_length": float(lmask.sum(dim=1).float().mean()),
             "tokens_per_s": tokens_done / (time.time() - t0),
             "step_seconds": time.perf_counter() - t_step,  # rollout, reward, forwards and update; no checkpoint

@@ -18,7 +18,9 @@ one row with both masks equal; a Markov prompt per turn gives one row per turn; 
 multi-turn history gives one row per episode whose response holds the policy's turns and the
 environment's observations, the observations with loss mask 0 (:func:`chain_turns`; the
 episode's tokens grow as :class:`sft2rl.chat_tokens.TokenChat` grows them). Every
-row of a trajectory takes the trajectory's advantage.
+row of a trajectory takes the trajectory's advantage; with step advantages (GiGPO,
+``rl.step_adv_weight``) each sampled token adds its turn's (``Rollout.turn_of`` marks the
+turn; the task's ``turn_rewards`` gives each turn's state and reward).
 """
 from __future__ import annotations
 
@@ -42,6 +44,9 @@ class Rollout:
     #: (rows,) rows with the same index have the same prompt (the n answers of a one-turn
     #: group): the trainer computes each such prompt once; None: no sharing assumed
     prompt_index: torch.Tensor | None = None
+    #: (rows, R) the turn of its trajectory each sampled token belongs to (0, 1, ...), -1 on every
+    #: other token; None: one-turn rows (what step advantages need, see :func:`step_advantages`)
+    turn_of: torch.Tensor | None = None
     info: Any = None                # the task's own record of the episodes (for its rewards)
     metrics: dict[str, float] = field(default_factory=dict)  # the task's rollout metrics
 
@@ -60,6 +65,10 @@ class RLTask(Protocol):
     def rewards(self, items: list, rollout: Rollout) -> tuple[np.ndarray, dict[str, float]]: ...
 
     def validate(self, model, tokenizer) -> dict[str, float]: ...
+
+    # optional, for step advantages (``rl.step_adv_weight`` > 0; multi-turn tasks):
+    # ``turn_rewards(items, rollout)`` -> per trajectory, per turn, (the state the turn acted in
+    # as a hashable key, the turn's reward), with the turn rewards summing to the trajectory's score
 
 
 def check_limits(tokenizer, cfg: dict[str, Any], source: str, items: list, first_prompts: list[list[dict]],
@@ -128,6 +137,42 @@ def group_filter(scores: np.ndarray, traj_group: np.ndarray, keep: float) -> np.
     return kept
 
 
+def step_advantages(turns: Sequence[Sequence[tuple[Any, float]]], traj_group: np.ndarray, gamma: float,
+                    norm_by_std: bool, eps: float = 1e-6) -> np.ndarray:
+    """GiGPO's step-level advantage (Feng et al. 2025, "Group-in-Group Policy Optimization"):
+    ``turns[j]`` is trajectory j's turns as (state key, reward). Each turn's discounted return
+    from there on (``gamma``) is normalised among the turns of the same group that acted in the
+    same state (the anchor state: episodes of one level that reach one grid), as GRPO normalises
+    trajectories within their group (minus the mean, over the unbiased std + ``eps`` where
+    ``norm_by_std``); a state reached once in its group gives 0. So a move that loses from a
+    state where the group's other moves won is singled out within its episode. Returns
+    (trajectories, most turns), 0 past a trajectory's last turn."""
+    width = max((len(t) for t in turns), default=0)
+    out = np.zeros((len(turns), max(1, width)), dtype=np.float64)
+    returns: list[np.ndarray] = []
+    for t in turns:
+        g = np.zeros(len(t))
+        acc = 0.0
+        for k in range(len(t) - 1, -1, -1):
+            acc = float(t[k][1]) + gamma * acc
+            g[k] = acc
+        returns.append(g)
+    anchors: dict[tuple[int, Any], list[tuple[int, int]]] = {}
+    for j, t in enumerate(turns):
+        for k, (key, _) in enumerate(t):
+            anchors.setdefault((int(traj_group[j]), key), []).append((j, k))
+    for members in anchors.values():
+        if len(members) < 2:
+            continue
+        vals = np.array([returns[j][k] for j, k in members])
+        adv = vals - vals.mean()
+        if norm_by_std:
+            adv = adv / (vals.std(ddof=1) + eps)
+        for (j, k), a in zip(members, adv):
+            out[j, k] = a
+    return out
+
+
 def common_prefix(prompts: list[list[int]]) -> int:
     """Tokens every prompt starts with, keeping at least one token of each after them."""
     shortest = min(len(p) for p in prompts)
@@ -139,7 +184,8 @@ def common_prefix(prompts: list[list[int]]) -> int:
 
 def chain_turns(turns: Sequence[tuple[int, list[int], list[int], list[float] | None]]):
     """Turns ``(episode, prompt ids, sampled reply ids, their log-probs)``, in the order played,
-    -> rows ``(owner, prompt, tail, loss mask, log-probs)``, the last three over the tail. A
+    -> rows ``(owner, prompt, tail, loss mask, log-probs, turn)``, the last four over the tail
+    (``turn``: the episode's turn of each sampled token, counted from 0; -1 elsewhere). A
     turn whose prompt starts with its episode's open row (that row's prompt and tail, token
     for token) appends the rest of its prompt (the observation: loss 0, log-prob 0) and its
     reply (loss 1) to the row; any other turn opens a row. Each sampled token then sees the
@@ -150,8 +196,12 @@ def chain_turns(turns: Sequence[tuple[int, list[int], list[int], list[float] | N
     tails: list[list[int]] = []
     loss: list[list[int]] = []
     logps: list[list[float] | None] = []
+    turn_of: list[list[int]] = []
     open_row: dict[int, int] = {}
+    played: dict[int, int] = {}
     for i, p, r, lp in turns:
+        t = played.get(i, 0)
+        played[i] = t + 1
         k = open_row.get(i)
         if k is not None:
             n_p, n_t = len(prompts[k]), len(tails[k])
@@ -160,6 +210,7 @@ def chain_turns(turns: Sequence[tuple[int, list[int], list[int], list[float] | N
                 tails[k] += ctx + r
                 loss[k] += [0] * len(ctx) + [1] * len(r)
                 logps[k] = None if lp is None or logps[k] is None else logps[k] + [0.0] * len(ctx) + lp
+                turn_of[k] += [-1] * len(ctx) + [t] * len(r)
                 continue
         open_row[i] = len(owner)
         owner.append(i)
@@ -167,7 +218,8 @@ def chain_turns(turns: Sequence[tuple[int, list[int], list[int], list[float] | N
         tails.append(list(r))
         loss.append([1] * len(r))
         logps.append(None if lp is None else list(lp))
-    return owner, prompts, tails, loss, logps
+        turn_of.append([t] * len(r))
+    return owner, prompts, tails, loss, logps, turn_of
 
 
 def multi_turn_rollout(model, tokenizer, episodes: list, groups: np.ndarray, *, done: Callable[[Any], bool],
@@ -210,14 +262,19 @@ def multi_turn_rollout(model, tokenizer, episodes: list, groups: np.ndarray, *, 
             turns.append((i, gen.prompt_ids[row][pm].tolist(), gen.response_ids[row][rm].tolist(),
                           gen.logprobs[row][rm].tolist() if gen.logprobs is not None else None))
         advance([episodes[i] for i in active], reply_texts(gen, [chats[i] for i in active]))
-    owner, prompts, tails, loss, logps = chain_turns(turns)
+    owner, prompts, tails, loss, logps, turn_of = chain_turns(turns)
     c = common_prefix(prompts)
     with_logps = all(lp is not None for lp in logps)
     t = pack_rows([p[:c] for p in prompts], [p[c:] + r for p, r in zip(prompts, tails)],
                   [[0] * (len(p) - c) + m for p, m in zip(prompts, loss)],
                   [[0.0] * (len(p) - c) + lp for p, lp in zip(prompts, logps)] if with_logps else None,
                   tokenizer.pad_token_id, model.device)
+    width = t["response_ids"].shape[1]
+    turn_t = torch.full((len(owner), width), -1, dtype=torch.long)
+    for k, (p, tt) in enumerate(zip(prompts, turn_of)):
+        row = [-1] * (len(p) - c) + tt
+        turn_t[k, :len(row)] = torch.as_tensor(row, dtype=torch.long)
     return Rollout(t["prompt_ids"], t["prompt_mask"], t["response_ids"], t["response_mask"], t["loss_mask"],
                    torch.as_tensor(owner, device=model.device), groups, t.get("logprobs"),
                    prompt_index=torch.zeros(len(owner), dtype=torch.long, device=model.device),
-                   info=episodes, metrics={**(metrics or {}), "rows": float(len(owner))})
+                   turn_of=turn_t.to(model.device), info=episodes, metrics={**(metrics or {}), "rows": float(len(owner))})

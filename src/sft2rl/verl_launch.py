@@ -478,9 +478,14 @@ def verl_loop_steps(n_rows: int, overrides: list[str]) -> int:
 
 
 def _refuse_group_filter(rl: dict[str, Any], key: str) -> None:
+    """The local trainer's options verl 0.9's trainer lacks: refused, never silently dropped."""
     if rl.get("keep_group_fraction", 1.0) < 1.0:
         raise VerlConfigError(f"config key '{key}' < 1 (StarPO-S's variance filter) runs on the local backend only; "
                               "verl 0.9's trainer has no such filter")
+    if rl.get("step_adv_weight", 0.0) > 0:
+        section = key.rsplit(".", 1)[0]
+        raise VerlConfigError(f"config key '{section}.step_adv_weight' > 0 (GiGPO's step advantages) runs on the "
+                              "local backend only; verl 0.9's GRPO advantage is per trajectory")
 
 
 def _ppo_launcher(nnodes: int, gpus_per_node: int, code_root: str) -> list[str]:

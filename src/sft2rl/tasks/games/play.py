@@ -57,6 +57,8 @@ class Episode:
     valid: int = 0
     well_formed: int = 0
     env_reward: float = 0.0     # the sum of the environment's own step rewards (RAGEN's)
+    turn_rewards: list[float] = field(default_factory=list)  # the environment's reward of each turn (0: no move)
+    turn_valid: list[bool] = field(default_factory=list)     # whether each turn's reply named an action
     start: Any = None           # a state to start from (what state() returns; the env's reset option); None: the level's start
 
     def __post_init__(self):
@@ -90,6 +92,7 @@ class Episode:
     def act(self, reply: str) -> None:
         action, formed = parse_action(reply)
         self.steps += 1
+        reward = 0.0
         self.well_formed += formed
         if action is not None:
             self.valid += 1
@@ -99,6 +102,8 @@ class Episode:
             if terminated:
                 self.won = self.rules.won(self.state())
                 self.lost = not self.won
+        self.turn_rewards.append(float(reward))
+        self.turn_valid.append(action is not None)
         self.replies.append(reply)
         self.grids.append(self.grid())
 

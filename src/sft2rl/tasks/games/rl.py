@@ -14,7 +14,8 @@ batch by the trainer, and the rest of a turn's prompt (grid and answer line) lea
 response as context (loss mask 0), so the log-probs are those of the whole prompt. With ``games.history: false`` (the default)
 the prompt is Markov (the current grid); with ``true`` it holds the earlier grids and
 replies (with an integer ``k`` the last ``k`` of them), and the row's prompt is that turn's whole chat. Every row of an episode takes the
-episode's advantage.
+episode's advantage; with ``rl.step_adv_weight`` (GiGPO) each turn adds its step advantage, the
+grid it acted on being its anchor state (:meth:`GamesTask.turn_rewards`).
 
 Reward of an episode (RAGEN's): the sum of the environment's step rewards (Sokoban: -0.1
 per action, +1 per box pushed onto a target, -1 per box pushed off, +10 on solving;
@@ -91,6 +92,17 @@ class GamesTask:
                         "lost": float(np.mean([e.lost for e in eps])),
                         "invalid_rate": 1 - sum(e.valid for e in eps) / steps if steps else 0.0,
                         "env_reward": float(np.mean([e.env_reward for e in eps]))}
+
+    def turn_rewards(self, items: list[dict], rollout: Rollout) -> list[list[tuple[str, float]]]:
+        """Per episode, per turn: the grid the turn acted on (the anchor state of step advantages)
+        and the turn's reward (the environment's, plus the format penalty on a turn without a
+        move); they sum to :func:`episode_score`."""
+        penalty = float(self.rl["format_penalty"])
+        out = []
+        for e in rollout.info:
+            out.append([("\n".join(e.grids[t]), r + (0.0 if ok else penalty))
+                        for t, (r, ok) in enumerate(zip(e.turn_rewards, e.turn_valid))])
+        return out
 
     def validate(self, model, tokenizer) -> dict[str, float]:
         """Greedy success on the val levels, played as the table plays the test levels."""
