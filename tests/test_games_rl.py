@@ -340,7 +340,7 @@ def test_token_advantage_is_the_trajectory_s_plus_the_weighted_step_advantage_of
     turns = [[("s", 0.0), ("a", 1.0)], [("s", 0.0), ("b", 0.0)]]
     base = torch.full((3, 4), 0.5) * loss
     adv, m = _with_step_advantages(base, turns, np.array([1.0, 0.0]), ro, 2.0,
-                                   {"step_adv_gamma": 1.0, "norm_adv_by_std": False}, step_advantages)
+                                   {"step_adv_gamma": 1.0, "norm_adv_by_std": False})
     # from s: returns 1 and 0 -> +0.5 / -0.5; a and b reached once -> 0
     assert adv.tolist() == [[1.5, 1.5, 0.0, 0.5], [-0.5, 0.0, 0.0, 0.0], [0.5, 0.5, 0.0, 0.0]]
     assert m["step_adv_nonzero"] == pytest.approx(0.5)
@@ -348,7 +348,7 @@ def test_token_advantage_is_the_trajectory_s_plus_the_weighted_step_advantage_of
 
     with pytest.raises(RunError, match="do not sum"):
         _with_step_advantages(base, turns, np.array([2.0, 0.0]), ro, 2.0,
-                              {"step_adv_gamma": 1.0, "norm_adv_by_std": False}, step_advantages)
+                              {"step_adv_gamma": 1.0, "norm_adv_by_std": False})
 
 
 def test_step_advantages_reach_each_sampled_token_of_its_turn(frozen, tmp_path):

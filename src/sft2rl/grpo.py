@@ -239,9 +239,11 @@ def trajectory_advantages(scores: torch.Tensor, traj_group: np.ndarray, norm_by_
 
 
 def _with_step_advantages(adv: torch.Tensor, turns: list, scores: np.ndarray, ro, weight: float,
-                          cfg: dict[str, Any], step_advantages) -> tuple[torch.Tensor, dict[str, float]]:
+                          cfg: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
     """``adv`` plus ``weight`` x each sampled token's step advantage (its turn's, by ``ro.turn_of``);
     the task's turn rewards must sum to each trajectory's score."""
+    from .rl_task import step_advantages
+
     if ro.turn_of is None:
         raise ValueError("rl.step_adv_weight > 0 needs rollouts that mark each sampled token's turn (turn_of)")
     sums = np.array([sum(r for _, r in t) for t in turns])
@@ -278,7 +280,7 @@ def train_rl(init_model: str, task, run_dir: str, cfg: dict[str, Any], stop_afte
     from tqdm import tqdm
     from verl.trainer.ppo.core_algos import agg_loss, compute_policy_loss_vanilla, kl_penalty
 
-    from .rl_task import group_filter, step_advantages
+    from .rl_task import group_filter
 
     run = Path(run_dir)
     ckpt_root = run / "checkpoints"
@@ -354,8 +356,7 @@ def train_rl(init_model: str, task, run_dir: str, cfg: dict[str, Any], stop_afte
         adv = trajectory_advantages(scores, ro.traj_group, cfg["norm_adv_by_std"])[ro.row_traj][:, None] * lmask
         step_metrics: dict[str, float] = {}
         if w_step:  # GiGPO: plus each turn's advantage among the group's turns from the same state
-            adv, step_metrics = _with_step_advantages(adv, task.turn_rewards(batch_items, ro), scores_np, ro, w_step,
-                                                      cfg, step_advantages)
+            adv, step_metrics = _with_step_advantages(adv, task.turn_rewards(batch_items, ro), scores_np, ro, w_step, cfg)
         skip_old = on_policy(cfg)
         validate_now = bool(val_every) and (step % val_every == 0 or step == total)
         with_ref = needs_reference(cfg, validate_now or step == total)
