@@ -477,13 +477,13 @@ def verl_loop_steps(n_rows: int, overrides: list[str]) -> int:
     return min(total, per_epoch * epochs)
 
 
-def _refuse_group_filter(rl: dict[str, Any], key: str) -> None:
-    """The local trainer's options verl 0.9's trainer lacks: refused, never silently dropped."""
+def _refuse_local_only(rl: dict[str, Any], section: str) -> None:
+    """The local trainer's options verl 0.9's trainer lacks (``section``: the config section of
+    ``rl``, for the message): refused, never silently dropped."""
     if rl.get("keep_group_fraction", 1.0) < 1.0:
-        raise VerlConfigError(f"config key '{key}' < 1 (StarPO-S's variance filter) runs on the local backend only; "
-                              "verl 0.9's trainer has no such filter")
+        raise VerlConfigError(f"config key '{section}.keep_group_fraction' < 1 (StarPO-S's variance filter) runs on "
+                              "the local backend only; verl 0.9's trainer has no such filter")
     if rl.get("step_adv_weight", 0.0) > 0:
-        section = key.rsplit(".", 1)[0]
         raise VerlConfigError(f"config key '{section}.step_adv_weight' > 0 (GiGPO's step advantages) runs on the "
                               "local backend only; verl 0.9's GRPO advantage is per trajectory")
 
@@ -515,7 +515,7 @@ def grpo_command(*, rl_run: str, init: str, train: str, rl: dict[str, Any], rewa
                  verl: dict[str, Any], nnodes: int, gpus_per_node: int, code_root: str, final: str,
                  summary: str, workdir: str = "$PWD") -> str:
     """Shell lines of the ``grpo`` rule: main_ppo (through ray_on_slurm.sh on several nodes), then export."""
-    _refuse_group_filter(rl, "rl.keep_group_fraction")
+    _refuse_local_only(rl, "rl")
     run_dir = f"results/rl/{rl_run}"
     absolute = lambda p: p if p.startswith("/") or "://" in p else f"{workdir}/{p}"  # noqa: E731
     init_path = _model_path(init, workdir)
@@ -550,7 +550,7 @@ def game_rl_command(*, rl_run: str, env: str, init: str, levels: str, rl: dict[s
         raise VerlConfigError(f"config key 'games.history' = {games.get('history')!r}: on backend verl a game episode "
                               "is one sequence (verl's agent loop), so the prompt of each turn is the whole history; "
                               "set games.history: true (SFT and play then use it too)")
-    _refuse_group_filter(rl, "games.rl.keep_group_fraction")
+    _refuse_local_only(rl, "games.rl")
     return _agent_rl_command(
         prepare=["prepare-game-rl", "--levels", levels, "--env", env,
                  "--games-json", json.dumps(games, sort_keys=True)],
@@ -575,7 +575,7 @@ def med_rl_command(*, rl_run: str, mode: str, init: str, cases: str, rl: dict[st
 
     if mode not in RL_MODES:
         raise VerlConfigError(f"medical RL turn budget {mode!r}: expected one of {list(RL_MODES)}")
-    _refuse_group_filter(rl, "med.rl.keep_group_fraction")
+    _refuse_local_only(rl, "med.rl")
     return _agent_rl_command(
         prepare=["prepare-med-rl", "--cases", cases, "--mode", mode, "--med-json", json.dumps(med, sort_keys=True),
                  "--max-prompt-length", str(rl["max_prompt_length"])],

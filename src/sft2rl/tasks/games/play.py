@@ -54,9 +54,7 @@ class Episode:
     steps: int = 0
     won: bool = False
     lost: bool = False
-    valid: int = 0
     well_formed: int = 0
-    env_reward: float = 0.0     # the sum of the environment's own step rewards (RAGEN's)
     turn_rewards: list[float] = field(default_factory=list)  # the environment's reward of each turn (0: no move)
     turn_valid: list[bool] = field(default_factory=list)     # whether each turn's reply named an action
     start: Any = None           # a state to start from (what state() returns; the env's reset option); None: the level's start
@@ -72,6 +70,16 @@ class Episode:
                                            self.max_steps)
         self.env.reset(seed=self.seed, options=None if self.start is None else {"state": self.start})
         self.grids = [self.grid()]
+
+    @property
+    def valid(self) -> int:
+        """Turns whose reply named an action (the others did not move)."""
+        return sum(self.turn_valid)
+
+    @property
+    def env_reward(self) -> float:
+        """The sum of the environment's own step rewards (RAGEN's)."""
+        return float(sum(self.turn_rewards))
 
     @property
     def done(self) -> bool:
@@ -95,10 +103,8 @@ class Episode:
         reward = 0.0
         self.well_formed += formed
         if action is not None:
-            self.valid += 1
             env_action = ACTIONS.index(action) if self.env_name == "sokoban" else frozenlake.ENV_ACTION[action]
             _, reward, terminated, _, _ = self.env.step(env_action)
-            self.env_reward += float(reward)
             if terminated:
                 self.won = self.rules.won(self.state())
                 self.lost = not self.won
