@@ -208,16 +208,25 @@ def test_game_rl_on_verl_needs_the_history_prompt_and_plans_the_agent_loop(tmp_p
                                                                                           keep_group_fraction=0.25)))
     with pytest.raises(vl.VerlConfigError, match="games.rl.step_adv_weight"):  # GiGPO: local trainer only
         vl.game_rl_command(games=dict(CONFIG["games"], history=True), **dict(kw, rl=dict(kw["rl"], step_adv_weight=1.0)))
-    config = dict(CONFIG, backend="verl", games=dict(CONFIG["games"], history=True))
+    # The games' default trains with GiGPO's step advantages (local only): on verl the plan stops
+    # naming the key, and with it set to 0 the plan runs.
+    assert CONFIG["games"]["rl"]["step_adv_weight"] > 0
     wd = tmp_path / "wd"
     wd.mkdir()
-    (wd / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     (wd / "src").symlink_to(REPO / "src")
-    res = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-p", "results/games/models/rl-frozenlake-seed1/final",
-                          "--snakefile", str(REPO / "Snakefile"), "--directory", str(wd), "--cores", "1"],
-                         capture_output=True, text=True, timeout=300)
-    out = res.stdout + res.stderr
-    assert res.returncode == 0, out[-3000:]
+
+    def plan(games_rl):
+        config = dict(CONFIG, backend="verl", games=dict(CONFIG["games"], history=True, rl=games_rl))
+        (wd / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        res = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-p",
+                              "results/games/models/rl-frozenlake-seed1/final", "--snakefile", str(REPO / "Snakefile"),
+                              "--directory", str(wd), "--cores", "1"], capture_output=True, text=True, timeout=300)
+        return res.returncode, res.stdout + res.stderr
+
+    rc, out = plan(CONFIG["games"]["rl"])
+    assert rc != 0 and "set games.rl.step_adv_weight: 0 on verl" in out, out[-3000:]
+    rc, out = plan(dict(CONFIG["games"]["rl"], step_adv_weight=0.0))
+    assert rc == 0, out[-3000:]
     assert "verl_export.py\" prepare-game-rl --run-dir results/games/rl/rl-frozenlake-seed1" in out
     assert "agent_loop_config_path=$PWD/results/games/rl/rl-frozenlake-seed1/agent_loops.yaml" in out
     assert '"data.max_response_length=$SFT2RL_RESPONSE_LENGTH"' in out

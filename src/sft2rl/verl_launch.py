@@ -484,8 +484,9 @@ def _refuse_local_only(rl: dict[str, Any], section: str) -> None:
         raise VerlConfigError(f"config key '{section}.keep_group_fraction' < 1 (StarPO-S's variance filter) runs on "
                               "the local backend only; verl 0.9's trainer has no such filter")
     if rl.get("step_adv_weight", 0.0) > 0:
-        raise VerlConfigError(f"config key '{section}.step_adv_weight' > 0 (GiGPO's step advantages) runs on the "
-                              "local backend only; verl 0.9's GRPO advantage is per trajectory")
+        raise VerlConfigError(f"config key '{section}.step_adv_weight' = {rl['step_adv_weight']} (GiGPO's step "
+                              "advantages) runs on the local backend only; verl 0.9's GRPO advantage is per "
+                              f"trajectory: set {section}.step_adv_weight: 0 on verl (RAGEN's trajectory-level GRPO)")
 
 
 def _ppo_launcher(nnodes: int, gpus_per_node: int, code_root: str) -> list[str]:
