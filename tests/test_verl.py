@@ -558,14 +558,17 @@ def test_rl_summary_from_hook_log(tmp_path):
 
 
 # ------------------------------------------------------------------ 6. Snakemake wiring, multi-node launch
-def _snakemake(workdir: Path, *args: str, config: dict | None = None) -> subprocess.CompletedProcess:
+def _snakemake(workdir: Path, *args: str, config: dict | None = None, target: str = "results/ablation_beta.csv",
+               timeout: int = 120) -> subprocess.CompletedProcess:
+    """A dry run (-n -p) of ``target`` in ``workdir`` with ``config`` (default: the repository's)."""
     workdir.mkdir(exist_ok=True)
     (workdir / "config.yaml").write_text(yaml.safe_dump(config or CONFIG, sort_keys=False))
     if not (workdir / "src").exists():
         (workdir / "src").symlink_to(REPO / "src")  # code(...) inputs are workdir-relative
-    cmd = [sys.executable, "-m", "snakemake", "-n", "-p", "results/ablation_beta.csv", "--snakefile",
+    cmd = [sys.executable, "-m", "snakemake", "-n", "-p", target, "--snakefile",
            str(REPO / "Snakefile"), "--directory", str(workdir), "--cores", "1", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONHASHSEED": "0"})
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PYTHONHASHSEED": "0"})
 
 
 def test_verl_sft_batches_must_split_over_the_gpus(tmp_path):

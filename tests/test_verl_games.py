@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import json
-import subprocess
 import sys
 
 import pytest
@@ -21,7 +20,7 @@ from sft2rl import verl_launch as vl  # noqa: E402
 from sft2rl.tasks.games import data, play  # noqa: E402
 from test_games import CFG  # noqa: E402
 from test_games_rl import write_frozenlake_and_tiny_model  # noqa: E402
-from test_verl import CONFIG, REPO, compose  # noqa: E402
+from test_verl import CONFIG, REPO, _snakemake, compose  # noqa: E402
 
 GAMES = dict(copy.deepcopy(CFG), history=True, counts={"train": 6, "val": 3, "test": 3},
              eval={"max_steps": 6, "max_new_tokens": 16, "temperature": 1.0, "batch_size": 64, "seed": 0,
@@ -211,16 +210,11 @@ def test_game_rl_on_verl_needs_the_history_prompt_and_plans_the_agent_loop(tmp_p
     # The games' default trains with GiGPO's step advantages (local only): on verl the plan stops
     # naming the key, and with it set to 0 the plan runs.
     assert CONFIG["games"]["rl"]["step_adv_weight"] > 0
-    wd = tmp_path / "wd"
-    wd.mkdir()
-    (wd / "src").symlink_to(REPO / "src")
 
     def plan(games_rl):
         config = dict(CONFIG, backend="verl", games=dict(CONFIG["games"], history=True, rl=games_rl))
-        (wd / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-        res = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-p",
-                              "results/games/models/rl-frozenlake-seed1/final", "--snakefile", str(REPO / "Snakefile"),
-                              "--directory", str(wd), "--cores", "1"], capture_output=True, text=True, timeout=300)
+        res = _snakemake(tmp_path / "wd", config=config, target="results/games/models/rl-frozenlake-seed1/final",
+                         timeout=300)
         return res.returncode, res.stdout + res.stderr
 
     rc, out = plan(CONFIG["games"]["rl"])
