@@ -74,6 +74,33 @@ def test_episode_reward_terms_are_the_reference_terms():
     assert parse_reply(dx("x", "y")).kind == "diagnosis"
 
 
+def test_turn_rewards_sum_to_the_reward_and_key_on_the_facts_found():
+    """GiGPO's inputs: each turn's reward (the terms of its own turn; -5 without a diagnosis on
+    the last), summing to the consultation's, and its state: the turns used and the questions
+    asked with their answers, in any order and wording up to case and a final "?"."""
+    w = reward.weights(None)
+    case = hand_case(["s1", "s3"])
+    patients = consult.patient_backend("rule", 0.5)
+
+    def run(replies, budget=8):
+        con = consult.Consultation(0, case, budget, with_thinking=False)
+        for reply in replies:
+            consult.advance([con], [reply], patients)
+        return con
+
+    a = run([q("Do you have s3?"), q("Do you have fever?"), "garbled", q("Do you have s3?"),
+             dx("Alpha syndrome", "Drink water.")])
+    assert [r for _, r in a.turn_rewards(w)] == pytest.approx([1.0, -1.0, -2.0, -2.0, 7.5])
+    assert sum(r for _, r in a.turn_rewards(w)) == pytest.approx(a.record(w)["reward"])
+    b = run([q("do you have fever"), q("Do you have S3?"), dx("Beta syndrome", "Drink water.")])
+    sa, sb = [s for s, _ in a.turn_rewards(w)], [s for s, _ in b.turn_rewards(w)]
+    assert sa[0] == sb[0] and sa[1] != sb[1]          # the start; one fact against another
+    assert sa[2] == sb[2]                             # the same two facts in two turns, either order
+    assert sa[3] != sb[2]                             # a malformed turn used a turn: not that state
+    late = run([q("Do you have s3?"), q("Do you have s4?")], budget=2)
+    assert [r for _, r in late.turn_rewards(w)] == [1.0, -5.0] and late.record(w)["reward"] == -4.0
+
+
 def test_budgets_fixed_and_drawn_per_case():
     from sft2rl.tasks.med.rl import budgets
 
@@ -171,13 +198,14 @@ def test_med_rl_runs_on_the_shared_trainer_with_validation(clinic_model, tmp_pat
     from sft2rl.tasks.med.rl import MedTask
 
     task = MedTask(str(clinic_model / "train_cases.jsonl"), str(clinic_model / "val_cases.jsonl"), MED_RL, "dynamic")
-    summary = train_rl(str(clinic_model / "model"), task, str(tmp_path / "run"), RL)
+    # with GiGPO's step advantages: the trainer refuses turn rewards that do not sum to the scores
+    summary = train_rl(str(clinic_model / "model"), task, str(tmp_path / "run"), dict(RL, step_adv_weight=1.0, step_adv_gamma=0.95))
     hist = summary["history"]
     assert [h["step"] for h in hist] == [0, 1, 2]
     assert all({"val_episode_reward", "val_accuracy", "val_turns"} <= set(h) for h in hist)
     for h in hist[1:]:
         assert {"episode_reward", "reward_answered", "reward_invalid", "success", "budget", "entropy"} <= set(h)
-        assert 2 <= h["budget"] <= 4
+        assert 2 <= h["budget"] <= 4 and 0.0 <= h["step_adv_nonzero"] <= 1.0
     with pytest.raises(ValueError, match="max_new_tokens"):
         train_rl(str(clinic_model / "model"), task, str(tmp_path / "bad"), dict(RL, max_response_length=7))
     with pytest.raises(ValueError, match=r"first-turn prompt has \d+ tokens, more than rl.max_prompt_length = 40"):

@@ -36,7 +36,7 @@ import numpy as np
 from ...stats import wilson
 from .dialog import NOT_UNDERSTOOD, Reply, history_messages, parse_reply
 from .patient import PatientRequest, patient_backend
-from .reward import episode_terms, question_key, same_text, weights
+from .reward import episode_terms, question_key, same_text, turn_terms, weights
 
 CATEGORY_ALL = "all"
 
@@ -88,6 +88,22 @@ class Consultation:
 
     def reward_terms(self, w: dict[str, Any]) -> dict[str, float]:
         return episode_terms(self.parsed, self.patient, self.case["truth"], w)
+
+    def turn_rewards(self, w: dict[str, Any]) -> list[tuple[Any, float]]:
+        """Per doctor turn: the state it acted in and its reward (:func:`reward.turn_terms`,
+        summing to the consultation's). The state is what the environment holds at that turn:
+        the turns used and the set of questions asked with the patient's answers, whatever
+        their order or wording beyond :func:`reward.question_key` (two consultations of a case
+        that found the same facts in as many turns face the same patient, the same rest of the
+        budget and the same remaining questions)."""
+        terms = turn_terms(self.parsed, self.patient, self.case["truth"], w)
+        out, facts = [], set()
+        for i, t in enumerate(terms[:len(self.parsed)]):
+            out.append(((i, frozenset(facts)), float(sum(t.values()))))
+            r = self.parsed[i]
+            if r.kind == "question" and i < len(self.patient):
+                facts.add((question_key(r.question), self.patient[i]))
+        return out
 
     def record(self, w: dict[str, Any] | None = None) -> dict[str, Any]:
         """The consultation's record: diagnosis, metrics' counts and the reward with its terms

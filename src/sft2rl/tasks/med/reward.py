@@ -74,32 +74,45 @@ def weights(cfg: dict[str, Any] | None) -> dict[str, Any]:
     return out
 
 
-def episode_terms(parsed: list, patient: list[str], truth: dict[str, str], w: dict[str, Any]) -> dict[str, float]:
-    """Each term's share of one consultation's reward. ``parsed``: the doctor's replies as
-    :class:`sft2rl.tasks.med.dialog.Reply`; ``patient``: what the patient said after each
-    reply but the last (the answer, or "Sorry, I do not understand." after a malformed turn)."""
-    out = dict.fromkeys(TERMS, 0.0)
+def turn_terms(parsed: list, patient: list[str], truth: dict[str, str], w: dict[str, Any]) -> list[dict[str, float]]:
+    """Each doctor turn's share of the reward terms, turn by turn (what GiGPO's step advantages
+    need); the ``no_diagnosis`` penalty falls on the last turn. They sum to :func:`episode_terms`.
+    ``parsed``: the doctor's replies as :class:`sft2rl.tasks.med.dialog.Reply`; ``patient``: what
+    the patient said after each reply but the last (the answer, or "Sorry, I do not
+    understand." after a malformed turn)."""
+    out = []
     asked: set[str] = set()
     for i, r in enumerate(parsed):
+        t = dict.fromkeys(TERMS, 0.0)
+        out.append(t)
         if r.kind == "invalid" or (r.kind == "question" and r.question.count("?") > 1):
-            out["invalid"] += w["invalid"]
+            t["invalid"] += w["invalid"]
             continue
         if r.kind == "diagnosis":
             match = (1.0 if same_text(r.diagnosis, truth["diagnosis"]) else 0.0) if w["match"] == "exact" \
                 else token_f1(r.diagnosis, truth["diagnosis"])
-            out["diagnosis"] += w["diagnosis"] * match
-            out["recommendation"] += w["recommendation"] * token_f1(r.recommendation, truth["recommendation"])
+            t["diagnosis"] += w["diagnosis"] * match
+            t["recommendation"] += w["recommendation"] * token_f1(r.recommendation, truth["recommendation"])
             continue
         if i >= len(patient):  # the question of the last turn: the budget ended the consultation
             continue
         key = question_key(r.question)
         if key in asked:
-            out["repeated"] += w["repeated"]
+            t["repeated"] += w["repeated"]
         elif not patient[i].startswith("Sorry"):
-            out["answered"] += w["answered"]
+            t["answered"] += w["answered"]
         else:
-            out["unanswered"] += w["unanswered"]
+            t["unanswered"] += w["unanswered"]
         asked.add(key)
     if not parsed or parsed[-1].kind != "diagnosis":
-        out["no_diagnosis"] += w["no_diagnosis"]
+        if not out:
+            out.append(dict.fromkeys(TERMS, 0.0))
+        out[-1]["no_diagnosis"] += w["no_diagnosis"]
     return out
+
+
+def episode_terms(parsed: list, patient: list[str], truth: dict[str, str], w: dict[str, Any]) -> dict[str, float]:
+    """Each term's share of one consultation's reward: the sum over its turns of
+    :func:`turn_terms`."""
+    turns = turn_terms(parsed, patient, truth, w)
+    return {k: float(sum(t[k] for t in turns)) for k in TERMS}

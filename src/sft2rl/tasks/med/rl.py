@@ -103,6 +103,12 @@ class MedTask:
         records = [c.record(self.w) for c in rollout.info]
         return np.array([r["reward"] for r in records], dtype=np.float64), episode_metrics(records)
 
+    def turn_rewards(self, items: list[dict], rollout: Rollout) -> list[list[tuple[Any, float]]]:
+        """Per consultation, per doctor turn: the state the turn acted in (the facts found so far
+        and the turns used) and the turn's reward (:meth:`Consultation.turn_rewards`), the
+        anchor states and rewards of GiGPO's step advantages (``rl.step_adv_weight``)."""
+        return [c.turn_rewards(self.w) for c in rollout.info]
+
     def validate(self, model, tokenizer) -> dict[str, float]:
         """Greedy consultations of the val cases at the evaluation's budget, as the table's."""
         from ...generation import reply_policy
