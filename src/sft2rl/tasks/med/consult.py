@@ -96,11 +96,9 @@ class Consultation:
         their order or wording beyond :func:`reward.question_key` (two consultations of a case
         that found the same facts in as many turns face the same patient, the same rest of the
         budget and the same remaining questions)."""
-        terms = turn_terms(self.parsed, self.patient, self.case["truth"], w)
         out, facts = [], set()
-        for i, t in enumerate(terms[:len(self.parsed)]):
+        for i, (r, t) in enumerate(zip(self.parsed, turn_terms(self.parsed, self.patient, self.case["truth"], w))):
             out.append(((i, frozenset(facts)), float(sum(t.values()))))
-            r = self.parsed[i]
             if r.kind == "question" and i < len(self.patient):
                 facts.add((question_key(r.question), self.patient[i]))
         return out
