@@ -308,6 +308,53 @@ def test_length_sorted_micro_batches_give_the_full_batch_update(tmp_path, tiny_b
     assert all(torch.allclose(w2[k], w1[k], atol=1e-5) for k in w1)
 
 
+def test_the_no_signal_control_trains_on_the_same_advantages_in_a_seeded_random_order(tmp_path, tiny_base,
+                                                                                      rl_train_file, monkeypatch):
+    """``rl.shuffle_advantages``: each step's trajectory advantages, permuted by a draw from the
+    seed and the step; the rollout is the real run's, the update is not; with step advantages
+    (which would still carry each turn's reward) it is refused before training."""
+    from types import SimpleNamespace
+
+    import sft2rl.grpo as grpo
+    import sft2rl.tasks.qa.rl as qa_rl
+
+    a = torch.arange(8, dtype=torch.float32)
+    s = grpo.shuffled_advantages(a, 1, 3)
+    assert sorted(s.tolist()) == a.tolist() and not torch.equal(s, a)
+    assert torch.equal(s, grpo.shuffled_advantages(a, 1, 3)) and not torch.equal(s, grpo.shuffled_advantages(a, 1, 4))
+    # the untrained base earns no reward: score by length, so the advantages are not all zero
+    monkeypatch.setattr(qa_rl, "group_aware_details", lambda texts, gt, **kw: [
+        SimpleNamespace(reward=len(t) / 50, correct=False, has_proactive=False, group_accuracy=0.0) for t in texts])
+    seen = []
+    real = grpo.shuffled_advantages
+    monkeypatch.setattr(grpo, "shuffled_advantages", lambda adv, seed, step: seen.append((adv.clone(), step)) or
+                        real(adv, seed, step))
+    cfg = dict(RL, train_mode="full", lr=1e-3, ppo_mini_batch=2, n=4, total_steps=1, max_response_length=12)
+    plain = train_grpo(str(tiny_base), str(rl_train_file), str(tmp_path / "plain"), cfg, REWARD)["first"]
+    assert not seen
+    control = train_grpo(str(tiny_base), str(rl_train_file), str(tmp_path / "control"),
+                         dict(cfg, shuffle_advantages=True), REWARD)["first"]
+    (adv, step), = seen
+    assert step == 1 and len(adv) == 2 * 4 and adv.abs().sum() > 0
+    assert control["reward_mean"] == plain["reward_mean"] and control["response_length"] == plain["response_length"]
+    assert control["grad_norm"] != pytest.approx(plain["grad_norm"], rel=1e-3)  # another update
+    from sft2rl.tasks.games.rl import GamesTask  # a multi-turn task: the refusal comes before any rollout
+
+    class Turns(GamesTask):
+        def __init__(self):
+            pass
+
+        def key(self):
+            return {}
+
+        def load(self, tokenizer, cfg):
+            return [0, 1]
+
+    with pytest.raises(ValueError, match="shuffle_advantages.*step_adv_weight"):
+        grpo.train_rl(str(tiny_base), Turns(), str(tmp_path / "turns"),
+                      dict(cfg, shuffle_advantages=True, step_adv_weight=1.0, step_adv_gamma=0.95))
+
+
 @pytest.mark.parametrize("lora", [False, True])
 def test_shared_prefix_equals_the_full_forward(tiny_base, lora):
     """Each group's prompt computed once (SharedPrefix): the same response log-probs as the full

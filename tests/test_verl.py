@@ -271,7 +271,10 @@ def test_clip_higher_reaches_verl_and_the_variance_filter_is_refused(tiny_base, 
         vl.grpo_command(rl_run="r", init="org/init", train="t.parquet", rl=dict(rl, keep_group_fraction=0.25),
                         reward=CONFIG["reward"], verl=CONFIG["verl"], nnodes=1, gpus_per_node=1, code_root="$PWD",
                         final="f", summary="s.json")
-
+    with pytest.raises(ValueError, match="rl.shuffle_advantages.*local backend only"):  # the no-signal control
+        vl.grpo_command(rl_run="r", init="org/init", train="t.parquet", rl=dict(rl, shuffle_advantages=True),
+                        reward=CONFIG["reward"], verl=CONFIG["verl"], nnodes=1, gpus_per_node=1, code_root="$PWD",
+                        final="f", summary="s.json")
 
 def test_legacy_reward_keys_are_never_emitted(tiny_base, data, tmp_path, ppo_cfg):
     ppo = ppo_overrides(tiny_base, data, tmp_path)

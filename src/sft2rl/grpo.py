@@ -6,7 +6,9 @@ each group and its metrics; the trainer knows no task. Each trajectory's score i
 normalised within its group and every policy token of the trajectory shares it; with
 ``rl.step_adv_weight`` > 0 (GiGPO) a multi-turn task's tokens add their turn's step advantage
 (:func:`sft2rl.rl_task.step_advantages`: the turn's return against the group's other turns
-from the same state).
+from the same state). ``rl.shuffle_advantages`` is the no-signal control: the same
+advantages given to the batch's trajectories in a random order (:func:`shuffled_advantages`),
+to tell what a run learns from its reward from what its updates do by themselves.
 
 The math is verl's own: group advantages (``compute_grpo_outcome_advantage``), the clipped
 policy loss (``compute_policy_loss_vanilla``, with clip-higher through ``clip_ratio_low`` /
@@ -238,6 +240,16 @@ def trajectory_advantages(scores: torch.Tensor, traj_group: np.ndarray, norm_by_
     return adv[:, 0]
 
 
+def shuffled_advantages(traj_adv: torch.Tensor, seed: int, step: int) -> torch.Tensor:
+    """``rl.shuffle_advantages``, the no-signal control: the batch's trajectory advantages in a
+    random order (a permutation drawn from ``seed`` and ``step``), so every update has the size,
+    batch, tokens and advantage spread of the real one and no information on which trajectory
+    scored well. What a run changes in the policy under it comes from the updates themselves
+    (their noise, the entropy bonus, the KL term), not from the reward."""
+    g = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(step))
+    return traj_adv[torch.randperm(len(traj_adv), generator=g).to(traj_adv.device)]
+
+
 def _with_step_advantages(adv: torch.Tensor, turns: list, scores: np.ndarray, ro, weight: float,
                           cfg: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
     """``adv`` plus ``weight`` x each sampled token's step advantage (its turn's, by ``ro.turn_of``);
@@ -295,6 +307,10 @@ def train_rl(init_model: str, task, run_dir: str, cfg: dict[str, Any], stop_afte
     if w_step and not hasattr(task, "turn_rewards"):
         raise ValueError(f"rl.step_adv_weight = {w_step}: step advantages need a multi-turn task that reports "
                          f"each turn's state and reward; {type(task).__name__} does not (set it to 0)")
+    shuffle = bool(cfg.get("shuffle_advantages", False))
+    if shuffle and w_step:
+        raise ValueError("rl.shuffle_advantages (the no-signal control) with rl.step_adv_weight > 0: the step "
+                         "advantages would still carry each turn's reward; set rl.step_adv_weight: 0 for the control")
     steps_per_epoch = len(items) // cfg["train_batch"]
     if steps_per_epoch == 0:
         raise ValueError(f"{len(items)} training items are fewer than rl.train_batch = {cfg['train_batch']}")
@@ -353,7 +369,10 @@ def train_rl(init_model: str, task, run_dir: str, cfg: dict[str, Any], stop_afte
         kept_groups = group_filter(scores_np, ro.traj_group, keep)
         kept_traj = torch.as_tensor(kept_groups[ro.traj_group], device=device)
         lmask = ro.loss_mask
-        adv = trajectory_advantages(scores, ro.traj_group, cfg["norm_adv_by_std"])[ro.row_traj][:, None] * lmask
+        traj_adv = trajectory_advantages(scores, ro.traj_group, cfg["norm_adv_by_std"])
+        if shuffle:  # the no-signal control: the same advantages, each given to a random trajectory
+            traj_adv = shuffled_advantages(traj_adv, cfg["seed"], step)
+        adv = traj_adv[ro.row_traj][:, None] * lmask
         step_metrics: dict[str, float] = {}
         if w_step:  # GiGPO: plus each turn's advantage among the group's turns from the same state
             adv, step_metrics = _with_step_advantages(adv, task.turn_rewards(batch_items, ro), scores_np, ro, w_step, cfg)

@@ -483,6 +483,9 @@ def _refuse_local_only(rl: dict[str, Any], section: str) -> None:
     if rl.get("keep_group_fraction", 1.0) < 1.0:
         raise VerlConfigError(f"config key '{section}.keep_group_fraction' < 1 (StarPO-S's variance filter) runs on "
                               "the local backend only; verl 0.9's trainer has no such filter")
+    if rl.get("shuffle_advantages", False):
+        raise VerlConfigError(f"config key '{section}.shuffle_advantages' (the no-signal control) runs on the local "
+                              "backend only; verl 0.9's GRPO advantage has no such option")
     if rl.get("step_adv_weight", 0.0) > 0:
         raise VerlConfigError(f"config key '{section}.step_adv_weight' = {rl['step_adv_weight']} (GiGPO's step "
                               "advantages) runs on the local backend only; verl 0.9's GRPO advantage is per "
