@@ -322,13 +322,17 @@ def test_the_no_signal_control_trains_on_the_same_advantages_in_a_seeded_random_
     s = grpo.shuffled_advantages(a, 1, 3)
     assert sorted(s.tolist()) == a.tolist() and not torch.equal(s, a)
     assert torch.equal(s, grpo.shuffled_advantages(a, 1, 3)) and not torch.equal(s, grpo.shuffled_advantages(a, 1, 4))
+    kept = torch.tensor([True, False, True, True, False, True, True, True])  # the variance filter's trajectories
+    k = grpo.shuffled_advantages(a, 1, 3, kept)
+    assert k[~kept].tolist() == [1.0, 4.0] and sorted(k[kept].tolist()) == a[kept].tolist()
+    assert not torch.equal(k, a) and torch.equal(grpo.shuffled_advantages(a, 1, 3, torch.ones(8, dtype=torch.bool)), s)
     # the untrained base earns no reward: score by length, so the advantages are not all zero
     monkeypatch.setattr(qa_rl, "group_aware_details", lambda texts, gt, **kw: [
         SimpleNamespace(reward=len(t) / 50, correct=False, has_proactive=False, group_accuracy=0.0) for t in texts])
     seen = []
     real = grpo.shuffled_advantages
-    monkeypatch.setattr(grpo, "shuffled_advantages", lambda adv, seed, step: seen.append((adv.clone(), step)) or
-                        real(adv, seed, step))
+    monkeypatch.setattr(grpo, "shuffled_advantages", lambda adv, seed, step, kept: seen.append((adv.clone(), step)) or
+                        real(adv, seed, step, kept))
     cfg = dict(RL, train_mode="full", lr=1e-3, ppo_mini_batch=2, n=4, total_steps=1, max_response_length=12)
     plain = train_grpo(str(tiny_base), str(rl_train_file), str(tmp_path / "plain"), cfg, REWARD)["first"]
     assert not seen

@@ -240,14 +240,20 @@ def trajectory_advantages(scores: torch.Tensor, traj_group: np.ndarray, norm_by_
     return adv[:, 0]
 
 
-def shuffled_advantages(traj_adv: torch.Tensor, seed: int, step: int) -> torch.Tensor:
+def shuffled_advantages(traj_adv: torch.Tensor, seed: int, step: int,
+                        kept: torch.Tensor | None = None) -> torch.Tensor:
     """``rl.shuffle_advantages``, the no-signal control: the batch's trajectory advantages in a
     random order (a permutation drawn from ``seed`` and ``step``), so every update has the size,
     batch, tokens and advantage spread of the real one and no information on which trajectory
     scored well. What a run changes in the policy under it comes from the updates themselves
-    (their noise, the entropy bonus, the KL term), not from the reward."""
+    (their noise, the entropy bonus, the KL term), not from the reward. ``kept`` (a bool per
+    trajectory: the variance filter's groups) permutes among the kept trajectories only, so the
+    trained ones get the advantages a real run trains on."""
+    idx = torch.arange(len(traj_adv)) if kept is None else kept.cpu().nonzero().flatten()
     g = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(step))
-    return traj_adv[torch.randperm(len(traj_adv), generator=g).to(traj_adv.device)]
+    out = traj_adv.clone()
+    out[idx.to(out.device)] = traj_adv[idx[torch.randperm(len(idx), generator=g)].to(out.device)]
+    return out
 
 
 def _with_step_advantages(adv: torch.Tensor, turns: list, scores: np.ndarray, ro, weight: float,
@@ -371,7 +377,7 @@ def train_rl(init_model: str, task, run_dir: str, cfg: dict[str, Any], stop_afte
         lmask = ro.loss_mask
         traj_adv = trajectory_advantages(scores, ro.traj_group, cfg["norm_adv_by_std"])
         if shuffle:  # the no-signal control: the same advantages, each given to a random trajectory
-            traj_adv = shuffled_advantages(traj_adv, cfg["seed"], step)
+            traj_adv = shuffled_advantages(traj_adv, cfg["seed"], step, kept_traj)
         adv = traj_adv[ro.row_traj][:, None] * lmask
         step_metrics: dict[str, float] = {}
         if w_step:  # GiGPO: plus each turn's advantage among the group's turns from the same state
