@@ -388,6 +388,7 @@ def test_step_advantages_reach_each_sampled_token_of_its_turn(frozen, tmp_path):
 
     with pytest.raises(ValueError, match="step_adv_weight = 1.0.*OneTurn"):
         train_rl(str(frozen / "model"), OneTurn(), str(tmp_path / "one"), dict(RL, step_adv_weight=1.0))
+    assert not (tmp_path / "one").exists(), "refused before the run directory is made"
 
 
 def test_restart_key_covers_the_task_modules_and_no_other_task():

@@ -312,7 +312,7 @@ def test_the_no_signal_control_trains_on_the_same_advantages_in_a_seeded_random_
                                                                                       rl_train_file, monkeypatch):
     """``rl.shuffle_advantages``: each step's trajectory advantages, permuted by a draw from the
     seed and the step; the rollout is the real run's, the update is not; with step advantages
-    (which would still carry each turn's reward) it is refused before training."""
+    (which would still carry each turn's reward) it is refused before the run directory is made."""
     from types import SimpleNamespace
 
     import sft2rl.grpo as grpo
@@ -357,6 +357,7 @@ def test_the_no_signal_control_trains_on_the_same_advantages_in_a_seeded_random_
     with pytest.raises(ValueError, match="shuffle_advantages.*step_adv_weight"):
         grpo.train_rl(str(tiny_base), Turns(), str(tmp_path / "turns"),
                       dict(cfg, shuffle_advantages=True, step_adv_weight=1.0, step_adv_gamma=0.95))
+    assert not (tmp_path / "turns").exists(), "refused before the run directory is made"
 
 
 @pytest.mark.parametrize("lora", [False, True])

@@ -276,6 +276,7 @@ def test_clip_higher_reaches_verl_and_the_variance_filter_is_refused(tiny_base, 
                         reward=CONFIG["reward"], verl=CONFIG["verl"], nnodes=1, gpus_per_node=1, code_root="$PWD",
                         final="f", summary="s.json")
 
+
 def test_legacy_reward_keys_are_never_emitted(tiny_base, data, tmp_path, ppo_cfg):
     ppo = ppo_overrides(tiny_base, data, tmp_path)
     sft = sft_overrides(tiny_base, data, tmp_path)

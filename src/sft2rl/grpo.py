@@ -249,10 +249,10 @@ def shuffled_advantages(traj_adv: torch.Tensor, seed: int, step: int,
     (their noise, the entropy bonus, the KL term), not from the reward. ``kept`` (a bool per
     trajectory: the variance filter's groups) permutes among the kept trajectories only, so the
     trained ones get the advantages a real run trains on."""
-    idx = torch.arange(len(traj_adv)) if kept is None else kept.cpu().nonzero().flatten()
+    idx = torch.arange(len(traj_adv), device=traj_adv.device) if kept is None else kept.nonzero().flatten()
     g = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(step))
     out = traj_adv.clone()
-    out[idx.to(out.device)] = traj_adv[idx[torch.randperm(len(idx), generator=g)].to(out.device)]
+    out[idx] = traj_adv[idx[torch.randperm(len(idx), generator=g).to(idx.device)]]
     return out
 
 
@@ -300,6 +300,15 @@ def train_rl(init_model: str, task, run_dir: str, cfg: dict[str, Any], stop_afte
 
     from .rl_task import group_filter
 
+    # options that contradict the task or each other: refused before the run directory is touched
+    w_step = float(cfg.get("step_adv_weight", 0.0))
+    if w_step and not hasattr(task, "turn_rewards"):
+        raise ValueError(f"rl.step_adv_weight = {w_step}: step advantages need a multi-turn task that reports "
+                         f"each turn's state and reward; {type(task).__name__} does not (set it to 0)")
+    shuffle = bool(cfg.get("shuffle_advantages", False))
+    if shuffle and w_step:
+        raise ValueError("rl.shuffle_advantages (the no-signal control) with rl.step_adv_weight > 0: the step "
+                         "advantages would still carry each turn's reward; set rl.step_adv_weight: 0 for the control")
     run = Path(run_dir)
     ckpt_root = run / "checkpoints"
     run_key_ = rl_run_key(init_model, task, cfg)
@@ -309,14 +318,6 @@ def train_rl(init_model: str, task, run_dir: str, cfg: dict[str, Any], stop_afte
     set_seed(cfg["seed"])
     model, tokenizer = load_model(init_model, device, param_dtype)
     items = task.load(tokenizer, cfg)
-    w_step = float(cfg.get("step_adv_weight", 0.0))
-    if w_step and not hasattr(task, "turn_rewards"):
-        raise ValueError(f"rl.step_adv_weight = {w_step}: step advantages need a multi-turn task that reports "
-                         f"each turn's state and reward; {type(task).__name__} does not (set it to 0)")
-    shuffle = bool(cfg.get("shuffle_advantages", False))
-    if shuffle and w_step:
-        raise ValueError("rl.shuffle_advantages (the no-signal control) with rl.step_adv_weight > 0: the step "
-                         "advantages would still carry each turn's reward; set rl.step_adv_weight: 0 for the control")
     steps_per_epoch = len(items) // cfg["train_batch"]
     if steps_per_epoch == 0:
         raise ValueError(f"{len(items)} training items are fewer than rl.train_batch = {cfg['train_batch']}")
