@@ -231,3 +231,17 @@ def test_lengths_fit_the_base_positions(cfg, tmp_path):
     check_config(c, SCHEMA)
     c["backend"] = "verl"
     fails(c, r"'games.sft.overlong' = 'drop': backend verl cannot leave rows out")
+    # the medical no-signal control keeps no signal only without step advantages (med.rl over rl);
+    # on verl it is not trained, so nothing to refuse there
+    c = copy.deepcopy(cfg)
+    c["rl"]["step_adv_weight"] = 0.5
+    fails(c, r"'med.rl.no_signal_control' = true with step advantages \(step_adv_weight = 0.5")
+    c["med"]["rl"]["step_adv_weight"] = 0.0
+    check_config(c, SCHEMA)
+    c["med"]["rl"]["step_adv_weight"] = 1.0
+    fails(c, r"'med.rl.no_signal_control' = true with step advantages \(step_adv_weight = 1.0")
+    c["backend"] = "verl"
+    check_config(c, SCHEMA)
+    c["backend"] = "local"
+    c["med"]["rl"]["no_signal_control"] = False
+    check_config(c, SCHEMA)

@@ -166,7 +166,8 @@ def _write_med_rl(root):
 
     bs = {"bootstrap_samples": 500, "ci_level": 0.95, "bootstrap_seed": 0}
     doctors = {"base": (0, -15.0), "med-doctor-nothink-seed1": (10, 4.0), "rl-fixed-seed1": (14, 6.0),
-               "rl-dynamic-seed1": (16, 6.5), "scripted": (30, 10.5), "random": (2, 3.0)}
+               "rl-dynamic-seed1": (16, 6.5), "rl-fixed-control-seed1": (7, 3.5), "scripted": (30, 10.5),
+               "random": (2, 3.0)}
     summaries, consultations, train = {}, {}, {}
     for doctor, (correct, reward) in doctors.items():
         recs = _med_records(30, correct, reward)
@@ -184,7 +185,8 @@ def _write_med_rl(root):
                 {"step": 3, "val_accuracy": 0.4, "val_success": 0.2}]}))
     infos = {"med-doctor-nothink-seed1": {"with_thinking": False, "seed": 1},
              "rl-fixed-seed1": {"with_thinking": False, "budget": "fixed", "seed": 1},
-             "rl-dynamic-seed1": {"with_thinking": False, "budget": "dynamic", "seed": 1}}
+             "rl-dynamic-seed1": {"with_thinking": False, "budget": "dynamic", "seed": 1},
+             "rl-fixed-control-seed1": {"with_thinking": False, "budget": "fixed", "seed": 1, "control": True}}
     frame = rl_table.rl_eval_frame({k: str(v) for k, v in summaries.items()},
                                    {k: str(v) for k, v in consultations.items()}, "med-doctor-nothink-seed1", infos,
                                    {k: str(v) for k, v in train.items()}, bs)
@@ -194,6 +196,16 @@ def _write_med_rl(root):
     assert fixed["diff_accuracy"] == pytest.approx(4 / 30) and fixed["diff_reward"] == pytest.approx(2.0)
     assert fixed["diff_reward_lo"] == pytest.approx(2.0) and fixed["diff_accuracy_lo"] < 4 / 30 < fixed["diff_accuracy_hi"]
     assert fixed["label"] == "RL, fixed budget" and fixed["rl_steps"] == 3
+    # RL - its no-signal control (same budget and seed): +7/30 accuracy, +2.5 reward; the control
+    # itself and the dynamic run (no control of its budget) have no such difference
+    assert fixed["diff_control_accuracy"] == pytest.approx(7 / 30) and fixed["diff_control_reward"] == pytest.approx(2.5)
+    assert fixed["diff_control_accuracy_lo"] < 7 / 30 < fixed["diff_control_accuracy_hi"]
+    control = frame.set_index("doctor").loc["rl-fixed-control-seed1"]
+    assert control["label"] == "RL, fixed budget, no-signal control"
+    assert control["diff_accuracy"] == pytest.approx(-3 / 30) and math.isnan(control["diff_control_accuracy"])
+    assert frame.set_index("doctor")["diff_control_accuracy"].drop("rl-fixed-seed1").isna().all()
+    tex = (root / "results/tables/med_rl_eval.tex").read_text()
+    assert "RL $-$ control" in tex and "+0.23 [" in tex and tex.count("\\\\") == len(frame) + 1
     rl_table.curves_figure({k: str(v) for k, v in train.items()},
                            [str(root / f"results/figures/med_rl_curves.{e}") for e in ("png", "pdf")])
     files = {}

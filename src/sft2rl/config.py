@@ -128,6 +128,14 @@ def _check_consistency(config: dict[str, Any]) -> None:
         if unknown:
             raise ConfigError(f"config key 'games.sft_files' names {unknown}, which are not in 'games.envs' "
                               f"= {games['envs']}")
+    med = config.get("med")
+    # the medical no-signal control (local backend only: on verl it is not trained)
+    if med and med.get("rl", {}).get("no_signal_control", True) and config.get("backend", "local") == "local":
+        step_adv = med["rl"].get("step_adv_weight", rl.get("step_adv_weight", 0))
+        if step_adv:
+            raise ConfigError(f"config key 'med.rl.no_signal_control' = true with step advantages (step_adv_weight = "
+                              f"{step_adv}, 'med.rl' over 'rl'): they carry each turn's reward, so the control "
+                              f"would keep the signal; set one of them off")
     tiny = config["model"]["tiny"]
     if tiny["hidden_size"] % tiny["num_heads"] or tiny["num_heads"] % tiny["num_kv_heads"]:
         raise ConfigError(

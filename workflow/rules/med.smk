@@ -325,6 +325,23 @@ if config["backend"] == "local":
         script:
             "../scripts/med_rl.py"
 
+    use rule med_rl as med_rl_control with:
+        """The no-signal control of a medical RL run: the same run (budget, seed, rollouts, update
+        size) with each step's advantages given to the batch's consultations in a seeded random
+        order (rl.shuffle_advantages), so it keeps what the updates do by themselves and loses what
+        the reward tells. rl_eval.csv shows it beside RL (med.rl.no_signal_control)."""
+        output:
+            final=directory("results/med/models/rl-{budget}-control-seed{seed}/final"),
+            summary="results/med/rl/rl-{budget}-control-seed{seed}/summary.json",
+        params:
+            init=lambda wc, input: input.init,
+            cfg=lambda wc: dict(MED_RL, seed=int(wc.seed), shuffle_advantages=True),
+            med=MED_RL_TASK,
+        benchmark:
+            "results/benchmarks/med/rl-{budget}-control-seed{seed}.tsv"
+        log:
+            "results/logs/med/rl-{budget}-control-seed{seed}.log",
+
 
 rule med_table:
     """results/med/eval.csv (base, SFT with and without thinking, scripted and random doctors; all
@@ -426,9 +443,10 @@ MED_BUDGET_FIGURES = [f"results/figures/med_turn_budget.{ext}" for ext in ("png"
 
 rule med_rl_table:
     """results/med/rl_eval.csv: base, the SFT doctor RL starts from, RL with a fixed and a dynamic
-    turn budget, the scripted and random doctors on the held-out cases; the paired per-case
-    difference RL - SFT (accuracy, reward) with its bootstrap interval; LaTeX; the figure of
-    the reward, its terms and val accuracy against the RL step."""
+    turn budget, the no-signal control of the fixed one, the scripted and random doctors on the
+    held-out cases; the paired per-case differences RL - SFT and RL - control (accuracy, reward)
+    with their bootstrap intervals; LaTeX; the figure of the reward, its terms and val accuracy
+    against the RL step."""
     input:
         summaries=expand("results/med/eval/{doctor}.json", doctor=MED_RL_DOCTORS),
         consultations=expand("results/med/eval/{doctor}.jsonl", doctor=MED_RL_DOCTORS),

@@ -32,13 +32,20 @@ MED_RL = med_rl_config(config)
 MED_RLC = MED["rl"]
 MED_RL_SFT = med_run("think" if MED_RLC["with_thinking"] else "nothink", MED["seeds"][0])
 MED_RL_INIT = f"results/models/{MED_RL_SFT}/merged"
-#: what an RL run's task reads (the seeds and evaluation budgets of the ablation are not part of a run)
+#: what an RL run's task reads (the seeds and evaluation budgets of the ablation, and whether a
+#: control is trained beside it, are not part of a run)
 MED_RL_TASK = {"eval": MED["eval"], "patient": MED["patient"],
-               "rl": {k: v for k, v in MED_RLC.items() if k not in ("seeds", "eval_budgets")}}
-MED_RL_RE = r"rl-(fixed|dynamic)-seed(\d+)"
+               "rl": {k: v for k, v in MED_RLC.items() if k not in ("seeds", "eval_budgets", "no_signal_control")}}
+#: RL doctors: rl-<budget>-seed<S>, and rl-<budget>-control-seed<S>, the no-signal control
+#: (rl.shuffle_advantages) of the same budget and seed
+MED_RL_RE = r"rl-(fixed|dynamic)(-control)?-seed(\d+)"
 MED_RL_RUNS = [f"rl-{m}-seed{s}" for m in MED_RL_MODES for s in MED_RLC["seeds"]]
-#: the doctors of rl_eval.csv: base, the SFT doctor RL starts from, RL with each budget (first seed)
+#: verl's GRPO cannot shuffle advantages: the control is trained on the local backend only
+MED_RL_CONTROL = MED_RLC.get("no_signal_control", True) and config["backend"] == "local"
+#: the doctors of rl_eval.csv: base, the SFT doctor RL starts from, RL with each budget (first
+#: seed), the no-signal control of the fixed budget (med.rl.no_signal_control), scripted, random
 MED_RL_DOCTORS = ["base", MED_RL_SFT] + [f"rl-{m}-seed{MED_RLC['seeds'][0]}" for m in MED_RL_MODES] + \
+    ([f"rl-fixed-control-seed{MED_RLC['seeds'][0]}"] if MED_RL_CONTROL else []) + \
     (["scripted", "random"] if MED_SYNTH else [])
 if MED_RLC["with_thinking"] not in MED["with_thinking"]:
     raise ValueError(f"config key 'med.rl.with_thinking' is {MED_RLC['with_thinking']}, but med.with_thinking "
@@ -53,12 +60,14 @@ if MED_SYNTH and MED_RL["train_batch"] > MED_RL_CASES:
 
 def med_run_info(doctor):
     """with_thinking and seed of an SFT doctor's run name, or of an RL doctor (with_thinking of
-    the SFT doctor it starts from, its budget and RL seed); None for base, scripted, random."""
+    the SFT doctor it starts from, its budget, RL seed and whether it is the no-signal control);
+    None for base, scripted, random."""
     m = _re.fullmatch(MED_RUN_RE, doctor)
     if m:
         return {"with_thinking": m.group(1) == "think", "seed": int(m.group(2))}
     m = _re.fullmatch(MED_RL_RE, doctor)
-    return {"with_thinking": MED_RLC["with_thinking"], "budget": m.group(1), "seed": int(m.group(2))} if m else None
+    return {"with_thinking": MED_RLC["with_thinking"], "budget": m.group(1), "seed": int(m.group(3)),
+            "control": bool(m.group(2))} if m else None
 
 
 def med_base_input(wildcards=None):

@@ -9,5 +9,6 @@ with script_errors(snakemake) as log:
     summary = run_job(snakemake.params.init, task, snakemake.params.cfg, snakemake.output.final,
                       snakemake.output.summary)
     last = summary["last"] or {}
-    log.info("medical RL (%s budget): %d steps, episode reward %.3f, val accuracy %s", snakemake.wildcards.budget,
-             summary["steps"], last.get("episode_reward", float("nan")), last.get("val_accuracy"))
+    log.info("medical RL (%s budget%s): %d steps, episode reward %.3f, val accuracy %s", snakemake.wildcards.budget,
+             ", no-signal control" if snakemake.params.cfg.get("shuffle_advantages") else "", summary["steps"],
+             last.get("episode_reward", float("nan")), last.get("val_accuracy"))

@@ -29,7 +29,7 @@ THINKING = {"think": True, "nothink": False}  # run-name part -> with_thinking
 #: the turn budgets of medical RL (:mod:`sft2rl.tasks.med.rl`)
 RL_MODES = ("fixed", "dynamic")
 #: keys of ``med.rl`` that belong to the task, not to the shared trainer's ``rl:`` section
-RL_TASK_KEYS = ("with_thinking", "seeds", "budget_range", "eval_budgets", "reward", "cases")
+RL_TASK_KEYS = ("with_thinking", "seeds", "budget_range", "eval_budgets", "reward", "cases", "no_signal_control")
 
 
 def rl_config(config: dict) -> dict:

@@ -2,13 +2,16 @@
 
 ``results/med/rl_eval.csv``: one row per doctor on the held-out cases at the evaluation's
 budget (``med.eval.max_turns``): the base model, the SFT doctor RL starts from, RL with a
-fixed and with a dynamic turn budget (first RL seed), the scripted and the random doctor;
-accuracy with its 95% Wilson interval, ROUGE-L and BLEU of diagnosis and recommendation,
-turns, repeated-question rate, information-retrieval precision, invalid-format rate, mean
-episode reward and success rate, the share of consultations whose evidence sufficed for the
-true diagnosis and the accuracy on those (the synthetic clinic); for the RL rows the paired
-per-case difference RL - SFT of accuracy and of reward with its percentile bootstrap interval
-over cases.
+fixed and with a dynamic turn budget (first RL seed), the no-signal control of the fixed one
+(``med.rl.no_signal_control``: the same run with its advantages in a random order), the
+scripted and the random doctor; accuracy with its 95% Wilson interval, ROUGE-L and BLEU of
+diagnosis and recommendation, turns, repeated-question rate, information-retrieval precision,
+invalid-format rate, mean episode reward and success rate, the share of consultations whose
+evidence sufficed for the true diagnosis and the accuracy on those (the synthetic clinic); for
+the RL rows (control included) the paired per-case difference RL - SFT of accuracy and of
+reward with its percentile bootstrap interval over cases, and for an RL row with a control of
+its budget and seed the paired difference RL - control: what the reward taught beyond what
+the updates do by themselves.
 
 ``results/med/ablation_turn_budget.csv``: the SFT doctor and the RL doctors of each budget
 (every RL seed) evaluated at each of ``med.rl.eval_budgets``: per (doctor, budget) the mean
@@ -32,7 +35,8 @@ from .table import METRICS, _fmt, _read_jsonl, _save
 RL_EVAL_COLUMNS = ["doctor", "label", "budget", "seed", "cases", "accuracy", "accuracy_lo", "accuracy_hi", *METRICS[1:],
                    "reward", "success_rate", "evidence_sufficient_rate", "accuracy_if_sufficient", "diff_accuracy",
                    "diff_accuracy_lo", "diff_accuracy_hi", "diff_reward", "diff_reward_lo", "diff_reward_hi",
-                   "rl_steps", "rl_seconds"]
+                   "diff_control_accuracy", "diff_control_accuracy_lo", "diff_control_accuracy_hi",
+                   "diff_control_reward", "diff_control_reward_lo", "diff_control_reward_hi", "rl_steps", "rl_seconds"]
 LABELS = {"base": "base model", "scripted": "scripted doctor", "random": "random-question doctor"}
 
 
@@ -40,7 +44,7 @@ def _label(doctor: str, info: dict[str, Any] | None) -> str:
     if doctor in LABELS:
         return LABELS[doctor]
     if info and "budget" in info:
-        return f"RL, {info['budget']} budget"
+        return f"RL, {info['budget']} budget" + (", no-signal control" if info.get("control") else "")
     return "SFT" + (", with thinking" if info and info["with_thinking"] else ", without thinking")
 
 
@@ -54,6 +58,7 @@ def rl_eval_frame(summaries: dict[str, str], consultations: dict[str, str], sft:
     """The rows of rl_eval.csv (all cases), doctors in the order of ``summaries``."""
     bs = dict(samples=bootstrap["bootstrap_samples"], level=bootstrap["ci_level"], seed=bootstrap["bootstrap_seed"])
     sft_recs = _read_jsonl(consultations[sft])
+    controls = {(infos[d]["budget"], infos[d]["seed"]): d for d in train if (infos.get(d) or {}).get("control")}
     rows = []
     for doctor, path in summaries.items():
         row = dict(json.loads(Path(path).read_text())[0])
@@ -62,9 +67,15 @@ def rl_eval_frame(summaries: dict[str, str], consultations: dict[str, str], sft:
                    seed=(info or {}).get("seed"))
         if doctor in train:
             recs = _read_jsonl(consultations[doctor])
+            control = None if info.get("control") else controls.get((info["budget"], info["seed"]))
+            ctrl_recs = _read_jsonl(consultations[control]) if control else None
             for key, name in (("correct", "accuracy"), ("reward", "reward")):
                 d, lo, hi = paired_difference(per_case(sft_recs, key), per_case(recs, key), **bs)
                 row.update({f"diff_{name}": d, f"diff_{name}_lo": lo, f"diff_{name}_hi": hi})
+                if ctrl_recs is not None:
+                    d, lo, hi = paired_difference(per_case(ctrl_recs, key), per_case(recs, key), **bs)
+                    row.update({f"diff_control_{name}": d, f"diff_control_{name}_lo": lo,
+                                f"diff_control_{name}_hi": hi})
             summ = json.loads(Path(train[doctor]).read_text())
             row.update(rl_steps=summ["steps"], rl_seconds=summ["seconds"])
         rows.append(row)
@@ -72,15 +83,21 @@ def rl_eval_frame(summaries: dict[str, str], consultations: dict[str, str], sft:
 
 
 def rl_eval_latex(frame: pd.DataFrame) -> str:
-    lines = [r"\begin{tabular}{lrrrrrrr}", r"\toprule",
+    control = frame["diff_control_accuracy"].notna().any()
+    lines = [r"\begin{tabular}{lrrrrrrr" + ("r}" if control else "}"), r"\toprule",
              r"doctor & accuracy [95\% CI] & diag. R-L & rec. R-L & turns & repeated q. & reward & "
-             r"RL $-$ SFT accuracy [95\% CI] \\", r"\midrule"]
+             r"RL $-$ SFT accuracy [95\% CI]" + (r" & RL $-$ control [95\% CI]" if control else "") + r" \\",
+             r"\midrule"]
+
+    def diff(r, name):
+        v = getattr(r, name)
+        return "" if pd.isna(v) else f"{v:+.2f} [{getattr(r, name + '_lo'):+.2f}, {getattr(r, name + '_hi'):+.2f}]"
+
     for _, r in frame.iterrows():
-        diff = "" if pd.isna(r.diff_accuracy) else \
-            f"{r.diff_accuracy:+.2f} [{r.diff_accuracy_lo:+.2f}, {r.diff_accuracy_hi:+.2f}]"
         lines.append(f"{r.label} & {_fmt(r.accuracy)} [{_fmt(r.accuracy_lo)}, {_fmt(r.accuracy_hi)}] & "
                      f"{_fmt(r.diag_rougeL)} & {_fmt(r.rec_rougeL)} & {_fmt(r.turns)} & "
-                     f"{_fmt(r.repeated_question_rate)} & {_fmt(r.reward)} & {diff} \\\\")
+                     f"{_fmt(r.repeated_question_rate)} & {_fmt(r.reward)} & {diff(r, 'diff_accuracy')}"
+                     + (f" & {diff(r, 'diff_control_accuracy')}" if control else "") + " \\\\")
     return "\n".join(lines + [r"\bottomrule", r"\end{tabular}", ""])
 
 
