@@ -131,8 +131,8 @@ def test_editing_the_eval_settings_reruns_only_the_evaluation(med_done):
     assert proc.returncode == 0, proc.stderr[-3000:]
     jobs = planned_jobs(proc.stdout)
     # the patient is the same in evaluation and RL: RL and every consultation rerun, SFT does not
-    assert set(jobs) == {"med_eval", "med_table", "med_figure", "med_rl", "med_eval_budget", "med_rl_table",
-                         "med_turn_budget", "med"}, jobs
+    assert set(jobs) == {"med_eval", "med_table", "med_figure", "med_rl", "med_rl_control", "med_eval_budget",
+                         "med_rl_table", "med_turn_budget", "med"}, jobs
 
 
 def test_editing_the_sft_rows_reruns_the_sft_from_its_data(med_done):
@@ -161,11 +161,12 @@ def test_the_turn_limit_is_the_training_dialogues_too(med_done):
 RL = MED["rl"]
 SFT_DOCTOR = f"{RUN}-{'think' if RL['with_thinking'] else 'nothink'}-seed{SEEDS[0]}"
 RL_DOCTORS = [f"rl-{m}-seed{RL['seeds'][0]}" for m in ("fixed", "dynamic")]
+CONTROL = f"rl-fixed-control-seed{RL['seeds'][0]}"  # the no-signal control of the fixed budget
 
 
 def test_rl_eval_table_and_paired_differences(med_done):
     frame = pd.read_csv(med_done / "results/med/rl_eval.csv").set_index("doctor")
-    assert list(frame.index) == ["base", SFT_DOCTOR, *RL_DOCTORS, "scripted", "random"]
+    assert list(frame.index) == ["base", SFT_DOCTOR, *RL_DOCTORS, CONTROL, "scripted", "random"]
     assert (frame["cases"] == N_TEST).all()
     sft = read_jsonl(med_done / f"results/med/eval/{SFT_DOCTOR}.jsonl")
     for doctor in frame.index:
@@ -175,7 +176,7 @@ def test_rl_eval_table_and_paired_differences(med_done):
             assert r["reward"] == pytest.approx(sum(v for k, v in r.items() if k.startswith("reward_")))
             assert r["success"] == (r["reward"] >= 10)
         assert frame.loc[doctor, "reward"] == pytest.approx(sum(r["reward"] for r in recs) / N_TEST, abs=1e-5)
-    for doctor in RL_DOCTORS:
+    for doctor in [*RL_DOCTORS, CONTROL]:
         row = frame.loc[doctor]
         recs = read_jsonl(med_done / f"results/med/eval/{doctor}.jsonl")
         assert {r["case"] for r in recs} == {r["case"] for r in sft}
@@ -186,6 +187,13 @@ def test_rl_eval_table_and_paired_differences(med_done):
         assert row["rl_steps"] == RL["total_steps"]
         assert all(r["max_turns"] == MED["eval"]["max_turns"] for r in recs)
     assert frame[["diff_accuracy"]].loc[["base", SFT_DOCTOR, "scripted", "random"]].isna().all().all()
+    # RL - its no-signal control, paired per case: only the fixed run has a control
+    fixed = frame.loc[RL_DOCTORS[0]]
+    assert fixed["diff_control_accuracy"] == pytest.approx(fixed["accuracy"] - frame.loc[CONTROL, "accuracy"], abs=1e-5)
+    assert fixed["diff_control_reward"] == pytest.approx(fixed["reward"] - frame.loc[CONTROL, "reward"], abs=1e-4)
+    assert fixed["diff_control_accuracy_lo"] <= fixed["diff_control_accuracy"] <= fixed["diff_control_accuracy_hi"]
+    assert frame["diff_control_accuracy"].drop(RL_DOCTORS[0]).isna().all()
+    assert frame.loc[CONTROL, "label"] == "RL, fixed budget, no-signal control"
     # evidence: the scripted doctor concludes right whenever its evidence suffices; the SFT
     # doctor's two evidence columns are those of its records
     assert frame.loc["scripted", "accuracy_if_sufficient"] == 1.0
@@ -224,6 +232,26 @@ def test_rl_raises_the_reward_on_its_cases(med_done):
         assert vals[0]["step"] == 0 and vals[-1]["step"] == RL["total_steps"]
         tb = list((med_done / f"results/med/rl/{doctor}/tensorboard").glob("events.out.tfevents.*"))
         assert tb
+
+
+def test_the_no_signal_control_rolls_out_as_rl_and_learns_without_the_signal(med_done):
+    """The control is the fixed run with its advantages in a random order: its first step rolls
+    out exactly the fixed run's first consultations (same SFT doctor, same seed), its updates
+    differ from there on; the reward's information is what lifts RL's reward above it."""
+    runs = {d: json.loads((med_done / f"results/med/rl/{d}/summary.json").read_text()) for d in (RL_DOCTORS[0], CONTROL)}
+    hists = {d: [h for h in s["history"] if h["step"] > 0 and "episode_reward" in h] for d, s in runs.items()}
+    rl, control = hists[RL_DOCTORS[0]], hists[CONTROL]
+    assert runs[CONTROL]["steps"] == RL["total_steps"] == len(control)
+    for key in ("episode_reward", "turns", "reward_diagnosis", "reward_answered"):
+        assert control[0][key] == pytest.approx(rl[0][key], abs=1e-9), key
+    assert any(c["episode_reward"] != r["episode_reward"] for c, r in zip(control[1:], rl[1:]))
+    # on the same 8 cases every step, RL's last five steps earn more than the control's: the
+    # reward's information, not the updates alone, raised it (reduced run: 7.6 against 3.6)
+    last = {name: sum(h["episode_reward"] for h in hist[-5:]) / 5 for name, hist in (("rl", rl), ("control", control))}
+    assert last["rl"] > last["control"] + 1.0, last
+    assert (med_done / f"results/med/models/{CONTROL}/final/config.json").is_file()
+    log = (med_done / f"results/logs/med/{CONTROL}.log").read_text()
+    assert "fixed budget, no-signal control" in log
 
 
 def test_turn_budget_ablation(med_done):
@@ -275,7 +303,7 @@ def test_more_seeds_and_eval_budgets_leave_finished_rl_runs_alone(med_done):
     proc = smk(med_done, "med", extra_config=extra, dry=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     jobs = planned_jobs(proc.stdout)
-    assert jobs["med_rl"] == 2, jobs
+    assert jobs["med_rl"] == 2 and "med_rl_control" not in jobs, jobs  # the control: first seed only
     new = f"seed{RL['seeds'][0] + 1}"
     planned = re.findall(r"rule med_rl:\n(?:    .*\n)*?    output: .*?results/med/models/(rl-\w+-seed\d+)/final", proc.stdout)
     assert sorted(planned) == [f"rl-dynamic-{new}", f"rl-fixed-{new}"], planned
