@@ -600,6 +600,19 @@ def test_snakemake_dry_run_prints_verl_commands(tmp_path):
     assert out.count("rule grpo:") == 3 * len(CONFIG["ablations"]["seeds"])
 
 
+def test_med_rl_table_on_verl_plans_no_control(tmp_path):
+    """med.rl.no_signal_control (on by default) needs the local trainer's shuffled advantages:
+    on verl rl_eval.csv plans RL with both budgets through verl and no control run or row."""
+    res = _snakemake(tmp_path / "wd", "--config", "backend=verl", target="results/med/rl_eval.csv")
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-3000:]
+    assert out.count("rule med_rl:") == 2 and "python -m verl.trainer.main_ppo" in out
+    assert "med_rl_control" not in out and "control-seed" not in out
+    local = _snakemake(tmp_path / "wd", target="results/med/rl_eval.csv")
+    assert local.returncode == 0 and local.stdout.count("rule med_rl_control:") == 1
+    assert "results/med/models/rl-fixed-control-seed1/final" in local.stdout
+
+
 def test_snakemake_dry_run_multi_node(tmp_path):
     # 8 GPUs: each takes train_batch / 8 rows, a multiple of micro_batch
     config = dict(CONFIG, backend="verl", verl=dict(CONFIG["verl"], nnodes=2, gpus_per_node=4),
