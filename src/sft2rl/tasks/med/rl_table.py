@@ -58,7 +58,7 @@ def rl_eval_frame(summaries: dict[str, str], consultations: dict[str, str], sft:
     """The rows of rl_eval.csv (all cases), doctors in the order of ``summaries``."""
     bs = dict(samples=bootstrap["bootstrap_samples"], level=bootstrap["ci_level"], seed=bootstrap["bootstrap_seed"])
     sft_recs = _read_jsonl(consultations[sft])
-    controls = {(infos[d]["budget"], infos[d]["seed"]): d for d in train if (infos.get(d) or {}).get("control")}
+    controls = {(infos[d]["budget"], infos[d]["seed"]): d for d in train if infos[d].get("control")}
     rows = []
     for doctor, path in summaries.items():
         row = dict(json.loads(Path(path).read_text())[0])
@@ -68,14 +68,12 @@ def rl_eval_frame(summaries: dict[str, str], consultations: dict[str, str], sft:
         if doctor in train:
             recs = _read_jsonl(consultations[doctor])
             control = None if info.get("control") else controls.get((info["budget"], info["seed"]))
-            ctrl_recs = _read_jsonl(consultations[control]) if control else None
-            for key, name in (("correct", "accuracy"), ("reward", "reward")):
-                d, lo, hi = paired_difference(per_case(sft_recs, key), per_case(recs, key), **bs)
-                row.update({f"diff_{name}": d, f"diff_{name}_lo": lo, f"diff_{name}_hi": hi})
-                if ctrl_recs is not None:
-                    d, lo, hi = paired_difference(per_case(ctrl_recs, key), per_case(recs, key), **bs)
-                    row.update({f"diff_control_{name}": d, f"diff_control_{name}_lo": lo,
-                                f"diff_control_{name}_hi": hi})
+            # RL - SFT, and RL - its no-signal control where it has one: paired per case
+            refs = [("diff", sft_recs)] + ([("diff_control", _read_jsonl(consultations[control]))] if control else [])
+            for prefix, ref in refs:
+                for key, name in (("correct", "accuracy"), ("reward", "reward")):
+                    d, lo, hi = paired_difference(per_case(ref, key), per_case(recs, key), **bs)
+                    row.update({f"{prefix}_{name}": d, f"{prefix}_{name}_lo": lo, f"{prefix}_{name}_hi": hi})
             summ = json.loads(Path(train[doctor]).read_text())
             row.update(rl_steps=summ["steps"], rl_seconds=summ["seconds"])
         rows.append(row)
