@@ -175,6 +175,12 @@ def test_reply_policy_stops_at_the_turn_end(base_like):
     act = reply_policy(model, tok, max_new_tokens=NEW, do_sample=False, temperature=1.0, seed=0, batch_size=4)
     direct = generate(model, tok, PROMPTS, max_new_tokens=NEW, do_sample=False)
     assert act(None, PROMPTS) == direct.texts
+    # top_p reaches the sampler (the medical sampled evaluation's nucleus): a nucleus of one
+    # token replies greedily, the full distribution does not
+    nucleus = reply_policy(model, tok, max_new_tokens=NEW, do_sample=True, temperature=1.0, seed=0, batch_size=4,
+                           top_p=1e-6)
+    full = reply_policy(model, tok, max_new_tokens=NEW, do_sample=True, temperature=1.0, seed=0, batch_size=4)
+    assert nucleus(None, PROMPTS) == direct.texts and full(None, PROMPTS) != direct.texts
 
 
 def test_prompts_as_token_ids_generate_as_their_chats(base_like):

@@ -132,7 +132,21 @@ def test_editing_the_eval_settings_reruns_only_the_evaluation(med_done):
     jobs = planned_jobs(proc.stdout)
     # the patient is the same in evaluation and RL: RL and every consultation rerun, SFT does not
     assert set(jobs) == {"med_eval", "med_table", "med_figure", "med_rl", "med_rl_control", "med_eval_budget",
-                         "med_rl_table", "med_turn_budget", "med"}, jobs
+                         "med_eval_sampled", "med_rl_table", "med_turn_budget", "med"}, jobs
+
+
+def test_editing_the_sampled_evaluation_reruns_only_it(med_done):
+    """med.eval.temperature, top_p and k_samples are the sampled evaluation's alone: no RL run,
+    no greedy consultation is planned again; k_samples 0 drops the sampled columns' jobs."""
+    extra = med_done / "extra.yaml"
+    extra.write_text(yaml.safe_dump({"med": {"eval": dict(MED["eval"], temperature=1.0, top_p=1.0)}}))
+    proc = smk(med_done, "med", extra_config=extra, dry=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert planned_jobs(proc.stdout) == {"med_eval_sampled": 7, "med_rl_table": 1, "med": 1}
+    extra.write_text(yaml.safe_dump({"med": {"eval": dict(MED["eval"], k_samples=0)}}))
+    proc = smk(med_done, "med", extra_config=extra, dry=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert planned_jobs(proc.stdout) == {"med_rl_table": 1, "med": 1}
 
 
 def test_editing_the_sft_rows_reruns_the_sft_from_its_data(med_done):
@@ -204,6 +218,38 @@ def test_rl_eval_table_and_paired_differences(med_done):
     for ext in ("png", "pdf"):
         assert (med_done / f"results/figures/med_rl_curves.{ext}").stat().st_size > 1000
     assert (med_done / "results/tables/med_rl_eval.tex").read_text().count("\\\\") == len(frame) + 1
+
+
+def test_sampled_evaluation(med_done):
+    """Every doctor of rl_eval.csv also consults each held-out case k times sampling at the
+    reference evaluation's temperature and top-p; the sampled columns are the per-case means of
+    those consultations, the differences paired per case like the greedy ones."""
+    frame = pd.read_csv(med_done / "results/med/rl_eval.csv").set_index("doctor")
+    k = MED["eval"]["k_samples"]
+    cases = {r["case"] for r in read_jsonl(med_done / f"results/med/eval/{SFT_DOCTOR}.jsonl")}
+    sampled = {d: read_jsonl(med_done / f"results/med/eval_sampled/{d}.jsonl") for d in frame.index}
+    for doctor, recs in sampled.items():
+        assert len(recs) == k * N_TEST and all({r["case"] for r in recs if r["sample"] == j} == cases for j in range(k))
+        row = frame.loc[doctor]
+        assert row["k_samples"] == k
+        assert row["sampled_accuracy"] == pytest.approx(sum(r["correct"] for r in recs) / len(recs), abs=1e-5)
+        assert row["sampled_reward"] == pytest.approx(sum(r["reward"] for r in recs) / len(recs), abs=1e-4)
+        assert row["sampled_accuracy_lo"] <= row["sampled_accuracy"] <= row["sampled_accuracy_hi"]
+    for doctor in [*RL_DOCTORS, CONTROL]:
+        row = frame.loc[doctor]
+        assert row["diff_sampled_accuracy"] == pytest.approx(
+            row["sampled_accuracy"] - frame.loc[SFT_DOCTOR, "sampled_accuracy"], abs=1e-5)
+        assert row["diff_sampled_accuracy_lo"] <= row["diff_sampled_accuracy"] <= row["diff_sampled_accuracy_hi"]
+    fixed = frame.loc[RL_DOCTORS[0]]
+    assert fixed["diff_control_sampled_reward"] == pytest.approx(
+        fixed["sampled_reward"] - frame.loc[CONTROL, "sampled_reward"], abs=1e-4)
+    # the scripted doctor is deterministic: each of its k consultations is its greedy one; the
+    # base model samples: two consultations of one case differ somewhere
+    greedy = {r["case"]: r["replies"] for r in read_jsonl(med_done / "results/med/eval/scripted.jsonl")}
+    assert all(r["replies"] == greedy[r["case"]] for r in sampled["scripted"])
+    base = {(r["case"], r["sample"]): r["replies"] for r in sampled["base"]}
+    assert any(base[(c, 0)] != base[(c, 1)] for c in cases)
+    assert "sampled ($k=" in (med_done / "results/tables/med_rl_eval.tex").read_text()
 
 
 def test_rl_raises_the_reward_on_its_cases(med_done):

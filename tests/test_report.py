@@ -168,11 +168,19 @@ def _write_med_rl(root):
     doctors = {"base": (0, -15.0), "med-doctor-nothink-seed1": (10, 4.0), "rl-fixed-seed1": (14, 6.0),
                "rl-dynamic-seed1": (16, 6.5), "rl-fixed-control-seed1": (7, 3.5), "scripted": (30, 10.5),
                "random": (2, 3.0)}
-    summaries, consultations, train = {}, {}, {}
+    # the sampled evaluation, k = 2 per case: (correct, reward) of the second sample (the first
+    # is the greedy consultation's); per-case means SFT 11/30 and 4.5, RL fixed 17/30 and 7.0,
+    # control 8/30 and 3.5
+    second = {"med-doctor-nothink-seed1": (12, 5.0), "rl-fixed-seed1": (20, 8.0), "rl-fixed-control-seed1": (9, 3.5)}
+    summaries, consultations, sampled, train = {}, {}, {}, {}
     for doctor, (correct, reward) in doctors.items():
         recs = _med_records(30, correct, reward)
         consultations[doctor] = root / f"med_rl_{doctor}.jsonl"
         consultations[doctor].write_text("".join(json.dumps(r) + "\n" for r in recs))
+        sampled[doctor] = root / f"med_rl_sampled_{doctor}.jsonl"
+        sampled[doctor].write_text("".join(json.dumps(dict(r, sample=j)) + "\n" for j, part in
+                                           enumerate((recs, _med_records(30, *second.get(doctor, (correct, reward)))))
+                                           for r in part))
         summaries[doctor] = root / f"med_rl_{doctor}.json"
         summaries[doctor].write_text(json.dumps([{"doctor": doctor, "category": "all", "cases": 30,
                                                   "accuracy": correct / 30, "accuracy_lo": 0.0, "accuracy_hi": 1.0,
@@ -189,7 +197,7 @@ def _write_med_rl(root):
              "rl-fixed-control-seed1": {"with_thinking": False, "budget": "fixed", "seed": 1, "control": True}}
     frame = rl_table.rl_eval_frame({k: str(v) for k, v in summaries.items()},
                                    {k: str(v) for k, v in consultations.items()}, "med-doctor-nothink-seed1", infos,
-                                   {k: str(v) for k, v in train.items()}, bs)
+                                   {k: str(v) for k, v in train.items()}, bs, {k: str(v) for k, v in sampled.items()})
     rl_table.write_rl_eval(frame, str(root / "results/med/rl_eval.csv"), str(root / "results/tables/med_rl_eval.tex"))
     fixed = frame.set_index("doctor").loc["rl-fixed-seed1"]
     # every case: +4/30 accuracy on 4 of the 30 cases, reward +2 on all
@@ -204,8 +212,23 @@ def _write_med_rl(root):
     assert control["label"] == "RL, fixed budget, no-signal control"
     assert control["diff_accuracy"] == pytest.approx(-3 / 30) and math.isnan(control["diff_control_accuracy"])
     assert frame.set_index("doctor")["diff_control_accuracy"].drop("rl-fixed-seed1").isna().all()
+    # sampled: per-case means over the k consultations, bootstrapped over cases; the same paired
+    # differences on them
+    rows = frame.set_index("doctor")
+    assert (rows["k_samples"] == 2).all() and rows.loc["med-doctor-nothink-seed1", "sampled_accuracy"] == \
+        pytest.approx(11 / 30) and math.isnan(rows.loc["med-doctor-nothink-seed1", "diff_sampled_accuracy"])
+    assert fixed["sampled_accuracy"] == pytest.approx(17 / 30) and fixed["sampled_reward"] == pytest.approx(7.0)
+    assert fixed["sampled_accuracy_lo"] < 17 / 30 < fixed["sampled_accuracy_hi"]
+    assert rows.loc["scripted", "sampled_accuracy_lo"] == rows.loc["scripted", "sampled_accuracy_hi"] == 1.0
+    assert fixed["diff_sampled_accuracy"] == pytest.approx(6 / 30) and fixed["diff_sampled_reward"] == pytest.approx(2.5)
+    assert fixed["diff_sampled_accuracy_lo"] < 6 / 30 < fixed["diff_sampled_accuracy_hi"]
+    assert fixed["diff_control_sampled_accuracy"] == pytest.approx(9 / 30)
+    assert fixed["diff_control_sampled_reward"] == pytest.approx(3.5)
+    assert math.isnan(control["diff_control_sampled_accuracy"])
     tex = (root / "results/tables/med_rl_eval.tex").read_text()
     assert "RL $-$ control" in tex and "+0.23 [" in tex and tex.count("\\\\") == len(frame) + 1
+    assert "sampled ($k=2$)" in tex and "+0.20 [" in tex and "0.57 [" in tex
+    assert tex.splitlines()[0] == r"\begin{tabular}{l" + "r" * 10 + "}"
     rl_table.curves_figure({k: str(v) for k, v in train.items()},
                            [str(root / f"results/figures/med_rl_curves.{e}") for e in ("png", "pdf")])
     files = {}

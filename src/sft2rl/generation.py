@@ -219,13 +219,13 @@ def reply_texts(gen: Generated, chats: list | None = None) -> list[str]:
 
 
 def reply_policy(model, tokenizer, *, max_new_tokens: int, do_sample: bool, temperature: float, seed: int,
-                 batch_size: int):
+                 batch_size: int, top_p: float = 1.0):
     """A model as an agent that answers a list of prompts per call, ``batch_size`` at a time
     (the games' players and the medical task's doctor). Call ``i`` of the policy seeds its
     sampling with ``seed + i``, so a run is reproducible while calls draw differently. Each
     item (an episode, a consultation) keeps its tokens (:class:`sft2rl.chat_tokens.TokenChats`):
     a prompt that extends the item's chat continues the tokens the model produced (``items``
-    None: every prompt stands alone)."""
+    None: every prompt stands alone). ``top_p`` < 1 samples from the nucleus only."""
     from .chat_tokens import TokenChats
 
     calls = [0]
@@ -239,7 +239,7 @@ def reply_policy(model, tokenizer, *, max_new_tokens: int, do_sample: bool, temp
             part = None if items is None else [chats(item) for item in items[i:i + batch_size]]
             ids = batch if part is None else [c.prompt(p) for c, p in zip(part, batch)]
             gen = generate(model, tokenizer, ids, max_new_tokens=max_new_tokens, do_sample=do_sample,
-                           temperature=temperature, seed=seed + calls[0])
+                           temperature=temperature, top_p=top_p, seed=seed + calls[0])
             out += reply_texts(gen, part)
         return out
     return act

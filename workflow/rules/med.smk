@@ -230,7 +230,7 @@ rule med_eval:
         model=med_doctor_model,
         with_thinking=lambda wc: (med_run_info(wc.doctor) or {"with_thinking": True})["with_thinking"],
         world={k: MED["world"][k] for k in ("confidence",)},
-        eval=MED["eval"],
+        eval=MED_EVAL,
         patient=MED["patient"],
         reward=MED_RLC["reward"],
         ci_level=config["eval"]["ci_level"],
@@ -259,7 +259,7 @@ use rule med_eval as med_eval_budget with:
         model=med_doctor_model,
         with_thinking=lambda wc: (med_run_info(wc.doctor) or {"with_thinking": True})["with_thinking"],
         world={k: MED["world"][k] for k in ("confidence",)},
-        eval=lambda wc: dict(MED["eval"], max_turns=int(wc.turns)),
+        eval=lambda wc: dict(MED_EVAL, max_turns=int(wc.turns)),
         patient=MED["patient"],
         reward=MED_RLC["reward"],
         ci_level=config["eval"]["ci_level"],
@@ -267,6 +267,26 @@ use rule med_eval as med_eval_budget with:
         "results/benchmarks/med/eval_budget/{doctor}-turns{turns}.tsv"
     log:
         "results/logs/med/eval_budget/{doctor}-turns{turns}.log",
+
+
+# The same doctors sampling as the reference's evaluation does (med.eval.temperature, top_p), each
+# held-out case consulted med.eval.k_samples times: rl_eval.csv's sampled columns.
+use rule med_eval as med_eval_sampled with:
+    output:
+        consultations="results/med/eval_sampled/{doctor}.jsonl",
+    params:
+        model=med_doctor_model,
+        with_thinking=lambda wc: (med_run_info(wc.doctor) or {"with_thinking": True})["with_thinking"],
+        world={k: MED["world"][k] for k in ("confidence",)},
+        eval=MED["eval"],
+        patient=MED["patient"],
+        reward=MED_RLC["reward"],
+        ci_level=config["eval"]["ci_level"],
+        sampled=True,
+    benchmark:
+        "results/benchmarks/med/eval_sampled/{doctor}.tsv"
+    log:
+        "results/logs/med/eval_sampled/{doctor}.log",
 
 
 rule med_rl_cases:
@@ -445,11 +465,13 @@ rule med_rl_table:
     """results/med/rl_eval.csv: base, the SFT doctor RL starts from, RL with a fixed and a dynamic
     turn budget, the no-signal control of the fixed one, the scripted and random doctors on the
     held-out cases; the paired per-case differences RL - SFT and RL - control (accuracy, reward)
-    with their bootstrap intervals; LaTeX; the figure of the reward, its terms and val accuracy
+    with their bootstrap intervals, greedy and (med.eval.k_samples > 0) sampled as the
+    reference's evaluation samples; LaTeX; the figure of the reward, its terms and val accuracy
     against the RL step."""
     input:
         summaries=expand("results/med/eval/{doctor}.json", doctor=MED_RL_DOCTORS),
         consultations=expand("results/med/eval/{doctor}.jsonl", doctor=MED_RL_DOCTORS),
+        sampled=expand("results/med/eval_sampled/{doctor}.jsonl", doctor=MED_RL_DOCTORS) if MED["eval"]["k_samples"] else [],
         train=[f"results/med/rl/{d}/summary.json" for d in MED_RL_DOCTORS if _re.fullmatch(MED_RL_RE, d)],
         code=code("med_rl_table"),
     output:

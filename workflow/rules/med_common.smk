@@ -32,9 +32,13 @@ MED_RL = med_rl_config(config)
 MED_RLC = MED["rl"]
 MED_RL_SFT = med_run("think" if MED_RLC["with_thinking"] else "nothink", MED["seeds"][0])
 MED_RL_INIT = f"results/models/{MED_RL_SFT}/merged"
+#: med.eval without the sampled evaluation's keys: what greedy consultations and RL depend on
+#: (changing k_samples, temperature or top_p reruns only the sampled evaluation)
+MED_SAMPLED_KEYS = ("k_samples", "temperature", "top_p")
+MED_EVAL = {k: v for k, v in MED["eval"].items() if k not in MED_SAMPLED_KEYS}
 #: what an RL run's task reads (the seeds and evaluation budgets of the ablation, and whether a
 #: control is trained beside it, are not part of a run)
-MED_RL_TASK = {"eval": MED["eval"], "patient": MED["patient"],
+MED_RL_TASK = {"eval": MED_EVAL, "patient": MED["patient"],
                "rl": {k: v for k, v in MED_RLC.items() if k not in ("seeds", "eval_budgets", "no_signal_control")}}
 #: RL doctors: rl-<budget>-seed<S>, and rl-<budget>-control-seed<S>, the no-signal control
 #: (rl.shuffle_advantages) of the same budget and seed

@@ -5,10 +5,12 @@ with script_errors(snakemake) as log:
     p, i, o = snakemake.params, snakemake.input, snakemake.output
     if snakemake.rule == "med_rl_table":
         frame = rl_table.rl_eval_frame(dict(zip(p.doctors, i.summaries)), dict(zip(p.doctors, i.consultations)),
-                                       p.sft, p.infos, dict(zip(p.rl_doctors, i.train)), p.bootstrap)
+                                       p.sft, p.infos, dict(zip(p.rl_doctors, i.train)), p.bootstrap,
+                                       dict(zip(p.doctors, i.sampled)) if len(i.sampled) else None)
         rl_table.write_rl_eval(frame, o.csv, o.tex)
         rl_table.curves_figure(dict(zip(p.rl_doctors, i.train)), list(o.figure))
-        log.info("med rl_eval: %s", frame[["doctor", "accuracy", "reward", "diff_accuracy"]].to_dict("records"))
+        log.info("med rl_eval: %s", frame[["doctor", "accuracy", "reward", "diff_accuracy", "sampled_accuracy",
+                                                          "diff_sampled_accuracy"]].to_dict("records"))
     else:  # med_turn_budget
         files = {}
         for (kind, turns), path in zip(p.runs, i.consultations):

@@ -241,12 +241,18 @@ def summary_rows(records: list[dict[str, Any]], ci_level: float = 0.95) -> list[
 # ------------------------------------------------------------------ one doctor: the rule's job
 def evaluate_doctor(doctor: str, cases_path: str, world_path: str | None, model_path: str | None,
                     with_thinking: bool, ev: dict[str, Any], world_cfg: dict[str, Any], ci_level: float,
-                    consultations_out: str, summary_out: str, patient: Any = "rule",
-                    reward: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+                    consultations_out: str, summary_out: str | None, patient: Any = "rule",
+                    reward: dict[str, Any] | None = None, sampled: bool = False) -> list[dict[str, Any]]:
     """Consult every held-out case with ``doctor`` (base | scripted | random | an SFT or RL run
     name) within ``ev['max_turns']`` turns, against the patient ``patient`` (``med.patient``);
     write the consultations (jsonl, with each one's reward under ``reward``: ``med.rl.reward``)
-    and the summary rows (json); return the rows."""
+    and the summary rows (json); return the rows.
+
+    A model doctor replies greedily; ``sampled``: it samples at ``ev['temperature']`` and
+    ``ev['top_p']`` (the reference's evaluation) and consults each case ``ev['k_samples']``
+    times (record field ``sample``: 0..k-1; the scripted and random doctors consult as they
+    always do, k times). Its summary rows (no interval: the k consultations of a case are not
+    independent; rl_table bootstraps over cases) are written only where ``summary_out`` is given."""
     import json
     from pathlib import Path
 
@@ -255,6 +261,9 @@ def evaluate_doctor(doctor: str, cases_path: str, world_path: str | None, model_
     from .doctor import random_policy, scripted_policy
 
     cases = read_cases(cases_path)
+    k = ev["k_samples"] if sampled else 1
+    if k < 1:
+        raise ValueError("config key 'med.eval.k_samples' must be at least 1 for the sampled evaluation")
     if doctor in ("scripted", "random"):
         if not world_path:
             raise ValueError(f"the {doctor} doctor needs the synthetic clinic (med.raw_files is set)")
@@ -266,15 +275,24 @@ def evaluate_doctor(doctor: str, cases_path: str, world_path: str | None, model_
         from ...model import load_model
 
         model, tokenizer = load_model(model_path)
-        policy = reply_policy(model, tokenizer, max_new_tokens=ev["max_new_tokens"], do_sample=False,
-                              temperature=1.0, seed=ev["seed"], batch_size=ev["batch_size"])
-    records = consult(cases, policy, max_turns=ev["max_turns"], with_thinking=with_thinking,
-                      patients=patient_backend(patient, ev["patient_threshold"]), reward=reward)
+        policy = reply_policy(model, tokenizer, max_new_tokens=ev["max_new_tokens"], do_sample=sampled,
+                              temperature=ev["temperature"] if sampled else 1.0,
+                              top_p=ev["top_p"] if sampled else 1.0, seed=ev["seed"], batch_size=ev["batch_size"])
+    # the k consultations of every case advance together, one batch per turn
+    records = consult([c for _ in range(k) for c in cases], policy, max_turns=ev["max_turns"],
+                      with_thinking=with_thinking, patients=patient_backend(patient, ev["patient_threshold"]),
+                      reward=reward)
     if world_path:
         mark_evidence(records, cases, json.loads(Path(world_path).read_text()), world_cfg["confidence"])
-    for r in records:
+    for i, r in enumerate(records):
         r["doctor"] = doctor
+        if sampled:
+            r["sample"] = i // len(cases)
     rows = [{"doctor": doctor, **row} for row in summary_rows(records, ci_level)]
+    if sampled:
+        for row in rows:
+            row.update(accuracy_lo=float("nan"), accuracy_hi=float("nan"), k_samples=k)  # no Wilson over k x n
     write_jsonl(consultations_out, records)
-    write_json(summary_out, rows)
+    if summary_out:
+        write_json(summary_out, rows)
     return rows

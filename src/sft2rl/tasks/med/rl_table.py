@@ -11,7 +11,11 @@ evidence sufficed for the true diagnosis and the accuracy on those (the syntheti
 the RL rows (control included) the paired per-case difference RL - SFT of accuracy and of
 reward with its percentile bootstrap interval over cases, and for an RL row with a control of
 its budget and seed the paired difference RL - control: what the reward taught beyond what
-the updates do by themselves.
+the updates do by themselves. With ``med.eval.k_samples`` > 0, the same doctors also consult
+each case k times sampling as the reference's evaluation does (temperature 0.7, top-p 0.9):
+``sampled_accuracy`` (per-case mean over the k, percentile bootstrap interval over cases),
+``sampled_reward``, and the same paired differences of the per-case means
+(``diff_sampled_*``, ``diff_control_sampled_*``).
 
 ``results/med/ablation_turn_budget.csv``: the SFT doctor and the RL doctors of each budget
 (every RL seed) evaluated at each of ``med.rl.eval_budgets``: per (doctor, budget) the mean
@@ -36,7 +40,13 @@ RL_EVAL_COLUMNS = ["doctor", "label", "budget", "seed", "cases", "accuracy", "ac
                    "reward", "success_rate", "evidence_sufficient_rate", "accuracy_if_sufficient", "diff_accuracy",
                    "diff_accuracy_lo", "diff_accuracy_hi", "diff_reward", "diff_reward_lo", "diff_reward_hi",
                    "diff_control_accuracy", "diff_control_accuracy_lo", "diff_control_accuracy_hi",
-                   "diff_control_reward", "diff_control_reward_lo", "diff_control_reward_hi", "rl_steps", "rl_seconds"]
+                   "diff_control_reward", "diff_control_reward_lo", "diff_control_reward_hi",
+                   "k_samples", "sampled_accuracy", "sampled_accuracy_lo", "sampled_accuracy_hi", "sampled_reward",
+                   "diff_sampled_accuracy", "diff_sampled_accuracy_lo", "diff_sampled_accuracy_hi",
+                   "diff_sampled_reward", "diff_sampled_reward_lo", "diff_sampled_reward_hi",
+                   "diff_control_sampled_accuracy", "diff_control_sampled_accuracy_lo",
+                   "diff_control_sampled_accuracy_hi", "diff_control_sampled_reward",
+                   "diff_control_sampled_reward_lo", "diff_control_sampled_reward_hi", "rl_steps", "rl_seconds"]
 LABELS = {"base": "base model", "scripted": "scripted doctor", "random": "random-question doctor"}
 
 
@@ -49,15 +59,24 @@ def _label(doctor: str, info: dict[str, Any] | None) -> str:
 
 
 def per_case(records: list[dict[str, Any]], key: str) -> dict[str, float]:
-    """case id -> the consultation's value of ``key`` (correct as 0/1, reward)."""
-    return {str(r["case"]): float(bool(r[key])) if key == "correct" else float(r[key]) for r in records}
+    """case id -> the mean over the case's consultations (one greedy, or the k sampled ones) of
+    ``key`` (correct as 0/1, reward)."""
+    values: dict[str, list[float]] = {}
+    for r in records:
+        values.setdefault(str(r["case"]), []).append(float(bool(r[key])) if key == "correct" else float(r[key]))
+    return {case: float(np.mean(v)) for case, v in values.items()}
 
 
 def rl_eval_frame(summaries: dict[str, str], consultations: dict[str, str], sft: str, infos: dict[str, Any],
-                  train: dict[str, str], bootstrap: dict[str, Any]) -> pd.DataFrame:
-    """The rows of rl_eval.csv (all cases), doctors in the order of ``summaries``."""
+                  train: dict[str, str], bootstrap: dict[str, Any],
+                  sampled: dict[str, str] | None = None) -> pd.DataFrame:
+    """The rows of rl_eval.csv (all cases), doctors in the order of ``summaries``; ``sampled``:
+    each doctor's sampled consultations (k per case), where the table has them."""
     bs = dict(samples=bootstrap["bootstrap_samples"], level=bootstrap["ci_level"], seed=bootstrap["bootstrap_seed"])
-    sft_recs = _read_jsonl(consultations[sft])
+    # greedy consultations, and the sampled ones: (column infix, doctor -> consultations)
+    sources = [("", {d: _read_jsonl(p) for d, p in consultations.items()})]
+    if sampled:
+        sources.append(("sampled_", {d: _read_jsonl(p) for d, p in sampled.items()}))
     controls = {(infos[d]["budget"], infos[d]["seed"]): d for d in train if infos[d].get("control")}
     rows = []
     for doctor, path in summaries.items():
@@ -65,15 +84,24 @@ def rl_eval_frame(summaries: dict[str, str], consultations: dict[str, str], sft:
         info = infos.get(doctor)
         row.update(label=_label(doctor, info), budget=(info or {}).get("budget"),
                    seed=(info or {}).get("seed"))
+        if sampled:
+            recs = sources[1][1][doctor]
+            accuracy = np.array(list(per_case(recs, "correct").values()))
+            lo, hi = _interval(accuracy, bootstrap)
+            row.update(k_samples=len(recs) // len(accuracy), sampled_accuracy=float(accuracy.mean()),
+                       sampled_accuracy_lo=lo, sampled_accuracy_hi=hi,
+                       sampled_reward=float(np.mean([r["reward"] for r in recs])))
         if doctor in train:
-            recs = _read_jsonl(consultations[doctor])
             control = None if info.get("control") else controls.get((info["budget"], info["seed"]))
-            # RL - SFT, and RL - its no-signal control where it has one: paired per case
-            refs = [("diff", sft_recs)] + ([("diff_control", _read_jsonl(consultations[control]))] if control else [])
-            for prefix, ref in refs:
-                for key, name in (("correct", "accuracy"), ("reward", "reward")):
-                    d, lo, hi = paired_difference(per_case(ref, key), per_case(recs, key), **bs)
-                    row.update({f"{prefix}_{name}": d, f"{prefix}_{name}_lo": lo, f"{prefix}_{name}_hi": hi})
+            # RL - SFT, and RL - its no-signal control where it has one: paired per case, greedy
+            # and sampled (the per-case means of the k consultations)
+            refs = [("diff", sft)] + ([("diff_control", control)] if control else [])
+            for infix, recs in sources:
+                for prefix, ref in refs:
+                    for key, name in (("correct", "accuracy"), ("reward", "reward")):
+                        d, lo, hi = paired_difference(per_case(recs[ref], key), per_case(recs[doctor], key), **bs)
+                        col = f"{prefix}_{infix}{name}"
+                        row.update({col: d, f"{col}_lo": lo, f"{col}_hi": hi})
             summ = json.loads(Path(train[doctor]).read_text())
             row.update(rl_steps=summ["steps"], rl_seconds=summ["seconds"])
         rows.append(row)
@@ -82,10 +110,13 @@ def rl_eval_frame(summaries: dict[str, str], consultations: dict[str, str], sft:
 
 def rl_eval_latex(frame: pd.DataFrame) -> str:
     control = frame["diff_control_accuracy"].notna().any()
-    lines = [r"\begin{tabular}{lrrrrrrr" + ("r}" if control else "}"), r"\toprule",
-             r"doctor & accuracy [95\% CI] & diag. R-L & rec. R-L & turns & repeated q. & reward & "
-             r"RL $-$ SFT accuracy [95\% CI]" + (r" & RL $-$ control [95\% CI]" if control else "") + r" \\",
-             r"\midrule"]
+    sampled = frame["sampled_accuracy"].notna().any()
+    k = int(frame["k_samples"].dropna().iloc[0]) if sampled else 0
+    lines = [r"\begin{tabular}{l" + "r" * (7 + 2 * sampled + control) + "}", r"\toprule",
+             r"doctor & accuracy [95\% CI] & " + (f"sampled ($k={k}$) [95\\% CI] & " if sampled else "")
+             + r"diag. R-L & rec. R-L & turns & repeated q. & reward & RL $-$ SFT accuracy [95\% CI]"
+             + (r" & RL $-$ SFT sampled [95\% CI]" if sampled else "") + (r" & RL $-$ control [95\% CI]" if control else "")
+             + r" \\", r"\midrule"]
 
     def diff(r, name):
         v = getattr(r, name)
@@ -93,8 +124,11 @@ def rl_eval_latex(frame: pd.DataFrame) -> str:
 
     for _, r in frame.iterrows():
         lines.append(f"{r.label} & {_fmt(r.accuracy)} [{_fmt(r.accuracy_lo)}, {_fmt(r.accuracy_hi)}] & "
-                     f"{_fmt(r.diag_rougeL)} & {_fmt(r.rec_rougeL)} & {_fmt(r.turns)} & "
+                     + (f"{_fmt(r.sampled_accuracy)} [{_fmt(r.sampled_accuracy_lo)}, {_fmt(r.sampled_accuracy_hi)}] & "
+                        if sampled else "")
+                     + f"{_fmt(r.diag_rougeL)} & {_fmt(r.rec_rougeL)} & {_fmt(r.turns)} & "
                      f"{_fmt(r.repeated_question_rate)} & {_fmt(r.reward)} & {diff(r, 'diff_accuracy')}"
+                     + (f" & {diff(r, 'diff_sampled_accuracy')}" if sampled else "")
                      + (f" & {diff(r, 'diff_control_accuracy')}" if control else "") + " \\\\")
     return "\n".join(lines + [r"\bottomrule", r"\end{tabular}", ""])
 
