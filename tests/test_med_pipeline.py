@@ -142,7 +142,7 @@ def test_editing_the_sampled_evaluation_reruns_only_it(med_done):
     extra.write_text(yaml.safe_dump({"med": {"eval": dict(MED["eval"], temperature=1.0, top_p=1.0)}}))
     proc = smk(med_done, "med", extra_config=extra, dry=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert planned_jobs(proc.stdout) == {"med_eval_sampled": 7, "med_rl_table": 1, "med": 1}
+    assert planned_jobs(proc.stdout) == {"med_eval_sampled": 8, "med_rl_table": 1, "med": 1}
     extra.write_text(yaml.safe_dump({"med": {"eval": dict(MED["eval"], k_samples=0)}}))
     proc = smk(med_done, "med", extra_config=extra, dry=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -175,12 +175,14 @@ def test_the_turn_limit_is_the_training_dialogues_too(med_done):
 RL = MED["rl"]
 SFT_DOCTOR = f"{RUN}-{'think' if RL['with_thinking'] else 'nothink'}-seed{SEEDS[0]}"
 RL_DOCTORS = [f"rl-{m}-seed{RL['seeds'][0]}" for m in ("fixed", "dynamic")]
-CONTROL = f"rl-fixed-control-seed{RL['seeds'][0]}"  # the no-signal control of the fixed budget
+#: the no-signal control of each budget (the same run, advantages in a random order)
+CONTROLS = [f"rl-{m}-control-seed{RL['seeds'][0]}" for m in ("fixed", "dynamic")]
+CONTROL = CONTROLS[0]
 
 
 def test_rl_eval_table_and_paired_differences(med_done):
     frame = pd.read_csv(med_done / "results/med/rl_eval.csv").set_index("doctor")
-    assert list(frame.index) == ["base", SFT_DOCTOR, *RL_DOCTORS, CONTROL, "scripted", "random"]
+    assert list(frame.index) == ["base", SFT_DOCTOR, *RL_DOCTORS, *CONTROLS, "scripted", "random"]
     assert (frame["cases"] == N_TEST).all()
     sft = read_jsonl(med_done / f"results/med/eval/{SFT_DOCTOR}.jsonl")
     for doctor in frame.index:
@@ -190,7 +192,7 @@ def test_rl_eval_table_and_paired_differences(med_done):
             assert r["reward"] == pytest.approx(sum(v for k, v in r.items() if k.startswith("reward_")))
             assert r["success"] == (r["reward"] >= 10)
         assert frame.loc[doctor, "reward"] == pytest.approx(sum(r["reward"] for r in recs) / N_TEST, abs=1e-5)
-    for doctor in [*RL_DOCTORS, CONTROL]:
+    for doctor in [*RL_DOCTORS, *CONTROLS]:
         row = frame.loc[doctor]
         recs = read_jsonl(med_done / f"results/med/eval/{doctor}.jsonl")
         assert {r["case"] for r in recs} == {r["case"] for r in sft}
@@ -201,13 +203,14 @@ def test_rl_eval_table_and_paired_differences(med_done):
         assert row["rl_steps"] == RL["total_steps"]
         assert all(r["max_turns"] == MED["eval"]["max_turns"] for r in recs)
     assert frame[["diff_accuracy"]].loc[["base", SFT_DOCTOR, "scripted", "random"]].isna().all().all()
-    # RL - its no-signal control, paired per case: only the fixed run has a control
-    fixed = frame.loc[RL_DOCTORS[0]]
-    assert fixed["diff_control_accuracy"] == pytest.approx(fixed["accuracy"] - frame.loc[CONTROL, "accuracy"], abs=1e-5)
-    assert fixed["diff_control_reward"] == pytest.approx(fixed["reward"] - frame.loc[CONTROL, "reward"], abs=1e-4)
-    assert fixed["diff_control_accuracy_lo"] <= fixed["diff_control_accuracy"] <= fixed["diff_control_accuracy_hi"]
-    assert frame["diff_control_accuracy"].drop(RL_DOCTORS[0]).isna().all()
-    assert frame.loc[CONTROL, "label"] == "RL, fixed budget, no-signal control"
+    # RL - its no-signal control (same budget and seed), paired per case
+    for doctor, control in zip(RL_DOCTORS, CONTROLS):
+        row = frame.loc[doctor]
+        assert row["diff_control_accuracy"] == pytest.approx(row["accuracy"] - frame.loc[control, "accuracy"], abs=1e-5)
+        assert row["diff_control_reward"] == pytest.approx(row["reward"] - frame.loc[control, "reward"], abs=1e-4)
+        assert row["diff_control_accuracy_lo"] <= row["diff_control_accuracy"] <= row["diff_control_accuracy_hi"]
+    assert frame["diff_control_accuracy"].drop(RL_DOCTORS).isna().all()
+    assert list(frame.loc[CONTROLS, "label"]) == [f"RL, {m} budget, no-signal control" for m in ("fixed", "dynamic")]
     # evidence: the scripted doctor concludes right whenever its evidence suffices; the SFT
     # doctor's two evidence columns are those of its records
     assert frame.loc["scripted", "accuracy_if_sufficient"] == 1.0
@@ -235,14 +238,14 @@ def test_sampled_evaluation(med_done):
         assert row["sampled_accuracy"] == pytest.approx(sum(r["correct"] for r in recs) / len(recs), abs=1e-5)
         assert row["sampled_reward"] == pytest.approx(sum(r["reward"] for r in recs) / len(recs), abs=1e-4)
         assert row["sampled_accuracy_lo"] <= row["sampled_accuracy"] <= row["sampled_accuracy_hi"]
-    for doctor in [*RL_DOCTORS, CONTROL]:
+    for doctor in [*RL_DOCTORS, *CONTROLS]:
         row = frame.loc[doctor]
         assert row["diff_sampled_accuracy"] == pytest.approx(
             row["sampled_accuracy"] - frame.loc[SFT_DOCTOR, "sampled_accuracy"], abs=1e-5)
         assert row["diff_sampled_accuracy_lo"] <= row["diff_sampled_accuracy"] <= row["diff_sampled_accuracy_hi"]
-    fixed = frame.loc[RL_DOCTORS[0]]
-    assert fixed["diff_control_sampled_reward"] == pytest.approx(
-        fixed["sampled_reward"] - frame.loc[CONTROL, "sampled_reward"], abs=1e-4)
+    for doctor, control in zip(RL_DOCTORS, CONTROLS):
+        assert frame.loc[doctor, "diff_control_sampled_reward"] == pytest.approx(
+            frame.loc[doctor, "sampled_reward"] - frame.loc[control, "sampled_reward"], abs=1e-4)
     # the scripted doctor is deterministic: each of its k consultations is its greedy one; the
     # base model samples: two consultations of one case differ somewhere
     greedy = {r["case"]: r["replies"] for r in read_jsonl(med_done / "results/med/eval/scripted.jsonl")}
@@ -281,23 +284,27 @@ def test_rl_raises_the_reward_on_its_cases(med_done):
 
 
 def test_the_no_signal_control_rolls_out_as_rl_and_learns_without_the_signal(med_done):
-    """The control is the fixed run with its advantages in a random order: its first step rolls
-    out exactly the fixed run's first consultations (same SFT doctor, same seed), its updates
-    differ from there on; the reward's information is what lifts RL's reward above it."""
-    runs = {d: json.loads((med_done / f"results/med/rl/{d}/summary.json").read_text()) for d in (RL_DOCTORS[0], CONTROL)}
+    """Each budget's control is its RL run with the advantages in a random order: its first step
+    rolls out exactly the RL run's first consultations (same SFT doctor, same seed, same drawn
+    budgets), its updates differ from there on; the reward's information is what lifts the
+    fixed run's reward above its control's."""
+    runs = {d: json.loads((med_done / f"results/med/rl/{d}/summary.json").read_text()) for d in RL_DOCTORS + CONTROLS}
     hists = {d: [h for h in s["history"] if h["step"] > 0 and "episode_reward" in h] for d, s in runs.items()}
-    rl, control = hists[RL_DOCTORS[0]], hists[CONTROL]
-    assert runs[CONTROL]["steps"] == RL["total_steps"] == len(control)
-    for key in ("episode_reward", "turns", "reward_diagnosis", "reward_answered"):
-        assert control[0][key] == pytest.approx(rl[0][key], abs=1e-9), key
-    assert any(c["episode_reward"] != r["episode_reward"] for c, r in zip(control[1:], rl[1:]))
-    # on the same 8 cases every step, RL's last five steps earn more than the control's: the
-    # reward's information, not the updates alone, raised it (reduced run: 7.6 against 3.6)
-    last = {name: sum(h["episode_reward"] for h in hist[-5:]) / 5 for name, hist in (("rl", rl), ("control", control))}
+    for doctor, control in zip(RL_DOCTORS, CONTROLS):
+        rl, ctl = hists[doctor], hists[control]
+        assert runs[control]["steps"] == RL["total_steps"] == len(ctl)
+        for key in ("episode_reward", "turns", "reward_diagnosis", "reward_answered"):
+            assert ctl[0][key] == pytest.approx(rl[0][key], abs=1e-9), (control, key)
+        assert any(c["episode_reward"] != r["episode_reward"] for c, r in zip(ctl[1:], rl[1:]))
+        assert (med_done / f"results/med/models/{control}/final/config.json").is_file()
+        budget = "fixed" if "fixed" in control else "dynamic"
+        assert f"{budget} budget, no-signal control" in (med_done / f"results/logs/med/{control}.log").read_text()
+    # on the same 8 cases every step, the fixed run's last five steps earn more than its
+    # control's: the reward's information, not the updates alone, raised it (reduced run: 7.6
+    # against 3.6)
+    rl, ctl = hists[RL_DOCTORS[0]], hists[CONTROL]
+    last = {name: sum(h["episode_reward"] for h in hist[-5:]) / 5 for name, hist in (("rl", rl), ("control", ctl))}
     assert last["rl"] > last["control"] + 1.0, last
-    assert (med_done / f"results/med/models/{CONTROL}/final/config.json").is_file()
-    log = (med_done / f"results/logs/med/{CONTROL}.log").read_text()
-    assert "fixed budget, no-signal control" in log
 
 
 def test_turn_budget_ablation(med_done):

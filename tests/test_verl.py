@@ -609,8 +609,8 @@ def test_med_rl_table_on_verl_plans_no_control(tmp_path):
     assert out.count("rule med_rl:") == 2 and "python -m verl.trainer.main_ppo" in out
     assert "med_rl_control" not in out and "control-seed" not in out
     local = _snakemake(tmp_path / "wd", target="results/med/rl_eval.csv")
-    assert local.returncode == 0 and local.stdout.count("rule med_rl_control:") == 1
-    assert "results/med/models/rl-fixed-control-seed1/final" in local.stdout
+    assert local.returncode == 0 and local.stdout.count("rule med_rl_control:") == 2
+    assert all(f"results/med/models/rl-{m}-control-seed1/final" in local.stdout for m in ("fixed", "dynamic"))
 
 
 def test_snakemake_dry_run_multi_node(tmp_path):

@@ -463,7 +463,7 @@ MED_BUDGET_FIGURES = [f"results/figures/med_turn_budget.{ext}" for ext in ("png"
 
 rule med_rl_table:
     """results/med/rl_eval.csv: base, the SFT doctor RL starts from, RL with a fixed and a dynamic
-    turn budget, the no-signal control of the fixed one, the scripted and random doctors on the
+    turn budget, the no-signal control of each, the scripted and random doctors on the
     held-out cases; the paired per-case differences RL - SFT and RL - control (accuracy, reward)
     with their bootstrap intervals, greedy and (med.eval.k_samples > 0) sampled as the
     reference's evaluation samples; LaTeX; the figure of the reward, its terms and val accuracy

@@ -47,9 +47,9 @@ MED_RL_RUNS = [f"rl-{m}-seed{s}" for m in MED_RL_MODES for s in MED_RLC["seeds"]
 #: verl's GRPO cannot shuffle advantages: the control is trained on the local backend only
 MED_RL_CONTROL = MED_RLC.get("no_signal_control", True) and config["backend"] == "local"
 #: the doctors of rl_eval.csv: base, the SFT doctor RL starts from, RL with each budget (first
-#: seed), the no-signal control of the fixed budget (med.rl.no_signal_control), scripted, random
+#: seed), the no-signal control of each budget (med.rl.no_signal_control), scripted, random
 MED_RL_DOCTORS = ["base", MED_RL_SFT] + [f"rl-{m}-seed{MED_RLC['seeds'][0]}" for m in MED_RL_MODES] + \
-    ([f"rl-fixed-control-seed{MED_RLC['seeds'][0]}"] if MED_RL_CONTROL else []) + \
+    ([f"rl-{m}-control-seed{MED_RLC['seeds'][0]}" for m in MED_RL_MODES] if MED_RL_CONTROL else []) + \
     (["scripted", "random"] if MED_SYNTH else [])
 if MED_RLC["with_thinking"] not in MED["with_thinking"]:
     raise ValueError(f"config key 'med.rl.with_thinking' is {MED_RLC['with_thinking']}, but med.with_thinking "

@@ -2,7 +2,7 @@
 
 ``results/med/rl_eval.csv``: one row per doctor on the held-out cases at the evaluation's
 budget (``med.eval.max_turns``): the base model, the SFT doctor RL starts from, RL with a
-fixed and with a dynamic turn budget (first RL seed), the no-signal control of the fixed one
+fixed and with a dynamic turn budget (first RL seed), the no-signal control of each
 (``med.rl.no_signal_control``: the same run with its advantages in a random order), the
 scripted and the random doctor; accuracy with its 95% Wilson interval, ROUGE-L and BLEU of
 diagnosis and recommendation, turns, repeated-question rate, information-retrieval precision,
