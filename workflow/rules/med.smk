@@ -255,14 +255,8 @@ use rule med_eval as med_eval_budget with:
         summary="results/med/eval_budget/{doctor}-turns{turns}.json",
     wildcard_constraints:
         turns=r"\d+",
-    params:
-        model=med_doctor_model,
-        with_thinking=lambda wc: (med_run_info(wc.doctor) or {"with_thinking": True})["with_thinking"],
-        world={k: MED["world"][k] for k in ("confidence",)},
+    params:  # the others as med_eval's (use rule updates named params)
         eval=lambda wc: dict(MED_EVAL, max_turns=int(wc.turns)),
-        patient=MED["patient"],
-        reward=MED_RLC["reward"],
-        ci_level=config["eval"]["ci_level"],
     benchmark:
         "results/benchmarks/med/eval_budget/{doctor}-turns{turns}.tsv"
     log:
@@ -274,14 +268,8 @@ use rule med_eval as med_eval_budget with:
 use rule med_eval as med_eval_sampled with:
     output:
         consultations="results/med/eval_sampled/{doctor}.jsonl",
-    params:
-        model=med_doctor_model,
-        with_thinking=lambda wc: (med_run_info(wc.doctor) or {"with_thinking": True})["with_thinking"],
-        world={k: MED["world"][k] for k in ("confidence",)},
+    params:  # the others as med_eval's (use rule updates named params)
         eval=MED["eval"],
-        patient=MED["patient"],
-        reward=MED_RLC["reward"],
-        ci_level=config["eval"]["ci_level"],
         sampled=True,
     benchmark:
         "results/benchmarks/med/eval_sampled/{doctor}.tsv"
