@@ -174,9 +174,10 @@ def test_the_turn_limit_is_the_training_dialogues_too(med_done):
 # ------------------------------------------------------------------ medical RL
 RL = MED["rl"]
 SFT_DOCTOR = f"{RUN}-{'think' if RL['with_thinking'] else 'nothink'}-seed{SEEDS[0]}"
-RL_DOCTORS = [f"rl-{m}-seed{RL['seeds'][0]}" for m in ("fixed", "dynamic")]
+BUDGETS = ("fixed", "dynamic")
+RL_DOCTORS = [f"rl-{m}-seed{RL['seeds'][0]}" for m in BUDGETS]
 #: the no-signal control of each budget (the same run, advantages in a random order)
-CONTROLS = [f"rl-{m}-control-seed{RL['seeds'][0]}" for m in ("fixed", "dynamic")]
+CONTROLS = [f"rl-{m}-control-seed{RL['seeds'][0]}" for m in BUDGETS]
 CONTROL = CONTROLS[0]
 
 
@@ -210,7 +211,7 @@ def test_rl_eval_table_and_paired_differences(med_done):
         assert row["diff_control_reward"] == pytest.approx(row["reward"] - frame.loc[control, "reward"], abs=1e-4)
         assert row["diff_control_accuracy_lo"] <= row["diff_control_accuracy"] <= row["diff_control_accuracy_hi"]
     assert frame["diff_control_accuracy"].drop(RL_DOCTORS).isna().all()
-    assert list(frame.loc[CONTROLS, "label"]) == [f"RL, {m} budget, no-signal control" for m in ("fixed", "dynamic")]
+    assert list(frame.loc[CONTROLS, "label"]) == [f"RL, {m} budget, no-signal control" for m in BUDGETS]
     # evidence: the scripted doctor concludes right whenever its evidence suffices; the SFT
     # doctor's two evidence columns are those of its records
     assert frame.loc["scripted", "accuracy_if_sufficient"] == 1.0
@@ -290,14 +291,13 @@ def test_the_no_signal_control_rolls_out_as_rl_and_learns_without_the_signal(med
     fixed run's reward above its control's."""
     runs = {d: json.loads((med_done / f"results/med/rl/{d}/summary.json").read_text()) for d in RL_DOCTORS + CONTROLS}
     hists = {d: [h for h in s["history"] if h["step"] > 0 and "episode_reward" in h] for d, s in runs.items()}
-    for doctor, control in zip(RL_DOCTORS, CONTROLS):
+    for budget, doctor, control in zip(BUDGETS, RL_DOCTORS, CONTROLS):
         rl, ctl = hists[doctor], hists[control]
         assert runs[control]["steps"] == RL["total_steps"] == len(ctl)
         for key in ("episode_reward", "turns", "reward_diagnosis", "reward_answered"):
             assert ctl[0][key] == pytest.approx(rl[0][key], abs=1e-9), (control, key)
         assert any(c["episode_reward"] != r["episode_reward"] for c, r in zip(ctl[1:], rl[1:]))
         assert (med_done / f"results/med/models/{control}/final/config.json").is_file()
-        budget = "fixed" if "fixed" in control else "dynamic"
         assert f"{budget} budget, no-signal control" in (med_done / f"results/logs/med/{control}.log").read_text()
     # on the same 8 cases every step, the fixed run's last five steps earn more than its
     # control's: the reward's information, not the updates alone, raised it (reduced run: 7.6
