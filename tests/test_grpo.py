@@ -417,3 +417,56 @@ def test_shared_prefix_equals_the_full_forward(tiny_base, lora):
         assert p.grad is not None
         assert float((p.grad - gf).abs().max()) <= 1e-6 * max(1.0, float(gf.abs().max())), (
             float((p.grad - gf).abs().max()), float(gf.abs().max()))
+
+
+def test_the_sft_term_trains_on_its_rows_in_a_seeded_order_and_resumes_on_them(tmp_path, tiny_base, rl_train_file,
+                                                                                tiny_world):
+    """``rl.sft_coef`` (PPO-ptx): each update adds sft_coef x the token-mean NLL of ``sft_batch``
+    SFT rows, drawn in a seeded order that covers the file once per pass. With rewards that never
+    differ (the untrained base earns none: every advantage is 0) only that term moves the policy,
+    so its NLL falls; a killed run resumes on the same rows; a run without rows, or on verl, is
+    refused; the rows' content is part of the run key."""
+    from safetensors.torch import load_file
+
+    import sft2rl.grpo as grpo
+    from sft2rl.model import load_model
+    from sft2rl.tasks.qa.rl import QATask
+    from sft2rl.verl_launch import VerlConfigError, _refuse_local_only
+
+    sft = tmp_path / "sft.parquet"
+    write_parquet(sft, [{"messages": r["messages"]} for r in tiny_world["rl_rows"][:5]])
+    model, tok = load_model(str(tiny_base), torch.device("cpu"), torch.float32)
+    anchor = grpo.SFTAnchor(str(sft), tok, model, batch=2, seed=3)
+    ids = lambda u: [tuple(r["input_ids"]) for r in anchor.rows_for(u)]  # noqa: E731
+    first_pass = ids(0) + ids(1) + ids(2)[:1]  # 5 rows in batches of 2: update 2 straddles two passes
+    assert sorted(first_pass) == sorted(tuple(r["input_ids"]) for r in anchor.rows)
+    assert ids(1) == [tuple(r["input_ids"]) for r in grpo.SFTAnchor(str(sft), tok, model, 2, 3).rows_for(1)]
+    assert [ids(u) for u in range(5)] != [[tuple(r["input_ids"]) for r in grpo.SFTAnchor(str(sft), tok, model, 2, 4)
+                                          .rows_for(u)] for u in range(5)], "the order follows the seed"
+
+    cfg = dict(RL, train_mode="full", lr=1e-3, total_steps=4, sft_coef=1.0, sft_batch=2, use_kl_loss=False)
+    run = lambda d, c=cfg, **kw: grpo.train_rl(str(tiny_base), QATask(str(rl_train_file), REWARD),  # noqa: E731
+                                               str(tmp_path / d), c, sft_file=str(sft), **kw)
+    full = run("ptx")
+    nll = [h["sft_nll"] for h in full["history"]]
+    assert all(h["reward_std"] == 0 for h in full["history"]), "no reward signal: only the SFT term trains"
+    assert len(nll) == 4 and nll[-1] < nll[0] - 0.05, nll
+    off = run("off", dict(cfg, sft_coef=0.0))
+    w_off = load_file(str(tmp_path / "off/checkpoints/step_4/policy/model.safetensors"))
+    w_ptx = load_file(str(tmp_path / "ptx/checkpoints/step_4/policy/model.safetensors"))
+    init = load_file(str(tiny_base / "model.safetensors"))
+    assert all(torch.equal(w_off[k], init[k]) for k in init), "without the term nothing moves"
+    assert any(not torch.equal(w_ptx[k], init[k]) for k in init)
+    assert "sft_nll" not in off["history"][0]
+    run("killed", stop_after=3)
+    resumed = run("killed")
+    assert resumed["resumed_from_step"] == 2
+    assert [h["sft_nll"] for h in resumed["history"]] == pytest.approx(nll, abs=1e-5)
+    # the rows' content keys the run: other rows, same path, start from step 0
+    write_parquet(sft, [{"messages": r["messages"]} for r in tiny_world["rl_rows"][5:10]])
+    assert run("killed", stop_after=1)["resumed_from_step"] is None
+    with pytest.raises(ValueError, match="sft_coef.*none"):
+        grpo.train_rl(str(tiny_base), QATask(str(rl_train_file), REWARD), str(tmp_path / "no_rows"), cfg)
+    assert not (tmp_path / "no_rows").exists()
+    with pytest.raises(VerlConfigError, match="sft_coef"):
+        _refuse_local_only(cfg, "med.rl")

@@ -364,3 +364,19 @@ def test_more_seeds_and_eval_budgets_leave_finished_rl_runs_alone(med_done):
     n_b, n_s = len(RL["eval_budgets"]), len(RL["seeds"])
     assert jobs["med_eval_budget"] == (n_b + 1) * (1 + 2 * (n_s + 1)) - n_b * (1 + 2 * n_s), jobs
     assert not {"med_world", "med_sft", "med_merge", "med_base_model", "med_rl_cases"} & set(jobs), jobs
+
+
+def test_the_sft_term_plans_rl_again_on_the_doctors_own_sft_rows(med_done):
+    """``med.rl.sft_coef`` > 0 (PPO-ptx) replans every RL run and control, each reading the SFT
+    train rows of the doctor RL starts from; nothing before RL reruns."""
+    extra = med_done / "ptx.yaml"
+    extra.write_text(yaml.safe_dump({"med": {"rl": dict(RL, sft_coef=0.5)}}))
+    proc = smk(med_done, "med", extra_config=extra, dry=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = planned_jobs(proc.stdout)
+    assert jobs["med_rl"] == 2 * len(RL["seeds"]) and jobs["med_rl_control"] == 2, jobs
+    assert not {"med_world", "med_sft", "med_merge", "med_base_model", "med_rl_cases"} & set(jobs), jobs
+    tag = "think" if RL["with_thinking"] else "nothink"
+    inputs = re.findall(r"rule med_rl(?:_control)?:\n    input: (.*)\n", proc.stdout)
+    assert len(inputs) == jobs["med_rl"] + jobs["med_rl_control"]
+    assert all(f"data/processed/med/{tag}/train.parquet" in line for line in inputs), inputs[:1]

@@ -221,11 +221,53 @@ def _latest_checkpoint(ckpt_root: Path) -> Path | None:
     return max(steps, key=lambda p: int(p.name.split("_")[1]), default=None)
 
 
-def rl_run_key(init_model: str, task, cfg: dict[str, Any]) -> dict[str, Any]:
+class SFTAnchor:
+    """PPO-ptx's SFT term: the rows of an SFT train file (``messages``, the loss on the assistant
+    turns ``loss_turns`` names, as :func:`sft2rl.sft.train_sft` trains them), ``batch`` of them
+    per update in a seeded order that is a function of (seed, update), so a resumed run takes
+    the same rows. A row longer than the model's window stops the run (never cut silently)."""
+
+    def __init__(self, path: str, tokenizer, model, batch: int, seed: int, loss_turns: str = "all"):
+        from .io import read_parquet_rows
+        from .sft import check_lengths, encode_conversation
+
+        limit = int(getattr(model.config, "max_position_embeddings", 0) or 10**9)
+        rows = read_parquet_rows(path)
+        if not rows:
+            raise RunError(f"{path}: no rows for the SFT term (rl.sft_coef)")
+        enc = [encode_conversation(tokenizer, r["messages"], limit, loss_turns) for r in rows]
+        self.rows, _ = check_lengths(path, enc, limit, "the model's window", "error")
+        self.batch, self.seed, self.pad = batch, seed, tokenizer.pad_token_id
+
+    def rows_for(self, update: int) -> list[dict]:
+        """The rows of update ``update`` (0, 1, ...): consecutive slices of a seeded order of the
+        file, a new order for each pass over it."""
+        n = len(self.rows)
+        out = []
+        for k in range(update * self.batch, (update + 1) * self.batch):
+            rnd, pos = divmod(k, n)
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 7919 + rnd))
+            out.append(self.rows[int(order[pos])])
+        return out
+
+    def loss(self, model, update: int, device) -> torch.Tensor:
+        """Token-mean NLL of the trained turns of update ``update``'s rows."""
+        from .sft import collate, masked_lm_loss
+
+        batch = {k: v.to(device) for k, v in collate(self.rows_for(update), self.pad).items()}
+        total, n_tokens = masked_lm_loss(model, batch)
+        return total / max(1, n_tokens)
+
+
+def rl_run_key(init_model: str, task, cfg: dict[str, Any], sft_file: str | None = None) -> dict[str, Any]:
     """Content key of a local GRPO run (see :mod:`sft2rl.resume`): the init weights, the task's
-    data, parameters and modules, the trainer's modules, ``cfg`` and the library versions."""
+    data, parameters and modules, the trainer's modules, ``cfg``, the library versions and, with
+    the SFT term on, the SFT file's content."""
     k = task.key()
-    return run_key(models={"init": init_model}, data=k.get("data", {}),
+    data = dict(k.get("data", {}))
+    if sft_file and cfg.get("sft_coef", 0):
+        data["sft_anchor"] = sft_file
+    return run_key(models={"init": init_model}, data=data,
                    modules=module_closure(["grpo", *k.get("modules", [])]),
                    params={"rl": cfg, **k.get("params", {})}, libraries=LIBRARIES)
 
@@ -285,9 +327,10 @@ def _minibatch_rows(ro, kept_traj: torch.Tensor, g0: int, g1: int) -> torch.Tens
 
 
 def train_rl(init_model: str, task, run_dir: str, cfg: dict[str, Any], stop_after: int | None = None,
-             precision_mode: str = "auto") -> dict[str, Any]:
+             precision_mode: str = "auto", sft_file: str | None = None, sft_loss_turns: str = "all") -> dict[str, Any]:
     """Run GRPO on ``task`` (:class:`sft2rl.rl_task.RLTask`); checkpoints in run_dir/checkpoints,
-    TensorBoard in run_dir/tensorboard.
+    TensorBoard in run_dir/tensorboard. ``sft_file`` (parquet SFT rows, their loss on
+    ``sft_loss_turns``) is the SFT term's data when ``cfg['sft_coef']`` > 0 (:class:`SFTAnchor`).
 
     Returns the summary; the policy of the last step is at ``summary['last_checkpoint']``,
     ``steps_trained`` counts the steps this call ran and ``resumed_from_step`` the step it
@@ -309,9 +352,14 @@ def train_rl(init_model: str, task, run_dir: str, cfg: dict[str, Any], stop_afte
     if shuffle and w_step:
         raise ValueError("rl.shuffle_advantages (the no-signal control) with rl.step_adv_weight > 0: the step "
                          "advantages would still carry each turn's reward; set rl.step_adv_weight: 0 for the control")
+    sft_coef = float(cfg.get("sft_coef", 0.0))
+    if sft_coef < 0:
+        raise ValueError(f"rl.sft_coef = {sft_coef}: must be >= 0")
+    if sft_coef and not sft_file:
+        raise ValueError(f"rl.sft_coef = {sft_coef}: the SFT term needs the SFT train rows, and this run was given none")
     run = Path(run_dir)
     ckpt_root = run / "checkpoints"
-    run_key_ = rl_run_key(init_model, task, cfg)
+    run_key_ = rl_run_key(init_model, task, cfg, sft_file)
     guard = prepare_run_dir(run, run_key_)
     device = pick_device()
     param_dtype, amp = precision(device, cfg["train_mode"], precision_mode)
@@ -343,6 +391,8 @@ def train_rl(init_model: str, task, run_dir: str, cfg: dict[str, Any], stop_afte
 
             model = AutoModelForCausalLM.from_pretrained(resume / "policy", dtype=param_dtype).to(device)
     model.train()
+    anchor = SFTAnchor(sft_file, tokenizer, model, int(cfg.get("sft_batch", 8)), cfg["seed"],
+                       sft_loss_turns) if sft_coef else None
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=0.0)
     start = 0
@@ -397,12 +447,15 @@ def train_rl(init_model: str, task, run_dir: str, cfg: dict[str, Any], stop_afte
         ref_logp = ref_logp.clone() if ref_logp is not None else None  # out of inference mode: it enters the loss
         old_logp = old_logp.clone() if old_logp is not None else None
         stats: dict[str, list[float]] = {"pg_loss": [], "kl": [], "entropy": [], "clipfrac": [], "grad_norm": [],
-                                         "ppo_kl": [], "rollout_logprob_diff_max": []}
+                                         "ppo_kl": [], "rollout_logprob_diff_max": [], "sft_nll": []}
+        updates_per_step = cfg["ppo_epochs"] * len(range(0, bsz, mini))
+        update = (step - 1) * updates_per_step  # the SFT term's rows are a function of (seed, update)
         for _ in range(cfg["ppo_epochs"]):
             for m0 in range(0, bsz, mini):
                 rows_mb = _minibatch_rows(ro, kept_traj, m0, min(m0 + mini, bsz))
                 total_tokens = lmask[rows_mb].sum()
                 if len(rows_mb) == 0 or total_tokens == 0:  # every group of this mini-batch filtered out
+                    update += 1
                     continue
                 opt.zero_grad(set_to_none=True)
                 acc = dict.fromkeys(("pg_loss", "entropy", "clipfrac", "ppo_kl"), 0.0)
@@ -438,6 +491,12 @@ def train_rl(init_model: str, task, run_dir: str, cfg: dict[str, Any], stop_afte
                     acc["clipfrac"] += w * float(pg_m["actor/pg_clipfrac"])
                     acc["ppo_kl"] += w * float(pg_m["actor/ppo_kl"])
                 score.finish()  # the prompts' share of the gradient, in one backward pass
+                if anchor is not None:  # PPO-ptx: the SFT loss of this update's rows, weighted sft_coef
+                    with _autocast(device, amp):
+                        nll = anchor.loss(model, update, device)
+                    (sft_coef * nll).backward()
+                    stats["sft_nll"].append(float(nll.detach()))
+                update += 1
                 gnorm = torch.nn.utils.clip_grad_norm_(params, cfg["grad_clip"])
                 if torch.isfinite(gnorm):
                     opt.step()
@@ -502,14 +561,16 @@ def check_steps(summary: dict[str, Any]) -> None:
                        f"(last checkpoint: {summary.get('last_checkpoint')}); refusing to export it as finished")
 
 
-def run_job(init_model: str, task, cfg: dict[str, Any], final_dir: str, summary_path: str) -> dict[str, Any]:
+def run_job(init_model: str, task, cfg: dict[str, Any], final_dir: str, summary_path: str,
+            sft_file: str | None = None, sft_loss_turns: str = "all") -> dict[str, Any]:
     """One RL job of any task, as a workflow rule runs it: train (resuming where the run key
     allows), refuse a run whose steps differ from the plan, export the last policy to
-    ``final_dir``, write the summary and mark the run directory (the summary's) complete."""
+    ``final_dir``, write the summary and mark the run directory (the summary's) complete.
+    ``sft_file``/``sft_loss_turns``: the SFT term's rows (``rl.sft_coef``)."""
     from .resume import mark_complete
 
     run_dir = Path(summary_path).parent
-    summary = train_rl(init_model, task, str(run_dir), cfg)
+    summary = train_rl(init_model, task, str(run_dir), cfg, sft_file=sft_file, sft_loss_turns=sft_loss_turns)
     check_steps(summary)
     summary["export"] = export_final(init_model, summary, final_dir)
     write_json(summary_path, summary)

@@ -490,6 +490,9 @@ def _refuse_local_only(rl: dict[str, Any], section: str) -> None:
         raise VerlConfigError(f"config key '{section}.step_adv_weight' = {rl['step_adv_weight']} (GiGPO's step "
                               "advantages) runs on the local backend only; verl 0.9's GRPO advantage is per "
                               f"trajectory: set {section}.step_adv_weight: 0 on verl (RAGEN's trajectory-level GRPO)")
+    if rl.get("sft_coef", 0.0) > 0:
+        raise VerlConfigError(f"config key '{section}.sft_coef' = {rl['sft_coef']} (PPO-ptx's SFT term) runs on the "
+                              "local backend only; verl 0.9's actor loss has no SFT term: set it to 0 on verl")
 
 
 def _ppo_launcher(nnodes: int, gpus_per_node: int, code_root: str) -> list[str]:

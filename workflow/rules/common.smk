@@ -2,6 +2,7 @@
 import os
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 SRC = Path(workflow.basedir) / "src"
 sys.path.insert(0, str(SRC))
@@ -68,6 +69,18 @@ def sft_data(wildcards):
 
 def rl_init_dir(wildcards):
     return model_dir(runs.parse_rl(wildcards.rl_run)["init"])
+
+
+def rl_sft_rows(wildcards):
+    """The SFT train rows of an RL run's init model: the SFT term of rl.sft_coef (PPO-ptx); none
+    when the term is off. From the base model there are none, and the term is refused."""
+    if not config["rl"]["sft_coef"]:
+        return []
+    init = runs.parse_rl(wildcards.rl_run)["init"]
+    if init == "base":
+        raise ValueError(f"config key 'rl.sft_coef' = {config['rl']['sft_coef']}: RL run {wildcards.rl_run} starts "
+                         "from the base model, which has no SFT rows for the SFT term; set rl.sft_coef: 0")
+    return sft_data(SimpleNamespace(sft_run=init))["train"]
 
 
 def rl_params(wildcards):

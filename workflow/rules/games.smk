@@ -275,6 +275,7 @@ if config["backend"] == "local":
         input:
             levels=f"{GAME_DATA}/{{env}}/levels.jsonl",
             init=lambda wc: f"results/games/models/sft-{wc.env}-seed{GAME_SFT['seed']}/merged",
+            sft=lambda wc: GAME_SFT_FILES[wc.env]["train"] if GAME_RL["sft_coef"] else [],
             code=code("game_rl"),
         output:
             final=directory("results/games/models/rl-{env}-seed{seed}/final"),
@@ -285,6 +286,7 @@ if config["backend"] == "local":
             init=lambda wc: f"results/games/models/sft-{wc.env}-seed{GAME_SFT['seed']}/merged",
             cfg=lambda wc: dict(GAME_RL, seed=int(wc.seed)),
             games=lambda wc: dict(GAME_CFG[wc.env], eval=GAMES["eval"], rl=GAMES["rl"]),
+            sft_loss_turns=GAME_SFT.get("loss_turns", "all"),
         priority: GAME_CHAIN_PRIORITY
         threads: 1
         resources:
@@ -489,6 +491,7 @@ if config["backend"] == "local":
         input:
             levels=f"{GAME_DATA}/{{env}}/levels.jsonl",
             init=f"{GAME_ABL_DIR}/{{env}}/L{{n}}/merged",
+            sft=f"{GAME_DATA}/{{env}}/levels{{n}}/train.parquet" if GAME_RL["sft_coef"] else [],
             code=code("game_rl"),
         output:
             final=directory(f"{GAME_ABL_DIR}/{{env}}/L{{n}}/rl/final"),
@@ -499,6 +502,7 @@ if config["backend"] == "local":
             init=lambda wc: f"{GAME_ABL_DIR}/{wc.env}/L{wc.n}/merged",
             cfg=dict(GAME_RL),
             games=lambda wc: dict(GAME_CFG[wc.env], eval=GAMES["eval"], rl=GAMES["rl"]),
+            sft_loss_turns=GAME_SFT.get("loss_turns", "all"),
         benchmark:
             f"results/benchmarks/games/ablation_rl_init/rl-{{env}}-L{{n}}.tsv"
         log:

@@ -5,7 +5,8 @@
 if config["backend"] == "local":
 
     rule grpo:
-        """GRPO from the init model; checkpoints every save_freq steps, resumes after a kill."""
+        """GRPO from the init model; checkpoints every save_freq steps, resumes after a kill. With
+        rl.sft_coef > 0 each update also takes the SFT loss of the init model's SFT train rows."""
         input:
             init=lambda wc: (
                 []
@@ -13,6 +14,7 @@ if config["backend"] == "local":
                 else rl_init_dir(wc)
             ),
             train=f"{PROCESSED}/rl/train.parquet",
+            sft=rl_sft_rows,
             code=code("grpo"),
         output:
             final=directory("results/rl/{rl_run}/final"),

@@ -303,11 +303,13 @@ if config["backend"] == "local":
         (sft2rl.tasks.med.rl on the shared trainer; DoctorAgent-RL's reward; the turn budget
         fixed at med.eval.max_turns or drawn per case from med.rl.budget_range, stated in the
         prompt); validation on the val cases every rl.val_every steps; the last policy exported
-        as an HF directory. Resumes after a kill, restarts after any change."""
+        as an HF directory. With med.rl.sft_coef > 0 each update also takes the SFT loss of the
+        doctor's own SFT train rows (PPO-ptx). Resumes after a kill, restarts after any change."""
         input:
             train=f"{MED_DATA}/rl/train_cases.jsonl",
             val=f"{MED_DATA}/rl/val_cases.jsonl",
             init=MED_RL_INIT,
+            sft=MED_RL_SFT_ROWS if MED_RL["sft_coef"] else [],
             patient=med_patient_input,
             code=code("med_rl"),
         output:
@@ -319,6 +321,7 @@ if config["backend"] == "local":
             init=lambda wc, input: input.init,
             cfg=lambda wc: dict(MED_RL, seed=int(wc.seed)),
             med=MED_RL_TASK,
+            sft_loss_turns=MED_SFT["loss_turns"],
         threads: 1
         resources:
             mem_mb=4000,
@@ -345,6 +348,7 @@ if config["backend"] == "local":
             init=lambda wc, input: input.init,
             cfg=lambda wc: dict(MED_RL, seed=int(wc.seed), shuffle_advantages=True),
             med=MED_RL_TASK,
+            sft_loss_turns=MED_SFT["loss_turns"],
         benchmark:
             "results/benchmarks/med/rl-{budget}-control-seed{seed}.tsv"
         log:

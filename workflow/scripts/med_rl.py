@@ -7,7 +7,8 @@ with script_errors(snakemake) as log:
     use_job_threads(snakemake.threads)
     task = MedTask(snakemake.input.train, snakemake.input.val, snakemake.params.med, snakemake.wildcards.budget)
     summary = run_job(snakemake.params.init, task, snakemake.params.cfg, snakemake.output.final,
-                      snakemake.output.summary)
+                      snakemake.output.summary, sft_file=snakemake.input.get("sft") or None,
+                      sft_loss_turns=snakemake.params.sft_loss_turns)
     last = summary["last"] or {}
     log.info("medical RL (%s budget%s): %d steps, episode reward %.3f, val accuracy %s", snakemake.wildcards.budget,
              ", no-signal control" if snakemake.params.cfg.get("shuffle_advantages") else "", summary["steps"],
