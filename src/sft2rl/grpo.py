@@ -243,11 +243,13 @@ class SFTAnchor:
         """The rows of update ``update`` (0, 1, ...): consecutive slices of a seeded order of the
         file, a new order for each pass over it."""
         n = len(self.rows)
+        orders: dict[int, torch.Tensor] = {}  # one permutation per pass the update touches
         out = []
         for k in range(update * self.batch, (update + 1) * self.batch):
             rnd, pos = divmod(k, n)
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 7919 + rnd))
-            out.append(self.rows[int(order[pos])])
+            if rnd not in orders:
+                orders[rnd] = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 7919 + rnd))
+            out.append(self.rows[int(orders[rnd][pos])])
         return out
 
     def loss(self, model, update: int, device) -> torch.Tensor:
@@ -448,14 +450,14 @@ def train_rl(init_model: str, task, run_dir: str, cfg: dict[str, Any], stop_afte
         old_logp = old_logp.clone() if old_logp is not None else None
         stats: dict[str, list[float]] = {"pg_loss": [], "kl": [], "entropy": [], "clipfrac": [], "grad_norm": [],
                                          "ppo_kl": [], "rollout_logprob_diff_max": [], "sft_nll": []}
-        updates_per_step = cfg["ppo_epochs"] * len(range(0, bsz, mini))
-        update = (step - 1) * updates_per_step  # the SFT term's rows are a function of (seed, update)
-        for _ in range(cfg["ppo_epochs"]):
-            for m0 in range(0, bsz, mini):
+        starts = range(0, bsz, mini)
+        for epoch_i in range(cfg["ppo_epochs"]):
+            for mb_i, m0 in enumerate(starts):
+                # the update's index in the run: the SFT term's rows are a function of (seed, update)
+                update = ((step - 1) * cfg["ppo_epochs"] + epoch_i) * len(starts) + mb_i
                 rows_mb = _minibatch_rows(ro, kept_traj, m0, min(m0 + mini, bsz))
                 total_tokens = lmask[rows_mb].sum()
                 if len(rows_mb) == 0 or total_tokens == 0:  # every group of this mini-batch filtered out
-                    update += 1
                     continue
                 opt.zero_grad(set_to_none=True)
                 acc = dict.fromkeys(("pg_loss", "entropy", "clipfrac", "ppo_kl"), 0.0)
@@ -496,7 +498,6 @@ def train_rl(init_model: str, task, run_dir: str, cfg: dict[str, Any], stop_afte
                         nll = anchor.loss(model, update, device)
                     (sft_coef * nll).backward()
                     stats["sft_nll"].append(float(nll.detach()))
-                update += 1
                 gnorm = torch.nn.utils.clip_grad_norm_(params, cfg["grad_clip"])
                 if torch.isfinite(gnorm):
                     opt.step()

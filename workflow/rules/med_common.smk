@@ -30,10 +30,11 @@ MED_RUN_RE = _re.escape(MED["run_name"]) + r"-(think|nothink)-seed(\d+)"
 #: medical RL: the shared trainer's settings with med.rl's, and the task's own keys
 MED_RL = med_rl_config(config)
 MED_RLC = MED["rl"]
-MED_RL_SFT = med_run("think" if MED_RLC["with_thinking"] else "nothink", MED["seeds"][0])
+MED_RL_TAG = "think" if MED_RLC["with_thinking"] else "nothink"
+MED_RL_SFT = med_run(MED_RL_TAG, MED["seeds"][0])
 MED_RL_INIT = f"results/models/{MED_RL_SFT}/merged"
 #: the SFT train rows of the doctor RL starts from: the SFT term of med.rl.sft_coef (PPO-ptx)
-MED_RL_SFT_ROWS = f"{MED_DATA}/{'think' if MED_RLC['with_thinking'] else 'nothink'}/train.parquet"
+MED_RL_SFT_ROWS = f"{MED_DATA}/{MED_RL_TAG}/train.parquet"
 #: med.eval without the sampled evaluation's keys: what greedy consultations and RL depend on
 #: (changing k_samples, temperature or top_p reruns only the sampled evaluation)
 MED_SAMPLED_KEYS = ("k_samples", "temperature", "top_p")
