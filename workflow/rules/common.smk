@@ -2,7 +2,6 @@
 import os
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 SRC = Path(workflow.basedir) / "src"
 sys.path.insert(0, str(SRC))
@@ -61,10 +60,15 @@ def model_dir(name):
 
 # ---------------------------------------------------------------- stage input functions
 
-def sft_data(wildcards):
-    p = runs.parse_sft(wildcards.sft_run)
+def sft_files(sft_run):
+    """The train and val rows of SFT run ``sft_run``."""
+    p = runs.parse_sft(sft_run)
     d = f"{PROCESSED}/sft/n{p['n']}_seed{p['seed']}" + (f"_{p['style']}" if p["style"] else "")
     return {"train": f"{d}/train.parquet", "val": f"{d}/val.parquet"}
+
+
+def sft_data(wildcards):
+    return sft_files(wildcards.sft_run)
 
 
 def rl_init_dir(wildcards):
@@ -80,7 +84,7 @@ def rl_sft_rows(wildcards):
     if init == "base":
         raise ValueError(f"config key 'rl.sft_coef' = {config['rl']['sft_coef']}: RL run {wildcards.rl_run} starts "
                          "from the base model, which has no SFT rows for the SFT term; set rl.sft_coef: 0")
-    return sft_data(SimpleNamespace(sft_run=init))["train"]
+    return sft_files(init)["train"]
 
 
 def rl_params(wildcards):
