@@ -187,6 +187,42 @@ def test_editing_one_beta_reruns_only_that_run(finished, tmp_path):
     assert "rl-sft16_seed42-beta0.9-seed1" in proc.stdout
 
 
+def test_the_sft_term_refuses_the_rl_from_base_rows_even_of_a_finished_workflow(clone, tmp_path):
+    """``rl.sft_coef`` > 0 (PPO-ptx) trains on the init model's SFT rows; the base model has none.
+    Where the RL-from-base runs exist, Snakemake takes them as built and drops the planning error,
+    so ``ablation_sft.csv`` refuses their row when it runs: the table goes, rather than showing
+    runs trained without the term under a config that names it. Where they do not exist, the
+    plan itself is refused."""
+    extra = write_config(tmp_path / "ptx.yaml", {"rl": {"sft_coef": 0.5}})
+    beta = yaml.safe_load((clone / "config.yaml").read_text())["reward"]["beta"]  # the table's beta
+    base_run, sft_run = f"rl-base-beta{beta:g}-seed1", f"rl-{SFT}-beta{beta:g}-seed1"
+    proc = smk(clone, "results/ablation_sft.csv", extra_config=extra, dry=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    planned = set(re.findall(r"output: results/rl/([^/]+)/final", proc.stdout))
+    assert planned == {sft_run}, planned  # RL from SFT trains again with the term; RL from base not
+    # the table's own job, on the runs as they are (no retraining here)
+    proc = smk(clone, "results/ablation_sft.csv", "--allowed-rules", "ablation_table", extra_config=extra)
+    assert proc.returncode != 0
+    log = (clone / "results/logs/tables/sft.log").read_text()
+    assert f"row 'RL from base': config key 'rl.sft_coef' = 0.5: RL run {base_run} starts from the base" in log
+    assert not (clone / "results/ablation_sft.csv").exists()
+    assert not (clone / "results/tables/ablation_sft.tex").exists()
+    # the other tables have no such row: their plan is the usual rerun
+    proc = smk(clone, "results/ablation_beta.csv", extra_config=extra, dry=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # with the term off again, the table is built from the runs that are there
+    proc = smk(clone, "results/ablation_sft.csv", "--allowed-rules", "ablation_table")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert list(pd.read_csv(clone / "results/ablation_sft.csv")["variant"]) == [
+        "base-only", "sft-only", "RL from base", "RL from SFT"]
+    # without the RL-from-base run and its evaluation (a fresh workflow), planning refuses it
+    shutil.rmtree(clone / "results/rl" / base_run)
+    shutil.rmtree(clone / "results/eval" / base_run)
+    proc = smk(clone, "results/ablation_sft.csv", extra_config=extra, dry=True)
+    assert proc.returncode != 0
+    assert f"RL run {base_run} starts from the base model" in proc.stdout + proc.stderr
+
+
 def test_editing_the_test_split_reevaluates_and_never_retrains(clone):
     """GRPO never reads the test split: a changed test file reruns evaluations and tables only."""
     test = clone / "data/processed/rl/test.parquet"

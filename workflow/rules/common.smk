@@ -75,16 +75,27 @@ def rl_init_dir(wildcards):
     return model_dir(runs.parse_rl(wildcards.rl_run)["init"])
 
 
+def sft_term_refusal(rl_run):
+    """Why rl.sft_coef (PPO-ptx) refuses RL run ``rl_run``, or None: the SFT term trains on the init
+    model's SFT rows, and the base model has none."""
+    coef = config["rl"]["sft_coef"]
+    if coef and runs.parse_rl(rl_run)["init"] == "base":
+        return (f"config key 'rl.sft_coef' = {coef}: RL run {rl_run} starts from the base model, which has "
+                "no SFT rows for the SFT term; set rl.sft_coef: 0")
+    return None
+
+
 def rl_sft_rows(wildcards):
     """The SFT train rows of an RL run's init model: the SFT term of rl.sft_coef (PPO-ptx); none
     when the term is off. From the base model there are none, and the term is refused."""
     if not config["rl"]["sft_coef"]:
         return []
-    init = runs.parse_rl(wildcards.rl_run)["init"]
-    if init == "base":
-        raise ValueError(f"config key 'rl.sft_coef' = {config['rl']['sft_coef']}: RL run {wildcards.rl_run} starts "
-                         "from the base model, which has no SFT rows for the SFT term; set rl.sft_coef: 0")
-    return sft_files(init)["train"]
+    refusal = sft_term_refusal(wildcards.rl_run)
+    if refusal:
+        # Snakemake drops this error where the run's output exists (it takes the file as built):
+        # the tables refuse such runs too (ablation_groups marks them)
+        raise ValueError(refusal)
+    return sft_files(runs.parse_rl(wildcards.rl_run)["init"])["train"]
 
 
 def rl_params(wildcards):
@@ -152,6 +163,10 @@ def ablation_groups(name):
             groups.append(dict(variant=style, kind="rl", **_models([rl(init, BETA, s) for s in SEEDS], init)))
     else:
         raise ValueError(name)
+    for g in groups:  # a row whose runs this config refuses: its table refuses it when it runs
+        refusals = [r for r in map(sft_term_refusal, g["models"] if g["kind"] == "rl" else []) if r]
+        if refusals:
+            g["refused"] = refusals[0]
     return groups
 
 

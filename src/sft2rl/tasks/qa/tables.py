@@ -59,7 +59,12 @@ def _row(ablation: str, group: dict[str, Any], boot: dict[str, Any]) -> dict[str
 
 def build_table(ablation: str, groups: list[dict[str, Any]], boot: dict[str, Any] | None = None) -> pd.DataFrame:
     """``groups``: dicts with variant, kind, models (names), answers (answers.jsonl per model) and,
-    for GRPO rows, ref_answers (the init model's), in row order."""
+    for GRPO rows, ref_answers (the init model's), in row order. A group marked ``refused`` (runs
+    the config refuses to build, e.g. RL from the base model with the SFT term on) stops the table
+    with that reason: its runs, built under another config, are not shown as this config's."""
+    refused = [f"row {g['variant']!r}: {g['refused']}" for g in groups if g.get("refused")]
+    if refused:
+        raise ValueError(f"table ablation_{ablation} not built; " + "; ".join(refused))
     boot = {**BOOTSTRAP_DEFAULTS, **(boot or {})}
     return pd.DataFrame([_row(ablation, g, boot) for g in groups])
 
