@@ -217,6 +217,31 @@ def test_full_finetuning_keeps_fp32_master_weights(tmp_path, tiny_base, rl_train
     assert float(((w.bfloat16() + 5e-5 * torch.sign(w).bfloat16()) == w.bfloat16()).float().mean()) > 0.3  # ~44%
 
 
+def test_the_bf16_reference_keeps_the_rotary_frequencies_in_fp32(tiny_base):
+    """Under bf16 autocast the KL reference's weights are bf16, but its buffers (the rotary
+    position frequencies) stay fp32, as in the policy: rounding them is an angle error that
+    grows with the position, which the KL then reads as drift at step 0."""
+    from sft2rl.grpo import reference_copy
+    from sft2rl.model import load_model
+
+    model, _ = load_model(str(tiny_base), torch.device("cpu"), torch.float32)
+    ref = reference_copy(model, torch.bfloat16)
+    assert all(p.dtype == torch.bfloat16 and not p.requires_grad for p in ref.parameters())
+    buffers = dict(model.named_buffers())
+    assert any("inv_freq" in n for n in buffers)
+    for name, b in ref.named_buffers():
+        assert b.dtype == buffers[name].dtype and torch.equal(b, buffers[name]), name
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # the policy is untouched
+    # the same positions: at position 1000 the reference scores a token as the policy does, up
+    # to bf16 weights (the tiny base's window is 1024)
+    ids = torch.arange(1000, dtype=torch.long)[None] % 300 + 10
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        lp = torch.log_softmax(model(ids).logits.float()[0, -24:], -1)
+        lr = torch.log_softmax(ref(ids).logits.float()[0, -24:], -1)
+    assert float((lp - lr).abs().max()) < 0.05
+    assert reference_copy(model, None).model.rotary_emb.inv_freq.dtype == torch.float32
+
+
 def test_overlong_prompts_are_filtered_never_cut(tmp_path, tiny_base, rl_train_file):
     from transformers import AutoTokenizer
 

@@ -87,6 +87,19 @@ def precision(device: torch.device, train_mode: str, requested: str = "auto") ->
     return (amp or torch.float32), amp
 
 
+def reference_copy(model: torch.nn.Module, amp: torch.dtype | None) -> torch.nn.Module:
+    """A frozen copy of the policy as the KL reference. Under autocast its *parameters* are
+    cast to ``amp`` (it only runs forward passes); its buffers keep their dtype, as in a model
+    loaded in that dtype: ``module.to(bf16)`` would also round the rotary position
+    frequencies (``inv_freq``), an angle error that grows with the position (about 1 rad at
+    position 1000 for Qwen2.5's head size and theta) and shows up as KL."""
+    ref = copy.deepcopy(model).eval().requires_grad_(False)
+    if amp is not None:
+        for p in ref.parameters():
+            p.data = p.data.to(amp)
+    return ref
+
+
 def _autocast(device: torch.device, amp: torch.dtype | None):
     return torch.autocast(device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
 
@@ -385,9 +398,7 @@ def train_rl(init_model: str, task, run_dir: str, cfg: dict[str, Any], stop_afte
                                                      target_modules=lc["target_modules"], task_type="CAUSAL_LM"))
         ref_model = None  # the reference is the same model with the adapter disabled
     else:
-        ref_model = copy.deepcopy(model).eval().requires_grad_(False)
-        if amp is not None:
-            ref_model.to(amp)  # the reference only runs forward passes
+        ref_model = reference_copy(model, amp)
         if resume:
             from transformers import AutoModelForCausalLM
 
