@@ -244,3 +244,50 @@ def test_restart_key_holds_a_local_patient_models_weights(clinic_model, tmp_path
     assert key(a) == key(tmp_path / "b")
     (a / "config.json").write_text((a / "config.json").read_text().replace("}", ', "x": 1}', 1))
     assert key(a) != key(tmp_path / "b")
+
+
+def test_accuracy_stays_empty_on_cases_without_exact_disease_names(tmp_path):
+    """Your own MTMedDialog rows have no exact disease names (``correct`` None): every accuracy
+    column of rl_eval.csv, the turn-budget ablation and the thinking ablation is empty, never a
+    0.00 [0.00, 0.00] that reads as "no difference"; the reward columns are computed as usual."""
+    from sft2rl.tasks.med import rl_table, table
+
+    def records(reward_value, sample=None):
+        return [{"case": str(i), "correct": None, "reward": reward_value + (i % 2), "turns": 2, "diagnosed": True,
+                 "questions": 1, "repeated": 0, "invalid": 0, "patient_replies": 1, "sorry": 0, "success": False,
+                 "diagnosis": "d", "truth_diagnosis": "d", "recommendation": "r", "truth_recommendation": "r",
+                 **({} if sample is None else {"sample": sample})} for i in range(20)]
+
+    paths, summaries, sampled = {}, {}, {}
+    for doctor, r in (("sft", 4.0), ("rl-fixed-seed1", 6.0)):
+        paths[doctor] = tmp_path / f"{doctor}.jsonl"
+        paths[doctor].write_text("".join(json.dumps(x) + "\n" for x in records(r)))
+        sampled[doctor] = tmp_path / f"{doctor}.sampled.jsonl"
+        sampled[doctor].write_text("".join(json.dumps(x) + "\n" for j in (0, 1) for x in records(r, j)))
+        summaries[doctor] = tmp_path / f"{doctor}.json"
+        summaries[doctor].write_text(json.dumps([{"doctor": doctor, **consult.summarize(records(r))}]))
+        assert np.isnan(json.loads(summaries[doctor].read_text())[0]["accuracy"])
+    train = tmp_path / "train.json"
+    train.write_text(json.dumps({"steps": 1, "seconds": 1.0}))
+    infos = {"sft": {"with_thinking": False, "seed": 1},
+             "rl-fixed-seed1": {"with_thinking": False, "budget": "fixed", "seed": 1, "control": False}}
+    bs = {"bootstrap_samples": 200, "ci_level": 0.95, "bootstrap_seed": 0}
+    frame = rl_table.rl_eval_frame({d: str(p) for d, p in summaries.items()}, {d: str(p) for d, p in paths.items()},
+                                   "sft", infos, {"rl-fixed-seed1": str(train)}, bs,
+                                   {d: str(p) for d, p in sampled.items()})
+    rl = frame.set_index("doctor").loc["rl-fixed-seed1"]
+    for col in ("diff_accuracy", "diff_accuracy_lo", "diff_sampled_accuracy", "sampled_accuracy",
+                "sampled_accuracy_lo", "sampled_accuracy_hi"):
+        assert np.isnan(rl[col]), col
+    assert rl["diff_reward"] == pytest.approx(2.0) and rl["diff_reward_lo"] == pytest.approx(2.0)
+    assert rl["k_samples"] == 2
+    tex = rl_table.rl_eval_latex(frame)
+    assert "sampled ($k=2$)" in tex and "-- [--, --]" in tex and "0.00 [0.00" not in tex
+    budget = rl_table.turn_budget_frame({("sft", 8): [str(paths["sft"])], ("fixed", 8): [str(paths["rl-fixed-seed1"])]},
+                                        bs)
+    assert budget["accuracy_mean"].isna().all() and budget["accuracy_lo"].isna().all()
+    assert budget["reward_mean"].tolist() == pytest.approx([4.5, 6.5])
+    assert "-- [--, --] & 4.50" in rl_table.budget_latex(budget)
+    arrays = [table.case_arrays(records(4.0))]
+    ci = table.paired_bootstrap(arrays, arrays, n_boot=100)
+    assert all(np.isnan(ci[v]["accuracy_ci_low"]) for v in ("true", "false", "diff"))

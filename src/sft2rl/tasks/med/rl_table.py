@@ -34,7 +34,7 @@ import pandas as pd
 
 from ...io import atomic_file, write_text
 from ...stats import paired_difference
-from .table import METRICS, _fmt, _read_jsonl, _save
+from .table import METRICS, _fmt, _read_jsonl, _save, correct_value
 
 RL_EVAL_COLUMNS = ["doctor", "label", "budget", "seed", "cases", "accuracy", "accuracy_lo", "accuracy_hi", *METRICS[1:],
                    "reward", "success_rate", "evidence_sufficient_rate", "accuracy_if_sufficient", "diff_accuracy",
@@ -60,10 +60,11 @@ def _label(doctor: str, info: dict[str, Any] | None) -> str:
 
 def per_case(records: list[dict[str, Any]], key: str) -> dict[str, float]:
     """case id -> the mean over the case's consultations (one greedy, or the k sampled ones) of
-    ``key`` (correct as 0/1, reward)."""
+    ``key`` (correct as 0/1, NaN where undefined: your own rows have no exact disease names;
+    reward)."""
     values: dict[str, list[float]] = {}
     for r in records:
-        values.setdefault(str(r["case"]), []).append(float(bool(r[key])) if key == "correct" else float(r[key]))
+        values.setdefault(str(r["case"]), []).append(correct_value(r) if key == "correct" else float(r[key]))
     return {case: float(np.mean(v)) for case, v in values.items()}
 
 
@@ -110,7 +111,7 @@ def rl_eval_frame(summaries: dict[str, str], consultations: dict[str, str], sft:
 
 def rl_eval_latex(frame: pd.DataFrame) -> str:
     control = frame["diff_control_accuracy"].notna().any()
-    sampled = frame["sampled_accuracy"].notna().any()
+    sampled = frame["k_samples"].notna().any()  # (its accuracy is empty on your own rows)
     k = int(frame["k_samples"].dropna().iloc[0]) if sampled else 0
     lines = [r"\begin{tabular}{l" + "r" * (7 + 2 * sampled + control) + "}", r"\toprule",
              r"doctor & accuracy [95\% CI] & " + (f"sampled ($k={k}$) [95\\% CI] & " if sampled else "")
@@ -195,9 +196,12 @@ def budget_latex(frame: pd.DataFrame) -> str:
              r"doctor & turn budget & seeds & accuracy [95\% CI] & reward [95\% CI] \\", r"\midrule"]
     for _, r in frame.iterrows():
         sign = "+.2f" if r.doctor == "dynamic - fixed" else ".2f"
-        lines.append(f"{r.doctor} & {r.max_turns} & {r.n_seeds} & {r.accuracy_mean:{sign}} "
-                     f"[{r.accuracy_lo:{sign}}, {r.accuracy_hi:{sign}}] & {r.reward_mean:{sign}} "
-                     f"[{r.reward_lo:{sign}}, {r.reward_hi:{sign}}] \\\\")
+
+        def f(x: float) -> str:  # accuracy is empty on your own rows (no exact disease names)
+            return "--" if pd.isna(x) else f"{x:{sign}}"
+        lines.append(f"{r.doctor} & {r.max_turns} & {r.n_seeds} & {f(r.accuracy_mean)} "
+                     f"[{f(r.accuracy_lo)}, {f(r.accuracy_hi)}] & {f(r.reward_mean)} "
+                     f"[{f(r.reward_lo)}, {f(r.reward_hi)}] \\\\")
     return "\n".join(lines + [r"\bottomrule", r"\end{tabular}", ""])
 
 

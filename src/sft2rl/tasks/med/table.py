@@ -65,6 +65,12 @@ def eval_frame(summaries: list[str], doctors: list[str], runs: dict[str, dict[st
     return pd.DataFrame(out)[COLUMNS]
 
 
+def correct_value(record: dict[str, Any]) -> float:
+    """A consultation's ``correct`` as 1.0 / 0.0, or NaN where exact match is undefined (None:
+    cases without exact disease names), so accuracy columns stay empty instead of reading 0."""
+    return float("nan") if record["correct"] is None else float(bool(record["correct"]))
+
+
 def case_arrays(records: list[dict[str, Any]]) -> dict[str, np.ndarray]:
     """Per-case numerators and denominators of :data:`RATIO_METRICS`, in case-id order."""
     from .consult import rouge_l
@@ -73,7 +79,7 @@ def case_arrays(records: list[dict[str, Any]]) -> dict[str, np.ndarray]:
     a = {"case": np.array([str(r["case"]) for r in recs]), "one": np.ones(len(recs))}
     for k in ("turns", "repeated", "questions", "invalid", "patient_replies"):
         a[k] = np.array([float(r[k]) for r in recs])
-    a["correct"] = np.array([float(bool(r["correct"])) for r in recs])
+    a["correct"] = np.array([correct_value(r) for r in recs])  # NaN without exact names: accuracy stays empty
     a["diagnosed"] = np.array([float(r["diagnosed"]) for r in recs])
     a["answered"] = np.array([float(r["patient_replies"] - r["sorry"]) for r in recs])
     a["diag_rougeL"] = np.array(rouge_l([r["diagnosis"] for r in recs], [r["truth_diagnosis"] for r in recs]))
