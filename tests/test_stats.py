@@ -152,6 +152,27 @@ def test_kind_only_false_hedge_rate_interpolates_within_a_kind():
     assert got == pytest.approx([1 / 5, 1.5 / 5, 0.0])
 
 
+def test_kind_only_false_hedge_rate_ignores_a_rounding_step_of_the_recall():
+    """recall 7/25 times 25 unknowable questions is 7 plus a rounding step: the next kind, which
+    holds no unknowable question in this resample, must not be hedged whole for it."""
+    from sft2rl.stats import kind_only_false_hedge_rate
+
+    recs, i = [], 0
+    for kind, unknowable, knowable in (("a", 7, 1), ("b", 1, 1), ("c", 18, 82)):  # shares 7/8, 1/2, 0.18
+        for is_known, n in ((False, unknowable), (True, knowable)):
+            for _ in range(n):
+                recs.append({"index": i, "kind": kind, "knowable": is_known, "greedy_correct": False,
+                             "greedy_think": True, "greedy_proactive": False, "sample_proactive": [False],
+                             "reward": 0.0})
+                i += 1
+    a = question_arrays(recs)
+    keep = [j for j, r in enumerate(recs) if not (r["kind"] == "b" and r["knowable"] is False)]
+    idx = np.array([keep + keep[-1:]])  # b's unknowable question left out, one c question twice
+    assert (7 / 25) * 25 > 7  # the rounding step this guards against
+    got = kind_only_false_hedge_rate(a, idx, np.array([7 / 25]))
+    assert got == pytest.approx([1 / 85])  # kind a whole: its 1 knowable of 85, not b's as well
+
+
 def test_masked_batched_auroc_equals_auroc_on_the_subset():
     from sft2rl.stats import _batched_auroc
 

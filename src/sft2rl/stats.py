@@ -172,6 +172,10 @@ def metric_values(arrays: dict[str, np.ndarray], idx: np.ndarray | None = None) 
     return out
 
 
+#: a hedge-recall shortfall (in questions) below this is rounding, not a question left to hedge
+RECALL_TOL = 1e-9
+
+
 def kind_only_false_hedge_rate(arrays: dict[str, np.ndarray], idx: np.ndarray, recall: np.ndarray) -> np.ndarray:
     """The lowest false-hedge rate of a policy that sees only the question's kind, at hedge
     recall ``recall`` (B,), on each resample ``idx`` (B, N): it hedges on whole kinds, those
@@ -187,9 +191,13 @@ def kind_only_false_hedge_rate(arrays: dict[str, np.ndarray], idx: np.ndarray, r
         need = recall * tot_u  # unknowable questions the policy must hedge on
         cu = np.cumsum(unk, axis=1) - unk  # hedged before each group
         # share of each group hedged: 0 once the recall is reached; a group without an
-        # unknowable question is passed through whole while the recall is still short
-        frac = np.clip((need[:, None] - cu) / unk, 0.0, 1.0)
-        frac = np.where(unk > 0, frac, (need[:, None] > cu).astype(float))
+        # unknowable question is passed through whole while the recall is still short.
+        # recall * tot_u may land a rounding step above the count it came from (7/25 * 25):
+        # a shortfall below RECALL_TOL questions is none
+        short = need[:, None] - cu
+        frac = np.clip(short / unk, 0.0, 1.0)
+        frac = np.where(short > RECALL_TOL, frac, 0.0)
+        frac = np.where(unk > 0, frac, (short > RECALL_TOL).astype(float))
         hedged_k = (frac * kno).sum(axis=1)
         out = hedged_k / tot_k
     out[(tot_k == 0) | (tot_u == 0) | np.isnan(recall)] = np.nan
