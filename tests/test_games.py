@@ -23,6 +23,7 @@ CFG = {
     "sokoban": {"size": [6, 6], "boxes": 1, "search_depth": 30, "max_states": 300000},
     "frozenlake": {"size": 4, "p_frozen": 0.8, "slippery": False},
     "render": "reference", "history": False, "with_thinking": False,
+    "max_steps": 15,  # the episode's step limit: the splits share no state reachable within it
 }
 
 
@@ -171,6 +172,34 @@ def test_default_splits_share_no_solver_path_state(tmp_path, history, recovery, 
     for env in games["envs"]:
         counts = assert_held_out(tmp_path / env, corpus, games["render"])
         assert counts["test"] >= games["counts"]["test"] and counts["train"] > counts["val"] > 0
+
+
+def test_default_splits_share_no_state_reachable_within_the_step_limit():
+    """config.yaml's levels: no state a train (val) episode can meet within eval.max_steps moves,
+    whatever it plays, is one a test (val) episode can meet; RL's train episodes never play a
+    held-out state. (Disjoint by solver path only, 9 of the 500 Sokoban test levels were a walk
+    of 1-4 moves from a train level's start, e.g. the same room and box with the player a step
+    to the left.) Reachability is computed here on the env's own step()."""
+    games = yaml.safe_load((REPO / "config.yaml").read_text())["games"]
+    limit = games["eval"]["max_steps"]
+
+    def reach(env, grid):
+        r = data.rules(env, grid)
+        seen, frontier = {r.start}, [r.start]
+        for _ in range(limit):
+            frontier = [n for s in frontier if not (r.won(s) or r.failed(s)) for a in ACTIONS
+                        for n in [r.step(s, a)[0]] if not (n in seen or seen.add(n))]
+        return {tuple(r.grid(s)) for s in seen}
+
+    for env in games["envs"]:
+        levels = data.generate_levels(env, games)
+        states = {s: set() for s in ("train", "val", "test")}
+        for lv in levels:
+            states[lv["split"]] |= reach(env, lv["grid"])
+        assert len(states["test"]) > 5 * games["counts"]["test"]  # detours too, not only the paths
+        for a, b in (("test", "train"), ("test", "val"), ("val", "train")):
+            assert not states[a] & states[b], f"{env}: {len(states[a] & states[b])} {a} states reachable in {b}"
+        assert data.redraw_counts(levels)["train"] > 0
 
 
 @pytest.mark.parametrize("env_name", ["sokoban", "frozenlake"])

@@ -153,7 +153,7 @@ def test_game_sft_rows_train_the_last_turn_in_verl_like_locally(tiny_base, tmp_p
 
     cfg_games = {"seeds": {"train": 100000, "val": 102000, "test": 101000}, "counts": {"train": 6, "val": 2, "test": 1},
                  "max_solution_length": 100, "render": "spaced", "history": True, "with_thinking": False,
-                 "sokoban": {"size": [6, 6], "boxes": 1, "search_depth": 30, "max_states": 300000}}
+                 "max_steps": 15, "sokoban": {"size": [6, 6], "boxes": 1, "search_depth": 30, "max_states": 300000}}
     levels = games.generate_levels("sokoban", cfg_games)
     rows = [r for r in games.split_rows(levels, cfg_games, "train") if r["extra_info"]["step"] >= 2][:4]
     assert rows, "need rows with earlier assistant turns"

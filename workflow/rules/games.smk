@@ -24,7 +24,9 @@ GAME_POLICIES = ["sft", "base", "random", "bfs"]
 GAME_LEVEL_KEYS = ("seeds", "counts", "max_solution_length", "render", "history", "with_thinking")
 # Per env (tables, not functions: this file holds rules only):
 #: the games keys one env's data and play depend on (editing Sokoban's reruns only Sokoban)
-GAME_CFG = {env: dict({k: GAMES[k] for k in GAME_LEVEL_KEYS}, **{env: GAMES[env]}) for env in GAME_ENVS_ALL}
+#: (max_steps: the splits share no state reachable within an episode's step limit)
+GAME_CFG = {env: dict({k: GAMES[k] for k in GAME_LEVEL_KEYS}, max_steps=GAMES["eval"]["max_steps"], **{env: GAMES[env]})
+            for env in GAME_ENVS_ALL}
 #: its SFT rows: the generated ones, or your own (games.sft_files) once checked by game_user_rows
 GAME_SFT_FILES = {
     env: {split: f"{GAME_DATA}/{env}/user/{split}.parquet" if env in GAMES["sft_files"]

@@ -8,11 +8,16 @@ same seed drawn again (its next attempt), when
 
 * BFS cannot solve it within ``max_solution_length``;
 * its initial grid was already drawn, in this split or an earlier one;
-* (val and train only) any of its path states is a path state of a level of an earlier
-  split: a val level shares no state with a test level, a train level none with a test or
-  val level.
+* (val and train only) any state it can reach within the episode's step limit
+  (``eval.max_steps`` moves, whatever the moves) is one a level of an earlier split can
+  reach within that limit: a val level shares no reachable state with a test level, a train
+  level none with a test or val level. (Comparing only the solver paths let a Sokoban train
+  level whose player stands a few steps from a test level's, in the same room with the same
+  box, through: 9 of the 500 default test levels were a walk away from a train level's start,
+  so RL's train episodes could play test states.)
 
-So the splits are disjoint by every solver-path state, not only by seed or initial grid:
+So the splits are disjoint by every state play can meet, and in particular by every
+solver-path state, not only by seed or initial grid:
 no grid a held-out row's prompt shows (with ``history: false`` the current one; with
 ``history: true`` every one so far; with ``history: k`` the last k + 1) is in a training row, so no held-out (prompt, target)
 pair is a training row, and the pretraining corpus (train levels along the same paths)
@@ -20,7 +25,7 @@ holds no held-out state. The rule is on grids, so the levels do not depend on ``
 drawn first against nothing but each other, so they are a function of their seeds alone
 and never depend on how many val or train levels there are. Each level records the
 ``attempt`` it was drawn at and ``overlap_redraws``, the attempts rejected for a shared
-path state.
+reachable state.
 
 Rows: one per solver step (the reference schema): ``data_source`` (the env), ``prompt``
 (messages), ``response``, ``ability: "bfs"``, ``reward_model: {style: "rule",
@@ -83,11 +88,40 @@ def path_hashes(env: str, grid: list[str], plan: list[str]) -> set[str]:
     return {level_hash(env, r.grid(s)) for s in plan_states(r, plan)}
 
 
+def horizon(cfg: dict[str, Any]) -> int:
+    """The step limit of an episode, within which the splits share no reachable state: the
+    level config's ``max_steps`` (the workflow's per-env level keys) or, given the whole games
+    section, ``eval.max_steps``."""
+    return int(cfg["max_steps"] if "max_steps" in cfg else cfg["eval"]["max_steps"])
+
+
+def reachable_hashes(env: str, grid: list[str], max_steps: int) -> set[str]:
+    """Every state play can meet on a level within ``max_steps`` moves (breadth first over all
+    actions; a won or lost state ends the episode), as grid hashes: the start, the solver's
+    path and every detour."""
+    r = rules(env, grid)
+    seen = {r.start}
+    frontier = [r.start]
+    for _ in range(max_steps):
+        nxt = []
+        for s in frontier:
+            if r.won(s) or r.failed(s):
+                continue
+            for a in ACTIONS:
+                n, _ = r.step(s, a)
+                if n not in seen:
+                    seen.add(n)
+                    nxt.append(n)
+        frontier = nxt
+    return {level_hash(env, r.grid(s)) for s in seen}
+
+
 def generate_levels(env: str, cfg: dict[str, Any]) -> list[dict[str, Any]]:
-    """All levels of one env, split by split (test, val, train), disjoint by every solver-path
-    state (see the module docstring)."""
+    """All levels of one env, split by split (test, val, train), disjoint by every state
+    reachable within the step limit (see the module docstring)."""
     seen: set[str] = set()      # initial grids drawn so far, every split
-    held: set[str] = set()      # path states of the earlier splits
+    held: set[str] = set()      # states the levels of the earlier splits can reach
+    max_steps = horizon(cfg)
     levels = []
     for split in SPLITS:
         start, count = cfg["seeds"][split], cfg["counts"][split]
@@ -103,15 +137,15 @@ def generate_levels(env: str, cfg: dict[str, Any]) -> list[dict[str, Any]]:
                 plan = bfs(rules(env, grid), max_depth=cfg["max_solution_length"])
                 if not plan:
                     continue
-                path = path_hashes(env, grid, plan)
-                if path & held:
+                reach = reachable_hashes(env, grid, max_steps)  # the path's states among them
+                if reach & held:
                     overlap += 1
                     continue
                 break
             else:
                 raise RuntimeError(f"{env}: no new solvable level for seed {seed}")
             seen.add(h)
-            states |= path
+            states |= reach
             levels.append({"env": env, "split": split, "index": i, "seed": seed, "attempt": attempt,
                            "overlap_redraws": overlap, "hash": h, "grid": grid, "optimal": len(plan),
                            "solution": plan})
@@ -120,7 +154,7 @@ def generate_levels(env: str, cfg: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def redraw_counts(levels: list[dict[str, Any]]) -> dict[str, int]:
-    """Per split, the levels drawn again because a draw shared a path state with an earlier split."""
+    """Per split, the levels drawn again because a draw shared a reachable state with an earlier split."""
     return {s: sum(lv.get("overlap_redraws", 0) > 0 for lv in levels if lv["split"] == s) for s in SPLITS}
 
 
@@ -289,7 +323,7 @@ def write_game_data(env: str, cfg: dict[str, Any], out_dir: str | Path) -> dict[
         write_parquet(out / f"{split}.parquet", rows)
         counts[split] = len(rows)
     write_jsonl(out / "levels.jsonl", levels)
-    LOG.info("%s: levels drawn again for a path state shared with an earlier split %s", env, redraw_counts(levels))
+    LOG.info("%s: levels drawn again for a reachable state shared with an earlier split %s", env, redraw_counts(levels))
     return counts
 
 
