@@ -296,7 +296,7 @@ def test_raw_file_encodings(tmp_path, content, expect):
         assert [r["id"] for _, r in rows] == [0, 1]
         assert rows[1][1]["messages"][1]["content"] == "Zürich"
         process_rl(raw, tmp_path / "tr.parquet", tmp_path / "te.parquet", system_prompt="S", data_source="d",
-                   train_fraction=0.5, seed=0)
+                   train_fraction=0.5, seed=0, test_overlap_policy="allow")  # two rows, one question: bytes only
         return
     with pytest.raises(DataError, match=rf"^{re.escape(str(raw))}{expect}"):
         process_rl(raw, tmp_path / "tr.parquet", tmp_path / "te.parquet", system_prompt="S", data_source="d",
@@ -342,3 +342,44 @@ def test_parquet_raw_inputs_are_read_and_validated(tmp_path, raw_files):
         process_rl(tmp_path / "fake.parquet", tmp_path / "x.parquet", tmp_path / "y.parquet", system_prompt="S",
                    data_source="d", train_fraction=0.5, seed=0)
     assert not (tmp_path / "x.parquet").exists()
+
+
+def test_a_test_question_asked_in_training_is_refused_dropped_or_kept(tmp_path):
+    """data.test_overlap: a test question that is also an RL train question or a user turn of
+    the SFT source (lower-cased, whitespace collapsed) stops the split naming file, line and
+    field, before anything is written; drop removes it from the test split, allow keeps it;
+    overlap.json counts it."""
+    def rl_row(i, q):
+        return json.dumps({"id": i, "messages": [{"role": "user", "content": q}, {"role": "assistant", "content": "a"}]})
+
+    raw = tmp_path / "rl.jsonl"
+    # 20 questions, q0..q19; q3 repeated as row 20 (another id) and q5 also in the SFT source
+    raw.write_text("".join(rl_row(i, f"What is q{i}?") + "\n" for i in range(20)) + rl_row(20, "what is  Q3?") + "\n")
+    sft = tmp_path / "sft.jsonl"
+    sft.write_text(json.dumps({"messages": [{"role": "user", "content": "What is q5?"},
+                                            {"role": "assistant", "content": "a"}]}) + "\n")
+    kw = dict(system_prompt="S", data_source="d", train_fraction=0.5, seed=0, sft=sft)
+    out = {k: tmp_path / f"{k}.parquet" for k in ("train", "test")}
+    # which of them land in the test split (the split is seeded)
+    process_rl(raw, out["train"], out["test"], **kw, test_overlap_policy="allow", out_overlap=tmp_path / "o.json")
+    test_q = [r["extra_info"]["question"] for r in pq.read_table(out["test"]).to_pylist()]
+    train_q = [r["extra_info"]["question"] for r in pq.read_table(out["train"]).to_pylist()]
+    key = lambda q: " ".join(q.lower().split())  # noqa: E731
+    expect = [q for q in test_q if key(q) in {key(t) for t in train_q} or key(q) == key("What is q5?")]
+    report = json.loads((tmp_path / "o.json").read_text())
+    assert report["overlapping"] == len(expect) >= 1 and report["policy"] == "allow" and report["dropped"] == 0
+    assert report["test_rows"] == len(test_q) == 11  # 21 rows, round(10.5) = 10 in train
+    for p in out.values():
+        p.unlink()
+    with pytest.raises(DataError, match=rf"^{re.escape(str(raw))}:\d+: field 'messages\[user\].content': "
+                                        rf"{len(expect)} of 11 test questions are asked in training .*data.test_overlap"):
+        process_rl(raw, out["train"], out["test"], **kw, out_overlap=tmp_path / "o2.json")
+    assert not any(p.exists() for p in out.values()) and not (tmp_path / "o2.json").exists()
+    counts = process_rl(raw, out["train"], out["test"], **kw, test_overlap_policy="drop")
+    kept = [r["extra_info"]["question"] for r in pq.read_table(out["test"]).to_pylist()]
+    assert counts["dropped"] == len(expect) and kept == [q for q in test_q if q not in expect]
+    # no SFT source given and no repeated question: nothing to refuse
+    clean = tmp_path / "clean.jsonl"
+    clean.write_text("".join(rl_row(i, f"What is q{i}?") + "\n" for i in range(20)))
+    assert process_rl(clean, out["train"], out["test"], system_prompt="S", data_source="d", train_fraction=0.5,
+                      seed=0)["test_overlap"] == 0

@@ -383,6 +383,25 @@ def test_real_data_on_the_tiny_base_runs_end_to_end(tmp_path):
     assert metrics["n_questions"] == len(test)
     pretrain = json.loads((work / "results/models/base/pretrain_metrics.json").read_text())
     assert pretrain["final_loss"] < pretrain["first_loss"]
+    overlap = json.loads((work / "data/processed/rl/overlap.json").read_text())
+    assert overlap["overlapping"] == 0 and overlap["test_rows"] == len(test) and overlap["policy"] == "refuse"
+    # a test question also in the SFT file (it would reach SFT and the corpus): rl_data stops,
+    # naming the RL file and the question, and leaves no split; drop removes it from the test split
+    asked = test[3]["extra_info"]["question"]
+    with (user / "sft.jsonl").open("ab") as f:
+        f.write(json.dumps({"messages": [{"role": "user", "content": f"  {asked.upper()} "},
+                                         {"role": "assistant", "content": "x"}]}).encode() + b"\r\n")
+    proc = smk(work, "data/processed/rl/test.parquet", extra_config=extra)
+    assert proc.returncode != 0
+    assert f"1 of {len(test)} test questions are asked in training (0 in the RL train split, 1 in the SFT source" \
+        in proc.stderr and asked in proc.stderr and "data.test_overlap" in proc.stderr, proc.stderr[-3000:]
+    assert not (work / "data/processed/rl/test.parquet").exists()
+    drop = write_config(tmp_path / "drop.yaml", {"data": {
+        "synthetic_world": False, "raw_sft": "user/sft.jsonl", "raw_rl": "user/rl.parquet", "test_overlap": "drop"}})
+    proc = smk(work, "data/processed/rl/test.parquet", extra_config=drop)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    kept = [r["extra_info"]["question"] for r in pq.read_table(work / "data/processed/rl/test.parquet").to_pylist()]
+    assert kept == [r["extra_info"]["question"] for r in test if r["extra_info"]["question"] != asked]
 
 
 def test_two_clean_runs_give_identical_tables(finished, tmp_path):

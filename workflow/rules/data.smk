@@ -53,18 +53,23 @@ rule sft_data:
 
 
 rule rl_data:
-    """RL prompts in verl's schema, split into train and test."""
+    """RL prompts in verl's schema, split into train and test; a test question also asked in
+    training (RL train split, SFT source) is refused, dropped or kept (data.test_overlap), and
+    counted in overlap.json."""
     input:
         config["data"]["raw_rl"],
+        sft=config["data"]["raw_sft"],
         code=code("rl_data"),
     output:
         train=f"{PROCESSED}/rl/train.parquet",
         test=f"{PROCESSED}/rl/test.parquet",
+        overlap=f"{PROCESSED}/rl/overlap.json",
     params:
         system_prompt=config["system_prompt"],
         data_source=config["data"]["data_source"],
         train_fraction=config["data"]["train_fraction"],
         seed=config["data"]["split_seed"],
+        test_overlap=config["data"]["test_overlap"],
     conda:
         "../../envs/local.yaml"
     benchmark:

@@ -14,7 +14,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from ...io import DataError, iter_rows, read_rows, write_jsonl, write_parquet, write_parquet_records
+from ...io import DataError, iter_rows, read_rows, write_json, write_jsonl, write_parquet, write_parquet_records
 from ...rows import ROLES, strip_thinking
 
 
@@ -153,8 +153,40 @@ def rl_record(row: dict, index: int, split: str, system_prompt: str, data_source
     }
 
 
+#: data.test_overlap: what a test question also asked in training does
+OVERLAP_POLICIES = ("refuse", "drop", "allow")
+
+
+def question_key(text: str) -> str:
+    """A question as the overlap check compares it: lower-cased, whitespace collapsed."""
+    return " ".join(text.lower().split())
+
+
+def overlap_with_training(rows: list[dict[str, Any]], train_idx: list[int], test_idx: list[int],
+                 sft: str | Path | None) -> dict[str, Any]:
+    """The test questions also asked in training: as an RL train question, or as a user turn of
+    any conversation of the SFT source (``sft``; every row, whatever N SFT samples), compared by
+    :func:`question_key`. Returns the counts and the overlapping test row indices."""
+    train_q = {question_key(rows[i]["question"]) for i in train_idx}
+    sft_q = set() if sft is None else {question_key(m["content"]) for r in load_sft_rows(sft)
+                                         for m in r["messages"] if m["role"] == "user"}
+    in_train = {i for i in test_idx if question_key(rows[i]["question"]) in train_q}
+    in_sft = {i for i in test_idx if question_key(rows[i]["question"]) in sft_q}
+    both = [i for i in test_idx if i in in_train or i in in_sft]  # in test-split order
+    return {"test_rows": len(test_idx), "in_rl_train": len(in_train), "in_sft_source": len(in_sft),
+            "overlapping": len(both), "rows": both}
+
+
 def process_rl(raw: str | Path, out_train: str | Path, out_test: str | Path, *, system_prompt: str,
-               data_source: str, train_fraction: float, seed: int) -> dict[str, int]:
+               data_source: str, train_fraction: float, seed: int, sft: str | Path | None = None,
+               test_overlap_policy: str = "refuse", out_overlap: str | Path | None = None) -> dict[str, int]:
+    """Split the RL rows into train and test (entity groups kept together) and write them.
+    A test question also asked in training (:func:`overlap_with_training`; ``sft``: the SFT source) is
+    refused (``test_overlap_policy`` "refuse": a DataError naming the first one, before
+    anything is written), dropped from the test split ("drop") or kept ("allow");
+    ``out_overlap`` gets the counts (JSON)."""
+    if test_overlap_policy not in OVERLAP_POLICIES:
+        raise ValueError(f"data.test_overlap = {test_overlap_policy!r}: expected one of {list(OVERLAP_POLICIES)}")
     rows = load_rl_rows(raw)
     n_train = int(round(len(rows) * train_fraction))
     if not 0 < n_train < len(rows):
@@ -164,12 +196,31 @@ def process_rl(raw: str | Path, out_train: str | Path, out_test: str | Path, *, 
     train_idx, test_idx = grouped_split([r["entity"] for r in rows], n_train, seed)
     if not train_idx or not test_idx:
         raise DataError(raw, None, "answer.entity", f"the entity groups leave an empty split for {len(rows)} rows")
+    overlap = overlap_with_training(rows, train_idx, test_idx, sft)
+    if overlap["overlapping"] and test_overlap_policy == "refuse":
+        first = rows[overlap["rows"][0]]
+        raise DataError(raw, first["_line"], "messages[user].content",
+                        f"{overlap['overlapping']} of {overlap['test_rows']} test questions are asked in training "
+                        f"({overlap['in_rl_train']} in the RL train split, {overlap['in_sft_source']} in the SFT "
+                        f"source {sft}); the first: {first['question']!r}. Held out means new: set data.test_overlap: "
+                        "drop (remove them from the test split) or allow (keep them, and the tables score "
+                        "questions seen in training)")
+    dropped = overlap["rows"] if test_overlap_policy == "drop" else []
+    if dropped:
+        gone = set(dropped)
+        test_idx = [i for i in test_idx if i not in gone]
+        if not test_idx:
+            raise DataError(raw, None, None, f"data.test_overlap: drop leaves no test question of {len(rows)} rows")
     # records are built while they are written (a million rows stay Arrow, not Python dicts)
     n_tr = write_parquet_records(out_train, (rl_record(rows[i], k, "train", system_prompt, data_source)
                                              for k, i in enumerate(train_idx)))
     n_te = write_parquet_records(out_test, (rl_record(rows[i], len(train_idx) + k, "test", system_prompt,
                                                        data_source) for k, i in enumerate(test_idx)))
-    return {"train": n_tr, "test": n_te}
+    if out_overlap is not None:
+        write_json(out_overlap, {k: v for k, v in overlap.items() if k != "rows"} |
+                   {"policy": test_overlap_policy, "dropped": len(dropped),
+                    "lines": [rows[i]["_line"] for i in overlap["rows"]]})
+    return {"train": n_tr, "test": n_te, "test_overlap": overlap["overlapping"], "dropped": len(dropped)}
 
 
 def user_corpus(raw_sft: str | Path, rl_train: str | Path) -> list[str]:
