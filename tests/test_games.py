@@ -577,3 +577,25 @@ def test_step_accuracy_starts_episodes_on_the_path_states(env_name):
     play.step_accuracy(env_name, lv, probe, CFG, 10, 0)
     assert seen == [(s, [data.rules(env_name, x["grid"]).grid(s)]) for x, _, s, _, _ in states]
     assert play.step_accuracy(env_name, lv, play.bfs_policy(100), CFG, 10, 0)["optimal_action_rate"] == 1.0
+
+
+def test_the_reply_limit_must_hold_the_solvers_replies():
+    """games.eval.max_new_tokens shorter than the solver's reply at some path state (with
+    thinking, the think block states the remaining plan) stops play and RL, naming the key, the
+    level and the length; without thinking the default 16 holds every reply."""
+    from sft2rl.errors import ConfigError
+
+    class Words:  # a tokenizer whose tokens are words
+        def encode(self, text, add_special_tokens=False):
+            return text.split()
+
+    levels = [lv for lv in data.generate_levels("sokoban", CFG) if lv["split"] == "test"]
+    longest = max(len(prompts.response(lv["solution"][k], lv["solution"][k:], True).split())
+                  for lv in levels for k in range(len(lv["solution"])))
+    think = dict(CFG, with_thinking=True, eval={"max_new_tokens": longest - 1})
+    with pytest.raises(ConfigError, match=rf"'games.eval.max_new_tokens' = {longest - 1} is shorter than the solver's "
+                                          rf"reply at step \d+ of level \d+ of test.jsonl \({longest} tokens, "
+                                          r"games.with_thinking: true\).*at least " + str(longest)):
+        play.check_reply_limit(Words(), levels, think, "test.jsonl")
+    play.check_reply_limit(Words(), levels, dict(think, eval={"max_new_tokens": longest}), "test.jsonl")
+    play.check_reply_limit(Words(), levels, dict(CFG, eval={"max_new_tokens": 3}), "test.jsonl")  # "<answer> Up </answer>"

@@ -34,7 +34,7 @@ import torch
 from ...rl_task import Rollout, check_limits, multi_turn_rollout
 from . import VERL_AGENT_NAME
 from .data import read_levels
-from .play import Episode, play
+from .play import Episode, check_reply_limit, play
 from .prompts import OBSERVATION, render
 
 
@@ -67,6 +67,7 @@ class GamesTask:
         first = [Episode(self.env, lv, 0, self.games, self.max_turns, 0).prompt() for lv in self.items]
         check_limits(tokenizer, cfg, self.levels_path, self.items, first, self.max_new_tokens,
                      "games.eval.max_new_tokens")
+        check_reply_limit(tokenizer, self.items, self.games, self.levels_path)
         return self.items
 
     def rollout(self, model, tokenizer, items: list[dict], n: int, cfg: dict[str, Any], seed: int) -> Rollout:
