@@ -163,7 +163,7 @@ def question_key(text: str) -> str:
 
 
 def overlap_with_training(rows: list[dict[str, Any]], train_idx: list[int], test_idx: list[int],
-                 sft: str | Path | None) -> dict[str, Any]:
+                          sft: str | Path | None) -> dict[str, Any]:
     """The test questions also asked in training: as an RL train question, or as a user turn of
     any conversation of the SFT source (``sft``; every row, whatever N SFT samples), compared by
     :func:`question_key`. Returns the counts and the overlapping test row indices."""
