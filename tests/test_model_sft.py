@@ -214,6 +214,52 @@ def test_merge_refuses_untrained_adapter_and_run_dir(sft_run, base_dir, tmp_path
         merge_adapter(str(base_dir), str(run), str(tmp_path / "out2"))
 
 
+@pytest.mark.parametrize("train_mode,precision,expect", [("full", "bf16", torch.float32), ("full", "fp32", torch.float32),
+                                                         ("lora", "bf16", torch.bfloat16), ("lora", "fp32", torch.float32)])
+def test_sft_loads_fp32_weights_for_full_fine_tuning_on_a_bf16_gpu(monkeypatch, tmp_path, base_dir, sft_run,
+                                                                   train_mode, precision, expect):
+    """What a bf16 GPU gets (native bf16; the device's own dtype bf16): full fine-tuning loads
+    fp32 weights whatever the autocast (in bf16 most small updates round away), LoRA's frozen
+    base is bf16 only under bf16 autocast. (SFT once loaded the device's dtype regardless.)"""
+    from sft2rl import model as model_mod
+    from sft2rl import sft as sft_mod
+
+    monkeypatch.setattr(model_mod, "has_bf16", lambda device: True)
+    monkeypatch.setattr(sft_mod, "train_dtype", lambda device: torch.bfloat16, raising=False)
+    asked = []
+
+    def stop(base, device, dtype=None):
+        asked.append(dtype)
+        raise KeyboardInterrupt  # the dtype is all this test needs
+
+    monkeypatch.setattr(sft_mod, "load_model", stop)
+    d = sft_run[0].parent
+    with pytest.raises(KeyboardInterrupt):
+        train_sft(str(base_dir), str(d / "train.parquet"), str(d / "val.parquet"), str(tmp_path / "run"),
+                  dict(SFT_CFG, train_mode=train_mode, precision=precision))
+    assert asked == [expect]
+
+
+def test_sft_training_state_loads_on_the_cpu(tmp_path, monkeypatch):
+    """A resume checkpoint's RNG states come back as CPU byte tensors whatever device trains
+    (torch.set_rng_state and Generator.set_state take nothing else; mapping them to a GPU broke
+    every resume there): the state is loaded with map_location "cpu"."""
+    from sft2rl import sft as sft_mod
+
+    gen = torch.Generator().manual_seed(3)
+    torch.save({"data_rng": gen.get_state(), "torch_rng": torch.get_rng_state(), "cuda_rng": None},
+               tmp_path / sft_mod.STATE_FILE)
+    seen = []
+    real = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: seen.append(k.get("map_location")) or real(*a, **k))
+    state = sft_mod.load_training_state(tmp_path / sft_mod.STATE_FILE)
+    assert seen == ["cpu"]
+    torch.set_rng_state(state["torch_rng"])
+    again = torch.Generator()
+    again.set_state(state["data_rng"])
+    assert torch.equal(torch.randint(0, 1000, (5,), generator=again), torch.randint(0, 1000, (5,), generator=gen))
+
+
 def test_full_fine_tuning_trains_every_weight_and_exports_verified(world, base_dir, tmp_path):
     """sft.train_mode: full: every weight trains, each checkpoint is a whole model; the merge
     stage exports it with the same guards (trained, the written model computes its logits)

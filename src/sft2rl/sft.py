@@ -40,7 +40,7 @@ import torch
 from .errors import ConfigError, DataError
 from .io import atomic_dir, read_parquet_rows, write_json
 from .logutil import LOG
-from .model import autocast, load_model, pick_device, pretrain_precision, set_seed, train_dtype
+from .model import autocast, load_model, pick_device, pretrain_precision, set_seed
 
 IGNORE = -100
 
@@ -259,6 +259,21 @@ def _last_epoch_state(resume_ckpts: Path) -> Path | None:
     return max(done, key=lambda p: int(p.name.split("_")[1])) if done else None
 
 
+def sft_param_dtype(train_mode: str, precision: str) -> torch.dtype:
+    """The dtype SFT loads the model in: fp32 for full fine-tuning whatever the autocast (AdamW's
+    master weights; in bf16 most small updates round away), and for LoRA's frozen base unless
+    it runs under bf16 autocast (then bf16; the adapters stay fp32). Loading in the device's
+    bf16 regardless trained full fine-tuning in pure bf16 on a GPU."""
+    return torch.bfloat16 if precision == "bf16" and train_mode == "lora" else torch.float32
+
+
+def load_training_state(path: str | Path) -> dict[str, Any]:
+    """A resume checkpoint's training state, on the CPU: the RNG states must be CPU byte
+    tensors (``map_location`` of the training device made every resume on a GPU fail), and the
+    weights and optimizer state are copied to their parameters' device when restored."""
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
 def train_sft(base: str, train_file: str, val_file: str, out_dir: str, cfg: dict[str, Any],
               devices: int = 1) -> dict[str, Any]:
     """Train a LoRA adapter; write checkpoints/epoch_<k>/, tensorboard/ and metrics.json in out_dir
@@ -276,9 +291,10 @@ def train_sft(base: str, train_file: str, val_file: str, out_dir: str, cfg: dict
         raise ConfigError(f"config key 'sft.train_mode' = {train_mode!r}: expected lora or full")
     set_seed(cfg["seed"])
     device = pick_device()
-    model, tokenizer = load_model(base, device, train_dtype(device))
     # bf16 autocast over fp32 weights where asked for / allowed and the device has native bf16
     precision = pretrain_precision(device, cfg.get("precision", "fp32"), "SFT")
+    param_dtype = sft_param_dtype(train_mode, precision)
+    model, tokenizer = load_model(base, device, param_dtype)
     overlong = cfg.get("overlong", "error")
     limit, limit_what = length_limit(cfg["max_length"], getattr(model.config, "max_position_embeddings", None),
                                      pretrain_window(base), base)
@@ -295,7 +311,9 @@ def train_sft(base: str, train_file: str, val_file: str, out_dir: str, cfg: dict
         if over:
             LOG.warning("SFT: %s: %d of %d rows are longer than %s and are left out (sft overlong: drop); "
                         "rows %s", path, len(over), len(over) + len(kept), limit_what, over[:20])
-    guard = prepare_run_dir(out / "resume", sft_run_key(base, train_file, val_file, cfg))
+    # the precision used joins the key: a run killed on one device never resumes on another
+    # that trains in another precision
+    guard = prepare_run_dir(out / "resume", sft_run_key(base, train_file, val_file, dict(cfg, precision_used=precision)))
     resume_ckpts = out / "resume" / "checkpoints"
     last = _last_epoch_state(resume_ckpts) if guard["resume"] else None
     if cfg["gradient_checkpointing"]:
@@ -323,7 +341,7 @@ def train_sft(base: str, train_file: str, val_file: str, out_dir: str, cfg: dict
     step, t0, tokens, first_epoch = 0, time.time(), 0, 1
     pad_id = tokenizer.pad_token_id
     if last is not None:  # a killed run of this very key: continue after its last finished epoch
-        state = torch.load(last / STATE_FILE, map_location=device, weights_only=False)
+        state = load_training_state(last / STATE_FILE)
         trainable = dict(model.named_parameters())
         with torch.no_grad():
             for name, value in state["weights"].items():
@@ -332,6 +350,8 @@ def train_sft(base: str, train_file: str, val_file: str, out_dir: str, cfg: dict
         sched.load_state_dict(state["scheduler"])
         gen.set_state(state["data_rng"])
         torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
         history, step, initial_val_loss = state["history"], state["step"], state["initial_val_loss"]
         first_epoch = history[-1]["epoch"] + 1
         LOG.info("SFT resumes after epoch %d (step %d of %d): %s", history[-1]["epoch"], step, total_steps, last)
@@ -381,7 +401,9 @@ def train_sft(base: str, train_file: str, val_file: str, out_dir: str, cfg: dict
             write_json(Path(tmp) / "trainer_state.json", history[-1])
             torch.save({"weights": {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad},
                         "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "data_rng": gen.get_state(),
-                        "torch_rng": torch.get_rng_state(), "history": history, "step": step,
+                        "torch_rng": torch.get_rng_state(),
+                        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                        "history": history, "step": step,
                         "initial_val_loss": initial_val_loss}, Path(tmp) / STATE_FILE)
     bar.close()
     writer.close()
@@ -393,7 +415,7 @@ def train_sft(base: str, train_file: str, val_file: str, out_dir: str, cfg: dict
     shutil.rmtree(out / "resume")
     write_json(out / "run_log.json", {"resumed_after_epoch": first_epoch - 1, "steps_trained": step - start_step,
                                       "steps": step, "reason": guard["reason"], "overlong_rows": overlong_rows,
-                                      "precision": precision})
+                                      "precision": precision, "params": str(param_dtype)})
     # metrics.json holds what the run computed, nothing of the machine: the same config gives the
     # same bytes (the time is in the log and in the job's benchmark file)
     LOG.info("SFT: %d steps (%d in this job) in %.1f s", step, step - start_step, time.time() - t0)
