@@ -533,6 +533,23 @@ def test_sft_metrics_and_checkpoint_choice(tmp_path):
     (run / "metrics.json").write_text(json.dumps(metrics))
     assert vx.choose_sft_checkpoint(run, "best")[0] == run / "checkpoints/global_step_6"
     assert vx.choose_sft_checkpoint(run, "last")[0] == run / "checkpoints/global_step_9"
+    # verl logs val/loss NaN when the validation rows are fewer than a batch (its loader drops a
+    # last partial batch): best is refused, naming the steps, never chosen among NaNs
+    nan_run = tmp_path / "nan"
+    shutil.copytree(run, nan_run)
+    shutil.rmtree(nan_run / "tensorboard")
+    w = SummaryWriter(str(nan_run / "tensorboard"))
+    for step in (3, 6, 9):
+        w.add_scalar("val/loss", float("nan") if step != 6 else 1.2, step)
+    w.close()
+    nan_metrics = vx.sft_metrics(nan_run)
+    assert nan_metrics["val_loss_nan_steps"] == [3, 9] and nan_metrics["best_epoch"] == 2
+    (nan_run / "metrics.json").write_text(json.dumps(nan_metrics))
+    from sft2rl.errors import RunError
+
+    with pytest.raises(RunError, match=r"val/loss NaN at steps \[3, 9\].*partial batch"):
+        vx.choose_sft_checkpoint(nan_run, "best")
+    assert vx.choose_sft_checkpoint(nan_run, "last")[0] == nan_run / "checkpoints/global_step_9"
     shutil.rmtree(run / "tensorboard")  # no val loss logged: best falls back to last, and says so
     (run / "metrics.json").write_text(json.dumps(vx.sft_metrics(run)))
     path, why = vx.choose_sft_checkpoint(run, "best")

@@ -225,3 +225,21 @@ def test_game_rl_on_verl_needs_the_history_prompt_and_plans_the_agent_loop(tmp_p
     assert "agent_loop_config_path=$PWD/results/games/rl/rl-frozenlake-seed1/agent_loops.yaml" in out
     assert '"data.max_response_length=$SFT2RL_RESPONSE_LENGTH"' in out
     assert "--episode-log results/games/rl/rl-frozenlake-seed1/episodes.jsonl" in out
+
+
+def test_prepared_run_takes_the_local_tasks_levels_and_reply_limit(game_run, tmp_path):
+    """verl plays the levels the local task does: games.rl.levels keeps the first N train levels,
+    and a reply limit too short for the solver's replies stops the run before main_ppo."""
+    from sft2rl.errors import ConfigError
+    from sft2rl.io import read_parquet_rows
+
+    out = game_run["dir"]
+    kw = dict(init=str(out / "model"), levels=str(out / "frozenlake" / "levels.jsonl"), env="frozenlake",
+              seed=RL["seed"], config_hash="h", train_batch=RL["train_batch"], epochs=1, total_steps=RL["total_steps"])
+    plan = vx.prepare_game_rl(tmp_path / "two", games=dict(GAMES, rl=dict(GAMES["rl"], levels=2)), **kw)
+    rows = read_parquet_rows(tmp_path / "two" / vx.GAME_TRAIN)
+    assert plan["train_rows"] == len(rows) == 2 < len(game_run["levels"])
+    assert [json.loads(r["extra_info"]["level"])["index"] for r in rows] == \
+        [lv["index"] for lv in game_run["levels"][:2]]
+    with pytest.raises(ConfigError, match="games.eval.max_new_tokens"):
+        vx.prepare_game_rl(tmp_path / "think", games=dict(GAMES, with_thinking=True), **kw)

@@ -10,6 +10,7 @@ from the steps planned.
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 from pathlib import Path
@@ -79,6 +80,7 @@ def prepare_game_rl(run_dir: str | Path, *, init: str, levels: str, env: str, ga
     from .io import write_parquet, write_text
     from .tasks.games.data import read_levels
     from .tasks.games import VERL_AGENT_NAME
+    from .tasks.games.play import check_reply_limit
     from .tasks.games.rl import episode_token_budget, verl_rows
 
     run = Path(run_dir).resolve()
@@ -87,9 +89,12 @@ def prepare_game_rl(run_dir: str | Path, *, init: str, levels: str, env: str, ga
                   params={"overrides": config_hash, "games": games, "env": env, "seed": seed}, libraries=LIBRARIES)
     guard = prepare_run_dir(run, key, also_clear=(EPISODE_LOG, PLAN_FILE))
     train = read_levels(levels, "train")
+    if (games.get("rl") or {}).get("levels"):  # RL on the first games.rl.levels train levels, as locally
+        train = train[:int(games["rl"]["levels"])]
     if not train:
         raise RunError(f"{levels}: no train levels")
     tokenizer = AutoTokenizer.from_pretrained(init)
+    check_reply_limit(tokenizer, train, games, levels)  # as the local task: replies never cut before their answer
     write_parquet(run / GAME_TRAIN, verl_rows(env, train, games, seed))
     loops = [{"name": VERL_AGENT_NAME, "_target_": "sft2rl.tasks.games.verl_agent.GameAgentLoop", "env": env,
               "games": games, "episode_log": str(run / EPISODE_LOG)}]
@@ -335,10 +340,17 @@ def sft_metrics(run_dir: str | Path, sft_cfg: dict[str, Any] | None = None) -> d
     epochs = [{"epoch": k, "step": step, "checkpoint": str(path.relative_to(run)),
                "train_loss": train.get(step), "val_loss": val.get(step)}
               for k, (step, path) in enumerate(ckpts, start=1)]
+    # verl's validation loader drops a last partial batch: with fewer validation rows than a
+    # batch it logs NaN, which no "best" may be chosen by
+    nan = [e["step"] for e in epochs if e["val_loss"] is not None and math.isnan(e["val_loss"])]
+    for e in epochs:
+        if e["step"] in nan:
+            e["val_loss"] = None
     logged = [e for e in epochs if e["val_loss"] is not None]
     metrics = {
         "backend": "verl", "epochs": epochs, "steps": ckpts[-1][0],
         "val_loss_logged": bool(logged),
+        "val_loss_nan_steps": nan,
         "best_epoch": min(logged, key=lambda e: e["val_loss"])["epoch"] if logged else None,
         "ignored_config_keys": {k: sft_cfg.get(k) for k in SFT_IGNORED} if sft_cfg else list(SFT_IGNORED),
     }
@@ -351,6 +363,11 @@ def choose_sft_checkpoint(run_dir: str | Path, which: str | int) -> tuple[Path, 
     metrics = json.loads((run / "metrics.json").read_text())
     epochs = metrics["epochs"]
     if which == "best":
+        if metrics.get("val_loss_nan_steps"):
+            raise RunError(f"{run}: sft.merge_checkpoint best, but verl logged val/loss NaN at steps "
+                           f"{metrics['val_loss_nan_steps']}: its validation loader drops a last partial batch, "
+                           "so fewer validation rows than a batch (sft.train_batch / GPUs) leave none; give SFT "
+                           "more validation rows, or merge last or an epoch")
         if metrics.get("best_epoch") is not None:
             e = next(e for e in epochs if e["epoch"] == metrics["best_epoch"])
             return run / e["checkpoint"], f"best: lowest val loss {e['val_loss']:.4g} at step {e['step']}"
