@@ -167,6 +167,28 @@ def test_engines_agree_and_eos_alone_runs_on(base_like):
     assert ran_on, "with the EOS alone some replies continue after <|im_end|>"
 
 
+def test_the_hf_engine_applies_none_of_the_models_own_generation_settings(base_like):
+    """A model whose generation config carries a repetition penalty and an n-gram ban (as
+    Qwen2.5-Instruct's carries repetition_penalty 1.05): model.generate runs with our settings
+    only, so greedy tokens equal the lean engine's, and the model's config is left as it was."""
+    model, tok, _, _ = base_like
+    gc = model.generation_config
+    old = (gc.repetition_penalty, gc.no_repeat_ngram_size)
+    gc.repetition_penalty, gc.no_repeat_ngram_size = 1.5, 2
+    try:
+        lean = generate(model, tok, PROMPTS, max_new_tokens=NEW, do_sample=False, engine="lean")
+        hf = generate(model, tok, PROMPTS, max_new_tokens=NEW, do_sample=False, engine="hf")
+        assert lean.texts == hf.texts
+        with torch.no_grad():  # what generate() does with the model's own settings: other text
+            ids, mask = encode_prompts(tok, PROMPTS, None, "cpu")
+            own = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=NEW, do_sample=False,
+                                 pad_token_id=tok.pad_token_id, eos_token_id=stop_token_ids(model, tok))
+        assert not torch.equal(own[:, ids.shape[1]:][:, :lean.response_ids.shape[1]], lean.response_ids)
+        assert (model.generation_config.repetition_penalty, model.generation_config.no_repeat_ngram_size) == (1.5, 2)
+    finally:
+        gc.repetition_penalty, gc.no_repeat_ngram_size = old
+
+
 def test_reply_policy_stops_at_the_turn_end(base_like):
     """The games' players and the medical doctor (generation.reply_policy) get the same stops."""
     from sft2rl.generation import reply_policy

@@ -14,8 +14,11 @@ sequence (:func:`sft2rl.rl_task.chain_turns`).
 
 A prompt that does not extend the conversation (a Markov prompt, a window of turns that
 dropped the oldest, a reply the prompt shows otherwise than it was given) is rendered
-whole, as a first prompt. Where the replies re-tokenise as sampled, the grown tokens are
-exactly the whole chat's rendering (tested).
+whole, as a first prompt. Where the replies re-tokenise as sampled and each ended at a stop
+id, the grown tokens are exactly the whole chat's rendering (tested). A reply cut at
+``max_new_tokens`` has no end-of-turn token, and the next message follows it directly (the
+template would close the turn first), as in verl's agent loops, which grow their tokens with
+the same builder.
 """
 from __future__ import annotations
 

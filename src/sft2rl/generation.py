@@ -2,8 +2,11 @@
 samples, GRPO rollouts, the games' players and the medical task's doctor. Left padding,
 ``skip_special_tokens=True`` (the tags are not special tokens, so they survive decoding).
 
-Two engines give the same tokens: :mod:`sft2rl.rollout` (the lean decode loop, used for
-every model it supports) and ``model.generate`` (any other model, or ``engine='hf'``).
+Two engines: :mod:`sft2rl.rollout` (the lean decode loop, used for every model it supports)
+and ``model.generate`` (any other model, or ``engine='hf'``, run with only the settings below:
+the model's own generation config, e.g. a repetition penalty, is not applied). Greedy, they
+give the same tokens; sampled, the same distribution (the same tokens for the same seed only
+with the lean engine's ``match_generate``).
 
 A reply ends at the first of the model's stop ids (:func:`stop_token_ids`): the tokenizer's
 EOS, every id of the generation config's ``eos_token_id`` and the token that closes an
@@ -160,7 +163,8 @@ def generate(model, tokenizer, prompts: list[list[dict[str, str]]] | list[list[i
     (grouped consecutively).
 
     ``engine``: ``auto`` (the lean loop where :func:`sft2rl.rollout.supports` the model,
-    else ``generate``), ``lean`` or ``hf``. Both draw the same tokens from the same seed.
+    else ``generate``), ``lean`` or ``hf``. Greedy, both give the same tokens; sampled, the
+    same distribution (not the same draws: :func:`sft2rl.rollout.decode`'s ``match_generate``).
     Both stop a row at any of :func:`stop_token_ids`; the response mask and the texts end
     with the first (the stop token itself is special, so the texts leave it out).
 
@@ -196,11 +200,20 @@ def generate(model, tokenizer, prompts: list[list[dict[str, str]]] | list[list[i
     else:
         if caches_out is not None:
             caches_out[:] = [None] * ids.shape[0]
+        from transformers import GenerationConfig
+
         kwargs = dict(do_sample=do_sample, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                      eos_token_id=stops if len(stops) > 1 else stops[0], use_cache=True)
+                      eos_token_id=stops if len(stops) > 1 else stops[0])
         if do_sample:
             kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
-        resp = model.generate(input_ids=ids, attention_mask=mask, **kwargs)[:, ids.shape[1]:]
+        # only these settings: the model's own generation config may carry more (Qwen2.5-Instruct:
+        # repetition_penalty 1.05), which generate() would apply and the lean engine does not
+        saved = model.generation_config
+        model.generation_config = GenerationConfig(bos_token_id=saved.bos_token_id, **kwargs)
+        try:
+            resp = model.generate(input_ids=ids, attention_mask=mask, use_cache=True)[:, ids.shape[1]:]
+        finally:
+            model.generation_config = saved
     if was_training:
         model.train()
     resp_mask = response_mask(resp, stops)
