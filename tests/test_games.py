@@ -592,10 +592,9 @@ def test_the_reply_limit_must_hold_the_solvers_replies():
     levels = [lv for lv in data.generate_levels("sokoban", CFG) if lv["split"] == "test"]
     longest = max(len(prompts.response(lv["solution"][k], lv["solution"][k:], True).split())
                   for lv in levels for k in range(len(lv["solution"])))
-    think = dict(CFG, with_thinking=True, eval={"max_new_tokens": longest - 1})
     with pytest.raises(ConfigError, match=rf"'games.eval.max_new_tokens' = {longest - 1} is shorter than the solver's "
                                           rf"reply at step \d+ of level \d+ of test.jsonl \({longest} tokens, "
                                           r"games.with_thinking: true\).*at least " + str(longest)):
-        play.check_reply_limit(Words(), levels, think, "test.jsonl")
-    play.check_reply_limit(Words(), levels, dict(think, eval={"max_new_tokens": longest}), "test.jsonl")
-    play.check_reply_limit(Words(), levels, dict(CFG, eval={"max_new_tokens": 3}), "test.jsonl")  # "<answer> Up </answer>"
+        play.check_reply_limit(Words(), levels, longest - 1, True, "test.jsonl")
+    play.check_reply_limit(Words(), levels, longest, True, "test.jsonl")
+    play.check_reply_limit(Words(), levels, 3, False, "test.jsonl")  # "<answer> Up </answer>"

@@ -195,9 +195,7 @@ def kind_only_false_hedge_rate(arrays: dict[str, np.ndarray], idx: np.ndarray, r
         # recall * tot_u may land a rounding step above the count it came from (7/25 * 25):
         # a shortfall below RECALL_TOL questions is none
         short = need[:, None] - cu
-        frac = np.clip(short / unk, 0.0, 1.0)
-        frac = np.where(short > RECALL_TOL, frac, 0.0)
-        frac = np.where(unk > 0, frac, (short > RECALL_TOL).astype(float))
+        frac = np.where(unk > 0, np.clip(short / unk, 0.0, 1.0), 1.0) * (short > RECALL_TOL)
         hedged_k = (frac * kno).sum(axis=1)
         out = hedged_k / tot_k
     out[(tot_k == 0) | (tot_u == 0) | np.isnan(recall)] = np.nan

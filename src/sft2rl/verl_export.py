@@ -78,23 +78,20 @@ def prepare_game_rl(run_dir: str | Path, *, init: str, levels: str, env: str, ga
     from transformers import AutoTokenizer
 
     from .io import write_parquet, write_text
-    from .tasks.games.data import read_levels
     from .tasks.games import VERL_AGENT_NAME
     from .tasks.games.play import check_reply_limit
-    from .tasks.games.rl import episode_token_budget, verl_rows
+    from .tasks.games.rl import episode_token_budget, rl_levels, verl_rows
 
     run = Path(run_dir).resolve()
     key = run_key(models={"init": init}, data={"levels": levels},
                   modules=module_closure(["tasks.games.verl_agent"]),
                   params={"overrides": config_hash, "games": games, "env": env, "seed": seed}, libraries=LIBRARIES)
     guard = prepare_run_dir(run, key, also_clear=(EPISODE_LOG, PLAN_FILE))
-    train = read_levels(levels, "train")
-    if (games.get("rl") or {}).get("levels"):  # RL on the first games.rl.levels train levels, as locally
-        train = train[:int(games["rl"]["levels"])]
+    train = rl_levels(levels, games)  # the levels the local task plays
     if not train:
         raise RunError(f"{levels}: no train levels")
     tokenizer = AutoTokenizer.from_pretrained(init)
-    check_reply_limit(tokenizer, train, games, levels)  # as the local task: replies never cut before their answer
+    check_reply_limit(tokenizer, train, games["eval"]["max_new_tokens"], games["with_thinking"], levels)
     write_parquet(run / GAME_TRAIN, verl_rows(env, train, games, seed))
     loops = [{"name": VERL_AGENT_NAME, "_target_": "sft2rl.tasks.games.verl_agent.GameAgentLoop", "env": env,
               "games": games, "episode_log": str(run / EPISODE_LOG)}]

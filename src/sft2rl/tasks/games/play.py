@@ -224,26 +224,26 @@ def summarize(records: list[dict[str, Any]], *, ci_level: float = 0.95, bootstra
 
 
 # ------------------------------------------------------------------ one policy, one env: the rule's job
-def check_reply_limit(tokenizer, levels: list[dict[str, Any]], games: dict[str, Any], source: str) -> None:
-    """Stop when ``games.eval.max_new_tokens`` (the reply limit of play and RL) is shorter than
-    the solver's own reply at some state of these levels' solver paths (with
+def check_reply_limit(tokenizer, levels: list[dict[str, Any]], limit: int, with_thinking: bool, source: str) -> None:
+    """Stop when ``limit`` (``games.eval.max_new_tokens``, the reply limit of play and RL) is
+    shorter than the solver's own reply at some state of these levels' solver paths (with
     ``games.with_thinking`` the think block states the remaining plan): such replies would be
     cut before their answer, and every turn scored as malformed."""
     from ...errors import ConfigError
     from .prompts import response
 
-    limit = int(games["eval"]["max_new_tokens"])
+    limit = int(limit)
     longest, where = 0, None
     for lv in levels:
         plan = lv["solution"]
         for k in range(len(plan)):
-            n = len(tokenizer.encode(response(plan[k], plan[k:], games["with_thinking"]), add_special_tokens=False))
+            n = len(tokenizer.encode(response(plan[k], plan[k:], with_thinking), add_special_tokens=False))
             if n > longest:
                 longest, where = n, (lv["index"], k)
     if longest > limit:
         raise ConfigError(f"config key 'games.eval.max_new_tokens' = {limit} is shorter than the solver's reply "
                           f"at step {where[1]} of level {where[0]} of {source} ({longest} tokens, "
-                          f"games.with_thinking: {str(games['with_thinking']).lower()}): replies would be cut "
+                          f"games.with_thinking: {str(with_thinking).lower()}): replies would be cut "
                           f"before their answer; raise it to at least {longest}")
 
 
@@ -265,7 +265,7 @@ def evaluate_policy(env_name: str, policy: str, levels_path: str, model_path: st
         from ...model import load_model
 
         model, tokenizer = load_model(model_path)
-        check_reply_limit(tokenizer, levels, dict(games, eval=ev), levels_path)
+        check_reply_limit(tokenizer, levels, ev["max_new_tokens"], games["with_thinking"], levels_path)
         common = dict(max_new_tokens=ev["max_new_tokens"], temperature=ev["temperature"], seed=ev["seed"],
                       batch_size=ev["batch_size"])
         runs.append(("greedy", reply_policy(model, tokenizer, do_sample=False, **common), 1))

@@ -44,6 +44,13 @@ def episode_score(ep: Episode, format_penalty: float) -> float:
     return float(ep.env_reward + format_penalty * (ep.steps - ep.valid))
 
 
+def rl_levels(levels_path: str, games: dict[str, Any]) -> list[dict]:
+    """The train levels RL plays: all of them, or the first ``games.rl.levels`` (local and verl)."""
+    levels = read_levels(levels_path, "train")
+    n = (games.get("rl") or {}).get("levels")
+    return levels[:int(n)] if n else levels
+
+
 class GamesTask:
     """One env's multi-turn RL task (:func:`sft2rl.grpo.train_rl`)."""
 
@@ -60,14 +67,12 @@ class GamesTask:
                 "modules": ["tasks.games.rl"]}
 
     def load(self, tokenizer, cfg: dict[str, Any]) -> list[dict]:
-        self.items = read_levels(self.levels_path, "train")
-        if self.rl.get("levels"):  # RL on the first ``games.rl.levels`` train levels only
-            self.items = self.items[:int(self.rl["levels"])]
+        self.items = rl_levels(self.levels_path, self.games)
         self.val_levels = read_levels(self.levels_path, "val")
         first = [Episode(self.env, lv, 0, self.games, self.max_turns, 0).prompt() for lv in self.items]
         check_limits(tokenizer, cfg, self.levels_path, self.items, first, self.max_new_tokens,
                      "games.eval.max_new_tokens")
-        check_reply_limit(tokenizer, self.items, self.games, self.levels_path)
+        check_reply_limit(tokenizer, self.items, self.max_new_tokens, self.games["with_thinking"], self.levels_path)
         return self.items
 
     def rollout(self, model, tokenizer, items: list[dict], n: int, cfg: dict[str, Any], seed: int) -> Rollout:

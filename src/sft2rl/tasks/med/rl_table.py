@@ -195,13 +195,10 @@ def budget_latex(frame: pd.DataFrame) -> str:
     lines = [r"\begin{tabular}{lrrrr}", r"\toprule",
              r"doctor & turn budget & seeds & accuracy [95\% CI] & reward [95\% CI] \\", r"\midrule"]
     for _, r in frame.iterrows():
-        sign = "+.2f" if r.doctor == "dynamic - fixed" else ".2f"
-
-        def f(x: float) -> str:  # accuracy is empty on your own rows (no exact disease names)
-            return "--" if pd.isna(x) else f"{x:{sign}}"
-        lines.append(f"{r.doctor} & {r.max_turns} & {r.n_seeds} & {f(r.accuracy_mean)} "
-                     f"[{f(r.accuracy_lo)}, {f(r.accuracy_hi)}] & {f(r.reward_mean)} "
-                     f"[{f(r.reward_lo)}, {f(r.reward_hi)}] \\\\")
+        sign = "+.2f" if r.doctor == "dynamic - fixed" else ".2f"  # accuracy is "--" on your own rows
+        lines.append(f"{r.doctor} & {r.max_turns} & {r.n_seeds} & {_fmt(r.accuracy_mean, sign)} "
+                     f"[{_fmt(r.accuracy_lo, sign)}, {_fmt(r.accuracy_hi, sign)}] & {_fmt(r.reward_mean, sign)} "
+                     f"[{_fmt(r.reward_lo, sign)}, {_fmt(r.reward_hi, sign)}] \\\\")
     return "\n".join(lines + [r"\bottomrule", r"\end{tabular}", ""])
 
 

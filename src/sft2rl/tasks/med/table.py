@@ -165,8 +165,8 @@ def ablation_frame(summaries: list[str], runs: dict[str, dict[str, Any]], consul
     return pd.DataFrame(out)
 
 
-def _fmt(x: Any) -> str:
-    return "--" if x is None or pd.isna(x) else f"{x:.2f}"
+def _fmt(x: Any, spec: str = ".2f") -> str:
+    return "--" if x is None or pd.isna(x) else f"{x:{spec}}"
 
 
 def eval_latex(frame: pd.DataFrame) -> str:
