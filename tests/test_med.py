@@ -56,6 +56,13 @@ def clinic_files(tmp_path_factory):
     ("<answer>Question: a?</answer><answer>Question: b?</answer>", "invalid", {}),
     ("<think><answer>Question: hidden?</answer></think>", "invalid", {}),  # an answer inside thinking is not one
     ("Do you have a cough?", "invalid", {}),
+    # a question then a conclusion concludes (DoctorAgent-RL scores any answer naming a diagnosis)
+    ("<answer>Question: Do you have a cough?\nDiagnosis: Roku disease\nRecommendation: Rest.</answer>", "diagnosis",
+     {"diagnosis": "Roku disease", "recommendation": "Rest.", "question": ""}),
+    ("<answer>Question: Do you have a cough?\nDiagnosis: Roku disease</answer>", "invalid", {}),
+    # "Diagnosis:" inside a question's sentence is no conclusion
+    ("<answer>Question: Was your last Diagnosis: asthma?</answer>", "question",
+     {"question": "Was your last Diagnosis: asthma?"}),
 ])
 def test_parse_reply(text, kind, fields):
     r = dialog.parse_reply(text)

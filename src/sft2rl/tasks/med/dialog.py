@@ -29,6 +29,8 @@ DONT_KNOW = "Sorry, I do not know."
 NOT_UNDERSTOOD = "Sorry, I do not understand."
 ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 DIAGNOSIS_RE = re.compile(r"^Diagnosis:\s*(.*?)\s*\n\s*Recommendation:\s*(.*)$", re.DOTALL)
+#: where a conclusion starts inside an answer: a line beginning "Diagnosis:"
+DIAGNOSIS_LINE_RE = re.compile(r"(?:^|\n)\s*(?=Diagnosis:)")
 
 
 def description(self_report: str) -> str:
@@ -59,18 +61,25 @@ class Reply:
 
 def parse_reply(text: str) -> Reply:
     """Exactly one ``<answer>`` (outside think blocks) holding a question or a diagnosis with a
-    recommendation; anything else is invalid."""
+    recommendation; anything else is invalid.
+
+    An answer with a line beginning "Diagnosis:" concludes, whatever comes before that line
+    (a question there is not asked): DoctorAgent-RL scores any answer naming a diagnosis as
+    the diagnosis turn. The diagnosis part must still be "Diagnosis: …" then a
+    "Recommendation: …" line, else the turn is invalid."""
     body = strip_thinking(text)
     answers = ANSWER_RE.findall(body)
     if len(answers) != 1 or body.count("<answer>") != 1:
         return Reply("invalid")
     content = answers[0].strip()
+    if (start := DIAGNOSIS_LINE_RE.search(content)) is not None:
+        m = DIAGNOSIS_RE.match(content[start.end():])
+        if m and m.group(1).strip():
+            return Reply("diagnosis", diagnosis=m.group(1).strip(), recommendation=m.group(2).strip())
+        return Reply("invalid")
     if content.startswith("Question:"):
         q = content[len("Question:"):].strip()
         return Reply("question", question=q) if q else Reply("invalid")
-    m = DIAGNOSIS_RE.match(content)
-    if m and m.group(1).strip():
-        return Reply("diagnosis", diagnosis=m.group(1).strip(), recommendation=m.group(2).strip())
     return Reply("invalid")
 
 
