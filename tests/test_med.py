@@ -589,3 +589,118 @@ def test_paired_bootstrap_of_think_minus_nothink():
     assert ci["diff"]["accuracy_ci_high"] - ci["diff"]["accuracy_ci_low"] < unpaired
     with pytest.raises(ValueError, match="same held-out cases"):
         table.paired_bootstrap(same[:1], [table.case_arrays(_records(base[0][:40]))])
+
+
+# ------------------------------------------------------------------ the reference's own MTMedDialog files
+def _dialogue(description="Patient's description: Diarrhea (male, 37 years old)", n_questions=2, diagnose=True,
+              unanswered=True):
+    """The rows of one MTMedDialog dialogue as the reference's files hold them: one per doctor
+    turn, each prompt the one before plus the last reply and the patient's answer; the record's
+    last entry has a null answer (``unanswered``: the patient never replied), as in 169 of the
+    reference's 5,516 train rows."""
+    first = [{"role": "system", "content": dialog.SYSTEM_PROMPT}, {"role": "user", "content": description}]
+    replies = [f"<think>ask {i}</think>\n<answer>Question: symptom number {i}?</answer>" for i in range(n_questions)]
+    if diagnose:
+        replies.append("<think>enough</think>\n<answer>Diagnosis: enteritis\nRecommendation: rest</answer>")
+    info = [{"doctor_question": [f"symptom number {i}?"], "patient_response": [f"answer {i}"]}
+            for i in range(n_questions)]
+    if unanswered:
+        info.append({"doctor_question": ["Are you there? Feeling any better?"], "patient_response": None})
+    rm = {"ground_truth": {"diagnosis": "enteritis", "recommendation": "rest"}, "patient_information": info}
+    rows, prompt = [], list(first)
+    for i, reply in enumerate(replies):
+        rows.append({"data_source": "medical_consultation", "prompt": [dict(m) for m in prompt], "response": reply,
+                     "reward_model": copy.deepcopy(rm), "extra_info": {"index": i}})
+        prompt += [{"role": "assistant", "content": reply}, {"role": "user", "content": f"answer {i}"}]
+    return rows
+
+
+@pytest.mark.parametrize("ext", ["jsonl", "parquet"])
+def test_null_patient_responses_load_and_record_no_answer(tmp_path, ext):
+    rows = _dialogue()
+    path = tmp_path / f"test.{ext}"
+    (write_jsonl if ext == "jsonl" else write_parquet)(path, rows)
+    loaded = data.load_raw(path, need_patient=True)
+    assert len(loaded) == 3 and loaded[0]["reward_model"]["patient_information"][-1]["patient_response"] is None
+    assert data.write_cases(str(path), tmp_path / "cases.jsonl") == 1
+    [case] = data.read_cases(tmp_path / "cases.jsonl")
+    # the question whose answer is null is one the record cannot answer
+    assert patient.recorded_pairs(case["patient_information"]) == [("symptom number 0?", "answer 0"),
+                                                                   ("symptom number 1?", "answer 1")]
+    p = patient.Patient(case["patient_information"], 0.5)
+    assert p.answer("Are you there? Feeling any better?") == dialog.DONT_KNOW
+    assert p.answer("symptom number 1?") == "answer 1"
+
+
+@pytest.mark.parametrize("bad,field", [
+    (5, "reward_model.patient_information[1].patient_response"),
+    ([], "reward_model.patient_information[1].patient_response"),
+    (["fine", None], "reward_model.patient_information[1].patient_response"),
+    ("doctor_question", "reward_model.patient_information[1].doctor_question"),
+])
+def test_other_wrong_patient_information_still_names_file_line_and_field(tmp_path, bad, field):
+    rows = _dialogue(n_questions=1)
+    entry = rows[1]["reward_model"]["patient_information"][1]
+    if bad == "doctor_question":
+        entry["doctor_question"] = None
+    else:
+        entry["patient_response"] = bad
+    write_jsonl(tmp_path / "test.jsonl", rows)
+    with pytest.raises(DataError) as err:
+        data.write_cases(str(tmp_path / "test.jsonl"), tmp_path / "cases.jsonl")
+    assert str(err.value).startswith(f"{tmp_path / 'test.jsonl'}:2: field '{field}'")
+    assert not (tmp_path / "cases.jsonl").exists()
+
+
+def test_every_malformed_response_is_named_at_once_and_nothing_is_written(tmp_path):
+    """The reference's train file has 9 responses that are not a doctor turn ("Questions: …",
+    "Recommendation: …" alone, a bare thank-you, "Diagnosis: …" without a recommendation):
+    one error counts them all and names the first lines, rather than stopping at the first."""
+    good = _dialogue(n_questions=1, unanswered=False)
+    shapes = ["<answer>Questions: Eat more vegetables. Have you had any bleeding?</answer>",
+              "<think>t</think>\n<answer>Recommendation: Take omeprazole twice daily.</answer>",
+              "<think>t</think>\n<answer>You're welcome. Please follow up if it persists.</answer>",
+              "<answer>Diagnosis: This seems like gastroenteritis. Avoid cold foods, okay?</answer>",
+              "<answer>Recommendation: Warm sitz baths daily.</answer>",
+              "<answer>Recommendation: Schedule a follow-up in 4 weeks.</answer>",
+              "<answer>You're very welcome!</answer>"]
+    rows = []
+    for shape in shapes:
+        rows += [good[0], {**good[1], "response": shape}]
+    write_jsonl(tmp_path / "train.jsonl", rows)
+    write_jsonl(tmp_path / "val.jsonl", good)
+    with pytest.raises(DataError) as err:
+        data.write_sft_data(str(tmp_path / "train.jsonl"), str(tmp_path / "val.jsonl"), False, tmp_path / "out")
+    msg = str(err.value)
+    assert msg.startswith(f"{tmp_path / 'train.jsonl'}:2: field 'response': 7 of 14 rows (lines 2, 4, 6, 8, 10 "
+                          "and 2 more) are not a doctor turn")
+    assert "'Question: …' or 'Diagnosis: …\\nRecommendation: …'" in msg
+    assert not (tmp_path / "out").exists()
+    write_jsonl(tmp_path / "train.jsonl", [good[0], {**good[1], "response": shapes[1]}] + good)
+    with pytest.raises(DataError, match=r"train.jsonl:2: field 'response': 1 of 4 rows \(line 2\) are not"):
+        data.load_raw(tmp_path / "train.jsonl")
+
+
+@pytest.mark.parametrize("rows_mode", ["turn", "consultation"])
+def test_a_dialogue_longer_than_the_budget_states_its_own_length(tmp_path, rows_mode):
+    """Your own rows state med.eval.max_turns, but a longer dialogue states its own length: no
+    row keeps asking past the limit it states (the reference's train file, budget 10: 71 rows
+    were doctor turns 10 to 14 stating "at most 10 turns")."""
+    long = _dialogue("Patient's description: long", n_questions=4, unanswered=False)    # 5 doctor turns
+    short = _dialogue("Patient's description: short", n_questions=1, unanswered=False)  # 2 doctor turns
+    write_jsonl(tmp_path / "train.jsonl", long + short)
+    write_jsonl(tmp_path / "val.jsonl", short)
+    for budget, want_long, want_short in [(3, 5, 3), (5, 5, 5), (8, 8, 8)]:
+        out = tmp_path / f"out{budget}"
+        data.write_sft_data(str(tmp_path / "train.jsonl"), str(tmp_path / "val.jsonl"), True, out, budget=budget,
+                            rows=rows_mode)
+        written = pd.read_parquet(out / "train.parquet").to_dict("records")
+        stated = [int(re.search(r"You have at most (\d+) turns\.$", r["prompt"][1]["content"]).group(1))
+                  for r in written]
+        want = [want_long] * 5 + [want_short] * 2 if rows_mode == "turn" else [want_long, want_short]
+        assert stated == want, budget
+        for r, n in zip(written, stated):  # no doctor turn asks at or after the last turn it was allowed
+            turn = sum(m["role"] == "assistant" for m in r["prompt"])
+            assert turn < n and (turn < n - 1 or dialog.parse_reply(r["response"]).kind == "diagnosis")
+    assert data.dialogue_turns(long + short) == [5] * 5 + [2] * 2
+    assert data.dialogue_turns(long[:3]) == [3] * 3  # a row no other row continues ends its dialogue

@@ -9,6 +9,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -320,3 +321,65 @@ def test_spec_defaults():
     assert patient_backend({"endpoint": "https://h.example:8443/v1/", "model": "p"}, 0.5).describe() == {
         "kind": "endpoint", "endpoint": "https://h.example:8443/v1", "model": "p", "timeout_s": 60,
         "api_key_env": None, "max_tokens": 64, "concurrency": 8}
+
+
+# ------------------------------------------------------------------ the rule patient's similarity
+def clinic_patient(recorded=("a sore throat", "a cough", "a fever"), present=("a cough",)):
+    return patient.Patient(clinic.patient_information(clinic.build_clinic(WORLD), {"present": list(present),
+                                                                                 "recorded": list(recorded)}), 0.5)
+
+
+def test_words_the_record_never_uses_count_in_the_question():
+    """The IDF is the recorded questions', but a word of the doctor's question outside their
+    vocabulary weighs a term of no document (ln(1 + n) + 1): asking about more than the
+    record holds scores lower, and a bundle of symptoms is not the one symptom it names."""
+    p = clinic_patient()
+    a, b = np.log(4 / 2) + 1, np.log(4) + 1  # n = 3: a recorded word (in one question), an unseen one
+    assert p.similarity("Do you have a sore throat?")[0] == pytest.approx(1.0)  # a recorded question
+    assert p.similarity("Do you have a cough, or not?")[0] == pytest.approx(1.0)  # stop words stay out
+    assert p.similarity("Do you have sneezing?")[0] == 0  # a lone unrecorded symptom
+    assert p.answer("Do you have sneezing?") == dialog.DONT_KNOW
+    sim, i = p.similarity("Do you have sneezing or a sore throat?")  # was 1.0
+    assert sim == pytest.approx(np.sqrt(2) * a / np.sqrt(2 * a * a + b * b)) and 0.70 < sim < 0.71
+    assert p.pairs[i][0] == "Do you have a sore throat?"
+    # a recorded symptom with an unrecorded one (one word each): about 0.58, still answered
+    assert p.similarity("Do you have a cough or sneezing?")[0] == pytest.approx(a / np.sqrt(a * a + b * b))
+    assert p.answer("Do you have a cough or sneezing?") == "Yes, I have a cough."
+    # a bundle of four symptoms, one of them recorded: below the threshold (was 1.0, answered)
+    bundle = "Do you have a cough, sneezing, chills or a rash?"
+    want = a / np.sqrt(a * a + 3 * b * b)
+    assert p.similarity(bundle)[0] == pytest.approx(want) and want < 0.5
+    assert p.answer(bundle) == dialog.DONT_KNOW
+    # a repeated unseen word counts as often as it occurs; case does not matter
+    assert p.similarity("COUGH? Sneezing, sneezing?")[0] == pytest.approx(a / np.sqrt(a * a + 4 * b * b))
+
+
+@pytest.mark.parametrize("n_recorded", [1, 2, 5, 10, 20])
+def test_a_four_symptom_bundle_is_not_answered_whatever_the_record(n_recorded):
+    """One recorded symptom asked with three unrecorded ones stays below 0.5 however many
+    questions the case records; the recorded question alone still scores 1.0."""
+    symptoms = [s for s in clinic.build_clinic(WORLD)["symptoms"] if len(s.split()) == 1]
+    rec, other = symptoms[:n_recorded], symptoms[n_recorded:n_recorded + 3]
+    p = clinic_patient(rec, rec[:1])
+    assert p.similarity(clinic.question(rec[0]))[0] == pytest.approx(1.0)
+    assert p.similarity(f"Do you have {other[0]}?")[0] == 0
+    bundle = f"Do you have {rec[0]}, {other[0]}, {other[1]} or {other[2]}?"
+    assert p.similarity(bundle)[0] < 0.5 and p.answer(bundle) == dialog.DONT_KNOW
+
+
+def test_a_null_answer_records_no_pair():
+    """MTMedDialog records end with a question the patient never answered (patient_response
+    null): it gives no recorded pair, so every patient treats it as unrecorded."""
+    info = [{"doctor_question": ["Is it fresh blood?"], "patient_response": ["It's not fresh blood."]},
+            {"doctor_question": ["Are you there? Feeling any better?"], "patient_response": None},
+            {"doctor_question": "Any fever?", "patient_response": None}]
+    assert patient.recorded_pairs(info) == [("Is it fresh blood?", "It's not fresh blood.")]
+    p = patient.Patient(info, 0.5)
+    assert p.answer("Are you there? Feeling any better?") == dialog.DONT_KNOW
+    assert p.answer("Any fever?") == dialog.DONT_KNOW
+    assert p.answer("Is it fresh blood?") == "It's not fresh blood."
+    case = dict(hand_case(), patient_information=info)
+    assert patient_backend("rule", 0.5).answer([PatientRequest(case, "Feeling any better?")]) == [dialog.DONT_KNOW]
+    system = patient.patient_messages(PatientRequest(case, "Any fever?"))[0]["content"]
+    assert "Q: Is it fresh blood?\nA: It's not fresh blood." in system and "Feeling any better" not in system
+    assert patient.Patient(info[1:], 0.5).answer("Any fever?") == dialog.DONT_KNOW  # nothing recorded at all

@@ -39,22 +39,25 @@ def test_token_f1_is_squad_f1():
 
 
 def test_episode_reward_terms_are_the_reference_terms():
-    """+1 answered, -1 "Sorry", -2 repeated (instead), -2 malformed or two questions in one turn,
-    5 x F1 of diagnosis and recommendation; -5 without a diagnosis at the limit."""
+    """+1 answered, -1 "Sorry", -2 repeated (instead), -2 malformed or two questions in one turn
+    (which the patient does not answer, as DoctorAgent-RL's environment does not), 5 x F1 of
+    diagnosis and recommendation; -5 without a diagnosis at the limit."""
     w = reward.weights(None)
     case = hand_case(["s1", "s3"])  # s1..s4 recorded; the truth: Beta syndrome, "Drink water."
     con = consult.Consultation(0, case, 8, with_thinking=False)
     patients = consult.patient_backend("rule", 0.5)
-    for reply in [q("Do you have s3?"), q("do you have S3"), "garbled", q("Do you have fever?"),
+    for reply in [q("Do you have s3?"), q(" do you have  S3 ?"), "garbled", q("Do you have fever?"),
                   q("Do you have s2? Do you have s4?"), dx("Alpha syndrome", "Drink water.")]:
         consult.advance([con], [reply], patients)
     assert con.patient[2] == dialog.NOT_UNDERSTOOD and con.patient[3] == dialog.DONT_KNOW
+    assert con.patient[4] == dialog.NOT_UNDERSTOOD  # two questions: not answered
     terms = con.reward_terms(w)
     assert terms == {"answered": 1.0, "repeated": -2.0, "invalid": -4.0, "unanswered": -1.0,
                      "diagnosis": pytest.approx(2.5), "recommendation": 5.0, "no_diagnosis": 0.0}
     rec = con.record(w)
     assert rec["reward"] == pytest.approx(1.5) and rec["success"] is False and rec["repeated"] == 1
     assert rec["reward_invalid"] == -4.0 and rec["correct"] is False
+    assert rec["invalid"] == 2 and rec["questions"] == 3
     # exact match: the wrong disease earns nothing for the diagnosis
     assert con.reward_terms(reward.weights({"match": "exact"}))["diagnosis"] == 0.0
     # the right one earns everything: success at reward >= 10
@@ -72,6 +75,14 @@ def test_episode_reward_terms_are_the_reference_terms():
     with pytest.raises(ValueError, match="match"):
         reward.weights({"match": "rouge"})
     assert parse_reply(dx("x", "y")).kind == "diagnosis"
+    # a consultation's turn (DoctorAgent-RL's rules): one "?" (or "？"), nothing after </answer>
+    assert [dialog.parse_turn(t).kind for t in (
+        q("Do you have s3?"), q("Do you have s3？"), q("Do you have s3"), q("Do you have s3? Or s4?"),
+        q("Do you have s3?") + " I think it is the flu", q("Do you have s3?") + " \n", dx("x", "y") + "!")] == \
+        ["question", "question", "invalid", "invalid", "invalid", "question", "invalid"]
+    trailing = consult.Consultation(0, case, 8, with_thinking=False)
+    consult.advance([trailing], [q("Do you have s3?") + " Probably Beta syndrome."], patients)
+    assert trailing.patient == [dialog.NOT_UNDERSTOOD] and trailing.record(w)["reward_invalid"] == -2.0
 
 
 def test_turn_rewards_sum_to_the_reward_and_key_on_the_facts_found():
@@ -92,7 +103,7 @@ def test_turn_rewards_sum_to_the_reward_and_key_on_the_facts_found():
              dx("Alpha syndrome", "Drink water.")])
     assert [r for _, r in a.turn_rewards(w)] == pytest.approx([1.0, -1.0, -2.0, -2.0, 7.5])
     assert sum(r for _, r in a.turn_rewards(w)) == pytest.approx(a.record(w)["reward"])
-    b = run([q("do you have fever"), q("Do you have S3?"), dx("Beta syndrome", "Drink water.")])
+    b = run([q("do you have  fever ?"), q("Do you have S3?"), dx("Beta syndrome", "Drink water.")])
     sa, sb = [s for s, _ in a.turn_rewards(w)], [s for s, _ in b.turn_rewards(w)]
     assert sa[0] == sb[0] and sa[1] != sb[1]          # the start; one fact against another
     assert sa[2] == sb[2]                             # the same two facts in two turns, either order
@@ -227,7 +238,8 @@ def test_restart_key_covers_the_medical_modules_only():
 
 
 def test_restart_key_holds_a_local_patient_models_weights(clinic_model, tmp_path):
-    """A local patient model is keyed by its content: new weights restart RL, a moved copy does not."""
+    """A local patient model is keyed by its content, not its path: new weights restart RL, a
+    moved copy does not."""
     import shutil
 
     from sft2rl.grpo import rl_run_key
@@ -236,7 +248,7 @@ def test_restart_key_holds_a_local_patient_models_weights(clinic_model, tmp_path
     def key(model_dir):
         med = dict(MED_RL, patient={"model": str(model_dir)})
         task = MedTask(str(clinic_model / "train_cases.jsonl"), str(clinic_model / "val_cases.jsonl"), med, "fixed")
-        return rl_run_key(str(clinic_model / "model"), task, RL)["parts"]["data:patient_model"]
+        return rl_run_key(str(clinic_model / "model"), task, RL)["key"]
 
     a = tmp_path / "a"
     shutil.copytree(clinic_model / "model", a)

@@ -80,7 +80,7 @@ def test_prepared_run_rows_budgets_and_composed_config(med_run):
     check_agent_config(cfg, run, plan, "sft2rl_med")
     loops = yaml.safe_load((run / vx.AGENT_LOOPS).read_text())
     assert [(x["name"], x["_target_"]) for x in loops] == [("sft2rl_med", "sft2rl.tasks.med.verl_agent.MedAgentLoop")]
-    assert loops[0]["med"] == MED_V and loops[0]["stop_ids"] == plan["stop_token_ids"]
+    assert loops[0]["med"] == MED_V and "stop_ids" not in loops[0]
     assert loops[0]["episode_log"] == str(run.resolve() / vx.EPISODE_LOG)
 
 
@@ -142,20 +142,33 @@ def local(tok, case, budget, replies, with_thinking=False, patients=None):
     return cons
 
 
+def local_tokens(tok, cons, gen):
+    """The tokens local play (evaluation, the local RL task) gives the doctor over the
+    consultation ``cons`` whose replies were the token ids ``gen``: a TokenChat of each turn's
+    prompt (every earlier reply and patient turn, the budget, the forced line at the last turn)
+    and the replies' tokens."""
+    from sft2rl.chat_tokens import TokenChat, token_builder
+
+    chat = TokenChat(tok, token_builder(tok, "qwen2"))
+    for i, g in enumerate(gen):
+        chat.prompt(dialog.history_messages(cons.first, cons.replies[:i], cons.patient[:i],
+                                            with_thinking=cons.with_thinking, force=i + 1 == cons.max_turns,
+                                            budget=cons.max_turns))
+        chat.reply(g, cons.replies[i])
+    return chat.ids
+
+
 def check_sequence(out, server, tok, cons, replies):
-    """The sequence is the chat of the last turn's prompt (every earlier reply and patient turn,
-    the budget, the forced line at the last turn) and the last reply's tokens; every server call
-    saw the sequence so far; the doctor's tokens have mask 1 and the server's log-probs, every
-    other token mask 0 and log-prob 0. Returns the length of each patient turn (tokens between replies)."""
+    """The sequence is local play's tokens of the same consultation (:func:`local_tokens`), its
+    first prompt the chat template's; every server call saw the sequence so far; the doctor's
+    tokens have mask 1 and the server's log-probs, every other token mask 0 and log-prob 0.
+    Returns the length of each patient turn (tokens between replies)."""
     gen = [tok.encode(r, add_special_tokens=False)[:REPLY] for r in replies]
-    last = dialog.history_messages(cons.first, cons.replies[:-1], cons.patient, with_thinking=cons.with_thinking,
-                                   force=len(cons.replies) == cons.max_turns, budget=cons.max_turns)
     seq = out.prompt_ids + out.response_ids
     first = dialog.history_messages(cons.first, [], [], force=cons.max_turns == 1, budget=cons.max_turns)
     assert out.prompt_ids == tok.encode(tok.apply_chat_template(first, tokenize=False, add_generation_prompt=True),
                                         add_special_tokens=False)
-    assert tok.decode(seq) == tok.apply_chat_template(last, tokenize=False, add_generation_prompt=True) + \
-        tok.decode(gen[-1])
+    assert seq == local_tokens(tok, cons, gen)
     assert len(server.calls) == len(replies) == len(cons.replies) and out.num_turns == 2 * len(replies)
     assert all(c["sampling_params"]["max_tokens"] == REPLY for c in server.calls)
     assert len(out.response_mask) == len(out.response_ids) == len(out.response_logprobs)
@@ -191,7 +204,7 @@ def check_reward(out, cons, med_run, version=4):
 def test_agent_loop_plays_a_consultation_as_the_local_backend_does(med_run):
     """Hydra builds the loop from the run's file as verl's worker does; one consultation of a
     train case within 6 turns against the stub: a malformed reply cut at the reply limit (the
-    patient does not understand; the turn closed by the template's end-of-turn token, mask 0),
+    patient does not understand; its turn follows directly, as in local play),
     two recorded questions the rule patient answers, one it cannot, a repeated question, then
     the right diagnosis at the last (forced) turn. Sequence, masks, turns, reward and its terms
     as the local backend's consultation of the same replies."""
@@ -209,10 +222,10 @@ def test_agent_loop_plays_a_consultation_as_the_local_backend_does(med_run):
     assert cons.patient == [dialog.NOT_UNDERSTOOD, a1, a2, dialog.DONT_KNOW, a1] and cons.ended
     observations = check_sequence(out, server, tok, cons, replies)
     assert len(observations) == 5 and max(observations) <= med_run["plan"]["observation_tokens"]
-    end = tok.convert_tokens_to_ids(END)
     gen0 = tok.encode(cut, add_special_tokens=False)[:REPLY]
     after = len(server.calls[0]["prompt_ids"]) - len(out.prompt_ids) + len(gen0)
-    assert out.response_ids[after] == end and out.response_mask[after] == 0  # the cut turn, closed
+    user = tok.encode("<|im_start|>user", add_special_tokens=False)
+    assert out.response_ids[after:after + len(user)] == user and out.response_mask[after] == 0  # not closed
     assert len(out.response_ids) <= med_run["plan"]["response_length"]
     rec = check_reward(out, cons, med_run)
     assert {k: rec[f"reward_{k}"] for k in TERMS} == {"answered": 2.0, "unanswered": -1.0, "repeated": -3.0,
@@ -322,3 +335,23 @@ def test_med_rl_command_dry_run(tmp_path):
         vl.med_rl_command(mode="random", **kw)
     with pytest.raises(vl.VerlConfigError, match="med.rl.keep_group_fraction"):
         vl.med_rl_command(mode="fixed", **dict(kw, rl=dict(kw["rl"], keep_group_fraction=0.5)))
+
+
+def test_prepared_run_key_holds_a_local_patient_models_weights(clinic_model, tmp_path):  # noqa: F811
+    """On verl as locally (MedTask.key): new weights of a local patient model restart the run,
+    a copy elsewhere does not."""
+    import shutil
+
+    def key(patient_dir, run):
+        med = dict(MED_V, patient={"model": str(patient_dir)})
+        return vx.prepare_med_rl(tmp_path / run, init=str(clinic_model / "model"),
+                                 cases=str(clinic_model / "train_cases.jsonl"), mode="fixed", med=med, seed=RL["seed"],
+                                 config_hash="x", max_prompt_length=RL["max_prompt_length"],
+                                 train_batch=RL["train_batch"], epochs=1, total_steps=RL["total_steps"])["run_key"]
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(clinic_model / "model", a)
+    shutil.copytree(clinic_model / "model", b)
+    assert key(a, "r1") == key(b, "r2")
+    (a / "config.json").write_text((a / "config.json").read_text().replace("}", ', "x": 1}', 1))
+    assert key(a, "r3") != key(b, "r4")

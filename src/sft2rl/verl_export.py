@@ -122,13 +122,15 @@ def prepare_med_rl(run_dir: str | Path, *, init: str, cases: str, mode: str, med
     from .io import write_parquet, write_text
     from .tasks.med import VERL_AGENT_NAME
     from .tasks.med.data import read_cases
-    from .tasks.med.patient import patient_backend
+    from .tasks.med.patient import patient_backend, run_key_parts
 
     run = Path(run_dir).resolve()
-    patient = patient_backend(med.get("patient", "rule"), med["eval"]["patient_threshold"]).describe()
-    key = run_key(models={"init": init}, data={"cases": cases},
+    # a local patient model keys by its files, not its path (as MedTask.key)
+    patient_data, keyed_med, patient = run_key_parts(
+        med, patient_backend(med.get("patient", "rule"), med["eval"]["patient_threshold"]).describe())
+    key = run_key(models={"init": init}, data={"cases": cases, **patient_data},
                   modules=module_closure(["tasks.med.verl_agent", "tasks.med.rl"]),
-                  params={"overrides": config_hash, "med": med, "mode": mode, "seed": seed, "patient": patient},
+                  params={"overrides": config_hash, "med": keyed_med, "mode": mode, "seed": seed, "patient": patient},
                   libraries=LIBRARIES)
     guard = prepare_run_dir(run, key, also_clear=(EPISODE_LOG, PLAN_FILE))
     train = read_cases(cases)
@@ -146,7 +148,7 @@ def prepare_med_rl(run_dir: str | Path, *, init: str, cases: str, mode: str, med
     budget = med_episode_token_budget(tokenizer, train, max(r["extra_info"]["max_turns"] for r in rows), med)
     stops = write_rollout_generation_config(init, run / ROLLOUT_GENERATION_CONFIG)
     loops = [{"name": VERL_AGENT_NAME, "_target_": "sft2rl.tasks.med.verl_agent.MedAgentLoop", "med": med,
-              "stop_ids": stops, "episode_log": str(run / EPISODE_LOG)}]
+              "episode_log": str(run / EPISODE_LOG)}]
     write_text(run / AGENT_LOOPS, yaml.safe_dump(loops, sort_keys=False))
     plan = {"planned_steps": planned_steps(len(rows), train_batch, epochs, total_steps), "train_rows": len(rows),
             "run_key": key["key"], "start": guard["reason"], "stop_token_ids": stops, "mode": mode,
@@ -160,8 +162,10 @@ def med_verl_rows(cases: list[dict[str, Any]], med: dict[str, Any], mode: str, s
     dataset tokenises and filters by length, the budget stated), the agent loop that plays it,
     and in ``extra_info`` the case (JSON) and its turn budget: ``med.eval.max_turns`` (``fixed``)
     or drawn per case from ``med.rl.budget_range`` with ``seed`` (``dynamic``,
-    :func:`sft2rl.tasks.med.rl.budgets`). A case keeps its budget for the run: the ``rollout.n``
-    consultations of a group share it, as on the local backend."""
+    :func:`sft2rl.tasks.med.rl.budgets`). The ``rollout.n`` consultations of a group share
+    their case's budget, as on the local backend; but a case keeps its budget for the whole run
+    here, where the local backend draws it again each step the case is trained (the same
+    distribution within one epoch; over several epochs verl replays each case's one draw)."""
     from .tasks.med import VERL_AGENT_NAME
     from .tasks.med.consult import Consultation
     from .tasks.med.rl import budgets

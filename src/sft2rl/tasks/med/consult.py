@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from ...stats import wilson
-from .dialog import NOT_UNDERSTOOD, Reply, history_messages, parse_reply
+from .dialog import NOT_UNDERSTOOD, Reply, history_messages, parse_turn
 from .patient import PatientRequest, patient_backend
 from .reward import episode_terms, question_key, same_text, turn_terms, weights
 
@@ -68,7 +68,7 @@ class Consultation:
 
     def act(self, reply: str) -> str | None:
         """Take the doctor's reply; the question the patient must answer (:meth:`hear`), else None."""
-        r = parse_reply(reply)
+        r = parse_turn(reply)
         self.replies.append(reply)
         self.parsed.append(r)
         if r.kind == "diagnosis" or len(self.replies) >= self.max_turns:

@@ -7,13 +7,17 @@ on the last turn), ``reward_model: {ground_truth: {diagnosis, recommendation},
 patient_information: [{doctor_question, patient_response}, …]}``, ``extra_info`` (``index``;
 the clinic adds ``split``, ``case``, ``turn``, ``category``). Raw files are jsonl or parquet
 (by extension); a bad row stops processing with an error naming file, row and field, and
-nothing is written.
+nothing is written. A ``patient_response`` may be null (a recorded question the record
+cannot answer: the patient says "Sorry, I do not know." to it); responses that are not a
+doctor turn are refused in one error that counts them all and names the first lines.
 
 Processing for SFT (``with_thinking``): ``true`` keeps the rows as they are; ``false``
 removes every ``<think>…</think>`` from the target *and* from the earlier doctor turns in
 the prompt (the system and patient turns are never touched). The processed rows carry a
 ``messages`` column (prompt + the response as the last assistant turn; the loss is on that
-turn only).
+turn only). Each description states the turn budget (``med.eval.max_turns``), or, for a
+dialogue with more doctor turns than that, the dialogue's own length, so that no row asks
+on past the limit it states.
 
 Held-out cases for evaluation are the distinct dialogues of the test file: the first
 messages (up to the patient's description), the ground truth, ``patient_information`` and
@@ -150,16 +154,30 @@ def write_clinic_data(world: dict[str, Any], out_dir: str | Path, corpus_out: st
 
 
 # ------------------------------------------------------------------ validation
-def _strings(v: Any) -> bool:
-    return isinstance(v, str) or (isinstance(v, list) and bool(v) and all(isinstance(x, str) for x in v))
+#: how many line numbers an error about several rows names
+SHOWN_LINES = 5
+
+
+def _strings(v: Any, null_ok: bool = False) -> bool:
+    return ((null_ok and v is None) or isinstance(v, str)
+            or (isinstance(v, list) and bool(v) and all(isinstance(x, str) for x in v)))
+
+
+def _lines(lines: list[int]) -> str:
+    """The text "lines 3, 7 and 9", or the first :data:`SHOWN_LINES` lines and how many more."""
+    shown = ", ".join(map(str, lines[:SHOWN_LINES]))
+    more = len(lines) - SHOWN_LINES
+    return f"line{'s' if len(lines) > 1 else ''} {shown}" + (f" and {more} more" if more > 0 else "")
 
 
 def check_row(path: Path, n: int, row: dict[str, Any], need_patient: bool) -> None:
-    """Raise a DataError (file, row, field) for a row that is not in the MTMedDialog schema."""
-    _, resp = check_prompt_response(path, n, row, user="the patient's (role user)")
-    if parse_reply(resp).kind == "invalid":
-        raise DataError(path, n, "response", "must hold exactly one <answer> with 'Question: …' or "
-                                             "'Diagnosis: …\\nRecommendation: …'")
+    """Raise a DataError (file, row, field) for a row that is not in the MTMedDialog schema
+    (the response's protocol is checked over the whole file by :func:`load_raw`).
+
+    A ``patient_response`` may be null: the record holds the question but not its answer (the
+    reference's own files have such entries, the last of a dialogue the patient left), so the
+    entry records nothing (:func:`patient.recorded_pairs`)."""
+    check_prompt_response(path, n, row, user="the patient's (role user)")
     rm = row.get("reward_model")
     if not isinstance(rm, dict):
         raise DataError(path, n, "reward_model", f"must be an object, got {type(rm).__name__}")
@@ -177,21 +195,40 @@ def check_row(path: Path, n: int, row: dict[str, Any], need_patient: bool) -> No
                         "must be a non-empty list of {doctor_question, patient_response} (the simulated "
                         "patient answers from it)")
     for j, entry in enumerate(info):
-        for key in ("doctor_question", "patient_response"):
-            if not isinstance(entry, dict) or not _strings(entry.get(key)):
-                raise DataError(path, n, f"reward_model.patient_information[{j}].{key}",
-                                "must be a string or a non-empty list of strings")
+        if not isinstance(entry, dict):
+            raise DataError(path, n, f"reward_model.patient_information[{j}]",
+                            f"must be {{doctor_question, patient_response}}, got {type(entry).__name__}")
+        if not _strings(entry.get("doctor_question")):
+            raise DataError(path, n, f"reward_model.patient_information[{j}].doctor_question",
+                            "must be a string or a non-empty list of strings")
+        if "patient_response" not in entry or not _strings(entry["patient_response"], null_ok=True):
+            raise DataError(path, n, f"reward_model.patient_information[{j}].patient_response",
+                            "must be a string, a non-empty list of strings, or null (no recorded answer)")
 
 
 def load_raw(path: str | Path, need_patient: bool = False) -> list[dict[str, Any]]:
-    """Validated raw MTMedDialog rows of a jsonl or parquet file."""
+    """Validated raw MTMedDialog rows of a jsonl or parquet file.
+
+    A row outside the schema stops at once (:func:`check_row`). A response that is not a
+    doctor turn (:func:`dialog.parse_reply`: exactly one ``<answer>`` holding "Question: …" or
+    "Diagnosis: …\\nRecommendation: …") is refused too, since it would be a training target,
+    but only once the whole file is read: one error counts every such row and names the
+    first lines (the reference's own train file has 9 of 5,516)."""
     path = Path(path)
     rows = []
+    bad: list[int] = []
     for n, row in read_rows(path):
         if not isinstance(row, dict):
             raise DataError(path, n, None, f"must be an object, got {type(row).__name__}")
         check_row(path, n, row, need_patient)
+        if parse_reply(row["response"]).kind == "invalid":
+            bad.append(n)
         rows.append(row)
+    if bad:
+        raise DataError(path, bad[0], "response",
+                        f"{len(bad)} of {len(rows)} rows ({_lines(bad)}) are not a doctor turn: each must hold "
+                        "exactly one <answer> with 'Question: …' or 'Diagnosis: …\\nRecommendation: …' "
+                        "(fix or remove these rows)")
     return rows
 
 
@@ -207,10 +244,28 @@ def state_budget(prompt: list[dict[str, str]], budget: int | None) -> list[dict[
     return with_budget(prompt[:k], budget) + [dict(m) for m in prompt[k:]]
 
 
+def dialogue_turns(rows: list[dict[str, Any]]) -> list[int]:
+    """Per raw row, the doctor turns of its dialogue: of the longest row whose history
+    continues it (its prompt and response, message for message), the doctor turns of the
+    prompt plus its own. A row no other row continues is its dialogue's last."""
+    def msgs(row: dict[str, Any]) -> list[dict[str, str]]:
+        return row["prompt"] + [{"role": "assistant", "content": row["response"]}]
+
+    longest: dict[str, int] = {}
+    for row in rows:
+        m = msgs(row)
+        ends = [i for i, x in enumerate(m) if x["role"] == "assistant"]
+        for i in ends:
+            key = _key(m[:i + 1])
+            longest[key] = max(longest.get(key, 0), len(ends))
+    return [longest[_key(msgs(row))] for row in rows]
+
+
 def sft_row(row: dict[str, Any], with_thinking: bool, budget: int | None = None) -> dict[str, Any]:
     """prompt, response and messages of one raw row; without thinking every think block leaves
     the target and the earlier doctor turns. ``budget``: the turn limit the description states
-    (the clinic's rows state it already; your own rows get it, as the consultations do)."""
+    (the clinic's rows state it already; your own rows get it, as the consultations do;
+    :func:`write_sft_data` raises it to the length of a longer dialogue)."""
     def keep(text: str) -> str:
         return text if with_thinking else strip_thinking(text)
 
@@ -263,13 +318,20 @@ def pack_consultations(path: str | Path, rows: list[dict[str, Any]]) -> list[dic
 def write_sft_data(train: str, val: str, with_thinking: bool, out_dir: str | Path, budget: int | None = None,
                    rows: str = "turn") -> dict[str, int]:
     """Validate both raw files, then write the processed {train,val}.parquet: one row per doctor
-    turn, or (``rows: consultation``) per consultation (:func:`pack_consultations`)."""
+    turn, or (``rows: consultation``) per consultation (:func:`pack_consultations`).
+
+    ``budget`` (``med.eval.max_turns``) is the turn limit each row's description states, but a
+    dialogue with more doctor turns states its own length (:func:`dialogue_turns`), so no row
+    asks on past the limit it states (the reference's train file at 10 turns: 200 rows of
+    dialogues of 11 to 14 turns)."""
     if rows not in SFT_ROWS:
         raise ValueError(f"med.sft_rows = {rows!r}: expected one of {SFT_ROWS}")
     paths = {"train": train, "val": val}
     out = {}
     for split, path in paths.items():  # everything is checked before anything is written
-        done = [sft_row(r, with_thinking, budget) for r in load_raw(path)]
+        raw = load_raw(path)
+        budgets = [None if budget is None else max(budget, n) for n in dialogue_turns(raw)]
+        done = [sft_row(r, with_thinking, b) for r, b in zip(raw, budgets)]
         out[split] = pack_consultations(path, done) if rows == "consultation" else done
     for split, done in out.items():
         write_parquet(Path(out_dir) / f"{split}.parquet", done)

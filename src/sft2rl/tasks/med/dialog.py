@@ -83,6 +83,29 @@ def parse_reply(text: str) -> Reply:
     return Reply("invalid")
 
 
+def one_question(question: str) -> bool:
+    """A question turn asks exactly one question: one "?" (or the full-width "？"), as
+    DoctorAgent-RL counts them."""
+    return question.count("?") + question.count("\uff1f") == 1
+
+
+def parse_turn(text: str) -> Reply:
+    """A doctor's turn in a consultation: :func:`parse_reply`, and invalid as well where
+    DoctorAgent-RL's environment takes it for one: text after the ``</answer>`` (whitespace
+    aside), or a question turn that asks other than one question (:func:`one_question`). The
+    patient does not answer an invalid turn, and the reward scores it ``invalid``. (SFT rows are
+    checked with :func:`parse_reply`: the format, not the consultation's rules.)"""
+    r = parse_reply(text)
+    if r.kind == "invalid":
+        return r
+    body = strip_thinking(text)
+    if body[body.index("</answer>") + len("</answer>"):].strip():
+        return Reply("invalid")
+    if r.kind == "question" and not one_question(r.question):
+        return Reply("invalid")
+    return r
+
+
 def with_budget(first: list[dict[str, str]], budget: int | None) -> list[dict[str, str]]:
     """``first`` (system + description) with the budget line ending the description (one
     stated already is replaced); ``budget`` None: without a budget line."""

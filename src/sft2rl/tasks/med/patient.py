@@ -5,12 +5,18 @@ the patient's answers. Three backends answer a doctor's question from it, behind
 interface (:func:`patient_backend`, config key ``med.patient``):
 
 * ``rule`` (default, :class:`Patient`): the answer of the most similar recorded question:
-  cosine similarity of TF-IDF word vectors fitted on the case's recorded questions
+  cosine similarity of TF-IDF word vectors, the IDF fitted on the case's recorded questions
   (scikit-learn; English stop words such as "do you have" are left out, so two questions
-  match by what they ask about, not by their frame). Below ``threshold`` (default 0.5) the
-  patient says "Sorry, I do not know.": on the synthetic clinic, whose symptoms share no
-  content word, a recorded question scores 1.0 and the question of an unrecorded symptom 0,
-  whatever the case records.
+  match by what they ask about, not by their frame). A word of the doctor's question that
+  no recorded question uses still counts, in the question's norm: it weighs what scikit-learn's
+  smooth IDF gives a term of no document, ln(1 + n) + 1 for n recorded questions (more than
+  any recorded word), so a question asking about more than the record holds scores lower.
+  Below ``threshold`` (default 0.5) the patient says "Sorry, I do not know.": on the
+  synthetic clinic, whose symptoms share no content word, a recorded question scores 1.0,
+  the question of an unrecorded symptom 0, a recorded symptom asked together with an
+  unrecorded one (one word each) about 0.6 (answered) and one asked with three unrecorded
+  ones below 0.5, whatever the case records. A recorded question whose answer is null
+  records nothing (:func:`recorded_pairs`).
 * ``{model: <local HF directory or hub id>, max_new_tokens: 64, batch_size: 32}``
   (:class:`ModelPatient`): an instruction model run in this process, greedy, batched.
 * ``{endpoint: http://host:port/v1, model: <served name>, timeout_s: 60, api_key_env: null,
@@ -32,6 +38,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -42,19 +49,48 @@ from .dialog import DONT_KNOW, description
 
 
 def _as_list(v: Any) -> list[str]:
-    return [v] if isinstance(v, str) else [str(x) for x in v]
+    return [] if v is None else [v] if isinstance(v, str) else [str(x) for x in v]
 
 
 def _norm(text: str) -> str:
     return re.sub(r"\s+", " ", text.strip().lower())
 
 
+def local_model_dir(spec: Any) -> str | None:
+    """The directory of a model patient run in this process when it is a local directory (a run
+    keys on its weights, not on its path); None for the rule patient, an endpoint or a hub id."""
+    if isinstance(spec, dict) and "endpoint" not in spec and os.path.isdir(str(spec.get("model"))):
+        return str(spec["model"])
+    return None
+
+
+#: what a run's restart key holds instead of a local patient model's path
+LOCAL_MODEL = "<a local directory, keyed by its files>"
+
+
+def run_key_parts(med: dict[str, Any], described: dict[str, Any]) -> tuple[dict[str, str], dict[str, Any], dict[str, Any]]:
+    """What a run that consults ``med``'s patient keys its restart on (:mod:`sft2rl.resume`):
+    (data, the med config, the patient's description). A local patient model is data (its
+    files) and its path is in neither of the others: new weights restart the run, a copy of the
+    same weights elsewhere resumes it."""
+    d = local_model_dir(med.get("patient"))
+    if d is None:
+        return {}, med, described
+    return ({"patient_model": d}, dict(med, patient=dict(med["patient"], model=LOCAL_MODEL)),
+            dict(described, model=LOCAL_MODEL) if "model" in described else described)
+
+
 def recorded_pairs(info: list[dict[str, Any]]) -> list[tuple[str, str]]:
     """(question, answer) pairs: the i-th question of an entry pairs with its i-th answer when
-    the lists have the same length, else every question with all answers joined."""
+    the lists have the same length, else every question with all answers joined. An entry
+    whose answer is null (MTMedDialog's last entry where the patient never replied) records a
+    question the record cannot answer: it gives no pair, so the rule patient says "Sorry, I
+    do not know." to it, as to any unrecorded question."""
     pairs = []
     for entry in info:
-        qs, rs = _as_list(entry["doctor_question"]), _as_list(entry["patient_response"])
+        qs, rs = _as_list(entry["doctor_question"]), _as_list(entry.get("patient_response"))
+        if not rs:
+            continue
         if len(qs) == len(rs):
             pairs += list(zip(qs, rs))
         else:
@@ -76,14 +112,34 @@ class Patient:
             try:
                 self.vectorizer = TfidfVectorizer(lowercase=True, stop_words="english").fit([q for q, _ in self.pairs])
                 self.matrix = self.vectorizer.transform([q for q, _ in self.pairs])
+                self.analyzer = self.vectorizer.build_analyzer()  # lowercase, words, stop words out
             except ValueError:  # no word in any recorded question
                 self.vectorizer = None
 
     def similarity(self, question: str) -> tuple[float, int]:
-        """The best cosine similarity and the index of that recorded question (-1 if none)."""
+        """The best cosine similarity and the index of that recorded question (-1 if none).
+
+        The question's vector is its TF-IDF over the recorded questions' vocabulary (their
+        IDF), and each of its words outside that vocabulary (the vectorizer's own analyzer:
+        lowercased, stop words out) adds count x (ln(1 + n) + 1) to its norm only, the smooth
+        IDF of a term in none of the n recorded questions: an exactly recorded question still
+        scores 1.0, one sharing no content word 0, and a question that also asks about what
+        the record never mentions scores less than 1.0."""
         if self.vectorizer is None:
             return 0.0, -1
-        sims = (self.matrix @ self.vectorizer.transform([question]).T).toarray().ravel()
+        import numpy as np
+        from scipy.sparse import csr_matrix
+
+        vocab, idf = self.vectorizer.vocabulary_, self.vectorizer.idf_
+        counts = Counter(self.analyzer(question))
+        known = {vocab[w]: c * idf[vocab[w]] for w, c in counts.items() if w in vocab}
+        unseen = np.log(1 + len(self.pairs)) + 1.0  # smooth IDF of a term in no recorded question
+        norm = np.sqrt(sum(v * v for v in known.values())
+                       + sum((c * unseen) ** 2 for w, c in counts.items() if w not in vocab))
+        if norm == 0:  # no content word at all
+            return 0.0, 0
+        query = csr_matrix((list(known.values()), ([0] * len(known), list(known))), shape=(1, len(vocab)))
+        sims = (self.matrix @ query.T).toarray().ravel() / norm
         i = int(sims.argmax())
         return float(sims[i]), i
 

@@ -7,8 +7,8 @@ turns' terms (``med.rl.reward``, reference weights by default):
   ("Sorry, I do not know."): ``unanswered`` (-1);
 * a question asked before in the same consultation (case, spaces and a final "?" or "."
   ignored): ``repeated`` (-2), instead of the answered / unanswered term;
-* a turn in neither answer format, or a question turn holding more than one question
-  (more than one "?"): ``invalid`` (-2);
+* a turn in neither answer format, with text after its ``</answer>``, or a question turn
+  asking other than one question (other than one "?"; :func:`.dialog.parse_turn`): ``invalid`` (-2);
 * the diagnosis turn: ``diagnosis`` (5) x the match of the diagnosis with the truth and
   ``recommendation`` (5) x the token-overlap F1 of the recommendation; the match is the
   token-overlap F1 (``match: f1``, the reference's) or exact (``match: exact``: 1 when the
@@ -25,6 +25,8 @@ import re
 import string
 from collections import Counter
 from typing import Any
+
+from .dialog import one_question
 
 #: DoctorAgent-RL's weights (restated in issue 23); ``med.rl.reward`` overrides them
 REFERENCE = {"diagnosis": 5.0, "recommendation": 5.0, "answered": 1.0, "unanswered": -1.0, "repeated": -2.0,
@@ -85,7 +87,7 @@ def turn_terms(parsed: list, patient: list[str], truth: dict[str, str], w: dict[
     for i, r in enumerate(parsed):
         t = dict.fromkeys(TERMS, 0.0)
         out.append(t)
-        if r.kind == "invalid" or (r.kind == "question" and r.question.count("?") > 1):
+        if r.kind == "invalid" or (r.kind == "question" and not one_question(r.question)):
             t["invalid"] += w["invalid"]
             continue
         if r.kind == "diagnosis":

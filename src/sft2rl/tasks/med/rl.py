@@ -23,7 +23,6 @@ DoctorAgent-RL's, term by term (:mod:`sft2rl.tasks.med.reward`).
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,7 +32,7 @@ from ...rl_task import Rollout, check_limits, multi_turn_rollout
 from . import RL_MODES
 from .consult import Consultation, advance, consult
 from .data import read_cases
-from .patient import patient_backend
+from .patient import patient_backend, run_key_parts
 from .reward import TERMS, weights
 
 MODES = RL_MODES
@@ -67,12 +66,9 @@ class MedTask:
         self.val_cases: list[dict] = []
 
     def key(self) -> dict[str, Any]:
-        data = {"train_cases": self.train_path, "val_cases": self.val_path}
-        spec = self.med.get("patient")
-        if isinstance(spec, dict) and "endpoint" not in spec and Path(str(spec.get("model"))).is_dir():
-            data["patient_model"] = spec["model"]  # a local patient model: its weights, not its path
-        return {"data": data,
-                "params": {"med": self.med, "mode": self.mode, "patient": self.patients.describe()},
+        patient_data, med, patient = run_key_parts(self.med, self.patients.describe())
+        return {"data": {"train_cases": self.train_path, "val_cases": self.val_path, **patient_data},
+                "params": {"med": med, "mode": self.mode, "patient": patient},
                 "modules": ["tasks.med.rl"]}
 
     def _max_budget(self) -> int:

@@ -18,14 +18,16 @@ patient (:func:`~.patient.patient_backend` of ``med.patient`` and
 ``med.eval.patient_threshold``, asked through :func:`~.consult.advance`), the patient's message
 (and at the last turn the forced-diagnosis line) as the next user turn. Observation tokens come
 from verl's continuous-token builder (the chat template's rendering of the new user message,
-appended to the tokens the server generated). A reply cut at the reply limit gets the chat
-template's end-of-turn token appended (mask 0), as the chat of the next turn closes it.
+appended to the tokens the server generated). A reply cut at the reply limit is followed
+directly by the patient's turn, as in local play (:class:`sft2rl.chat_tokens.TokenChat`) and the
+games' loop.
 
 One sequence per consultation: the prompt of a doctor turn is the whole consultation so far,
 with every earlier reply as generated. After every patient turn the loop checks that the
-sequence's text is the chat template's rendering of :meth:`Consultation.prompt`, the prompt
-evaluation shows at that turn, and stops the run with an error naming the case, the turn and
-the first difference when it is not. With ``med.rl.with_thinking: false`` that prompt shows the
+sequence is, token for token, what local play (evaluation and the local RL task) gives the
+doctor at that turn: a :class:`~sft2rl.chat_tokens.TokenChat` of :meth:`Consultation.prompt`
+and the same replies, built with this loop's continuous-token builder; it stops the run with an
+error naming the case, the turn and the first difference when it is not. With ``med.rl.with_thinking: false`` that prompt shows the
 earlier replies without their think blocks (``strip_thinking``, as the SFT rows): the nothink
 doctor is trained on replies without any, so its replies hold none, and one that does (or that
 has whitespace around its answer, which the same function trims) stops the run rather than
@@ -50,7 +52,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopOutput, register
 
-from ...generation import turn_end_token_id
+from ...chat_tokens import TokenChat
 from ...rows import strip_thinking
 from ...verl_agent import EpisodeTokens, append_record
 from . import VERL_AGENT_NAME
@@ -98,11 +100,10 @@ class MedAgentLoop(AgentLoopBase):
     """One consultation per call of :meth:`run` (see the module docstring).
 
     ``med``: ``eval``, ``patient`` and ``rl`` of the run's ``med:`` config (from the agent loop
-    file); ``stop_ids``: the ids at which the rollout server ends a reply (the init model's,
-    :func:`sft2rl.generation.stop_token_ids`); ``episode_log``: where finished consultations go
-    (``None``: nowhere)."""
+    file); ``episode_log``: where finished consultations go (``None``: nowhere). A reply ends
+    at the init model's stop ids (the rollout server's generation config) or at the reply limit."""
 
-    def __init__(self, *args, med: Any, stop_ids: list[int], episode_log: str | None = None, **kwargs):
+    def __init__(self, *args, med: Any, episode_log: str | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.med = OmegaConf.to_container(med, resolve=True) if isinstance(med, DictConfig) else dict(med)
         ev, rl = self.med["eval"], self.med["rl"]
@@ -110,8 +111,6 @@ class MedAgentLoop(AgentLoopBase):
         self.with_thinking = bool(rl["with_thinking"])
         self.w = weights(rl.get("reward"))
         self.patients = shared_patients(self.med.get("patient", "rule"), float(ev["patient_threshold"]))
-        self.stop_ids = {int(i) for i in stop_ids}
-        self.turn_end = turn_end_token_id(self.tokenizer)
         self.episode_log = episode_log
         self.response_length = self.rollout_config.response_length
 
@@ -120,19 +119,20 @@ class MedAgentLoop(AgentLoopBase):
         cons = Consultation(int(info.get("index", 0)), json.loads(info["case"]), int(info["max_turns"]),
                             self.with_thinking)
         seq = await EpisodeTokens.start(self, cons.prompt(), sampling_params, self.max_new_tokens)
+        chat = TokenChat(self.tokenizer, self.continuous_token_builder)  # what local play shows the doctor
+        await self.loop.run_in_executor(None, chat.prompt, cons.prompt())
         while True:
             reply = await seq.reply()
             self._check_length(cons, seq)
             # the doctor's reply, then the patient's answer (the local backend's step, off the event loop)
             text = self.tokenizer.decode(reply, skip_special_tokens=True)
+            chat.reply(reply, text)
             await self.loop.run_in_executor(None, advance, [cons], [text], self.patients)
             if cons.ended:
                 break
-            if self.turn_end is not None and (not reply or reply[-1] not in self.stop_ids):
-                seq.add_context([self.turn_end])  # cut at the reply limit: closed as the chat template closes it
             await seq.hear(cons.prompt())  # the patient's turn: the chat template's rendering of the user message
             self._check_length(cons, seq)
-            await self.loop.run_in_executor(None, self._check_history, cons, seq.ids)
+            await self.loop.run_in_executor(None, self._check_history, cons, seq.ids, chat)
         rec = cons.record(self.w)
         append_record(self.episode_log, {"step": seq.version, **{k: rec[k] for k in LOG_FIELDS}})
         extra = {"success": float(rec["success"]), "turns": float(rec["turns"]), "max_turns": float(cons.max_turns),
@@ -146,17 +146,19 @@ class MedAgentLoop(AgentLoopBase):
                              f"{self.response_length} (computed by prepare-med-rl from the cases, the budgets and "
                              "the patient; consultations are never cut)")
 
-    def _check_history(self, cons: Consultation, runtime: list[int]) -> None:
-        """The sequence so far must be the chat of the prompt evaluation shows at this turn."""
-        expected = self.tokenizer.apply_chat_template(cons.prompt(), tokenize=False, add_generation_prompt=True,
-                                                      **self.apply_chat_template_kwargs)
-        actual = self.tokenizer.decode(runtime, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-        if actual == expected:
+    def _check_history(self, cons: Consultation, runtime: list[int], chat: TokenChat) -> None:
+        """The sequence so far must be the tokens local play gives the doctor at this turn."""
+        want = chat.prompt(cons.prompt())
+        if list(runtime) == want:
             return
-        at = next((i for i, (a, b) in enumerate(zip(actual, expected)) if a != b), min(len(actual), len(expected)))
+        at = next((i for i, (a, b) in enumerate(zip(runtime, want)) if a != b), min(len(runtime), len(want)))
+
+        def text(ids):
+            return self.tokenizer.decode(ids[at:at + 20], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
         msg = (f"case {cons.case['id']}, before doctor turn {len(cons.replies) + 1}: the consultation's token "
-               "sequence is not the chat of the prompt evaluation shows (Consultation.prompt()); first difference "
-               f"at character {at}: sequence {actual[at:at + 80]!r}, chat {expected[at:at + 80]!r}")
+               "sequence is not what local play shows the doctor (Consultation.prompt() with the replies as "
+               f"generated); first difference at token {at}: sequence {text(runtime)!r}, local {text(want)!r}")
         changed = [k + 1 for k, r in enumerate(cons.replies) if strip_thinking(r) != r]
         if not self.with_thinking and changed:
             msg += (f". Reply {changed[0]} holds a think block (or whitespace around its answer): with "
