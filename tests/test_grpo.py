@@ -155,6 +155,16 @@ def test_restart_guard_keys_on_content_not_paths(tmp_path, tiny_base, rl_train_f
     assert fresh["resumed_from_step"] is None and fresh["steps_trained"] == 4 and "data:train" in fresh["start"]
 
 
+def test_a_run_begun_in_another_precision_restarts(tmp_path, tiny_base, rl_train_file):
+    """The precision a run trains in follows the device (bf16 autocast on a bf16 GPU, fp32 on a
+    CPU): a run killed in one does not resume in the other (here bf16 asked, then auto on CPU)."""
+    run = tmp_path / "run"
+    train_grpo(str(tiny_base), str(rl_train_file), str(run), RL, REWARD, stop_after=3, precision_mode="bf16")
+    again = train_grpo(str(tiny_base), str(rl_train_file), str(run), RL, REWARD)
+    assert again["resumed_from_step"] is None and again["steps_trained"] == 4
+    assert "changed: params" in again["start"], again["start"]
+
+
 def test_code_edit_and_finished_run_restart_from_step_zero(tmp_path, tiny_base, rl_train_file, monkeypatch):
     from sft2rl import grpo
     from sft2rl.resume import mark_complete

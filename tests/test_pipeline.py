@@ -364,12 +364,18 @@ def test_real_data_on_the_tiny_base_runs_end_to_end(tmp_path):
     user.mkdir()
     lines = [json.dumps(r, ensure_ascii=False) for r in world["sft_rows"]]
     (user / "sft.jsonl").write_bytes(b"\xef\xbb\xbf" + "\r\n".join(lines).encode("utf-8") + b"\r\n")
-    write_parquet(user / "rl.parquet", world["rl_rows"])
+    # a user's own rows carry no knowable label: evaluation splits easy/hard by the SFT model
+    rl_rows = [dict(r, answer={k: v for k, v in r["answer"].items() if k != "knowable"}) for r in world["rl_rows"]]
+    write_parquet(user / "rl.parquet", rl_rows)
     extra = write_config(tmp_path / "user.yaml", {"data": {
         "synthetic_world": False, "raw_sft": "user/sft.jsonl", "raw_rl": "user/rl.parquet"}})
     sft_run = SFT
-    proc = smk(work, f"results/eval/{sft_run}/metrics.json", extra_config=extra)
+    proc = smk(work, f"results/eval/{sft_run}/metrics.json", "results/eval/base/metrics.json", extra_config=extra)
     assert proc.returncode == 0, proc.stderr[-4000:]
+    # every other model's easy/hard groups are the SFT model's (its sampled group accuracy)
+    ref = {r["index"]: r["group_accuracy"] for _, r in read_jsonl(work / f"results/eval/{sft_run}/answers.jsonl")}
+    base = [r for _, r in read_jsonl(work / "results/eval/base/answers.jsonl")]
+    assert [r["difficulty"] for r in base] == ["easy" if ref[r["index"]] >= 0.5 else "hard" for r in base]
     assert not (work / "data/raw/world_corpus.jsonl").exists()
     corpus = [r["text"] for _, r in read_jsonl(work / "data/processed/user_corpus.jsonl")]
     train = pq.read_table(work / "data/processed/rl/train.parquet").to_pylist()
@@ -381,6 +387,10 @@ def test_real_data_on_the_tiny_base_runs_end_to_end(tmp_path):
     assert not any(r["extra_info"]["question"] in text for r in test)
     metrics = json.loads((work / f"results/eval/{sft_run}/metrics.json").read_text())
     assert metrics["n_questions"] == len(test)
+    # the paper describes the embedded world: refused on your own data before any job runs
+    proc = smk(work, "paper/main.pdf", extra_config=extra, dry=True)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "paper/main.pdf describes the embedded synthetic world" in out, out[-3000:]
     pretrain = json.loads((work / "results/models/base/pretrain_metrics.json").read_text())
     assert pretrain["final_loss"] < pretrain["first_loss"]
     overlap = json.loads((work / "data/processed/rl/overlap.json").read_text())
@@ -488,3 +498,22 @@ def test_killed_anywhere_and_rerun_gives_the_same_tables(finished, tmp_path):
     # a finished workflow plans nothing more
     dry = subprocess.run([*base, *TABLES, "-n", *conf], capture_output=True, text=True, cwd=work)
     assert "Nothing to be done" in dry.stdout + dry.stderr
+
+
+def test_local_model_files_are_inputs(tmp_path):
+    """model.base and med.patient as local directories: their files are the jobs' inputs, so new
+    weights written into the same directory rerun what reads them (a directory input alone is
+    compared by its own time, which rewriting a file inside leaves as it was); hidden paths are not."""
+    work = copy_checkout(tmp_path / "project")
+    for d in ("models/mybase", "models/patient"):
+        (work / d / ".cache").mkdir(parents=True)
+        for name in ("config.json", "model.safetensors", ".cache/lock"):
+            (work / d / name).write_text("{}")
+    extra = write_config(tmp_path / "local.yaml", {"model": {"base": "models/mybase"},
+                                                   "med": {"patient": {"model": "models/patient"}}})
+    proc = smk(work, "results/eval/base/metrics.json", "results/med/eval/base.json", extra_config=extra, dry=True)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    for d in ("models/mybase", "models/patient"):
+        assert f"{d}/model.safetensors" in out and f"{d}/config.json" in out, out[-3000:]
+        assert f"{d}/.cache/lock" not in out

@@ -364,7 +364,7 @@ def test_figures_script(tmp_path, built):
     smk = SimpleNamespace(
         input=SimpleNamespace(tables=[str(root / "results" / f"ablation_{a}.csv") for a in plots.ABLATION_NAMES]),
         output=plots.figure_paths(out),
-        params=SimpleNamespace(ablations=list(plots.ABLATION_NAMES), smooth=0.0,
+        params=SimpleNamespace(ablations=list(plots.ABLATION_NAMES), smooth=0.0, ci_level=0.95,
                                tensorboard={r: str(root / "results" / "rl" / r / "tensorboard") for r in RUNS},
                                answers=json.loads((root / "answers.json").read_text())),
         log=[str(tmp_path / "figures.log")], threads=1)
@@ -395,6 +395,65 @@ def test_bad_table_names_the_column(tmp_path, built):
         plots.make_figures({"beta": bad}, {}, tmp_path / "out")
 
 
+def test_interval_labels_follow_ci_level(tmp_path, built, monkeypatch):
+    """eval.ci_level sets the intervals; every label that names their level says that level:
+    figure legends and axes, LaTeX headers, the report's captions and the paper's macros."""
+    import jinja2
+    import pandas as pd
+
+    from sft2rl.stats import ci_label
+    from sft2rl.tasks.games import table as games_table
+    from sft2rl.tasks.med import rl_table
+    from sft2rl.tasks.med import table as med_table
+
+    assert (ci_label(0.95), ci_label(0.8), ci_label(0.975), ci_label(0.9, latex=True)) == ("95%", "80%", "97.5%", r"90\%")
+    root, _, _ = built
+    figs = []
+    monkeypatch.setattr(plots, "save_figure", lambda fig, stem: figs.append(fig) or [])
+    plots.plot_ablation(plots.read_ablation(root / "results" / "ablation_beta.csv"), tmp_path / "x", ci_level=0.8)
+    legend = [t.get_text() for leg in figs[0].legends for t in leg.get_texts()]
+    assert legend == ["GRPO (mean over seeds, 80% bootstrap CI)", "reference, no RL (80% CI)"]
+    games = pd.read_csv(root / "results/games/sft_eval.csv")
+    med_rl = pd.read_csv(root / "results/med/rl_eval.csv")
+    budget = pd.read_csv(root / "results/med/ablation_turn_budget.csv")
+    med = pd.read_csv(root / "results/med/eval.csv")
+    for tex in (games_table.latex(games, 0.8), games_table.rl_latex(pd.read_csv(root / "results/games/rl_eval.csv"),
+                                                                     level=0.8),
+                med_table.eval_latex(med, 0.8), rl_table.rl_eval_latex(med_rl, 0.8), rl_table.budget_latex(budget, 0.8)):
+        assert r"[80\% CI]" in tex and r"95\%" not in tex, tex
+    # the report's captions render the level from config (Jinja, as snakemake --report does)
+    import yaml
+
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config["eval"]["ci_level"] = 0.8
+    for rst in sorted((REPO / "workflow" / "report").glob("*.rst")):
+        text = jinja2.Environment().from_string(rst.read_text()).render(
+            snakemake=SimpleNamespace(config=config, wildcards={"ablation": "beta"}))
+        assert "95%" not in text, rst.name
+        assert ("80%" in text) == ("ci_level" in rst.read_text()), rst.name
+    assert r"95\%" not in (REPO / "paper" / "main.tex").read_text(), "the paper states the level through \\cilevel"
+    paper_mod.write_settings(tmp_path / "s.tex", ci_level=0.8, bootstrap_samples=500)
+    assert (tmp_path / "s.tex").read_text().splitlines()[1:] == [r"\newcommand{\cilevel}{80\%}",
+                                                                r"\newcommand{\bootdraws}{500}"]
+
+
+def test_ablation_figure_marks_undefined_metrics(tmp_path, built, monkeypatch):
+    """Without knowable labels accuracy and the hedge rates are NaN: no bar, an "n/a" mark,
+    not a bar at 0."""
+    import pandas as pd
+
+    root, _, _ = built
+    frame = plots.read_ablation(root / "results" / "ablation_beta.csv")
+    for col in [c for c in frame.columns if c.startswith("accuracy_knowable")]:
+        frame[col] = float("nan")
+    figs = []
+    monkeypatch.setattr(plots, "save_figure", lambda fig, stem: figs.append(fig) or [])
+    plots.plot_ablation(frame, tmp_path / "x")
+    ax = next(a for a in figs[0].axes if a.get_title() == plots.ABLATION_METRICS["accuracy_knowable"])
+    assert len(ax.patches) == 0 and [t.get_text() for t in ax.texts] == ["n/a"] * len(frame)
+    assert isinstance(frame, pd.DataFrame)
+
+
 # ------------------------------------------------------------------ paper
 @pytest.fixture(scope="module")  # module scope: decided before the (module-scoped) inputs are built
 def latexmk():
@@ -410,7 +469,8 @@ def latexmk():
 def test_paper_references_generated_files():
     refs = paper_mod.paper_inputs(REPO / "paper" / "main.tex")
     assert sorted(refs["inputs"]) == sorted([f"../results/tables/ablation_{a}.tex" for a in plots.ABLATION_NAMES]
-                                            + ["../results/tables/games_sft_eval.tex",
+                                            + ["../results/tables/paper_settings.tex",
+                                               "../results/tables/games_sft_eval.tex",
                                                "../results/tables/games_rl_eval.tex",
                                                "../results/tables/med_eval.tex",
                                                "../results/tables/med_ablation_thinking.tex",
@@ -429,10 +489,11 @@ def test_paper_builds(latexmk, built):
     paper = root / "paper"
     paper.mkdir(exist_ok=True)
     shutil.copy(REPO / "paper" / "main.tex", paper / "main.tex")
+    paper_mod.write_settings(root / "results/tables/paper_settings.tex", ci_level=0.95, bootstrap_samples=2000)
     # exactly what the `paper` rule runs: workflow/scripts/paper.py -> paper.build_paper
     smk = SimpleNamespace(input=SimpleNamespace(tex=str(paper / "main.tex")),
                           output=SimpleNamespace(pdf=str(paper / "main.pdf")),
-                          log=[str(root / "logs" / "paper.log")], params=SimpleNamespace(), threads=1)
+                          log=[str(root / "logs" / "paper.log")], params=SimpleNamespace(), threads=1, rule="paper")
     runpy.run_path(str(REPO / "workflow" / "scripts" / "paper.py"), init_globals={"snakemake": smk})
     data = (paper / "main.pdf").read_bytes()
     assert data.startswith(b"%PDF") and len(data) > 10_000

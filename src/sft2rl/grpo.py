@@ -274,17 +274,21 @@ class SFTAnchor:
         return total / max(1, n_tokens)
 
 
-def rl_run_key(init_model: str, task, cfg: dict[str, Any], sft_file: str | None = None) -> dict[str, Any]:
+def rl_run_key(init_model: str, task, cfg: dict[str, Any], sft_file: str | None = None, *,
+               precision_used: list[str] | None = None, sft_loss_turns: str = "all") -> dict[str, Any]:
     """Content key of a local GRPO run (see :mod:`sft2rl.resume`): the init weights, the task's
-    data, parameters and modules, the trainer's modules, ``cfg``, the library versions and, with
-    the SFT term on, the SFT file's content."""
+    data, parameters and modules, the trainer's modules, ``cfg``, the precision it trains in
+    (weights dtype and autocast: they follow the device, so a run begun on a GPU does not
+    resume on a CPU), the library versions and, with the SFT term on, the SFT file's content
+    and the turns its loss is on."""
     k = task.key()
     data = dict(k.get("data", {}))
+    params = {"rl": cfg, **k.get("params", {}), "precision_used": precision_used}
     if sft_file and cfg.get("sft_coef", 0):
         data["sft_anchor"] = sft_file
+        params["sft_loss_turns"] = sft_loss_turns
     return run_key(models={"init": init_model}, data=data,
-                   modules=module_closure(["grpo", *k.get("modules", [])]),
-                   params={"rl": cfg, **k.get("params", {})}, libraries=LIBRARIES)
+                   modules=module_closure(["grpo", *k.get("modules", [])]), params=params, libraries=LIBRARIES)
 
 
 def trajectory_advantages(scores: torch.Tensor, traj_group: np.ndarray, norm_by_std: bool) -> torch.Tensor:
@@ -374,10 +378,11 @@ def train_rl(init_model: str, task, run_dir: str, cfg: dict[str, Any], stop_afte
         raise ValueError(f"rl.sft_coef = {sft_coef}: the SFT term needs the SFT train rows, and this run was given none")
     run = Path(run_dir)
     ckpt_root = run / "checkpoints"
-    run_key_ = rl_run_key(init_model, task, cfg, sft_file)
-    guard = prepare_run_dir(run, run_key_)
     device = pick_device()
     param_dtype, amp = precision(device, cfg["train_mode"], precision_mode)
+    run_key_ = rl_run_key(init_model, task, cfg, sft_file, precision_used=[str(param_dtype), str(amp)],
+                          sft_loss_turns=sft_loss_turns)
+    guard = prepare_run_dir(run, run_key_)
     set_seed(cfg["seed"])
     model, tokenizer = load_model(init_model, device, param_dtype)
     items = task.load(tokenizer, cfg)

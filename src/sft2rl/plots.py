@@ -188,10 +188,11 @@ def _yerr(rows, metric: str) -> list[list[float]]:
 
 
 def plot_ablation(frame, stem: str | os.PathLike, *, title: str = "",
-                  metrics: Mapping[str, str] = ABLATION_METRICS) -> list[str]:
+                  metrics: Mapping[str, str] = ABLATION_METRICS, ci_level: float = 0.95) -> list[str]:
     """One panel per metric, one bar per table row (mean over seeds, error bar = the table's
-    95% bootstrap interval). GRPO rows are solid bars; reference rows (sft-only, base-only:
-    no RL) are hatched grey."""
+    bootstrap interval, at ``ci_level``). GRPO rows are solid bars; reference rows (sft-only,
+    base-only: no RL) are hatched grey. A metric the row does not define (NaN: accuracy and the
+    hedge rates without knowable labels) has no bar and reads "n/a"."""
     fig, axes = _figure(2, 2, figsize=(8.5, 6.4))
     rows = frame.reset_index(drop=True)
     x = list(range(len(rows)))
@@ -201,7 +202,10 @@ def plot_ablation(frame, stem: str | os.PathLike, *, title: str = "",
         means = [float(m) for m in rows[f"{metric}_mean"]]
         err = _yerr(rows, metric)
         for i in x:
-            ax.bar(i, 0.0 if math.isnan(means[i]) else means[i], yerr=[[err[0][i]], [err[1][i]]], capsize=4,
+            if math.isnan(means[i]):
+                ax.text(i, 0.02, "n/a", ha="center", va="bottom", fontsize="small", color="0.35")
+                continue
+            ax.bar(i, means[i], yerr=[[err[0][i]], [err[1][i]]], capsize=4,
                    color="C0" if is_rl[i] else "0.8", edgecolor="C0" if is_rl[i] else "0.35",
                    hatch=None if is_rl[i] else "//", label=None)
         ax.set_title(name, fontsize="medium")
@@ -213,8 +217,11 @@ def plot_ablation(frame, stem: str | os.PathLike, *, title: str = "",
             _no_data(ax, "empty table")
     from matplotlib.patches import Patch
 
-    fig.legend(handles=[Patch(facecolor="C0", edgecolor="C0", label="GRPO (mean over seeds, 95% bootstrap CI)"),
-                        Patch(facecolor="0.8", edgecolor="0.35", hatch="//", label="reference, no RL (95% CI)")],
+    from .stats import ci_label
+
+    ci = ci_label(ci_level)
+    fig.legend(handles=[Patch(facecolor="C0", edgecolor="C0", label=f"GRPO (mean over seeds, {ci} bootstrap CI)"),
+                        Patch(facecolor="0.8", edgecolor="0.35", hatch="//", label=f"reference, no RL ({ci} CI)")],
                loc="outside lower center", ncols=2, fontsize="small", frameon=False)
     if title:
         fig.suptitle(title)
@@ -223,7 +230,7 @@ def plot_ablation(frame, stem: str | os.PathLike, *, title: str = "",
 
 def plot_hedging_vs_beta(frame, stem: str | os.PathLike) -> list[str]:
     """Hedging where the model cannot know (hedge recall, unknowable questions) against hedging
-    where it can (false-hedge rate, knowable) as beta grows; GRPO rows with 95% intervals, the
+    where it can (false-hedge rate, knowable) as beta grows; GRPO rows with the table's intervals, the
     reference rows (sft-only) as dashed lines. Greedy answers, and sampled ones when the
     table has them."""
     panels = [("", "greedy answers")]
@@ -282,10 +289,11 @@ def plot_risk_coverage(curves: Mapping[str, list[tuple[list[float], list[float]]
 
 def make_figures(tables: Mapping[str, str | os.PathLike], tb_dirs: Mapping[str, str | os.PathLike],
                  out_dir: str | os.PathLike, *, smooth: float = 0.6,
-                 answers: Mapping[str, list[str | os.PathLike]] | None = None) -> list[str]:
+                 answers: Mapping[str, list[str | os.PathLike]] | None = None, ci_level: float = 0.95) -> list[str]:
     """All figures: curves of the runs in ``tb_dirs`` ({run: tensorboard dir}), one figure per
     ablation table in ``tables`` ({name: csv}), ``hedging_vs_beta`` from ``tables['beta']``, and
-    ``risk_coverage`` from ``answers`` ({variant: [answers.jsonl per seed]}).
+    ``risk_coverage`` from ``answers`` ({variant: [answers.jsonl per seed]}); ``ci_level``: the
+    tables' interval level (``eval.ci_level``), for the labels.
     Returns the written paths (see :func:`figure_paths`)."""
     from .io import read_jsonl
     from .stats import risk_coverage
@@ -296,7 +304,8 @@ def make_figures(tables: Mapping[str, str | os.PathLike], tb_dirs: Mapping[str, 
         written += plot_curves(load_curves(tb_dirs, tag), ylabel, out / stem, title=f"GRPO: {tag}", smooth=smooth)
     frames = {name: read_ablation(path) for name, path in tables.items()}
     for name, frame in frames.items():
-        written += plot_ablation(frame, out / f"ablation_{name}", title=ABLATION_TITLES.get(name, name))
+        written += plot_ablation(frame, out / f"ablation_{name}", title=ABLATION_TITLES.get(name, name),
+                                 ci_level=ci_level)
     if "beta" in frames:
         written += plot_hedging_vs_beta(frames["beta"], out / "hedging_vs_beta")
     curves = {variant: [risk_coverage([rec for _, rec in read_jsonl(f)]) for f in files]

@@ -279,6 +279,13 @@ def risk_coverage(records: list[dict[str, Any]]) -> tuple[list[float], list[floa
     return cov, risk
 
 
+def ci_label(level: float, *, latex: bool = False) -> str:
+    """An interval's level as tables, figures and captions print it: 0.95 -> "95%", 0.975 ->
+    "97.5%" (``latex``: "95\\%")."""
+    text = f"{round(100 * float(level), 2):g}%"
+    return text.replace("%", r"\%") if latex else text
+
+
 def wilson(successes: int, n: int, level: float = 0.95) -> tuple[float, float]:
     """Wilson score interval of a binomial proportion (scipy); (nan, nan) for n = 0."""
     from scipy.stats import binomtest

@@ -48,9 +48,22 @@ def code(*scripts, modules=()):
     return [os.path.relpath(fingerprint.module_file(m)) for m in names]
 
 
+def local_model_files(path):
+    """The files of a model directory the workflow does not build (model.base, a patient model)
+    as inputs, so new weights written into the same directory rerun every job that reads them
+    (Snakemake compares a directory input's own time, which rewriting a file inside leaves as it
+    was). Hidden paths (.git, .cache) are left out; a hub id (no such directory) adds none."""
+    root = Path(path)
+    if not root.is_dir():
+        return []
+    return sorted(str(f) for f in root.rglob("*")
+                  if f.is_file() and not any(part.startswith(".") for part in f.relative_to(root).parts))
+
+
 def base_input(wildcards=None):
-    """The base model as an input when the workflow builds it, else nothing."""
-    return [BASE_DIR] if TINY else []
+    """The base model as an input: the directory when the workflow builds it, else the files of
+    a local directory (nothing for a hub id)."""
+    return [BASE_DIR] if TINY else local_model_files(BASE_DIR)
 
 
 def model_dir(name):
@@ -114,7 +127,7 @@ BOOTSTRAP_KEYS = ("bootstrap_samples", "ci_level", "bootstrap_seed")
 
 def eval_model_input(wildcards):
     if wildcards.model == "base" and not TINY:
-        return []
+        return local_model_files(BASE_DIR)
     return model_dir(wildcards.model)
 
 
@@ -122,7 +135,7 @@ def difficulty_ref(wildcards):
     """Unlabeled data: easy/hard split by the SFT model's sampled group accuracy."""
     if config["data"]["synthetic_world"] or wildcards.model == SFT_RUN:
         return []
-    return f"results/eval/{SFT_RUN}/answers.jsonl"
+    return [f"results/eval/{SFT_RUN}/answers.jsonl"]  # a list: the script reads input.ref[0]
 
 
 def _models(models, ref=None):
@@ -190,3 +203,13 @@ def report_figure(path):
     group = "Training curves" if stem.endswith("_curves") else "Ablations" if stem.startswith("ablation_") else "Hedging"
     return report(path, caption="../report/figure.rst", category="Figures", subcategory=group,
                   labels={"figure": stem})
+
+
+def paper_world(wildcards):
+    """The paper describes the embedded synthetic world (and its sft_style ablation): refused,
+    before anything is built, on your own data."""
+    if not config["data"]["synthetic_world"]:
+        raise ValueError("paper/main.pdf describes the embedded synthetic world (its text, its sft_style "
+                         "ablation); with data.synthetic_world: false build the tables and figures instead "
+                         "(snakemake all; results/tables/*.tex, results/figures/*.pdf)")
+    return []

@@ -13,7 +13,7 @@ GAME_DATA = f"{PROCESSED}/games"
 GAME_BASE = "results/games/models/base" if TINY else config["model"]["base"]
 #: the base model as an input when the workflow builds it (the tiny base), else nothing; the rules take
 #: it through a function, as the shared rules take base_input (params.base names the same directory)
-GAME_BASE_INPUT = [GAME_BASE] if TINY else []
+GAME_BASE_INPUT = [GAME_BASE] if TINY else local_model_files(GAME_BASE)
 #: the sft: section with the games' overrides; the loss is on the last (the solver's) turn only
 GAME_SFT = game_sft_config(config)
 GAME_MERGE = GAMES["sft"].get("merge_checkpoint", config["sft"]["merge_checkpoint"])
@@ -42,9 +42,11 @@ GAME_POLICY_MODEL = {
           "base": GAME_BASE, "random": None, "bfs": None}
     for env in GAME_ENVS_ALL
 }
-#: ... and as the job's input: nothing for random, BFS and a base the workflow does not build
+#: ... and as the job's input: nothing for random and BFS, the files of a local base the workflow
+#: does not build (nothing for a hub id)
 GAME_POLICY_INPUT = {
-    env: {policy: [] if model is None or (policy == "base" and not TINY) else model for policy, model in models.items()}
+    env: {policy: [] if model is None else local_model_files(model) if policy == "base" and not TINY else model
+          for policy, model in models.items()}
     for env, models in GAME_POLICY_MODEL.items()
 }
 
@@ -384,7 +386,7 @@ rule game_rl_table:
 
 
 rule game_table:
-    """results/games/sft_eval.csv: success (95% interval), valid actions, invalid format, steps over
+    """results/games/sft_eval.csv: success (with its interval), valid actions, invalid format, steps over
     the BFS optimum, per env and policy; its LaTeX table for the paper."""
     input:
         summaries=expand("results/games/eval/{env}/{policy}.json", env=GAME_ENVS, policy=GAME_POLICIES),
@@ -393,6 +395,8 @@ rule game_table:
         csv=report("results/games/sft_eval.csv", caption="../report/games.rst", category="Tables",
                    labels={"table": "games"}),
         tex="results/tables/games_sft_eval.tex",
+    params:
+        ci_level=config["eval"]["ci_level"],  # the table's header (the intervals are the play summaries')
     conda:
         "../../envs/local.yaml"
     log:
@@ -412,6 +416,8 @@ rule game_figure:
     output:
         [report(f, caption="../report/games_figure.rst", category="Figures", subcategory="Games",
                 labels={"figure": "games_success"}) if f.endswith(".png") else f for f in GAME_FIGURES],
+    params:
+        ci_level=config["eval"]["ci_level"],
     conda:
         "../../envs/local.yaml"
     log:

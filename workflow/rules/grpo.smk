@@ -9,7 +9,7 @@ if config["backend"] == "local":
         rl.sft_coef > 0 each update also takes the SFT loss of the init model's SFT train rows."""
         input:
             init=lambda wc: (
-                []
+                local_model_files(BASE_DIR)
                 if runs.parse_rl(wc.rl_run)["init"] == "base" and not TINY
                 else rl_init_dir(wc)
             ),

@@ -385,7 +385,7 @@ MED_FIGURES = [f"results/figures/med_eval.{ext}" for ext in ("png", "pdf")]
 
 
 rule med_figure:
-    """Diagnosis accuracy (95% CI) and ROUGE-L per doctor; the thinking ablation per seed."""
+    """Diagnosis accuracy (its interval) and ROUGE-L per doctor; the thinking ablation per seed."""
     input:
         eval="results/med/eval.csv",
         ablation="results/med/ablation_thinking.csv",
@@ -393,6 +393,8 @@ rule med_figure:
     output:
         [report(f, caption="../report/med_figure.rst", category="Figures", subcategory="Medical",
                 labels={"figure": "med_eval"}) if f.endswith(".png") else f for f in MED_FIGURES],
+    params:
+        ci_level=config["eval"]["ci_level"],
     conda:
         "../../envs/local.yaml"
     log:

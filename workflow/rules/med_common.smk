@@ -12,11 +12,11 @@ MED_DATA = f"{PROCESSED}/med"
 MED_BASE = "results/med/models/base" if TINY else config["model"]["base"]
 #: the sft: section with the doctor runs' overrides; the loss is on the doctor's turns only: the
 #: last turn of a per-turn row, every turn of a consultation row (med.sft_rows)
-MED_SFT = dict(
+MED_SFT = dict(sorted(dict(  # sorted: a rule's params compare in order, and an override moves a key
     {k: v for k, v in config["sft"].items() if k not in ("n_samples", "val_size", "merge_checkpoint", "with_thinking")},
     **{k: v for k, v in MED["sft"].items() if k not in ("merge_checkpoint", "with_thinking", "seed")},
     loss_turns="all" if MED["sft_rows"] == "consultation" else "last",
-)
+).items()))
 MED_MERGE = MED["sft"].get("merge_checkpoint", config["sft"]["merge_checkpoint"])
 MED_TAGS = ["think" if t else "nothink" for t in MED["with_thinking"]]
 def med_run(tag, seed):
@@ -78,7 +78,7 @@ def med_run_info(doctor):
 
 
 def med_base_input(wildcards=None):
-    return [MED_BASE] if TINY else []
+    return [MED_BASE] if TINY else local_model_files(MED_BASE)
 
 
 def med_doctor_model(wildcards):
@@ -95,15 +95,17 @@ def med_doctor_model(wildcards):
 def med_eval_model_input(wildcards):
     """The doctor's model directory as an input (none for scripted, random, a hub base)."""
     model = med_doctor_model(wildcards)
-    return [] if model is None or (wildcards.doctor == "base" and not TINY) else [model]
+    if model is None:
+        return []
+    return local_model_files(model) if wildcards.doctor == "base" and not TINY else [model]
 
 
 def med_patient_input(wildcards=None):
-    """A local patient model directory (med.patient: {model: <dir>}) as an input: new weights rerun
+    """A local patient model (med.patient: {model: <dir>}) as inputs, its files: new weights rerun
     every consultation and RL run; a hub id, an endpoint or the TF-IDF patient add none."""
     spec = MED["patient"]
-    if isinstance(spec, dict) and "endpoint" not in spec and os.path.isdir(spec["model"]):
-        return [spec["model"]]
+    if isinstance(spec, dict) and "endpoint" not in spec:
+        return local_model_files(spec["model"])
     return []
 
 

@@ -55,6 +55,7 @@ rule figures:
         tensorboard={run: f"results/rl/{run}/tensorboard" for run in all_rl_runs()},
         answers={g["variant"]: g["answers"] for g in ablation_groups("beta")},
         smooth=0.6,
+        ci_level=config["eval"]["ci_level"],
     threads: 1
     resources:
         mem_mb=2000,
@@ -69,11 +70,30 @@ rule figures:
         "../scripts/figures.py"
 
 
+rule paper_settings:
+    """results/tables/paper_settings.tex: the statistics settings the paper's prose states."""
+    input:
+        code=code("paper"),
+    output:
+        "results/tables/paper_settings.tex",
+    params:
+        stats={"ci_level": config["eval"]["ci_level"], "bootstrap_samples": config["eval"]["bootstrap_samples"]},
+    localrule: True
+    conda:
+        "../../envs/local.yaml"
+    log:
+        "results/logs/paper_settings.log",
+    script:
+        "../scripts/paper.py"
+
+
 rule paper:
     """paper/main.pdf from paper/main.tex, the ablation tables and the figure PDFs (latexmk,
     built in a temporary -outdir, the PDF moved into place)."""
     input:
+        world=paper_world,
         tex="paper/main.tex",
+        settings="results/tables/paper_settings.tex",
         tables=[f"results/tables/ablation_{a}.tex" for a in ABLATIONS] + ["results/tables/games_sft_eval.tex",
                                                                    "results/tables/games_rl_eval.tex",
                                                                    "results/tables/med_eval.tex",

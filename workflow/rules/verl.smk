@@ -83,7 +83,7 @@ if config["backend"] == "verl":
         then the last checkpoint as a verified HF directory and summary.json."""
         input:
             init=lambda wc: (
-                []
+                local_model_files(BASE_DIR)
                 if runs.parse_rl(wc.rl_run)["init"] == "base" and not TINY
                 else rl_init_dir(wc)
             ),

@@ -3,14 +3,16 @@ from sft2rl.tasks.games import table
 
 with script_errors(snakemake) as log:
     if snakemake.rule == "game_table":
-        frame = table.write_table(snakemake.input.summaries, snakemake.output.csv, snakemake.output.tex)
+        frame = table.write_table(snakemake.input.summaries, snakemake.output.csv, snakemake.output.tex,
+                                  snakemake.params.ci_level)
         log.info("games table: %d rows", len(frame))
     elif snakemake.rule == "game_rl_table":
         i, envs = snakemake.input, snakemake.params.envs
         keys = ("sft", "sft_episodes", "rl", "rl_episodes", "random", "train")
         rows = [row for k, env in enumerate(envs)
                 for row in table.rl_rows(env, {key: i[key][k] for key in keys}, snakemake.params.bootstrap)]
-        frame = table.write_rl_table(rows, snakemake.output.csv, snakemake.output.tex)
+        frame = table.write_rl_table(rows, snakemake.output.csv, snakemake.output.tex,
+                                     snakemake.params.bootstrap["ci_level"])
         table.rl_curve_figure(dict(zip(envs, i.train)), snakemake.output.figure)
         log.info("games RL table: %d rows", len(frame))
     elif snakemake.rule == "game_ablation_rl_init":
@@ -27,7 +29,7 @@ with script_errors(snakemake) as log:
             for n, files, sft_rows in runs:
                 for row in table.rl_rows(env, dict(files, random=rnd[env]), p.bootstrap):
                     rows.append(dict(row, sft_levels=n, sft_rows=pq.ParquetFile(sft_rows).metadata.num_rows))
-        frame = table.write_ablation_rl_init(rows, snakemake.output.csv, snakemake.output.tex)
+        frame = table.write_ablation_rl_init(rows, snakemake.output.csv, snakemake.output.tex, p.bootstrap["ci_level"])
         log.info("games RL-init ablation: %d rows", len(frame))
     else:  # game_figure
-        table.success_figure(snakemake.input.csv, snakemake.output)
+        table.success_figure(snakemake.input.csv, snakemake.output, snakemake.params.ci_level)

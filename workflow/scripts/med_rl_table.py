@@ -7,7 +7,7 @@ with script_errors(snakemake) as log:
         frame = rl_table.rl_eval_frame(dict(zip(p.doctors, i.summaries)), dict(zip(p.doctors, i.consultations)),
                                        p.sft, p.infos, dict(zip(p.rl_doctors, i.train)), p.bootstrap,
                                        dict(zip(p.doctors, i.sampled)) if len(i.sampled) else None)
-        rl_table.write_rl_eval(frame, o.csv, o.tex)
+        rl_table.write_rl_eval(frame, o.csv, o.tex, p.bootstrap["ci_level"])
         rl_table.curves_figure(dict(zip(p.rl_doctors, i.train)), list(o.figure))
         log.info("med rl_eval: %s", frame[["doctor", "accuracy", "reward", "diff_accuracy", "sampled_accuracy",
                                                           "diff_sampled_accuracy"]].to_dict("records"))
@@ -16,6 +16,6 @@ with script_errors(snakemake) as log:
         for (kind, turns), path in zip(p.runs, i.consultations):
             files.setdefault((kind, turns), []).append(path)
         frame = rl_table.turn_budget_frame(files, p.bootstrap)
-        rl_table.write_turn_budget(frame, o.csv, o.tex)
-        rl_table.budget_figure(o.csv, list(o.figure))
+        rl_table.write_turn_budget(frame, o.csv, o.tex, p.bootstrap["ci_level"])
+        rl_table.budget_figure(o.csv, list(o.figure), p.bootstrap["ci_level"])
         log.info("med turn-budget ablation: %d rows", len(frame))

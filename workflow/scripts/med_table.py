@@ -8,4 +8,4 @@ with script_errors(snakemake) as log:
                                              list(snakemake.input.consultations), snakemake.params.bootstrap)
         log.info("med tables: %d rows, ablation %d rows", len(frame), len(ablation))
     else:  # med_figure
-        table.figure(snakemake.input.eval, snakemake.input.ablation, snakemake.output)
+        table.figure(snakemake.input.eval, snakemake.input.ablation, snakemake.output, snakemake.params.ci_level)

@@ -28,11 +28,13 @@ VERL_AGENT_NAME = "sft2rl_game"
 
 def sft_config(config: dict) -> dict:
     """The shared ``sft:`` section with the games' overrides (``games.sft``), the loss on the
-    last (the solver's) turn only: what the ``game_sft`` rule trains with."""
+    last (the solver's) turn only: what the ``game_sft`` rule trains with. Keys sorted: a rule's
+    params compare in order, and an override moves a key."""
     drop = ("n_samples", "val_size", "merge_checkpoint")
-    return dict({k: v for k, v in config["sft"].items() if k not in drop},
-                **{k: v for k, v in config["games"]["sft"].items() if k != "merge_checkpoint"},
-                loss_turns="last")
+    out = dict({k: v for k, v in config["sft"].items() if k not in drop},
+               **{k: v for k, v in config["games"]["sft"].items() if k != "merge_checkpoint"},
+               loss_turns="last")
+    return dict(sorted(out.items()))
 
 
 def rl_config(config: dict) -> dict:
@@ -43,4 +45,4 @@ def rl_config(config: dict) -> dict:
     over = {k: v for k, v in games["rl"].items() if k not in ("format_penalty", "levels")}
     out = dict({k: v for k, v in config["rl"].items() if k != "init"}, **over)
     out["max_response_length"] = games["eval"]["max_new_tokens"]
-    return out
+    return dict(sorted(out.items()))  # a rule's params compare in order (see sft_config)

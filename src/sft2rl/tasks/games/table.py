@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from ...io import atomic_file, write_text
-from ...stats import paired_difference
+from ...stats import ci_label, paired_difference
 
 POLICY_ORDER = {"sft": 0, "base": 1, "random": 2, "bfs": 3}
 COLUMNS = ["env", "policy", "mode", "episodes", "levels", "max_steps", "success", "success_lo", "success_hi", "ci",
@@ -33,24 +33,25 @@ def _tabular(align: str, header: str, body: list[str]) -> str:
                       *[line + r" \\" for line in body], r"\bottomrule", r"\end{tabular}", ""])
 
 
-def latex(frame: pd.DataFrame) -> str:
+def latex(frame: pd.DataFrame, level: float = 0.95) -> str:
     body = [f"{r.env} & {r.policy} & {r['mode']} & {_fmt(r.success)} [{_fmt(r.success_lo)}, "
             f"{_fmt(r.success_hi)}] & {_fmt(r.valid_action_rate)} & {_fmt(r.invalid_format_rate)} & "
             f"{_fmt(r.steps_over_optimal)} & {_fmt(r.optimal_action_rate)}" for _, r in frame.iterrows()]
-    return _tabular("lllrrrrr", r"env & policy & mode & success [95\% CI] & valid act. & bad format & steps/opt. & "
-                    r"opt. action", body)
+    return _tabular("lllrrrrr", rf"env & policy & mode & success [{ci_label(level, latex=True)} CI] & valid act. & "
+                    r"bad format & steps/opt. & opt. action", body)
 
 
-def write_table(summaries: list[str], csv_out: str, tex_out: str) -> pd.DataFrame:
+def write_table(summaries: list[str], csv_out: str, tex_out: str, level: float = 0.95) -> pd.DataFrame:
     frame = collect(summaries)
     with atomic_file(csv_out) as tmp:
         frame.to_csv(tmp, index=False, float_format="%.6g")
-    write_text(tex_out, latex(frame))
+    write_text(tex_out, latex(frame, level))
     return frame
 
 
-def success_figure(csv: str, outputs: list[str]) -> list[str]:
-    """Success rate per policy (greedy and sampled), one panel per env, 95% intervals as error bars."""
+def success_figure(csv: str, outputs: list[str], level: float = 0.95) -> list[str]:
+    """Success rate per policy (greedy and sampled), one panel per env, the intervals (at
+    ``level``) as error bars."""
     from ...plots import _figure, save_figure
 
     frame = pd.read_csv(csv)
@@ -65,7 +66,7 @@ def success_figure(csv: str, outputs: list[str]) -> list[str]:
         ax.set_xticks(range(len(sub)), labels, fontsize=7)
         ax.set_title(env)
         ax.set_ylim(0, 1.05)
-    axes[0][0].set_ylabel("success rate (95% CI)")
+    axes[0][0].set_ylabel(f"success rate ({ci_label(level)} CI)")
     stems = {str(Path(o).with_suffix("")) for o in outputs}
     return [path for stem in sorted(stems) for path in save_figure(fig, stem)]
 
@@ -111,29 +112,31 @@ def rl_rows(env: str, files: dict[str, str], bootstrap: dict) -> list[dict]:
     return out
 
 
-def rl_latex(frame: pd.DataFrame, lead: tuple[tuple[str, str], ...] = ()) -> str:
-    """The RL table's LaTeX; ``lead``: (column, header) pairs shown after the env."""
+def rl_latex(frame: pd.DataFrame, lead: tuple[tuple[str, str], ...] = (), level: float = 0.95) -> str:
+    """The RL table's LaTeX; ``lead``: (column, header) pairs shown after the env; ``level``: the
+    intervals' level."""
     body = [" & ".join([r.env, *[str(r[c]) for c, _ in lead], r["mode"]]) +
             f" & {_fmt(r.sft_success)} [{_fmt(r.sft_lo)}, {_fmt(r.sft_hi)}] & "
             f"{_fmt(r.rl_success)} [{_fmt(r.rl_lo)}, {_fmt(r.rl_hi)}] & {r['diff']:+.2f} "
             f"[{r.diff_lo:+.2f}, {r.diff_hi:+.2f}] & {_fmt(r.random_success)}" for _, r in frame.iterrows()]
     header = " & ".join(["env", *[h for _, h in lead], "mode"])
+    ci = ci_label(level, latex=True)
     return _tabular("l" + "r" * len(lead) + "lrrrr",
-                    header + r" & SFT [95\% CI] & RL [95\% CI] & RL $-$ SFT [95\% CI] & random", body)
+                    header + rf" & SFT [{ci} CI] & RL [{ci} CI] & RL $-$ SFT [{ci} CI] & random", body)
 
 
-def write_rl_table(rows: list[dict], csv_out: str, tex_out: str) -> pd.DataFrame:
+def write_rl_table(rows: list[dict], csv_out: str, tex_out: str, level: float = 0.95) -> pd.DataFrame:
     frame = pd.DataFrame(rows)[RL_COLUMNS].sort_values(["env", "mode"], kind="stable").reset_index(drop=True)
     with atomic_file(csv_out) as tmp:
         frame.to_csv(tmp, index=False, float_format="%.6g")
-    write_text(tex_out, rl_latex(frame))
+    write_text(tex_out, rl_latex(frame, level=level))
     return frame
 
 
 ABLATION_RL_INIT_COLUMNS = ["env", "sft_levels", "sft_rows", *RL_COLUMNS[1:]]
 
 
-def write_ablation_rl_init(rows: list[dict], csv_out: str, tex_out: str) -> pd.DataFrame:
+def write_ablation_rl_init(rows: list[dict], csv_out: str, tex_out: str, level: float = 0.95) -> pd.DataFrame:
     """results/games/ablation_rl_init.csv: RL from SFT models of different strength (SFT on the
     first ``sft_levels`` train levels; the largest is the main run), per env and play mode:
     SFT and RL success on the test levels, the paired per-level difference, random beside them."""
@@ -141,7 +144,7 @@ def write_ablation_rl_init(rows: list[dict], csv_out: str, tex_out: str) -> pd.D
     frame = frame.reset_index(drop=True)
     with atomic_file(csv_out) as tmp:
         frame.to_csv(tmp, index=False, float_format="%.6g")
-    write_text(tex_out, rl_latex(frame, lead=(("sft_levels", "SFT levels"),)))
+    write_text(tex_out, rl_latex(frame, lead=(("sft_levels", "SFT levels"),), level=level))
     return frame
 
 

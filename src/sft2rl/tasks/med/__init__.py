@@ -40,4 +40,4 @@ def rl_config(config: dict) -> dict:
     over = {k: v for k, v in med["rl"].items() if k not in RL_TASK_KEYS}
     out = dict({k: v for k, v in config["rl"].items() if k != "init"}, **over)
     out["max_response_length"] = med["eval"]["max_new_tokens"]
-    return out
+    return dict(sorted(out.items()))  # a rule's params compare in order, and an override moves a key

@@ -4,7 +4,7 @@
 budget (``med.eval.max_turns``): the base model, the SFT doctor RL starts from, RL with a
 fixed and with a dynamic turn budget (first RL seed), the no-signal control of each
 (``med.rl.no_signal_control``: the same run with its advantages in a random order), the
-scripted and the random doctor; accuracy with its 95% Wilson interval, ROUGE-L and BLEU of
+scripted and the random doctor; accuracy with its Wilson interval (``eval.ci_level``), ROUGE-L and BLEU of
 diagnosis and recommendation, turns, repeated-question rate, information-retrieval precision,
 invalid-format rate, mean episode reward and success rate, the share of consultations whose
 evidence sufficed for the true diagnosis and the accuracy on those (the synthetic clinic); for
@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from ...io import atomic_file, write_text
-from ...stats import paired_difference
+from ...stats import ci_label, paired_difference
 from .table import METRICS, _fmt, _read_jsonl, _save, correct_value
 
 RL_EVAL_COLUMNS = ["doctor", "label", "budget", "seed", "cases", "accuracy", "accuracy_lo", "accuracy_hi", *METRICS[1:],
@@ -109,14 +109,15 @@ def rl_eval_frame(summaries: dict[str, str], consultations: dict[str, str], sft:
     return pd.DataFrame(rows).reindex(columns=RL_EVAL_COLUMNS)
 
 
-def rl_eval_latex(frame: pd.DataFrame) -> str:
+def rl_eval_latex(frame: pd.DataFrame, level: float = 0.95) -> str:
+    ci = ci_label(level, latex=True)
     control = frame["diff_control_accuracy"].notna().any()
     sampled = frame["k_samples"].notna().any()  # (its accuracy is empty on your own rows)
     k = int(frame["k_samples"].dropna().iloc[0]) if sampled else 0
     lines = [r"\begin{tabular}{l" + "r" * (7 + 2 * sampled + control) + "}", r"\toprule",
-             r"doctor & accuracy [95\% CI] & " + (f"sampled ($k={k}$) [95\\% CI] & " if sampled else "")
-             + r"diag. R-L & rec. R-L & turns & repeated q. & reward & RL $-$ SFT accuracy [95\% CI]"
-             + (r" & RL $-$ SFT sampled [95\% CI]" if sampled else "") + (r" & RL $-$ control [95\% CI]" if control else "")
+             rf"doctor & accuracy [{ci} CI] & " + (f"sampled ($k={k}$) [{ci} CI] & " if sampled else "")
+             + rf"diag. R-L & rec. R-L & turns & repeated q. & reward & RL $-$ SFT accuracy [{ci} CI]"
+             + (rf" & RL $-$ SFT sampled [{ci} CI]" if sampled else "") + (rf" & RL $-$ control [{ci} CI]" if control else "")
              + r" \\", r"\midrule"]
 
     def diff(r, name):
@@ -141,8 +142,8 @@ def _write(frame: pd.DataFrame, csv_out: str, tex_out: str, tex: str) -> None:
     write_text(tex_out, tex)
 
 
-def write_rl_eval(frame: pd.DataFrame, csv_out: str, tex_out: str) -> None:
-    _write(frame, csv_out, tex_out, rl_eval_latex(frame))
+def write_rl_eval(frame: pd.DataFrame, csv_out: str, tex_out: str, level: float = 0.95) -> None:
+    _write(frame, csv_out, tex_out, rl_eval_latex(frame, level))
 
 
 # ------------------------------------------------------------------ the turn-budget ablation
@@ -191,9 +192,10 @@ def turn_budget_frame(files: dict[tuple[str, int], list[str]], bootstrap: dict[s
     return pd.DataFrame(rows)
 
 
-def budget_latex(frame: pd.DataFrame) -> str:
+def budget_latex(frame: pd.DataFrame, level: float = 0.95) -> str:
+    ci = ci_label(level, latex=True)
     lines = [r"\begin{tabular}{lrrrr}", r"\toprule",
-             r"doctor & turn budget & seeds & accuracy [95\% CI] & reward [95\% CI] \\", r"\midrule"]
+             rf"doctor & turn budget & seeds & accuracy [{ci} CI] & reward [{ci} CI] \\", r"\midrule"]
     for _, r in frame.iterrows():
         sign = "+.2f" if r.doctor == "dynamic - fixed" else ".2f"  # accuracy is "--" on your own rows
         lines.append(f"{r.doctor} & {r.max_turns} & {r.n_seeds} & {_fmt(r.accuracy_mean, sign)} "
@@ -202,13 +204,13 @@ def budget_latex(frame: pd.DataFrame) -> str:
     return "\n".join(lines + [r"\bottomrule", r"\end{tabular}", ""])
 
 
-def write_turn_budget(frame: pd.DataFrame, csv_out: str, tex_out: str) -> None:
-    _write(frame, csv_out, tex_out, budget_latex(frame))
+def write_turn_budget(frame: pd.DataFrame, csv_out: str, tex_out: str, level: float = 0.95) -> None:
+    _write(frame, csv_out, tex_out, budget_latex(frame, level))
 
 
-def budget_figure(csv: str, outputs: list[str]) -> list[str]:
+def budget_figure(csv: str, outputs: list[str], level: float = 0.95) -> list[str]:
     """Accuracy and mean reward against the evaluation's turn budget: the SFT doctor and RL with a
-    fixed and with a dynamic budget (mean over seeds, 95% bootstrap band over cases)."""
+    fixed and with a dynamic budget (mean over seeds, bootstrap band over cases at ``level``)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -226,7 +228,7 @@ def budget_figure(csv: str, outputs: list[str]) -> list[str]:
             ax.plot(sub["max_turns"], sub[f"{m}_mean"], "o-", color=f"C{i}", label=label)
             ax.fill_between(sub["max_turns"], sub[f"{m}_lo"], sub[f"{m}_hi"], color=f"C{i}", alpha=0.15)
         ax.set_xlabel("turn budget at evaluation")
-        ax.set_ylabel(ylabel)
+        ax.set_ylabel(f"{ylabel}\n(mean over seeds, {ci_label(level)} band)")
     axes[0].set_ylim(0, 1.05)
     axes[0].legend(fontsize=7)
     return _save(fig, outputs)

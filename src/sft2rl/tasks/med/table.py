@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from ...io import atomic_file, write_text
+from ...stats import ci_label
 
 METRICS = ["accuracy", "diag_rougeL", "rec_rougeL", "diag_bleu1", "diag_bleu2", "rec_bleu1", "rec_bleu4", "turns",
            "repeated_question_rate", "invalid_format_rate", "ir_precision", "diagnosed_rate"]
@@ -169,9 +170,9 @@ def _fmt(x: Any, spec: str = ".2f") -> str:
     return "--" if x is None or pd.isna(x) else f"{x:{spec}}"
 
 
-def eval_latex(frame: pd.DataFrame) -> str:
+def eval_latex(frame: pd.DataFrame, level: float = 0.95) -> str:
     lines = [r"\begin{tabular}{lrrrrrrrr}", r"\toprule",
-             r"doctor & cases & accuracy [95\% CI] & diag. R-L & rec. R-L & turns & repeated q. & bad format & "
+             rf"doctor & cases & accuracy [{ci_label(level, latex=True)} CI] & diag. R-L & rec. R-L & turns & repeated q. & bad format & "
              r"info. prec. \\", r"\midrule"]
     for _, r in frame[frame["category"] == "all"].iterrows():
         lines.append(f"{r.label} & {r.cases} & {_fmt(r.accuracy)} [{_fmt(r.accuracy_lo)}, {_fmt(r.accuracy_hi)}] & "
@@ -198,7 +199,7 @@ def write_tables(summaries: list[str], doctors: list[str], runs: dict[str, dict[
     for df, path in ((frame, out.eval), (ablation, out.ablation)):
         with atomic_file(path) as tmp:
             df.to_csv(tmp, index=False, float_format="%.6g")
-    write_text(out.tex, eval_latex(frame))
+    write_text(out.tex, eval_latex(frame, (bootstrap or {}).get("ci_level", 0.95)))
     write_text(out.ablation_tex, ablation_latex(ablation))
     return frame, ablation
 
@@ -215,9 +216,9 @@ def _save(fig, outputs: list[str]) -> list[str]:
     return written
 
 
-def figure(eval_csv: str, ablation_csv: str, outputs: list[str]) -> list[str]:
-    """Left: diagnosis accuracy (95% CI) and diagnosis ROUGE-L per doctor. Right: accuracy per
-    with_thinking value, mean over seeds with its bootstrap interval."""
+def figure(eval_csv: str, ablation_csv: str, outputs: list[str], level: float = 0.95) -> list[str]:
+    """Left: diagnosis accuracy (Wilson interval at ``level``) and diagnosis ROUGE-L per doctor.
+    Right: accuracy per with_thinking value, mean over seeds with its bootstrap interval."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -233,7 +234,7 @@ def figure(eval_csv: str, ablation_csv: str, outputs: list[str]) -> list[str]:
     x = np.arange(len(frame))
     acc = frame["accuracy"].fillna(0)
     err = [(frame["accuracy"] - frame["accuracy_lo"]).fillna(0), (frame["accuracy_hi"] - frame["accuracy"]).fillna(0)]
-    ax.bar(x - 0.2, acc, 0.4, yerr=err, capsize=3, label="diagnosis accuracy (95% CI)", color="C0")
+    ax.bar(x - 0.2, acc, 0.4, yerr=err, capsize=3, label=f"diagnosis accuracy ({ci_label(level)} CI)", color="C0")
     ax.bar(x + 0.2, frame["diag_rougeL"], 0.4, label="diagnosis ROUGE-L", color="C1")
     ax.set_xticks(x, [lbl.replace(", ", ",\n").replace(" doctor", "\ndoctor") for lbl in frame["label"]], fontsize=7)
     ax.set_ylim(0, 1.05)
@@ -243,7 +244,7 @@ def figure(eval_csv: str, ablation_csv: str, outputs: list[str]) -> list[str]:
     mean = ablation["accuracy_mean"]
     if "accuracy_ci_low" in ablation and ablation["accuracy_ci_low"].notna().all():
         yerr = [mean - ablation["accuracy_ci_low"], ablation["accuracy_ci_high"] - mean]
-        what = "mean over seeds, 95% bootstrap CI"
+        what = f"mean over seeds, {ci_label(level)} bootstrap CI"
     else:
         yerr, what = ablation["accuracy_std"].fillna(0), "mean ± std over seeds"
     ax.bar(range(len(ablation)), mean, yerr=yerr, capsize=3, color=["C2", "C3"][: len(ablation)])

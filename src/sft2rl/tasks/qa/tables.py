@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 
 from ...io import atomic_file, read_jsonl, write_text
-from ...stats import TABLE_METRICS, bootstrap_row, question_arrays
+from ...stats import TABLE_METRICS, bootstrap_row, ci_label, question_arrays
 from .runs import parse_rl, parse_sft
 
 METRICS = list(TABLE_METRICS)
@@ -29,7 +29,7 @@ BOOTSTRAP_DEFAULTS = {"bootstrap_samples": 2000, "ci_level": 0.95, "bootstrap_se
 
 def ci_method(n_seeds: int, boot: dict[str, Any]) -> str:
     over = "test questions and seeds (hierarchical)" if n_seeds > 1 else "test questions"
-    return (f"{boot['ci_level']:.0%} percentile bootstrap, {boot['bootstrap_samples']} draws over {over}; "
+    return (f"{ci_label(boot['ci_level'])} percentile bootstrap, {boot['bootstrap_samples']} draws over {over}; "
             "diff: paired per question vs the init model")
 
 
@@ -85,7 +85,7 @@ def _fmt(mean: float, lo: float, hi: float) -> str:
 
 
 def to_latex(frame: pd.DataFrame) -> str:
-    """Mean and 95% interval of the key metrics, one row per variant."""
+    """Mean and interval (the table's ``ci`` level) of the key metrics, one row per variant."""
     cols = list(LATEX_COLUMNS)
     header = " & ".join(["variant", "seeds"] + [LATEX_COLUMNS[c] for c in cols]) + r" \\"
     lines = [r"\begin{tabular}{l r " + "c " * len(cols) + "}", r"\toprule", header, r"\midrule"]
