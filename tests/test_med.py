@@ -704,3 +704,14 @@ def test_a_dialogue_longer_than_the_budget_states_its_own_length(tmp_path, rows_
             assert turn < n and (turn < n - 1 or dialog.parse_reply(r["response"]).kind == "diagnosis")
     assert data.dialogue_turns(long + short) == [5] * 5 + [2] * 2
     assert data.dialogue_turns(long[:3]) == [3] * 3  # a row no other row continues ends its dialogue
+
+
+def test_an_invalid_turn_is_no_evidence_for_the_scripted_reading():
+    """read_dialogue reads the consultation as it was played: a question turn with text after its
+    answer was not answered ("Sorry, I do not understand."), so it records nothing."""
+    first = "I have had a fever for 3 days."
+    invalid = "<answer>Question: Do you have a cough?</answer> Thank you."
+    assert dialog.parse_turn(invalid).kind == "invalid"
+    assert doctor.read_dialogue(first, [invalid], [dialog.NOT_UNDERSTOOD])[1] == {}
+    valid = "<answer>Question: Do you have a cough?</answer>"
+    assert doctor.read_dialogue(first, [valid], [dialog.DONT_KNOW])[1] == {"a cough": None}

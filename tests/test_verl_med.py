@@ -169,6 +169,11 @@ def check_sequence(out, server, tok, cons, replies):
     assert out.prompt_ids == tok.encode(tok.apply_chat_template(first, tokenize=False, add_generation_prompt=True),
                                         add_special_tokens=False)
     assert seq == local_tokens(tok, cons, gen)
+    if all(g and g[-1] == tok.convert_tokens_to_ids(END) for g in gen):  # no reply cut: the chat template's text
+        last = dialog.history_messages(cons.first, cons.replies[:-1], cons.patient, with_thinking=cons.with_thinking,
+                                       force=len(cons.replies) == cons.max_turns, budget=cons.max_turns)
+        assert tok.decode(seq) == tok.apply_chat_template(last, tokenize=False, add_generation_prompt=True) + \
+            tok.decode(gen[-1])
     assert len(server.calls) == len(replies) == len(cons.replies) and out.num_turns == 2 * len(replies)
     assert all(c["sampling_params"]["max_tokens"] == REPLY for c in server.calls)
     assert len(out.response_mask) == len(out.response_ids) == len(out.response_logprobs)

@@ -203,7 +203,8 @@ def plot_ablation(frame, stem: str | os.PathLike, *, title: str = "",
         err = _yerr(rows, metric)
         for i in x:
             if math.isnan(means[i]):
-                ax.text(i, 0.02, "n/a", ha="center", va="bottom", fontsize="small", color="0.35")
+                ax.text(i, 0.02, "n/a", ha="center", va="bottom", fontsize="small", color="0.35",
+                        transform=ax.get_xaxis_transform())
                 continue
             ax.bar(i, means[i], yerr=[[err[0][i]], [err[1][i]]], capsize=4,
                    color="C0" if is_rl[i] else "0.8", edgecolor="C0" if is_rl[i] else "0.35",

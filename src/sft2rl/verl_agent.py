@@ -68,12 +68,6 @@ class EpisodeTokens:
             messages[:-1], messages, self.ids, self.mask, self.logprobs)
         self.ids = merged.token_ids
 
-    def add_context(self, ids: list[int]) -> None:
-        """Append tokens that are not the policy's (mask 0, log-prob 0)."""
-        self.ids = self.ids + list(ids)
-        self.mask = self.mask + [0] * len(ids)
-        self.logprobs = None if self.logprobs is None else self.logprobs + [0.0] * len(ids)
-
     def output(self, reward: float, num_turns: int, **extra_fields: Any) -> AgentLoopOutput:
         """verl's output of the finished episode: ``reward`` on its last token."""
         return AgentLoopOutput(

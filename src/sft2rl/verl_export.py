@@ -185,8 +185,8 @@ def med_episode_token_budget(tokenizer, cases: list[dict[str, Any]], max_turns: 
     ``rollout.response_length``): ``max_turns`` replies of ``med.eval.max_new_tokens`` and,
     between them, ``max_turns - 1`` patient turns, each as long as the longest user turn the
     chat template renders for what the patient can say, with the forced-diagnosis line, plus two
-    tokens for the turn boundary (the newline after an end-of-turn token, the end-of-turn token
-    closing a reply cut at the limit). What the patient can say: "Sorry, I do not understand.",
+    tokens of margin at the turn boundary (the newline after an end-of-turn token; a reply cut at
+    the limit is followed directly by the patient's turn). What the patient can say: "Sorry, I do not understand.",
     and for the rule patient "Sorry, I do not know." and every recorded answer of the cases; a
     model patient's answer counts as twice its token limit (its tokenizer may split the text
     into fewer tokens than the doctor's)."""

@@ -60,10 +60,15 @@ def local_model_files(path):
                   if f.is_file() and not any(part.startswith(".") for part in f.relative_to(root).parts))
 
 
+def model_input(path):
+    """A base model as a job's input: the directory when the workflow builds it (the tiny base),
+    else the files of a local directory (nothing for a hub id)."""
+    return [path] if TINY else local_model_files(path)
+
+
 def base_input(wildcards=None):
-    """The base model as an input: the directory when the workflow builds it, else the files of
-    a local directory (nothing for a hub id)."""
-    return [BASE_DIR] if TINY else local_model_files(BASE_DIR)
+    """The QA base model as an input (:func:`model_input`)."""
+    return model_input(BASE_DIR)
 
 
 def model_dir(name):
@@ -126,9 +131,7 @@ BOOTSTRAP_KEYS = ("bootstrap_samples", "ci_level", "bootstrap_seed")
 
 
 def eval_model_input(wildcards):
-    if wildcards.model == "base" and not TINY:
-        return local_model_files(BASE_DIR)
-    return model_dir(wildcards.model)
+    return base_input() if wildcards.model == "base" else model_dir(wildcards.model)
 
 
 def difficulty_ref(wildcards):

@@ -11,9 +11,9 @@ GAMES = config["games"]
 GAME_ENVS = GAMES["envs"]
 GAME_DATA = f"{PROCESSED}/games"
 GAME_BASE = "results/games/models/base" if TINY else config["model"]["base"]
-#: the base model as an input when the workflow builds it (the tiny base), else nothing; the rules take
-#: it through a function, as the shared rules take base_input (params.base names the same directory)
-GAME_BASE_INPUT = [GAME_BASE] if TINY else local_model_files(GAME_BASE)
+#: the base model as an input (model_input: the tiny base's directory, a local base's files); the rules
+#: take it through a function, as the shared rules take base_input (params.base names the same directory)
+GAME_BASE_INPUT = model_input(GAME_BASE)
 #: the sft: section with the games' overrides; the loss is on the last (the solver's) turn only
 GAME_SFT = game_sft_config(config)
 GAME_MERGE = GAMES["sft"].get("merge_checkpoint", config["sft"]["merge_checkpoint"])
@@ -45,7 +45,7 @@ GAME_POLICY_MODEL = {
 #: ... and as the job's input: nothing for random and BFS, the files of a local base the workflow
 #: does not build (nothing for a hub id)
 GAME_POLICY_INPUT = {
-    env: {policy: [] if model is None else local_model_files(model) if policy == "base" and not TINY else model
+    env: {policy: [] if model is None else GAME_BASE_INPUT if policy == "base" else model
           for policy, model in models.items()}
     for env, models in GAME_POLICY_MODEL.items()
 }

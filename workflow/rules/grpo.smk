@@ -8,11 +8,7 @@ if config["backend"] == "local":
         """GRPO from the init model; checkpoints every save_freq steps, resumes after a kill. With
         rl.sft_coef > 0 each update also takes the SFT loss of the init model's SFT train rows."""
         input:
-            init=lambda wc: (
-                local_model_files(BASE_DIR)
-                if runs.parse_rl(wc.rl_run)["init"] == "base" and not TINY
-                else rl_init_dir(wc)
-            ),
+            init=lambda wc: base_input() if runs.parse_rl(wc.rl_run)["init"] == "base" else rl_init_dir(wc),
             train=f"{PROCESSED}/rl/train.parquet",
             sft=rl_sft_rows,
             code=code("grpo"),

@@ -4,6 +4,7 @@
 import re as _re
 
 from sft2rl.tasks.med import RL_MODES as MED_RL_MODES, rl_config as med_rl_config
+from sft2rl.tasks.med.patient import local_model_dir
 
 MED = config["med"]
 MED_SYNTH = not MED["raw_files"]
@@ -78,7 +79,7 @@ def med_run_info(doctor):
 
 
 def med_base_input(wildcards=None):
-    return [MED_BASE] if TINY else local_model_files(MED_BASE)
+    return model_input(MED_BASE)
 
 
 def med_doctor_model(wildcards):
@@ -97,16 +98,14 @@ def med_eval_model_input(wildcards):
     model = med_doctor_model(wildcards)
     if model is None:
         return []
-    return local_model_files(model) if wildcards.doctor == "base" and not TINY else [model]
+    return med_base_input() if wildcards.doctor == "base" else [model]
 
 
 def med_patient_input(wildcards=None):
     """A local patient model (med.patient: {model: <dir>}) as inputs, its files: new weights rerun
     every consultation and RL run; a hub id, an endpoint or the TF-IDF patient add none."""
-    spec = MED["patient"]
-    if isinstance(spec, dict) and "endpoint" not in spec:
-        return local_model_files(spec["model"])
-    return []
+    model = local_model_dir(MED["patient"])
+    return local_model_files(model) if model else []
 
 
 def med_sft_data(wildcards):

@@ -61,7 +61,7 @@ if config["backend"] == "local":
 rule samples_model:
     """Generations of one model for a handful of test prompts, with the tag-usage rate."""
     input:
-        model=lambda wc: local_model_files(BASE_DIR) if wc.model == "base" and not TINY else model_dir(wc.model),
+        model=lambda wc: base_input() if wc.model == "base" else model_dir(wc.model),
         test=f"{PROCESSED}/rl/test.parquet",
         code=code("samples"),
     output:

@@ -82,11 +82,7 @@ if config["backend"] == "verl":
         """GRPO with verl's main_ppo (Ray, vLLM rollouts), group-aware reward via sft2rl.tasks.qa.verl_hooks;
         then the last checkpoint as a verified HF directory and summary.json."""
         input:
-            init=lambda wc: (
-                local_model_files(BASE_DIR)
-                if runs.parse_rl(wc.rl_run)["init"] == "base" and not TINY
-                else rl_init_dir(wc)
-            ),
+            init=lambda wc: base_input() if runs.parse_rl(wc.rl_run)["init"] == "base" else rl_init_dir(wc),
             train=f"{PROCESSED}/rl/train.parquet",
             code=code("verl_export", modules=["tasks.qa.verl_hooks"]),
         output:

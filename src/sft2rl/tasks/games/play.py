@@ -17,7 +17,7 @@ that start a shortest plan (several actions may), next to ``chance_optimal_actio
 what a uniformly random action scores on the same states. It measures the policy itself,
 one step at a time, where success compounds every step.
 
-Metrics per policy and mode: success rate with a 95% interval (Wilson for one episode per
+Metrics per policy and mode: success rate with an interval at ``eval.ci_level`` (Wilson for one episode per
 level; a percentile bootstrap over levels for k episodes per level, which are not
 independent), valid-action rate and invalid-format rate (shares of all replies), mean
 steps and mean steps / BFS optimum over the won episodes.

@@ -2,23 +2,24 @@
 
 A consultation starts from the case's first messages (system turn and the patient's
 description) and runs at most ``max_turns`` doctor turns. A question gets the patient's
-answer; a reply in neither answer format gets "Sorry, I do not understand." and still
-counts as a turn. At the last turn the patient's message ends with the forced-diagnosis
+answer; an invalid turn (:func:`.dialog.parse_turn`: neither answer format, text after its
+``</answer>``, or a question turn asking other than one question) gets "Sorry, I do not
+understand." and still counts as a turn. At the last turn the patient's message ends with the forced-diagnosis
 line; a doctor that still does not diagnose ends without a diagnosis (scored as wrong,
 empty text). All consultations of one doctor advance in lockstep, so a model answers one
 batch of prompts per turn.
 
 Metrics (per doctor, over all cases and per category):
 
-* ``accuracy``: exact diagnosis (case, spaces and a final period ignored), with a 95%
-  Wilson interval, only where the world defines the diagnosis names (the synthetic clinic);
+* ``accuracy``: exact diagnosis (case, spaces and a final period ignored), with a Wilson
+  interval (``ci_level``), only where the world defines the diagnosis names (the synthetic clinic);
 * ``diag_rougeL`` / ``rec_rougeL``: mean ROUGE-L F1 (``rouge-score``) of the diagnosis and
   the recommendation against the ground truth, 0 without a diagnosis;
 * ``diag_bleu1``, ``diag_bleu2``, ``rec_bleu1``, ``rec_bleu4``: corpus BLEU (``sacrebleu``) with
   n-gram precisions up to 1, 2 or 4, in [0, 1] (the diagnosis gets BLEU-2: the clinic's
   disease names have two words, so their BLEU-4 is 0 whatever the doctor says);
 * ``turns``: mean doctor turns; ``repeated_question_rate``: share of questions asked before
-  in the same consultation; ``invalid_format_rate``: share of doctor turns in neither format;
+  in the same consultation; ``invalid_format_rate``: share of doctor turns that are invalid (``parse_turn``);
   ``ir_precision``: share of patient replies that are not "Sorry…" (information retrieval
   precision); ``diagnosed_rate``: share of consultations ended by a diagnosis;
 * the synthetic clinic only: ``evidence_sufficient_rate``, share of consultations whose

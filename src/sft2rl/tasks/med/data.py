@@ -247,7 +247,9 @@ def state_budget(prompt: list[dict[str, str]], budget: int | None) -> list[dict[
 def dialogue_turns(rows: list[dict[str, Any]]) -> list[int]:
     """Per raw row, the doctor turns of its dialogue: of the longest row whose history
     continues it (its prompt and response, message for message), the doctor turns of the
-    prompt plus its own. A row no other row continues is its dialogue's last."""
+    prompt plus its own. A row no other row continues is its dialogue's last. (Two dialogues
+    that share their first turns give those shared rows the longer one's length; MTMedDialog's
+    descriptions are unique, so its dialogues share none.)"""
     def msgs(row: dict[str, Any]) -> list[dict[str, str]]:
         return row["prompt"] + [{"role": "assistant", "content": row["response"]}]
 

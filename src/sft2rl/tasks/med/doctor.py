@@ -26,7 +26,7 @@ import re
 from typing import Any, Callable
 
 from .clinic import question, read_self_report
-from .dialog import diagnosis_answer, doctor_reply, parse_reply, question_answer
+from .dialog import diagnosis_answer, doctor_reply, parse_turn, question_answer
 from .reward import same_text
 
 Policy = Callable[[list[Any], list[list[dict[str, str]]]], list[str]]
@@ -50,7 +50,7 @@ def read_dialogue(first_user: str, replies: list[str], patient: list[str]
     answers: dict[str, bool | None] = {volunteered: True} if volunteered else {}
     for reply, said in zip(replies, patient):
         said = said.split("\n")[0].strip()
-        r = parse_reply(reply)
+        r = parse_turn(reply)  # as the consultation read it: an invalid turn asked nothing
         asked = ASKED_RE.match(r.question) if r.kind == "question" else None
         if (y := ANSWER_YES_RE.match(said)):
             answers[y.group(1)] = True

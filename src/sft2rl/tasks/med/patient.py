@@ -68,7 +68,8 @@ def local_model_dir(spec: Any) -> str | None:
 LOCAL_MODEL = "<a local directory, keyed by its files>"
 
 
-def run_key_parts(med: dict[str, Any], described: dict[str, Any]) -> tuple[dict[str, str], dict[str, Any], dict[str, Any]]:
+def run_key_parts(med: dict[str, Any], described: dict[str, Any]
+                  ) -> tuple[dict[str, str], dict[str, Any], dict[str, Any]]:
     """What a run that consults ``med``'s patient keys its restart on (:mod:`sft2rl.resume`):
     (data, the med config, the patient's description). A local patient model is data (its
     files) and its path is in neither of the others: new weights restart the run, a copy of the

@@ -87,6 +87,7 @@ def turn_terms(parsed: list, patient: list[str], truth: dict[str, str], w: dict[
     for i, r in enumerate(parsed):
         t = dict.fromkeys(TERMS, 0.0)
         out.append(t)
+        # (parse_turn makes such a question invalid already; kept for replies read with parse_reply)
         if r.kind == "invalid" or (r.kind == "question" and not one_question(r.question)):
             t["invalid"] += w["invalid"]
             continue

@@ -117,7 +117,8 @@ def rl_eval_latex(frame: pd.DataFrame, level: float = 0.95) -> str:
     lines = [r"\begin{tabular}{l" + "r" * (7 + 2 * sampled + control) + "}", r"\toprule",
              rf"doctor & accuracy [{ci} CI] & " + (f"sampled ($k={k}$) [{ci} CI] & " if sampled else "")
              + rf"diag. R-L & rec. R-L & turns & repeated q. & reward & RL $-$ SFT accuracy [{ci} CI]"
-             + (rf" & RL $-$ SFT sampled [{ci} CI]" if sampled else "") + (rf" & RL $-$ control [{ci} CI]" if control else "")
+             + (rf" & RL $-$ SFT sampled [{ci} CI]" if sampled else "")
+             + (rf" & RL $-$ control [{ci} CI]" if control else "")
              + r" \\", r"\midrule"]
 
     def diff(r, name):

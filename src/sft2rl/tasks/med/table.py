@@ -4,8 +4,8 @@ versions and the figure.
 ``eval.csv``: one row per doctor and category ("all" first): the base model, the SFT runs of
 the first seed (with and without thinking), the scripted doctor and the random-question
 doctor. ``ablation_thinking.csv``: per ``with_thinking`` value, the mean and the sample
-standard deviation over the training seeds of each metric (all cases) with a 95% bootstrap
-interval, and a row ``think - nothink``: the mean and standard deviation of the per-seed
+standard deviation over the training seeds of each metric (all cases) with a bootstrap
+interval (``eval.ci_level``), and a row ``think - nothink``: the mean and standard deviation of the per-seed
 differences and the *paired* bootstrap interval of the difference.
 
 Intervals (:func:`paired_bootstrap`, the scheme of :func:`sft2rl.stats.bootstrap_row`):
@@ -171,8 +171,9 @@ def _fmt(x: Any, spec: str = ".2f") -> str:
 
 
 def eval_latex(frame: pd.DataFrame, level: float = 0.95) -> str:
+    ci = ci_label(level, latex=True)
     lines = [r"\begin{tabular}{lrrrrrrrr}", r"\toprule",
-             rf"doctor & cases & accuracy [{ci_label(level, latex=True)} CI] & diag. R-L & rec. R-L & turns & repeated q. & bad format & "
+             rf"doctor & cases & accuracy [{ci} CI] & diag. R-L & rec. R-L & turns & repeated q. & bad format & "
              r"info. prec. \\", r"\midrule"]
     for _, r in frame[frame["category"] == "all"].iterrows():
         lines.append(f"{r.label} & {r.cases} & {_fmt(r.accuracy)} [{_fmt(r.accuracy_lo)}, {_fmt(r.accuracy_hi)}] & "
