@@ -313,7 +313,8 @@ def train_sft(base: str, train_file: str, val_file: str, out_dir: str, cfg: dict
                         "rows %s", path, len(over), len(over) + len(kept), limit_what, over[:20])
     # the precision used joins the key: a run killed on one device never resumes on another
     # that trains in another precision
-    guard = prepare_run_dir(out / "resume", sft_run_key(base, train_file, val_file, dict(cfg, precision_used=precision)))
+    guard = prepare_run_dir(out / "resume",
+                            sft_run_key(base, train_file, val_file, dict(cfg, precision_used=precision)))
     resume_ckpts = out / "resume" / "checkpoints"
     last = _last_epoch_state(resume_ckpts) if guard["resume"] else None
     if cfg["gradient_checkpointing"]:

@@ -343,9 +343,10 @@ def sft_metrics(run_dir: str | Path, sft_cfg: dict[str, Any] | None = None) -> d
               for k, (step, path) in enumerate(ckpts, start=1)]
     # verl's validation loader drops a last partial batch: with fewer validation rows than a
     # batch it logs NaN, which no "best" may be chosen by
-    nan = [e["step"] for e in epochs if e["val_loss"] is not None and math.isnan(e["val_loss"])]
+    nan = []
     for e in epochs:
-        if e["step"] in nan:
+        if e["val_loss"] is not None and math.isnan(e["val_loss"]):
+            nan.append(e["step"])
             e["val_loss"] = None
     logged = [e for e in epochs if e["val_loss"] is not None]
     metrics = {

@@ -250,17 +250,12 @@ def dialogue_turns(rows: list[dict[str, Any]]) -> list[int]:
     prompt plus its own. A row no other row continues is its dialogue's last. (Two dialogues
     that share their first turns give those shared rows the longer one's length; MTMedDialog's
     descriptions are unique, so its dialogues share none.)"""
-    def msgs(row: dict[str, Any]) -> list[dict[str, str]]:
-        return row["prompt"] + [{"role": "assistant", "content": row["response"]}]
-
+    turns = [_turn_keys(row["prompt"] + [{"role": "assistant", "content": row["response"]}]) for row in rows]
     longest: dict[str, int] = {}
-    for row in rows:
-        m = msgs(row)
-        ends = [i for i, x in enumerate(m) if x["role"] == "assistant"]
-        for i in ends:
-            key = _key(m[:i + 1])
-            longest[key] = max(longest.get(key, 0), len(ends))
-    return [longest[_key(msgs(row))] for row in rows]
+    for keys in turns:
+        for key in keys:
+            longest[key] = max(longest.get(key, 0), len(keys))
+    return [longest[keys[-1]] for keys in turns]
 
 
 def sft_row(row: dict[str, Any], with_thinking: bool, budget: int | None = None) -> dict[str, Any]:
@@ -288,6 +283,11 @@ def _key(messages: list[dict[str, str]]) -> str:
     return json.dumps([[m["role"], m["content"]] for m in messages], ensure_ascii=False)
 
 
+def _turn_keys(messages: list[dict[str, str]]) -> list[str]:
+    """The key of every prefix of ``messages`` that ends at a doctor turn (the last: the row's own)."""
+    return [_key(messages[:i + 1]) for i, m in enumerate(messages) if m["role"] == "assistant"]
+
+
 def pack_consultations(path: str | Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The processed per-turn rows of ``path`` as one row per consultation: the row of its last
     doctor turn, whose ``messages`` hold every earlier turn. Trained on every doctor turn (the
@@ -298,9 +298,7 @@ def pack_consultations(path: str | Path, rows: list[dict[str, Any]]) -> list[dic
     Packing must train exactly the rows' targets, each once: every doctor turn in a row's
     history has a row of its own ending there. A row that breaks this (a file of only some
     turns) stops with an error naming it; ``med.sft_rows: turn`` trains such files."""
-    # per row, the key of every prefix that ends at a doctor turn (the last one is the row itself)
-    turns = [[_key(msgs[:i + 1]) for i, m in enumerate(msgs) if m["role"] == "assistant"]
-             for msgs in (r["messages"] for r in rows)]
+    turns = [_turn_keys(r["messages"]) for r in rows]
     own = Counter(keys[-1] for keys in turns)
     inner = {k for keys in turns for k in keys[:-1]}  # histories continued by a longer row
     leaves = [n for n, keys in enumerate(turns) if keys[-1] not in inner]  # each consultation's last turn

@@ -67,7 +67,11 @@ def parse_reply(text: str) -> Reply:
     (a question there is not asked): DoctorAgent-RL scores any answer naming a diagnosis as
     the diagnosis turn. The diagnosis part must still be "Diagnosis: …" then a
     "Recommendation: …" line, else the turn is invalid."""
-    body = strip_thinking(text)
+    return _parse_body(strip_thinking(text))
+
+
+def _parse_body(body: str) -> Reply:
+    """:func:`parse_reply` of a reply whose think blocks are gone."""
     answers = ANSWER_RE.findall(body)
     if len(answers) != 1 or body.count("<answer>") != 1:
         return Reply("invalid")
@@ -95,10 +99,10 @@ def parse_turn(text: str) -> Reply:
     aside), or a question turn that asks other than one question (:func:`one_question`). The
     patient does not answer an invalid turn, and the reward scores it ``invalid``. (SFT rows are
     checked with :func:`parse_reply`: the format, not the consultation's rules.)"""
-    r = parse_reply(text)
+    body = strip_thinking(text)
+    r = _parse_body(body)
     if r.kind == "invalid":
         return r
-    body = strip_thinking(text)
     if body[body.index("</answer>") + len("</answer>"):].strip():
         return Reply("invalid")
     if r.kind == "question" and not one_question(r.question):

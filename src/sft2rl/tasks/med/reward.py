@@ -26,8 +26,6 @@ import string
 from collections import Counter
 from typing import Any
 
-from .dialog import one_question
-
 #: DoctorAgent-RL's weights (restated in issue 23); ``med.rl.reward`` overrides them
 REFERENCE = {"diagnosis": 5.0, "recommendation": 5.0, "answered": 1.0, "unanswered": -1.0, "repeated": -2.0,
              "invalid": -2.0, "no_diagnosis": -5.0, "match": "f1", "success_threshold": 10.0}
@@ -79,6 +77,8 @@ def weights(cfg: dict[str, Any] | None) -> dict[str, Any]:
 def turn_terms(parsed: list, patient: list[str], truth: dict[str, str], w: dict[str, Any]) -> list[dict[str, float]]:
     """Each doctor turn's share of the reward terms, turn by turn (what GiGPO's step advantages
     need); the ``no_diagnosis`` penalty falls on the last turn. They sum to :func:`episode_terms`.
+    The replies are read as a consultation reads them (:func:`.dialog.parse_turn`): a question
+    turn asking other than one question is ``invalid`` there.
     ``parsed``: the doctor's replies as :class:`sft2rl.tasks.med.dialog.Reply`; ``patient``: what
     the patient said after each reply but the last (the answer, or "Sorry, I do not
     understand." after a malformed turn)."""
@@ -87,8 +87,7 @@ def turn_terms(parsed: list, patient: list[str], truth: dict[str, str], w: dict[
     for i, r in enumerate(parsed):
         t = dict.fromkeys(TERMS, 0.0)
         out.append(t)
-        # (parse_turn makes such a question invalid already; kept for replies read with parse_reply)
-        if r.kind == "invalid" or (r.kind == "question" and not one_question(r.question)):
+        if r.kind == "invalid":
             t["invalid"] += w["invalid"]
             continue
         if r.kind == "diagnosis":

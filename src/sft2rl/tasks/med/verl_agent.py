@@ -28,10 +28,11 @@ sequence is, token for token, what local play (evaluation and the local RL task)
 doctor at that turn: a :class:`~sft2rl.chat_tokens.TokenChat` of :meth:`Consultation.prompt`
 and the same replies, built with this loop's continuous-token builder; it stops the run with an
 error naming the case, the turn and the first difference when it is not. With
-``med.rl.with_thinking: false`` that prompt shows the earlier replies without their think blocks (``strip_thinking``, as the SFT rows): the nothink
-doctor is trained on replies without any, so its replies hold none, and one that does (or that
-has whitespace around its answer, which the same function trims) stops the run rather than
-training on a context evaluation never shows. The think doctor's earlier replies are shown as
+``med.rl.with_thinking: false`` that prompt shows the earlier replies without their think
+blocks (``strip_thinking``, as the SFT rows): the nothink doctor is trained on replies
+without any, so its replies hold none, and one that does (or that has whitespace around its
+answer, which the same function trims) stops the run rather than training on a context
+evaluation never shows. The think doctor's earlier replies are shown as
 written.
 
 Reward: DoctorAgent-RL's (:meth:`Consultation.record` with the weights of ``med.rl.reward``),
