@@ -75,6 +75,19 @@ def test_every_level_is_solved_by_its_plan(levels):
         assert len(x["solution"]) == x["optimal"] == len(bfs(r))
 
 
+def test_a_level_no_episode_can_win_is_drawn_again():
+    """A level whose shortest plan is longer than the episode's step limit is drawn again:
+    every policy, the solver included, would fail it. With a 4-step limit, first draws of
+    these seeds need more moves (the old rule, BFS within max_solution_length only, kept
+    them); every level kept is won by its plan within the limit."""
+    cfg = dict(CFG, counts={"train": 6, "val": 2, "test": 6}, max_steps=4)
+    first = [data._draw("sokoban", cfg["seeds"]["test"] + i, 0, cfg) for i in range(6)]
+    assert max(len(bfs(data.rules("sokoban", g))) for g in first) > 4
+    lv = data.generate_levels("sokoban", cfg)
+    assert len(lv) == 14 and max(x["optimal"] for x in lv) <= 4
+    assert any(x["attempt"] > 0 for x in lv if x["split"] == "test")
+
+
 def test_duplicate_initial_state_is_drawn_again(monkeypatch):
     """A seed whose first draw repeats an earlier level gets its next attempt."""
     real = data._draw

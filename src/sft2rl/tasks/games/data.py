@@ -6,7 +6,9 @@ states along that solution, the initial and the solved one included, each as the
 renders to (the observation a row's prompt is built from). A draw is rejected, and the
 same seed drawn again (its next attempt), when
 
-* BFS cannot solve it within ``max_solution_length``;
+* BFS cannot solve it within ``max_solution_length`` moves, or within the episode's step
+  limit (``eval.max_steps``): a level no policy can win in an episode, the solver included,
+  would only lower every success rate;
 * its initial grid was already drawn, in this split or an earlier one;
 * (val and train only) any state it can reach within the episode's step limit
   (``eval.max_steps`` moves, whatever the moves) is one a level of an earlier split can
@@ -134,7 +136,7 @@ def generate_levels(env: str, cfg: dict[str, Any]) -> list[dict[str, Any]]:
                 h = level_hash(env, grid)
                 if h in seen:
                     continue
-                plan = bfs(rules(env, grid), max_depth=cfg["max_solution_length"])
+                plan = bfs(rules(env, grid), max_depth=min(cfg["max_solution_length"], max_steps))
                 if not plan:
                     continue
                 reach = reachable_hashes(env, grid, max_steps)  # the path's states among them

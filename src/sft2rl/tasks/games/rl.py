@@ -51,6 +51,14 @@ def rl_levels(levels_path: str, games: dict[str, Any]) -> list[dict]:
     return levels[:int(n)] if n else levels
 
 
+def episode_seeds(seed: int, n_items: int, n: int) -> list[int]:
+    """The environment seeds of one rollout's episodes (level by level, n each): one per
+    episode of the whole run (slippery ice draws its slips from it). A step's rollout seed is
+    the previous one's + 1, so spacing them by the batch's episode count keeps every (step,
+    episode) apart."""
+    return [seed * n_items * n + i for i in range(n_items * n)]
+
+
 class GamesTask:
     """One env's multi-turn RL task (:func:`sft2rl.grpo.train_rl`)."""
 
@@ -77,7 +85,8 @@ class GamesTask:
 
     def rollout(self, model, tokenizer, items: list[dict], n: int, cfg: dict[str, Any], seed: int) -> Rollout:
         torch.manual_seed(seed)
-        eps = [Episode(self.env, lv, k, self.games, self.max_turns, seed * 7 + g * n + k)
+        seeds = episode_seeds(seed, len(items), n)
+        eps = [Episode(self.env, lv, k, self.games, self.max_turns, seeds[g * n + k])
                for g, lv in enumerate(items) for k in range(n)]
 
         def advance(active: list[Episode], replies: list[str]) -> None:
