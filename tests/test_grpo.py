@@ -1,6 +1,7 @@
 """GRPO loss pieces against hand-computed values, and resume after a killed job."""
 from __future__ import annotations
 
+import copy
 import json
 import math
 
@@ -227,29 +228,33 @@ def test_full_finetuning_keeps_fp32_master_weights(tmp_path, tiny_base, rl_train
     assert float(((w.bfloat16() + 5e-5 * torch.sign(w).bfloat16()) == w.bfloat16()).float().mean()) > 0.3  # ~44%
 
 
-def test_the_bf16_reference_keeps_the_rotary_frequencies_in_fp32(tiny_base):
-    """Under bf16 autocast the KL reference's weights are bf16, but its buffers (the rotary
-    position frequencies) stay fp32, as in the policy: rounding them is an angle error that
-    grows with the position, which the KL then reads as drift at step 0."""
+def test_the_reference_under_bf16_autocast_is_the_policy_s_function(tiny_base):
+    """Under bf16 autocast the KL reference keeps the policy's dtypes (fp32 weights, and the
+    rotary position frequencies, whose rounding is an angle error growing with the position)
+    and runs under the same autocast: before any update it scores every token as the policy
+    does, bit for bit, so the KL starts at 0. A reference with bf16 weights (as before) is
+    another function: its embeddings, norms and residual stream are rounded."""
     from sft2rl.grpo import reference_copy
     from sft2rl.model import load_model
 
     model, _ = load_model(str(tiny_base), torch.device("cpu"), torch.float32)
-    ref = reference_copy(model, torch.bfloat16)
-    assert all(p.dtype == torch.bfloat16 and not p.requires_grad for p in ref.parameters())
+    ref = reference_copy(model)
+    assert all(p.dtype == torch.float32 and not p.requires_grad for p in ref.parameters())
+    assert all(p.requires_grad for p in model.parameters())  # the policy is untouched
     buffers = dict(model.named_buffers())
     assert any("inv_freq" in n for n in buffers)
     for name, b in ref.named_buffers():
         assert b.dtype == buffers[name].dtype and torch.equal(b, buffers[name]), name
-    assert all(p.dtype == torch.float32 for p in model.parameters())  # the policy is untouched
-    # the same positions: at position 1000 the reference scores a token as the policy does, up
-    # to bf16 weights (the tiny base's window is 1024)
-    ids = torch.arange(1000, dtype=torch.long)[None] % 300 + 10
+    ids = torch.arange(1000, dtype=torch.long)[None] % 300 + 10  # up to position 1000 (window 1024)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        lp = torch.log_softmax(model(ids).logits.float()[0, -24:], -1)
-        lr = torch.log_softmax(ref(ids).logits.float()[0, -24:], -1)
-    assert float((lp - lr).abs().max()) < 0.05
-    assert reference_copy(model, None).model.rotary_emb.inv_freq.dtype == torch.float32
+        lp = torch.log_softmax(model(ids).logits.float()[0], -1)
+        lr = torch.log_softmax(ref(ids).logits.float()[0], -1)
+        rounded = copy.deepcopy(ref)
+        for p in rounded.parameters():
+            p.data = p.data.bfloat16()
+        lb = torch.log_softmax(rounded(ids).logits.float()[0], -1)
+    assert torch.equal(lp, lr)
+    assert float((lp.exp() * (lp - lb)).sum(-1).mean()) > 1e-7  # bf16 weights: KL > 0 at step 0
 
 
 def test_overlong_prompts_are_filtered_never_cut(tmp_path, tiny_base, rl_train_file):
@@ -305,6 +310,22 @@ def test_on_policy_step_skips_the_old_logprob_forward_and_changes_nothing(tmp_pa
     wb = load_file(str(tmp_path / "slow/checkpoints/step_4/policy/model.safetensors"))
     assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
     assert fast["steps"] == slow["steps"] == 4
+
+
+def test_the_engine_check_compares_with_the_rollout_policy_off_policy_and_under_dropout(tmp_path, tiny_base,
+                                                                                     rl_train_file):
+    """``rollout_logprob_diff_max`` is the engine's log-probs against the rollout policy's own
+    training-side pass (the old log-probs), the largest over the step's updates: fp32 rounding
+    apart also when later mini-batches and epochs run on updated weights, and with LoRA
+    dropout, which the old log-probs leave out (they are the policy's function, as sampled).
+    Measured against each update's own pass, as before, it read the policy's drift (0.6)."""
+    for dropout in (0.0, 0.3):
+        cfg = dict(RL, lora=dict(RL["lora"], dropout=dropout), ppo_epochs=2, entropy_coef=0.5)  # moves the policy
+        run = tmp_path / f"dropout{dropout}"
+        train_grpo(str(tiny_base), str(rl_train_file), str(run), cfg, REWARD)
+        hist = json.loads((run / "checkpoints/step_4/trainer_state.json").read_text())["history"]
+        assert max(h["ppo_kl"] for h in hist) > 1e-3  # the later updates did run on moved weights
+        assert max(h["rollout_logprob_diff_max"] for h in hist) < 1e-4, dropout
 
 
 def test_length_sorted_micro_batches_give_the_full_batch_update(tmp_path, tiny_base, rl_train_file, monkeypatch):

@@ -312,7 +312,7 @@ train_sft(base, train, val, run, json.loads(cfg))
 
 
 @pytest.mark.parametrize("signals", [("SIGKILL",), ("SIGTERM", "SIGKILL")])
-def test_killed_sft_resumes_to_the_same_numbers(sft_run, base_dir, tmp_path, signals):
+def test_killed_sft_resumes_to_the_same_numbers(sft_run, base_dir, tmp_path, signals, monkeypatch):
     """An SFT job killed after an epoch (SIGKILL: the OOM killer; SIGTERM then SIGKILL: a SLURM
     time limit) and run again continues after its last finished epoch and ends with the same
     metrics.json and adapters, byte for byte, as the uninterrupted run; the declared outputs
@@ -340,7 +340,16 @@ def test_killed_sft_resumes_to_the_same_numbers(sft_run, base_dir, tmp_path, sig
     assert not (run / "metrics.json").exists() and not (run / "checkpoints").exists()
     finished = sorted(int(p.name.split("_")[1]) for p in (run / "resume" / "checkpoints").glob("epoch_*"))
     assert finished and finished[-1] < SFT_CFG["epochs"]
+    import sft2rl.sft as sft_mod
+
+    modes = []  # the resumed job trains in train mode (gradient checkpointing and dropout act there only)
+    real_loss = sft_mod.masked_lm_loss
+    monkeypatch.setattr(sft_mod, "masked_lm_loss",
+                        lambda model, b: modes.append(all(m.training for m in model.modules())) or real_loss(model, b)
+                        if torch.is_grad_enabled()
+                        else real_loss(model, b))
     metrics = train_sft(*args[:4], SFT_CFG)  # the rerun, in this process
+    assert modes and all(modes)
     log = json.loads((run / "run_log.json").read_text())
     assert log["resumed_after_epoch"] == finished[-1] and log["steps_trained"] == 4 * (3 - finished[-1])
     assert (run / "metrics.json").read_bytes() == (done / "metrics.json").read_bytes()

@@ -87,17 +87,17 @@ def precision(device: torch.device, train_mode: str, requested: str = "auto") ->
     return (amp or torch.float32), amp
 
 
-def reference_copy(model: torch.nn.Module, amp: torch.dtype | None) -> torch.nn.Module:
-    """A frozen copy of the policy as the KL reference. Under autocast its *parameters* are
-    cast to ``amp`` (it only runs forward passes); its buffers keep their dtype, as in a model
-    loaded in that dtype: ``module.to(bf16)`` would also round the rotary position
-    frequencies (``inv_freq``), an angle error that grows with the position (about 1 rad at
-    position 1000 for Qwen2.5's head size and theta) and shows up as KL."""
-    ref = copy.deepcopy(model).eval().requires_grad_(False)
-    if amp is not None:
-        for p in ref.parameters():
-            p.data = p.data.to(amp)
-    return ref
+def reference_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A frozen copy of the policy as the KL reference, in the policy's own dtypes and run
+    under the same autocast, so that before any update it computes the policy's function
+    exactly (KL 0 at step 1). Casting its parameters to bf16 under bf16 autocast, as this did
+    until now, made it another function: the policy keeps fp32 weights (its embeddings,
+    norms and residual stream stay fp32 under autocast), the bf16 copy rounds them (KL about
+    1e-5 between identical weights on the tiny model); casting the whole module also rounded
+    the rotary position frequencies (``inv_freq``), an angle error that grows with the
+    position. The price is the reference in fp32 in full fine-tuning, 4 bytes per parameter
+    beside the policy's 16 (fp32 weights, gradients and AdamW's two moments)."""
+    return copy.deepcopy(model).eval().requires_grad_(False)
 
 
 def _autocast(device: torch.device, amp: torch.dtype | None):
@@ -403,7 +403,7 @@ def train_rl(init_model: str, task, run_dir: str, cfg: dict[str, Any], stop_afte
                                                      target_modules=lc["target_modules"], task_type="CAUSAL_LM"))
         ref_model = None  # the reference is the same model with the adapter disabled
     else:
-        ref_model = reference_copy(model, amp)
+        ref_model = reference_copy(model)
         if resume:
             from transformers import AutoModelForCausalLM
 
@@ -454,6 +454,7 @@ def train_rl(init_model: str, task, run_dir: str, cfg: dict[str, Any], stop_afte
         skip_old = on_policy(cfg)
         validate_now = bool(val_every) and (step % val_every == 0 or step == total)
         with_ref = needs_reference(cfg, validate_now or step == total)
+        model.eval()  # the rollout policy's own function: no (LoRA) dropout in the old log-probs
         with torch.inference_mode(), _autocast(device, amp):
             old_logp = None if skip_old else _chunked_logprobs(model, ro, ro.response_mask, cfg["temperature"])
             ref_logp = None
@@ -462,6 +463,7 @@ def train_rl(init_model: str, task, run_dir: str, cfg: dict[str, Any], stop_afte
                     ref_logp = _chunked_logprobs(model, ro, ro.response_mask, cfg["temperature"])
             elif with_ref:
                 ref_logp = _chunked_logprobs(ref_model, ro, ro.response_mask, cfg["temperature"])
+        model.train()
         ref_logp = ref_logp.clone() if ref_logp is not None else None  # out of inference mode: it enters the loss
         old_logp = old_logp.clone() if old_logp is not None else None
         stats: dict[str, list[float]] = {"pg_loss": [], "kl": [], "entropy": [], "clipfrac": [], "grad_norm": [],
@@ -490,8 +492,10 @@ def train_rl(init_model: str, task, run_dir: str, cfg: dict[str, Any], stop_afte
                     w = mask.sum() / total_tokens
                     old = logp.detach() if skip_old else old_logp[idx, :r]
                     pg_loss, pg_m = compute_policy_loss_vanilla(old, logp, adv[idx, :r], mask, "token-mean", loss_cfg)
-                    if ro.logprobs is not None:  # the engine's log-probs against the training pass (verl logs it)
-                        d = float(((ro.logprobs[idx, :r] - logp.detach()).abs() * mask).max())
+                    if ro.logprobs is not None:  # the engine's log-probs against the rollout policy's
+                        # training-side pass (verl logs it): the old log-probs, which are the
+                        # first update's pass when on policy; later updates' passes have moved
+                        d = float(((ro.logprobs[idx, :r] - old).abs() * mask).max())
                         diff_max = d if diff_max is None else max(diff_max, d)
                     entropy = agg_loss(ent, mask, "token-mean")
                     loss = pg_loss - cfg["entropy_coef"] * entropy if cfg["entropy_coef"] != 0 else pg_loss
@@ -530,7 +534,7 @@ def train_rl(init_model: str, task, run_dir: str, cfg: dict[str, Any], stop_afte
             "response_length": float(lmask.sum(dim=1).float().mean()),
             "tokens_per_s": tokens_done / (time.time() - t0),
             "step_seconds": time.perf_counter() - t_step,  # rollout, reward, forwards and update; no checkpoint
-            **{k: float(np.mean(v)) for k, v in stats.items() if v},
+            **{k: float((np.max if k == "rollout_logprob_diff_max" else np.mean)(v)) for k, v in stats.items() if v},
         }
         # groups whose trajectories differ in reward: the only ones with a gradient (none left: collapse)
         metrics["groups_with_spread"] = float(np.mean([scores_np[ro.traj_group == g].std() > 0

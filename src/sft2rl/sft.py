@@ -364,6 +364,7 @@ def train_sft(base: str, train_file: str, val_file: str, out_dir: str, cfg: dict
     if last is None:
         initial_val_loss = evaluate_loss(model, val, micro, pad_id, device, precision)
         writer.add_scalar("val/loss", initial_val_loss, 0)
+    model.train()  # also on resume, which skips that evaluation: gradient checkpointing and dropout act in train mode only
     for epoch in range(first_epoch, cfg["epochs"] + 1):
         order = torch.randperm(len(train), generator=gen).tolist()
         epoch_losses: list[float] = []
