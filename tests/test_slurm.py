@@ -343,21 +343,40 @@ def test_grpo_killed_at_its_time_limit_resumes_from_its_checkpoint(slurm_cluster
 
 
 # ------------------------------------------------------------------ the cluster profile (no cluster needed)
-def test_cluster_profile_is_consistent():
-    """profiles/slurm: every rule named exists, and each rule's CPUs equal its threads."""
+def test_cluster_profile_is_consistent(tmp_path):
+    """profiles/slurm: every rule named exists, each rule's CPUs equal its threads, and every
+    job that asks for a GPU, of every task, goes to the GPU partition with the sizes of its
+    QA counterpart (the games' and the medical model jobs were left on the CPU partition,
+    where sbatch refuses a GPU). The GPU jobs are read from a dry run of `all` with
+    local.gpus: 1, so a new model rule fails here until the profile names it."""
     prof = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())
     assert prof["executor"] == "slurm"
-    rules = {"world", "sft_data", "rl_data", "base_model", "sft", "merge", "samples_model", "grpo", "evaluate",
-             "ablation_table", "figures", "paper"}
+    wd = _workdir(tmp_path / "wd")
+    cfg = yaml.safe_load((wd / "config.yaml").read_text())
+    cfg["local"]["gpus"] = 1
+    (wd / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    dry = subprocess.run([sys.executable, "-m", "snakemake", "-n", "all", "--snakefile", str(REPO / "Snakefile"),
+                          "--directory", str(wd), "--cores", "64"], capture_output=True, text=True, timeout=300)
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    jobs = re.findall(r"^(?:local)?rule (\w+):\n(?:    .*\n)*?    resources: (.*)$", dry.stdout, re.M)
+    planned = {rule for rule, _ in jobs}
+    gpu_rules = {rule for rule, res in jobs if re.search(r"\bgpu=1\b", res)}
+    assert {"sft", "grpo", "game_sft", "game_rl", "game_play", "med_sft", "med_rl", "med_eval"} <= gpu_rules
     threads = prof.get("set-threads", {})
     resources = prof.get("set-resources", {})
-    assert set(threads) <= rules and set(resources) <= rules
+    rules = planned | {"samples_model"}  # samples_model: the `samples` target with a model
+    assert set(threads) <= rules and set(resources) <= rules, (set(threads) | set(resources)) - rules
     assert prof["default-resources"]["cpus_per_task"] == "threads"
     for rule, res in resources.items():
         if "cpus_per_task" in res:
             assert res["cpus_per_task"] == threads.get(rule), rule
-    for rule in ("base_model", "sft", "grpo"):
+    for rule in gpu_rules | {"samples_model"}:
+        assert resources.get(rule, {}).get("slurm_partition") == "<gpu-partition>", rule
         assert threads[rule] >= 4, rule
+    for task_rule, qa_rule in (("game_sft", "sft"), ("med_sft", "sft"), ("game_rl", "grpo"), ("med_rl", "grpo"),
+                               ("med_rl_control", "grpo"), ("med_base_model", "base_model"),
+                               ("game_play", "evaluate"), ("med_eval", "evaluate")):
+        assert resources[task_rule] == resources[qa_rule], task_rule
     # GPUs come from the rules (config.yaml: verl.* or local.gpus); a profile value would override them,
     # and merge runs on the CPU
     assert not any("gpu" in res or "gres" in res for res in resources.values()), resources

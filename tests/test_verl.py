@@ -891,6 +891,12 @@ def test_med_recipe_gives_the_reference_sft_command_line(tmp_path):
                      '"trainer.default_local_dir=$PWD/results/med/sft/qwen2.5-7b-mtmed-think-seed1/checkpoints"'):
         assert expected in out, expected
     assert "--which last" in out and "--out results/models/qwen2.5-7b-mtmed-think-seed1/merged" in out
+    # the 7B doctor's evaluation asks for a GPU (the profile sends it to the GPU partition)
+    res = subprocess.run([*cmd[:5], "results/med/eval.csv", *cmd[6:]], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONHASHSEED": "0"})
+    assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+    evals = re.findall(r"^rule med_eval:\n(?:    .*\n)*?    resources: (.*)$", res.stdout, re.M)
+    assert evals and all(re.search(r"\bgpu=1\b", r) for r in evals), evals
 
 
 # ------------------------------------------------------------------ 9. no injection through config values
