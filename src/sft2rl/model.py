@@ -206,7 +206,7 @@ def pretrain(model, tokenizer, texts: list[str], cfg: dict[str, Any], tb_dir: st
         gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
-        tokens += batch.numel()
+        tokens += batch[:, 1:].numel()  # the trained positions: seq_len per row (a row holds seq_len + 1 ids)
         losses.append(loss.item())
         if writer:
             writer.add_scalar("pretrain/loss", loss.item(), step)
