@@ -30,8 +30,11 @@ def dx(d: str, r: str) -> str:
     return f"<answer>Diagnosis: {d}\nRecommendation: {r}</answer>"
 
 
-def test_token_f1_is_squad_f1():
+def test_token_f1_is_squad_f1_with_punctuation_as_a_space():
     assert reward.token_f1("Beta syndrome", "beta syndrome.") == 1.0
+    # punctuation splits a word (SQuAD would delete it: "checkup", F1 0.4 and 0)
+    assert reward.token_f1("follow-up visit", "follow up visit") == 1.0
+    assert reward.token_f1("check-up", "up") == pytest.approx(2 / 3)
     assert reward.token_f1("Alpha syndrome", "Beta syndrome") == pytest.approx(0.5)
     # 2 common of 3 predicted and 4 true words: P 2/3, R 1/2
     assert reward.token_f1("drink water now", "the drink of water daily") == pytest.approx(2 * (2 / 3) * 0.5 / (2 / 3 + 0.5))

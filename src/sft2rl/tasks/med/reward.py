@@ -17,7 +17,9 @@ turns' terms (``med.rl.reward``, reference weights by default):
   question at that last turn is never answered and earns no question term).
 
 The episode succeeds when its reward reaches ``success_threshold`` (10). Token-overlap F1 is
-SQuAD's: lower case, punctuation and articles removed, F1 of the bags of words.
+SQuAD's but for punctuation: lower case, punctuation replaced by a space (SQuAD deletes it:
+"check-up" is two words here, one there), articles removed, F1 of the bags of words.
+DoctorAgent-RL splits with jieba, which keeps punctuation and spaces as tokens.
 """
 from __future__ import annotations
 
@@ -41,7 +43,7 @@ def _tokens(text: str) -> list[str]:
 
 
 def token_f1(prediction: str, truth: str) -> float:
-    """SQuAD's token-overlap F1 of two texts (0 when either has no word)."""
+    """Token-overlap F1 of two texts (0 when either has no word); words as the module says."""
     p, t = _tokens(prediction), _tokens(truth)
     common = sum((Counter(p) & Counter(t)).values())
     if not p or not t or common == 0:
