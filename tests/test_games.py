@@ -603,11 +603,13 @@ def test_the_reply_limit_must_hold_the_solvers_replies():
             return text.split()
 
     levels = [lv for lv in data.generate_levels("sokoban", CFG) if lv["split"] == "test"]
-    longest = max(len(prompts.response(lv["solution"][k], lv["solution"][k:], True).split())
-                  for lv in levels for k in range(len(lv["solution"])))
+    longest = 1 + max(len(prompts.response(lv["solution"][k], lv["solution"][k:], True).split())
+                      for lv in levels for k in range(len(lv["solution"])))  # and the end-of-turn token
     with pytest.raises(ConfigError, match=rf"'games.eval.max_new_tokens' = {longest - 1} is shorter than the solver's "
-                                          rf"reply at step \d+ of level \d+ of test.jsonl \({longest} tokens, "
-                                          r"games.with_thinking: true\).*at least " + str(longest)):
+                                          rf"reply at step \d+ of level \d+ of test.jsonl \({longest} tokens with its "
+                                          r"end-of-turn token, games.with_thinking: true\).*at least " + str(longest)):
         play.check_reply_limit(Words(), levels, longest - 1, True, "test.jsonl")
     play.check_reply_limit(Words(), levels, longest, True, "test.jsonl")
-    play.check_reply_limit(Words(), levels, 3, False, "test.jsonl")  # "<answer> Up </answer>"
+    play.check_reply_limit(Words(), levels, 4, False, "test.jsonl")  # "<answer> Up </answer>" and the stop
+    with pytest.raises(ConfigError, match="= 3 is shorter"):  # the stop id would be cut: the turn never ends
+        play.check_reply_limit(Words(), levels, 3, False, "test.jsonl")

@@ -221,6 +221,54 @@ def sampled_turns(ro):
     return out
 
 
+def test_the_reply_limit_counts_the_reply_sft_trains_through_its_stop_id(frozen):
+    """reply_length: the tokens SFT trains as the reply (encode_conversation's labels) through
+    the first stop id, also under a template that adds a think scaffold to the reply (Qwen3's):
+    the solver's text alone fell short by the stop id (and by the scaffold)."""
+    from transformers import AutoTokenizer
+
+    from sft2rl.generation import stop_token_ids
+    from sft2rl.sft import IGNORE, encode_conversation
+    from sft2rl.tasks.games.play import reply_length
+
+    from test_model_sft import QWEN3_LIKE
+
+    tok = AutoTokenizer.from_pretrained(frozen / "model")
+    text = "<answer> Up </answer>"
+    stops = set(stop_token_ids(None, tok))
+    for template in (None, QWEN3_LIKE):
+        if template:
+            tok.chat_template = template
+        enc = encode_conversation(tok, [{"role": "user", "content": "grid"}, {"role": "assistant", "content": text}],
+                                  512, "last")
+        trained = [t for t, lab in zip(enc["input_ids"], enc["labels"]) if lab != IGNORE]
+        through_stop = next(i for i, t in enumerate(trained) if t in stops) + 1
+        assert reply_length(tok, text) == through_stop > len(tok.encode(text, add_special_tokens=False))
+    assert reply_length(tok, text) >= len(tok.encode(text, add_special_tokens=False)) + 5  # "<think>\n\n</think>\n\n"
+
+
+def test_max_prompt_length_bounds_the_first_turn_as_at_load_not_the_grown_history(frozen):
+    """rl.max_prompt_length bounds the first turn's prompts (checked when the task loads, as
+    verl's data.max_prompt_length does); a history that grows past it in later turns is played
+    on, as in play and in verl's agent loops. It stopped the rollout before."""
+    from sft2rl.generation import prompt_lengths
+    from sft2rl.model import load_model
+    from sft2rl.tasks.games.play import Episode
+    from sft2rl.tasks.games.rl import GamesTask
+
+    games = dict(GAMES, history=True)
+    model, tok = load_model(str(frozen / "model"))
+    task = GamesTask("frozenlake", str(frozen / "frozenlake" / "levels.jsonl"), games)
+    items = task.load(tok, RL)
+    first = max(prompt_lengths(tok, [Episode("frozenlake", lv, 0, games, 4, 0).prompt() for lv in items[:2]]))
+    cfg = dict(RL, max_prompt_length=first)  # the first prompts fit exactly
+    ro = task.rollout(model, tok, items[:2], 3, cfg, seed=7)
+    assert max(e.steps for e in ro.info) > 1
+    assert int(ro.prompt_mask.sum(1).max() + ro.response_mask.sum(1).max()) > first  # the history grew past it
+    with pytest.raises(ValueError, match="first-turn prompt has"):
+        task.load(tok, dict(RL, max_prompt_length=first - 1))
+
+
 def test_history_rollout_is_one_row_per_episode_with_the_turns_log_probs(frozen):
     """With the history prompt every turn continues its episode's tokens (token in, token
     out), so an episode is one row even where a sampled reply does not re-tokenise as sampled:

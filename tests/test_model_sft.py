@@ -83,6 +83,41 @@ def test_loss_mask_last_turn_only(base_dir):
         encode_conversation(tok, msgs, max_length=512, loss_turns="first")
 
 
+#: Qwen3's template, as far as loss masking sees it: an earlier assistant turn renders without
+#: its think block, the last one with it (an empty one where it has none)
+QWEN3_LIKE = (
+    "{%- for m in messages %}"
+    "{%- if m.role == 'assistant' %}"
+    "{%- set c = m.content.split('</think>')[-1].lstrip('\n') if '</think>' in m.content else m.content %}"
+    "{%- set r = m.content.split('</think>')[0].split('<think>')[-1].strip('\n') if '</think>' in m.content else '' %}"
+    "{%- if loop.last %}{{ '<|im_start|>assistant\n<think>\n' + r + '\n</think>\n\n' + c + '<|im_end|>\n' }}"
+    "{%- else %}{{ '<|im_start|>assistant\n' + c + '<|im_end|>\n' }}{%- endif %}"
+    "{%- else %}{{ '<|im_start|>' + m.role + '\n' + m.content + '<|im_end|>\n' }}{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{%- endif %}")
+
+
+def test_the_last_turn_is_found_under_a_template_that_drops_earlier_think_blocks(base_dir):
+    """Under Qwen3's template an earlier assistant turn renders without its think block, so
+    no prefix of the conversation begins the whole rendering: every turn's loss mask is
+    refused, but the last turn's (the games' and the medical rows) is found, think scaffold
+    and end-of-turn included. Before, the last turn's mask was refused too."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(base_dir)
+    tok.chat_template = QWEN3_LIKE
+    msgs = [{"role": "user", "content": "grid one"},
+            {"role": "assistant", "content": "<think>\nfirst\n</think>\n\n<answer> Up </answer>"},
+            {"role": "user", "content": "grid two"},
+            {"role": "assistant", "content": "<answer> Left </answer>"}]
+    enc = encode_conversation(tok, msgs, max_length=512, loss_turns="last")
+    trained = tok.decode([t for t, lab in zip(enc["input_ids"], enc["labels"]) if lab != IGNORE])
+    assert trained == "<think>\n\n</think>\n\n<answer> Left </answer><|im_end|>\n"
+    assert "first" not in tok.decode(enc["input_ids"])  # the history turn as the template renders it
+    with pytest.raises(ValueError, match="not prefix-stable.*Qwen3's works"):
+        encode_conversation(tok, msgs, max_length=512, loss_turns="all")
+
+
 def test_shared_prefix_gives_the_loss_and_gradient_of_the_whole_rows(base_dir):
     """Rows that start alike (a constant instruction) compute the prefix once: the loss and every
     LoRA gradient equal one forward pass over the whole rows; rows of different lengths, a

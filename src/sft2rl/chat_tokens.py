@@ -14,8 +14,11 @@ sequence (:func:`sft2rl.rl_task.chain_turns`).
 
 A prompt that does not extend the conversation (a Markov prompt, a window of turns that
 dropped the oldest, a reply the prompt shows otherwise than it was given) is rendered
-whole, as a first prompt. Where the replies re-tokenise as sampled and each ended at a stop
-id, the grown tokens are exactly the whole chat's rendering (tested). A reply cut at
+whole, as a first prompt. Where the replies re-tokenise as sampled and each ended at the
+template's end-of-turn token, the grown tokens are exactly the whole chat's rendering
+(tested). A reply that ends at another stop id (Qwen2.5-Instruct's ``<|endoftext|>``, a
+second EOS in its generation config) is followed by the next message without the turn's
+``<|im_end|>``, which the template would render, as in verl's agent loops. A reply cut at
 ``max_new_tokens`` has no end-of-turn token, and the next message follows it directly (the
 template would close the turn first), as in verl's agent loops, which grow their tokens with
 the same builder.

@@ -227,8 +227,13 @@ def multi_turn_rollout(model, tokenizer, episodes: list, groups: np.ndarray, *, 
                        max_new_tokens: int, cfg: dict[str, Any], metrics: dict[str, float] | None = None) -> Rollout:
     """Episodes played in lockstep through the generation engine: each turn the prompts of the
     episodes not ``done`` go through :func:`sft2rl.generation.generate` as one batch (sampled
-    at ``rl.temperature`` / ``rl.top_p``, prompts never cut past ``rl.max_prompt_length``), and
-    ``advance(active episodes, replies)`` moves them on (the environment or the patient).
+    at ``rl.temperature`` / ``rl.top_p``, prompts never cut), and ``advance(active episodes,
+    replies)`` moves them on (the environment or the patient). ``rl.max_prompt_length`` bounds
+    the first turn's prompts (what :func:`check_limits` checks when the task loads, and what
+    verl's ``data.max_prompt_length`` bounds); a later turn's prompt, grown by the replies and
+    observations so far, is bounded by the episode (its turns and reply limit), as in play and
+    in verl's agent loops, which count it in the response: it was checked against the first
+    turn's limit, which stopped a run mid-rollout on an episode play had played whole.
 
     Each episode keeps its tokens as play does (:class:`sft2rl.chat_tokens.TokenChat`): a
     prompt that extends the episode's chat is its tokens so far (the sampled replies as
@@ -246,6 +251,7 @@ def multi_turn_rollout(model, tokenizer, episodes: list, groups: np.ndarray, *, 
     chats = [TokenChat(tokenizer, builder) for _ in episodes]
     kv: list = [None] * len(episodes)  # each episode's K/V so far: a continuing prompt prefills its new tokens only
     turns: list[tuple[int, list[int], list[int], list[float] | None]] = []
+    first_turn = True
     while True:
         active = [i for i, e in enumerate(episodes) if not done(e)]
         kv = [None if done(e) else c for e, c in zip(episodes, kv)]  # a finished episode's cache goes
@@ -254,8 +260,9 @@ def multi_turn_rollout(model, tokenizer, episodes: list, groups: np.ndarray, *, 
         out: list = []
         gen = generate(model, tokenizer, [chats[i].prompt(prompt(episodes[i])) for i in active],
                        max_new_tokens=max_new_tokens, do_sample=True, temperature=cfg["temperature"],
-                       top_p=cfg["top_p"], max_prompt_length=cfg["max_prompt_length"],
+                       top_p=cfg["top_p"], max_prompt_length=cfg["max_prompt_length"] if first_turn else None,
                        past=[kv[i] for i in active], caches_out=out)
+        first_turn = False
         for row, i in enumerate(active):
             kv[i] = out[row]
             pm, rm = gen.prompt_mask[row].bool(), gen.response_mask[row].bool()

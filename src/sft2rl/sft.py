@@ -15,8 +15,11 @@ epoch 0. When the job finishes, the epoch checkpoints move to ``<run>/checkpoint
 ``resume/`` is removed (a finished job that Snakemake reruns trains from epoch 0).
 
 Loss is computed on assistant tokens only, for every assistant turn of a multi-turn
-conversation. Assistant spans are found by rendering the chat template on growing
-prefixes of the conversation, so any chat template (ours, Qwen2.5's, Qwen3's) works.
+conversation (``loss_turns: all``) or its last one (``last``: the games' and the medical
+rows). Assistant spans are found by rendering the chat template on growing prefixes of the
+conversation: every turn's needs a prefix-stable template (ours, Qwen2.5's); the last
+turn's also works with Qwen3's, which renders earlier assistant turns without their think
+block.
 
 No row is cut: a row (train or val) longer than the length limit, the smallest of
 ``sft.max_length``, the model's positions (``max_position_embeddings``) and, for a base that
@@ -45,17 +48,25 @@ from .model import autocast, load_model, pick_device, pretrain_precision, set_se
 IGNORE = -100
 
 
-def assistant_char_spans(tokenizer, messages: list[dict[str, str]]) -> tuple[str, list[tuple[int, int]]]:
-    """The rendered conversation and the character spans of each assistant turn."""
+def assistant_char_spans(tokenizer, messages: list[dict[str, str]],
+                         last_only: bool = False) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered conversation and the character spans of each assistant turn (with
+    ``last_only``, of the final one only: the rendering of the turns before it with the
+    generation prompt, then the rest). Every turn's span needs a template whose rendering of
+    each prefix of the conversation begins the whole one; Qwen3's is not (it renders an
+    earlier assistant turn without the think block it gives the last one), but its last turn
+    is found all the same."""
     full = tokenizer.apply_chat_template(messages, tokenize=False)
     spans = []
     for i, msg in enumerate(messages):
-        if msg["role"] != "assistant":
+        if msg["role"] != "assistant" or (last_only and i != len(messages) - 1):
             continue
         start_text = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
-        end_text = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
+        end_text = full if i == len(messages) - 1 else tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
         if not full.startswith(start_text) or not full.startswith(end_text):
-            raise ValueError("chat template is not prefix-stable; cannot locate assistant turns for loss masking")
+            raise ValueError("chat template is not prefix-stable: cannot locate the assistant turns for loss "
+                             "masking" + ("" if last_only else " (with loss on the last turn only, as the games' "
+                                          "and the medical rows train, a template such as Qwen3's works)"))
         spans.append((len(start_text), len(end_text)))
     return full, spans
 
@@ -69,13 +80,11 @@ def encode_conversation(tokenizer, messages: list[dict[str, str]], max_length: i
     ``loss_turns``: ``all`` trains every assistant turn; ``last`` only the final one (the
     prompt/response rows of the games and the medical task: earlier turns are context).
     """
-    text, spans = assistant_char_spans(tokenizer, messages)
-    if loss_turns == "last":
-        if messages[-1]["role"] != "assistant":
-            raise ValueError("loss_turns 'last': the conversation does not end with an assistant turn")
-        spans = spans[-1:]
-    elif loss_turns != "all":
+    if loss_turns not in ("all", "last"):
         raise ValueError(f"loss_turns {loss_turns!r}: expected all or last")
+    if loss_turns == "last" and messages[-1]["role"] != "assistant":
+        raise ValueError("loss_turns 'last': the conversation does not end with an assistant turn")
+    text, spans = assistant_char_spans(tokenizer, messages, last_only=loss_turns == "last")
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = enc["input_ids"], enc["offset_mapping"]
     labels = [

@@ -224,11 +224,33 @@ def summarize(records: list[dict[str, Any]], *, ci_level: float = 0.95, bootstra
 
 
 # ------------------------------------------------------------------ one policy, one env: the rule's job
+def reply_length(tokenizer, text: str) -> int:
+    """The tokens a model generates for the reply ``text`` as SFT trained it: the chat
+    template's rendering of the reply (with a think scaffold where the template adds one, as
+    Qwen3's does) through its first stop id (:func:`sft2rl.generation.stop_token_ids`); a
+    tokenizer without a template: the text's tokens and one end-of-turn token."""
+    from ...generation import stop_token_ids
+
+    if getattr(tokenizer, "chat_template", None):
+        user = [{"role": "user", "content": "."}]
+        head = tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
+        full = tokenizer.apply_chat_template(user + [{"role": "assistant", "content": text}], tokenize=False)
+        stops = set(stop_token_ids(None, tokenizer))
+        if full.startswith(head) and stops:
+            ids = tokenizer.encode(full[len(head):], add_special_tokens=False)
+            ends = [i for i, t in enumerate(ids) if t in stops]
+            if ends:
+                return ends[0] + 1
+    return len(tokenizer.encode(text, add_special_tokens=False)) + 1
+
+
 def check_reply_limit(tokenizer, levels: list[dict[str, Any]], limit: int, with_thinking: bool, source: str) -> None:
     """Stop when ``limit`` (``games.eval.max_new_tokens``, the reply limit of play and RL) is
-    shorter than the solver's own reply at some state of these levels' solver paths (with
+    shorter than the solver's own reply, as the model generates it (:func:`reply_length`: its
+    end-of-turn token included), at some state of these levels' solver paths (with
     ``games.with_thinking`` the think block states the remaining plan): such replies would be
-    cut before their answer, and every turn scored as malformed."""
+    cut before their end (their answer, or the stop id that ends the turn), and the turns
+    scored as malformed or left open."""
     from ...errors import ConfigError
     from .prompts import response
 
@@ -237,14 +259,14 @@ def check_reply_limit(tokenizer, levels: list[dict[str, Any]], limit: int, with_
     for lv in levels:
         plan = lv["solution"]
         for k in range(len(plan)):
-            n = len(tokenizer.encode(response(plan[k], plan[k:], with_thinking), add_special_tokens=False))
+            n = reply_length(tokenizer, response(plan[k], plan[k:], with_thinking))
             if n > longest:
                 longest, where = n, (lv["index"], k)
     if longest > limit:
         raise ConfigError(f"config key 'games.eval.max_new_tokens' = {limit} is shorter than the solver's reply "
-                          f"at step {where[1]} of level {where[0]} of {source} ({longest} tokens, "
-                          f"games.with_thinking: {str(with_thinking).lower()}): replies would be cut "
-                          f"before their answer; raise it to at least {longest}")
+                          f"at step {where[1]} of level {where[0]} of {source} ({longest} tokens with its "
+                          f"end-of-turn token, games.with_thinking: {str(with_thinking).lower()}): replies would "
+                          f"be cut before their end; raise it to at least {longest}")
 
 
 def evaluate_policy(env_name: str, policy: str, levels_path: str, model_path: str | None, games: dict[str, Any],
