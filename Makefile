@@ -12,12 +12,14 @@ export PYTHONHASHSEED := 0
 .PHONY: setup run test test-fast test-slurm bench gpu-wheels figures paper samples lint clean
 setup: $(STAMP)
 
-# torch first, from the local CPU wheel, so no resolver ever pulls a CUDA build;
-# then everything else, pinned by constraints.txt.
+# torch first, a CPU build, so no resolver ever pulls a CUDA one: `pip install torch==2.13.0`
+# finds the CPU wheel where pip is pointed at one (PIP_FIND_LINKS, as on our CI machines);
+# elsewhere give PyTorch's CPU index: make setup TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# Then everything else, pinned by constraints.txt.
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PY) -m pip install -q -c constraints.txt -e '.[verl,dev]'
 	$(PY) -c "import torch, transformers, peft, snakemake, verl; print('setup ok: torch', torch.__version__, 'transformers', transformers.__version__)"
 	touch $(STAMP)
@@ -64,9 +66,10 @@ samples: setup
 	$(BIN)/snakemake --cores $(CORES) samples
 
 # snakemake --lint, every finding; `make test` runs it too (tests/test_lint.py, which fails on any
-# finding outside the rule files it exempts).
+# finding).
 lint: setup
 	$(BIN)/snakemake --lint
 
 clean:
-	rm -rf results/* data/processed .snakemake
+	find results -mindepth 1 -maxdepth 1 ! -name README.md -exec rm -rf {} +
+	rm -rf data/processed .snakemake

@@ -43,7 +43,7 @@ MED_EVAL = {k: v for k, v in MED["eval"].items() if k not in MED_SAMPLED_KEYS}
 #: what an RL run's task reads (the seeds and evaluation budgets of the ablation, and whether a
 #: control is trained beside it, are not part of a run)
 MED_RL_TASK = {"eval": MED_EVAL, "patient": MED["patient"],
-               "rl": {k: v for k, v in MED_RLC.items() if k not in ("seeds", "eval_budgets", "no_signal_control")}}
+               "rl": {k: v for k, v in MED_RLC.items() if k not in ("seeds", "seed", "eval_budgets", "no_signal_control")}}
 #: RL doctors: rl-<budget>-seed<S>, and rl-<budget>-control-seed<S>, the no-signal control
 #: (rl.shuffle_advantages) of the same budget and seed
 MED_RL_RE = r"rl-(fixed|dynamic)(-control)?-seed(\d+)"

@@ -8,6 +8,6 @@ with script_errors(snakemake) as log:
     cfg = snakemake.params.cfg
     summary = run_job(snakemake.params.init, QATask(snakemake.input.train, cfg["reward"]), cfg["rl"],
                       snakemake.output.final, snakemake.output.summary, sft_file=snakemake.input.get("sft") or None,
-                      sft_loss_turns=snakemake.config["sft"].get("loss_turns", "all"))
+                      sft_loss_turns="all")  # QA SFT trains every assistant turn
     log.info("GRPO done: %s steps (%d trained by this job), reward %.3f -> %.3f", summary["steps"],
              summary["steps_trained"], summary["reward_first10"] or 0.0, summary["reward_last10"] or 0.0)
