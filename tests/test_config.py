@@ -53,6 +53,9 @@ def test_default_config_is_valid(cfg):
     (("games", "sft", "overlong"), "right", r"'games.sft.overlong' = 'right' is not allowed"),
     (("games", "history"), 0, r"'games.history' = 0"),
     (("games", "history"), "last", r"'games.history' = 'last'"),
+    # JSON Schema counts 3.0 as an integer; range(3.0) stopped the level job with a raw TypeError
+    (("games", "counts", "train"), 3.0, r"'games.counts.train' = 3.0: 3.0 is not of type 'integer'"),
+    (("rl", "n"), 8.0, r"'rl.n' = 8.0: 8.0 is not of type 'integer'"),
 ])
 def test_bad_values_give_one_line(cfg, path, value, pattern):
     bad = copy.deepcopy(cfg)
@@ -160,6 +163,43 @@ def test_model_base_is_tiny_a_model_directory_or_a_hub_id(cfg, tmp_path, monkeyp
     (tmp_path / "dir" / "config.json").write_text("{}")
     c["model"]["base"] = str(tmp_path / "dir")
     check_config(c, SCHEMA)
+
+
+@pytest.mark.parametrize("content,pattern", [
+    ("{not json", r"is not valid JSON"), ("[]", r"must hold a JSON object, got list"),
+    ('{"max_position_embeddings": "128"}', r"max_position_embeddings must be an integer, got '128'"),
+])
+def test_a_local_model_s_broken_config_json_is_refused_at_dag_time(cfg, tmp_path, content, pattern):
+    """A local base's (or in-process patient model's) config.json that is not a JSON object,
+    or whose max_position_embeddings is not an integer: one ConfigError naming the key (a raw
+    AttributeError, or accepted and the length checks skipped, before)."""
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text(content)
+    c = copy.deepcopy(cfg)
+    c["model"]["base"] = str(tmp_path / "m")
+    with pytest.raises(ConfigError, match=r"config key 'model.base': .*config.json" + pattern[:0]) as err:
+        check_config(c, SCHEMA)
+    assert re.search(pattern, str(err.value))
+    c = copy.deepcopy(cfg)
+    c["med"]["patient"] = {"model": str(tmp_path / "m")}
+    with pytest.raises(ConfigError, match=r"config key 'med.patient.model'"):
+        check_config(c, SCHEMA)
+    c["med"]["patient"] = {"model": str(tmp_path / "none")}  # neither a directory nor a hub id
+    with pytest.raises(ConfigError, match=r"'med.patient.model' = .* is neither a local directory nor a hub id"):
+        check_config(c, SCHEMA)
+    c["med"]["patient"] = {"endpoint": "http://127.0.0.1:8000/v1", "model": "patient"}  # a served name
+    check_config(c, SCHEMA)
+
+
+def test_a_beta_its_run_name_cannot_hold_is_refused(cfg):
+    """An RL run trains at the beta its name states (six significant digits): 0.3 and
+    0.3000001 were two table rows of one run, and 0.1234567 trained at 0.123457."""
+    for betas, pattern in (([0.3, 0.3000001], r"'ablations.beta' = 0.3000001: a run name holds beta0.3"),
+                           ([0.1234567], r"beta0.123457, and the run would train at that")):
+        c = copy.deepcopy(cfg)
+        c["ablations"]["beta"] = betas
+        with pytest.raises(ConfigError, match=pattern):
+            check_config(c, SCHEMA)
 
 
 def test_ablation_lists_with_duplicates(cfg):

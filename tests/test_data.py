@@ -196,6 +196,13 @@ BAD_LINES = [
     ('{"id": [1], "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}', 1,
      r"field 'id': must be an integer or string"),
     ('[1, 2]', 1, r"expected a JSON object"),
+    # a field copied into the rows: a non-string stopped pyarrow mid-write with a raw TypeError
+    ('{"id": 1, "sub_category": 3, "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}',
+     1, r"field 'sub_category': must be a non-empty string, got 3"),
+    ('{"id": 1, "answer": {"kind": ["k"]}, "messages": [{"role": "user", "content": "q"}, '
+     '{"role": "assistant", "content": "a"}]}', 1, r"field 'answer.kind': must be a non-empty string"),
+    ('{"id": "0", "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}', 1,
+     r"field 'id': duplicate id '0' \(first on line 1\)"),  # 0 and "0": one id in the rows
 ]
 
 
@@ -208,6 +215,22 @@ def test_bad_rl_input_names_file_line_field(tmp_path, line, lineno, pattern):
     with pytest.raises(DataError, match=rf"^{re.escape(str(raw))}:{lineno + 1}: .*{pattern}"):
         process_rl(raw, out, tmp_path / "test.parquet", system_prompt="S", data_source="d", train_fraction=0.5, seed=0)
     assert not out.exists() and not (tmp_path / "test.parquet").exists()
+
+
+def test_sft_ids_of_mixed_types_are_refused_before_anything_is_written(tmp_path):
+    """A row without an id takes its line number: string ids beside it made a column pyarrow
+    cannot write, after the jsonl was written (a raw TypeError). Now one DataError naming the
+    line, and no output."""
+    row = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
+    raw = tmp_path / "sft.jsonl"
+    raw.write_text("\n".join(json.dumps(dict(row, id=i) if i != 2 else row) for i in ("a", "b", 2, "d")) + "\n")
+    outs = [tmp_path / "t.jsonl", tmp_path / "t.parquet", tmp_path / "v.parquet"]
+    with pytest.raises(DataError, match=rf"^{re.escape(str(raw))}:3: field 'id': no id where line 1 has a string id"):
+        process_sft(raw, *outs, n=2, seed=0, val_size=1, with_thinking=False)
+    assert not any(p.exists() for p in outs)
+    raw.write_text("\n".join(json.dumps(dict(row, id=i)) for i in ("a", "b", 3, "d")) + "\n")
+    with pytest.raises(DataError, match=r":3: field 'id': an integer id where line 1 has a string id"):
+        process_sft(raw, *outs, n=2, seed=0, val_size=1, with_thinking=False)
 
 
 def test_empty_and_missing_files(tmp_path):

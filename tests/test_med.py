@@ -354,6 +354,38 @@ def test_test_rows_need_patient_information(tmp_path):
     assert not (tmp_path / "cases.jsonl").exists()
 
 
+@pytest.mark.parametrize("extra", ["showcase", [1]])
+def test_an_extra_info_that_is_no_object_names_file_line_and_field(tmp_path, extra):
+    """A string or list extra_info raised a raw TypeError or AttributeError in write_cases."""
+    row = _multi_turn_row()
+    row["reward_model"]["patient_information"] = [{"doctor_question": ["q1?"], "patient_response": ["Yes."]}]
+    write_jsonl(tmp_path / "test.jsonl", [row, dict(row, extra_info=extra)])
+    with pytest.raises(DataError, match=r"test.jsonl:2: field 'extra_info': must be an object"):
+        data.write_cases(str(tmp_path / "test.jsonl"), tmp_path / "cases.jsonl")
+    assert not (tmp_path / "cases.jsonl").exists()
+
+
+def test_one_case_id_on_two_dialogues_is_refused_and_a_null_one_names_none(tmp_path):
+    """Two dialogues under one extra_info.case were merged into one case (the second left the
+    held-out set without a word); a null case id (pyarrow fills one into rows without it)
+    named them all one case. Now the conflict is refused, naming both lines, and a null id
+    groups by description and diagnosis, as rows without one do."""
+    row = _multi_turn_row()
+    row["reward_model"]["patient_information"] = [{"doctor_question": ["q1?"], "patient_response": ["Yes."]}]
+    other = copy.deepcopy(row)
+    other["prompt"][1]["content"] = other["prompt"][1]["content"].replace("x", "another complaint")
+    other["reward_model"]["ground_truth"] = {"diagnosis": "E", "recommendation": "S"}
+    path = tmp_path / "test.jsonl"
+    write_jsonl(path, [dict(row, extra_info={"case": 1}), dict(row, extra_info={"case": 1}),
+                       dict(other, extra_info={"case": 1})])
+    with pytest.raises(DataError, match=r"test.jsonl:3: field 'extra_info.case': case 1 has another description "
+                                         r"or ground truth than on line 1"):
+        data.write_cases(str(path), tmp_path / "cases.jsonl")
+    assert not (tmp_path / "cases.jsonl").exists()
+    write_jsonl(path, [dict(row, extra_info={"case": None}), dict(other, extra_info={"case": None})])
+    assert data.write_cases(str(path), tmp_path / "cases.jsonl") == 2
+
+
 def test_mtmeddialog_rows_group_into_cases(tmp_path):
     """User rows without clinic numbering: one case per (description, diagnosis), not exact-scored."""
     row = _multi_turn_row()

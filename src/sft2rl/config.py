@@ -27,10 +27,18 @@ def _describe(err: jsonschema.ValidationError) -> str:
     return f"config key '{key}' = {err.instance!r}: {err.message}"
 
 
+#: JSON Schema counts 3.0 as an integer; a float where the code takes an int (a count, a seed,
+#: a batch) would pass and stop a job later with a raw TypeError, so integers are ints here
+_STRICT = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator,
+    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
+        "integer", lambda _, x: isinstance(x, int) and not isinstance(x, bool)))
+
+
 def check_config(config: dict[str, Any], schema_path: str | Path) -> None:
     """Raise ConfigError with one line for the most relevant schema violation."""
     schema = yaml.safe_load(Path(schema_path).read_text())
-    validator = jsonschema.Draft202012Validator(schema)
+    validator = _STRICT(schema)
     error = jsonschema.exceptions.best_match(validator.iter_errors(config))
     if error is not None:
         raise ConfigError(_describe(error))
@@ -45,12 +53,40 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 def _check_model_base(config: dict[str, Any]) -> None:
-    base = config["model"]["base"]
-    if base == "tiny" or (Path(base) / "config.json").is_file() or (HUB_ID.match(base) and not Path(base).exists()):
+    _check_model(config["model"]["base"], "model.base", "tiny, ")
+    patient = (config.get("med") or {}).get("patient")
+    if isinstance(patient, dict) and "endpoint" not in patient and isinstance(patient.get("model"), str):
+        # an in-process patient model (an endpoint's model is the name its server serves)
+        _check_model(patient["model"], "med.patient.model", "")
+
+
+def _check_model(base: str, key: str, tiny: str) -> None:
+    """A model setting: ``tiny`` (where ``tiny`` names it), a local HF directory (its config.json
+    checked) or a hub id."""
+    if (Path(base) / "config.json").is_file():
+        _check_model_config(Path(base) / "config.json", key)
+        return
+    if (tiny and base == "tiny") or (HUB_ID.match(base) and not Path(base).exists()):
         return
     what = "a directory without config.json" if Path(base).is_dir() else "neither a local directory nor a hub id"
-    raise ConfigError(f"config key 'model.base' = {base!r} is {what}; expected tiny, a local HF model directory "
+    raise ConfigError(f"config key '{key}' = {base!r} is {what}; expected {tiny}a local HF model directory "
                       f"(with config.json) or a hub id such as Qwen/Qwen2.5-0.5B-Instruct")
+
+
+def _check_model_config(path: Path, key: str) -> None:
+    """A local model's config.json: a JSON object whose max_position_embeddings, where given,
+    is an integer (the length checks read it; transformers would stop the job on the rest)."""
+    import json
+
+    try:
+        cfg = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ConfigError(f"config key '{key}': {path} is not valid JSON ({e})") from None
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"config key '{key}': {path} must hold a JSON object, got {type(cfg).__name__}")
+    n = cfg.get("max_position_embeddings")
+    if n is not None and (not isinstance(n, int) or isinstance(n, bool)):
+        raise ConfigError(f"config key '{key}': {path}: max_position_embeddings must be an integer, got {n!r}")
 
 
 def count_rows(path: str | Path) -> int | None:
@@ -58,7 +94,7 @@ def count_rows(path: str | Path) -> int | None:
     path = Path(path)
     if not path.is_file():
         return None
-    if path.suffix == ".parquet":
+    if path.suffix.lower() == ".parquet":
         import pyarrow.parquet as pq
 
         try:
@@ -99,7 +135,19 @@ def _check_sizes(config: dict[str, Any]) -> None:
 
 def _check_consistency(config: dict[str, Any]) -> None:
     """Cross-key rules a JSON schema cannot express."""
+    from .tasks.qa.runs import fmt_beta
+
     sft, rl = config["sft"], config["rl"]
+    # an RL run trains at the beta its name states (six significant digits)
+    for key, betas in (("ablations.beta", config["ablations"]["beta"]), ("reward.beta", [config["reward"]["beta"]])):
+        for b in betas:
+            if float(fmt_beta(b)) != float(b):
+                raise ConfigError(f"config key '{key}' = {b!r}: a run name holds beta{fmt_beta(b)}, and the run would "
+                                  "train at that; give at most six significant digits")
+    names = [fmt_beta(b) for b in config["ablations"]["beta"]]
+    if len(set(names)) < len(names):
+        raise ConfigError(f"config key 'ablations.beta' = {config['ablations']['beta']!r}: two values name one run "
+                          f"({names})")
     if sft["train_batch"] % sft["micro_batch"]:
         raise ConfigError(
             f"config keys 'sft.train_batch' = {sft['train_batch']} must be a multiple of "

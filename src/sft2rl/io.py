@@ -167,7 +167,7 @@ def iter_rows(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
     numbers are 1-based, the line number for jsonl), with DataErrors naming the file; jsonl
     is streamed line by line."""
     path = Path(path)
-    if path.suffix != ".parquet":
+    if path.suffix.lower() != ".parquet":  # data.parquet and DATA.PARQUET alike
         yield from iter_jsonl(path)
         return
     if not path.is_file():

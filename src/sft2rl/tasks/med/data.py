@@ -178,6 +178,9 @@ def check_row(path: Path, n: int, row: dict[str, Any], need_patient: bool) -> No
     reference's own files have such entries, the last of a dialogue the patient left), so the
     entry records nothing (:func:`patient.recorded_pairs`)."""
     check_prompt_response(path, n, row, user="the patient's (role user)")
+    extra = row.get("extra_info")
+    if extra is not None and not isinstance(extra, dict):
+        raise DataError(path, n, "extra_info", f"must be an object, got {type(extra).__name__}")
     rm = row.get("reward_model")
     if not isinstance(rm, dict):
         raise DataError(path, n, "reward_model", f"must be an object, got {type(rm).__name__}")
@@ -206,14 +209,15 @@ def check_row(path: Path, n: int, row: dict[str, Any], need_patient: bool) -> No
                             "must be a string, a non-empty list of strings, or null (no recorded answer)")
 
 
-def load_raw(path: str | Path, need_patient: bool = False) -> list[dict[str, Any]]:
+def load_raw(path: str | Path, need_patient: bool = False, lines: list[int] | None = None) -> list[dict[str, Any]]:
     """Validated raw MTMedDialog rows of a jsonl or parquet file.
 
     A row outside the schema stops at once (:func:`check_row`). A response that is not a
     doctor turn (:func:`dialog.parse_reply`: exactly one ``<answer>`` holding "Question: …" or
     "Diagnosis: …\\nRecommendation: …") is refused too, since it would be a training target,
     but only once the whole file is read: one error counts every such row and names the
-    first lines (the reference's own train file has 9 of 5,516)."""
+    first lines (the reference's own train file has 9 of 5,516). ``lines``, where given, gets
+    each row's line (jsonl) or row number (parquet)."""
     path = Path(path)
     rows = []
     bad: list[int] = []
@@ -224,6 +228,8 @@ def load_raw(path: str | Path, need_patient: bool = False) -> list[dict[str, Any
         if parse_reply(row["response"]).kind == "invalid":
             bad.append(n)
         rows.append(row)
+        if lines is not None:
+            lines.append(n)
     if bad:
         raise DataError(path, bad[0], "response",
                         f"{len(bad)} of {len(rows)} rows ({_lines(bad)}) are not a doctor turn: each must hold "
@@ -338,10 +344,14 @@ def write_sft_data(train: str, val: str, with_thinking: bool, out_dir: str | Pat
     return {k: len(v) for k, v in out.items()}
 
 
-def cases_from_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The distinct dialogues of the test rows, in order of first appearance."""
+def cases_from_rows(rows: list[dict[str, Any]], source: str | Path | None = None,
+                    lines: list[int] | None = None) -> list[dict[str, Any]]:
+    """The distinct dialogues of the test rows, in order of first appearance. A row's
+    ``extra_info.case`` (where not null) names its case; rows that name one case with another
+    description or truth are refused (``source`` and ``lines`` name the row)."""
     cases: dict[tuple[str, str], dict[str, Any]] = {}
-    for row in rows:
+    first_line: dict[tuple[str, str], int | None] = {}
+    for i, row in enumerate(rows):
         prompt = row["prompt"]
         # the description without its budget line: a consultation states its own budget
         first = with_budget([{"role": m["role"], "content": m["content"]} for m in prompt[: _first_user(prompt) + 1]],
@@ -349,8 +359,17 @@ def cases_from_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         truth = row["reward_model"]["ground_truth"]
         extra = row.get("extra_info") or {}
         # the clinic numbers its cases; MTMedDialog rows of one dialogue share description and truth
-        key = ("case", str(extra["case"])) if "case" in extra else (json.dumps(first), truth["diagnosis"])
+        named = extra.get("case") is not None
+        key = ("case", str(extra["case"])) if named else (json.dumps(first), truth["diagnosis"])
+        line = lines[i] if lines is not None else i + 1
+        if named and key in cases and (cases[key]["first"] != first or cases[key]["truth"]["diagnosis"] !=
+                                       truth["diagnosis"] or cases[key]["truth"]["recommendation"] !=
+                                       truth["recommendation"]):
+            raise DataError(source or "rows", line, "extra_info.case",
+                            f"case {extra['case']!r} has another description or ground truth than on "
+                            f"{'line' if lines is not None else 'row'} {first_line[key]}: one case id per dialogue")
         if key not in cases:
+            first_line[key] = line
             cases[key] = {"id": str(len(cases)), "category": str(extra.get("category") or "all"),
                           "exact": row.get("data_source") == SYNTHETIC_SOURCE, "first": first,
                           "truth": {"diagnosis": truth["diagnosis"], "recommendation": truth["recommendation"]},
@@ -361,7 +380,8 @@ def cases_from_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def write_cases(rows: str, out: str | Path) -> int:
     """The distinct dialogues of a raw file (the test file: the held-out cases; train and val:
     the RL cases) as cases."""
-    cases = cases_from_rows(load_raw(rows, need_patient=True))
+    lines: list[int] = []
+    cases = cases_from_rows(load_raw(rows, need_patient=True, lines=lines), rows, lines)
     write_jsonl(out, cases)
     return len(cases)
 

@@ -44,11 +44,21 @@ def load_sft_rows(path: str | Path) -> list[dict[str, Any]]:
     """Validate the SFT source: each row a conversation with user and assistant turns."""
     path = Path(path)
     rows = []
+    id_type: tuple[str, int] | None = None  # the first row's kind of id ("none", "int", "str") and its line
     for lineno, row in read_rows(path):
         msgs = _check_messages(path, lineno, row, ("user", "assistant"))
         for j, m in enumerate(msgs):
             if m["role"] == "assistant" and not m["content"].strip():
                 raise DataError(path, lineno, f"messages[{j}].content", "empty assistant message")
+        rid = row.get("id")
+        if rid is not None and (not isinstance(rid, (int, str)) or isinstance(rid, bool)):
+            raise DataError(path, lineno, "id", f"must be an integer or string, got {type(rid).__name__}")
+        kind = "no id" if rid is None else "an integer id" if isinstance(rid, int) else "a string id"
+        if id_type is None:
+            id_type = (kind, lineno)
+        elif kind != id_type[0]:  # a row without id takes its line number: one column, one type
+            raise DataError(path, lineno, "id", f"{kind} where line {id_type[1]} has {id_type[0]}: give every row "
+                            "an id of one type, or none")
         rows.append({**row, "_line": lineno})
     return rows
 
@@ -57,16 +67,17 @@ def load_rl_rows(path: str | Path) -> list[dict[str, Any]]:
     """Validate the RL source: a user question and an assistant ground truth per row."""
     path = Path(path)
     rows = []
-    seen: dict[Any, int] = {}
+    seen: dict[str, int] = {}
     for lineno, row in iter_rows(path):
         msgs = _check_messages(path, lineno, row, ("user", "assistant"))
         if "id" not in row:
             raise DataError(path, lineno, "id", "missing")
         if not isinstance(row["id"], (int, str)) or isinstance(row["id"], bool):
             raise DataError(path, lineno, "id", f"must be an integer or string, got {type(row['id']).__name__}")
-        if row["id"] in seen:
-            raise DataError(path, lineno, "id", f"duplicate id {row['id']!r} (first on line {seen[row['id']]})")
-        seen[row["id"]] = lineno
+        key = str(row["id"])  # the id the rows carry (1 and "1" are one id)
+        if key in seen:
+            raise DataError(path, lineno, "id", f"duplicate id {row['id']!r} (first on line {seen[key]})")
+        seen[key] = lineno
         question = next(m["content"] for m in msgs if m["role"] == "user")
         truth = next(m["content"] for m in msgs if m["role"] == "assistant")
         if not question.strip():
@@ -82,6 +93,9 @@ def load_rl_rows(path: str | Path) -> list[dict[str, Any]]:
         entity = (answer or {}).get("entity")
         if entity is not None and (not isinstance(entity, str) or not entity.strip()):
             raise DataError(path, lineno, "answer.entity", f"must be a non-empty string, got {entity!r}")
+        for field, value in (("answer.kind", (answer or {}).get("kind")), ("sub_category", row.get("sub_category"))):
+            if value is not None and (not isinstance(value, str) or not value.strip()):
+                raise DataError(path, lineno, field, f"must be a non-empty string, got {value!r}")
         rows.append({"id": row["id"], "question": question, "ground_truth": truth, "knowable": knowable,
                      "kind": (answer or {}).get("kind"), "entity": entity, "sub_category": row.get("sub_category"),
                      "_line": lineno})
