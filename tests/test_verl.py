@@ -179,6 +179,32 @@ def test_game_sft_rows_train_the_last_turn_in_verl_like_locally(tiny_base, tmp_p
     with pytest.raises(vl.VerlConfigError, match="loss_turns"):
         vl.sft_overrides(base="b", train="t", val="v", run_dir="r", run_name="n", sft=dict(sft, loss_turns="first"),
                          seed=0, nnodes=1, gpus_per_node=1)
+    # under a template that renders an earlier assistant turn without its think block (Qwen3's),
+    # verl's own dataset refused every row (its per-message rendering check); ours gives the
+    # local backend's tokens and last-turn mask, think scaffold included
+    from verl.utils.dataset.multiturn_sft_dataset import MultiTurnSFTDataset
+
+    from test_model_sft import QWEN3_LIKE
+
+    tok.chat_template = QWEN3_LIKE
+    rows = read_parquet_rows(tmp_path / "train.parquet")
+    ds = create_sft_dataset(cfg.data.train_files, cfg.data, tok, None)
+    for i, row in enumerate(rows):
+        enc = encode_conversation(tok, row["messages"], sft["max_length"], loss_turns="last")
+        item = ds[i]
+        assert item["input_ids"].tolist() == enc["input_ids"]  # data.pad_mode no_padding
+        assert item["loss_mask"].tolist() == [int(lab != IGNORE) for lab in enc["labels"]]
+        assert tok.decode(item["input_ids"][item["loss_mask"].bool()]).startswith("<think>\n\n</think>\n\n")
+    from omegaconf import OmegaConf  # right padding: the same row, padded to data.max_length
+
+    right = create_sft_dataset(cfg.data.train_files, OmegaConf.merge(cfg.data, {"pad_mode": "right"}), tok, None)[0]
+    n = len(ds[0]["input_ids"])
+    assert right["input_ids"].shape[0] == sft["max_length"] and int(right["attention_mask"].sum()) == n
+    assert right["input_ids"][:n].tolist() == ds[0]["input_ids"].tolist()
+    assert right["loss_mask"][:n].tolist() == ds[0]["loss_mask"].tolist() and not right["loss_mask"][n:].any()
+    theirs = MultiTurnSFTDataset(cfg.data.train_files, tok, cfg.data)
+    with pytest.raises(AssertionError):
+        theirs[0]
 
 
 def test_sft_misspelt_key_is_refused(tiny_base, data, tmp_path):
@@ -852,7 +878,7 @@ def test_med_rows_train_the_doctor_turn_in_verl_like_locally(tiny_base, tmp_path
     cfg = compose("sft_trainer_engine", ov)
     model_cfg = omega_conf_to_dataclass(cfg.model)
     ds = create_sft_dataset(cfg.data.train_files, cfg.data, model_cfg.tokenizer, None)
-    assert type(ds).__name__ == ("LastTurnSFTDataset" if sft_rows == "turn" else "MultiTurnSFTDataset")
+    assert type(ds).__name__ == ("LastTurnSFTDataset" if sft_rows == "turn" else "ConversationSFTDataset")
     tok = AutoTokenizer.from_pretrained(tiny_base)
     rows = [r for r in read_parquet_rows(tmp_path / "sft/train.parquet") if len(r["prompt"]) >= 4][:3]
     assert rows, "need rows with earlier doctor turns"

@@ -188,8 +188,9 @@ def sft_overrides(*, base: str, train: str, val: str, run_dir: str, run_name: st
                   seed: int, nnodes: int, gpus_per_node: int) -> list[str]:
     """Hydra overrides of ``verl.trainer.sft_trainer`` (config ``sft_trainer_engine``).
 
-    ``sft.loss_turns: last`` (prompt/response rows: games, medical) loads our dataset class
-    that keeps the loss on the final assistant turn only (``sft2rl.verl_sft_data``).
+    The data go through our dataset classes (``sft2rl.verl_sft_data``), which tokenise each
+    conversation as the local backend does: every assistant turn trained, or with
+    ``sft.loss_turns: last`` (prompt/response rows: games, medical) the final one only.
     """
     world = check_world(nnodes, gpus_per_node)
     if sft["lr_scheduler"] not in ("cosine", "constant"):
@@ -207,7 +208,7 @@ def sft_overrides(*, base: str, train: str, val: str, run_dir: str, run_name: st
     if loss_turns not in ("all", "last"):
         raise VerlConfigError(f"sft loss_turns = {loss_turns!r}: expected all or last")
     dataset = [_kv("data.custom_cls.path", "pkg://sft2rl.verl_sft_data"),
-               _kv("data.custom_cls.name", "LastTurnSFTDataset")] if loss_turns == "last" else []
+               _kv("data.custom_cls.name", "LastTurnSFTDataset" if loss_turns == "last" else "ConversationSFTDataset")]
     return [
         _kv("data.train_files", train),
         _kv("data.val_files", val),
