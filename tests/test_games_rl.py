@@ -269,6 +269,56 @@ def test_max_prompt_length_bounds_the_first_turn_as_at_load_not_the_grown_histor
         task.load(tok, dict(RL, max_prompt_length=first - 1))
 
 
+@pytest.mark.parametrize("qwen3", [False, True])
+def test_the_verl_episode_budget_holds_every_observation_the_token_builder_appends(frozen, qwen3):
+    """rollout.response_length's observation tokens hold what the agent loop's token builder
+    appends for each observation (TokenChat, as verl's loops grow their sequences), also under
+    a template that gives the last assistant turn a think scaffold it drops from earlier ones
+    (Qwen3's): measured with the template alone the budget fell short by the scaffold."""
+    from transformers import AutoTokenizer
+
+    from sft2rl.chat_tokens import TokenChat, token_builder
+    from sft2rl.generation import turn_end_token_id
+    from sft2rl.tasks.games.data import read_levels
+    from sft2rl.tasks.games.play import Episode
+    from sft2rl.tasks.games.prompts import OBSERVATION, render
+    from sft2rl.tasks.games.rl import _path_grids, episode_token_budget
+
+    from test_model_sft import QWEN3_LIKE
+
+    tok = AutoTokenizer.from_pretrained(frozen / "model")
+    model_type = "qwen3" if qwen3 else "qwen2"
+    if qwen3:
+        tok.chat_template = QWEN3_LIKE
+    games = dict(GAMES, history=True)
+    levels = read_levels(frozen / "frozenlake" / "levels.jsonl", "train")
+    budget = episode_token_budget(tok, "frozenlake", levels, games, model_type)
+    reply = "<answer> Up </answer>"
+    appended = 0
+    for lv in levels:
+        first = Episode("frozenlake", lv, 0, games, 4, 0).prompt()
+        for grid in _path_grids("frozenlake", lv, games):
+            chat = TokenChat(tok, token_builder(tok, model_type))
+            chat.prompt(first)
+            chat.reply(tok.encode(reply, add_special_tokens=False) + [turn_end_token_id(tok)], reply)
+            before = len(chat.ids)
+            chat.prompt(first + [{"role": "assistant", "content": reply},
+                                 {"role": "user", "content": OBSERVATION.format(grid=render(grid, games["render"]))}])
+            assert chat.continued == 1
+            appended = max(appended, len(chat.ids) - before)
+    assert appended <= budget["observation_tokens"] <= appended + 3
+    # the template's own difference (the budget before): short of it by the scaffold under Qwen3's
+    head = Episode("frozenlake", levels[0], 0, games, 4, 0).prompt() + [{"role": "assistant", "content": "x"}]
+    user = [{"role": "user", "content": OBSERVATION.format(grid=render(_path_grids("frozenlake", levels[0], games)[0],
+                                                                       games["render"]))}]
+    def length(msgs, gen):
+        return len(tok.encode(tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen),
+                              add_special_tokens=False))
+
+    rendered = length(head + user, True) - length(head, False)
+    assert (rendered + 2 < appended) == qwen3
+
+
 def test_history_rollout_is_one_row_per_episode_with_the_turns_log_probs(frozen):
     """With the history prompt every turn continues its episode's tokens (token in, token
     out), so an episode is one row even where a sampled reply does not re-tokenise as sampled:

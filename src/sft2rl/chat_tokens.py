@@ -87,6 +87,32 @@ class TokenChat:
         self.messages = self.messages + [{"role": "assistant", "content": text}]
 
 
+def message_tokens(tokenizer, messages: Messages, new: Messages, model_type: str | None) -> int:
+    """How many tokens a message turn takes in an agent loop's sequence: the tokens
+    :class:`TokenChat` (verl's token builder for ``model_type``) appends for ``new`` after
+    ``messages``, a conversation that ends with an assistant reply sampled through its
+    end-of-turn token; and at least the chat template's difference between the two
+    renderings. The template's difference alone undercounts where the template renders the
+    last assistant turn otherwise than an earlier one (Qwen3's think scaffold)."""
+    from .generation import turn_end_token_id
+
+    def length(msgs: Messages, gen: bool) -> int:
+        text = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen)
+        return len(tokenizer.encode(text, add_special_tokens=False))
+
+    rendered = length(messages + new, True) - length(messages, False)
+    end = turn_end_token_id(tokenizer)
+    if end is None or messages[-1]["role"] != "assistant":
+        return rendered
+    chat = TokenChat(tokenizer, token_builder(tokenizer, model_type))
+    chat.prompt(messages[:-1])
+    reply = messages[-1]["content"]
+    chat.reply(tokenizer.encode(reply, add_special_tokens=False) + [end], reply)
+    before = len(chat.ids)
+    chat.prompt(messages + new)
+    return max(rendered, len(chat.ids) - before) if chat.continued else rendered
+
+
 class TokenChats:
     """A :class:`TokenChat` per conversation object (a game episode, a consultation), made on
     first sight; the objects are held, so their ids stay theirs."""

@@ -96,7 +96,7 @@ def prepare_game_rl(run_dir: str | Path, *, init: str, levels: str, env: str, ga
     loops = [{"name": VERL_AGENT_NAME, "_target_": "sft2rl.tasks.games.verl_agent.GameAgentLoop", "env": env,
               "games": games, "episode_log": str(run / EPISODE_LOG)}]
     write_text(run / AGENT_LOOPS, yaml.safe_dump(loops, sort_keys=False))
-    budget = episode_token_budget(tokenizer, env, train, games)
+    budget = episode_token_budget(tokenizer, env, train, games, _model_type(init))
     stops = write_rollout_generation_config(init, run / ROLLOUT_GENERATION_CONFIG)
     plan = {"planned_steps": planned_steps(len(train), train_batch, epochs, total_steps), "train_rows": len(train),
             "run_key": key["key"], "start": guard["reason"], "stop_token_ids": stops, **budget}
@@ -145,7 +145,8 @@ def prepare_med_rl(run_dir: str | Path, *, init: str, cases: str, mode: str, med
         raise RunError(f"{cases}: a first-turn prompt has {longest} tokens, more than rl.max_prompt_length = "
                        f"{max_prompt_length}; raise it (prompts are never cut)")
     write_parquet(run / GAME_TRAIN, rows)
-    budget = med_episode_token_budget(tokenizer, train, max(r["extra_info"]["max_turns"] for r in rows), med)
+    budget = med_episode_token_budget(tokenizer, train, max(r["extra_info"]["max_turns"] for r in rows), med,
+                                      _model_type(init))
     stops = write_rollout_generation_config(init, run / ROLLOUT_GENERATION_CONFIG)
     loops = [{"name": VERL_AGENT_NAME, "_target_": "sft2rl.tasks.med.verl_agent.MedAgentLoop", "med": med,
               "episode_log": str(run / EPISODE_LOG)}]
@@ -179,8 +180,15 @@ def med_verl_rows(cases: list[dict[str, Any]], med: dict[str, Any], mode: str, s
             for i, (case, limit) in enumerate(zip(cases, limits))]
 
 
-def med_episode_token_budget(tokenizer, cases: list[dict[str, Any]], max_turns: int, med: dict[str, Any]
-                             ) -> dict[str, int]:
+def _model_type(model_dir: str) -> str | None:
+    """The HF ``model_type`` of a model directory (the agent loops' token builder follows it)."""
+    from transformers import AutoConfig
+
+    return getattr(AutoConfig.from_pretrained(model_dir), "model_type", None)
+
+
+def med_episode_token_budget(tokenizer, cases: list[dict[str, Any]], max_turns: int, med: dict[str, Any],
+                             model_type: str | None = None) -> dict[str, int]:
     """The most response tokens one consultation can take in the agent loop (its
     ``rollout.response_length``): ``max_turns`` replies of ``med.eval.max_new_tokens`` and,
     between them, ``max_turns - 1`` patient turns, each as long as the longest user turn the
@@ -189,7 +197,10 @@ def med_episode_token_budget(tokenizer, cases: list[dict[str, Any]], max_turns: 
     the limit is followed directly by the patient's turn). What the patient can say: "Sorry, I do not understand.",
     and for the rule patient "Sorry, I do not know." and every recorded answer of the cases; a
     model patient's answer counts as twice its token limit (its tokenizer may split the text
-    into fewer tokens than the doctor's)."""
+    into fewer tokens than the doctor's). The longest turn is counted as the agent loop's token
+    builder for ``model_type`` appends it (:func:`sft2rl.chat_tokens.message_tokens`: a
+    template's think scaffold included)."""
+    from .chat_tokens import message_tokens
     from .tasks.med.dialog import DONT_KNOW, FORCE, NOT_UNDERSTOOD
     from .tasks.med.patient import patient_backend, recorded_pairs
 
@@ -212,7 +223,9 @@ def med_episode_token_budget(tokenizer, cases: list[dict[str, Any]], max_turns: 
     else:
         extra = 2 * int(patient.get("max_new_tokens") or patient.get("max_tokens"))
         said |= {""}
-    observation = max(turn(t) for t in said) + extra + 2
+    widest = max(sorted(said), key=turn)
+    user = [{"role": "user", "content": widest + "\n" + FORCE}]
+    observation = max(turn(widest), message_tokens(tokenizer, head, user, model_type)) + extra + 2
     reply = int(ev["max_new_tokens"])
     return {"observation_tokens": observation, "reply_tokens": reply, "max_turns": int(max_turns),
             "response_length": max_turns * reply + (max_turns - 1) * observation}

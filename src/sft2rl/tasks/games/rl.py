@@ -147,25 +147,34 @@ def verl_rows(env: str, levels: list[dict], games: dict[str, Any], seed: int) ->
     return rows
 
 
-def episode_token_budget(tokenizer, env: str, levels: list[dict], games: dict[str, Any]) -> dict[str, int]:
+def episode_token_budget(tokenizer, env: str, levels: list[dict], games: dict[str, Any],
+                         model_type: str | None = None) -> dict[str, int]:
     """The most response tokens one episode can take in the agent loop (its ``rollout.response_length``):
     ``max_steps`` replies of ``max_new_tokens`` and, between them, ``max_steps - 1`` observations,
     each as long as the longest observation turn the chat template renders for a grid of these
-    levels (every state on their solver paths), plus two tokens for the turn boundary."""
+    levels (every state on their solver paths), as the agent loop's token builder for
+    ``model_type`` appends it (:func:`sft2rl.chat_tokens.message_tokens`: a template's think
+    scaffold included), plus two tokens for the turn boundary."""
+    from ...chat_tokens import message_tokens
+
     def length(msgs, gen):
         text = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen)
         return len(tokenizer.encode(text, add_special_tokens=False))
 
     ev = games["eval"]
-    longest = 0
+    longest, widest = 0, None
     for lv in levels:
         ep = Episode(env, lv, 0, games, ev["max_steps"], 0)
         first = ep.prompt()
         head = first + [{"role": "assistant", "content": "x"}]
         base = length(head, False)
         for grid in _path_grids(env, lv, games):
-            turn = head + [{"role": "user", "content": OBSERVATION.format(grid=render(grid, games["render"]))}]
-            longest = max(longest, length(turn, True) - base)
+            user = [{"role": "user", "content": OBSERVATION.format(grid=render(grid, games["render"]))}]
+            n = length(head + user, True) - base
+            if n > longest:
+                longest, widest = n, (head, user)
+    if widest is not None:  # the widest observation as the builder appends it (one builder call)
+        longest = max(longest, message_tokens(tokenizer, *widest, model_type))
     steps, reply = int(ev["max_steps"]), int(ev["max_new_tokens"])
     return {"observation_tokens": longest + 2, "reply_tokens": reply,
             "response_length": steps * reply + (steps - 1) * (longest + 2)}
