@@ -198,9 +198,9 @@ BAD_LINES = [
     ('[1, 2]', 1, r"expected a JSON object"),
     # a field copied into the rows: a non-string stopped pyarrow mid-write with a raw TypeError
     ('{"id": 1, "sub_category": 3, "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}',
-     1, r"field 'sub_category': must be a non-empty string, got 3"),
+     1, r"field 'sub_category': must be a string, got 3"),
     ('{"id": 1, "answer": {"kind": ["k"]}, "messages": [{"role": "user", "content": "q"}, '
-     '{"role": "assistant", "content": "a"}]}', 1, r"field 'answer.kind': must be a non-empty string"),
+     '{"role": "assistant", "content": "a"}]}', 1, r"field 'answer.kind': must be a string"),
     ('{"id": "0", "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}', 1,
      r"field 'id': duplicate id '0' \(first on line 1\)"),  # 0 and "0": one id in the rows
 ]
@@ -231,6 +231,9 @@ def test_sft_ids_of_mixed_types_are_refused_before_anything_is_written(tmp_path)
     raw.write_text("\n".join(json.dumps(dict(row, id=i)) for i in ("a", "b", 3, "d")) + "\n")
     with pytest.raises(DataError, match=r":3: field 'id': an integer id where line 1 has a string id"):
         process_sft(raw, *outs, n=2, seed=0, val_size=1, with_thinking=False)
+    # integer ids beside rows without one (their line numbers) make one integer column: kept
+    raw.write_text("\n".join(json.dumps(dict(row, id=i) if i != 2 else row) for i in (10, 11, 2, 13)) + "\n")
+    assert process_sft(raw, *outs, n=2, seed=0, val_size=1, with_thinking=False) == {"train": 2, "val": 1}
 
 
 def test_empty_and_missing_files(tmp_path):

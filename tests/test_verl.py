@@ -641,6 +641,9 @@ def test_snakemake_dry_run_prints_verl_commands(tmp_path):
     assert "actor_rollout_ref.actor.kl_loss_type=low_var_kl" in out
     assert "\n    custom_reward_function." not in out and "reward_model.reward_manager" not in out
     assert out.count("rule grpo:") == 3 * len(CONFIG["ablations"]["seeds"])
+    # the SFT job loads our dataset classes: editing them reruns it (as the games' and medical SFT)
+    sft_inputs = re.findall(r"^rule sft:\n    input: (.*)$", out, re.M)
+    assert sft_inputs and all("src/sft2rl/verl_sft_data.py" in i for i in sft_inputs)
 
 
 def test_med_rl_table_on_verl_plans_no_control(tmp_path):

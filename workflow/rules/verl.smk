@@ -18,7 +18,7 @@ if config["backend"] == "verl":
         input:
             unpack(sft_data),
             base=base_input,
-            code=code("verl_export"),
+            code=code("verl_export", modules=["verl_sft_data"]),
         output:
             checkpoints=directory("results/sft/{sft_run}/checkpoints"),
             metrics="results/sft/{sft_run}/metrics.json",

@@ -56,9 +56,11 @@ def load_sft_rows(path: str | Path) -> list[dict[str, Any]]:
         kind = "no id" if rid is None else "an integer id" if isinstance(rid, int) else "a string id"
         if id_type is None:
             id_type = (kind, lineno)
-        elif kind != id_type[0]:  # a row without id takes its line number: one column, one type
+        elif (kind == "a string id") != (id_type[0] == "a string id"):
+            # a row without id takes its line number: string ids beside integers make a column
+            # of two types, which the parquet output cannot hold
             raise DataError(path, lineno, "id", f"{kind} where line {id_type[1]} has {id_type[0]}: give every row "
-                            "an id of one type, or none")
+                            "a string id, or none a string id")
         rows.append({**row, "_line": lineno})
     return rows
 
@@ -94,8 +96,8 @@ def load_rl_rows(path: str | Path) -> list[dict[str, Any]]:
         if entity is not None and (not isinstance(entity, str) or not entity.strip()):
             raise DataError(path, lineno, "answer.entity", f"must be a non-empty string, got {entity!r}")
         for field, value in (("answer.kind", (answer or {}).get("kind")), ("sub_category", row.get("sub_category"))):
-            if value is not None and (not isinstance(value, str) or not value.strip()):
-                raise DataError(path, lineno, field, f"must be a non-empty string, got {value!r}")
+            if value is not None and not isinstance(value, str):  # empty: the default ("qa", "unknown")
+                raise DataError(path, lineno, field, f"must be a string, got {value!r}")
         rows.append({"id": row["id"], "question": question, "ground_truth": truth, "knowable": knowable,
                      "kind": (answer or {}).get("kind"), "entity": entity, "sub_category": row.get("sub_category"),
                      "_line": lineno})
