@@ -173,5 +173,5 @@ def test_verl_sft_refuses_an_over_long_row(tiny_base, data):
     tokenizer = omega_conf_to_dataclass(cfg.model).tokenizer
     ds = create_sft_dataset(cfg.data.train_files, cfg.data, tokenizer, None)
     assert len(ds[1]["input_ids"]) <= limit  # a row that fits
-    with pytest.raises(ValueError, match=rf"sequence_length={n} is larger than self.max_length={limit}"):
-        ds[0]
+    with pytest.raises(ValueError, match=rf"row 0: {n} tokens, more than data.max_length = {limit} \(rows are never cut\)"):
+        ds[0]  # our dataset class (sft2rl.verl_sft_data), which verl's SFT trainer loads
