@@ -87,6 +87,13 @@ class TokenChat:
         self.messages = self.messages + [{"role": "assistant", "content": text}]
 
 
+def rendered_length(tokenizer, messages: Messages, generation_prompt: bool) -> int:
+    """Tokens of the chat template's rendering of ``messages`` (with the assistant header
+    where ``generation_prompt``)."""
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+    return len(tokenizer.encode(text, add_special_tokens=False))
+
+
 def message_tokens(tokenizer, messages: Messages, new: Messages, model_type: str | None) -> int:
     """How many tokens a message turn takes in an agent loop's sequence: the tokens
     :class:`TokenChat` (verl's token builder for ``model_type``) appends for ``new`` after
@@ -96,11 +103,7 @@ def message_tokens(tokenizer, messages: Messages, new: Messages, model_type: str
     last assistant turn otherwise than an earlier one (Qwen3's think scaffold)."""
     from .generation import turn_end_token_id
 
-    def length(msgs: Messages, gen: bool) -> int:
-        text = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen)
-        return len(tokenizer.encode(text, add_special_tokens=False))
-
-    rendered = length(messages + new, True) - length(messages, False)
+    rendered = rendered_length(tokenizer, messages + new, True) - rendered_length(tokenizer, messages, False)
     end = turn_end_token_id(tokenizer)
     if end is None or messages[-1]["role"] != "assistant":
         return rendered

@@ -200,19 +200,15 @@ def med_episode_token_budget(tokenizer, cases: list[dict[str, Any]], max_turns: 
     into fewer tokens than the doctor's). The longest turn is counted as the agent loop's token
     builder for ``model_type`` appends it (:func:`sft2rl.chat_tokens.message_tokens`: a
     template's think scaffold included)."""
-    from .chat_tokens import message_tokens
+    from .chat_tokens import message_tokens, rendered_length
     from .tasks.med.dialog import DONT_KNOW, FORCE, NOT_UNDERSTOOD
     from .tasks.med.patient import patient_backend, recorded_pairs
 
-    def length(msgs, gen):
-        text = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen)
-        return len(tokenizer.encode(text, add_special_tokens=False))
-
     head = [*cases[0]["first"], {"role": "assistant", "content": "x"}]
-    base = length(head, False)
+    base = rendered_length(tokenizer, head, False)
 
     def turn(text: str) -> int:
-        return length(head + [{"role": "user", "content": text + "\n" + FORCE}], True) - base
+        return rendered_length(tokenizer, head + [{"role": "user", "content": text + "\n" + FORCE}], True) - base
 
     ev = med["eval"]
     patient = patient_backend(med.get("patient", "rule"), ev["patient_threshold"]).describe()
@@ -223,9 +219,9 @@ def med_episode_token_budget(tokenizer, cases: list[dict[str, Any]], max_turns: 
     else:
         extra = 2 * int(patient.get("max_new_tokens") or patient.get("max_tokens"))
         said |= {""}
-    widest = max(sorted(said), key=turn)
-    user = [{"role": "user", "content": widest + "\n" + FORCE}]
-    observation = max(turn(widest), message_tokens(tokenizer, head, user, model_type)) + extra + 2
+    widest = max(sorted(said), key=turn)  # as the builder appends it (at least the template's count)
+    observation = message_tokens(tokenizer, head, [{"role": "user", "content": widest + "\n" + FORCE}],
+                                 model_type) + extra + 2
     reply = int(ev["max_new_tokens"])
     return {"observation_tokens": observation, "reply_tokens": reply, "max_turns": int(max_turns),
             "response_length": max_turns * reply + (max_turns - 1) * observation}

@@ -155,11 +155,7 @@ def episode_token_budget(tokenizer, env: str, levels: list[dict], games: dict[st
     levels (every state on their solver paths), as the agent loop's token builder for
     ``model_type`` appends it (:func:`sft2rl.chat_tokens.message_tokens`: a template's think
     scaffold included), plus two tokens for the turn boundary."""
-    from ...chat_tokens import message_tokens
-
-    def length(msgs, gen):
-        text = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen)
-        return len(tokenizer.encode(text, add_special_tokens=False))
+    from ...chat_tokens import message_tokens, rendered_length
 
     ev = games["eval"]
     longest, widest = 0, None
@@ -167,14 +163,14 @@ def episode_token_budget(tokenizer, env: str, levels: list[dict], games: dict[st
         ep = Episode(env, lv, 0, games, ev["max_steps"], 0)
         first = ep.prompt()
         head = first + [{"role": "assistant", "content": "x"}]
-        base = length(head, False)
+        base = rendered_length(tokenizer, head, False)
         for grid in _path_grids(env, lv, games):
             user = [{"role": "user", "content": OBSERVATION.format(grid=render(grid, games["render"]))}]
-            n = length(head + user, True) - base
+            n = rendered_length(tokenizer, head + user, True) - base
             if n > longest:
                 longest, widest = n, (head, user)
-    if widest is not None:  # the widest observation as the builder appends it (one builder call)
-        longest = max(longest, message_tokens(tokenizer, *widest, model_type))
+    if widest is not None:  # the widest observation as the builder appends it (at least the template's count)
+        longest = message_tokens(tokenizer, *widest, model_type)
     steps, reply = int(ev["max_steps"]), int(ev["max_new_tokens"])
     return {"observation_tokens": longest + 2, "reply_tokens": reply,
             "response_length": steps * reply + (steps - 1) * (longest + 2)}
