@@ -104,6 +104,24 @@ def test_snakemake_stops_before_any_job(tmp_path, cfg):
     assert "Job stats" not in out
 
 
+def test_the_paper_is_refused_on_your_own_medical_data(tmp_path, cfg):
+    """The paper describes the embedded clinic (its scripted and random doctors, which leave the
+    tables on MTMedDialog rows): with med.raw_files set it is refused before any job runs, as on
+    your own QA data (before, it was built and described doctors its tables did not hold)."""
+    own = copy.deepcopy(cfg)
+    own["med"]["raw_files"] = {}
+    for split in ("train", "val", "test"):
+        (tmp_path / f"{split}.jsonl").write_text("")
+        own["med"]["raw_files"][split] = str(tmp_path / f"{split}.jsonl")
+    cfgfile = tmp_path / "own.yaml"
+    cfgfile.write_text(yaml.safe_dump(own))
+    proc = subprocess.run([str(Path(sys.executable).parent / "snakemake"), "-n", "--cores", "1", "paper/main.pdf",
+                           "--configfile", str(cfgfile)], cwd=REPO, capture_output=True, text=True)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "paper/main.pdf describes the embedded clinic" in out, out[-2000:]
+    assert "Job stats" not in out
+
+
 def test_sizes_the_data_can_hold(cfg, tmp_path, monkeypatch):
     """Samples + validation rows against the SFT source, one RL batch against the train split:
     the synthetic world's sizes, or the rows of your files (jsonl lines, parquet rows)."""

@@ -412,7 +412,8 @@ def test_interval_labels_follow_ci_level(tmp_path, built, monkeypatch):
     monkeypatch.setattr(plots, "save_figure", lambda fig, stem: figs.append(fig) or [])
     plots.plot_ablation(plots.read_ablation(root / "results" / "ablation_beta.csv"), tmp_path / "x", ci_level=0.8)
     legend = [t.get_text() for leg in figs[0].legends for t in leg.get_texts()]
-    assert legend == ["GRPO (mean over seeds, 80% bootstrap CI)", "reference, no RL (80% CI)"]
+    assert legend == ["GRPO (mean over seeds, 80% bootstrap CI)", "reference, no RL (80% CI)",
+                      f"{plots.KIND_ONLY_LABEL} (false-hedge panel, 80% CI)"]
     games = pd.read_csv(root / "results/games/sft_eval.csv")
     med_rl = pd.read_csv(root / "results/med/rl_eval.csv")
     budget = pd.read_csv(root / "results/med/ablation_turn_budget.csv")
@@ -428,7 +429,8 @@ def test_interval_labels_follow_ci_level(tmp_path, built, monkeypatch):
     config["eval"]["ci_level"] = 0.8
     for rst in sorted((REPO / "workflow" / "report").glob("*.rst")):
         text = jinja2.Environment().from_string(rst.read_text()).render(
-            snakemake=SimpleNamespace(config=config, wildcards={"ablation": "beta"}))
+            snakemake=SimpleNamespace(config=config, wildcards={"ablation": "beta"},
+                                      params=SimpleNamespace(smooth=0.6)))  # figure.rst: the figures rule's
         assert "95%" not in text, rst.name
         assert ("80%" in text) == ("ci_level" in rst.read_text()), rst.name
     assert r"95\%" not in (REPO / "paper" / "main.tex").read_text(), "the paper states the level through \\cilevel"
@@ -451,6 +453,178 @@ def test_ablation_figure_marks_undefined_metrics(tmp_path, built, monkeypatch):
     assert len(ax.patches) == 0 and [t.get_text() for t in ax.texts] == ["n/a"] * len(frame)
 
 
+def _captured(monkeypatch, module=plots, name="save_figure"):
+    """The figures a plotting call builds, not written (``module.name`` replaced)."""
+    figs = []
+    monkeypatch.setattr(module, name, lambda fig, *_: figs.append(fig) or [])
+    return figs
+
+
+def test_hedging_figure_draws_the_kind_only_baseline(tmp_path, built, monkeypatch):
+    """Beside the false-hedge rate, the kind-only policy's at the same recall: a dotted line
+    through the GRPO rows' kind_only_(sampled_)false_hedge_rate_mean per beta, with a band from
+    their interval columns; nothing (and no crash) where the columns are NaN or absent."""
+    import numpy as np
+    from matplotlib.collections import PolyCollection
+
+    root, _, _ = built
+    frame = plots.read_ablation(root / "results" / "ablation_beta.csv")
+    rl = frame[frame["kind"] == "rl"].sort_values("beta")
+    figs = _captured(monkeypatch)
+    plots.plot_hedging_vs_beta(frame, tmp_path / "x")
+    axes = figs[0].axes
+    assert [a.get_title() for a in axes] == ["greedy answers", "sampled answers"]
+    for ax, base in zip(axes, ("kind_only_false_hedge_rate", "kind_only_sampled_false_hedge_rate")):
+        (line,) = [ln for ln in ax.get_lines() if ln.get_label() == plots.KIND_ONLY_LABEL]
+        assert line.get_linestyle() == ":"
+        assert list(line.get_xdata()) == pytest.approx(rl["beta"].tolist())
+        assert list(line.get_ydata()) == pytest.approx(rl[f"{base}_mean"].tolist())
+        assert not rl[f"{base}_mean"].isna().any()
+        (band,) = [c for c in ax.collections if isinstance(c, PolyCollection)]
+        ys = np.concatenate([p.vertices[:, 1] for p in band.get_paths()])
+        assert ys.min() == pytest.approx(rl[f"{base}_ci_low"].min())
+        assert ys.max() == pytest.approx(rl[f"{base}_ci_high"].max())
+        assert plots.KIND_ONLY_LABEL in [t.get_text() for t in ax.get_legend().get_texts()]
+    cols = [c for c in frame.columns if c.startswith("kind_only_") and "false_hedge" in c]
+    for changed in (frame.drop(columns=cols), frame.assign(**{c: float("nan") for c in cols})):
+        figs.clear()
+        plots.plot_hedging_vs_beta(changed, tmp_path / "x")
+        for ax in figs[0].axes:
+            assert plots.KIND_ONLY_LABEL not in [ln.get_label() for ln in ax.get_lines()]
+            assert not [c for c in ax.collections if isinstance(c, PolyCollection)]
+
+
+def test_ablation_figure_draws_the_kind_only_baseline(tmp_path, built, monkeypatch):
+    """The false-hedge panel has the kind-only rate beside each bar (a black tick with its
+    interval) and a legend entry; the other panels have none; without the columns, or NaN, no
+    tick and no entry. The reward panel says it is scored at the default beta."""
+    from matplotlib.container import ErrorbarContainer
+
+    root, _, _ = built
+    frame = plots.read_ablation(root / "results" / "ablation_sft.csv").reset_index(drop=True)
+    figs = _captured(monkeypatch)
+    plots.plot_ablation(frame, tmp_path / "x")
+    panels = {a.get_title(): a for a in figs[0].axes}
+    assert "mean reward (at the default β)" in panels
+    ax = panels[plots.ABLATION_METRICS["false_hedge_rate"]]
+
+    def baselines(axis):  # error bars with a data line: the bars' own have none (fmt "none")
+        return [c for c in axis.containers if isinstance(c, ErrorbarContainer) and c.lines[0] is not None]
+
+    (base,) = baselines(ax)
+    ticks, (low, high), _ = base.lines
+    assert ticks.get_marker() == "_" and ticks.get_color() == "black"
+    assert list(ticks.get_xdata()) == pytest.approx([i + 0.25 for i in range(len(frame))])
+    assert list(ticks.get_ydata()) == pytest.approx(frame["kind_only_false_hedge_rate_mean"].tolist())
+    assert list(low.get_ydata()) == pytest.approx(frame["kind_only_false_hedge_rate_ci_low"].tolist())
+    assert list(high.get_ydata()) == pytest.approx(frame["kind_only_false_hedge_rate_ci_high"].tolist())
+    for title, other in panels.items():
+        if other is not ax:
+            assert not baselines(other), title
+    legend = [t.get_text() for leg in figs[0].legends for t in leg.get_texts()]
+    assert legend[-1] == f"{plots.KIND_ONLY_LABEL} (false-hedge panel, 95% CI)"
+    cols = [c for c in frame.columns if c.startswith("kind_only_false_hedge_rate")]
+    for changed in (frame.drop(columns=cols), frame.assign(**{c: float("nan") for c in cols})):
+        figs.clear()
+        plots.plot_ablation(changed, tmp_path / "x")
+        ax = next(a for a in figs[0].axes if a.get_title() == plots.ABLATION_METRICS["false_hedge_rate"])
+        assert not baselines(ax)
+        assert len([t for leg in figs[0].legends for t in leg.get_texts()]) == 2
+
+
+def test_risk_coverage_draws_the_risk_at_full_coverage(tmp_path, monkeypatch):
+    """A dotted horizontal line per variant at its risk when every question is answered (each
+    curve's last point, mean over seeds), in the variant's colour, with one legend entry."""
+    figs = _captured(monkeypatch)
+    curves = {"a": [([0.5, 1.0], [0.1, 0.4]), ([0.25, 1.0], [0.0, 0.2])], "b": [([0.5, 1.0], [0.5, 0.6])]}
+    plots.plot_risk_coverage(curves, tmp_path / "x")
+    ax = figs[0].axes[0]
+    dotted = {ln.get_color(): float(ln.get_ydata()[0]) for ln in ax.get_lines()
+              if ln.get_linestyle() == ":" and ln.get_xdata()[0] == 0 and ln.get_xdata()[-1] == 1}
+    assert dotted == {"C0": pytest.approx(0.3), "C1": pytest.approx(0.6)}
+    assert plots.FULL_COVERAGE_LABEL in [t.get_text() for t in ax.get_legend().get_texts()]
+
+
+def test_med_figure_leaves_undefined_accuracy_out(tmp_path, built, monkeypatch):
+    """Accuracy undefined ("--" in the tables, NaN in the CSV: cases without exact disease
+    names) has no bar and an "n/a" mark, not a bar at 0."""
+    import pandas as pd
+    from matplotlib.container import BarContainer
+
+    from sft2rl.tasks.med import table as med_table
+
+    root, _, _ = built
+    frame = pd.read_csv(root / "results/med/eval.csv")
+    undefined = frame["doctor"].isin(["base", "med-doctor-nothink-seed1"])
+    frame.loc[undefined, ["accuracy", "accuracy_lo", "accuracy_hi"]] = float("nan")
+    frame.to_csv(tmp_path / "eval.csv", index=False)
+    ablation = pd.read_csv(root / "results/med/ablation.csv")
+    accuracy = [c for c in ablation if c.startswith("accuracy_")]
+    ablation.loc[ablation["with_thinking"] == "false", accuracy] = float("nan")
+    ablation.to_csv(tmp_path / "ablation.csv", index=False)
+    figs = _captured(monkeypatch, med_table, "_save")
+    med_table.figure(str(tmp_path / "eval.csv"), str(tmp_path / "ablation.csv"), [str(tmp_path / "x.png")])
+    left, right = figs[0].axes
+    shown = frame[frame["category"] == "all"].reset_index(drop=True)
+    acc_bars, _rouge = [c for c in left.containers if isinstance(c, BarContainer)]
+    assert len(acc_bars) == shown["accuracy"].notna().sum() == len(shown) - 2
+    assert [b.get_height() for b in acc_bars] == pytest.approx(shown["accuracy"].dropna().tolist())
+    assert [t.get_text() for t in left.texts] == ["n/a", "n/a"]
+    (thinking,) = [c for c in right.containers if isinstance(c, BarContainer)]
+    assert len(thinking) == 1 and [t.get_text() for t in right.texts] == ["n/a"]
+
+
+def test_games_table_prints_chance_beside_the_optimal_action_rate(built):
+    """The optimal-action column carries its no-information value, chance_optimal_action_rate."""
+    root, _, _ = built
+    tex = (root / "results/tables/games_sft_eval.tex").read_text()
+    assert r"& opt. action (chance) \\" in tex
+    rows = [ln for ln in tex.splitlines() if ln.startswith(("sokoban", "frozenlake"))]
+    assert len(rows) == 10 and all(ln.endswith(r"& 0.50 (0.30) \\") for ln in rows)
+
+
+def test_figure_caption_states_the_smoothing():
+    """figure.rst (the QA figures' caption) says what thin and bold curves are, with the
+    figures rule's smoothing weight."""
+    import jinja2
+    import yaml
+
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    rst = (REPO / "workflow" / "report" / "figure.rst").read_text()
+    for smooth, says in ((0.6, "bold lines their exponential moving average (TensorBoard's, debiased) with the "
+                               "figures rule's smoothing weight, 0.6"),
+                         (0.0, "raw values (the figures rule passes no smoothing)")):
+        text = " ".join(jinja2.Environment().from_string(rst).render(
+            snakemake=SimpleNamespace(config=config, wildcards={}, params=SimpleNamespace(smooth=smooth))).split())
+        assert says in text and ("thin lines are the raw values" in text) == (smooth > 0), text
+
+
+def test_report_registers_every_paper_figure_and_table():
+    """snakemake --report holds every figure of the paper (its PNG), the medical ablation tables,
+    each with a caption file that exists and renders with its rule's params (the workflow is
+    loaded, not run)."""
+    import jinja2
+    from snakemake.api import SnakemakeApi
+    from snakemake.settings.types import ConfigSettings, OutputSettings, ResourceSettings
+
+    with SnakemakeApi(OutputSettings(quiet={"all"})) as api:
+        workflow = api.workflow(resource_settings=ResourceSettings(), config_settings=ConfigSettings(),
+                                snakefile=REPO / "Snakefile", workdir=REPO)._workflow
+        flagged = {str(f): (rule, Path(str(f.flags["report"].caption.get_path_or_uri(secret_free=True))))
+                   for rule in workflow.rules for f in rule.output if "report" in f.flags}
+        config = workflow.config
+    graphics = paper_mod.paper_inputs(REPO / "paper" / "main.tex")["graphics"]
+    wanted = [f"results/figures/{Path(g).stem}.png" for g in graphics] + [
+        "results/med/ablation_thinking.csv", "results/med/ablation_turn_budget.csv", "results/games/sft_eval.csv",
+        "results/games/rl_eval.csv", "results/med/eval.csv", "results/med/rl_eval.csv"]
+    assert not [w for w in wanted if w not in flagged]
+    for path, (rule, caption) in flagged.items():
+        assert caption.is_file(), (path, caption)
+        params = SimpleNamespace(**{k: v for k, v in rule.params.items() if not callable(v)})
+        jinja2.Environment(undefined=jinja2.StrictUndefined).from_string(caption.read_text()).render(
+            snakemake=SimpleNamespace(config=config, wildcards={"ablation": "beta"}, params=params))
+
+
 # ------------------------------------------------------------------ paper
 @pytest.fixture(scope="module")  # module scope: decided before the (module-scoped) inputs are built
 def latexmk():
@@ -467,6 +641,7 @@ def test_paper_references_generated_files():
     refs = paper_mod.paper_inputs(REPO / "paper" / "main.tex")
     assert sorted(refs["inputs"]) == sorted([f"../results/tables/ablation_{a}.tex" for a in plots.ABLATION_NAMES]
                                             + ["../results/tables/paper_settings.tex",
+                                               "../results/tables/paper_numbers.tex",
                                                "../results/tables/games_sft_eval.tex",
                                                "../results/tables/games_rl_eval.tex",
                                                "../results/tables/med_eval.tex",
@@ -481,12 +656,111 @@ def test_paper_references_generated_files():
         == set(refs["graphics"])
 
 
+def _default_setup() -> dict:
+    """What the paper_settings rule passes (workflow/rules/report.smk), from config.yaml."""
+    import yaml
+
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    med = cfg["med"]
+    return {"kl_type": cfg["rl"]["kl_type"], "eval_turns": med["eval"]["max_turns"], "rl_n": med["rl"]["n"],
+            "rl_temperature": med["rl"]["temperature"], "sampled_k": med["eval"]["k_samples"],
+            "sampled_temperature": med["eval"]["temperature"], "sampled_top_p": med["eval"]["top_p"],
+            "rl_steps": cfg["games"]["rl"]["total_steps"]}
+
+
+def _write_numbers(root: Path) -> Path:
+    out = root / "results/tables/paper_numbers.tex"
+    paper_mod.write_numbers(out, qa_beta=root / "results/ablation_beta.csv", default_beta=0.5,
+                            games_rl=root / "results/games/rl_eval.csv", med_rl=root / "results/med/rl_eval.csv")
+    return out
+
+
+def _macros(path: Path) -> dict[str, str]:
+    import re
+
+    return dict(re.findall(r"^\\newcommand\{\\([a-zA-Z]+)\}\{(.*)\}$", path.read_text(), flags=re.M))
+
+
+def test_paper_numbers_are_the_tables(built, tmp_path):
+    """The numbers the paper's prose states about this build are read from the tables beside it:
+    the QA beta row at the default beta and the SFT row, the games' greedy RL - SFT, the medical
+    RL - SFT and RL - control; each paired difference with the paper's verdict (an effect only
+    when its interval excludes 0)."""
+    import pandas as pd
+
+    root, _, _ = built
+    got = _macros(_write_numbers(root))
+    beta = pd.read_csv(root / "results/ablation_beta.csv")
+    row = beta[(beta["kind"] == "rl") & (beta["beta"] == 0.5)].iloc[0]
+    sft = beta[beta["kind"] == "sft-only"].iloc[0]
+    assert got["qabeta"] == "0.5"
+    assert got["qafalsehedge"] == (f"${row['false_hedge_rate_mean']:.2f}$ [${row['false_hedge_rate_ci_low']:.2f}$, "
+                                   f"${row['false_hedge_rate_ci_high']:.2f}$]")
+    assert got["qasftfalsehedge"].startswith(f"${sft['false_hedge_rate_mean']:.2f}$ [")
+    assert got["qakindonlyfalsehedge"].startswith(f"${row['kind_only_false_hedge_rate_mean']:.2f}$ [")
+    assert got["qaknowablediff"] == (f"${row['accuracy_knowable_diff']:+.2f}$ [${row['accuracy_knowable_diff_ci_low']:+.2f}$, "
+                                     f"${row['accuracy_knowable_diff_ci_high']:+.2f}$]")
+    assert got["qaknowablediffverdict"] == paper_mod.verdict(row["accuracy_knowable_diff_ci_low"],
+                                                             row["accuracy_knowable_diff_ci_high"])
+    games = pd.read_csv(root / "results/games/rl_eval.csv").set_index(["env", "mode"])
+    for env in ("frozenlake", "sokoban"):
+        g = games.loc[(env, "greedy")]
+        assert got[f"games{env}diff"] == f"${g['diff']:+.2f}$ [${g['diff_lo']:+.2f}$, ${g['diff_hi']:+.2f}$]"
+    med = pd.read_csv(root / "results/med/rl_eval.csv").set_index("doctor")
+    fixed = med.loc["rl-fixed-seed1"]
+    assert got["medfixedvssft"] == (f"${fixed['diff_accuracy']:+.2f}$ [${fixed['diff_accuracy_lo']:+.2f}$, "
+                                    f"${fixed['diff_accuracy_hi']:+.2f}$]")
+    assert got["medfixedvscontrolreward"].startswith(f"${fixed['diff_control_reward']:+.2f}$ [")
+    assert got["medfixedcontrolvssft"].startswith(f"${med.loc['rl-fixed-control-seed1', 'diff_accuracy']:+.2f}$ [")
+    assert got["medsftacc"].startswith(f"${med.loc['med-doctor-nothink-seed1', 'accuracy']:.2f}$ [")
+    # a row the build lacks (no dynamic control here): no number, and no verdict made up
+    assert got["meddynamiccontrolvssft"] == "--" and got["meddynamiccontrolvssftverdict"] == "not measured"
+    # an ablation without the default beta states that it has no such row
+    other = paper_mod.number_macros(qa_beta=beta, default_beta=0.4, games_rl=games.reset_index(),
+                                    med_rl=med.reset_index())
+    assert other["qafalsehedge"] == "--" and other["qaknowablediffverdict"] == "not measured"
+
+
+@pytest.mark.parametrize("lo,hi,word", [(0.01, 0.2, "above 0"), (-0.2, -0.01, "below 0"), (-0.1, 0.1, "its interval covers 0"),
+                                        (0.0, 0.1, "its interval covers 0"), (float("nan"), 0.1, "not measured")])
+def test_verdict_calls_an_effect_only_when_the_interval_excludes_zero(lo, hi, word):
+    assert paper_mod.verdict(lo, hi) == word
+
+
+def test_separated_needs_intervals_that_do_not_overlap():
+    assert paper_mod.separated((0.54, 0.44, 0.63), (0.39, 0.30, 0.42)) == "above"
+    assert paper_mod.separated((0.54, 0.44, 0.63), (0.39, 0.30, 0.49)) == "not separable from"
+    assert paper_mod.separated((0.03, 0.00, 0.06), (0.39, 0.30, 0.49)) == "below"
+
+
+def test_every_number_the_paper_states_is_generated(built, tmp_path):
+    """Every macro main.tex uses for a setting or a number of this build is defined by the
+    generated files, and the settings follow config (no caption states a value the build did
+    not use)."""
+    import re
+
+    root, _, _ = built
+    settings = tmp_path / "s.tex"
+    setup = _default_setup() | {"eval_turns": 6, "sampled_k": 3, "sampled_temperature": 0.5, "kl_type": "mse"}
+    paper_mod.write_settings(settings, ci_level=0.9, bootstrap_samples=100, setup=setup)
+    defined = _macros(settings) | _macros(_write_numbers(root))
+    assert defined["medturns"] == "six" and defined["medsampledk"] == "three" and defined["medsampledtemp"] == "0.5"
+    assert defined["klestimator"] == "squared" and defined["gamesrlsteps"] == str(setup["rl_steps"])
+    tex = re.sub(r"(?<!\\)%.*", "", (REPO / "paper" / "main.tex").read_text())
+    used = set(re.findall(r"\\((?:qa|games|med)[a-z]+|klestimator|cilevel|bootdraws)(?![a-zA-Z])", tex))
+    assert used and used <= set(defined), sorted(used - set(defined))
+    # the prose states this build's medical and games differences through the macros, not as typed numbers
+    assert {"medfixedvssft", "meddynamicvssft", "medfixedvscontrol", "gamessokobandiff", "qafalsehedge"} <= used
+
+
 def test_paper_builds(latexmk, built):
     root, _, _ = built
     paper = root / "paper"
     paper.mkdir(exist_ok=True)
     shutil.copy(REPO / "paper" / "main.tex", paper / "main.tex")
-    paper_mod.write_settings(root / "results/tables/paper_settings.tex", ci_level=0.95, bootstrap_samples=2000)
+    paper_mod.write_settings(root / "results/tables/paper_settings.tex", ci_level=0.95, bootstrap_samples=2000,
+                             setup=_default_setup())
+    _write_numbers(root)
     # exactly what the `paper` rule runs: workflow/scripts/paper.py -> paper.build_paper
     smk = SimpleNamespace(input=SimpleNamespace(tex=str(paper / "main.tex")),
                           output=SimpleNamespace(pdf=str(paper / "main.pdf")),

@@ -12,6 +12,11 @@ Inputs:
   step logged twice the later event wins.
 * the ablation tables of :mod:`sft2rl.tasks.qa.tables` (``results/ablation_<name>.csv``).
 
+Every hedging metric is drawn beside its no-information baseline where the table has it: the
+false-hedge rate beside ``kind_only_false_hedge_rate`` (a policy that sees only the question's
+kind, at the row's own hedge recall; :mod:`sft2rl.stats`), and the risk–coverage curves beside
+the risk at full coverage (everything answered: no ranking).
+
 matplotlib and pandas are imported lazily, so importing this module (as the workflow does
 at DAG time for the list of figure names) costs nothing.
 """
@@ -40,13 +45,19 @@ def figure_stems(ablations: Iterable[str] = ABLATION_NAMES) -> tuple[str, ...]:
 
 FIGURE_STEMS = figure_stems()
 
-# Metrics of the ablation figures (column prefix in the table -> panel title).
+# Metrics of the ablation figures (column prefix in the table -> panel title). Every model is
+# evaluated with the reward at config reward.beta (evaluate.smk), so the beta ablation's rows
+# are not scored at the beta they trained with.
 ABLATION_METRICS = {
-    "mean_reward": "mean reward",
+    "mean_reward": "mean reward (at the default β)",
     "accuracy_knowable": "accuracy (knowable)",
     "hedge_recall": "hedge recall (unknowable: block present)",
     "false_hedge_rate": "false-hedge rate (knowable: block present)",
 }
+# The no-information baseline of a metric (column prefix in the table); optional columns.
+KIND_ONLY = {"false_hedge_rate": "kind_only_false_hedge_rate",
+             "sampled_false_hedge_rate": "kind_only_sampled_false_hedge_rate"}
+KIND_ONLY_LABEL = "kind-only policy at the same recall"
 TABLE_COLUMNS = ["ablation", "variant", "kind", "n_seeds", "init", "beta", "sft_samples"]
 ABLATION_TITLES = {"beta": r"Ablation: reward weight $\beta$", "sft_samples": "Ablation: number of SFT samples",
                    "sft": "Ablation: SFT warm-up before GRPO",
@@ -187,17 +198,29 @@ def _yerr(rows, metric: str) -> list[list[float]]:
     return [lo, hi]
 
 
+def _defined(rows, metric: str) -> list[bool]:
+    """Per row: ``<metric>_mean`` is not NaN; all False where the table lacks the metric's mean
+    or interval columns (the baselines are optional columns)."""
+    if any(f"{metric}_{s}" not in rows for s in ("mean", "ci_low", "ci_high")):
+        return [False] * len(rows)
+    return [not math.isnan(float(v)) for v in rows[f"{metric}_mean"]]
+
+
 def plot_ablation(frame, stem: str | os.PathLike, *, title: str = "",
                   metrics: Mapping[str, str] = ABLATION_METRICS, ci_level: float = 0.95) -> list[str]:
     """One panel per metric, one bar per table row (mean over seeds, error bar = the table's
     bootstrap interval, at ``ci_level``). GRPO rows are solid bars; reference rows (sft-only,
     base-only: no RL) are hatched grey. A metric the row does not define (NaN: accuracy and the
-    hedge rates without knowable labels) has no bar and reads "n/a"."""
+    hedge rates without knowable labels) has no bar and reads "n/a". A metric with a
+    no-information baseline in the table (:data:`KIND_ONLY`: the false-hedge rate) has it
+    beside each bar as a black tick with its interval; none where the column is absent or NaN.
+    The mean reward is every row's at the default beta (the evaluation's ``reward.beta``)."""
     fig, axes = _figure(2, 2, figsize=(8.5, 6.4))
     rows = frame.reset_index(drop=True)
     x = list(range(len(rows)))
     is_rl = [k == "rl" for k in rows["kind"]]
     labels = [f"{v}\n(n={int(n)})" for v, n in zip(rows["variant"], rows["n_seeds"])]
+    kind_only_drawn = False
     for ax, (metric, name) in zip([a for r in axes for a in r], metrics.items()):
         means = [float(m) for m in rows[f"{metric}_mean"]]
         err = _yerr(rows, metric)
@@ -209,6 +232,13 @@ def plot_ablation(frame, stem: str | os.PathLike, *, title: str = "",
             ax.bar(i, means[i], yerr=[[err[0][i]], [err[1][i]]], capsize=4,
                    color="C0" if is_rl[i] else "0.8", edgecolor="C0" if is_rl[i] else "0.35",
                    hatch=None if is_rl[i] else "//", label=None)
+        base = KIND_ONLY.get(metric)
+        idx = [i for i, ok in zip(x, _defined(rows, base)) if ok and not math.isnan(means[i])] if base else []
+        if idx:  # the baseline beside each bar (right of its centre, clear of the bar's own error bar)
+            ax.errorbar([i + 0.25 for i in idx], [float(rows[f"{base}_mean"][i]) for i in idx],
+                        yerr=_yerr(rows.iloc[idx], base), fmt="_", color="black", markersize=12, markeredgewidth=2,
+                        elinewidth=1, capsize=3)
+            kind_only_drawn = True
         ax.set_title(name, fontsize="medium")
         ax.set_xticks(x, labels, rotation=30, ha="right", fontsize="small")
         ax.grid(axis="y", alpha=0.3)
@@ -216,14 +246,18 @@ def plot_ablation(frame, stem: str | os.PathLike, *, title: str = "",
             ax.set_ylim(0, 1.05)
         if rows.empty:
             _no_data(ax, "empty table")
+    from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
     from .stats import ci_label
 
     ci = ci_label(ci_level)
-    fig.legend(handles=[Patch(facecolor="C0", edgecolor="C0", label=f"GRPO (mean over seeds, {ci} bootstrap CI)"),
-                        Patch(facecolor="0.8", edgecolor="0.35", hatch="//", label=f"reference, no RL ({ci} CI)")],
-               loc="outside lower center", ncols=2, fontsize="small", frameon=False)
+    handles = [Patch(facecolor="C0", edgecolor="C0", label=f"GRPO (mean over seeds, {ci} bootstrap CI)"),
+               Patch(facecolor="0.8", edgecolor="0.35", hatch="//", label=f"reference, no RL ({ci} CI)")]
+    if kind_only_drawn:
+        handles.append(Line2D([], [], color="black", marker="_", markersize=12, markeredgewidth=2, linestyle="none",
+                              label=f"{KIND_ONLY_LABEL} (false-hedge panel, {ci} CI)"))
+    fig.legend(handles=handles, loc="outside lower center", ncols=2, fontsize="small", frameon=False)
     if title:
         fig.suptitle(title)
     return save_figure(fig, stem)
@@ -232,8 +266,11 @@ def plot_ablation(frame, stem: str | os.PathLike, *, title: str = "",
 def plot_hedging_vs_beta(frame, stem: str | os.PathLike) -> list[str]:
     """Hedging where the model cannot know (hedge recall, unknowable questions) against hedging
     where it can (false-hedge rate, knowable) as beta grows; GRPO rows with the table's intervals, the
-    reference rows (sft-only) as dashed lines. Greedy answers, and sampled ones when the
-    table has them."""
+    reference rows (sft-only) as dashed lines. Beside the false-hedge rate, its no-information
+    baseline: the kind-only policy's false-hedge rate at each GRPO row's own hedge recall
+    (``kind_only_false_hedge_rate``, ``kind_only_sampled_false_hedge_rate``), a dotted line with
+    its interval as a band; none where the column is absent or NaN. Greedy answers, and
+    sampled ones when the table has them."""
     panels = [("", "greedy answers")]
     if any(not math.isnan(float(v)) for v in frame.get("sampled_hedge_recall_mean", [])):
         panels.append(("sampled_", "sampled answers"))
@@ -253,6 +290,15 @@ def plot_hedging_vs_beta(frame, stem: str | os.PathLike) -> list[str]:
                 y = float(ref[f"{col}_mean"])
                 if not math.isnan(y):
                     ax.axhline(y, color=color, linestyle="--", linewidth=1.0, label=f"{ref['variant']}, {label}")
+            base = KIND_ONLY.get(col)
+            shown = _defined(rl, base) if base else []
+            if any(shown):
+                pts = rl[shown]
+                xs, ys = pts["beta"].astype(float), pts[f"{base}_mean"].astype(float)
+                ax.plot(xs, ys, color=color, linestyle=":", marker="x", linewidth=1.2, label=KIND_ONLY_LABEL)
+                lo, hi = pts[f"{base}_ci_low"].astype(float), pts[f"{base}_ci_high"].astype(float)
+                ax.fill_between(xs, lo, hi, where=(lo.notna() & hi.notna()).tolist(), color=color, alpha=0.12,
+                                linewidth=0)
         if rl.empty:
             _no_data(ax, "no GRPO rows")
             continue
@@ -266,23 +312,37 @@ def plot_hedging_vs_beta(frame, stem: str | os.PathLike) -> list[str]:
     return save_figure(fig, stem)
 
 
+FULL_COVERAGE_LABEL = "risk at full coverage (no ranking)"
+
+
 def plot_risk_coverage(curves: Mapping[str, list[tuple[list[float], list[float]]]], stem: str | os.PathLike) -> list[str]:
     """Risk–coverage curves, one per variant ({variant: [(coverage, risk) per seed]}): the model
     answers the questions it hedges on least first; risk is the error rate of those answers.
-    A model whose hedging tracks its errors has a curve that rises late."""
+    A model whose hedging tracks its errors has a curve that rises late. The reference, a dotted
+    horizontal line per variant: the risk at full coverage (every question answered, the
+    curve's last point; mean over seeds), what answering in an order that ignores the hedging
+    gives at any coverage (in expectation)."""
     fig, axes = _figure(1, 1, figsize=(6.0, 4.2))
     ax = axes[0][0]
     for i, (variant, per_seed) in enumerate(curves.items()):
         for j, (cov, risk) in enumerate(per_seed):
             ax.plot(cov, risk, marker=".", color=f"C{i}", alpha=0.9 if len(per_seed) == 1 else 0.6,
                     label=variant if j == 0 else None)
+        full = [risk[-1] for _, risk in per_seed if risk]  # each curve ends at coverage 1
+        if full:
+            ax.axhline(sum(full) / len(full), color=f"C{i}", linestyle=":", linewidth=1.2)
     if curves:
         ax.set_xlabel("coverage (share of questions answered, least-hedged first)")
         ax.set_ylabel("risk (error rate of the answered questions)")
         ax.set_xlim(0, 1.02)
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize="small", title="one line per seed", title_fontsize="x-small")
+        from matplotlib.lines import Line2D
+
+        handles, labels = ax.get_legend_handles_labels()
+        handles.append(Line2D([], [], color="0.3", linestyle=":", linewidth=1.2))
+        ax.legend(handles, [*labels, FULL_COVERAGE_LABEL], fontsize="small",
+                  title="one line per seed", title_fontsize="x-small")
     else:
         _no_data(ax, "no evaluations")
     return save_figure(fig, stem)

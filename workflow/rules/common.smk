@@ -209,10 +209,15 @@ def report_figure(path):
 
 
 def paper_world(wildcards):
-    """The paper describes the embedded synthetic world (and its sft_style ablation): refused,
-    before anything is built, on your own data."""
+    """The paper describes the embedded synthetic world (and its sft_style ablation) and the
+    embedded clinic (its scripted and random doctors): refused, before anything is built, on
+    your own data."""
     if not config["data"]["synthetic_world"]:
         raise ValueError("paper/main.pdf describes the embedded synthetic world (its text, its sft_style "
                          "ablation); with data.synthetic_world: false build the tables and figures instead "
+                         "(snakemake all; results/tables/*.tex, results/figures/*.pdf)")
+    if config["med"]["raw_files"]:
+        raise ValueError("paper/main.pdf describes the embedded clinic (its cases, its scripted and random "
+                         "doctors); with med.raw_files set build the tables and figures instead "
                          "(snakemake all; results/tables/*.tex, results/figures/*.pdf)")
     return []

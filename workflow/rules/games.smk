@@ -373,7 +373,8 @@ rule game_rl_table:
         csv=report("results/games/rl_eval.csv", caption="../report/games_rl.rst", category="Tables",
                    labels={"table": "games_rl"}),
         tex="results/tables/games_rl_eval.tex",
-        figure=GAME_RL_FIGURES,
+        figure=[report(f, caption="../report/games_rl_figure.rst", category="Figures", subcategory="Games",
+                       labels={"figure": "games_rl_success"}) if f.endswith(".png") else f for f in GAME_RL_FIGURES],
     params:
         envs=GAME_ENVS,
         bootstrap={k: config["eval"][k] for k in BOOTSTRAP_KEYS},

@@ -366,7 +366,8 @@ rule med_table:
     output:
         eval=report("results/med/eval.csv", caption="../report/med.rst", category="Tables",
                     labels={"table": "med"}),
-        ablation="results/med/ablation_thinking.csv",
+        ablation=report("results/med/ablation_thinking.csv", caption="../report/med_thinking.rst", category="Tables",
+                        labels={"table": "med_thinking"}),
         tex="results/tables/med_eval.tex",
         ablation_tex="results/tables/med_ablation_thinking.tex",
     params:
@@ -472,7 +473,8 @@ rule med_rl_table:
         csv=report("results/med/rl_eval.csv", caption="../report/med_rl.rst", category="Tables",
                    labels={"table": "med_rl"}),
         tex="results/tables/med_rl_eval.tex",
-        figure=MED_RL_FIGURES,
+        figure=[report(f, caption="../report/med_rl_figure.rst", category="Figures", subcategory="Medical",
+                       labels={"figure": "med_rl_curves"}) if f.endswith(".png") else f for f in MED_RL_FIGURES],
     params:
         doctors=MED_RL_DOCTORS,
         sft=MED_RL_SFT,
@@ -501,7 +503,8 @@ rule med_turn_budget:
         consultations=[f"results/med/eval_budget/{d}-turns{t}.jsonl" for _, t, d in MED_BUDGET_RUNS],
         code=code("med_rl_table"),
     output:
-        csv="results/med/ablation_turn_budget.csv",
+        csv=report("results/med/ablation_turn_budget.csv", caption="../report/med_turn_budget_table.rst",
+                   category="Tables", labels={"table": "med_turn_budget"}),
         tex="results/tables/med_ablation_turn_budget.tex",
         figure=[report(f, caption="../report/med_turn_budget.rst", category="Figures", subcategory="Medical",
                        labels={"figure": "med_turn_budget"}) if f.endswith(".png") else f for f in MED_BUDGET_FIGURES],

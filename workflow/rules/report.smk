@@ -71,18 +71,45 @@ rule figures:
 
 
 rule paper_settings:
-    """results/tables/paper_settings.tex: the statistics settings the paper's prose states."""
+    """results/tables/paper_settings.tex: the settings the paper's prose and captions state
+    (the intervals' level and draws, the KL estimator, the medical and games recipe values)."""
     input:
         code=code("paper"),
     output:
         "results/tables/paper_settings.tex",
     params:
         stats={"ci_level": config["eval"]["ci_level"], "bootstrap_samples": config["eval"]["bootstrap_samples"]},
+        setup={"kl_type": config["rl"]["kl_type"], "eval_turns": MED["eval"]["max_turns"], "rl_n": MED_RL["n"],
+               "rl_temperature": MED_RL["temperature"], "sampled_k": MED["eval"]["k_samples"],
+               "sampled_temperature": MED["eval"]["temperature"], "sampled_top_p": MED["eval"]["top_p"],
+               "rl_steps": GAME_RL["total_steps"]},
     localrule: True
     conda:
         "../../envs/local.yaml"
     log:
         "results/logs/paper_settings.log",
+    script:
+        "../scripts/paper.py"
+
+
+rule paper_numbers:
+    """results/tables/paper_numbers.tex: the numbers of this build the paper's prose states (the
+    QA beta ablation at reward.beta, the games' and the medical RL - SFT and RL - control), read
+    from the tables beside them, each paired difference with its verdict."""
+    input:
+        qa_beta="results/ablation_beta.csv",
+        games_rl="results/games/rl_eval.csv",
+        med_rl="results/med/rl_eval.csv",
+        code=code("paper"),
+    output:
+        "results/tables/paper_numbers.tex",
+    params:
+        default_beta=config["reward"]["beta"],
+    localrule: True
+    conda:
+        "../../envs/local.yaml"
+    log:
+        "results/logs/paper_numbers.log",
     script:
         "../scripts/paper.py"
 
@@ -94,6 +121,7 @@ rule paper:
         world=paper_world,
         tex="paper/main.tex",
         settings="results/tables/paper_settings.tex",
+        numbers="results/tables/paper_numbers.tex",
         tables=[f"results/tables/ablation_{a}.tex" for a in ABLATIONS] + ["results/tables/games_sft_eval.tex",
                                                                    "results/tables/games_rl_eval.tex",
                                                                    "results/tables/med_eval.tex",

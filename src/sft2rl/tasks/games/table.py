@@ -34,11 +34,16 @@ def _tabular(align: str, header: str, body: list[str]) -> str:
 
 
 def latex(frame: pd.DataFrame, level: float = 0.95) -> str:
+    """The play table's LaTeX: success with its interval, valid actions, bad format, steps over
+    the BFS optimum, and the optimal-action rate (teacher-forced on the solver's path states)
+    with its no-information value beside it in brackets (``chance_optimal_action_rate``: a
+    uniformly random action on the same states)."""
     body = [f"{r.env} & {r.policy} & {r['mode']} & {_fmt(r.success)} [{_fmt(r.success_lo)}, "
             f"{_fmt(r.success_hi)}] & {_fmt(r.valid_action_rate)} & {_fmt(r.invalid_format_rate)} & "
-            f"{_fmt(r.steps_over_optimal)} & {_fmt(r.optimal_action_rate)}" for _, r in frame.iterrows()]
+            f"{_fmt(r.steps_over_optimal)} & {_fmt(r.optimal_action_rate)} ({_fmt(r.chance_optimal_action_rate)})"
+            for _, r in frame.iterrows()]
     return _tabular("lllrrrrr", rf"env & policy & mode & success [{ci_label(level, latex=True)} CI] & valid act. & "
-                    r"bad format & steps/opt. & opt. action", body)
+                    r"bad format & steps/opt. & opt. action (chance)", body)
 
 
 def write_table(summaries: list[str], csv_out: str, tex_out: str, level: float = 0.95) -> pd.DataFrame:

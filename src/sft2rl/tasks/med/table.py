@@ -217,9 +217,20 @@ def _save(fig, outputs: list[str]) -> list[str]:
     return written
 
 
+def _mark_undefined(ax, positions) -> None:
+    """An "n/a" mark, not a bar, at each x of ``positions`` (accuracy undefined there)."""
+    for pos in positions:
+        ax.text(pos, 0.02, "n/a", ha="center", va="bottom", fontsize=7, color="0.35",
+                transform=ax.get_xaxis_transform())
+
+
 def figure(eval_csv: str, ablation_csv: str, outputs: list[str], level: float = 0.95) -> list[str]:
     """Left: diagnosis accuracy (Wilson interval at ``level``) and diagnosis ROUGE-L per doctor.
-    Right: accuracy per with_thinking value, mean over seeds with its bootstrap interval."""
+    Right: accuracy per with_thinking value, mean over seeds with its bootstrap interval
+    (:func:`paired_bootstrap`: seeds, then cases; without the consultations, which the workflow
+    always passes, the standard deviation over seeds). Where accuracy is undefined (NaN: cases
+    without exact disease names, "--" in the tables) there is no bar but an "n/a" mark, not a
+    bar at 0."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -233,22 +244,26 @@ def figure(eval_csv: str, ablation_csv: str, outputs: list[str], level: float = 
     axes = fig.subplots(1, 2, squeeze=False)
     ax = axes[0][0]
     x = np.arange(len(frame))
-    acc = frame["accuracy"].fillna(0)
-    err = [(frame["accuracy"] - frame["accuracy_lo"]).fillna(0), (frame["accuracy_hi"] - frame["accuracy"]).fillna(0)]
-    ax.bar(x - 0.2, acc, 0.4, yerr=err, capsize=3, label=f"diagnosis accuracy ({ci_label(level)} CI)", color="C0")
+    ok = frame["accuracy"].notna().to_numpy()
+    acc = frame["accuracy"][ok]
+    err = [(acc - frame["accuracy_lo"][ok]).fillna(0), (frame["accuracy_hi"][ok] - acc).fillna(0)]
+    ax.bar(x[ok] - 0.2, acc, 0.4, yerr=err, capsize=3, label=f"diagnosis accuracy ({ci_label(level)} CI)", color="C0")
+    _mark_undefined(ax, x[~ok] - 0.2)
     ax.bar(x + 0.2, frame["diag_rougeL"], 0.4, label="diagnosis ROUGE-L", color="C1")
     ax.set_xticks(x, [lbl.replace(", ", ",\n").replace(" doctor", "\ndoctor") for lbl in frame["label"]], fontsize=7)
     ax.set_ylim(0, 1.05)
     ax.legend(fontsize=7)
     ax.set_title("held-out consultations")
     ax = axes[0][1]
-    mean = ablation["accuracy_mean"]
-    if "accuracy_ci_low" in ablation and ablation["accuracy_ci_low"].notna().all():
-        yerr = [mean - ablation["accuracy_ci_low"], ablation["accuracy_ci_high"] - mean]
+    ok = ablation["accuracy_mean"].notna().to_numpy()
+    mean, pos = ablation["accuracy_mean"][ok], np.arange(len(ablation))[ok]
+    if "accuracy_ci_low" in ablation and ablation["accuracy_ci_low"][ok].notna().all():
+        yerr = [mean - ablation["accuracy_ci_low"][ok], ablation["accuracy_ci_high"][ok] - mean]
         what = f"mean over seeds, {ci_label(level)} bootstrap CI"
     else:
-        yerr, what = ablation["accuracy_std"].fillna(0), "mean ± std over seeds"
-    ax.bar(range(len(ablation)), mean, yerr=yerr, capsize=3, color=["C2", "C3"][: len(ablation)])
+        yerr, what = ablation["accuracy_std"][ok].fillna(0), "mean ± std over seeds"
+    ax.bar(pos, mean, yerr=yerr, capsize=3, color=[c for c, shown in zip(("C2", "C3"), ok) if shown])
+    _mark_undefined(ax, np.arange(len(ablation))[~ok])
     ax.set_xticks(range(len(ablation)), [f"with_thinking\n{v}" for v in ablation["with_thinking"]], fontsize=8)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel(f"diagnosis accuracy\n({what})")
