@@ -542,6 +542,89 @@ def test_untrained_adapter_is_refused(tiny_base, tmp_path):
         vx.fold_lora(tmp_path, str(tiny_base), tmp_path / "merged")
 
 
+def test_full_fine_tuning_exports_the_trained_weights_not_the_mergers_bfloat16(tiny_base, tmp_path):
+    """rl.train_mode / sft.train_mode full on verl: the exported model is the checkpoint's own
+    (fp32) weights. verl's merger casts every tensor to bfloat16, which rounds an update of 1e-5
+    per weight away almost entirely; the export used to copy the merger's output."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    policy = AutoModelForCausalLM.from_pretrained(tiny_base, dtype=torch.float32)
+    torch.manual_seed(0)
+    with torch.no_grad():  # an RL-sized step: 1e-5 per weight, below bfloat16's spacing at 0.02 (1.2e-4)
+        for p in policy.parameters():
+            p.add_(1e-5 * torch.randint(0, 2, p.shape).mul(2).sub(1).float())
+    ckpt, target, out = tmp_path / "ckpt/global_step_4/actor", tmp_path / "verl_hf", tmp_path / "final"
+    ckpt.mkdir(parents=True)
+    torch.save(policy.state_dict(), ckpt / "model_world_size_1_rank_0.pt")  # FSDP saves the fp32 weights
+    (ckpt / "fsdp_config.json").write_text(json.dumps({"FSDP_version": 2, "world_size": 1}))
+    policy.config.save_pretrained(ckpt / "huggingface")
+    AutoTokenizer.from_pretrained(tiny_base).save_pretrained(ckpt / "huggingface")
+    _verl_merge(ckpt, target)
+    rounded = AutoModelForCausalLM.from_pretrained(target, dtype=torch.float32).state_dict()
+    want = policy.state_dict()
+    assert sum(torch.equal(rounded[k], want[k]) for k in want) < len(want) // 2  # what the export copied before
+    report = vx.export_full_checkpoint(ckpt, target, str(tiny_base), out)
+    got = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).state_dict()
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    assert report["verified"] and report["changed_weights"] > 0 and report["verl_merger_max_rounding"] > 1e-5
+    assert (out / "tokenizer_config.json").is_file()
+    with pytest.raises(MergeError, match="untrained"):  # the checkpoint of the init itself: refused
+        base_ckpt = tmp_path / "base_ckpt"
+        base_ckpt.mkdir()
+        torch.save(AutoModelForCausalLM.from_pretrained(tiny_base).state_dict(),
+                   base_ckpt / "model_world_size_1_rank_0.pt")
+        (base_ckpt / "fsdp_config.json").write_text(json.dumps({"FSDP_version": 2, "world_size": 1}))
+        vx.export_full_checkpoint(base_ckpt, target, str(tiny_base), tmp_path / "final2")
+    assert not (tmp_path / "final2").exists()
+
+
+def test_fsdp_shards_are_merged_in_their_own_dtype(tmp_path):
+    """Two ranks' DTensor shards (Shard(0) and replicated) and a plain buffer: concatenated,
+    kept and checked as FSDP saved them, in fp32. Run in a subprocess: it needs a process group."""
+    script = tmp_path / "shards.py"
+    script.write_text(f"""
+import json, sys, torch, torch.distributed as dist
+from pathlib import Path
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.tensor import DTensor, Replicate, Shard
+sys.path.insert(0, {str(REPO / "src")!r})
+from sft2rl import verl_export as vx
+from sft2rl.errors import MergeError
+dist.init_process_group("gloo", init_method="file://{tmp_path}/pg", rank=0, world_size=1)
+mesh = init_device_mesh("cpu", (1,), mesh_dim_names=("fsdp",))
+full = torch.arange(12, dtype=torch.float32).reshape(6, 2) / 7
+bias = torch.linspace(0, 1, 5)
+out = Path({str(tmp_path)!r}) / "actor"
+out.mkdir()
+(out / "fsdp_config.json").write_text(json.dumps({{"world_size": 2}}))
+def save(rank, buf):
+    part = full.chunk(2)[rank].clone()
+    torch.save({{"w": DTensor.from_local(part, mesh, [Shard(0)], run_check=False, shape=full.shape, stride=full.stride()),
+                "b": DTensor.from_local(bias.clone(), mesh, [Replicate()], run_check=False),
+                "buf": torch.tensor(buf)}}, out / f"model_world_size_2_rank_{{rank}}.pt")
+save(0, [1.0, 2.0])
+save(1, [1.0, 2.0])
+state = vx.fsdp_state_dict(out)
+assert torch.equal(state["w"], full) and state["w"].dtype == torch.float32, state["w"]
+assert torch.equal(state["b"], bias) and torch.equal(state["buf"], torch.tensor([1.0, 2.0]))
+save(1, [1.0, 3.0])
+try:
+    vx.fsdp_state_dict(out)
+    raise SystemExit("a buffer that differs between ranks was merged")
+except MergeError as err:
+    assert "buf is a plain tensor that differs between ranks" in str(err), err
+(out / "model_world_size_2_rank_1.pt").unlink()
+try:
+    vx.fsdp_state_dict(out)
+    raise SystemExit("a missing rank was not noticed")
+except MergeError as err:
+    assert "model_world_size_2_rank_1.pt: missing" in str(err), err
+print("ok")
+""")
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stdout + proc.stderr
+
+
 # ------------------------------------------------------------------ export steps
 def test_sft_metrics_and_checkpoint_choice(tmp_path):
     from torch.utils.tensorboard import SummaryWriter
@@ -595,10 +678,15 @@ def test_rl_summary_from_hook_log(tmp_path):
     w = SummaryWriter(str(run / "tensorboard"))
     for s in (1, 2, 3, 4):
         w.add_scalar("actor/kl_loss", 0.01 * s, s)
+        w.add_scalar("timing_s/step", 1.5 * s, s)
     w.close()
+    (run / vx.PLAN_FILE).write_text(json.dumps({"planned_steps": 4, "train_rows": 32, "filtered_prompts": 3}))
     step_dir = vx.latest_rl_checkpoint(run / "checkpoints")
     summary = vx.rl_summary(run, step_dir, "lora", 4, {"verified": True})
     assert summary["steps"] == 4 and summary["logged_steps"] == 4
+    # the local summary's keys (the tables read "seconds"; the docs name "filtered_prompts" on both backends)
+    assert summary["train_rows"] == 32 and summary["filtered_prompts"] == 3
+    assert summary["seconds"] == pytest.approx(1.5 * (1 + 2 + 3 + 4))
     assert summary["reward_last10"] == pytest.approx(0.25) and summary["last"]["kl"] == pytest.approx(0.04)
     tags = read_scalars(run / "tensorboard")
     assert [s for s, _ in tags["rl/reward_mean"]] == [1, 2, 3, 4] and "rl/kl" in tags
@@ -813,18 +901,24 @@ def test_verl_runs_the_planned_steps(n_rows, train_batch, epochs, total_steps, t
     assert min(total, per_epoch * cfg.trainer.total_epochs) == want
 
 
-def test_verl_loop_emulation_matches_verl_source():
-    """verl_loop_steps encodes these lines of verl 0.9.1's RayPPOTrainer; fail loudly if they change."""
+def test_verl_loop_emulation_matches_verl_source(tiny_base, data, tmp_path):
+    """verl_loop_steps encodes these lines of verl 0.9.1's V1 trainer (``trainer.use_v1``, on by
+    default and never overridden: main_ppo runs it, not the deprecated RayPPOTrainer); fail
+    loudly if they change."""
     import inspect
 
-    from verl.trainer.ppo.ray_trainer import RayPPOTrainer
+    from verl.trainer.ppo.v1.trainer_base import PPOTrainer
 
-    src = inspect.getsource(RayPPOTrainer)
+    src = inspect.getsource(PPOTrainer)
     assert "drop_last=True" in src
-    assert "total_training_steps = len(self.train_dataloader) * self.config.trainer.total_epochs" in src
+    assert "self.steps_per_epoch = len(self.train_dataset) // self.config.data.train_batch_size" in src
+    assert "total_training_steps = self.steps_per_epoch * self.config.trainer.total_epochs" in src
     assert "total_training_steps = self.config.trainer.total_training_steps" in src
-    assert "for epoch in range(current_epoch, self.config.trainer.total_epochs):" in src
+    assert ("while current_epoch < self.config.trainer.total_epochs and self.global_steps <= "
+            "self.total_training_steps:") in src
     assert "is_last_step = self.global_steps >= self.total_training_steps" in src
+    overrides = ppo_overrides(tiny_base, data, tmp_path)
+    assert not any("use_v1" in o for o in overrides) and compose("ppo_trainer", overrides).trainer.use_v1 is True
 
 
 def test_conda_envs_pin_what_constraints_pin():

@@ -42,7 +42,8 @@ def prepare_rl_run(run_dir: str | Path, *, init: str, train: str, config_hash: s
 
     from .generation import filter_overlong_prompts
 
-    key = run_key(models={"init": init}, data={"train": train}, modules=module_closure(["tasks.qa.verl_hooks"]),
+    key = run_key(models={"init": init}, data={"train": train},
+                  modules=module_closure(["tasks.qa.verl_hooks", "verl_export"]),  # the hooks; the rollout's stop ids
                   params={"overrides": config_hash}, libraries=LIBRARIES)
     guard = prepare_run_dir(run_dir, key, also_clear=(GROUP_REWARD_LOG, PLAN_FILE))
     tokenizer = AutoTokenizer.from_pretrained(init)
@@ -84,7 +85,7 @@ def prepare_game_rl(run_dir: str | Path, *, init: str, levels: str, env: str, ga
 
     run = Path(run_dir).resolve()
     key = run_key(models={"init": init}, data={"levels": levels},
-                  modules=module_closure(["tasks.games.verl_agent"]),
+                  modules=module_closure(["tasks.games.verl_agent", "verl_export"]),
                   params={"overrides": config_hash, "games": games, "env": env, "seed": seed}, libraries=LIBRARIES)
     guard = prepare_run_dir(run, key, also_clear=(EPISODE_LOG, PLAN_FILE))
     train = rl_levels(levels, games)  # the levels the local task plays
@@ -129,7 +130,7 @@ def prepare_med_rl(run_dir: str | Path, *, init: str, cases: str, mode: str, med
     patient_data, keyed_med, patient = run_key_parts(
         med, patient_backend(med.get("patient", "rule"), med["eval"]["patient_threshold"]).describe())
     key = run_key(models={"init": init}, data={"cases": cases, **patient_data},
-                  modules=module_closure(["tasks.med.verl_agent", "tasks.med.rl"]),
+                  modules=module_closure(["tasks.med.verl_agent", "tasks.med.rl", "verl_export"]),
                   params={"overrides": config_hash, "med": keyed_med, "mode": mode, "seed": seed, "patient": patient},
                   libraries=LIBRARIES)
     guard = prepare_run_dir(run, key, also_clear=(EPISODE_LOG, PLAN_FILE))
@@ -424,15 +425,102 @@ def fold_lora(merger_dir: str | Path, base: str, out_dir: str | Path) -> dict[st
     return merge_adapter(str(base), str(adapter), str(out_dir))
 
 
-def copy_full(merger_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
-    """Full fine-tuning: verl's merger output already is the policy; copy it into place atomically."""
+def fsdp_state_dict(shards_dir: str | Path) -> dict[str, Any]:
+    """The model weights of a verl FSDP checkpoint (``model_world_size_<W>_rank_<r>.pt`` and
+    ``fsdp_config.json``), merged from the ranks in the dtype FSDP saved them (fp32 master
+    weights by default). verl's merger casts every tensor to bfloat16, which rounds a weight to
+    about 3 significant digits: an RL update of lr 1e-6 to 1e-4 per step is mostly below that,
+    so its full-fine-tuning output is not the trained policy.
+
+    A DTensor is sharded over the mesh's last (FSDP) dimension: its ranks' local tensors are
+    concatenated along the shard dimension, or one is kept when replicated; with a
+    ``("ddp", "fsdp")`` mesh the first FSDP group holds one whole copy. A plain tensor (a buffer,
+    an unsharded parameter) must be the same on every rank."""
+    import torch
+    from torch.distributed.tensor import DTensor
+
+    shards_dir = Path(shards_dir)
+    config = shards_dir / "fsdp_config.json"
+    if not config.is_file():
+        raise MergeError(f"{shards_dir}: no fsdp_config.json (not a verl FSDP checkpoint)")
+    world = int(json.loads(config.read_text())["world_size"])
+
+    def load(rank: int) -> dict[str, Any]:
+        path = shards_dir / f"model_world_size_{world}_rank_{rank}.pt"
+        if not path.is_file():
+            raise MergeError(f"{path}: missing (fsdp_config.json says world_size {world})")
+        return torch.load(path, map_location="cpu", weights_only=False)
+
+    first = load(0)
+    pivot = next((v for v in first.values() if isinstance(v, DTensor)), None)
+    names = tuple(pivot.device_mesh.mesh_dim_names or ()) if pivot is not None else ("fsdp",)
+    if names not in (("fsdp",), ("ddp", "fsdp")):
+        raise MergeError(f"{shards_dir}: device mesh {names} is not supported (FSDP, optionally with DDP)")
+    group = int(pivot.device_mesh.mesh.shape[-1]) if pivot is not None and len(names) == 2 else world
+    ranks = [first] + [load(r) for r in range(1, group)]
+    state: dict[str, Any] = {}
+    for key in first:
+        parts = [r[key] for r in ranks]
+        if isinstance(parts[0], DTensor):
+            placement = parts[0].placements[-1]
+            local = [t.to_local() for t in parts]
+            if placement.is_shard():
+                state[key] = torch.cat(local, dim=placement.dim).contiguous()
+            elif placement.is_replicate():
+                state[key] = local[0]
+            else:
+                raise MergeError(f"{shards_dir}: {key} has placement {placement}, which cannot be merged")
+        else:
+            if any(t.shape != parts[0].shape or not torch.equal(t, parts[0]) for t in parts[1:]):
+                raise MergeError(f"{shards_dir}: {key} is a plain tensor that differs between ranks")
+            state[key] = parts[0]
+    return state
+
+
+def export_full_checkpoint(shards_dir: str | Path, merger_dir: str | Path, base: str,
+                           out_dir: str | Path) -> dict[str, Any]:
+    """Full fine-tuning on verl: the trained weights as FSDP saved them (:func:`fsdp_state_dict`)
+    into the model verl's merger wrote (its config, tokenizer and generation config; its weights,
+    rounded to bfloat16, are all replaced), then exported and verified as the local backend's
+    (:func:`sft2rl.merge.export_full`: trained, and the written model computes the checkpoint's
+    logits). ``base``: the model the run started from."""
+    import tempfile
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .merge import export_full
+
     merger_dir = Path(merger_dir)
     if (merger_dir / "lora_adapter").exists():
-        raise ValueError(f"{merger_dir}: has a lora_adapter/ but rl.train_mode is full")
-    with atomic_dir(out_dir) as tmp:
-        for f in merger_dir.iterdir():
-            (shutil.copytree if f.is_dir() else shutil.copy2)(f, Path(tmp) / f.name)
-    return {"copied": str(merger_dir)}
+        raise MergeError(f"{merger_dir}: has a lora_adapter/ but the run trained every weight (train_mode full)")
+    state = fsdp_state_dict(shards_dir)
+    model = AutoModelForCausalLM.from_pretrained(merger_dir, dtype=torch.float32)
+    own = model.state_dict()
+    unexpected = sorted(set(state) - set(own))
+    if unexpected:
+        raise MergeError(f"{shards_dir}: weights the model of {merger_dir} does not have: {unexpected[:5]}")
+    loaded_ptrs = {own[k].data_ptr() for k in state}
+    untied = sorted(k for k in set(own) - set(state) if own[k].data_ptr() not in loaded_ptrs)
+    if untied:
+        raise MergeError(f"{shards_dir}: no weights for {untied[:5]} (and they are not tied to saved ones)")
+    rounding = max(float((own[k].float() - state[k].float()).abs().max()) for k in state)
+    model.load_state_dict({k: v.to(torch.float32) for k, v in state.items()}, strict=False)
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.weights.", dir=out_dir.parent))
+    try:
+        model.save_pretrained(staging)
+        AutoTokenizer.from_pretrained(merger_dir).save_pretrained(staging)
+        for extra in ("generation_config.json",):
+            if (merger_dir / extra).is_file() and not (staging / extra).is_file():
+                shutil.copy2(merger_dir / extra, staging / extra)
+        report = export_full(str(base), str(staging), str(out_dir))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    report["verl_merger_max_rounding"] = rounding
+    LOG.info("full weights from %s (verl's bfloat16 merger output differed by up to %.3g)", shards_dir, rounding)
+    return report
 
 
 def read_group_reward_log(path: str | Path) -> list[dict[str, Any]]:
@@ -486,7 +574,13 @@ def rl_summary(run_dir: str | Path, step_dir: str | Path, train_mode: str, total
         return float(np.mean(vals)) if vals else None
 
     step = int(Path(step_dir).name.split("_")[-1])
+    plan = json.loads((run / PLAN_FILE).read_text()) if (run / PLAN_FILE).is_file() else {}
+    step_times = [v for _, v in scalars.get("timing_s/step", [])]
+    # as the local summary: the rows trained on, the prompts left out as too long, and the seconds
+    # of training (here the steps' times verl logged, timing_s/step, summed: no start-up)
     return {"backend": "verl", "steps": step, "total_steps": total_steps, "train_mode": train_mode,
+            "train_rows": plan.get("train_rows"), "filtered_prompts": plan.get("filtered_prompts", 0),
+            "seconds": float(sum(step_times)) if step_times else None,
             "last_checkpoint": str(step_dir), "logged_steps": len(history),
             "first": history[0] if history else None, "last": history[-1] if history else None,
             "reward_first10": avg(history[:10], "reward_mean"), "reward_last10": avg(history[-10:], "reward_mean"),

@@ -458,13 +458,15 @@ def _ppo(*, algorithm: list[str], reward_fn: list[str], hook: list[str], init: s
 
 
 def verl_loop_steps(n_rows: int, overrides: list[str]) -> int:
-    """Steps verl 0.9.1's ``RayPPOTrainer.fit`` runs on ``n_rows`` kept prompts under ``overrides``.
+    """Steps verl 0.9.1's V1 trainer (``verl.trainer.ppo.v1.trainer_base.PPOTrainer.fit``, what
+    ``main_ppo`` runs with ``trainer.use_v1``, its default) runs on ``n_rows`` kept prompts
+    under ``overrides``.
 
-    Its train loader drops the last partial batch (``len = n_rows // data.train_batch_size``);
-    ``total_training_steps`` is ``trainer.total_training_steps`` when set, else ``len x
-    trainer.total_epochs``; the loop stops at that step or after the last epoch, whichever
-    comes first (``for epoch in range(total_epochs): for batch in loader: ... if is_last_step:
-    return``).
+    An epoch holds ``n_rows // data.train_batch_size`` steps (its train loader drops the last
+    partial batch); ``total_training_steps`` is ``trainer.total_training_steps`` when set, else
+    that times ``trainer.total_epochs``; the loop stops at that step or after the last epoch,
+    whichever comes first (``while current_epoch < total_epochs and global_steps <=
+    total_training_steps: ... if is_last_step: return``).
     """
     values = {}
     for o in overrides:

@@ -112,10 +112,8 @@ def main(argv: list[str] | None = None) -> int:
                 report = vx.fold_lora(args.merger_dir, args.base, args.out)
                 log.info("verified merge into %s: %d LoRA-targeted weights changed (step %s, %s)", args.out,
                          report["lora_targets"], args.step_dir, args.which)
-            else:  # full fine-tuning: the merger's model is the policy, exported with the same checks
-                from sft2rl.merge import export_full
-
-                report = export_full(args.base, args.merger_dir, args.out)
+            else:  # full fine-tuning: the checkpoint's own weights (the merger's are bfloat16), verified
+                report = vx.export_full_checkpoint(args.step_dir, args.merger_dir, args.base, args.out)
                 log.info("verified export into %s: %d weights changed (step %s, %s)", args.out,
                          report["changed_weights"], args.step_dir, args.which)
         elif args.cmd == "prepare-rl":
@@ -146,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
             step = int(Path(args.step_dir).name.split("_")[-1])
             planned = vx.check_planned_steps(args.run_dir, step)
             export = (vx.fold_lora(args.merger_dir, args.init, args.final) if args.train_mode == "lora"
-                      else vx.copy_full(args.merger_dir, args.final))
+                      else vx.export_full_checkpoint(Path(args.step_dir) / "actor", args.merger_dir, args.init,
+                                                     args.final))
             histories = {"game": vx.game_rl_history, "med": vx.med_rl_history}
             history = histories[args.episode_task](args.episode_log) if args.episode_log else None
             summary = vx.rl_summary(args.run_dir, args.step_dir, args.train_mode, planned, export, history)
