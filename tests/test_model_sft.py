@@ -490,3 +490,53 @@ def test_base_checks_sft_rows_against_its_window_before_pretraining(monkeypatch,
     stats = model_mod.build_base(str(tmp_path / "corpus.jsonl"), str(tmp_path / "base"), tiny, pre,
                                  sft_rows=[str(tmp_path / "rows.parquet")], overlong="drop")
     assert called == [1] and stats["seq_len"] == 48 and (tmp_path / "base" / "config.json").is_file()
+
+
+def test_the_adapter_config_does_not_depend_on_the_hash_seed(base_dir, tmp_path):
+    """PEFT expands target_modules "all-linear" into a set and saved it in set order, which
+    follows PYTHONHASHSEED: the same config wrote another adapter_config.json in another process
+    (found by two runs of the medical workflow at hash seeds 0 and 123). attach_lora sorts it."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "attach.py"
+    script.write_text(f"""
+import sys
+from peft import LoraConfig
+from sft2rl.model import attach_lora, load_model
+model = attach_lora(load_model({str(base_dir)!r})[0], LoraConfig(r=4, lora_alpha=8, target_modules="all-linear",
+                                                           task_type="CAUSAL_LM"))
+model.save_pretrained(sys.argv[1])
+""")
+    configs = []
+    for seed in ("1", "2", "3"):
+        out = tmp_path / f"adapter{seed}"
+        env = {**__import__("os").environ, "PYTHONHASHSEED": seed}
+        proc = subprocess.run([sys.executable, str(script), str(out)], env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        configs.append((out / "adapter_config.json").read_text())
+    modules = json.loads(configs[0])["target_modules"]
+    assert len(modules) > 2 and modules == sorted(modules)
+    assert configs[0] == configs[1] == configs[2]
+
+
+def test_the_sft_key_follows_the_base_s_pretraining_window(base_dir, tmp_path):
+    """SFT reads its length limit from the base's pretrain_metrics.json (seq_len), a file the
+    model's content digest leaves out: the key holds the window, so a killed run never resumes
+    under another limit (two bases that differ only in it had one key)."""
+    import shutil
+
+    from sft2rl.sft import PRETRAIN_INFO, sft_run_key
+
+    data = tmp_path / "rows.parquet"
+    write_parquet(data, [{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}])
+    keys = []
+    for window in (256, 96):
+        base = tmp_path / f"base{window}"
+        shutil.copytree(base_dir, base)
+        (base / PRETRAIN_INFO).write_text(json.dumps({"seq_len": window}))
+        keys.append(sft_run_key(str(base), str(data), str(data), {"lr": 1e-3})["key"])
+    assert keys[0] != keys[1]
+    (tmp_path / "base96" / PRETRAIN_INFO).write_text(json.dumps({"seq_len": 96, "final_loss": 0.5}))  # a report
+    assert sft_run_key(str(tmp_path / "base96"), str(data), str(data), {"lr": 1e-3})["key"] == keys[1]

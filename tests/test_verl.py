@@ -732,6 +732,13 @@ def test_snakemake_dry_run_prints_verl_commands(tmp_path):
     # the SFT job loads our dataset classes: editing them reruns it (as the games' and medical SFT)
     sft_inputs = re.findall(r"^rule sft:\n    input: (.*)$", out, re.M)
     assert sft_inputs and all("src/sft2rl/verl_sft_data.py" in i for i in sft_inputs)
+    # the shell commands run workflow/scripts/verl_export.py (fold, rl-export): editing it reruns
+    # the jobs (Snakemake tracks the script of a script: rule only); Ray's launcher on one node is not run
+    for rule in ("sft", "merge", "grpo"):
+        inputs = re.findall(rf"^rule {rule}:\n    input: (.*)$", out, re.M)
+        assert inputs and all(any(f.endswith("workflow/scripts/verl_export.py") for f in i.split(", "))
+                              for i in inputs), rule
+        assert not any("ray_on_slurm.sh" in i for i in inputs), rule
 
 
 def test_med_rl_table_on_verl_plans_no_control(tmp_path):
@@ -761,6 +768,10 @@ def test_snakemake_dry_run_multi_node(tmp_path):
     assert '"$PWD/' in out  # no absolute path to the checkout in commands or inputs: a moved project replans nothing
     assert not re.search(rf"(?<![\w./]){re.escape(str(REPO))}/(src|workflow)", out)
     assert "trainer.nnodes=2" in out and "trainer.n_gpus_per_node=4" in out
+    # on several nodes the RL job starts Ray through ray_on_slurm.sh: editing it reruns the job
+    grpo_inputs = re.findall(r"^rule grpo:\n    input: (.*)$", out, re.M)
+    assert grpo_inputs and all(any(f.endswith("workflow/scripts/ray_on_slurm.sh") for f in i.split(", "))
+                               for i in grpo_inputs)
 
 
 def test_ray_on_slurm_builds_one_array_element_per_node(tmp_path):

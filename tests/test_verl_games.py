@@ -78,6 +78,23 @@ def test_prepared_run_rows_budget_and_composed_config(game_run):
     assert [(x["name"], x["_target_"], x["env"]) for x in loops] == [
         ("sft2rl_game", "sft2rl.tasks.games.verl_agent.GameAgentLoop", "frozenlake")]
     assert loops[0]["games"] == GAMES and loops[0]["episode_log"] == str(run.resolve() / vx.EPISODE_LOG)
+    assert loops[0]["attempt"] == 1  # a fresh run's first start
+
+
+def test_a_resumed_run_keeps_the_later_start_of_a_replayed_step(tmp_path):
+    """verl resumes after its last checkpoint and plays the steps after it again: the episode log
+    then holds a replayed step twice (the killed start's episodes, then the new one's). Each
+    start tags its episodes, and the history keeps the latest start's (it had averaged both)."""
+    log = tmp_path / vx.EPISODE_LOG
+    assert vx.next_attempt(log) == 1
+    first = [{"step": s, "attempt": 1, "won": False, "score": 0.0, "steps": 4, "valid": 4} for s in (0, 0, 1, 1, 2)]
+    log.write_text("".join(json.dumps(r) + "\n" for r in first))  # killed during step 2 (weights version 2)
+    assert vx.next_attempt(log) == 2  # the next start, resumed from the checkpoint of step 2
+    again = [{"step": s, "attempt": 2, "won": True, "score": 1.0, "steps": 2, "valid": 2} for s in (2, 2, 3, 3)]
+    log.write_text(log.read_text() + "".join(json.dumps(r) + "\n" for r in again))
+    hist = vx.game_rl_history(log)
+    assert [(h["step"], h["n"], h["success"]) for h in hist] == [(1, 2, 0.0), (2, 2, 0.0), (3, 2, 1.0), (4, 2, 1.0)]
+    assert vx.next_attempt(log) == 3
 
 
 def check_agent_config(cfg, run, plan, agent_name):
@@ -186,7 +203,7 @@ def test_agent_loop_plays_an_episode_as_the_local_backend_does(game_run):
         local.act(t)
     assert chat.ids == seq and chat.continued == len(server.calls) - 1
     log = [json.loads(x) for x in (run / vx.EPISODE_LOG).read_text().splitlines()]
-    assert log[-1] == {"step": 4, "level": level["index"], "won": True, "lost": False, "steps": ep.steps,
+    assert log[-1] == {"step": 4, "attempt": 1, "level": level["index"], "won": True, "lost": False, "steps": ep.steps,
                        "valid": ep.valid, "env_reward": 1.0, "score": pytest.approx(0.9)}
     hist = vx.game_rl_history(run / vx.EPISODE_LOG)
     assert hist[-1]["step"] == 5 and hist[-1]["success"] == 1.0  # weights version 4 = the rollout of step 5

@@ -81,7 +81,7 @@ def test_prepared_run_rows_budgets_and_composed_config(med_run):
     loops = yaml.safe_load((run / vx.AGENT_LOOPS).read_text())
     assert [(x["name"], x["_target_"]) for x in loops] == [("sft2rl_med", "sft2rl.tasks.med.verl_agent.MedAgentLoop")]
     assert loops[0]["med"] == MED_V and "stop_ids" not in loops[0]
-    assert loops[0]["episode_log"] == str(run.resolve() / vx.EPISODE_LOG)
+    assert loops[0]["episode_log"] == str(run.resolve() / vx.EPISODE_LOG) and loops[0]["attempt"] == 1
 
 
 def test_prepare_med_rl_command_line_fixed_budget_and_long_prompts(med_run, tmp_path, capsys):
@@ -201,7 +201,7 @@ def check_reward(out, cons, med_run, version=4):
         "success": float(rec["success"]), "turns": float(rec["turns"]), "max_turns": float(cons.max_turns),
         **{f"reward_{t}": rec[f"reward_{t}"] for t in TERMS}}
     log = [json.loads(x) for x in (med_run["run"] / vx.EPISODE_LOG).read_text().splitlines()]
-    assert log[-1] == {"step": version, **{k: rec[k] for k in LOG_FIELDS}}
+    assert log[-1] == {"step": version, "attempt": 1, **{k: rec[k] for k in LOG_FIELDS}}
     assert {"reward", "success", "turns", "max_turns", *(f"reward_{t}" for t in TERMS)} <= set(LOG_FIELDS)
     return rec
 

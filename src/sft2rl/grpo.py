@@ -393,14 +393,16 @@ def train_rl(init_model: str, task, run_dir: str, cfg: dict[str, Any], stop_afte
 
     resume = _latest_checkpoint(ckpt_root) if guard["resume"] else None
     if cfg["train_mode"] == "lora":
-        from peft import LoraConfig, PeftModel, get_peft_model
+        from peft import LoraConfig, PeftModel
+
+        from .model import attach_lora
 
         if resume:
             model = PeftModel.from_pretrained(model, resume / "policy", is_trainable=True)
         else:
             lc = cfg["lora"]
-            model = get_peft_model(model, LoraConfig(r=lc["r"], lora_alpha=lc["alpha"], lora_dropout=lc["dropout"],
-                                                     target_modules=lc["target_modules"], task_type="CAUSAL_LM"))
+            model = attach_lora(model, LoraConfig(r=lc["r"], lora_alpha=lc["alpha"], lora_dropout=lc["dropout"],
+                                                  target_modules=lc["target_modules"], task_type="CAUSAL_LM"))
         ref_model = None  # the reference is the same model with the adapter disabled
     else:
         ref_model = reference_copy(model)

@@ -153,6 +153,21 @@ def load_model(path: str, device: torch.device | None = None, dtype: torch.dtype
     return model, tokenizer
 
 
+def attach_lora(model, config):
+    """``peft.get_peft_model`` with the adapter's target modules in a fixed (sorted) order.
+
+    PEFT expands ``target_modules: all-linear`` into a set and saves it in the set's order,
+    which follows PYTHONHASHSEED: the ``adapter_config.json`` of the same config would differ
+    between two runs (the weights do not)."""
+    from peft import get_peft_model
+
+    model = get_peft_model(model, config)
+    for cfg in model.peft_config.values():
+        if isinstance(cfg.target_modules, set):
+            cfg.target_modules = sorted(cfg.target_modules)
+    return model
+
+
 def _token_stream(tokenizer, texts: list[str]) -> torch.Tensor:
     eot = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     ids: list[int] = []

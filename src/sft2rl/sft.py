@@ -43,7 +43,7 @@ import torch
 from .errors import ConfigError, DataError
 from .io import atomic_dir, read_parquet_rows, write_json
 from .logutil import LOG
-from .model import autocast, load_model, pick_device, pretrain_precision, set_seed
+from .model import attach_lora, autocast, load_model, pick_device, pretrain_precision, set_seed
 
 IGNORE = -100
 
@@ -256,11 +256,14 @@ STATE_FILE = "training_state.pt"
 
 
 def sft_run_key(base: str, train_file: str, val_file: str, cfg: dict[str, Any]) -> dict[str, Any]:
-    """The content key of an SFT run (what must match for a killed run to resume)."""
+    """The content key of an SFT run (what must match for a killed run to resume). The base's
+    pretraining window is in it too: its file is left out of the model's content (a report), but
+    the run reads the length limit from it."""
     from .fingerprint import module_closure, run_key
 
     return run_key(models={"base": base}, data={"train": train_file, "val": val_file},
-                   modules=module_closure(["sft"]), params=cfg, libraries=LIBRARIES)
+                   modules=module_closure(["sft"]), params={**cfg, "pretrain_window": pretrain_window(base)},
+                   libraries=LIBRARIES)
 
 
 def _last_epoch_state(resume_ckpts: Path) -> Path | None:
@@ -287,7 +290,6 @@ def train_sft(base: str, train_file: str, val_file: str, out_dir: str, cfg: dict
               devices: int = 1) -> dict[str, Any]:
     """Train a LoRA adapter; write checkpoints/epoch_<k>/, tensorboard/ and metrics.json in out_dir
     (resuming a killed run of the same content key after its last finished epoch)."""
-    from peft import get_peft_model
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
     from transformers import get_scheduler
@@ -330,7 +332,7 @@ def train_sft(base: str, train_file: str, val_file: str, out_dir: str, cfg: dict
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()
     if train_mode == "lora":  # full: every weight trains, each checkpoint is a whole model
-        model = get_peft_model(model, lora_config(cfg["lora"], tokenizer, cfg["train_tokens"]))
+        model = attach_lora(model, lora_config(cfg["lora"], tokenizer, cfg["train_tokens"]))
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
     LOG.info("SFT: %d train rows, %d val rows (longest %d tokens; limit %d: %s; over it and left out: %s); "

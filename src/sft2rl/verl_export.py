@@ -95,7 +95,7 @@ def prepare_game_rl(run_dir: str | Path, *, init: str, levels: str, env: str, ga
     check_reply_limit(tokenizer, train, games["eval"]["max_new_tokens"], games["with_thinking"], levels)
     write_parquet(run / GAME_TRAIN, verl_rows(env, train, games, seed))
     loops = [{"name": VERL_AGENT_NAME, "_target_": "sft2rl.tasks.games.verl_agent.GameAgentLoop", "env": env,
-              "games": games, "episode_log": str(run / EPISODE_LOG)}]
+              "games": games, "episode_log": str(run / EPISODE_LOG), "attempt": next_attempt(run / EPISODE_LOG)}]
     write_text(run / AGENT_LOOPS, yaml.safe_dump(loops, sort_keys=False))
     budget = episode_token_budget(tokenizer, env, train, games, _model_type(init))
     stops = write_rollout_generation_config(init, run / ROLLOUT_GENERATION_CONFIG)
@@ -150,7 +150,7 @@ def prepare_med_rl(run_dir: str | Path, *, init: str, cases: str, mode: str, med
                                       _model_type(init))
     stops = write_rollout_generation_config(init, run / ROLLOUT_GENERATION_CONFIG)
     loops = [{"name": VERL_AGENT_NAME, "_target_": "sft2rl.tasks.med.verl_agent.MedAgentLoop", "med": med,
-              "episode_log": str(run / EPISODE_LOG)}]
+              "episode_log": str(run / EPISODE_LOG), "attempt": next_attempt(run / EPISODE_LOG)}]
     write_text(run / AGENT_LOOPS, yaml.safe_dump(loops, sort_keys=False))
     plan = {"planned_steps": planned_steps(len(rows), train_batch, epochs, total_steps), "train_rows": len(rows),
             "run_key": key["key"], "start": guard["reason"], "stop_token_ids": stops, "mode": mode,
@@ -228,17 +228,31 @@ def med_episode_token_budget(tokenizer, cases: list[dict[str, Any]], max_turns: 
             "response_length": max_turns * reply + (max_turns - 1) * observation}
 
 
+def _episode_records(path: str | Path) -> list[dict[str, Any]]:
+    path = Path(path)
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def next_attempt(path: str | Path) -> int:
+    """The number of this start of an agent-loop run: one more than the episode log's latest
+    (1 on a fresh run, whose log the restart guard has cleared)."""
+    return 1 + max((int(r.get("attempt", 1)) for r in _episode_records(path)), default=0)
+
+
 def episodes_by_step(path: str | Path) -> dict[int, list[dict[str, Any]]]:
     """An agent loop's episode log (one JSON line per finished episode) grouped by the weights
-    version the rollout server reported (lines without one are left out)."""
+    version the rollout server reported (lines without one are left out). A step that a resumed
+    run played again (verl restarts after its last checkpoint) keeps the episodes of the latest
+    start (``attempt``) only, as the QA hook's log keeps a step's later record."""
     by_step: dict[int, list[dict]] = {}
-    path = Path(path)
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            if line.strip():
-                rec = json.loads(line)
-                if rec.get("step") is not None:
-                    by_step.setdefault(int(rec["step"]), []).append(rec)
+    for rec in _episode_records(path):
+        if rec.get("step") is not None:
+            by_step.setdefault(int(rec["step"]), []).append(rec)
+    for step, recs in by_step.items():
+        latest = max(int(r.get("attempt", 1)) for r in recs)
+        by_step[step] = [r for r in recs if int(r.get("attempt", 1)) == latest]
     return dict(sorted(by_step.items()))
 
 

@@ -35,17 +35,25 @@ LOCAL_GPUS = int((config.get("local") or {}).get("gpus", 0))
 LOCAL_GPU_RES = {"gpu": LOCAL_GPUS} if LOCAL_GPUS else {}
 
 
+#: Files under workflow/scripts/ that the verl rules run from their shell: commands. Snakemake
+#: tracks the script of a script: rule itself, not these, so code() lists them among the inputs.
+SHELL_SCRIPTS = {"verl_export": "verl_export.py", "ray_on_slurm": "ray_on_slurm.sh"}
+
+
 def code(*scripts, modules=()):
     """The package modules a job runs, as its inputs, so editing one reruns exactly the jobs that run it.
 
     Found, not listed: every ``sft2rl`` module the workflow scripts ``scripts`` (names under
-    workflow/scripts/) import, plus ``modules``, and everything those import in turn.
+    workflow/scripts/) import, plus ``modules``, and everything those import in turn; and the
+    scripts a shell: command runs (:data:`SHELL_SCRIPTS`) themselves.
     Paths are relative to the working directory: a moved or re-cloned checkout keeps the
     same set of inputs, and Snakemake plans nothing new.
     """
-    paths = [Path(workflow.basedir) / "workflow" / "scripts" / f"{s}.py" for s in scripts]
+    folder = Path(workflow.basedir) / "workflow" / "scripts"
+    paths = [folder / f"{s}.py" for s in scripts if not SHELL_SCRIPTS.get(s, ".py").endswith(".sh")]
     names = fingerprint.module_closure(modules, paths)
-    return [os.path.relpath(fingerprint.module_file(m)) for m in names]
+    shell = [os.path.relpath(folder / SHELL_SCRIPTS[s]) for s in scripts if s in SHELL_SCRIPTS]
+    return [os.path.relpath(fingerprint.module_file(m)) for m in names] + shell
 
 
 def local_model_files(path):

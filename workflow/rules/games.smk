@@ -318,7 +318,7 @@ if config["backend"] == "verl":
         input:
             levels=f"{GAME_DATA}/{{env}}/levels.jsonl",
             init=lambda wc: f"results/games/models/sft-{wc.env}-seed{GAME_SFT['seed']}/merged",
-            code=code("verl_export", modules=["tasks.games.verl_agent"]),
+            code=code("verl_export", *VERL_RAY, modules=["tasks.games.verl_agent"]),
         output:
             final=directory("results/games/models/rl-{env}-seed{seed}/final"),
             summary="results/games/rl/rl-{env}-seed{seed}/summary.json",

@@ -417,7 +417,7 @@ if config["backend"] == "verl":
             train=f"{MED_DATA}/rl/train_cases.jsonl",
             init=MED_RL_INIT,
             patient=med_patient_input,
-            code=code("verl_export", modules=["tasks.med.verl_agent"]),
+            code=code("verl_export", *VERL_RAY, modules=["tasks.med.verl_agent"]),
         output:
             final=directory("results/med/models/rl-{budget}-seed{seed}/final"),
             summary="results/med/rl/rl-{budget}-seed{seed}/summary.json",

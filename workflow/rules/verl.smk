@@ -9,6 +9,8 @@ VERL = verl_launch.verl_settings(config)
 # the checkout as the job sees it: $PWD (the working directory) plus a relative path, so the
 # commands (and with them the params Snakemake compares) do not change when the project moves
 CODE_ROOT = "$PWD" if os.path.relpath(workflow.basedir) == "." else f"$PWD/{os.path.relpath(workflow.basedir)}"
+#: the RL jobs on several nodes start Ray through workflow/scripts/ray_on_slurm.sh: one of their inputs
+VERL_RAY = ["ray_on_slurm"] if int(VERL["nnodes"]) > 1 else []
 
 
 if config["backend"] == "verl":
@@ -84,7 +86,7 @@ if config["backend"] == "verl":
         input:
             init=lambda wc: base_input() if runs.parse_rl(wc.rl_run)["init"] == "base" else rl_init_dir(wc),
             train=f"{PROCESSED}/rl/train.parquet",
-            code=code("verl_export", modules=["tasks.qa.verl_hooks"]),
+            code=code("verl_export", *VERL_RAY, modules=["tasks.qa.verl_hooks"]),
         output:
             final=directory("results/rl/{rl_run}/final"),
             summary="results/rl/{rl_run}/summary.json",

@@ -47,15 +47,16 @@ class GameAgentLoop(AgentLoopBase):
 
     ``games``: the games config of the run (the env's keys, ``eval``, ``rl``), from the agent
     loop file; ``env``: sokoban or frozenlake; ``episode_log``: where finished episodes go
-    (``None``: nowhere)."""
+    (``None``: nowhere), each tagged with ``attempt``, the run's start (from the agent loop file)."""
 
-    def __init__(self, *args, games: Any, env: str, episode_log: str | None = None, **kwargs):
+    def __init__(self, *args, games: Any, env: str, episode_log: str | None = None, attempt: int = 1, **kwargs):
         super().__init__(*args, **kwargs)
         self.games = OmegaConf.to_container(games, resolve=True) if isinstance(games, DictConfig) else dict(games)
         if self.games.get("history") is not True:
             raise ValueError("games on verl need games.history: true (one sequence per episode)")
         self.env = env
         self.episode_log = episode_log
+        self.attempt = int(attempt)  # this start of the run (a resumed run replays steps; the later start wins)
         self.max_turns = int(self.games["eval"]["max_steps"])
         self.max_new_tokens = int(self.games["eval"]["max_new_tokens"])
         self.penalty = float(self.games["rl"]["format_penalty"])
@@ -78,7 +79,8 @@ class GameAgentLoop(AgentLoopBase):
                              f"more than rollout.response_length = {self.response_length} (computed by "
                              "prepare-game-rl from the levels; episodes are never cut)")
         score = episode_score(ep, self.penalty)
-        append_record(self.episode_log, {"step": seq.version, "level": ep.level["index"], "won": ep.won,
+        append_record(self.episode_log, {"step": seq.version, "attempt": self.attempt, "level": ep.level["index"],
+                                         "won": ep.won,
                                          "lost": ep.lost, "steps": ep.steps, "valid": ep.valid,
                                          "env_reward": ep.env_reward, "score": score})
         return seq.output(score, 2 * ep.steps)

@@ -104,7 +104,7 @@ class MedAgentLoop(AgentLoopBase):
     file); ``episode_log``: where finished consultations go (``None``: nowhere). A reply ends
     at the init model's stop ids (the rollout server's generation config) or at the reply limit."""
 
-    def __init__(self, *args, med: Any, episode_log: str | None = None, **kwargs):
+    def __init__(self, *args, med: Any, episode_log: str | None = None, attempt: int = 1, **kwargs):
         super().__init__(*args, **kwargs)
         self.med = OmegaConf.to_container(med, resolve=True) if isinstance(med, DictConfig) else dict(med)
         ev, rl = self.med["eval"], self.med["rl"]
@@ -113,6 +113,7 @@ class MedAgentLoop(AgentLoopBase):
         self.w = weights(rl.get("reward"))
         self.patients = shared_patients(self.med.get("patient", "rule"), float(ev["patient_threshold"]))
         self.episode_log = episode_log
+        self.attempt = int(attempt)  # this start of the run (a resumed run replays steps; the later start wins)
         self.response_length = self.rollout_config.response_length
 
     async def run(self, sampling_params: dict[str, Any], **kwargs) -> AgentLoopOutput:
@@ -135,7 +136,8 @@ class MedAgentLoop(AgentLoopBase):
             self._check_length(cons, seq)
             await self.loop.run_in_executor(None, self._check_history, cons, seq.ids, chat)
         rec = cons.record(self.w)
-        append_record(self.episode_log, {"step": seq.version, **{k: rec[k] for k in LOG_FIELDS}})
+        append_record(self.episode_log, {"step": seq.version, "attempt": self.attempt,
+                                         **{k: rec[k] for k in LOG_FIELDS}})
         extra = {"success": float(rec["success"]), "turns": float(rec["turns"]), "max_turns": float(cons.max_turns),
                  **{f"reward_{t}": float(rec[f"reward_{t}"]) for t in TERMS}}
         return seq.output(rec["reward"], 1 + len(cons.replies) + len(cons.patient), reward_extra_info=extra)
