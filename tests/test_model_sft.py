@@ -502,11 +502,14 @@ def test_the_adapter_config_does_not_depend_on_the_hash_seed(base_dir, tmp_path)
     script = tmp_path / "attach.py"
     script.write_text(f"""
 import sys
-from peft import LoraConfig
-from sft2rl.model import attach_lora, load_model
+from peft import LoraConfig, PeftModel
+from sft2rl.model import attach_lora, load_model, sort_lora_targets
 model = attach_lora(load_model({str(base_dir)!r})[0], LoraConfig(r=4, lora_alpha=8, target_modules="all-linear",
                                                            task_type="CAUSAL_LM"))
 model.save_pretrained(sys.argv[1])
+# a resumed GRPO run loads the adapter back (PEFT reads the list into a set) and saves it again
+again = sort_lora_targets(PeftModel.from_pretrained(load_model({str(base_dir)!r})[0], sys.argv[1]))
+again.save_pretrained(sys.argv[1] + "-resumed")
 """)
     configs = []
     for seed in ("1", "2", "3"):
@@ -515,10 +518,11 @@ model.save_pretrained(sys.argv[1])
         proc = subprocess.run([sys.executable, str(script), str(out)], env=env, capture_output=True, text=True,
                               timeout=300)
         assert proc.returncode == 0, proc.stderr[-2000:]
-        configs.append((out / "adapter_config.json").read_text())
+        configs += [(out / "adapter_config.json").read_text(),
+                    (tmp_path / f"adapter{seed}-resumed" / "adapter_config.json").read_text()]
     modules = json.loads(configs[0])["target_modules"]
     assert len(modules) > 2 and modules == sorted(modules)
-    assert configs[0] == configs[1] == configs[2]
+    assert len(set(configs)) == 1
 
 
 def test_the_sft_key_follows_the_base_s_pretraining_window(base_dir, tmp_path):

@@ -665,7 +665,9 @@ def _default_setup() -> dict:
     return {"kl_type": cfg["rl"]["kl_type"], "eval_turns": med["eval"]["max_turns"], "rl_n": med["rl"]["n"],
             "rl_temperature": med["rl"]["temperature"], "sampled_k": med["eval"]["k_samples"],
             "sampled_temperature": med["eval"]["temperature"], "sampled_top_p": med["eval"]["top_p"],
-            "rl_steps": cfg["games"]["rl"]["total_steps"]}
+            "rl_steps": cfg["games"]["rl"]["total_steps"],
+            "clip": [med["rl"]["clip_ratio_low"], med["rl"]["clip_ratio_high"]], "entropy": med["rl"]["entropy_coef"],
+            "budget_range": med["rl"]["budget_range"], "eval_budgets": med["rl"]["eval_budgets"]}
 
 
 def _write_numbers(root: Path) -> Path:
@@ -702,6 +704,9 @@ def test_paper_numbers_are_the_tables(built, tmp_path):
                                      f"${row['accuracy_knowable_diff_ci_high']:+.2f}$]")
     assert got["qaknowablediffverdict"] == paper_mod.verdict(row["accuracy_knowable_diff_ci_low"],
                                                              row["accuracy_knowable_diff_ci_high"])
+    assert got["qafalsehedgevskindonly"] == paper_mod.separated(
+        *[tuple(row[f"{m}_{s}"] for s in ("mean", "ci_low", "ci_high"))
+          for m in ("false_hedge_rate", "kind_only_false_hedge_rate")])
     games = pd.read_csv(root / "results/games/rl_eval.csv").set_index(["env", "mode"])
     for env in ("frozenlake", "sokoban"):
         g = games.loc[(env, "greedy")]
@@ -727,6 +732,15 @@ def test_verdict_calls_an_effect_only_when_the_interval_excludes_zero(lo, hi, wo
     assert paper_mod.verdict(lo, hi) == word
 
 
+def test_a_bound_keeps_its_side_of_zero_when_printed():
+    """A bound that rounds to 0.00 is printed with the digits that show its sign, so the interval
+    printed agrees with its verdict ([+0.00, +0.25] read "above 0")."""
+    assert paper_mod.estimate(0.1, 0.004, 0.25, signed=True) == "$+0.10$ [$+0.004$, $+0.25$]"
+    assert paper_mod.verdict(0.004, 0.25) == "above 0"
+    assert paper_mod.estimate(-0.1, -0.23, -0.0004, signed=True) == "$-0.10$ [$-0.23$, $-0.0004$]"
+    assert paper_mod.estimate(0.0, 0.0, 0.0) == "$0.00$ [$0.00$, $0.00$]"
+
+
 def test_separated_needs_intervals_that_do_not_overlap():
     assert paper_mod.separated((0.54, 0.44, 0.63), (0.39, 0.30, 0.42)) == "above"
     assert paper_mod.separated((0.54, 0.44, 0.63), (0.39, 0.30, 0.49)) == "not separable from"
@@ -746,6 +760,8 @@ def test_every_number_the_paper_states_is_generated(built, tmp_path):
     defined = _macros(settings) | _macros(_write_numbers(root))
     assert defined["medturns"] == "six" and defined["medsampledk"] == "three" and defined["medsampledtemp"] == "0.5"
     assert defined["klestimator"] == "squared" and defined["gamesrlsteps"] == str(setup["rl_steps"])
+    assert defined["medclip"] == r"0.2\,/\,0.28" and defined["medentropy"] == "0.001"
+    assert defined["medbudget"] == "2 to 10" and defined["medevalbudgets"] == "2, 4, 6, 8 and 10"
     tex = re.sub(r"(?<!\\)%.*", "", (REPO / "paper" / "main.tex").read_text())
     used = set(re.findall(r"\\((?:qa|games|med)[a-z]+|klestimator|cilevel|bootdraws)(?![a-zA-Z])", tex))
     assert used and used <= set(defined), sorted(used - set(defined))

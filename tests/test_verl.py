@@ -619,6 +619,14 @@ try:
     raise SystemExit("a missing rank was not noticed")
 except MergeError as err:
     assert "model_world_size_2_rank_1.pt: missing" in str(err), err
+# HSDP: a ("ddp", "fsdp") mesh of 2 replicas of 1 shard: the first FSDP group (rank 0) is a whole copy
+mesh2 = init_device_mesh("cpu", (1, 1), mesh_dim_names=("ddp", "fsdp"))
+hsdp = Path({str(tmp_path)!r}) / "hsdp"
+hsdp.mkdir()
+(hsdp / "fsdp_config.json").write_text(json.dumps({{"world_size": 2}}))
+torch.save({{"w": DTensor.from_local(full.clone(), mesh2, [Replicate(), Shard(0)], run_check=False)}},
+           hsdp / "model_world_size_2_rank_0.pt")
+assert torch.equal(vx.fsdp_state_dict(hsdp)["w"], full)
 print("ok")
 """)
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)

@@ -395,10 +395,10 @@ def train_rl(init_model: str, task, run_dir: str, cfg: dict[str, Any], stop_afte
     if cfg["train_mode"] == "lora":
         from peft import LoraConfig, PeftModel
 
-        from .model import attach_lora
+        from .model import attach_lora, sort_lora_targets
 
         if resume:
-            model = PeftModel.from_pretrained(model, resume / "policy", is_trainable=True)
+            model = sort_lora_targets(PeftModel.from_pretrained(model, resume / "policy", is_trainable=True))
         else:
             lc = cfg["lora"]
             model = attach_lora(model, LoraConfig(r=lc["r"], lora_alpha=lc["alpha"], lora_dropout=lc["dropout"],

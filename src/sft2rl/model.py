@@ -161,7 +161,12 @@ def attach_lora(model, config):
     between two runs (the weights do not)."""
     from peft import get_peft_model
 
-    model = get_peft_model(model, config)
+    return sort_lora_targets(get_peft_model(model, config))
+
+
+def sort_lora_targets(model):
+    """The target modules of ``model``'s adapters as a sorted list (see :func:`attach_lora`);
+    also after ``PeftModel.from_pretrained``, which reads the saved list back into a set."""
     for cfg in model.peft_config.values():
         if isinstance(cfg.target_modules, set):
             cfg.target_modules = sorted(cfg.target_modules)

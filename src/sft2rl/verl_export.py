@@ -4,7 +4,8 @@
 shell lines that call them. Before ``main_ppo``: :func:`prepare_rl_run` (the content-keyed
 restart guard of :mod:`sft2rl.resume`, and the plan: how many steps the run must take).
 After training: the SFT metrics, the checkpoint choice, verl's merger output folded into
-a verified HF directory, and the RL summary, which fails the job when the steps run differ
+a verified HF directory (with full fine-tuning, the checkpoint's own fp32 weights: the merger
+casts them to bfloat16), and the RL summary, which fails the job when the steps run differ
 from the steps planned.
 """
 from __future__ import annotations
@@ -498,7 +499,7 @@ def export_full_checkpoint(shards_dir: str | Path, merger_dir: str | Path, base:
     rounded to bfloat16, are all replaced), then exported and verified as the local backend's
     (:func:`sft2rl.merge.export_full`: trained, and the written model computes the checkpoint's
     logits). ``base``: the model the run started from."""
-    import tempfile
+    import gc
 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -520,11 +521,16 @@ def export_full_checkpoint(shards_dir: str | Path, merger_dir: str | Path, base:
         raise MergeError(f"{shards_dir}: no weights for {untied[:5]} (and they are not tied to saved ones)")
     rounding = max(float((own[k].float() - state[k].float()).abs().max()) for k in state)
     model.load_state_dict({k: v.to(torch.float32) for k, v in state.items()}, strict=False)
+    del own, state
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.weights.", dir=out_dir.parent))
+    # one staging name per output: a killed export's copy is removed by the next one
+    staging = out_dir.parent / f".{out_dir.name}.weights.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
     try:
         model.save_pretrained(staging)
+        del model  # export_full loads it again (with the base): one fp32 copy at a time here
+        gc.collect()
         AutoTokenizer.from_pretrained(merger_dir).save_pretrained(staging)
         for extra in ("generation_config.json",):
             if (merger_dir / extra).is_file() and not (staging / extra).is_file():

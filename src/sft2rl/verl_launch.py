@@ -39,7 +39,10 @@ Key facts of verl 0.9.1 this relies on (checked against its source and Hydra con
 * ``python -m verl.model_merger merge --backend fsdp`` writes the base weights plus a
   separate ``lora_adapter/``; folding the adapter in (verified) is ours:
   :func:`fold_lora` calls :func:`sft2rl.merge.merge_adapter` with the run's own base model
-  (the merger's copy of the base weights is cast to bfloat16).
+  (the merger's copy of the base weights is cast to bfloat16). With full fine-tuning the
+  merger's bfloat16 weights are replaced by the checkpoint's own
+  (:func:`sft2rl.verl_export.export_full_checkpoint`), the merger giving the model's config and
+  tokenizer.
 """
 from __future__ import annotations
 

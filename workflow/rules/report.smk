@@ -82,7 +82,9 @@ rule paper_settings:
         setup={"kl_type": config["rl"]["kl_type"], "eval_turns": MED["eval"]["max_turns"], "rl_n": MED_RL["n"],
                "rl_temperature": MED_RL["temperature"], "sampled_k": MED["eval"]["k_samples"],
                "sampled_temperature": MED["eval"]["temperature"], "sampled_top_p": MED["eval"]["top_p"],
-               "rl_steps": GAME_RL["total_steps"]},
+               "rl_steps": GAME_RL["total_steps"], "clip": [MED_RL["clip_ratio_low"], MED_RL["clip_ratio_high"]],
+               "entropy": MED_RL["entropy_coef"], "budget_range": MED_RLC["budget_range"],
+               "eval_budgets": MED_RLC["eval_budgets"]},
     localrule: True
     conda:
         "../../envs/local.yaml"
