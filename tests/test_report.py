@@ -724,6 +724,11 @@ def test_paper_numbers_are_the_tables(built, tmp_path):
     other = paper_mod.number_macros(qa_beta=beta, default_beta=0.4, games_rl=games.reset_index(),
                                     med_rl=med.reset_index())
     assert other["qafalsehedge"] == "--" and other["qaknowablediffverdict"] == "not measured"
+    # ... and the paper's QA paragraph then says so instead of printing dashes (\ifqarow)
+    assert "\\qarowtrue" in (root / "results/tables/paper_numbers.tex").read_text()
+    paper_mod.write_numbers(tmp_path / "n.tex", qa_beta=root / "results/ablation_beta.csv", default_beta=0.4,
+                            games_rl=root / "results/games/rl_eval.csv", med_rl=root / "results/med/rl_eval.csv")
+    assert "\\qarowfalse" in (tmp_path / "n.tex").read_text()
 
 
 @pytest.mark.parametrize("lo,hi,word", [(0.01, 0.2, "above 0"), (-0.2, -0.01, "below 0"), (-0.1, 0.1, "its interval covers 0"),
