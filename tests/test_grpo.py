@@ -75,7 +75,26 @@ RL = dict(seed=1, init="sft", train_mode="lora", lora=dict(r=4, alpha=8, dropout
 REWARD = dict(beta=0.5, format_bonus=0.05, min_proactive_length=0, match="substring", acc_over="all")
 
 
-def test_resume_after_kill_reaches_same_final_step(tmp_path, tiny_base, rl_train_file):
+@pytest.fixture()
+def length_reward(monkeypatch):
+    """The untrained base earns no reward (every advantage 0, no policy gradient): score a reply
+    by its length instead, so the runs below update on a real signal."""
+    from types import SimpleNamespace
+
+    import sft2rl.tasks.qa.rl as qa_rl
+
+    monkeypatch.setattr(qa_rl, "group_aware_details", lambda texts, gt, **kw: [
+        SimpleNamespace(reward=len(t) / 50, correct=False, has_proactive=False, group_accuracy=0.0) for t in texts])
+
+
+def _same_history(a: list[dict], b: list[dict]) -> None:
+    """Two runs' step histories agree on the rollouts and on the update (not only on rewards)."""
+    assert max(h["reward_std"] for h in a) > 0, "the runs had no reward signal: the check would be vacuous"
+    for key in ("reward_mean", "reward_std", "response_length", "pg_loss", "kl", "grad_norm"):
+        assert [h[key] for h in b] == pytest.approx([h[key] for h in a], rel=1e-4, abs=1e-6), key
+
+
+def test_resume_after_kill_reaches_same_final_step(tmp_path, tiny_base, rl_train_file, length_reward):
     full = train_grpo(str(tiny_base), str(rl_train_file), str(tmp_path / "full"), RL, REWARD)
     assert full["steps"] == 4 and full["last_checkpoint"].endswith("step_4")
     # "killed" after 3 steps: the last checkpoint on disk is step 2
@@ -86,15 +105,21 @@ def test_resume_after_kill_reaches_same_final_step(tmp_path, tiny_base, rl_train
     hist_full = json.loads((tmp_path / "full/checkpoints/step_4/trainer_state.json").read_text())["history"]
     hist_res = json.loads((tmp_path / "killed/checkpoints/step_4/trainer_state.json").read_text())["history"]
     assert [h["step"] for h in hist_res] == [1, 2, 3, 4]
-    # same batches and the same sampled rollouts after the restart: identical rewards
-    assert [h["reward_mean"] for h in hist_res] == pytest.approx([h["reward_mean"] for h in hist_full], abs=1e-6)
+    # same batches, the same sampled rollouts and the same updates after the restart
+    _same_history(hist_full, hist_res)
+    from safetensors.torch import load_file
+
+    a = load_file(str(tmp_path / "full/checkpoints/step_4/policy/adapter_model.safetensors"))
+    b = load_file(str(tmp_path / "killed/checkpoints/step_4/policy/adapter_model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert any(k for k in a if "lora_B" in k and a[k].abs().max() > 0), "the adapter was trained"
     # a run with another config never resumes from these checkpoints
     other = train_grpo(str(tiny_base), str(rl_train_file), str(tmp_path / "killed"), dict(RL, lr=2e-2), REWARD,
                        stop_after=1)
     assert other["first"]["step"] == 1 and other["steps"] == 1
 
 
-def test_resume_full_finetuning_after_kill(tmp_path, tiny_base, rl_train_file):
+def test_resume_full_finetuning_after_kill(tmp_path, tiny_base, rl_train_file, length_reward):
     """The default train_mode (full): a killed run with unchanged inputs resumes, same rewards as uninterrupted."""
     cfg = dict(RL, train_mode="full", lr=1e-3)
     full = train_grpo(str(tiny_base), str(rl_train_file), str(tmp_path / "full"), cfg, REWARD)
@@ -104,12 +129,14 @@ def test_resume_full_finetuning_after_kill(tmp_path, tiny_base, rl_train_file):
     resumed = train_grpo(str(tiny_base), str(rl_train_file), str(tmp_path / "killed"), cfg, REWARD)
     assert resumed["resumed_from_step"] == 2 and resumed["steps_trained"] == 2 and resumed["steps"] == 4
     hist = lambda d: json.loads((tmp_path / d / "checkpoints/step_4/trainer_state.json").read_text())["history"]  # noqa
-    assert [h["reward_mean"] for h in hist("killed")] == pytest.approx([h["reward_mean"] for h in hist("full")])
+    _same_history(hist("full"), hist("killed"))
     from safetensors.torch import load_file
 
     a = load_file(str(tmp_path / "full/checkpoints/step_4/policy/model.safetensors"))
     b = load_file(str(tmp_path / "killed/checkpoints/step_4/policy/model.safetensors"))
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    init = load_file(str(tiny_base / "model.safetensors"))
+    assert any(not torch.allclose(a[k], init[k], atol=1e-6) for k in a if k in init), "the policy moved"
 
 
 def _edit_weights(model_dir, delta=1e-2):
@@ -283,7 +310,7 @@ def test_overlong_prompts_are_filtered_never_cut(tmp_path, tiny_base, rl_train_f
 
 
 def test_on_policy_step_skips_the_old_logprob_forward_and_changes_nothing(tmp_path, tiny_base, rl_train_file,
-                                                                         monkeypatch):
+                                                                         monkeypatch, length_reward):
     """One PPO epoch over one mini-batch: the old log-probs are the training pass's, detached.
     The same run with the extra forward (the pre-engine path) ends on the same weights, and the
     rollout engine's log-probs equal the training pass's in every step."""
@@ -306,9 +333,13 @@ def test_on_policy_step_skips_the_old_logprob_forward_and_changes_nothing(tmp_pa
     for a, b in zip(hist("fast"), hist("slow")):
         assert a["reward_mean"] == b["reward_mean"] and a["pg_loss"] == pytest.approx(b["pg_loss"], abs=1e-6)
         assert a["rollout_logprob_diff_max"] < 1e-5
+    # a real policy gradient (the length reward; at step 1 the KL term has none and entropy_coef is 0)
+    assert hist("fast")[0]["grad_norm"] > 0 and hist("fast")[0]["reward_std"] > 0
     wa = load_file(str(tmp_path / "fast/checkpoints/step_4/policy/model.safetensors"))
     wb = load_file(str(tmp_path / "slow/checkpoints/step_4/policy/model.safetensors"))
     assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
+    init = load_file(str(tiny_base / "model.safetensors"))
+    assert any(not torch.allclose(wa[k], init[k], atol=1e-6) for k in wa if k in init), "the policy moved"
     assert fast["steps"] == slow["steps"] == 4
 
 

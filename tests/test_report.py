@@ -292,6 +292,8 @@ def _write_games(root):
     frame = games_table.write_rl_table(rows, str(root / "results/games/rl_eval.csv"),
                                        str(root / "results/tables/games_rl_eval.tex"))
     assert frame["diff"].tolist() == pytest.approx([0.1] * 4) and (frame["diff_lo"] <= 0.1).all()
+    # every level's RL - SFT is >= 0 in these episodes: a paired interval cannot reach below 0 or stop at the mean
+    assert (frame["diff_lo"] >= 0).all() and (frame["diff_hi"] > 0.1).all()
     games_table.rl_curve_figure(train, [str(root / "results/figures/games_rl_success.png"),
                                         str(root / "results/figures/games_rl_success.pdf")])
 

@@ -93,6 +93,11 @@ def test_bootstrap_seeds_and_constant_metrics():
     # questions never change the accuracy here; only the seed draw does: {0, .5, 1} -> interval [0, 1]
     assert row["accuracy_ci_low"] == 0.0 and row["accuracy_ci_high"] == 1.0
     assert row["accuracy_diff"] == 0.5
+    # the paired difference to the reference moves with the seed draw too: {0, .5, 1} - 0 -> [0, 1]
+    # (a difference of the draws with themselves would give [0, 0]; the first seed as reference [-1, 0])
+    assert (row["accuracy_diff_ci_low"], row["accuracy_diff_ci_high"]) == (0.0, 1.0)
+    one = bootstrap_row([a], ref=b, n_boot=400, seed=1)  # right on every question the reference misses
+    assert one["accuracy_diff"] == 1.0 and (one["accuracy_diff_ci_low"], one["accuracy_diff_ci_high"]) == (1.0, 1.0)
     # a constant metric has a zero-width interval
     assert row["coverage_ci_low"] == row["coverage_ci_high"] == 1.0
     with pytest.raises(ValueError, match="same test questions"):
