@@ -98,6 +98,14 @@ def test_ablation_tables_contents(finished):
     for col in ["accuracy_mean", "format_rate_mean", "hedge_recall_mean", "false_hedge_rate_mean", "coverage_mean"]:
         assert beta[col].between(0, 1).all(), col
     assert beta["mean_reward_mean"].between(0, 1.1).all()
+    # the RL stage trained: every exported policy differs from the SFT model it started from
+    import torch
+    from safetensors.torch import load_file
+
+    init = load_file(str(finished / f"results/models/{SFT}/merged/model.safetensors"))
+    for final in sorted((finished / "results/rl").glob(f"rl-{SFT}-*/final/model.safetensors")):
+        w = load_file(str(final))
+        assert any(not torch.equal(w[k], init[k]) for k in w), final
     # every hedging metric has its kind-only baseline beside it
     for col in ["hedge_auroc", "hedge_auroc_all", "hedge_auroc_wrong", "false_hedge_rate",
                 "sampled_false_hedge_rate"]:
@@ -425,6 +433,9 @@ def test_two_clean_runs_give_identical_tables(finished, tmp_path):
     assert len([p for p in outputs if p.suffix == ".csv"]) >= len(TABLES) and any(p.name == "metrics.json" for p in outputs)
     differ = [str(p) for p in outputs if (work / p).read_bytes() != (finished / p).read_bytes()]
     assert not differ, differ
+    # and the trained policies themselves, bit for bit
+    finals = sorted(p.relative_to(work) for p in (work / "results/rl").glob("*/final/model.safetensors"))
+    assert finals and all((work / p).read_bytes() == (finished / p).read_bytes() for p in finals)
 
 
 #: Kill points of the interrupted run, in the order the workflow reaches them: the file whose
@@ -489,6 +500,9 @@ def test_killed_anywhere_and_rerun_gives_the_same_tables(finished, tmp_path):
     assert sft_log["resumed_after_epoch"] >= 1 and sft_log["steps_trained"] < sft_log["steps"]
     summary = json.loads((work / f"results/rl/{RL_RUN}/summary.json").read_text())
     assert summary["resumed_from_step"] == 2 and summary["steps_trained"] == 2, summary
+    # the resumed GRPO run ends on the uninterrupted run's weights, bit for bit
+    final = f"results/rl/{RL_RUN}/final/model.safetensors"
+    assert (work / final).read_bytes() == (finished / final).read_bytes()
     # nothing half-written under a finished name: every parquet, json and model directory loads
     for p in (work / "results").rglob("*.json"):
         json.loads(p.read_text())
