@@ -731,6 +731,13 @@ def test_paper_numbers_are_the_tables(built, tmp_path):
     paper_mod.write_numbers(tmp_path / "n.tex", qa_beta=root / "results/ablation_beta.csv", default_beta=0.4,
                             games_rl=root / "results/games/rl_eval.csv", med_rl=root / "results/med/rl_eval.csv")
     assert "\\qarowfalse" in (tmp_path / "n.tex").read_text()
+    # the row exists but one metric is undefined (NaN): the paragraph stays, that number reads "--"
+    nan_beta = beta.copy()
+    nan_beta.loc[(nan_beta["kind"] == "rl") & (nan_beta["beta"] == 0.5), "false_hedge_rate_mean"] = float("nan")
+    nan_beta.to_csv(tmp_path / "beta.csv", index=False)
+    paper_mod.write_numbers(tmp_path / "m.tex", qa_beta=tmp_path / "beta.csv", default_beta=0.5,
+                            games_rl=root / "results/games/rl_eval.csv", med_rl=root / "results/med/rl_eval.csv")
+    assert "\\qarowtrue" in (tmp_path / "m.tex").read_text() and _macros(tmp_path / "m.tex")["qafalsehedge"] == "--"
 
 
 @pytest.mark.parametrize("lo,hi,word", [(0.01, 0.2, "above 0"), (-0.2, -0.01, "below 0"), (-0.1, 0.1, "its interval covers 0"),

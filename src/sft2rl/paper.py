@@ -163,10 +163,30 @@ def _row(frame, **match):
     return None if sub.empty else sub.iloc[0]
 
 
-def _cols(row, stem: str, lo: str = "_lo", hi: str = "_hi") -> tuple:
+#: column suffixes of (estimate, interval low, interval high): the games' and medical tables
+#: print ``<m>``, ``<m>_lo``, ``<m>_hi``; the QA ablation tables ``<m>_mean``, ``<m>_ci_low``, ``<m>_ci_high``
+TASK_COLS = ("", "_lo", "_hi")
+QA_COLS = ("_mean", "_ci_low", "_ci_high")
+
+
+def _cols(row, stem: str, suffixes: tuple[str, str, str] = TASK_COLS) -> tuple:
+    """(estimate, low, high) of ``stem`` in ``row`` (NaN where the row or a column is missing)."""
     if row is None:
         return (float("nan"),) * 3
-    return tuple(row.get(c, float("nan")) for c in (stem, stem + lo, stem + hi))
+    return tuple(row.get(stem + s, float("nan")) for s in suffixes)
+
+
+def _difference(out: dict[str, str], name: str, row, stem: str, suffixes=TASK_COLS) -> None:
+    """A paired difference the prose states: ``\<name>`` (signed, with its interval) and
+    ``\<name>verdict`` (:func:`verdict`)."""
+    m, lo, hi = _cols(row, stem, suffixes)
+    out[name] = estimate(m, lo, hi, signed=True)
+    out[name + "verdict"] = verdict(lo, hi)
+
+
+def qa_grpo_row(qa_beta, default_beta: float):
+    """The beta ablation's GRPO row at ``default_beta`` (the table states beta to 4 decimals), or None."""
+    return _row(qa_beta[qa_beta["kind"].eq("rl") & qa_beta["beta"].sub(float(default_beta)).abs().lt(5e-5)])
 
 
 def number_macros(*, qa_beta, default_beta: float, games_rl, med_rl) -> dict[str, str]:
@@ -176,24 +196,19 @@ def number_macros(*, qa_beta, default_beta: float, games_rl, med_rl) -> dict[str
     doctor's row and, per budget, RL's and its no-signal control's). Each paired difference
     comes with its :func:`verdict`; a row the build lacks reads "--" and "not measured"."""
     out: dict[str, str] = {"qabeta": f"{float(default_beta):g}"}
-    # the GRPO row at the default beta (the table states beta to 4 decimals)
-    qa = _row(qa_beta[qa_beta["kind"].eq("rl") & qa_beta["beta"].sub(float(default_beta)).abs().lt(5e-5)])
+    qa = qa_grpo_row(qa_beta, default_beta)
     sft = _row(qa_beta, kind="sft-only")
     for name, row, stem in (("qahedgerecall", qa, "hedge_recall"), ("qafalsehedge", qa, "false_hedge_rate"),
                             ("qakindonlyfalsehedge", qa, "kind_only_false_hedge_rate"),
                             ("qasftfalsehedge", sft, "false_hedge_rate")):
-        out[name] = estimate(*_qa_cols(row, stem))
-    out["qafalsehedgevskindonly"] = separated(_qa_cols(qa, "false_hedge_rate"),
-                                              _qa_cols(qa, "kind_only_false_hedge_rate"))
-    for name, stem in (("qaknowablediff", "accuracy_knowable_diff"), ("qafalsehedgediff", "false_hedge_rate_diff"),
-                       ("qarewarddiff", "mean_reward_diff")):
-        m, lo, hi = _cols(qa, stem, "_ci_low", "_ci_high")
-        out[name] = estimate(m, lo, hi, signed=True)
-        out[name + "verdict"] = verdict(lo, hi)
+        out[name] = estimate(*_cols(row, stem, QA_COLS))
+    out["qafalsehedgevskindonly"] = separated(_cols(qa, "false_hedge_rate", QA_COLS),
+                                              _cols(qa, "kind_only_false_hedge_rate", QA_COLS))
+    for name, stem in (("qaknowablediff", "accuracy_knowable"), ("qafalsehedgediff", "false_hedge_rate"),
+                       ("qarewarddiff", "mean_reward")):
+        _difference(out, name, qa, stem + "_diff", ("", "_ci_low", "_ci_high"))
     for env in ("frozenlake", "sokoban"):
-        m, lo, hi = _cols(_row(games_rl, env=env, mode="greedy"), "diff")
-        out[f"games{env}diff"] = estimate(m, lo, hi, signed=True)
-        out[f"games{env}diffverdict"] = verdict(lo, hi)
+        _difference(out, f"games{env}diff", _row(games_rl, env=env, mode="greedy"), "diff")
     control = med_rl["doctor"].astype(str).str.contains("-control-")
     # the SFT doctor: the row with a seed and no budget (base, scripted and random have no seed)
     sft_doc = _row(med_rl[med_rl["budget"].isna() & med_rl["seed"].notna()])
@@ -205,17 +220,8 @@ def number_macros(*, qa_beta, default_beta: float, games_rl, med_rl) -> dict[str
                                 ("vssftsampled", rl, "diff_sampled_accuracy"),
                                 ("vscontrolsampled", rl, "diff_control_sampled_accuracy"),
                                 ("controlvssft", ctl, "diff_accuracy")):
-            m, lo, hi = _cols(row, stem)
-            out[f"med{budget}{name}"] = estimate(m, lo, hi, signed=True)
-            out[f"med{budget}{name}verdict"] = verdict(lo, hi)
+            _difference(out, f"med{budget}{name}", row, stem)
     return out
-
-
-def _qa_cols(row, stem: str) -> tuple:
-    """(mean, ci_low, ci_high) of a QA ablation metric (NaN where the row is missing)."""
-    if row is None:
-        return (float("nan"),) * 3
-    return tuple(row.get(f"{stem}_{s}", float("nan")) for s in ("mean", "ci_low", "ci_high"))
 
 
 def write_numbers(path: str | os.PathLike, *, qa_beta: str | os.PathLike, default_beta: float,
@@ -226,11 +232,12 @@ def write_numbers(path: str | os.PathLike, *, qa_beta: str | os.PathLike, defaul
 
     from .io import write_text
 
-    macros = number_macros(qa_beta=pd.read_csv(qa_beta), default_beta=default_beta,
+    beta = pd.read_csv(qa_beta)
+    macros = number_macros(qa_beta=beta, default_beta=default_beta,
                            games_rl=pd.read_csv(games_rl), med_rl=pd.read_csv(med_rl))
     # ifqarow: the beta ablation has a GRPO row at the default beta (the prose's QA paragraph
     # states its numbers; without one it says so instead of printing dashes)
-    has_row = macros["qafalsehedge"] != "--"
+    has_row = qa_grpo_row(beta, default_beta) is not None
     text = ("% generated by the paper_numbers rule from results/ablation_beta.csv, results/games/rl_eval.csv and "
             "results/med/rl_eval.csv\n\\newif\\ifqarow\n" + ("\\qarowtrue\n" if has_row else "\\qarowfalse\n")
             + "".join(f"\\newcommand{{\\{k}}}{{{v}}}\n" for k, v in macros.items()))

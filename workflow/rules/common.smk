@@ -50,8 +50,8 @@ def code(*scripts, modules=()):
     same set of inputs, and Snakemake plans nothing new.
     """
     folder = Path(workflow.basedir) / "workflow" / "scripts"
-    paths = [folder / f"{s}.py" for s in scripts if not SHELL_SCRIPTS.get(s, ".py").endswith(".sh")]
-    names = fingerprint.module_closure(modules, paths)
+    files = [folder / SHELL_SCRIPTS.get(s, f"{s}.py") for s in scripts]
+    names = fingerprint.module_closure(modules, [f for f in files if f.suffix == ".py"])
     shell = [os.path.relpath(folder / SHELL_SCRIPTS[s]) for s in scripts if s in SHELL_SCRIPTS]
     return [os.path.relpath(fingerprint.module_file(m)) for m in names] + shell
 
