@@ -62,6 +62,19 @@ def test_loss_mask_covers_exactly_the_assistant_turns(base_dir):
     assert short["truncated"] and len(short["input_ids"]) == 10
 
 
+def test_loss_mask_keeps_a_token_that_straddles_the_reply_start(base_dir):
+    """A reply that starts with newlines: the tokenizer merges the header's newline with them
+    into one token, which is a target (the model must write it to produce the reply); the
+    header's own tokens stay masked."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(base_dir)
+    msgs = [{"role": "user", "content": "Say it."}, {"role": "assistant", "content": "\n\nleading newlines"}]
+    enc = encode_conversation(tok, msgs, max_length=512)
+    trained = tok.decode([t for t, lab in zip(enc["input_ids"], enc["labels"]) if lab != IGNORE])
+    assert trained.endswith(msgs[1]["content"] + "<|im_end|>\n") and "assistant" not in trained
+
+
 def test_loss_mask_last_turn_only(base_dir):
     """Prompt/response rows (games, medical): earlier assistant turns are context, not targets."""
     from transformers import AutoTokenizer
@@ -175,9 +188,10 @@ def test_best_checkpoint_refuses_the_loss_before_training():
     assert checkpoint_epoch(worse, "last") == 3  # only 'best' promises an improvement
 
 
+# A warmup and LoRA dropout, so a resume that lost the scheduler's step or the torch RNG would differ
 SFT_CFG = dict(seed=0, val_size=8, with_thinking=True, epochs=3, lr=1e-2, lr_scheduler="constant",
-               warmup_ratio=0.0, weight_decay=0.0, train_batch=4, micro_batch=2, max_length=256, grad_clip=1.0,
-               gradient_checkpointing=False, lora=dict(r=8, alpha=16, dropout=0.0, target_modules="all-linear"),
+               warmup_ratio=0.25, weight_decay=0.0, train_batch=4, micro_batch=2, max_length=256, grad_clip=1.0,
+               gradient_checkpointing=False, lora=dict(r=8, alpha=16, dropout=0.1, target_modules="all-linear"),
                train_tokens=list(TAG_TOKENS) + ["<|im_end|>"])
 
 
@@ -216,6 +230,10 @@ def test_sft_loss_goes_down_and_checkpoints_every_epoch(sft_run):
         epoch_steps = [steps[s] for s in range(e["step"] - 3, e["step"] + 1)]
         assert e["train_loss"] == pytest.approx(sum(epoch_steps) / 4, rel=1e-5)
         assert e["last_step_loss"] == pytest.approx(epoch_steps[-1], rel=1e-5)
+    # the constant schedule warms up over warmup_ratio of the 12 steps (3), as verl's does, and
+    # TensorBoard's train/lr is the rate each step trained at
+    lrs = [v for _, v in sorted(read_scalars(run / "tensorboard")["train/lr"])]
+    assert lrs == pytest.approx([0.0, 1e-2 / 3, 2e-2 / 3] + [1e-2] * 9)
 
 
 def test_merge_verified_on_trained_adapter(sft_run, base_dir, tmp_path):

@@ -87,8 +87,11 @@ def encode_conversation(tokenizer, messages: list[dict[str, str]], max_length: i
     text, spans = assistant_char_spans(tokenizer, messages, last_only=loss_turns == "last")
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = enc["input_ids"], enc["offset_mapping"]
+    # a token is a target where its characters overlap a trained span: one that straddles the
+    # span's start (the header's newline merged with a reply's leading newlines) is part of
+    # what the model must write to produce the reply
     labels = [
-        tok if any(s <= start and end <= e for s, e in spans) and end > start else IGNORE
+        tok if end > start and any(start < e and end > s for s, e in spans) else IGNORE
         for tok, (start, end) in zip(ids, offsets)
     ]
     truncated = len(ids) > max_length
@@ -96,6 +99,9 @@ def encode_conversation(tokenizer, messages: list[dict[str, str]], max_length: i
             "length": len(ids)}
 
 
+#: config ``sft.lr_scheduler`` -> transformers' scheduler. ``constant`` warms up over
+#: ``warmup_ratio`` as verl's does (transformers' own "constant" ignores the warmup steps)
+SCHEDULERS = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
 #: what ``sft.overlong`` allows: stop the job (default) or leave the over-long rows out
 OVERLONG = ("error", "drop")
 #: written by :func:`sft2rl.model.build_base` into a tiny base's directory
@@ -346,7 +352,7 @@ def train_sft(base: str, train_file: str, val_file: str, out_dir: str, cfg: dict
     total_steps = steps_per_epoch * cfg["epochs"]
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg["lr"],
                             weight_decay=cfg["weight_decay"])
-    sched = get_scheduler(cfg["lr_scheduler"], opt, num_warmup_steps=int(cfg["warmup_ratio"] * total_steps),
+    sched = get_scheduler(SCHEDULERS[cfg["lr_scheduler"]], opt, num_warmup_steps=int(cfg["warmup_ratio"] * total_steps),
                           num_training_steps=total_steps)
     gen = torch.Generator().manual_seed(cfg["seed"])
     history: list[dict[str, float]] = []
@@ -392,6 +398,7 @@ def train_sft(base: str, train_file: str, val_file: str, out_dir: str, cfg: dict
                 step_loss += loss.item() / n_tok
                 tokens += int(b["attention_mask"].sum())
             gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
+            lr = sched.get_last_lr()[0]  # the rate this step trains at
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
@@ -399,7 +406,7 @@ def train_sft(base: str, train_file: str, val_file: str, out_dir: str, cfg: dict
             epoch_losses.append(step_loss)
             bar.update(1)
             writer.add_scalar("train/loss", step_loss, step)
-            writer.add_scalar("train/lr", sched.get_last_lr()[0], step)
+            writer.add_scalar("train/lr", lr, step)
             writer.add_scalar("train/grad_norm", float(gnorm), step)
             writer.add_scalar("train/tokens_per_s", tokens / (time.time() - t0), step)
         val_loss = evaluate_loss(model, val, micro, pad_id, device, precision)
