@@ -427,6 +427,7 @@ def test_games_rl_runs_on_the_shared_trainer_with_validation(frozen, tmp_path):
     for h in hist[1:]:
         assert {"success", "invalid_rate", "turns", "reward_std", "entropy"} <= set(h)
         assert 1 <= h["turns"] <= GAMES["eval"]["max_steps"]
+        assert 0 <= h["replies_cut"] <= 1  # replies at the reply limit without a stop id, per step
     state = json.loads((tmp_path / "run" / "checkpoints" / "step_2" / "trainer_state.json").read_text())
     assert state["step"] == 2
     assert all("kl" in h for h in hist[1:])  # validated steps log the KL to the reference

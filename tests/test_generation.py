@@ -136,6 +136,41 @@ def test_generate_stops_at_the_turn_end(base_like, engine, do_sample):
     assert (gen.response_mask.sum(1) < NEW).sum() >= 2
 
 
+@pytest.mark.parametrize("engine", ["lean", "hf"])
+def test_cut_replies_are_marked_and_texts_end_before_the_stop(base_like, engine):
+    """Generated.cut marks exactly the replies that reached max_new_tokens without a stop id;
+    a reply's text ends before its stop id, also where a model lists an ordinary token among
+    its stops (the text then used to end with that token)."""
+    from collections import Counter
+
+    model, tok, doc_end, turn_end = base_like
+    first = generate(model, tok, PROMPTS, max_new_tokens=NEW, do_sample=True, num_return_sequences=4, seed=3,
+                     engine=engine)
+    special = set(tok.all_special_ids)
+    ordinary = Counter(t for t in first.response_ids.flatten().tolist() if t not in special).most_common(1)[0][0]
+    gc = model.generation_config
+    saved = gc.eos_token_id
+    gc.eos_token_id = [doc_end, ordinary]
+    try:
+        stops = stop_token_ids(model, tok)
+        assert ordinary in stops
+        gen = generate(model, tok, PROMPTS, max_new_tokens=NEW, do_sample=True, num_return_sequences=4, seed=3,
+                       engine=engine)
+    finally:
+        gc.eos_token_id = saved
+    at_ordinary = 0
+    for row, text, cut in zip(gen.response_ids, gen.texts, gen.cut.tolist()):
+        k = _first_stop(row, stops)
+        assert cut == (k is None)
+        if k is None:
+            assert int((row != tok.pad_token_id).sum()) == NEW
+            k = NEW
+        else:
+            at_ordinary += int(row[k]) == ordinary
+        assert text == tok.decode(row[:k], skip_special_tokens=True)
+    assert at_ordinary >= 1 and gen.cut.any() and not gen.cut.all()
+
+
 def test_engines_agree_and_eos_alone_runs_on(base_like):
     """Greedy: both engines give the same tokens at every stop id; sampled with match_generate,
     the same tokens as generate(eos_token_id=list) for the same seed. Stopping at the EOS alone

@@ -90,8 +90,30 @@ def length_reward(monkeypatch):
 def _same_history(a: list[dict], b: list[dict]) -> None:
     """Two runs' step histories agree on the rollouts and on the update (not only on rewards)."""
     assert max(h["reward_std"] for h in a) > 0, "the runs had no reward signal: the check would be vacuous"
-    for key in ("reward_mean", "reward_std", "response_length", "pg_loss", "kl", "grad_norm"):
+    for key in ("reward_mean", "reward_std", "response_length", "replies_cut", "pg_loss", "kl", "grad_norm"):
         assert [h[key] for h in b] == pytest.approx([h[key] for h in a], rel=1e-4, abs=1e-6), key
+
+
+def test_qa_rollout_counts_the_replies_cut_at_the_limit(tiny_base, rl_train_file):
+    """rl/replies_cut: the share of the step's answers that reached max_response_length without
+    a stop id (trained and scored as they stand, so counted), recomputed from the tokens."""
+    from sft2rl.generation import stop_token_ids
+    from sft2rl.model import load_model
+    from sft2rl.tasks.qa.rl import QATask
+
+    model, tok = load_model(str(tiny_base), torch.device("cpu"))
+    task = QATask(str(rl_train_file), REWARD)
+    items = task.load(tok, RL)[:4]
+    stops = torch.tensor(stop_token_ids(model, tok))
+    for limit in (2, 8, 40):
+        ro = task.rollout(model, tok, items, 3, dict(RL, max_response_length=limit), seed=7)
+        lengths = ro.response_mask.sum(dim=1)
+        stopped = torch.isin(ro.response_ids, stops).logical_and(ro.response_mask.bool()).any(dim=1)
+        expected = float((~stopped).float().mean())
+        assert ro.metrics["replies_cut"] == pytest.approx(expected)
+        assert bool(((lengths == limit) | stopped).all())
+        if limit == 2:
+            assert expected > 0
 
 
 def test_resume_after_kill_reaches_same_final_step(tmp_path, tiny_base, rl_train_file, length_reward):

@@ -31,6 +31,9 @@ class Generated:
     response_mask: torch.Tensor   # (B, R) 1 up to and including the first stop id
     texts: list[str]
     logprobs: torch.Tensor | None = None  # (B, R) log-prob of each token under logits / temperature (lean engine)
+    #: (B,) bool: the reply reached ``max_new_tokens`` without a stop id (cut by the limit: its
+    #: text is scored and, in GRPO, trained as it stands; the tasks count these, never silently)
+    cut: torch.Tensor | None = None
 
 
 _TURN_MARK = "SFT2RL_TURN_END_PROBE"
@@ -165,8 +168,9 @@ def generate(model, tokenizer, prompts: list[list[dict[str, str]]] | list[list[i
     ``engine``: ``auto`` (the lean loop where :func:`sft2rl.rollout.supports` the model,
     else ``generate``), ``lean`` or ``hf``. Greedy, both give the same tokens; sampled, the
     same distribution (not the same draws: :func:`sft2rl.rollout.decode`'s ``match_generate``).
-    Both stop a row at any of :func:`stop_token_ids`; the response mask and the texts end
-    with the first (the stop token itself is special, so the texts leave it out).
+    Both stop a row at any of :func:`stop_token_ids`; the response mask ends with the first,
+    the text just before it. ``Generated.cut`` marks each reply that reached
+    ``max_new_tokens`` without one.
 
     ``past`` / ``caches_out``: the lean engine's K/V of each row's sequence so far, carried
     from one turn to the next (:func:`sft2rl.rollout.decode`); ``model.generate`` takes none
@@ -218,8 +222,10 @@ def generate(model, tokenizer, prompts: list[list[dict[str, str]]] | list[list[i
         model.train()
     resp_mask = response_mask(resp, stops)
     resp = resp.masked_fill(resp_mask == 0, tokenizer.pad_token_id)
-    texts = tokenizer.batch_decode(resp, skip_special_tokens=True)
-    return Generated(ids, mask, resp, resp_mask, texts, logprobs)
+    is_stop = torch.isin(resp, torch.tensor(stops, dtype=resp.dtype, device=resp.device)) & (resp_mask == 1)
+    # the text ends before the stop id, also where a model's stop ids include an ordinary token
+    texts = tokenizer.batch_decode(resp.masked_fill(is_stop, tokenizer.pad_token_id), skip_special_tokens=True)
+    return Generated(ids, mask, resp, resp_mask, texts, logprobs, cut=~is_stop.any(dim=1))
 
 
 def reply_texts(gen: Generated, chats: list | None = None) -> list[str]:

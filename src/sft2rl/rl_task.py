@@ -251,6 +251,7 @@ def multi_turn_rollout(model, tokenizer, episodes: list, groups: np.ndarray, *, 
     chats = [TokenChat(tokenizer, builder) for _ in episodes]
     kv: list = [None] * len(episodes)  # each episode's K/V so far: a continuing prompt prefills its new tokens only
     turns: list[tuple[int, list[int], list[int], list[float] | None]] = []
+    cut: list[bool] = []  # per reply: it reached max_new_tokens without a stop id
     first_turn = True
     while True:
         active = [i for i, e in enumerate(episodes) if not done(e)]
@@ -263,6 +264,7 @@ def multi_turn_rollout(model, tokenizer, episodes: list, groups: np.ndarray, *, 
                        top_p=cfg["top_p"], max_prompt_length=cfg["max_prompt_length"] if first_turn else None,
                        past=[kv[i] for i in active], caches_out=out)
         first_turn = False
+        cut += gen.cut.tolist()
         for row, i in enumerate(active):
             kv[i] = out[row]
             pm, rm = gen.prompt_mask[row].bool(), gen.response_mask[row].bool()
@@ -284,4 +286,5 @@ def multi_turn_rollout(model, tokenizer, episodes: list, groups: np.ndarray, *, 
     return Rollout(t["prompt_ids"], t["prompt_mask"], t["response_ids"], t["response_mask"], t["loss_mask"],
                    torch.as_tensor(owner, device=model.device), groups, t.get("logprobs"),
                    prompt_index=torch.zeros(len(owner), dtype=torch.long, device=model.device),
-                   turn_of=turn_t.to(model.device), info=episodes, metrics={**(metrics or {}), "rows": float(len(owner))})
+                   turn_of=turn_t.to(model.device), info=episodes, metrics={**(metrics or {}), "rows": float(len(owner)),
+                                                           "replies_cut": float(np.mean(cut))})

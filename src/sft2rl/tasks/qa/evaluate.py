@@ -39,15 +39,18 @@ def evaluate_model(model_path: str, test_file: str, answers_out: str, metrics_ou
     for start in tqdm(range(0, len(rows), batch_size), desc="eval", mininterval=5):
         chunk = rows[start:start + batch_size]
         prompts = [r["prompt"] for r in chunk]
-        greedy = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, do_sample=False,
-                          max_prompt_length=max_prompt_length).texts
+        gen = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, do_sample=False,
+                       max_prompt_length=max_prompt_length)
+        greedy, greedy_cut = gen.texts, gen.cut.tolist()
         sampled: list[list[str]] = [[] for _ in chunk]
+        sampled_cut: list[list[bool]] = [[] for _ in chunk]
         if k_samples:
-            out = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, do_sample=True,
+            gen = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, do_sample=True,
                            max_prompt_length=max_prompt_length,
-                           temperature=temperature, num_return_sequences=k_samples, seed=seed + start).texts
-            sampled = [out[i * k_samples:(i + 1) * k_samples] for i in range(len(chunk))]
-        for row, g, s in zip(chunk, greedy, sampled):
+                           temperature=temperature, num_return_sequences=k_samples, seed=seed + start)
+            sampled = [gen.texts[i * k_samples:(i + 1) * k_samples] for i in range(len(chunk))]
+            sampled_cut = [gen.cut.tolist()[i * k_samples:(i + 1) * k_samples] for i in range(len(chunk))]
+        for row, g, s, gc, sc in zip(chunk, greedy, sampled, greedy_cut, sampled_cut):
             truth = row["reward_model"]["ground_truth"]
             gd = group_aware_details([g], truth, **rkw)[0]
             sd = group_aware_details(s, truth, **rkw) if s else []
@@ -57,8 +60,8 @@ def evaluate_model(model_path: str, test_file: str, answers_out: str, metrics_ou
                 "ground_truth": truth, "knowable": info.get("knowable"), "kind": info.get("kind"),
                 "greedy": g, "greedy_correct": gd.correct, "greedy_think": gd.has_think,
                 "greedy_format": well_formed(g),
-                "greedy_proactive": gd.has_proactive,
-                "samples": s, "sample_correct": [d.correct for d in sd],
+                "greedy_proactive": gd.has_proactive, "greedy_cut": gc,
+                "samples": s, "sample_correct": [d.correct for d in sd], "sample_cut": sc,
                 "sample_format": [well_formed(x) for x in s],
                 "sample_proactive": [d.has_proactive for d in sd],
                 "sample_rewards": [d.reward for d in sd],
@@ -106,6 +109,9 @@ def summarize_records(records: list[dict]) -> dict[str, Any]:
         **(summary_metrics(records) if records else {}),
         "sampled_accuracy": sample_rate(records, "sample_correct"),
         "sampled_proactive_block_rate": sample_rate(records, "sample_proactive"),
+        # answers cut at max_new_tokens (no stop id): scored as they stand, counted here
+        "cut_rate": rate(records, "greedy_cut") if records and "greedy_cut" in records[0] else None,
+        "sampled_cut_rate": sample_rate(records, "sample_cut") if records and "sample_cut" in records[0] else None,
     }
     for kind in sorted({str(r["kind"]) for r in records}):  # per question kind, by knowability
         for label, known in (("knowable", True), ("unknowable", False)):

@@ -53,7 +53,7 @@ class QATask:
         return Rollout(gen.prompt_ids, gen.prompt_mask, gen.response_ids, gen.response_mask, gen.response_mask,
                        torch.arange(rows), np.repeat(np.arange(len(items)), n), gen.logprobs,
                        prompt_index=torch.arange(len(items), device=gen.prompt_ids.device).repeat_interleave(n),
-                       info=gen.texts)
+                       info=gen.texts, metrics={"replies_cut": float(gen.cut.float().mean())})
 
     def rewards(self, items: list[dict], rollout: Rollout) -> tuple[np.ndarray, dict[str, float]]:
         texts = rollout.info
