@@ -122,6 +122,35 @@ def test_the_paper_is_refused_on_your_own_medical_data(tmp_path, cfg):
     assert "Job stats" not in out
 
 
+def test_own_game_rows_refuse_the_paper_and_the_rl_init_ablation_of_that_env(tmp_path, cfg):
+    """With games.sft_files for an env, the paper (it describes the solver's rows) and that
+    env's RL-init ablation (its main row would have trained on other data than its L<N> rows,
+    which take the first N generated levels) are refused before any job runs; the ablation of
+    the other env still plans, and an empty env list builds none."""
+    own = copy.deepcopy(cfg)
+    for split in ("train", "val"):
+        (tmp_path / f"fl_{split}.jsonl").write_text("")
+    own["games"]["sft_files"] = {"frozenlake": {s: str(tmp_path / f"fl_{s}.jsonl") for s in ("train", "val")}}
+
+    def dry(target, envs):
+        own["games"]["ablation_rl_init"]["envs"] = envs
+        cfgfile = tmp_path / "own.yaml"
+        cfgfile.write_text(yaml.safe_dump(own))
+        proc = subprocess.run([str(Path(sys.executable).parent / "snakemake"), "-n", "--cores", "1", target,
+                               "--configfile", str(cfgfile)], cwd=REPO, capture_output=True, text=True)
+        return proc.returncode, proc.stdout + proc.stderr
+
+    rc, out = dry("paper/main.pdf", ["frozenlake", "sokoban"])
+    assert rc != 0 and "paper/main.pdf describes the games' SFT rows" in out and "Job stats" not in out, out[-2000:]
+    rc, out = dry("results/games/ablation_rl_init.csv", ["frozenlake", "sokoban"])
+    assert rc != 0 and "games.sft_files gives your own SFT rows for frozenlake" in out, out[-2000:]
+    assert "Job stats" not in out
+    rc, out = dry("results/games/ablation_rl_init.csv", ["sokoban"])
+    assert rc == 0 and "game_ablation_rl_init" in out and "game_rl_levels" in out, out[-2000:]
+    rc, out = dry("games_ablation", [])
+    assert rc == 0 and "game_ablation_rl_init" not in out, out[-2000:]
+
+
 def test_sizes_the_data_can_hold(cfg, tmp_path, monkeypatch):
     """Samples + validation rows against the SFT source, one RL batch against the train split:
     the synthetic world's sizes, or the rows of your files (jsonl lines, parquet rows)."""

@@ -135,6 +135,10 @@ def test_rl_init_ablation_table(games_done):
             eps = [json.loads(x) for x in (games_done / f"results/games/ablation_rl_init/{env}/L{n}/eval/sft.jsonl")
                    .read_text().splitlines()]
             assert len({e["level"] for e in eps}) == N_TEST
+            main_eps = {(e["level"], e["mode"], e["episode"]): e["replies"] for e in map(
+                json.loads, (games_done / f"results/games/eval/{env}/sft.jsonl").read_text().splitlines())}
+            same = [e["replies"] == main_eps[(e["level"], e["mode"], e["episode"])] for e in eps]
+            assert not all(same), f"{env} L{n}: the weaker SFT model played exactly as the main one (its weights?)"
     assert (games_done / "results/tables/games_ablation_rl_init.tex").read_text().count("\\\\") == len(frame) + 1
 
 

@@ -228,4 +228,8 @@ def paper_world(wildcards):
         raise ValueError("paper/main.pdf describes the embedded clinic (its cases, its scripted and random "
                          "doctors); with med.raw_files set build the tables and figures instead "
                          "(snakemake all; results/tables/*.tex, results/figures/*.pdf)")
+    if config["games"]["sft_files"]:
+        raise ValueError("paper/main.pdf describes the games' SFT rows as the solver's steps on the generated "
+                         f"levels; with games.sft_files set ({', '.join(config['games']['sft_files'])}) build the "
+                         "tables and figures instead (snakemake all; results/tables/*.tex, results/figures/*.pdf)")
     return []
