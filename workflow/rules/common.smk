@@ -216,6 +216,19 @@ def report_figure(path):
                   labels={"figure": stem})
 
 
+def game_ablation_own_rows(wildcards):
+    """The games' RL-init ablation compares SFT on the first N generated train levels with SFT
+    on all of them: refused, before anything is built, for an env trained on your own SFT rows
+    (games.sft_files; its main row would have trained on other data than its L<N> rows)."""
+    own = [env for env in config["games"]["ablation_rl_init"]["envs"] if env in config["games"]["sft_files"]]
+    if own:
+        raise ValueError(f"results/games/ablation_rl_init.csv: games.sft_files gives your own SFT rows for "
+                         f"{', '.join(own)}, so the main SFT model did not train on the generated levels its "
+                         f"L<N> rows take the first N of; remove {', '.join(own)} from "
+                         f"games.ablation_rl_init.envs (an empty list builds no ablation)")
+    return []
+
+
 def paper_world(wildcards):
     """The paper describes the embedded synthetic world (and its sft_style ablation) and the
     embedded clinic (its scripted and random doctors): refused, before anything is built, on

@@ -538,18 +538,6 @@ if config["backend"] == "local":
         log:
             "results/logs/games/ablation_rl_init/play-{env}-L{n}-{policy}.log",
 
-    def game_ablation_own_rows(wildcards):
-        """The ablation compares SFT on the first N generated train levels with SFT on all of
-        them: refused, before anything is built, for an env trained on your own SFT rows (its
-        main row would have trained on other data than its L<N> rows)."""
-        own = [env for env in GAME_ABL["envs"] if env in GAMES["sft_files"]]
-        if own:
-            raise ValueError(f"results/games/ablation_rl_init.csv: games.sft_files gives your own SFT rows for "
-                             f"{', '.join(own)}, so the main SFT model did not train on the generated levels its "
-                             f"L<N> rows take the first N of; remove {', '.join(own)} from "
-                             f"games.ablation_rl_init.envs (an empty list builds no ablation)")
-        return []
-
     rule game_ablation_rl_init:
         """results/games/ablation_rl_init.csv: per env, RL from SFT on the first N train levels
         (games.ablation_rl_init.sft_levels) and from the main SFT run (every train level), each
