@@ -61,6 +61,10 @@ def test_games_table_rows_and_baselines(games_done):
         assert len(greedy) == N_TEST
         assert sum(e["won"] for e in greedy) / N_TEST == pytest.approx(sub.loc[("sft", "greedy"), "success"])
         assert all(1 <= e["steps"] <= REDUCED_GAMES["eval"]["max_steps"] for e in eps)
+        # the share of the model's replies cut at the reply limit, per mode; none for scripted policies
+        for pol, cut in (("sft", True), ("rl", True), ("random", False), ("bfs", False)):
+            for row in json.loads((games_done / f"results/games/eval/{env}/{pol}.json").read_text()):
+                assert (0 <= row["replies_cut"] <= 1) if cut else row["replies_cut"] is None, (pol, row)
     for ext in ("png", "pdf"):
         assert (games_done / f"results/figures/games_success.{ext}").stat().st_size > 1000
     tex = (games_done / "results/tables/games_sft_eval.tex").read_text()

@@ -232,6 +232,18 @@ def test_reply_policy_stops_at_the_turn_end(base_like):
     act = reply_policy(model, tok, max_new_tokens=NEW, do_sample=False, temperature=1.0, seed=0, batch_size=4)
     direct = generate(model, tok, PROMPTS, max_new_tokens=NEW, do_sample=False)
     assert act(None, PROMPTS) == direct.texts
+    # the policy counts its replies and those cut at the limit (the evaluations' replies_cut)
+    from sft2rl.generation import cut_share
+
+    assert act.counts == {"replies": len(PROMPTS), "cut": int(direct.cut.sum())}
+    short = reply_policy(model, tok, max_new_tokens=2, do_sample=False, temperature=1.0, seed=0, batch_size=4)
+    short(None, PROMPTS)
+    cut = int(generate(model, tok, PROMPTS, max_new_tokens=2, do_sample=False).cut.sum())
+    assert cut > int(direct.cut.sum()) and cut_share(short) == cut / len(PROMPTS)
+    since = dict(short.counts)
+    short(None, PROMPTS[:2])
+    assert short.counts["replies"] == len(PROMPTS) + 2 and cut_share(short, since) is not None
+    assert cut_share(lambda items, prompts: []) is None  # a scripted policy has no token limit
     # top_p reaches the sampler (the medical sampled evaluation's nucleus): a nucleus of one
     # token replies greedily, the full distribution does not
     nucleus = reply_policy(model, tok, max_new_tokens=NEW, do_sample=True, temperature=1.0, seed=0, batch_size=4,

@@ -58,6 +58,8 @@ def test_eval_table_rows_and_references(med_done):
         assert len(recs) == N_TEST
         assert sum(r["correct"] for r in recs) / N_TEST == pytest.approx(alls.loc[doctor, "accuracy"])
         assert sum(r["turns"] for r in recs) / N_TEST == pytest.approx(alls.loc[doctor, "turns"])
+        cut = json.loads((med_done / f"results/med/eval/{doctor}.json").read_text())[0]["replies_cut"]
+        assert cut is None if doctor in ("scripted", "random") else 0 <= cut <= 1, (doctor, cut)
     for ext in ("png", "pdf"):
         assert (med_done / f"results/figures/med_eval.{ext}").stat().st_size > 1000
     tex = (med_done / "results/tables/med_eval.tex").read_text()

@@ -244,11 +244,14 @@ def reply_policy(model, tokenizer, *, max_new_tokens: int, do_sample: bool, temp
     sampling with ``seed + i``, so a run is reproducible while calls draw differently. Each
     item (an episode, a consultation) keeps its tokens (:class:`sft2rl.chat_tokens.TokenChats`):
     a prompt that extends the item's chat continues the tokens the model produced (``items``
-    None: every prompt stands alone). ``top_p`` < 1 samples from the nucleus only."""
+    None: every prompt stands alone). ``top_p`` < 1 samples from the nucleus only.
+    ``act.counts``: the replies it gave and those cut at ``max_new_tokens`` (no stop id), so
+    an evaluation reports the share (:func:`cut_share`)."""
     from .chat_tokens import TokenChats
 
     calls = [0]
     chats = TokenChats(model, tokenizer)
+    counts = {"replies": 0, "cut": 0}
 
     def act(items, prompts: list[list[dict[str, str]]]) -> list[str]:
         out: list[str] = []
@@ -259,6 +262,20 @@ def reply_policy(model, tokenizer, *, max_new_tokens: int, do_sample: bool, temp
             ids = batch if part is None else [c.prompt(p) for c, p in zip(part, batch)]
             gen = generate(model, tokenizer, ids, max_new_tokens=max_new_tokens, do_sample=do_sample,
                            temperature=temperature, top_p=top_p, seed=seed + calls[0])
+            counts["replies"] += len(gen.texts)
+            counts["cut"] += int(gen.cut.sum())
             out += reply_texts(gen, part)
         return out
+    act.counts = counts
     return act
+
+
+def cut_share(policy, since: dict[str, int] | None = None) -> float | None:
+    """The share of a :func:`reply_policy`'s replies cut at its token limit (since the counts
+    ``since``, a copy taken earlier); None for a policy that is not a model's (no token limit)."""
+    counts = getattr(policy, "counts", None)
+    if counts is None:
+        return None
+    since = since or {"replies": 0, "cut": 0}
+    replies = counts["replies"] - since["replies"]
+    return (counts["cut"] - since["cut"]) / replies if replies else None

@@ -299,15 +299,19 @@ def evaluate_policy(env_name: str, policy: str, levels_path: str, model_path: st
         runs.append(("greedy", bfs_policy(games["max_solution_length"]), 1))
     else:
         raise ValueError(f"unknown policy {policy!r}: expected sft, base, rl, random or bfs")
+    from ...generation import cut_share
+
     rows, episodes = [], []
     for mode, pol, n in runs:
         steps = step_accuracy(env_name, levels, pol, games, ev["max_steps"], ev["seed"])
+        before = dict(getattr(pol, "counts", {}))
         records = play(env_name, levels, pol, games, episodes=n, max_steps=ev["max_steps"], seed=ev["seed"])
         for r in records:
             r.update(policy=policy, mode=mode)
         episodes += records
+        # replies_cut: the share of the model's replies in play that reached the reply limit
         rows.append({"env": env_name, "policy": policy, "mode": mode, "max_steps": ev["max_steps"],
-                     **summarize(records, **stats), **steps})
+                     **summarize(records, **stats), **steps, "replies_cut": cut_share(pol, before)})
     write_jsonl(episodes_out, episodes)
     write_json(summary_out, rows)
     return rows

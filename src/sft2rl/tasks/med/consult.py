@@ -289,7 +289,11 @@ def evaluate_doctor(doctor: str, cases_path: str, world_path: str | None, model_
         r["doctor"] = doctor
         if sampled:
             r["sample"] = i // len(cases)
+    from ...generation import cut_share
+
     rows = [{"doctor": doctor, **row} for row in summary_rows(records, ci_level)]
+    # the all-cases row: the share of the model doctor's replies that reached med.eval.max_new_tokens
+    rows[0]["replies_cut"] = cut_share(policy)
     if sampled:
         for row in rows:
             row.update(accuracy_lo=float("nan"), accuracy_hi=float("nan"), k_samples=k)  # no Wilson over k x n
