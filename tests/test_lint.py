@@ -23,3 +23,18 @@ def test_snakemake_lint_is_clean():
     assert not left, "snakemake --lint:\n" + "".join(left)
     if not findings:
         assert res.returncode == 0, out[-3000:]
+
+
+def test_python_sources_compile_without_warnings():
+    """Every Python file of the package, scripts, benches and tests compiles with warnings as
+    errors (an invalid escape such as ``"\\<"`` in a docstring is a SyntaxWarning on Python 3.12,
+    which pyproject allows)."""
+    import warnings
+
+    root = Path(__file__).resolve().parent.parent
+    files = [f for d in ("src", "workflow/scripts", "bench", "tests") for f in sorted((root / d).rglob("*.py"))]
+    assert len(files) > 50
+    for f in files:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            compile(f.read_text(), str(f), "exec")

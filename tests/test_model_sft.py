@@ -62,17 +62,27 @@ def test_loss_mask_covers_exactly_the_assistant_turns(base_dir):
     assert short["truncated"] and len(short["input_ids"]) == 10
 
 
-def test_loss_mask_keeps_a_token_that_straddles_the_reply_start(base_dir):
-    """A reply that starts with newlines: the tokenizer merges the header's newline with them
-    into one token, which is a target (the model must write it to produce the reply); the
-    header's own tokens stay masked."""
+def test_a_reply_is_tokenized_as_play_tokenizes_it(base_dir):
+    """A reply that starts with newlines: in one pass the tokenizer would merge the header's
+    newline with them into one token (trained in a context play never shows: there the prompt
+    ends with the header's own newline). The row is tokenized as play does: the generation
+    prompt's tokens, then the reply's, every reply token and the turn end a target."""
     from transformers import AutoTokenizer
+
+    from sft2rl.generation import encode_prompts
 
     tok = AutoTokenizer.from_pretrained(base_dir)
     msgs = [{"role": "user", "content": "Say it."}, {"role": "assistant", "content": "\n\nleading newlines"}]
+    whole = tok(tok.apply_chat_template(msgs, tokenize=False), add_special_tokens=False)["input_ids"]
     enc = encode_conversation(tok, msgs, max_length=512)
-    trained = tok.decode([t for t, lab in zip(enc["input_ids"], enc["labels"]) if lab != IGNORE])
-    assert trained.endswith(msgs[1]["content"] + "<|im_end|>\n") and "assistant" not in trained
+    assert enc["input_ids"] != whole, "the probe no longer merges across the reply's start"
+    prompt = encode_prompts(tok, [msgs[:1]], None, "cpu")[0][0].tolist()
+    reply = tok(msgs[1]["content"], add_special_tokens=False)["input_ids"]
+    assert enc["input_ids"][:len(prompt)] == prompt
+    assert enc["input_ids"][len(prompt):len(prompt) + len(reply)] == reply
+    trained = [t for t, lab in zip(enc["input_ids"], enc["labels"]) if lab != IGNORE]
+    assert trained[:len(reply)] == reply and tok.decode(trained) == msgs[1]["content"] + "<|im_end|>\n"
+    assert all(lab == IGNORE for lab in enc["labels"][:len(prompt)])
 
 
 def test_loss_mask_last_turn_only(base_dir):
@@ -436,7 +446,7 @@ def test_sft_state_of_another_key_is_not_resumed(sft_run, base_dir, tmp_path):
     shutil.rmtree(run)
 
 
-def test_pretraining_precision_is_chosen_recorded_and_applied(monkeypatch, base_dir):
+def test_pretraining_precision_is_chosen_recorded_and_applied(monkeypatch, base_dir, tmp_path):
     """fp32 unless bf16 is asked for (or allowed: auto) and the device has native bf16; the
     precision used is in the pretraining metrics; under bf16 the forward runs in autocast."""
     from transformers import AutoTokenizer
@@ -460,6 +470,14 @@ def test_pretraining_precision_is_chosen_recorded_and_applied(monkeypatch, base_
         stats = model_mod.pretrain(m, tok, texts, dict(cfg, precision=precision), device=cpu)
         assert stats["precision"] == precision and stats["steps"] == 2
     assert seen == [False, False, True, True]
+    # TensorBoard pretrain/lr is the rate each step trained at: 0 during the first warmup step
+    from sft2rl.tblog import read_scalars
+
+    tb = tmp_path / "tensorboard"
+    model_mod.pretrain(model_mod.build_tiny_model(tok, TINY_ARCH), tok, texts, dict(cfg, steps=3, warmup_steps=1),
+                       tb_dir=str(tb), device=cpu)
+    lrs = [v for _, v in sorted(read_scalars(tb)["pretrain/lr"])]
+    assert lrs[0] == 0.0 and lrs[1] == pytest.approx(1e-3) and lrs[2] < lrs[1]
 
 
 def test_sft_precision_bf16_runs_under_autocast_and_is_recorded(monkeypatch, tmp_path, base_dir, world, sft_run):

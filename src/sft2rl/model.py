@@ -224,13 +224,14 @@ def pretrain(model, tokenizer, texts: list[str], cfg: dict[str, Any], tb_dir: st
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        lr = sched.get_last_lr()[0]  # the rate this step trains at
         opt.step()
         sched.step()
         tokens += batch[:, 1:].numel()  # the trained positions: seq_len per row (a row holds seq_len + 1 ids)
         losses.append(loss.item())
         if writer:
             writer.add_scalar("pretrain/loss", loss.item(), step)
-            writer.add_scalar("pretrain/lr", sched.get_last_lr()[0], step)
+            writer.add_scalar("pretrain/lr", lr, step)
             writer.add_scalar("pretrain/grad_norm", float(gnorm), step)
             writer.add_scalar("pretrain/tokens_per_s", tokens / (time.time() - t0), step)
     if writer:

@@ -177,8 +177,8 @@ def _cols(row, stem: str, suffixes: tuple[str, str, str] = TASK_COLS) -> tuple:
 
 
 def _difference(out: dict[str, str], name: str, row, stem: str, suffixes=TASK_COLS) -> None:
-    """A paired difference the prose states: ``\<name>`` (signed, with its interval) and
-    ``\<name>verdict`` (:func:`verdict`)."""
+    """A paired difference the prose states: the macro ``name`` (signed, with its interval)
+    and ``name`` + "verdict" (:func:`verdict`)."""
     m, lo, hi = _cols(row, stem, suffixes)
     out[name] = estimate(m, lo, hi, signed=True)
     out[name + "verdict"] = verdict(lo, hi)

@@ -85,13 +85,18 @@ def encode_conversation(tokenizer, messages: list[dict[str, str]], max_length: i
     if loss_turns == "last" and messages[-1]["role"] != "assistant":
         raise ValueError("loss_turns 'last': the conversation does not end with an assistant turn")
     text, spans = assistant_char_spans(tokenizer, messages, last_only=loss_turns == "last")
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids, offsets = enc["input_ids"], enc["offset_mapping"]
-    # a token is a target where its characters overlap a trained span: one that straddles the
-    # span's start (the header's newline merged with a reply's leading newlines) is part of
-    # what the model must write to produce the reply
+    # Each trained reply starts a new tokenization, as in play: the prompt (with the assistant
+    # header) is tokenized alone and the reply's tokens follow it, so no token merges the
+    # header's newline with a reply's leading whitespace, and the row's tokens before a reply
+    # are the generation prompt's (the same tokens as one pass wherever nothing merges across)
+    bounds = [0, *sorted({s for s, _ in spans if 0 < s < len(text)}), len(text)]
+    ids, offsets = [], []
+    for a, b in zip(bounds, bounds[1:]):
+        enc = tokenizer(text[a:b], add_special_tokens=False, return_offsets_mapping=True)
+        ids += enc["input_ids"]
+        offsets += [(s + a, e + a) for s, e in enc["offset_mapping"]]
     labels = [
-        tok if end > start and any(start < e and end > s for s, e in spans) else IGNORE
+        tok if any(s <= start and end <= e for s, e in spans) and end > start else IGNORE
         for tok, (start, end) in zip(ids, offsets)
     ]
     truncated = len(ids) > max_length
