@@ -286,5 +286,5 @@ def multi_turn_rollout(model, tokenizer, episodes: list, groups: np.ndarray, *, 
     return Rollout(t["prompt_ids"], t["prompt_mask"], t["response_ids"], t["response_mask"], t["loss_mask"],
                    torch.as_tensor(owner, device=model.device), groups, t.get("logprobs"),
                    prompt_index=torch.zeros(len(owner), dtype=torch.long, device=model.device),
-                   turn_of=turn_t.to(model.device), info=episodes, metrics={**(metrics or {}), "rows": float(len(owner)),
-                                                           "replies_cut": float(np.mean(cut))})
+                   turn_of=turn_t.to(model.device), info=episodes,
+                   metrics={**(metrics or {}), "rows": float(len(owner)), "replies_cut": float(np.mean(cut))})

@@ -48,8 +48,9 @@ def evaluate_model(model_path: str, test_file: str, answers_out: str, metrics_ou
             gen = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, do_sample=True,
                            max_prompt_length=max_prompt_length,
                            temperature=temperature, num_return_sequences=k_samples, seed=seed + start)
-            sampled = [gen.texts[i * k_samples:(i + 1) * k_samples] for i in range(len(chunk))]
-            sampled_cut = [gen.cut.tolist()[i * k_samples:(i + 1) * k_samples] for i in range(len(chunk))]
+            texts, cut = gen.texts, gen.cut.tolist()
+            sampled = [texts[i * k_samples:(i + 1) * k_samples] for i in range(len(chunk))]
+            sampled_cut = [cut[i * k_samples:(i + 1) * k_samples] for i in range(len(chunk))]
         for row, g, s, gc, sc in zip(chunk, greedy, sampled, greedy_cut, sampled_cut):
             truth = row["reward_model"]["ground_truth"]
             gd = group_aware_details([g], truth, **rkw)[0]
