@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -196,6 +197,9 @@ BAD_LINES = [
     ('{"id": [1], "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}', 1,
      r"field 'id': must be an integer or string"),
     ('[1, 2]', 1, r"expected a JSON object"),
+    # a list as a role is unhashable: it stopped the set lookup with a raw TypeError
+    ('{"id": 1, "messages": [{"role": ["user"], "content": "q"}, {"role": "assistant", "content": "a"}]}', 1,
+     r"field 'messages\[0\].role': must be one of"),
     # a field copied into the rows: a non-string stopped pyarrow mid-write with a raw TypeError
     ('{"id": 1, "sub_category": 3, "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}',
      1, r"field 'sub_category': must be a string, got 3"),
@@ -272,6 +276,30 @@ def test_atomic_writes_leave_nothing_on_failure(tmp_path):
         (tmp / "new").write_text("new")
     assert [p.name for p in d.iterdir()] == ["new"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_atomic_dir_removes_what_a_killed_write_of_its_target_left(tmp_path):
+    """A SIGKILL inside atomic_dir leaves its temporary directory (or the previous run's copy)
+    beside the target, never read by anything; the next write of that target removes them, and
+    nothing of another target."""
+    import subprocess
+    import sys
+
+    target = tmp_path / "model"
+    code = ("import os, signal, sys; sys.path.insert(0, sys.argv[2]); from sft2rl.io import atomic_dir\n"
+            "with atomic_dir(sys.argv[1]) as tmp:\n"
+            "    (tmp / 'weights').write_bytes(b'x' * 1000); os.kill(os.getpid(), signal.SIGKILL)")
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    assert subprocess.run([sys.executable, "-c", code, str(target), src]).returncode == -9
+    left = [p.name for p in tmp_path.iterdir()]
+    assert len(left) == 1 and left[0].startswith(".model.") and left[0].endswith(".tmp")
+    (tmp_path / ".model.old-123").mkdir()
+    other = [tmp_path / ".model.x.abcdefgh.tmp", tmp_path / ".model2.abcdefgh.tmp", tmp_path / "model.old-1"]
+    for p in other:
+        p.mkdir()
+    with atomic_dir(target) as tmp:
+        (tmp / "weights").write_text("done")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["model", *(p.name for p in other)])
 
 
 def test_atomic_outputs_get_the_permissions_of_a_plain_open(tmp_path):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -421,6 +422,45 @@ def test_killed_sft_resumes_to_the_same_numbers(sft_run, base_dir, tmp_path, sig
         for f in ("adapter_model.safetensors", "trainer_state.json"):
             assert (run / f"checkpoints/epoch_{k}/{f}").read_bytes() == (done / f"checkpoints/epoch_{k}/{f}").read_bytes()
         assert not (run / f"checkpoints/epoch_{k}/training_state.pt").exists()
+
+
+def test_sft_killed_while_deleting_its_training_state_retrains_on_rerun(sft_run, base_dir, tmp_path, monkeypatch):
+    """The finished run deletes its training state (resume/: a whole model per epoch under full
+    fine-tuning) key first. A job killed during that delete, after epoch 3's weights went, leaves
+    state under no key: the rerun trains every step, and no checkpoint lacks its weights (the
+    old order resumed "after epoch 3" with 0 steps and wrote a weightless epoch_3)."""
+    import shutil
+
+    done, _ = sft_run
+    data = done.parent
+    run = tmp_path / "run"
+    args = (str(base_dir), str(data / "train.parquet"), str(data / "val.parquet"), str(run))
+
+    class Killed(BaseException):
+        pass
+
+    real = shutil.rmtree
+
+    def killed_midway(path, *a, **k):
+        if Path(path).name == "resume":
+            (Path(path) / "checkpoints" / "epoch_3" / "adapter_model.safetensors").unlink()
+            raise Killed
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(shutil, "rmtree", killed_midway)
+    with pytest.raises(Killed):
+        train_sft(*args, SFT_CFG)
+    monkeypatch.setattr(shutil, "rmtree", real)
+    real(run / "checkpoints")  # what Snakemake removes of the incomplete job before its rerun
+    (run / "metrics.json").unlink(missing_ok=True)
+    train_sft(*args, SFT_CFG)
+    log = json.loads((run / "run_log.json").read_text())
+    assert log["resumed_after_epoch"] == 0 and log["steps_trained"] == 12
+    assert (run / "metrics.json").read_bytes() == (done / "metrics.json").read_bytes()
+    for k in (1, 2, 3):
+        assert (run / f"checkpoints/epoch_{k}/adapter_model.safetensors").read_bytes() == \
+            (done / f"checkpoints/epoch_{k}/adapter_model.safetensors").read_bytes()
+    assert not (run / "resume").exists()
 
 
 def test_sft_state_of_another_key_is_not_resumed(sft_run, base_dir, tmp_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -43,13 +44,25 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
             tmp.unlink()
 
 
+def _stale_siblings(path: Path) -> list[Path]:
+    """What a killed :func:`atomic_dir` of ``path`` left beside it: its temporary directory
+    (``.<name>.<8 random characters>.tmp``) or the previous run's copy (``.<name>.old-<pid>``).
+    Only that target's names match (``.<name>.x.<random>.tmp`` belongs to another target)."""
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.(?:[a-z0-9_]{{8}}\.tmp|old-\d+)")
+    return [p for p in path.parent.iterdir() if pattern.fullmatch(p.name)] if path.parent.is_dir() else []
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield an empty temporary directory next to ``path``; swap it in on success.
 
-    An existing ``path`` (a previous run) is replaced only once the new one is complete.
+    An existing ``path`` (a previous run) is replaced only once the new one is complete. What a
+    killed earlier write of ``path`` left beside it (a whole model, for a model directory) is
+    removed first (:func:`_stale_siblings`).
     """
     path = Path(path)
+    for stale in _stale_siblings(path):
+        shutil.rmtree(stale, ignore_errors=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:

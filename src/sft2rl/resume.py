@@ -62,6 +62,15 @@ def prepare_run_dir(run_dir: str | Path, key: dict[str, Any], *, also_clear: Ite
     return {"resume": resume, "reason": reason}
 
 
+def discard_run_dir(run_dir: str | Path) -> None:
+    """Delete a run directory whose run finished: its key first, so a job killed while the
+    (possibly large) rest is being deleted leaves checkpoints under no key, which the next
+    :func:`prepare_run_dir` clears instead of resuming from a half-deleted epoch."""
+    run = Path(run_dir)
+    (run / "checkpoints" / KEY_FILE).unlink(missing_ok=True)
+    shutil.rmtree(run, ignore_errors=False)
+
+
 def mark_complete(run_dir: str | Path) -> None:
     """Record that the job of ``run_dir`` finished (its outputs are written)."""
     path = Path(run_dir) / "checkpoints" / COMPLETE_FILE

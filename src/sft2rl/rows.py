@@ -24,7 +24,8 @@ def check_prompt_response(path: Path, n: int, row: dict, user: str = "the user's
     if not isinstance(prompt, list) or not prompt:
         raise DataError(path, n, "prompt", f"must be a non-empty list of messages, got {type(prompt).__name__}")
     for j, m in enumerate(prompt):
-        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+        if (not isinstance(m, dict) or not isinstance(m.get("role"), str) or m["role"] not in ROLES
+                or not isinstance(m.get("content"), str)):
             raise DataError(path, n, f"prompt[{j}]", "must be {role: system|user|assistant, content: string}")
     if prompt[-1]["role"] != "user":
         raise DataError(path, n, "prompt", f"the last message must be {user}")

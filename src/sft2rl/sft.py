@@ -305,7 +305,7 @@ def train_sft(base: str, train_file: str, val_file: str, out_dir: str, cfg: dict
     from tqdm import tqdm
     from transformers import get_scheduler
 
-    from .resume import prepare_run_dir
+    from .resume import discard_run_dir, prepare_run_dir
 
     out = Path(out_dir)
     train_mode = cfg.get("train_mode", "lora")
@@ -437,7 +437,7 @@ def train_sft(base: str, train_file: str, val_file: str, out_dir: str, cfg: dict
         for h in history:
             src = resume_ckpts / f"epoch_{h['epoch']}"
             shutil.copytree(src, Path(tmp) / src.name, ignore=shutil.ignore_patterns(STATE_FILE))
-    shutil.rmtree(out / "resume")
+    discard_run_dir(out / "resume")
     write_json(out / "run_log.json", {"resumed_after_epoch": first_epoch - 1, "steps_trained": step - start_step,
                                       "steps": step, "reason": guard["reason"], "overlong_rows": overlong_rows,
                                       "precision": precision, "params": str(param_dtype)})

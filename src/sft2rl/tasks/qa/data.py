@@ -28,7 +28,7 @@ def _check_messages(path: Path, lineno: int, row: dict, need: tuple[str, ...]) -
         field = f"messages[{j}]"
         if not isinstance(m, dict):
             raise DataError(path, lineno, field, f"must be an object, got {type(m).__name__}")
-        if m.get("role") not in ROLES:
+        if not isinstance(m.get("role"), str) or m["role"] not in ROLES:  # a list is unhashable
             raise DataError(path, lineno, f"{field}.role", f"must be one of {sorted(ROLES)}, got {m.get('role')!r}")
         if not isinstance(m.get("content"), str):
             raise DataError(path, lineno, f"{field}.content",
