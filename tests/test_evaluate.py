@@ -50,3 +50,32 @@ def test_unlabeled_data_split_easy_hard_by_reference_group_accuracy(tmp_path):
     assert m["proactive_block_rate_easy"] == 0.0 and m["proactive_block_rate_hard"] == 1.0
     # no knowability labels: the AUROC against "unknowable" is undefined, against wrongness it is not
     assert m["hedge_auroc"] is None and m["hedge_auroc_wrong"] == 1.0
+
+
+def test_sampled_answers_draw_from_the_eval_nucleus(tmp_path, tiny_base, tiny_world):
+    """``eval.top_p`` reaches the sampler: a nucleus too small to hold more than the top token
+    samples the greedy answer every time, while the full distribution (top_p 1) does not."""
+    import json
+
+    import pandas as pd
+
+    from sft2rl.io import read_jsonl, write_jsonl
+    from sft2rl.tasks.qa.data import process_rl
+    from sft2rl.tasks.qa.evaluate import evaluate_model
+
+    write_jsonl(tmp_path / "rl.jsonl", tiny_world["rl_rows"])
+    process_rl(tmp_path / "rl.jsonl", tmp_path / "train.parquet", tmp_path / "all.parquet", system_prompt="Answer.",
+               data_source="world", train_fraction=0.5, seed=0)
+    pd.read_parquet(tmp_path / "all.parquet").head(6).to_parquet(tmp_path / "test.parquet")
+    reward = {"beta": 0.5, "format_bonus": 0.05, "min_proactive_length": 0, "match": "substring", "acc_over": "all"}
+    same = {}
+    for top_p in (1e-6, 1.0):
+        out = tmp_path / f"p{top_p}"
+        evaluate_model(str(tiny_base), str(tmp_path / "test.parquet"), str(out / "a.jsonl"), str(out / "m.json"),
+                       reward=reward, max_new_tokens=8, batch_size=4, k_samples=4, temperature=1.0, seed=0,
+                       top_p=top_p)
+        recs = [r for _, r in read_jsonl(out / "a.jsonl")]
+        same[top_p] = sum(s == r["greedy"] for r in recs for s in r["samples"])
+        assert json.loads((out / "m.json").read_text())["top_p"] == top_p
+    assert same[1e-6] == 6 * 4  # every sample is the greedy answer
+    assert same[1.0] < 6 * 4    # the untrained model's full distribution draws other answers

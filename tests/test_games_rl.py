@@ -512,3 +512,22 @@ def test_restart_key_covers_the_task_modules_and_no_other_task():
     assert {"tasks.games.play", "tasks.games.rl", "rl_task", "generation"} <= set(games)
     assert not any(m.startswith("tasks.qa") for m in games)
     assert {"tasks.qa.reward", "tasks.qa.rl"} <= set(qa) and not any(m.startswith("tasks.games") for m in qa)
+
+
+def test_sampled_episodes_draw_from_the_eval_nucleus(frozen, tmp_path):
+    """``games.eval.top_p`` reaches the sampled episodes: a nucleus that holds only the top
+    token plays every sampled episode as the greedy one; the full distribution does not."""
+    stats = dict(ci_level=0.95, bootstrap_samples=200, bootstrap_seed=0)
+    replies = {}
+    for top_p in (1e-6, 1.0):
+        ev = dict(GAMES["eval"], k_samples=2, top_p=top_p, max_new_tokens=16)
+        out = tmp_path / f"p{top_p}"
+        play.evaluate_policy("frozenlake", "base", str(frozen / "frozenlake" / "levels.jsonl"), str(frozen / "model"),
+                             GAMES, ev, stats, str(out / "episodes.jsonl"), str(out / "summary.json"))
+        eps = [json.loads(line) for line in (out / "episodes.jsonl").read_text().splitlines()]
+        greedy = {e["level"]: e["replies"] for e in eps if e["mode"] == "greedy"}
+        sampled = [e for e in eps if e["mode"] == "sampled"]
+        assert len(sampled) == 2 * len(greedy)
+        replies[top_p] = sum(e["replies"] == greedy[e["level"]] for e in sampled)
+    assert replies[1e-6] == 2 * 3  # every sampled episode is the greedy one
+    assert replies[1.0] < 2 * 3

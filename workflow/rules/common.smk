@@ -134,7 +134,7 @@ def rl_params(wildcards):
 #: The eval keys the evaluate rule reads (sample_prompts is the samples rule's, the bootstrap
 #: keys the tables'). The sampled answers per question are rl.n: the reward's group accuracy
 #: is estimated on a group of the size training uses.
-EVAL_KEYS = ("max_new_tokens", "batch_size", "temperature", "seed")
+EVAL_KEYS = ("max_new_tokens", "batch_size", "temperature", "top_p", "seed")
 BOOTSTRAP_KEYS = ("bootstrap_samples", "ci_level", "bootstrap_seed")
 
 

@@ -8,7 +8,7 @@ with script_errors(snakemake) as log:
     metrics = evaluate_model(
         snakemake.params.model, snakemake.input.test, snakemake.output.answers, snakemake.output.metrics,
         reward=snakemake.params.reward, max_new_tokens=e["max_new_tokens"], batch_size=e["batch_size"],
-        k_samples=e["k_samples"], temperature=e["temperature"], seed=e["seed"],
+        k_samples=e["k_samples"], temperature=e["temperature"], top_p=e["top_p"], seed=e["seed"],
         difficulty_ref=snakemake.input.ref[0] if snakemake.input.ref else None,
         max_prompt_length=e["max_prompt_length"],
     )

@@ -288,8 +288,8 @@ def evaluate_policy(env_name: str, policy: str, levels_path: str, model_path: st
 
         model, tokenizer = load_model(model_path)
         check_reply_limit(tokenizer, levels, ev["max_new_tokens"], games["with_thinking"], levels_path)
-        common = dict(max_new_tokens=ev["max_new_tokens"], temperature=ev["temperature"], seed=ev["seed"],
-                      batch_size=ev["batch_size"])
+        common = dict(max_new_tokens=ev["max_new_tokens"], temperature=ev["temperature"], top_p=ev["top_p"],
+                      seed=ev["seed"], batch_size=ev["batch_size"])
         runs.append(("greedy", reply_policy(model, tokenizer, do_sample=False, **common), 1))
         if k:
             runs.append(("sampled", reply_policy(model, tokenizer, do_sample=True, **common), k))

@@ -28,9 +28,11 @@ def _mean(xs: list[float]) -> float:
 
 def evaluate_model(model_path: str, test_file: str, answers_out: str, metrics_out: str, *, reward: dict[str, Any],
                    max_new_tokens: int, batch_size: int, k_samples: int, temperature: float, seed: int,
-                   difficulty_ref: str | None = None, max_prompt_length: int | None = None) -> dict[str, Any]:
+                   top_p: float = 1.0, difficulty_ref: str | None = None,
+                   max_prompt_length: int | None = None) -> dict[str, Any]:
     """``max_prompt_length``: the training limit (``rl.max_prompt_length``); a longer test prompt
-    is an error, never cut (GRPO leaves such prompts out of training)."""
+    is an error, never cut (GRPO leaves such prompts out of training). The ``k_samples``
+    sampled answers per question draw at ``temperature`` from the ``top_p`` nucleus."""
     device = pick_device()
     model, tokenizer = load_model(model_path, device)
     rows = read_parquet_rows(test_file)
@@ -47,7 +49,8 @@ def evaluate_model(model_path: str, test_file: str, answers_out: str, metrics_ou
         if k_samples:
             gen = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, do_sample=True,
                            max_prompt_length=max_prompt_length,
-                           temperature=temperature, num_return_sequences=k_samples, seed=seed + start)
+                           temperature=temperature, top_p=top_p, num_return_sequences=k_samples,
+                           seed=seed + start)
             texts, cut = gen.texts, gen.cut.tolist()
             sampled = [texts[i * k_samples:(i + 1) * k_samples] for i in range(len(chunk))]
             sampled_cut = [cut[i * k_samples:(i + 1) * k_samples] for i in range(len(chunk))]
@@ -71,7 +74,8 @@ def evaluate_model(model_path: str, test_file: str, answers_out: str, metrics_ou
             })
     _assign_difficulty(records, difficulty_ref)
     metrics = summarize_records(records)
-    metrics.update({"model": str(model_path), "k_samples": k_samples, "beta": reward["beta"]})
+    metrics.update({"model": str(model_path), "k_samples": k_samples, "temperature": temperature, "top_p": top_p,
+                    "beta": reward["beta"]})
     write_jsonl(answers_out, records)
     write_json(metrics_out, metrics)
     return metrics
