@@ -119,7 +119,7 @@ def test_clinic_splits_and_held_out_cases(med_done):
     split = {s: {c["key"] for c in world["cases"] if c["split"] == s} for s in ("train", "val", "test")}
     assert not split["test"] & split["train"] and not split["val"] & split["train"]
     overlap = json.loads((med_done / "data/raw/med/overlap.json").read_text())
-    assert overlap["test"]["test_diagnosis_prompts"] == N_TEST and overlap["test"]["share_in_train"] <= 0.10
+    assert overlap["test"]["test_diagnosis_prompts"] == N_TEST and overlap["test"]["in_train"] == 0
     cases = read_jsonl(med_done / "data/processed/med/cases.jsonl")
     assert len(cases) == N_TEST and all(c["exact"] for c in cases)
     corpus = (med_done / "data/processed/med/corpus.jsonl").read_text()
@@ -312,17 +312,21 @@ def test_the_no_signal_control_rolls_out_as_rl_and_learns_without_the_signal(med
 def test_turn_budget_ablation(med_done):
     ab = pd.read_csv(med_done / "results/med/ablation_turn_budget.csv")
     budgets = sorted(RL["eval_budgets"])
-    for kind in ("sft", "fixed", "dynamic", "dynamic - fixed"):
+    for kind in ("sft", "fixed", "dynamic", "random", "dynamic - fixed"):
         sub = ab[ab["doctor"] == kind]
         assert sorted(sub["max_turns"]) == budgets, kind
     for t in budgets:
-        for doctor in [SFT_DOCTOR, *RL_DOCTORS]:
+        for doctor in [SFT_DOCTOR, *RL_DOCTORS, "random"]:
             recs = read_jsonl(med_done / f"results/med/eval_budget/{doctor}-turns{t}.jsonl")
             assert len(recs) == N_TEST and max(r["turns"] for r in recs) <= t
             assert all(r["max_turns"] == t for r in recs)
         at = ab[ab["max_turns"] == t].set_index("doctor")
         fixed = read_jsonl(med_done / f"results/med/eval_budget/{RL_DOCTORS[0]}-turns{t}.jsonl")
         assert at.loc["fixed", "accuracy_mean"] == pytest.approx(sum(r["correct"] for r in fixed) / N_TEST)
+        # the no-information doctor on the same cases at the same budget
+        rand = read_jsonl(med_done / f"results/med/eval_budget/random-turns{t}.jsonl")
+        assert sorted(r["case"] for r in rand) == sorted(r["case"] for r in fixed)
+        assert at.loc["random", "accuracy_mean"] == pytest.approx(sum(r["correct"] for r in rand) / N_TEST)
         assert at.loc["dynamic - fixed", "accuracy_mean"] == pytest.approx(
             at.loc["dynamic", "accuracy_mean"] - at.loc["fixed", "accuracy_mean"], abs=1e-6)
         assert (at["accuracy_lo"] <= at["accuracy_mean"] + 1e-9).all()
@@ -362,9 +366,9 @@ def test_more_seeds_and_eval_budgets_leave_finished_rl_runs_alone(med_done):
     new = f"seed{RL['seeds'][0] + 1}"
     planned = re.findall(r"rule med_rl:\n(?:    .*\n)*?    output: .*?results/med/models/(rl-\w+-seed\d+)/final", proc.stdout)
     assert sorted(planned) == [f"rl-dynamic-{new}", f"rl-fixed-{new}"], planned
-    # every doctor at the new budget (SFT, both modes x both seeds), and nothing before RL
+    # every doctor at the new budget (SFT, random, both modes x both seeds), and nothing before RL
     n_b, n_s = len(RL["eval_budgets"]), len(RL["seeds"])
-    assert jobs["med_eval_budget"] == (n_b + 1) * (1 + 2 * (n_s + 1)) - n_b * (1 + 2 * n_s), jobs
+    assert jobs["med_eval_budget"] == (n_b + 1) * (2 + 2 * (n_s + 1)) - n_b * (2 + 2 * n_s), jobs
     assert not {"med_world", "med_sft", "med_merge", "med_base_model", "med_rl_cases"} & set(jobs), jobs
 
 

@@ -233,15 +233,17 @@ def _write_med_rl(root):
                            [str(root / f"results/figures/med_rl_curves.{e}") for e in ("png", "pdf")])
     files = {}
     for kind, doctor in (("sft", "med-doctor-nothink-seed1"), ("fixed", "rl-fixed-seed1"),
-                         ("dynamic", "rl-dynamic-seed1")):
+                         ("dynamic", "rl-dynamic-seed1"), ("random", "random")):
         for t in (2, 8):
-            files[(kind, t)] = [str(consultations[doctor])] * (1 if kind == "sft" else 2)
+            files[(kind, t)] = [str(consultations[doctor])] * (2 if kind in ("fixed", "dynamic") else 1)
     ab = rl_table.turn_budget_frame(files, bs)
     rl_table.write_turn_budget(ab, str(root / "results/med/ablation_turn_budget.csv"),
                                str(root / "results/tables/med_ablation_turn_budget.tex"))
     diff = ab[(ab["doctor"] == "dynamic - fixed") & (ab["max_turns"] == 2)].iloc[0]
     assert diff["accuracy_mean"] == pytest.approx(2 / 30) and diff["reward_mean"] == pytest.approx(0.5)
-    assert list(ab["doctor"].unique()) == ["sft", "fixed", "dynamic", "dynamic - fixed"]
+    assert list(ab["doctor"].unique()) == ["sft", "fixed", "dynamic", "random", "dynamic - fixed"]
+    rnd = ab[(ab["doctor"] == "random") & (ab["max_turns"] == 2)].iloc[0]
+    assert rnd["accuracy_mean"] == pytest.approx(2 / 30) and rnd["n_seeds"] == 1
     rl_table.budget_figure(str(root / "results/med/ablation_turn_budget.csv"),
                            [str(root / f"results/figures/med_turn_budget.{e}") for e in ("png", "pdf")])
 
@@ -741,7 +743,8 @@ def test_paper_numbers_are_the_tables(built, tmp_path):
 
 
 @pytest.mark.parametrize("lo,hi,word", [(0.01, 0.2, "above 0"), (-0.2, -0.01, "below 0"), (-0.1, 0.1, "its interval covers 0"),
-                                        (0.0, 0.1, "its interval covers 0"), (float("nan"), 0.1, "not measured")])
+                                        (0.0, 0.1, "its interval covers 0"), (float("nan"), 0.1, "not measured"),
+                                        (0.0, 0.0, "its interval is zero-width at 0"), (-0.0, 0.0, "its interval is zero-width at 0")])
 def test_verdict_calls_an_effect_only_when_the_interval_excludes_zero(lo, hi, word):
     assert paper_mod.verdict(lo, hi) == word
 

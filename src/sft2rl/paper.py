@@ -132,13 +132,17 @@ def estimate(mean: Any, lo: Any, hi: Any, *, signed: bool = False) -> str:
 
 
 def verdict(lo: Any, hi: Any) -> str:
-    """The paper's rule for a paired difference: an effect only when its interval excludes 0."""
+    """The paper's rule for a paired difference: an effect only when its interval excludes 0.
+    An interval of zero width at 0 (at least the level's share of the resamples give exactly 0,
+    as when every item has the same outcome under both models) is named as such."""
     if not _finite(lo, hi):
         return "not measured"
     if float(lo) > 0:
         return "above 0"
     if float(hi) < 0:
         return "below 0"
+    if float(lo) == float(hi) == 0:
+        return "its interval is zero-width at 0"
     return "its interval covers 0"
 
 

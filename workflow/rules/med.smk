@@ -491,14 +491,16 @@ rule med_rl_table:
 
 #: (kind, budget, doctor) of the turn-budget ablation: the SFT doctor, and RL of each budget and seed
 MED_BUDGET_RUNS = [("sft", t, MED_RL_SFT) for t in MED_RLC["eval_budgets"]] + [
-    (m, t, f"rl-{m}-seed{s}") for m in MED_RL_MODES for t in MED_RLC["eval_budgets"] for s in MED_RLC["seeds"]]
+    (m, t, f"rl-{m}-seed{s}") for m in MED_RL_MODES for t in MED_RLC["eval_budgets"] for s in MED_RLC["seeds"]] + [
+    ("random", t, "random") for t in MED_RLC["eval_budgets"] if MED_SYNTH]  # the no-information doctor
 
 
 rule med_turn_budget:
     """results/med/ablation_turn_budget.csv: RL with a fixed and with a dynamic turn budget (every
-    RL seed) and the SFT doctor, each evaluated at every budget of med.rl.eval_budgets; mean and
-    std over seeds, bootstrap intervals over cases, dynamic - fixed paired per case; LaTeX and
-    the figure of accuracy against the budget."""
+    RL seed), the SFT doctor and the random-question doctor (the embedded clinic's no-information
+    baseline), each evaluated at every budget of med.rl.eval_budgets; mean and std over seeds,
+    bootstrap intervals over cases, dynamic - fixed paired per case; LaTeX and the figure of
+    accuracy against the budget."""
     input:
         consultations=[f"results/med/eval_budget/{d}-turns{t}.jsonl" for _, t, d in MED_BUDGET_RUNS],
         code=code("med_rl_table"),

@@ -168,10 +168,11 @@ def _interval(values: np.ndarray, bs: dict[str, Any]) -> tuple[float, float]:
 
 
 def turn_budget_frame(files: dict[tuple[str, int], list[str]], bootstrap: dict[str, Any]) -> pd.DataFrame:
-    """``files``: (doctor kind: sft | fixed | dynamic, budget) -> the consultations of each seed."""
+    """``files``: (doctor kind: sft | fixed | dynamic | random, budget) -> the consultations of
+    each seed (random: the random-question doctor, what a doctor without information scores)."""
     rows = []
     budgets = sorted({b for _, b in files})
-    for kind in ("sft", "fixed", "dynamic", "dynamic - fixed"):
+    for kind in ("sft", "fixed", "dynamic", "random", "dynamic - fixed"):
         for b in budgets:
             if kind == "dynamic - fixed":
                 if ("dynamic", b) not in files or ("fixed", b) not in files:
@@ -210,8 +211,9 @@ def write_turn_budget(frame: pd.DataFrame, csv_out: str, tex_out: str, level: fl
 
 
 def budget_figure(csv: str, outputs: list[str], level: float = 0.95) -> list[str]:
-    """Accuracy and mean reward against the evaluation's turn budget: the SFT doctor and RL with a
-    fixed and with a dynamic budget (mean over seeds, bootstrap band over cases at ``level``)."""
+    """Accuracy and mean reward against the evaluation's turn budget: the SFT doctor, RL with a
+    fixed and with a dynamic budget (mean over seeds, bootstrap band over cases at ``level``) and
+    the random-question doctor (dashed, where the table has it)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -221,15 +223,17 @@ def budget_figure(csv: str, outputs: list[str], level: float = 0.95) -> list[str
     fig = Figure(figsize=(9.0, 3.4), layout="constrained")
     axes = fig.subplots(1, 2, squeeze=False)[0]
     for ax, m, ylabel in ((axes[0], "accuracy", "diagnosis accuracy"), (axes[1], "reward", "mean episode reward")):
-        for i, kind in enumerate(("sft", "fixed", "dynamic")):
+        for i, kind in enumerate(("sft", "fixed", "dynamic", "random")):
             sub = frame[frame["doctor"] == kind].sort_values("max_turns")
             if sub.empty:
                 continue
-            label = {"sft": "SFT", "fixed": "RL, fixed budget", "dynamic": "RL, dynamic budget"}[kind]
-            ax.plot(sub["max_turns"], sub[f"{m}_mean"], "o-", color=f"C{i}", label=label)
+            label = {"sft": "SFT", "fixed": "RL, fixed budget", "dynamic": "RL, dynamic budget",
+                     "random": "random-question doctor"}[kind]
+            ax.plot(sub["max_turns"], sub[f"{m}_mean"], "o--" if kind == "random" else "o-", color=f"C{i}",
+                    label=label)
             ax.fill_between(sub["max_turns"], sub[f"{m}_lo"], sub[f"{m}_hi"], color=f"C{i}", alpha=0.15)
         ax.set_xlabel("turn budget at evaluation")
-        ax.set_ylabel(f"{ylabel}\n(mean over seeds, {ci_label(level)} band)")
+        ax.set_ylabel(f"{ylabel}\n(mean over seeds, {ci_label(level)} bootstrap band)")
     axes[0].set_ylim(0, 1.05)
     axes[0].legend(fontsize=7)
     return _save(fig, outputs)
