@@ -56,6 +56,13 @@ def test_default_config_is_valid(cfg):
     # JSON Schema counts 3.0 as an integer; range(3.0) stopped the level job with a raw TypeError
     (("games", "counts", "train"), 3.0, r"'games.counts.train' = 3.0: 3.0 is not of type 'integer'"),
     (("rl", "n"), 8.0, r"'rl.n' = 8.0: 8.0 is not of type 'integer'"),
+    # keys that did nothing: refused, not silently ignored (rl.init: each run's init model is in its name)
+    (("games", "sft", "with_thinking"), True, r"'games.sft.with_thinking' has no effect: the games' targets follow"),
+    (("med", "sft", "seed"), 2, r"'med.sft.seed' has no effect: the doctors' seeds are 'med.seeds'"),
+    (("med", "sft", "with_thinking"), True, r"'med.sft.with_thinking' has no effect"),
+    (("med", "rl", "seed"), 2, r"'med.rl.seed' has no effect"),
+    (("med", "tiny", "cell_tokens"), True, r"'med.tiny.cell_tokens' has no effect"),
+    (("rl", "init"), "base", r"'rl': Additional properties are not allowed \('init' was unexpected\)"),
 ])
 def test_bad_values_give_one_line(cfg, path, value, pattern):
     bad = copy.deepcopy(cfg)
@@ -66,6 +73,16 @@ def test_bad_values_give_one_line(cfg, path, value, pattern):
     with pytest.raises(ConfigError, match=pattern) as info:
         check_config(bad, SCHEMA)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("key", ["sft_coef", "step_adv_gamma", "val_every"])
+def test_an_rl_key_the_tasks_fall_back_on_is_required(cfg, key):
+    """The tasks' rl sections fall back on rl:, and the trainer reads these: a missing one was
+    a KeyError in a rule file (sft_coef) or in the first GiGPO update (step_adv_gamma)."""
+    bad = copy.deepcopy(cfg)
+    del bad["rl"][key]
+    with pytest.raises(ConfigError, match=rf"'rl': '{key}' is a required property"):
+        check_config(bad, SCHEMA)
 
 
 def test_cross_key_rules(cfg):
@@ -84,6 +101,25 @@ def test_cross_key_rules(cfg):
     bad = copy.deepcopy(cfg)
     bad["med"]["sft"].update(train_batch=20, micro_batch=16)
     with pytest.raises(ConfigError, match=r"'med.sft.train_batch' = 20 must be a multiple of 'med.sft.micro_batch' = 16"):
+        check_config(bad, SCHEMA)
+    # values a job would stop on only after SFT and merge have run: refused before any job
+    bad = copy.deepcopy(cfg)
+    bad["games"]["envs"] = ["sokoban"]  # the RL-init ablation's default envs hold frozenlake
+    bad["games"]["ablation_rl_init"]["envs"] = ["frozenlake", "sokoban"]
+    with pytest.raises(ConfigError, match=r"'games.ablation_rl_init.envs' names \['frozenlake'\], which are not in"):
+        check_config(bad, SCHEMA)
+    bad = copy.deepcopy(cfg)
+    bad["games"]["rl"]["levels"] = 4
+    with pytest.raises(ConfigError, match=r"'games.rl.train_batch' = 8 \(unset: 'rl.train_batch'\) is larger than the 4 "):
+        check_config(bad, SCHEMA)
+    for prefix in ("", "games.", "med."):
+        bad = copy.deepcopy(cfg)
+        section = bad[prefix[:-1]]["sft"] if prefix else bad["sft"]
+        epochs = section.get("epochs", bad["sft"]["epochs"])
+        section["merge_checkpoint"] = epochs + 1
+        with pytest.raises(ConfigError, match=rf"'{prefix}sft.merge_checkpoint' = {epochs + 1}: the run trains {epochs} "):
+            check_config(bad, SCHEMA)
+        section["merge_checkpoint"] = epochs
         check_config(bad, SCHEMA)
 
 

@@ -68,7 +68,7 @@ def rl_train_file(tmp_path, tiny_world):
     return path
 
 
-RL = dict(seed=1, init="sft", train_mode="lora", lora=dict(r=4, alpha=8, dropout=0.0, target_modules="all-linear"),
+RL = dict(seed=1, train_mode="lora", lora=dict(r=4, alpha=8, dropout=0.0, target_modules="all-linear"),
           n=3, train_batch=2, ppo_mini_batch=1, ppo_epochs=1, epochs=1, total_steps=4, lr=1e-2, grad_clip=1.0,
           clip_ratio=0.2, kl_coef=0.001, kl_type="low_var_kl", use_kl_loss=True, entropy_coef=0.0,
           norm_adv_by_std=True, temperature=1.0, top_p=1.0, max_prompt_length=64, max_response_length=8, save_freq=2)

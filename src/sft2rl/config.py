@@ -176,6 +176,36 @@ def _check_consistency(config: dict[str, Any]) -> None:
         if unknown:
             raise ConfigError(f"config key 'games.sft_files' names {unknown}, which are not in 'games.envs' "
                               f"= {games['envs']}")
+        unknown = sorted(set(games.get("ablation_rl_init", {}).get("envs", [])) - set(games["envs"]))
+        if unknown:  # the base's corpus holds only games.envs: such a model would learn from a base without it
+            raise ConfigError(f"config key 'games.ablation_rl_init.envs' names {unknown}, which are not in "
+                              f"'games.envs' = {games['envs']}")
+        from .tasks.games import rl_config
+
+        grl = rl_config(config)
+        n_levels = min(games["counts"]["train"], games["rl"].get("levels") or games["counts"]["train"])
+        if grl["train_batch"] > n_levels:
+            raise ConfigError(f"config key 'games.rl.train_batch' = {grl['train_batch']} (unset: 'rl.train_batch') "
+                              f"is larger than the {n_levels} train levels RL plays ('games.counts.train', "
+                              "'games.rl.levels')")
+    for prefix in ("", "games.", "med."):  # an epoch to merge must be one the run trains
+        if prefix and prefix[:-1] not in config:
+            continue
+        own = config[prefix[:-1]].get("sft", {}) if prefix else sft
+        pick, epochs = own.get("merge_checkpoint", sft["merge_checkpoint"]), own.get("epochs", sft["epochs"])
+        if isinstance(pick, int) and not isinstance(pick, bool) and pick > epochs:
+            raise ConfigError(f"config key '{prefix}sft.merge_checkpoint' = {pick}: the run trains "
+                              f"{epochs} epochs ('{prefix}sft.epochs'; unset: 'sft.epochs')")
+    # keys the shared schema accepts in a task's section that nothing there reads: refused, so a
+    # setting never looks applied when it is not (each names the key that is)
+    no_effect = {("games", "sft", "with_thinking"): "the games' targets follow 'games.with_thinking'",
+                 ("med", "sft", "seed"): "the doctors' seeds are 'med.seeds'",
+                 ("med", "sft", "with_thinking"): "the variants are 'med.with_thinking'",
+                 ("med", "rl", "seed"): "each run's seed is the one in its name, from 'med.rl.seeds'",
+                 ("med", "tiny", "cell_tokens"): "it is the games' key ('games.tiny.cell_tokens')"}
+    for (task, section, key), instead in no_effect.items():
+        if key in (config.get(task, {}).get(section) or {}):
+            raise ConfigError(f"config key '{task}.{section}.{key}' has no effect: {instead}; remove it")
     med = config.get("med")
     # the medical no-signal control (local backend only: on verl it is not trained)
     if med and med.get("rl", {}).get("no_signal_control", True) and config.get("backend", "local") == "local":

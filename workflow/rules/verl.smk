@@ -1,7 +1,7 @@
 # Stage 3/4 on verl (backend: verl): SFT with verl.trainer.sft_trainer, GRPO with main_ppo.
 # Same rule names and outputs as sft.smk / grpo.smk (which define them for backend: local);
 # the shell commands are generated at DAG time by sft2rl.verl_launch from the config, so
-#   snakemake -n -p --config backend=verl results/ablation_beta.csv
+#   snakemake -n -p results/ablation_beta.csv --config backend=verl
 # prints every torchrun / main_ppo / model_merger line. verl needs GPUs (vLLM rollouts).
 from sft2rl import verl_launch
 

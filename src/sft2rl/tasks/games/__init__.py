@@ -30,7 +30,7 @@ def sft_config(config: dict) -> dict:
     """The shared ``sft:`` section with the games' overrides (``games.sft``), the loss on the
     last (the solver's) turn only: what the ``game_sft`` rule trains with. Keys sorted: a rule's
     params compare in order, and an override moves a key."""
-    drop = ("n_samples", "val_size", "merge_checkpoint")
+    drop = ("n_samples", "val_size", "merge_checkpoint", "with_thinking")  # QA's: the data, not the trainer
     out = dict({k: v for k, v in config["sft"].items() if k not in drop},
                **{k: v for k, v in config["games"]["sft"].items() if k != "merge_checkpoint"},
                loss_turns="last")
@@ -40,9 +40,9 @@ def sft_config(config: dict) -> dict:
 def rl_config(config: dict) -> dict:
     """The shared ``rl:`` section with the games' overrides (``games.rl``): what the ``game_rl``
     rule trains with. Replies are as long as in play (``games.eval.max_new_tokens``); the RL
-    starts from the env's merged SFT model (``rl.init`` does not apply)."""
+    starts from the env's merged SFT model."""
     games = config["games"]
     over = {k: v for k, v in games["rl"].items() if k not in ("format_penalty", "levels")}
-    out = dict({k: v for k, v in config["rl"].items() if k != "init"}, **over)
+    out = dict(config["rl"], **over)
     out["max_response_length"] = games["eval"]["max_new_tokens"]
     return dict(sorted(out.items()))  # a rule's params compare in order (see sft_config)

@@ -35,9 +35,9 @@ RL_TASK_KEYS = ("with_thinking", "seeds", "budget_range", "eval_budgets", "rewar
 def rl_config(config: dict) -> dict:
     """The shared ``rl:`` section with the medical overrides (``med.rl``): what the ``med_rl``
     rule trains with. Replies are as long as in evaluation (``med.eval.max_new_tokens``); RL
-    starts from the merged SFT doctor (``rl.init`` does not apply)."""
+    starts from the merged SFT doctor."""
     med = config["med"]
     over = {k: v for k, v in med["rl"].items() if k not in RL_TASK_KEYS}
-    out = dict({k: v for k, v in config["rl"].items() if k != "init"}, **over)
+    out = dict(config["rl"], **over)
     out["max_response_length"] = med["eval"]["max_new_tokens"]
     return dict(sorted(out.items()))  # a rule's params compare in order, and an override moves a key
