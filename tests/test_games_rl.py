@@ -531,3 +531,39 @@ def test_sampled_episodes_draw_from_the_eval_nucleus(frozen, tmp_path):
         replies[top_p] = sum(e["replies"] == greedy[e["level"]] for e in sampled)
     assert replies[1e-6] == 2 * 3  # every sampled episode is the greedy one
     assert replies[1.0] < 2 * 3
+
+
+def test_own_rows_showing_a_held_out_state_are_refused_dropped_or_kept(frozen, tmp_path):
+    """games.sft_files: a row whose prompt shows a state a test level can reach (in the train
+    rows also a val level's; any grid of the prompt, the history's included) is refused naming
+    file and line, dropped, or kept; overlap.json counts them."""
+    from sft2rl.errors import DataError
+    from sft2rl.io import write_jsonl
+
+    levels_path = frozen / "frozenlake" / "levels.jsonl"
+    levels = data.read_levels(levels_path)
+    first = {s: next(lv["grid"] for lv in levels if lv["split"] == s) for s in ("train", "val", "test")}
+    start = {s: data.rules("frozenlake", g).grid(data.rules("frozenlake", g).start) for s, g in first.items()}
+
+    def row(grids):
+        answers = ["<answer> Up </answer>"] * (len(grids) - 1)
+        return {"prompt": prompts.messages("frozenlake", grids, answers, style=GAMES["render"], history=True,
+                                           with_thinking=False), "response": "<answer> Down </answer>"}
+
+    train, val = tmp_path / "train.jsonl", tmp_path / "val.jsonl"
+    write_jsonl(train, [row([start["train"]]), row([start["train"], start["test"]]), row([start["val"]])])
+    write_jsonl(val, [row([start["val"]]), row([start["train"]])])
+    kw = dict(levels=levels_path, max_steps=GAMES["eval"]["max_steps"], style=GAMES["render"])
+    out = tmp_path / "user"
+    with pytest.raises(DataError, match=rf"^{train}:2: field 'prompt': 2 of 3 rows show a state that a held-out "
+                                        r"frozenlake level can reach within 4 moves \(test or val levels\)"):
+        data.write_user_rows(str(train), str(val), out, overlap_out=tmp_path / "o.json", **kw)
+    assert not out.exists() and not (tmp_path / "o.json").exists()
+    counts = data.write_user_rows(str(train), str(val), out, policy="drop", overlap_out=tmp_path / "o.json", **kw)
+    assert counts == {"train": 1, "val": 2}  # the val rows may show val levels: only test states are held from them
+    report = json.loads((tmp_path / "o.json").read_text())
+    assert report["train"]["lines"] == [2, 3] and report["val"]["showing_held_out"] == 0
+    assert data.write_user_rows(str(train), str(val), out, policy="allow", **kw) == {"train": 3, "val": 2}
+    # the grids are read back exactly as play renders them
+    assert data.grids_in_text(prompts.render(start["test"], GAMES["render"]) + "\nnext", GAMES["render"]) == \
+        [start["test"]]

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from sft2rl.errors import DataError
-from sft2rl.io import write_jsonl, write_parquet
+from sft2rl.io import read_jsonl, write_jsonl, write_parquet
 from sft2rl.tasks.med import clinic, consult, data, dialog, doctor, patient, table
 
 REPO_CONFIG = yaml.safe_load((Path(__file__).resolve().parents[1] / "config.yaml").read_text())
@@ -387,6 +387,38 @@ def test_one_case_id_on_two_dialogues_is_refused_and_a_null_one_names_none(tmp_p
     assert not (tmp_path / "cases.jsonl").exists()
     write_jsonl(path, [dict(row, extra_info={"case": None}), dict(other, extra_info={"case": None})])
     assert data.write_cases(str(path), tmp_path / "cases.jsonl") == 2
+
+
+def test_a_test_consultation_of_the_training_files_is_refused_dropped_or_kept(tmp_path):
+    """Your own files (med.raw_files): a held-out dialogue whose diagnosis prompt (the whole
+    consultation, numbers masked) is a train or val prompt is refused naming the test file and
+    its line, dropped with every row of its dialogue, or kept; cases_overlap.json counts it."""
+    row = _multi_turn_row()
+    row["reward_model"]["patient_information"] = [{"doctor_question": ["q1?"], "patient_response": ["Yes."]}]
+    turn0 = dict(row, prompt=row["prompt"][:2], response="<answer>Question: q1?</answer>")
+    other = copy.deepcopy(row)
+    other["prompt"][1]["content"] = "Patient's description: y for 3 days\nFormat: <think> </think> <answer>"
+    seen = copy.deepcopy(row)  # the test dialogue again, with another number
+    seen["prompt"][1]["content"] = "Patient's description: x for 12 days\nFormat: <think> </think> <answer>"
+    leaked = copy.deepcopy(seen)
+    leaked["prompt"][1]["content"] = leaked["prompt"][1]["content"].replace("12", "5")
+    leaked_turn0 = dict(leaked, prompt=leaked["prompt"][:2], response="<answer>Question: q1?</answer>")
+    write_jsonl(tmp_path / "train.jsonl", [seen])
+    write_jsonl(tmp_path / "val.jsonl", [turn0])
+    test = tmp_path / "test.jsonl"
+    write_jsonl(test, [other, leaked_turn0, leaked])
+    training = {"train": str(tmp_path / "train.jsonl"), "val": str(tmp_path / "val.jsonl")}
+    cases, report = tmp_path / "cases.jsonl", tmp_path / "overlap.json"
+    with pytest.raises(DataError, match=rf"^{re.escape(str(test))}:3: field 'prompt': 1 of 2 test consultations are "
+                                         r"consultations of the training files"):
+        data.write_cases(str(test), cases, training=training, overlap_out=report)
+    assert not cases.exists() and not report.exists()
+    assert data.write_cases(str(test), cases, training=training, policy="drop", overlap_out=report) == 1
+    assert [c["first"][1]["content"].startswith("Patient's description: y") for _, c in read_jsonl(cases)] == [True]
+    counts = json.loads(report.read_text())
+    assert counts["in_train"] == 1 and counts["dropped"] == 1 and counts["lines"] == [3] and counts["policy"] == "drop"
+    assert data.write_cases(str(test), cases, training=training, policy="allow", overlap_out=report) == 2
+    assert json.loads(report.read_text())["turns_in_train"] == 1  # the leaked diagnosis row; its first turn is new
 
 
 def test_mtmeddialog_rows_group_into_cases(tmp_path):

@@ -68,8 +68,11 @@ def test_eval_table_rows_and_references(med_done):
 
 def test_ablation_over_seeds(med_done):
     ab = pd.read_csv(med_done / "results/med/ablation_thinking.csv").set_index("with_thinking")
-    assert list(ab.index) == ["true", "false", "think - nothink"]
-    assert (ab["n_seeds"] == len(SEEDS)).all()
+    assert list(ab.index) == ["true", "false", "random doctor", "think - nothink"]
+    assert (ab.drop("random doctor")["n_seeds"] == len(SEEDS)).all() and ab.loc["random doctor", "n_seeds"] == 1
+    # the no-information doctor beside the SFT doctors, on the same cases
+    rand = json.loads((med_done / "results/med/eval/random.json").read_text())[0]
+    assert ab.loc["random doctor", "accuracy_mean"] == pytest.approx(rand["accuracy"])
     per_seed = {t: [json.loads((med_done / f"results/med/eval/{RUN}-{t}-seed{s}.json").read_text())[0]["accuracy"]
                     for s in SEEDS] for t in ("think", "nothink")}
     assert ab.loc["true", "accuracy_mean"] == pytest.approx(sum(per_seed["think"]) / len(SEEDS))
@@ -120,6 +123,10 @@ def test_clinic_splits_and_held_out_cases(med_done):
     assert not split["test"] & split["train"] and not split["val"] & split["train"]
     overlap = json.loads((med_done / "data/raw/med/overlap.json").read_text())
     assert overlap["test"]["test_diagnosis_prompts"] == N_TEST and overlap["test"]["in_train"] == 0
+    # the held-out cases checked again against the raw train and val files (as your own files are)
+    cases_overlap = json.loads((med_done / "data/processed/med/cases_overlap.json").read_text())
+    assert cases_overlap["in_train"] == 0 and cases_overlap["dropped"] == 0 and cases_overlap["policy"] == "refuse"
+    assert cases_overlap["test_diagnosis_prompts"] == N_TEST
     cases = read_jsonl(med_done / "data/processed/med/cases.jsonl")
     assert len(cases) == N_TEST and all(c["exact"] for c in cases)
     corpus = (med_done / "data/processed/med/corpus.jsonl").read_text()

@@ -284,7 +284,8 @@ def _write_games(root):
                     for m, k_n in (("greedy", 1), ("sampled", 2))]
             (root / f"{env}_{policy}.json").write_text(json.dumps(summ))
             files.update({policy: str(root / f"{env}_{policy}.json"), f"{policy}_episodes": str(root / f"{env}_{policy}.jsonl")})
-        (root / f"{env}_random.json").write_text(json.dumps([{"success": 0.2, "success_lo": 0.1, "success_hi": 0.3}]))
+        (root / f"{env}_random.json").write_text(json.dumps([{"success": 0.2, "success_lo": 0.1, "success_hi": 0.3,
+                                                               "timeout_rate": 0.5}]))
         hist = [{"step": 0, "val_success": 0.4}] + [{"step": s, "success": 0.4 + s / 100, **({"val_success": 0.5} if s % 5 == 0 else {})}
                                                      for s in range(1, 11)]
         (root / f"{env}_rl_summary.json").write_text(json.dumps({"steps": 10, "seconds": 60.0, "history": hist}))
@@ -416,8 +417,8 @@ def test_interval_labels_follow_ci_level(tmp_path, built, monkeypatch):
     monkeypatch.setattr(plots, "save_figure", lambda fig, stem: figs.append(fig) or [])
     plots.plot_ablation(plots.read_ablation(root / "results" / "ablation_beta.csv"), tmp_path / "x", ci_level=0.8)
     legend = [t.get_text() for leg in figs[0].legends for t in leg.get_texts()]
-    assert legend == ["GRPO (mean over seeds, 80% bootstrap CI)", "reference, no RL (80% CI)",
-                      f"{plots.KIND_ONLY_LABEL} (false-hedge panel, 80% CI)"]
+    assert legend == ["GRPO (mean over seeds, 80% bootstrap CI)", "reference, no RL (80% bootstrap CI)",
+                      f"{plots.KIND_ONLY_LABEL} (false-hedge panel, 80% bootstrap CI)"]
     games = pd.read_csv(root / "results/games/sft_eval.csv")
     med_rl = pd.read_csv(root / "results/med/rl_eval.csv")
     budget = pd.read_csv(root / "results/med/ablation_turn_budget.csv")
@@ -526,7 +527,7 @@ def test_ablation_figure_draws_the_kind_only_baseline(tmp_path, built, monkeypat
         if other is not ax:
             assert not baselines(other), title
     legend = [t.get_text() for leg in figs[0].legends for t in leg.get_texts()]
-    assert legend[-1] == f"{plots.KIND_ONLY_LABEL} (false-hedge panel, 95% CI)"
+    assert legend[-1] == f"{plots.KIND_ONLY_LABEL} (false-hedge panel, 95% bootstrap CI)"
     cols = [c for c in frame.columns if c.startswith("kind_only_false_hedge_rate")]
     for changed in (frame.drop(columns=cols), frame.assign(**{c: float("nan") for c in cols})):
         figs.clear()
@@ -575,7 +576,11 @@ def test_med_figure_leaves_undefined_accuracy_out(tmp_path, built, monkeypatch):
     assert [b.get_height() for b in acc_bars] == pytest.approx(shown["accuracy"].dropna().tolist())
     assert [t.get_text() for t in left.texts] == ["n/a", "n/a"]
     (thinking,) = [c for c in right.containers if isinstance(c, BarContainer)]
-    assert len(thinking) == 1 and [t.get_text() for t in right.texts] == ["n/a"]
+    assert len(thinking) == 2 and [t.get_text() for t in right.texts] == ["n/a"]  # think, and the random doctor
+    rand = ablation[ablation["with_thinking"] == "random doctor"].iloc[0]
+    assert thinking[1].get_height() == pytest.approx(rand["accuracy_mean"])
+    assert rand["accuracy_mean"] == pytest.approx(shown.set_index("doctor").loc["random", "accuracy"])
+    assert rand["n_seeds"] == 1 and list(ablation["with_thinking"]) == ["true", "false", "random doctor", "think - nothink"]
 
 
 def test_games_table_prints_chance_beside_the_optimal_action_rate(built):

@@ -253,24 +253,27 @@ def plot_ablation(frame, stem: str | os.PathLike, *, title: str = "",
 
     ci = ci_label(ci_level)
     handles = [Patch(facecolor="C0", edgecolor="C0", label=f"GRPO (mean over seeds, {ci} bootstrap CI)"),
-               Patch(facecolor="0.8", edgecolor="0.35", hatch="//", label=f"reference, no RL ({ci} CI)")]
+               Patch(facecolor="0.8", edgecolor="0.35", hatch="//", label=f"reference, no RL ({ci} bootstrap CI)")]
     if kind_only_drawn:
         handles.append(Line2D([], [], color="black", marker="_", markersize=12, markeredgewidth=2, linestyle="none",
-                              label=f"{KIND_ONLY_LABEL} (false-hedge panel, {ci} CI)"))
+                              label=f"{KIND_ONLY_LABEL} (false-hedge panel, {ci} bootstrap CI)"))
     fig.legend(handles=handles, loc="outside lower center", ncols=2, fontsize="small", frameon=False)
     if title:
         fig.suptitle(title)
     return save_figure(fig, stem)
 
 
-def plot_hedging_vs_beta(frame, stem: str | os.PathLike) -> list[str]:
+def plot_hedging_vs_beta(frame, stem: str | os.PathLike, ci_level: float = 0.95) -> list[str]:
     """Hedging where the model cannot know (hedge recall, unknowable questions) against hedging
     where it can (false-hedge rate, knowable) as beta grows; GRPO rows with the table's intervals, the
     reference rows (sft-only) as dashed lines. Beside the false-hedge rate, its no-information
     baseline: the kind-only policy's false-hedge rate at each GRPO row's own hedge recall
     (``kind_only_false_hedge_rate``, ``kind_only_sampled_false_hedge_rate``), a dotted line with
     its interval as a band; none where the column is absent or NaN. Greedy answers, and
-    sampled ones when the table has them."""
+    sampled ones when the table has them. Bars and bands: the table's percentile bootstrap
+    intervals at ``ci_level``, named on the y axis."""
+    from .stats import ci_label
+
     panels = [("", "greedy answers")]
     if any(not math.isnan(float(v)) for v in frame.get("sampled_hedge_recall_mean", [])):
         panels.append(("sampled_", "sampled answers"))
@@ -304,7 +307,8 @@ def plot_hedging_vs_beta(frame, stem: str | os.PathLike) -> list[str]:
             continue
         ax.set_xticks(sorted(set(rl["beta"].astype(float))))
         ax.set_xlabel(r"$\beta$ (reward of a proactive answer when the group fails)")
-        ax.set_ylabel("share of answers with a proactive block")
+        ax.set_ylabel(f"share of answers with a proactive block\n(GRPO: mean over seeds; "
+                      f"{ci_label(ci_level)} bootstrap CI)")
         ax.set_ylim(-0.02, 1.05)
         ax.grid(alpha=0.3)
         ax.set_title(subtitle, fontsize="medium")
@@ -368,7 +372,7 @@ def make_figures(tables: Mapping[str, str | os.PathLike], tb_dirs: Mapping[str, 
         written += plot_ablation(frame, out / f"ablation_{name}", title=ABLATION_TITLES.get(name, name),
                                  ci_level=ci_level)
     if "beta" in frames:
-        written += plot_hedging_vs_beta(frames["beta"], out / "hedging_vs_beta")
+        written += plot_hedging_vs_beta(frames["beta"], out / "hedging_vs_beta", ci_level=ci_level)
     curves = {variant: [risk_coverage([rec for _, rec in read_jsonl(f)]) for f in files]
               for variant, files in (answers or {}).items()}
     written += plot_risk_coverage(curves, out / "risk_coverage")

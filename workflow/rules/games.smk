@@ -84,14 +84,23 @@ rule game_data:
 
 
 rule game_user_rows:
-    """Your own game SFT rows (games.sft_files), validated (file, row, field) before anything is written."""
+    """Your own game SFT rows (games.sft_files), validated (file, row, field) before anything is
+    written. A row whose prompt shows a state a held-out level can reach within the step limit
+    (test levels; for the train rows also val levels) is refused, dropped or kept
+    (games.test_overlap); user/overlap.json counts them."""
     input:
         train=lambda wc: GAMES["sft_files"][wc.env]["train"],
         val=lambda wc: GAMES["sft_files"][wc.env]["val"],
+        levels=f"{GAME_DATA}/{{env}}/levels.jsonl",
         code=code("game_data"),
     output:
         train=f"{GAME_DATA}/{{env}}/user/train.parquet",
         val=f"{GAME_DATA}/{{env}}/user/val.parquet",
+        overlap=f"{GAME_DATA}/{{env}}/user/overlap.json",
+    params:
+        max_steps=GAMES["eval"]["max_steps"],
+        style=GAMES["render"],
+        test_overlap=GAMES["test_overlap"],
     threads: 1
     conda:
         "../../envs/local.yaml"

@@ -90,12 +90,20 @@ rule med_data:
 
 
 rule med_cases:
-    """The held-out cases: the distinct dialogues of the test rows (description, truth, patient facts)."""
+    """The held-out cases: the distinct dialogues of the test rows (description, truth, patient
+    facts). A test consultation that is also one of the train or val files (the whole dialogue,
+    numbers masked) is refused, dropped or kept (med.test_overlap); cases_overlap.json counts them
+    (the embedded clinic redraws such cases: 0)."""
     input:
         rows=MED_RAW["test"],
+        train=MED_RAW["train"],
+        val=MED_RAW["val"],
         code=code("med_data"),
     output:
         f"{MED_DATA}/cases.jsonl",
+        overlap=f"{MED_DATA}/cases_overlap.json",
+    params:
+        test_overlap=MED["test_overlap"],
     threads: 1
     conda:
         "../../envs/local.yaml"
@@ -358,10 +366,12 @@ if config["backend"] == "local":
 rule med_table:
     """results/med/eval.csv (base, SFT with and without thinking, scripted and random doctors; all
     cases and per category) and results/med/ablation_thinking.csv (mean +- std over seeds, and
-    the paired bootstrap interval of think - nothink: per case and seed)."""
+    the paired bootstrap interval of think - nothink: per case and seed; the random doctor
+    beside them)."""
     input:
         summaries=expand("results/med/eval/{doctor}.json", doctor=MED_EVAL_DOCTORS),
-        consultations=expand("results/med/eval/{doctor}.jsonl", doctor=MED_ABLATION_RUNS),
+        consultations=expand("results/med/eval/{doctor}.jsonl",
+                             doctor=MED_ABLATION_RUNS + (["random"] if MED_SYNTH else [])),
         code=code("med_table"),
     output:
         eval=report("results/med/eval.csv", caption="../report/med.rst", category="Tables",

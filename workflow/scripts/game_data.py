@@ -10,8 +10,10 @@ with script_errors(snakemake) as log:
         counts = data.write_game_data(env, snakemake.params.games, Path(snakemake.output.levels).parent)
         log.info("%s: rows per split %s", env, counts)
     elif snakemake.rule == "game_user_rows":
-        counts = data.write_user_rows(snakemake.input.train, snakemake.input.val,
-                                      Path(snakemake.output.train).parent)
+        p = snakemake.params
+        counts = data.write_user_rows(snakemake.input.train, snakemake.input.val, Path(snakemake.output.train).parent,
+                                      levels=snakemake.input.levels, max_steps=p.max_steps, style=p.style,
+                                      policy=p.test_overlap, overlap_out=snakemake.output.overlap)
         log.info("%s: user rows %s", snakemake.wildcards.env, counts)
     elif snakemake.rule == "game_sft_levels_data":
         n = data.write_level_subset_rows(snakemake.input.levels, snakemake.params.games,

@@ -18,5 +18,10 @@ with script_errors(snakemake) as log:
                                      out.train.rsplit("/", 1)[0], snakemake.params.budget,
                                      snakemake.params.rows)
         log.info("%s: SFT rows %s", thinking, counts)
-    else:  # med_cases (the held-out cases), med_rl_cases (train and val: RL's)
+    elif snakemake.rule == "med_cases":  # the held-out cases, new to the training files
+        n = data.write_cases(snakemake.input.rows, out[0], policy=snakemake.params.test_overlap,
+                             training={"train": snakemake.input.train, "val": snakemake.input.val},
+                             overlap_out=out.overlap)
+        log.info("%s: %d held-out cases", out[0], n)
+    else:  # med_rl_cases (train and val: RL's)
         log.info("%s: %d cases", out[0], data.write_cases(snakemake.input.rows, out[0]))

@@ -41,12 +41,13 @@ import hashlib
 import json
 import logging
 import random
+import re
 from pathlib import Path
 from typing import Any
 
 from ...rows import check_prompt_response
 from ...errors import DataError
-from ...io import read_rows, write_jsonl, write_parquet
+from ...io import read_rows, write_json, write_jsonl, write_parquet
 from . import ACTIONS, ENVS
 from .prompts import ANSWER_RE, instruction, messages, parse_action, render, response
 from .solver import bfs, plan_states
@@ -357,18 +358,80 @@ def load_game_rows(path: str | Path) -> list[dict[str, Any]]:
             raise DataError(path, lineno, "response",
                             f"answer {ANSWER_RE.findall(resp)[0].strip()!r} is not one of {list(ACTIONS)}")
         msgs = [{"role": m["role"], "content": m["content"]} for m in prompt]
-        rows.append({**row, "prompt": msgs, "messages": msgs + [{"role": "assistant", "content": resp}]})
+        rows.append({**row, "prompt": msgs, "messages": msgs + [{"role": "assistant", "content": resp}],
+                     "_line": lineno})
     if not rows:
         raise DataError(path, None, None, "no rows")
     return rows
 
 
-def write_user_rows(train: str, val: str, out_dir: str | Path) -> dict[str, int]:
-    """Validate both user files first, then write them (nothing is written if either is bad)."""
-    loaded = {"train": load_game_rows(train), "val": load_game_rows(val)}
+#: games.test_overlap: what a row of your own that shows a held-out state does
+OVERLAP_POLICIES = ("refuse", "drop", "allow")
+_CELLS = {"reference": re.compile(r"(?: \S \t)+"), "spaced": re.compile(r"(?: \S)+")}
+
+
+def grids_in_text(text: str, style: str) -> list[list[str]]:
+    """The grids rendered in ``text`` (:func:`prompts.render`: runs of consecutive lines made of
+    cells of ``style`` only), as grid rows."""
+    cells, out, run = _CELLS[style], [], []
+    for line in [*text.split("\n"), ""]:
+        if line and cells.fullmatch(line):
+            run.append(line[1::4] if style == "reference" else line[1::2])
+        elif run:
+            out.append(run)
+            run = []
+    return out
+
+
+def held_out_states(levels: list[dict[str, Any]], max_steps: int) -> dict[str, set[str]]:
+    """Per split of your own rows, the states it must not show: every state a test level can
+    reach within ``max_steps`` (what the generated splits are disjoint by), and for the train
+    rows also a val level's (RL validates on them)."""
+    reach = {s: {h for lv in levels if lv["split"] == s for h in reachable_hashes(lv["env"], lv["grid"], max_steps)}
+             for s in ("test", "val")}
+    return {"train": reach["test"] | reach["val"], "val": reach["test"]}
+
+
+def write_user_rows(train: str, val: str, out_dir: str | Path, *, levels: str | Path | None = None,
+                    max_steps: int | None = None, style: str = "reference", policy: str = "refuse",
+                    overlap_out: str | Path | None = None) -> dict[str, int]:
+    """Validate both user files first, then write them (nothing is written if either is bad).
+
+    ``levels`` (the env's generated levels): a row whose prompt shows a state a held-out level
+    can reach (:func:`held_out_states`) is refused (``policy`` "refuse": a DataError naming the
+    file, the line of the first and the counts), dropped ("drop") or kept ("allow");
+    ``overlap_out`` gets the counts (JSON)."""
+    if policy not in OVERLAP_POLICIES:
+        raise ValueError(f"games.test_overlap = {policy!r}: expected one of {list(OVERLAP_POLICIES)}")
+    paths = {"train": train, "val": val}
+    loaded = {split: load_game_rows(path) for split, path in paths.items()}
+    report: dict[str, Any] = {"policy": policy}
+    if levels is not None:
+        all_levels = read_levels(levels)
+        env = all_levels[0]["env"]
+        held = held_out_states(all_levels, int(max_steps))
+        for split, rows in loaded.items():
+            shows = [i for i, r in enumerate(rows)
+                     if any(level_hash(env, g) in held[split]
+                            for m in r["prompt"] if m["role"] == "user" for g in grids_in_text(m["content"], style))]
+            report[split] = {"rows": len(rows), "showing_held_out": len(shows),
+                             "lines": [rows[i]["_line"] for i in shows[:100]]}
+            if shows and policy == "refuse":
+                raise DataError(paths[split], rows[shows[0]]["_line"], "prompt",
+                                f"{len(shows)} of {len(rows)} rows show a state that a held-out {env} level can reach "
+                                f"within {max_steps} moves (test{' or val' if split == 'train' else ''} levels). "
+                                "Held out means new: set games.test_overlap: drop (leave those rows out) or allow "
+                                "(keep them, and the tables score states seen in training)")
+            if shows and policy == "drop":
+                gone = set(shows)
+                loaded[split] = [r for i, r in enumerate(rows) if i not in gone]
+                if not loaded[split]:
+                    raise DataError(paths[split], None, None, "games.test_overlap: drop leaves no row")
     for split, rows in loaded.items():
         write_parquet(Path(out_dir) / f"{split}.parquet", [{"prompt": r["prompt"], "response": r["response"],
                                                             "messages": r["messages"]} for r in rows])
+    if overlap_out is not None:
+        write_json(overlap_out, report)
     return {k: len(v) for k, v in loaded.items()}
 
 

@@ -71,7 +71,8 @@ def success_figure(csv: str, outputs: list[str], level: float = 0.95) -> list[st
         ax.set_xticks(range(len(sub)), labels, fontsize=7)
         ax.set_title(env)
         ax.set_ylim(0, 1.05)
-    axes[0][0].set_ylabel(f"success rate ({ci_label(level)} CI)")
+    # greedy: one episode per level, a Wilson interval; sampled: k per level, a bootstrap over levels
+    axes[0][0].set_ylabel(f"success rate ({ci_label(level)} CI: Wilson\nfor greedy, bootstrap over levels for sampled)")
     stems = {str(Path(o).with_suffix("")) for o in outputs}
     return [path for stem in sorted(stems) for path in save_figure(fig, stem)]
 
@@ -79,7 +80,7 @@ def success_figure(csv: str, outputs: list[str], level: float = 0.95) -> list[st
 # ------------------------------------------------------------------ RL: results/games/rl_eval.csv
 RL_COLUMNS = ["env", "mode", "levels", "episodes", "sft_success", "sft_lo", "sft_hi", "rl_success", "rl_lo", "rl_hi",
               "diff", "diff_lo", "diff_hi", "random_success", "random_lo", "random_hi", "sft_timeout_rate",
-              "rl_timeout_rate", "sft_invalid_format_rate", "rl_invalid_format_rate", "rl_steps", "rl_seconds"]
+              "rl_timeout_rate", "random_timeout_rate", "sft_invalid_format_rate", "rl_invalid_format_rate", "rl_steps", "rl_seconds"]
 
 
 def _per_level(episodes: str, mode: str) -> dict[int, float]:
@@ -111,6 +112,7 @@ def rl_rows(env: str, files: dict[str, str], bootstrap: dict) -> list[dict]:
                     "diff": diff, "diff_lo": lo, "diff_hi": hi, "random_success": rnd["success"],
                     "random_lo": rnd["success_lo"], "random_hi": rnd["success_hi"],
                     "sft_timeout_rate": s["timeout_rate"], "rl_timeout_rate": r["timeout_rate"],
+                    "random_timeout_rate": rnd["timeout_rate"],  # (random always answers in format)
                     "sft_invalid_format_rate": s["invalid_format_rate"],
                     "rl_invalid_format_rate": r["invalid_format_rate"], "rl_steps": summ["steps"],
                     "rl_seconds": summ["seconds"]})

@@ -344,6 +344,21 @@ def write_sft_data(train: str, val: str, with_thinking: bool, out_dir: str | Pat
     return {k: len(v) for k, v in out.items()}
 
 
+def _description(prompt: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The description without its budget line: a consultation states its own budget."""
+    return with_budget([{"role": m["role"], "content": m["content"]} for m in prompt[: _first_user(prompt) + 1]],
+                       None)
+
+
+def _case_key(row: dict[str, Any]) -> tuple[str, str]:
+    """Which dialogue a row belongs to: the clinic numbers its cases (``extra_info.case``);
+    MTMedDialog rows of one dialogue share description and truth."""
+    extra = row.get("extra_info") or {}
+    if extra.get("case") is not None:
+        return ("case", str(extra["case"]))
+    return (json.dumps(_description(row["prompt"])), row["reward_model"]["ground_truth"]["diagnosis"])
+
+
 def cases_from_rows(rows: list[dict[str, Any]], source: str | Path | None = None,
                     lines: list[int] | None = None) -> list[dict[str, Any]]:
     """The distinct dialogues of the test rows, in order of first appearance. A row's
@@ -352,15 +367,11 @@ def cases_from_rows(rows: list[dict[str, Any]], source: str | Path | None = None
     cases: dict[tuple[str, str], dict[str, Any]] = {}
     first_line: dict[tuple[str, str], int | None] = {}
     for i, row in enumerate(rows):
-        prompt = row["prompt"]
-        # the description without its budget line: a consultation states its own budget
-        first = with_budget([{"role": m["role"], "content": m["content"]} for m in prompt[: _first_user(prompt) + 1]],
-                            None)
+        first = _description(row["prompt"])
         truth = row["reward_model"]["ground_truth"]
         extra = row.get("extra_info") or {}
-        # the clinic numbers its cases; MTMedDialog rows of one dialogue share description and truth
         named = extra.get("case") is not None
-        key = ("case", str(extra["case"])) if named else (json.dumps(first), truth["diagnosis"])
+        key = _case_key(row)
         line = lines[i] if lines is not None else i + 1
         if named and key in cases and (cases[key]["first"] != first or cases[key]["truth"]["diagnosis"] !=
                                        truth["diagnosis"] or cases[key]["truth"]["recommendation"] !=
@@ -377,12 +388,51 @@ def cases_from_rows(rows: list[dict[str, Any]], source: str | Path | None = None
     return list(cases.values())
 
 
-def write_cases(rows: str, out: str | Path) -> int:
+#: med.test_overlap: what a test consultation also in the training files does
+OVERLAP_POLICIES = ("refuse", "drop", "allow")
+
+
+def write_cases(rows: str, out: str | Path, *, training: dict[str, str] | None = None, policy: str = "refuse",
+                overlap_out: str | Path | None = None) -> int:
     """The distinct dialogues of a raw file (the test file: the held-out cases; train and val:
-    the RL cases) as cases."""
+    the RL cases) as cases.
+
+    ``training`` (the held-out cases: ``{"train": path, "val": path}``): a test consultation whose
+    diagnosis prompt (the whole dialogue, numbers masked: :func:`overlap`) is a prompt of those
+    files is refused (``policy`` "refuse": a DataError naming the test file, the line of the first
+    and the counts, before anything is written), its dialogue dropped from the cases ("drop") or
+    kept ("allow"); ``overlap_out`` gets the counts (JSON)."""
+    if policy not in OVERLAP_POLICIES:
+        raise ValueError(f"med.test_overlap = {policy!r}: expected one of {list(OVERLAP_POLICIES)}")
     lines: list[int] = []
-    cases = cases_from_rows(load_raw(rows, need_patient=True, lines=lines), rows, lines)
+    test_rows = load_raw(rows, need_patient=True, lines=lines)
+    report: dict[str, Any] | None = None
+    if training is not None:
+        train_rows = [r for path in training.values() for r in load_raw(path)]
+        seen = {prompt_key(r["prompt"]) for r in train_rows}
+        leaked = [i for i, r in enumerate(test_rows)
+                  if parse_reply(r["response"]).kind == "diagnosis" and prompt_key(r["prompt"]) in seen]
+        report = dict(overlap(train_rows, test_rows), policy=policy, training=sorted(training.values()),
+                      lines=[lines[i] for i in leaked])
+        if leaked and policy == "refuse":
+            raise DataError(rows, lines[leaked[0]], "prompt",
+                            f"{len(leaked)} of {report['test_diagnosis_prompts']} test consultations are consultations "
+                            f"of the training files {report['training']} (the whole dialogue, numbers masked). Held "
+                            "out means new: set med.test_overlap: drop (remove them from the held-out cases) or "
+                            "allow (keep them, and the tables score consultations seen in training)")
+    if report is not None:
+        report["dropped"] = 0
+        if leaked and policy == "drop":  # every row of a leaked consultation's dialogue
+            gone = {_case_key(test_rows[i]) for i in leaked}
+            keep = [i for i, r in enumerate(test_rows) if _case_key(r) not in gone]
+            report["dropped"] = len(gone)
+            if not keep:
+                raise DataError(rows, None, None, "med.test_overlap: drop leaves no held-out consultation")
+            test_rows, lines = [test_rows[i] for i in keep], [lines[i] for i in keep]
+    cases = cases_from_rows(test_rows, rows, lines)
     write_jsonl(out, cases)
+    if overlap_out is not None and report is not None:
+        write_json(overlap_out, report)
     return len(cases)
 
 

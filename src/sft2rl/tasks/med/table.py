@@ -130,8 +130,15 @@ def paired_bootstrap(think: list[dict[str, np.ndarray]], nothink: list[dict[str,
     return out
 
 
+#: the random-question doctor's name among the evaluated doctors
+RANDOM = "random"
+
+
 def ablation_frame(summaries: list[str], runs: dict[str, dict[str, Any]], consultations: list[str] | None = None,
                    bootstrap: dict[str, Any] | None = None) -> pd.DataFrame:
+    """The thinking ablation: each variant over seeds, ``think - nothink``, and the random-question
+    doctor where it was evaluated (a row "random doctor": one run, its interval a bootstrap over
+    the same cases)."""
     alls = {rows[0]["doctor"]: rows[0] for rows in map(_read, summaries)}
     by_value: dict[bool, dict[int, dict[str, Any]]] = {}
     for run, info in runs.items():
@@ -163,6 +170,15 @@ def ablation_frame(summaries: list[str], runs: dict[str, dict[str, Any]], consul
                                   level=bs.get("ci_level", 0.95), seed=bs.get("bootstrap_seed", 0))
             for r in out:
                 r.update(ci[{"true": "true", "false": "false"}.get(r["with_thinking"], "diff")])
+    if RANDOM in alls:  # the no-information doctor on the same cases (the embedded clinic's)
+        r = dict(row("random doctor", [alls[RANDOM]], []), n_seeds=1)  # one run, no training seed
+        recs = {Path(p).stem: p for p in consultations or []}
+        if RANDOM in recs and by_value:
+            arrays = [case_arrays(_read_jsonl(recs[RANDOM]))]
+            bs = bootstrap or {}
+            r.update(paired_bootstrap(arrays, arrays, n_boot=bs.get("bootstrap_samples", 2000),
+                                      level=bs.get("ci_level", 0.95), seed=bs.get("bootstrap_seed", 0))["true"])
+        out.insert(len(by_value), r)  # after the variants, before their difference
     return pd.DataFrame(out)
 
 
@@ -228,7 +244,7 @@ def figure(eval_csv: str, ablation_csv: str, outputs: list[str], level: float = 
     """Left: diagnosis accuracy (Wilson interval at ``level``) and diagnosis ROUGE-L per doctor.
     Right: accuracy per with_thinking value, mean over seeds with its bootstrap interval
     (:func:`paired_bootstrap`: seeds, then cases; without the consultations, which the workflow
-    always passes, the standard deviation over seeds). Where accuracy is undefined (NaN: cases
+    always passes, the standard deviation over seeds), and the random doctor (one run). Where accuracy is undefined (NaN: cases
     without exact disease names, "--" in the tables) there is no bar but an "n/a" mark, not a
     bar at 0."""
     import matplotlib
@@ -239,7 +255,7 @@ def figure(eval_csv: str, ablation_csv: str, outputs: list[str], level: float = 
     frame = pd.read_csv(eval_csv)
     frame = frame[frame["category"] == "all"].reset_index(drop=True)
     ablation = pd.read_csv(ablation_csv)
-    ablation = ablation[ablation["with_thinking"].isin(["true", "false"])].reset_index(drop=True)
+    ablation = ablation[ablation["with_thinking"].isin(["true", "false", "random doctor"])].reset_index(drop=True)
     fig = Figure(figsize=(9.5, 3.4), layout="constrained")
     axes = fig.subplots(1, 2, squeeze=False)
     ax = axes[0][0]
@@ -247,7 +263,7 @@ def figure(eval_csv: str, ablation_csv: str, outputs: list[str], level: float = 
     ok = frame["accuracy"].notna().to_numpy()
     acc = frame["accuracy"][ok]
     err = [(acc - frame["accuracy_lo"][ok]).fillna(0), (frame["accuracy_hi"][ok] - acc).fillna(0)]
-    ax.bar(x[ok] - 0.2, acc, 0.4, yerr=err, capsize=3, label=f"diagnosis accuracy ({ci_label(level)} CI)", color="C0")
+    ax.bar(x[ok] - 0.2, acc, 0.4, yerr=err, capsize=3, label=f"diagnosis accuracy ({ci_label(level)} Wilson CI)", color="C0")
     _mark_undefined(ax, x[~ok] - 0.2)
     ax.bar(x + 0.2, frame["diag_rougeL"], 0.4, label="diagnosis ROUGE-L", color="C1")
     ax.set_xticks(x, [lbl.replace(", ", ",\n").replace(" doctor", "\ndoctor") for lbl in frame["label"]], fontsize=7)
@@ -262,9 +278,10 @@ def figure(eval_csv: str, ablation_csv: str, outputs: list[str], level: float = 
         what = f"mean over seeds, {ci_label(level)} bootstrap CI"
     else:
         yerr, what = ablation["accuracy_std"][ok].fillna(0), "mean ± std over seeds"
-    ax.bar(pos, mean, yerr=yerr, capsize=3, color=[c for c, shown in zip(("C2", "C3"), ok) if shown])
+    ax.bar(pos, mean, yerr=yerr, capsize=3, color=[c for c, shown in zip(("C2", "C3", "C7"), ok) if shown])
     _mark_undefined(ax, np.arange(len(ablation))[~ok])
-    ax.set_xticks(range(len(ablation)), [f"with_thinking\n{v}" for v in ablation["with_thinking"]], fontsize=8)
+    ax.set_xticks(range(len(ablation)), [v.replace(" ", "\n") if v == "random doctor" else f"with_thinking\n{v}"
+                                         for v in ablation["with_thinking"]], fontsize=8)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel(f"diagnosis accuracy\n({what})")
     ax.set_title("thinking ablation")
