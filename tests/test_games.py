@@ -613,3 +613,43 @@ def test_the_reply_limit_must_hold_the_solvers_replies():
     play.check_reply_limit(Words(), levels, 4, False, "test.jsonl")  # "<answer> Up </answer>" and the stop
     with pytest.raises(ConfigError, match="= 3 is shorter"):  # the stop id would be cut: the turn never ends
         play.check_reply_limit(Words(), levels, 3, False, "test.jsonl")
+
+
+def test_a_box_pushed_off_its_target_costs_what_it_earned_and_a_hole_ends_the_episode_lost():
+    """RAGEN's Sokoban reward: -0.1 per action, +1 for each box onto a target and -1 for each
+    box off one. FrozenLake: a step into a hole ends the episode as lost, not a timeout."""
+    from sft2rl.tasks.games import sokoban
+    from sft2rl.tasks.games.sokoban import SokobanEnv
+
+    env = SokobanEnv(["#######", "#P√__O#", "#__X__#", "#######"], max_steps=5)
+    env.reset(seed=0)
+    _, reward, won, _, info = env.step(list(sokoban.ACTIONS).index("Right"))
+    assert reward == pytest.approx(-1.1) and not won and info["moved"]
+    level = {"env": "frozenlake", "grid": ["SH", "FG"], "index": 0, "optimal": 2}
+    ep = play.Episode("frozenlake", level, 0, CFG, 5, 0)
+    ep.act("<answer> Right </answer>")
+    assert ep.lost and not ep.won
+
+
+def test_play_summary_metrics_hand_computed():
+    """Per reply: valid actions and well-formed answers; per episode: success, and a timeout
+    only when the episode neither won nor lost."""
+    records = [dict(level=0, won=True, lost=False, steps=2, valid=2, well_formed=2, optimal=2),
+               dict(level=1, won=False, lost=True, steps=3, valid=1, well_formed=3, optimal=2),  # "<answer> Jump"
+               dict(level=2, won=False, lost=False, steps=4, valid=3, well_formed=3, optimal=2)]
+    row = play.summarize(records)
+    assert row["success"] == pytest.approx(1 / 3) and row["ci"] == "wilson"
+    assert row["valid_action_rate"] == pytest.approx(6 / 9)
+    assert row["invalid_format_rate"] == pytest.approx(1 / 9)
+    assert row["timeout_rate"] == pytest.approx(1 / 3)
+    assert row["mean_steps_solved"] == 2.0 and row["steps_over_optimal"] == 1.0
+
+
+def test_recovery_rows_keep_off_the_val_and_test_paths():
+    """The states a train recovery row must never show are the val and the test levels' path
+    states; a val row's, the test levels'."""
+    levels = data.generate_levels("frozenlake", CFG)
+    paths = {s: {h for lv in levels if lv["split"] == s for h in data.path_hashes("frozenlake", lv["grid"], lv["solution"])}
+             for s in ("test", "val")}
+    assert data.held_states(levels, "train") == paths["test"] | paths["val"]
+    assert data.held_states(levels, "val") == paths["test"] and data.held_states(levels, "test") == set()

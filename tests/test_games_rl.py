@@ -64,6 +64,9 @@ def test_group_filter_keeps_the_groups_with_the_largest_reward_spread():
     assert group_filter(scores, groups, 0.25).tolist() == [False, False, True, False]
     assert group_filter(scores, groups, 0.5).tolist() == [False, True, True, False]
     assert group_filter(scores, groups, 0.01).sum() == 1  # at least one group
+    # a fraction of the groups rounds up: 0.25 of 6 groups keeps 2 (the two widest spreads)
+    six = np.array([[0.0, float(g)] for g in range(6)]).ravel()
+    assert group_filter(six, np.repeat(np.arange(6), 2), 0.25).tolist() == [False] * 4 + [True] * 2
 
 
 def test_trajectory_advantage_is_the_group_normalised_score():
@@ -123,6 +126,10 @@ def test_episode_reward_is_ragen_reward(env):
     scores, metrics = task.rewards([lv], ro)
     assert scores.tolist() == pytest.approx([expected_env - 0.1])
     assert metrics["success"] == 1.0 and metrics["invalid_rate"] == pytest.approx(1 / ep.steps)
+    # GiGPO's anchor of each turn: the state the turn's prompt shows, before its move
+    turns = task.turn_rewards([lv], ro)[0]
+    assert [a for a, _ in turns] == ["\n".join(g) for g in ep.grids[:-1]]
+    assert turns[0][1] == pytest.approx(-0.1)  # the reply without an action: the format penalty
 
 
 def write_frozenlake_and_tiny_model(out, games: dict):

@@ -579,3 +579,54 @@ def test_the_sft_term_trains_on_its_rows_in_a_seeded_order_and_resumes_on_them(t
     assert not (tmp_path / "no_rows").exists()
     with pytest.raises(VerlConfigError, match="sft_coef"):
         _refuse_local_only(cfg, "med.rl")
+
+
+def test_the_loss_takes_each_setting_from_config_with_verl_s_signs(tmp_path, tiny_base, rl_train_file,
+                                                                    length_reward, monkeypatch):
+    """What the update hands verl's functions comes from the config (the clip bounds, the KL
+    estimator, token-mean aggregation, std normalisation), and the loss is pg - entropy_coef x
+    entropy + kl_coef x KL: d(loss)/d(term), summed over a step's micro-batches (each weighted by
+    its share of its mini-batch's tokens), is -entropy_coef and +kl_coef per mini-batch."""
+    import verl.trainer.ppo.core_algos as core
+
+    import sft2rl.grpo as grpo
+
+    seen = {"policy": [], "kl_type": [], "terms": [], "norm": []}
+    real_pl, real_kl, real_agg, real_adv = (core.compute_policy_loss_vanilla, core.kl_penalty, core.agg_loss,
+                                            grpo.trajectory_advantages)
+
+    def policy_loss(old, logp, adv, mask, mode, cfg):
+        seen["policy"].append((mode, cfg.clip_ratio_low, cfg.clip_ratio_high))
+        return real_pl(old, logp, adv, mask, mode, cfg)
+
+    def kl(logp, ref, kl_type):
+        seen["kl_type"].append(kl_type)
+        return real_kl(logp, ref, kl_type)
+
+    def agg(*args, **kw):
+        if kw:  # verl's own call inside the policy loss
+            return real_agg(*args, **kw)
+        values, mask, mode = args  # the trainer's: the entropy's, then the KL's
+        assert mode == "token-mean"
+        proxy = real_agg(values, mask, mode).detach().clone().requires_grad_(True)  # its grad: d(loss)/d(term)
+        seen["terms"].append(proxy)
+        return proxy
+
+    def adv(scores, groups, norm_by_std):
+        seen["norm"].append(norm_by_std)
+        return real_adv(scores, groups, norm_by_std)
+
+    monkeypatch.setattr(core, "compute_policy_loss_vanilla", policy_loss)
+    monkeypatch.setattr(core, "kl_penalty", kl)
+    monkeypatch.setattr(core, "agg_loss", agg)
+    monkeypatch.setattr(grpo, "trajectory_advantages", adv)
+    cfg = dict(RL, total_steps=1, train_batch=2, ppo_mini_batch=1, clip_ratio_low=0.15, clip_ratio_high=0.3,
+               kl_type="abs", kl_coef=0.1, use_kl_loss=True, entropy_coef=0.01, norm_adv_by_std=False)
+    train_grpo(str(tiny_base), str(rl_train_file), str(tmp_path / "run"), cfg, REWARD)
+    assert seen["norm"] == [False]
+    assert set(seen["policy"]) == {("token-mean", 0.15, 0.3)} and set(seen["kl_type"]) == {"abs"}
+    entropy, kls = seen["terms"][0::2], seen["terms"][1::2]  # each micro-batch: entropy, then KL
+    assert len(entropy) == len(kls) == len(seen["policy"])
+    mini_batches = cfg["train_batch"] // cfg["ppo_mini_batch"]
+    assert sum(float(t.grad) for t in entropy) == pytest.approx(-cfg["entropy_coef"] * mini_batches, rel=1e-5)
+    assert sum(float(t.grad) for t in kls) == pytest.approx(cfg["kl_coef"] * mini_batches, rel=1e-5)

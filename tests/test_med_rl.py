@@ -39,6 +39,10 @@ def test_token_f1_is_squad_f1_with_punctuation_as_a_space():
     # 2 common of 3 predicted and 4 true words: P 2/3, R 1/2
     assert reward.token_f1("drink water now", "the drink of water daily") == pytest.approx(2 * (2 / 3) * 0.5 / (2 / 3 + 0.5))
     assert reward.token_f1("", "x") == 0.0 and reward.token_f1("a the", "a") == 0.0
+    # words count with their multiplicity (SQuAD's Counter): 2 of the 3 "rest" match one
+    assert reward.token_f1("rest rest and fluids", "rest and fluids") == pytest.approx(2 * 0.75 * 1 / 1.75)
+    assert reward.token_f1("rest rest and fluids", "rest rest and fluids") == 1.0
+    assert reward.same_text("Influenza.", " influenza") and not reward.same_text("Influenza", "Influenzas")
 
 
 def test_episode_reward_terms_are_the_reference_terms():
@@ -73,6 +77,12 @@ def test_episode_reward_terms_are_the_reference_terms():
     for reply in [q("Do you have s3?"), q("Do you have s4?")]:
         consult.advance([late], [reply], patients)
     assert late.ended and late.reward_terms(w)["no_diagnosis"] == -5.0 and late.record(w)["reward"] == -4.0
+    # at exactly the threshold: a one-turn perfect consultation earns 10 and succeeds (reward >= 10)
+    exact = consult.Consultation(0, case, 8, with_thinking=False)
+    consult.advance([exact], [dx("beta syndrome.", "Drink water.")], patients)
+    assert exact.record(w)["reward"] == 10.0 and exact.record(w)["success"] is True
+    assert exact.record(w)["correct"] is True  # case, spaces and a final period aside
+    assert exact.record(dict(w, success_threshold=10.5))["success"] is False
     with pytest.raises(ValueError, match="unknown"):
         reward.weights({"bonus": 1})
     with pytest.raises(ValueError, match="match"):

@@ -270,6 +270,8 @@ def test_min_proactive_length_short_block_with_think() -> None:
         ("It is 3.", "3.0"),  # 3.0 == 3
         ("1000 apples", "1,000"),  # ground truth with separator
         ("t is -2 K", "-2.0"),  # signed number
+        ("parxs", "paris"),  # ratio exactly 0.8: the bound is inclusive
+        ("new_york_city", "new york"),  # the underscore is punctuation too
     ],
 )
 def test_fuzzy_match_accepts(formal: str, ground_truth: str) -> None:
@@ -284,6 +286,10 @@ def test_fuzzy_match_accepts(formal: str, ground_truth: str) -> None:
         ("london", "paris"),
         ("yes", "?!"),  # punctuation-only ground truth must not match everything
         ("abc1000", "1000.5"),  # number glued to a word is not extracted
+        ("madrd x", "madrid"),  # ratio 10/13 = 0.77 < 0.8
+        ("It is 1001", "1000"),  # a number 0.1% off is another number
+        ("Seat a5", "5.0"),  # the 5 continues a word
+        ("it is 1,0001", "1000"),  # "1,000" followed by a digit is not 1000
     ],
 )
 def test_fuzzy_match_rejects(formal: str, ground_truth: str) -> None:

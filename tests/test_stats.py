@@ -188,3 +188,81 @@ def test_masked_batched_auroc_equals_auroc_on_the_subset():
     got = _batched_auroc(scores, labels, mask)
     want = [auroc(s[m > 0], y[m > 0]) for s, y, m in zip(scores, labels, mask)]
     assert got == pytest.approx(want)
+
+
+# ------------------------------------------------------------------ interval levels and resampling
+# A percentile bootstrap of the mean of n items with 0/1 values draws Binomial(n, p)/n exactly:
+# its quantiles are scipy's binomial ones. With many draws every interval must sit within one
+# item (1/n) of them at the level asked for, and every item must be drawable.
+def _exact(n: int, ones: int, level: float) -> tuple[float, float]:
+    from scipy.stats import binom
+
+    alpha = (1 - level) / 2
+    return binom.ppf(alpha, n, ones / n) / n, binom.ppf(1 - alpha, n, ones / n) / n
+
+
+@pytest.mark.parametrize("level", [0.8, 0.95])
+def test_every_bootstrap_interval_has_the_level_asked_for(level):
+    from sft2rl.stats import paired_difference
+    from sft2rl.tasks.games.play import level_bootstrap
+
+    n, ones = 40, 20
+    values = [1.0] * ones + [0.0] * (n - ones)
+    lo, hi = _exact(n, ones, level)
+    # the paired difference (games and medical RL - SFT): rl - sft per item
+    _, d_lo, d_hi = paired_difference({i: 0.0 for i in range(n)}, dict(enumerate(values)), samples=20000,
+                                      level=level, seed=0)
+    assert d_lo == pytest.approx(lo, abs=1 / n) and d_hi == pytest.approx(hi, abs=1 / n)
+    # the games' success over levels (each level's k episodes together; here k = 2, both alike)
+    records = [{"level": i, "won": bool(v)} for i, v in enumerate(values) for _ in range(2)]
+    b_lo, b_hi = level_bootstrap(records, samples=20000, level=level, seed=0)
+    assert b_lo == pytest.approx(lo, abs=1 / n) and b_hi == pytest.approx(hi, abs=1 / n)
+    # the QA tables' intervals (accuracy over questions)
+    recs = [rec(i, True, bool(v), False, [False]) for i, v in enumerate(values)]
+    row = bootstrap_row([question_arrays(recs)], n_boot=20000, seed=0, level=level)
+    assert row["accuracy_ci_low"] == pytest.approx(lo, abs=1 / n)
+    assert row["accuracy_ci_high"] == pytest.approx(hi, abs=1 / n)
+
+
+def test_the_last_item_is_drawn_and_a_level_s_episodes_are_averaged():
+    """One success among 10 items, at the last place: the 90% bound is binom.ppf(0.95, 10, 0.1)
+    / 10 = 0.3, not 0 (an index range that never draws the last item); a level won in one of
+    its two episodes counts 0.5, not its first episode's outcome."""
+    from sft2rl.stats import paired_difference
+    from sft2rl.tasks.games.play import level_bootstrap
+
+    values = [0.0] * 9 + [1.0]
+    lo, hi = _exact(10, 1, 0.9)
+    assert hi == pytest.approx(0.3)
+    _, d_lo, d_hi = paired_difference({i: 0.0 for i in range(10)}, dict(enumerate(values)), samples=20000,
+                                      level=0.9, seed=0)
+    assert (d_lo, d_hi) == pytest.approx((lo, hi), abs=0.1)
+    recs = [rec(i, True, bool(v), False, [False]) for i, v in enumerate(values)]
+    row = bootstrap_row([question_arrays(recs)], n_boot=20000, seed=0, level=0.9)
+    assert row["accuracy_ci_high"] == pytest.approx(hi, abs=0.1)
+    half = [{"level": i, "won": w} for i in range(10) for w in (i % 2 == 0, i % 2 == 1)]
+    assert level_bootstrap(half, samples=500, level=0.9, seed=0) == (0.5, 0.5)
+
+
+@pytest.mark.parametrize("level", [0.8, 0.95])
+def test_wilson_interval_is_the_score_formula_at_the_level_asked_for(level):
+    from scipy.stats import norm
+
+    from sft2rl.stats import wilson
+
+    k, n = 30, 100
+    z, p = norm.ppf(1 - (1 - level) / 2), k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    assert wilson(k, n, level) == pytest.approx((centre - half, centre + half), abs=1e-9)
+
+
+def test_the_format_rate_counts_well_formed_answers_not_think_blocks():
+    """``format_rate`` reads ``greedy_format`` (a closed think block and an answer), which an
+    answer with a think block but no answer lacks; ``greedy_think`` is the fallback of records
+    written before the field existed."""
+    recs = [dict(rec(0, True, True, False, [False]), greedy_format=False),
+            dict(rec(1, True, True, False, [False]), greedy_format=True)]
+    assert summary_metrics(recs)["format_rate"] == pytest.approx(0.5)
+    old = [{k: v for k, v in r.items() if k != "greedy_format"} for r in recs]
+    assert summary_metrics(old)["format_rate"] == pytest.approx(1.0)
