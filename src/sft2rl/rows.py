@@ -1,6 +1,6 @@
 """Row checks and readers every task shares.
 
-The chat roles of a message list, the prompt/response row check of the games' and the
+The chat roles of a message list, the held-out overlap policies, the prompt/response row check of the games' and the
 medical task's data, the removal of ``<think>`` blocks (SFT targets without thinking, the
 medical doctor's visible reply), and the pretraining documents of a tiny base. A malformed
 row raises a DataError naming file, row and field.
@@ -14,6 +14,15 @@ from .io import DataError, read_rows
 
 THINK_BLOCK = re.compile(r"<think>.*?</think>\s*", re.IGNORECASE | re.DOTALL)
 ROLES = {"system", "user", "assistant"}
+#: ``data.test_overlap``, ``games.test_overlap``, ``med.test_overlap``: what a held-out item
+#: that your own training data also holds does (refused, dropped from the held-out split, kept)
+OVERLAP_POLICIES = ("refuse", "drop", "allow")
+
+
+def check_overlap_policy(key: str, policy: str) -> None:
+    """ValueError naming the config ``key`` unless ``policy`` is one of :data:`OVERLAP_POLICIES`."""
+    if policy not in OVERLAP_POLICIES:
+        raise ValueError(f"{key} = {policy!r}: expected one of {list(OVERLAP_POLICIES)}")
 
 
 def check_prompt_response(path: Path, n: int, row: dict, user: str = "the user's") -> tuple[list[dict], str]:

@@ -127,8 +127,7 @@ def rl_sft_rows(wildcards):
 def rl_params(wildcards):
     """Only what this run depends on, so editing one beta reruns only that run."""
     p = runs.parse_rl(wildcards.rl_run)
-    rl = dict(config["rl"])  # the init model is in the run name
-    return {"rl": dict(rl, seed=p["seed"]), "reward": dict(config["reward"], beta=p["beta"])}
+    return {"rl": dict(config["rl"], seed=p["seed"]), "reward": dict(config["reward"], beta=p["beta"])}
 
 
 #: The eval keys the evaluate rule reads (sample_prompts is the samples rule's, the bootstrap

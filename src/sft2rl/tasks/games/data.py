@@ -45,7 +45,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ...rows import check_prompt_response
+from ...rows import check_overlap_policy, check_prompt_response
 from ...errors import DataError
 from ...io import read_rows, write_json, write_jsonl, write_parquet
 from . import ACTIONS, ENVS
@@ -365,8 +365,6 @@ def load_game_rows(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-#: games.test_overlap: what a row of your own that shows a held-out state does
-OVERLAP_POLICIES = ("refuse", "drop", "allow")
 _CELLS = {"reference": re.compile(r"(?: \S \t)+"), "spaced": re.compile(r"(?: \S)+")}
 
 
@@ -401,8 +399,7 @@ def write_user_rows(train: str, val: str, out_dir: str | Path, *, levels: str | 
     can reach (:func:`held_out_states`) is refused (``policy`` "refuse": a DataError naming the
     file, the line of the first and the counts), dropped ("drop") or kept ("allow");
     ``overlap_out`` gets the counts (JSON)."""
-    if policy not in OVERLAP_POLICIES:
-        raise ValueError(f"games.test_overlap = {policy!r}: expected one of {list(OVERLAP_POLICIES)}")
+    check_overlap_policy("games.test_overlap", policy)
     paths = {"train": train, "val": val}
     loaded = {split: load_game_rows(path) for split, path in paths.items()}
     report: dict[str, Any] = {"policy": policy}

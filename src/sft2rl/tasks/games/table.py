@@ -80,7 +80,8 @@ def success_figure(csv: str, outputs: list[str], level: float = 0.95) -> list[st
 # ------------------------------------------------------------------ RL: results/games/rl_eval.csv
 RL_COLUMNS = ["env", "mode", "levels", "episodes", "sft_success", "sft_lo", "sft_hi", "rl_success", "rl_lo", "rl_hi",
               "diff", "diff_lo", "diff_hi", "random_success", "random_lo", "random_hi", "sft_timeout_rate",
-              "rl_timeout_rate", "random_timeout_rate", "sft_invalid_format_rate", "rl_invalid_format_rate", "rl_steps", "rl_seconds"]
+              "rl_timeout_rate", "random_timeout_rate", "sft_invalid_format_rate", "rl_invalid_format_rate", "rl_steps",
+              "rl_seconds"]
 
 
 def _per_level(episodes: str, mode: str) -> dict[int, float]:

@@ -31,7 +31,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from ...rows import check_prompt_response, strip_thinking
+from ...rows import check_overlap_policy, check_prompt_response, strip_thinking
 from ...errors import DataError
 from ...io import read_rows, write_json, write_jsonl, write_parquet
 from . import clinic as clinic_mod
@@ -95,17 +95,21 @@ def prompt_key(prompt: list[dict[str, str]]) -> str:
     return mask_numbers(json.dumps([[m["role"], m["content"]] for m in prompt]))
 
 
-def overlap(train_rows: list[dict[str, Any]], test_rows: list[dict[str, Any]]) -> dict[str, Any]:
+def overlap(train_rows: list[dict[str, Any]], test_rows: list[dict[str, Any]], with_rows: bool = False
+            ) -> dict[str, Any]:
     """How many test prompts (numbers masked) are also train prompts: the diagnosis prompts
-    (the whole consultation, then "Diagnosis: …") and every doctor turn's prompt."""
+    (the whole consultation, then "Diagnosis: …") and every doctor turn's prompt. ``with_rows``:
+    also the indices of the test diagnosis rows whose prompt is a train prompt (``rows``)."""
     seen = {prompt_key(r["prompt"]) for r in train_rows}
-    diag = [r for r in test_rows if parse_reply(r["response"]).kind == "diagnosis"]
-    n_diag = sum(prompt_key(r["prompt"]) in seen for r in diag)
-    n_turn = sum(prompt_key(r["prompt"]) in seen for r in test_rows)
-    return {"test_diagnosis_prompts": len(diag), "in_train": n_diag,
-            "share_in_train": n_diag / len(diag) if diag else float("nan"),
-            "test_turn_prompts": len(test_rows), "turns_in_train": n_turn,
-            "turn_share_in_train": n_turn / len(test_rows) if test_rows else float("nan")}
+    in_train = [prompt_key(r["prompt"]) in seen for r in test_rows]  # each test row keyed once
+    diag = [i for i, r in enumerate(test_rows) if parse_reply(r["response"]).kind == "diagnosis"]
+    leaked = [i for i in diag if in_train[i]]
+    n_turn = sum(in_train)
+    report = {"test_diagnosis_prompts": len(diag), "in_train": len(leaked),
+              "share_in_train": len(leaked) / len(diag) if diag else float("nan"),
+              "test_turn_prompts": len(test_rows), "turns_in_train": n_turn,
+              "turn_share_in_train": n_turn / len(test_rows) if test_rows else float("nan")}
+    return dict(report, rows=leaked) if with_rows else report
 
 
 def write_clinic_data(world: dict[str, Any], out_dir: str | Path, corpus_out: str | Path, max_turns: int
@@ -388,10 +392,6 @@ def cases_from_rows(rows: list[dict[str, Any]], source: str | Path | None = None
     return list(cases.values())
 
 
-#: med.test_overlap: what a test consultation also in the training files does
-OVERLAP_POLICIES = ("refuse", "drop", "allow")
-
-
 def write_cases(rows: str, out: str | Path, *, training: dict[str, str] | None = None, policy: str = "refuse",
                 overlap_out: str | Path | None = None) -> int:
     """The distinct dialogues of a raw file (the test file: the held-out cases; train and val:
@@ -402,26 +402,21 @@ def write_cases(rows: str, out: str | Path, *, training: dict[str, str] | None =
     files is refused (``policy`` "refuse": a DataError naming the test file, the line of the first
     and the counts, before anything is written), its dialogue dropped from the cases ("drop") or
     kept ("allow"); ``overlap_out`` gets the counts (JSON)."""
-    if policy not in OVERLAP_POLICIES:
-        raise ValueError(f"med.test_overlap = {policy!r}: expected one of {list(OVERLAP_POLICIES)}")
+    check_overlap_policy("med.test_overlap", policy)
     lines: list[int] = []
     test_rows = load_raw(rows, need_patient=True, lines=lines)
     report: dict[str, Any] | None = None
     if training is not None:
         train_rows = [r for path in training.values() for r in load_raw(path)]
-        seen = {prompt_key(r["prompt"]) for r in train_rows}
-        leaked = [i for i, r in enumerate(test_rows)
-                  if parse_reply(r["response"]).kind == "diagnosis" and prompt_key(r["prompt"]) in seen]
-        report = dict(overlap(train_rows, test_rows), policy=policy, training=sorted(training.values()),
-                      lines=[lines[i] for i in leaked])
+        report = overlap(train_rows, test_rows, with_rows=True)
+        leaked = report.pop("rows")
+        report.update(policy=policy, training=sorted(training.values()), lines=[lines[i] for i in leaked], dropped=0)
         if leaked and policy == "refuse":
             raise DataError(rows, lines[leaked[0]], "prompt",
                             f"{len(leaked)} of {report['test_diagnosis_prompts']} test consultations are consultations "
                             f"of the training files {report['training']} (the whole dialogue, numbers masked). Held "
                             "out means new: set med.test_overlap: drop (remove them from the held-out cases) or "
                             "allow (keep them, and the tables score consultations seen in training)")
-    if report is not None:
-        report["dropped"] = 0
         if leaked and policy == "drop":  # every row of a leaked consultation's dialogue
             gone = {_case_key(test_rows[i]) for i in leaked}
             keep = [i for i, r in enumerate(test_rows) if _case_key(r) not in gone]

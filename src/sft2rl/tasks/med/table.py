@@ -244,9 +244,9 @@ def figure(eval_csv: str, ablation_csv: str, outputs: list[str], level: float = 
     """Left: diagnosis accuracy (Wilson interval at ``level``) and diagnosis ROUGE-L per doctor.
     Right: accuracy per with_thinking value, mean over seeds with its bootstrap interval
     (:func:`paired_bootstrap`: seeds, then cases; without the consultations, which the workflow
-    always passes, the standard deviation over seeds), and the random doctor (one run). Where accuracy is undefined (NaN: cases
-    without exact disease names, "--" in the tables) there is no bar but an "n/a" mark, not a
-    bar at 0."""
+    always passes, the standard deviation over seeds), and the random doctor (one run). Where
+    accuracy is undefined (NaN: cases without exact disease names, "--" in the tables) there is
+    no bar but an "n/a" mark, not a bar at 0."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ...io import DataError, iter_rows, read_rows, write_json, write_jsonl, write_parquet, write_parquet_records
-from ...rows import ROLES, strip_thinking
+from ...rows import ROLES, check_overlap_policy, strip_thinking
 
 
 def _check_messages(path: Path, lineno: int, row: dict, need: tuple[str, ...]) -> list[dict[str, str]]:
@@ -169,10 +169,6 @@ def rl_record(row: dict, index: int, split: str, system_prompt: str, data_source
     }
 
 
-#: data.test_overlap: what a test question also asked in training does
-OVERLAP_POLICIES = ("refuse", "drop", "allow")
-
-
 def question_key(text: str) -> str:
     """A question as the overlap check compares it: lower-cased, whitespace collapsed."""
     return " ".join(text.lower().split())
@@ -201,8 +197,7 @@ def process_rl(raw: str | Path, out_train: str | Path, out_test: str | Path, *, 
     refused (``test_overlap_policy`` "refuse": a DataError naming the first one, before
     anything is written), dropped from the test split ("drop") or kept ("allow");
     ``out_overlap`` gets the counts (JSON)."""
-    if test_overlap_policy not in OVERLAP_POLICIES:
-        raise ValueError(f"data.test_overlap = {test_overlap_policy!r}: expected one of {list(OVERLAP_POLICIES)}")
+    check_overlap_policy("data.test_overlap", test_overlap_policy)
     rows = load_rl_rows(raw)
     n_train = int(round(len(rows) * train_fraction))
     if not 0 < n_train < len(rows):
