@@ -426,7 +426,7 @@ def test_a_test_question_asked_in_training_is_refused_dropped_or_kept(tmp_path):
     for p in out.values():
         p.unlink()
     with pytest.raises(DataError, match=rf"^{re.escape(str(raw))}:\d+: field 'messages\[user\].content': "
-                                        rf"{len(expect)} of 11 test questions are asked in training .*data.test_overlap"):
+                                        rf"{len(expect)} of 11 test questions are seen in training .*data.test_overlap"):
         process_rl(raw, out["train"], out["test"], **kw, out_overlap=tmp_path / "o2.json")
     assert not any(p.exists() for p in out.values()) and not (tmp_path / "o2.json").exists()
     counts = process_rl(raw, out["train"], out["test"], **kw, test_overlap_policy="drop")
@@ -437,3 +437,39 @@ def test_a_test_question_asked_in_training_is_refused_dropped_or_kept(tmp_path):
     clean.write_text("".join(rl_row(i, f"What is q{i}?") + "\n" for i in range(20)))
     assert process_rl(clean, out["train"], out["test"], system_prompt="S", data_source="d", train_fraction=0.5,
                       seed=0)["test_overlap"] == 0
+
+
+def test_a_test_entity_named_in_training_is_refused_dropped_or_kept(tmp_path):
+    """Held out means new by entity too: a test question about an entity (answer.entity) that an
+    SFT row names anywhere (any message, as a whole word, any case), or an RL train question or
+    answer, is seen in training; the error names answer.entity, drop removes every question
+    about it; a longer word ("Vamunia") does not name "Vamun"."""
+    def rl_row(i, entity):
+        return json.dumps({"id": i, "messages": [{"role": "user", "content": f"Where is {entity} ({i})?"},
+                                                 {"role": "assistant", "content": "north"}],
+                           "answer": {"entity": entity}})
+
+    raw = tmp_path / "rl.jsonl"
+    entities = [f"Land{k}" for k in range(10)]
+    raw.write_text("".join(rl_row(3 * k + j, e) + "\n" for k, e in enumerate(entities) for j in range(3)))
+    kw = dict(system_prompt="S", data_source="d", train_fraction=0.5, seed=0)
+    out = {k: tmp_path / f"{k}.parquet" for k in ("train", "test")}
+    process_rl(raw, out["train"], out["test"], **kw)  # no SFT source: nothing seen
+    test = pq.read_table(out["test"]).to_pylist()
+    test_entities = sorted({r["extra_info"]["entity"] for r in test})
+    named = test_entities[0]
+    sft = tmp_path / "sft.jsonl"
+    sft.write_text(json.dumps({"messages": [{"role": "user", "content": "Tell me a story."},
+                                            {"role": "assistant", "content": f"It began in {named.upper()}'s hills, "
+                                             f"far from {test_entities[1]}ia."}]}) + "\n")
+    with pytest.raises(DataError, match=rf":\d+: field 'answer.entity': 3 of {len(test)} test questions are seen in "
+                                        rf"training \(0 asked in the RL train split, 0 in the SFT source .*; 3 about "
+                                        rf"an entity training names: {named}\)"):
+        process_rl(raw, out["train"], out["test"], **kw, sft=sft)
+    counts = process_rl(raw, out["train"], out["test"], **kw, sft=sft, test_overlap_policy="drop",
+                        out_overlap=tmp_path / "o.json")
+    kept = pq.read_table(out["test"]).to_pylist()
+    assert counts["dropped"] == 3 and [r["extra_info"]["entity"] for r in kept] == \
+        [r["extra_info"]["entity"] for r in test if r["extra_info"]["entity"] != named]
+    report = json.loads((tmp_path / "o.json").read_text())
+    assert report["entity_named"] == 3 and report["entities_named"] == [named] and report["dropped"] == 3

@@ -11,6 +11,8 @@ before anything is written.
 from __future__ import annotations
 
 import random
+import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -169,24 +171,52 @@ def rl_record(row: dict, index: int, split: str, system_prompt: str, data_source
     }
 
 
+_WORD = re.compile(r"\w+")
+
+
 def question_key(text: str) -> str:
     """A question as the overlap check compares it: lower-cased, whitespace collapsed."""
     return " ".join(text.lower().split())
 
 
+def _words(text: str) -> tuple[str, ...]:
+    return tuple(_WORD.findall(text.lower()))
+
+
+def entities_named(texts: Iterable[str], entities: Iterable[str]) -> set[str]:
+    """The ``entities`` that ``texts`` name: as whole words, case-insensitive ("Vamun's"
+    names Vamun, "Vamunia" does not)."""
+    keys = {_words(e): e for e in entities if _words(e)}
+    lengths = sorted({len(k) for k in keys})
+    found: set[str] = set()
+    for text in texts:
+        w = _words(text)
+        for n in lengths:
+            found.update(keys[k] for k in (w[j:j + n] for j in range(len(w) - n + 1)) if k in keys)
+    return found
+
+
 def overlap_with_training(rows: list[dict[str, Any]], train_idx: list[int], test_idx: list[int],
                           sft: str | Path | None) -> dict[str, Any]:
-    """The test questions also asked in training: as an RL train question, or as a user turn of
+    """The test questions seen in training: asked as an RL train question, or as a user turn of
     any conversation of the SFT source (``sft``; every row, whatever N SFT samples), compared by
-    :func:`question_key`. Returns the counts and the overlapping test row indices."""
+    :func:`question_key`; or about an entity (``answer.entity``) that training names
+    (:func:`entities_named`: in an RL train question or its answer, or in any message of the
+    SFT source). Returns the counts and the overlapping test row indices."""
     train_q = {question_key(rows[i]["question"]) for i in train_idx}
-    sft_q = set() if sft is None else {question_key(m["content"]) for r in load_sft_rows(sft)
-                                         for m in r["messages"] if m["role"] == "user"}
+    sft_rows = [] if sft is None else load_sft_rows(sft)
+    sft_q = {question_key(m["content"]) for r in sft_rows for m in r["messages"] if m["role"] == "user"}
     in_train = {i for i in test_idx if question_key(rows[i]["question"]) in train_q}
     in_sft = {i for i in test_idx if question_key(rows[i]["question"]) in sft_q}
-    both = [i for i in test_idx if i in in_train or i in in_sft]  # in test-split order
+    test_entities = {rows[i]["entity"] for i in test_idx if rows[i]["entity"] is not None}
+    texts = [t for i in train_idx for t in (rows[i]["question"], rows[i]["ground_truth"])]
+    texts += [m["content"] for r in sft_rows for m in r["messages"]]
+    named = entities_named(texts, test_entities)
+    by_entity = {i for i in test_idx if rows[i]["entity"] in named}
+    both = [i for i in test_idx if i in in_train or i in in_sft or i in by_entity]  # in test-split order
     return {"test_rows": len(test_idx), "in_rl_train": len(in_train), "in_sft_source": len(in_sft),
-            "overlapping": len(both), "rows": both}
+            "entity_named": len(by_entity), "entities_named": sorted(named)[:100],
+            "overlapping": len(both), "rows": both, "asked": sorted(in_train | in_sft)}
 
 
 def process_rl(raw: str | Path, out_train: str | Path, out_test: str | Path, *, system_prompt: str,
@@ -209,13 +239,16 @@ def process_rl(raw: str | Path, out_train: str | Path, out_test: str | Path, *, 
         raise DataError(raw, None, "answer.entity", f"the entity groups leave an empty split for {len(rows)} rows")
     overlap = overlap_with_training(rows, train_idx, test_idx, sft)
     if overlap["overlapping"] and test_overlap_policy == "refuse":
-        first = rows[overlap["rows"][0]]
-        raise DataError(raw, first["_line"], "messages[user].content",
-                        f"{overlap['overlapping']} of {overlap['test_rows']} test questions are asked in training "
-                        f"({overlap['in_rl_train']} in the RL train split, {overlap['in_sft_source']} in the SFT "
-                        f"source {sft}); the first: {first['question']!r}. Held out means new: set data.test_overlap: "
-                        "drop (remove them from the test split) or allow (keep them, and the tables score "
-                        "questions seen in training)")
+        # the first question asked in training, else the first about an entity training names
+        asked = [i for i in overlap["rows"] if i in set(overlap["asked"])]
+        first = rows[(asked or overlap["rows"])[0]]
+        raise DataError(raw, first["_line"], "messages[user].content" if asked else "answer.entity",
+                        f"{overlap['overlapping']} of {overlap['test_rows']} test questions are seen in training "
+                        f"({overlap['in_rl_train']} asked in the RL train split, {overlap['in_sft_source']} in the SFT "
+                        f"source {sft}; {overlap['entity_named']} about an entity training names: "
+                        f"{', '.join(overlap['entities_named'][:5])}); the first: {first['question']!r}. Held out "
+                        "means new: set data.test_overlap: drop (remove them from the test split) or allow (keep "
+                        "them, and the tables score questions seen in training)")
     dropped = overlap["rows"] if test_overlap_policy == "drop" else []
     if dropped:
         gone = set(dropped)
@@ -228,7 +261,7 @@ def process_rl(raw: str | Path, out_train: str | Path, out_test: str | Path, *, 
     n_te = write_parquet_records(out_test, (rl_record(rows[i], len(train_idx) + k, "test", system_prompt,
                                                        data_source) for k, i in enumerate(test_idx)))
     if out_overlap is not None:
-        write_json(out_overlap, {k: v for k, v in overlap.items() if k != "rows"} |
+        write_json(out_overlap, {k: v for k, v in overlap.items() if k not in ("rows", "asked")} |
                    {"policy": test_overlap_policy, "dropped": len(dropped),
                     "lines": [rows[i]["_line"] for i in overlap["rows"]]})
     return {"train": n_tr, "test": n_te, "test_overlap": overlap["overlapping"], "dropped": len(dropped)}
