@@ -79,3 +79,42 @@ def test_sampled_answers_draw_from_the_eval_nucleus(tmp_path, tiny_base, tiny_wo
         assert json.loads((out / "m.json").read_text())["top_p"] == top_p
     assert same[1e-6] == 6 * 4  # every sample is the greedy answer
     assert same[1.0] < 6 * 4    # the untrained model's full distribution draws other answers
+
+
+def test_kind_only_policy_hand_computed():
+    """The no-information baselines beside accuracy and reward: each kind's most frequent answer
+    (ties: sorted first), and per kind the best-paying of three fixed replies, scored as a group
+    of identical replies by the reward itself (beta 0.5, format bonus 0.05)."""
+    from sft2rl.tasks.qa.evaluate import kind_only_policy
+
+    def q(index, kind, truth, knowable):
+        return {"index": index, "kind": kind, "ground_truth": truth, "knowable": knowable, "greedy_correct": False,
+                "greedy_think": True, "greedy_proactive": False, "sample_proactive": [], "sample_correct": [],
+                "reward": 0.0}
+
+    reward = {"beta": 0.5, "format_bonus": 0.05, "min_proactive_length": 0, "match": "substring", "acc_over": "all"}
+    records = [q(0, "capital", "Paris", True), q(1, "capital", "Paris", True), q(2, "capital", "Rome", False),
+               q(3, "sum", "7", True), q(4, "sum", "12", True)]
+    kind_only_policy(records, reward, 8)
+    # capital answers "Paris": plainly 1.05, 1.05, 0.05 (mean 0.717) beats a hedge with the
+    # answer (0.1, 0.1, 0.6) and a hedge with "unknown" (0.6 each)
+    assert [r["kind_only_correct"] for r in records] == [True, True, False, False, True]
+    assert [r["kind_only_reward"] for r in records][:3] == pytest.approx([1.05, 1.05, 0.05])
+    # sum answers "12" (a tie, "12" sorts first): plainly 0.05, 1.05 (mean 0.55) loses to a hedge
+    # with "unknown": beta·(1 − 0) + 2·0.05 = 0.6 on each
+    assert [r["kind_only_reward"] for r in records][3:] == pytest.approx([0.6, 0.6])
+    _assign_difficulty(records, None)
+    m = summarize_records(records)
+    assert m["kind_only_accuracy"] == pytest.approx(3 / 5) and m["kind_only_accuracy_knowable"] == pytest.approx(3 / 4)
+    assert m["kind_only_mean_reward"] == pytest.approx((1.05 + 1.05 + 0.05 + 0.6 + 0.6) / 5)
+    # at beta 0.9 the hedge with "unknown" (1.0) beats answering "Paris" (0.717) too
+    kind_only_policy(records, dict(reward, beta=0.9), 8)
+    assert [r["kind_only_reward"] for r in records] == pytest.approx([1.0] * 5)
+    # a minimum block length: the policy's block is lengthened to count, still 0.6 on the sums
+    kind_only_policy(records, dict(reward, min_proactive_length=120), 8)
+    assert [r["kind_only_reward"] for r in records][3:] == pytest.approx([0.6, 0.6])
+    # without the fields (older records) the baselines are undefined, never 0
+    for r in records:
+        del r["kind_only_correct"], r["kind_only_reward"]
+    m = summarize_records(records)
+    assert m["kind_only_accuracy"] is None and m["kind_only_mean_reward"] is None and m["accuracy"] == 0.0

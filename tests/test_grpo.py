@@ -630,3 +630,25 @@ def test_the_loss_takes_each_setting_from_config_with_verl_s_signs(tmp_path, tin
     mini_batches = cfg["train_batch"] // cfg["ppo_mini_batch"]
     assert sum(float(t.grad) for t in entropy) == pytest.approx(-cfg["entropy_coef"] * mini_batches, rel=1e-5)
     assert sum(float(t.grad) for t in kls) == pytest.approx(cfg["kl_coef"] * mini_batches, rel=1e-5)
+
+
+def test_a_mini_batch_takes_the_kept_groups_rows_only():
+    """keep_group_fraction: the rows (turns) of a trajectory whose group group_filter dropped
+    never enter a mini-batch, nor do rows of groups outside the mini-batch's range; the rest
+    keep their order. 3 groups of 2 trajectories, trajectories of 1, 2 or 3 rows (turns)."""
+    from types import SimpleNamespace
+
+    from sft2rl.grpo import _minibatch_rows
+    from sft2rl.rl_task import group_filter
+
+    traj_group = np.array([0, 0, 1, 1, 2, 2])
+    row_traj = torch.tensor([0, 1, 1, 2, 3, 3, 3, 4, 5, 5])
+    ro = SimpleNamespace(traj_group=traj_group, row_traj=row_traj)
+    scores = np.array([1.0, 1.0, 0.0, 2.0, 0.0, 0.5])  # spreads 0, 2, 0.5: keep 2 of 3 -> groups 1, 2
+    kept = group_filter(scores, traj_group, 0.5)
+    assert kept.tolist() == [False, True, True]
+    kept_traj = torch.as_tensor(kept[traj_group])
+    assert _minibatch_rows(ro, kept_traj, 0, 3).tolist() == [3, 4, 5, 6, 7, 8, 9]
+    assert _minibatch_rows(ro, kept_traj, 0, 2).tolist() == [3, 4, 5, 6]  # group 2 is the next mini-batch's
+    assert _minibatch_rows(ro, kept_traj, 2, 3).tolist() == [7, 8, 9]
+    assert _minibatch_rows(ro, torch.ones(6, dtype=torch.bool), 0, 1).tolist() == [0, 1, 2]

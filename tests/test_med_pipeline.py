@@ -141,7 +141,7 @@ def test_editing_the_eval_settings_reruns_only_the_evaluation(med_done):
     jobs = planned_jobs(proc.stdout)
     # the patient is the same in evaluation and RL: RL and every consultation rerun, SFT does not
     assert set(jobs) == {"med_eval", "med_table", "med_figure", "med_rl", "med_rl_control", "med_eval_budget",
-                         "med_eval_sampled", "med_rl_table", "med_turn_budget", "med"}, jobs
+                         "med_eval_sampled", "med_rl_random", "med_rl_table", "med_turn_budget", "med"}, jobs
 
 
 def test_editing_the_sampled_evaluation_reruns_only_it(med_done):

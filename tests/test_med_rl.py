@@ -316,3 +316,29 @@ def test_accuracy_stays_empty_on_cases_without_exact_disease_names(tmp_path):
     arrays = [table.case_arrays(records(4.0))]
     ci = table.paired_bootstrap(arrays, arrays, n_boot=100)
     assert all(np.isnan(ci[v]["accuracy_ci_low"]) for v in ("true", "false", "diff"))
+
+
+def test_random_doctor_curves_consult_the_cases_the_curves_are_measured_on(clinic_model, tmp_path):
+    """The RL curves' no-information lines: the random-question doctor on the val cases at
+    med.eval.max_turns scores what the evaluation's random doctor scores there (another code
+    path), on the first med.rl.cases train cases at the fixed budget the same, and at the
+    dynamic budgets each consultation ends within its own drawn limit."""
+    from sft2rl.io import read_jsonl, write_jsonl
+    from sft2rl.tasks.med.rl import budgets, episode_metrics, random_doctor_curves
+
+    med = dict(MED_RL, rl=dict(MED_RL["rl"], cases=4))
+    world = str(clinic_model / "world.json")
+    got = random_doctor_curves(str(clinic_model / "train_cases.jsonl"), str(clinic_model / "val_cases.jsonl"),
+                               world, med, seed=5)
+    first4 = tmp_path / "train4.jsonl"
+    write_jsonl(first4, data.read_cases(clinic_model / "train_cases.jsonl")[:4])
+    for key, cases in (("val", clinic_model / "val_cases.jsonl"), ("fixed", first4)):
+        out = tmp_path / f"{key}.jsonl"
+        consult.evaluate_doctor("random", str(cases), world, None, False, dict(med["eval"], k_samples=1),
+                                {"confidence": WORLD["confidence"]}, 0.95, str(out), None, patient="rule",
+                                reward=med["rl"]["reward"])
+        expect = episode_metrics([r for _, r in read_jsonl(out)])
+        assert (got["val"] if key == "val" else got["train"]["fixed"]) == pytest.approx(expect), key
+    limits = budgets("dynamic", 4, med["eval"]["max_turns"], med["rl"]["budget_range"], 5)
+    assert len(set(limits)) > 1 and 1 <= got["train"]["dynamic"]["turns"] <= np.mean(limits)
+    assert got["train"]["dynamic"] != got["train"]["fixed"]

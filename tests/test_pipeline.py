@@ -115,6 +115,25 @@ def test_ablation_tables_contents(finished):
         # answer is wrong)
         assert (beta[baseline].isna() == beta[f"{col}_mean"].isna()).all(), baseline
     assert beta["kind_only_hedge_auroc_mean"].notna().all() and beta["kind_only_false_hedge_rate_mean"].notna().all()
+    # ... and so have the reward and the accuracy: the kind-only policy's depend on the test
+    # questions and the evaluation's reward only, so every row has the same, and they are
+    # what that policy scores when computed here from the test split
+    import numpy as np
+
+    from sft2rl.tasks.qa.evaluate import kind_only_policy
+
+    recs = [json.loads(x) for x in (finished / "results/eval/sft16_seed42/answers.jsonl").read_text().splitlines()]
+    for r in recs:
+        del r["kind_only_correct"], r["kind_only_reward"]
+    reward = {**yaml.safe_load((REPO / "config.yaml").read_text())["reward"], **cfg.get("reward", {})}
+    kind_only_policy(recs, reward, cfg["rl"]["n"])
+    expect = {"kind_only_mean_reward": np.mean([r["kind_only_reward"] for r in recs]),
+              "kind_only_accuracy": np.mean([r["kind_only_correct"] for r in recs]),
+              "kind_only_accuracy_knowable": np.mean([r["kind_only_correct"] for r in recs if r["knowable"]])}
+    for col, value in expect.items():
+        assert beta[f"{col}_mean"].tolist() == pytest.approx([value] * len(beta), abs=1e-4), col
+    # a block on every question earns beta + two format bonuses (acc 0): no kind-only policy less
+    assert expect["kind_only_mean_reward"] >= reward["beta"] + 2 * reward["format_bonus"] - 1e-9
     # the reward is estimated on groups of rl.n samples, as in training
     answers = [json.loads(x) for x in (finished / "results/eval/sft16_seed42/answers.jsonl").read_text().splitlines()]
     assert {len(r["samples"]) for r in answers} == {cfg["rl"]["n"]}
@@ -404,22 +423,31 @@ def test_real_data_on_the_tiny_base_runs_end_to_end(tmp_path):
     overlap = json.loads((work / "data/processed/rl/overlap.json").read_text())
     assert overlap["overlapping"] == 0 and overlap["test_rows"] == len(test) and overlap["policy"] == "refuse"
     # a test question also in the SFT file (it would reach SFT and the corpus): rl_data stops,
-    # naming the RL file and the question, and leaves no split; drop removes it from the test split
+    # naming the RL file and the question, and leaves no split; drop removes it from the test
+    # split, and every test question about an entity it names
+    from sft2rl.tasks.qa.data import entities_named
+
     asked = test[3]["extra_info"]["question"]
+    named = entities_named([asked], {r["extra_info"].get("entity") for r in test} - {None})
+    leaked = [r["extra_info"]["question"] for r in test
+              if r["extra_info"]["question"] == asked or r["extra_info"].get("entity") in named]
     with (user / "sft.jsonl").open("ab") as f:
         f.write(json.dumps({"messages": [{"role": "user", "content": f"  {asked.upper()} "},
                                          {"role": "assistant", "content": "x"}]}).encode() + b"\r\n")
     proc = smk(work, "data/processed/rl/test.parquet", extra_config=extra)
     assert proc.returncode != 0
-    assert f"1 of {len(test)} test questions are asked in training (0 in the RL train split, 1 in the SFT source" \
-        in proc.stderr and asked in proc.stderr and "data.test_overlap" in proc.stderr, proc.stderr[-3000:]
+    assert f"{len(leaked)} of {len(test)} test questions are seen in training (0 asked in the RL train split, 1 in " \
+        f"the SFT source" in proc.stderr and asked in proc.stderr and "data.test_overlap" in proc.stderr, \
+        proc.stderr[-3000:]
+    by_entity = sum(r["extra_info"].get("entity") in named for r in test)
+    assert f"; {by_entity} about an entity training names" in proc.stderr, proc.stderr[-3000:]
     assert not (work / "data/processed/rl/test.parquet").exists()
     drop = write_config(tmp_path / "drop.yaml", {"data": {
         "synthetic_world": False, "raw_sft": "user/sft.jsonl", "raw_rl": "user/rl.parquet", "test_overlap": "drop"}})
     proc = smk(work, "data/processed/rl/test.parquet", extra_config=drop)
     assert proc.returncode == 0, proc.stderr[-3000:]
     kept = [r["extra_info"]["question"] for r in pq.read_table(work / "data/processed/rl/test.parquet").to_pylist()]
-    assert kept == [r["extra_info"]["question"] for r in test if r["extra_info"]["question"] != asked]
+    assert kept == [r["extra_info"]["question"] for r in test if r["extra_info"]["question"] not in leaked]
 
 
 def test_two_clean_runs_give_identical_tables(finished, tmp_path):

@@ -51,7 +51,9 @@ def _records(seed: int, shift: float, n: int = 20) -> list[dict]:
         correct = knowable and rng.random() < 0.3 + shift
         recs.append({"index": i, "knowable": knowable, "greedy_correct": correct, "greedy_think": True,
                      "greedy_proactive": block, "sample_proactive": samples, "sample_format": samples,
-                     "reward": float(correct) + 0.05})
+                     "reward": float(correct) + 0.05,
+                     # the kind-only policy (the same for every model): every 4th question right
+                     "kind_only_correct": i % 4 == 0, "kind_only_reward": 0.6 + 0.45 * (i % 4 == 0)})
     return recs
 
 
@@ -157,6 +159,40 @@ def _med_records(n: int, correct: int, reward: float, turns: int = 3) -> list[di
              **{f"reward_{t}": (reward if t == "diagnosis" else 0.0) for t in TERMS}} for i in range(n)]
 
 
+#: the random-question doctor on the RL curves' cases (rl.random_doctor_curves' shape)
+MED_RANDOM = {"val": {"accuracy": 0.1, "success": 0.05, "episode_reward": 2.0},
+              "train": {"fixed": {"episode_reward": 1.5}, "dynamic": {"episode_reward": 1.75}}}
+
+
+def test_med_rl_curves_draw_the_random_doctor_on_the_same_cases(tmp_path, monkeypatch):
+    """Beside each run's training reward, the random doctor's on the train cases at that run's
+    budget (fixed or dynamic); beside the val accuracy and success, its own; dotted; none
+    without it."""
+    from sft2rl.tasks.med import rl_table
+    from sft2rl.tasks.med.reward import TERMS
+
+    hist = [{"step": 0, "val_accuracy": 0.3, "val_success": 0.1},
+            {"step": 1, "episode_reward": 4.0, **{f"reward_{t}": 0.1 for t in TERMS}, "val_accuracy": 0.4,
+             "val_success": 0.2}]
+    runs = {}
+    for run in ("rl-fixed-seed1", "rl-dynamic-seed1"):
+        runs[run] = str(tmp_path / f"{run}.json")
+        Path(runs[run]).write_text(json.dumps({"history": hist}))
+    figs = _captured(monkeypatch, rl_table, "_save")
+    budgets = {"rl-fixed-seed1": "fixed", "rl-dynamic-seed1": "dynamic"}
+    rl_table.curves_figure(runs, [str(tmp_path / "x.png")], MED_RANDOM, budgets)
+    top, bottom = figs[0].axes[:2], figs[0].axes[2:]
+
+    def dotted(ax):
+        return {ln.get_label(): float(ln.get_ydata()[0]) for ln in ax.get_lines() if ln.get_linestyle() == ":"}
+
+    assert [dotted(ax) for ax in top] == [{"random doctor: reward": 1.5}, {"random doctor: reward": 1.75}]
+    assert all(dotted(ax) == {"random doctor: accuracy": 0.1, "random doctor: success": 0.05} for ax in bottom)
+    figs.clear()
+    rl_table.curves_figure(runs, [str(tmp_path / "x.png")])
+    assert not any(dotted(ax) for ax in figs[0].axes)
+
+
 def _write_med_rl(root):
     """The medical RL table, the turn-budget ablation and their figures, from synthetic
     consultations and RL summaries, through the medical task's own writers; checks the
@@ -230,7 +266,8 @@ def _write_med_rl(root):
     assert "sampled ($k=2$)" in tex and "+0.20 [" in tex and "0.57 [" in tex
     assert tex.splitlines()[0] == r"\begin{tabular}{l" + "r" * 10 + "}"
     rl_table.curves_figure({k: str(v) for k, v in train.items()},
-                           [str(root / f"results/figures/med_rl_curves.{e}") for e in ("png", "pdf")])
+                           [str(root / f"results/figures/med_rl_curves.{e}") for e in ("png", "pdf")],
+                           MED_RANDOM, {d: infos[d]["budget"] for d in train})
     files = {}
     for kind, doctor in (("sft", "med-doctor-nothink-seed1"), ("fixed", "rl-fixed-seed1"),
                          ("dynamic", "rl-dynamic-seed1"), ("random", "random")):
@@ -298,7 +335,29 @@ def _write_games(root):
     # every level's RL - SFT is >= 0 in these episodes: a paired interval cannot reach below 0 or stop at the mean
     assert (frame["diff_lo"] >= 0).all() and (frame["diff_hi"] > 0.1).all()
     games_table.rl_curve_figure(train, [str(root / "results/figures/games_rl_success.png"),
-                                        str(root / "results/figures/games_rl_success.pdf")])
+                                        str(root / "results/figures/games_rl_success.pdf")],
+                                {env: {"val": 0.05, "train": 0.1} for env in train})
+
+
+def test_games_rl_curves_draw_the_random_policy_on_the_same_levels(tmp_path, monkeypatch):
+    """Beside the val success (greedy) and the training episodes' success, the random policy's on
+    the val and the train levels: dotted lines in the curves' colours; none without it."""
+    from sft2rl.tasks.games import table as games_table
+
+    hist = [{"step": 0, "val_success": 0.4}] + [{"step": s, "success": 0.5, "val_success": 0.6} for s in (1, 2)]
+    (tmp_path / "s.json").write_text(json.dumps({"history": hist}))
+    figs = _captured(monkeypatch)  # rl_curve_figure saves through plots.save_figure
+    games_table.rl_curve_figure({"sokoban": str(tmp_path / "s.json")}, [str(tmp_path / "x.png")],
+                                {"sokoban": {"val": 0.05, "train": 0.125}})
+    ax = figs[0].axes[0]
+    dotted = {ln.get_label(): (float(ln.get_ydata()[0]), ln.get_color()) for ln in ax.get_lines()
+              if ln.get_linestyle() == ":"}
+    colour = {ln.get_label(): ln.get_color() for ln in ax.get_lines()}
+    assert dotted == {"random policy, val levels": (0.05, colour["val levels (greedy)"]),
+                      "random policy, train levels": (0.125, colour["train episodes (sampled)"])}
+    figs.clear()
+    games_table.rl_curve_figure({"sokoban": str(tmp_path / "s.json")}, [str(tmp_path / "x.png")])
+    assert not [ln for ln in figs[0].axes[0].get_lines() if ln.get_linestyle() == ":"]
 
 
 # ------------------------------------------------------------------ curve reader
@@ -362,16 +421,32 @@ def test_make_figures_writes_all_sixteen(built):
         "games_rl_success.pdf", "games_rl_success.png", "games_success.pdf", "games_success.png"]
 
 
+QA_REWARD = {"beta": 0.5, "format_bonus": 0.05, "min_proactive_length": 0, "match": "substring", "acc_over": "all"}
+
+
+def _qa_train(path: Path) -> Path:
+    """RL train rows of two kinds (capital: Paris ×3, Rome; sum: 7, 12) as the rl_data rule writes them."""
+    from sft2rl.io import write_parquet
+
+    write_parquet(path, [{"prompt": [{"role": "user", "content": f"q{i}"}], "extra_info": {"kind": k},
+                          "reward_model": {"style": "rule", "ground_truth": t}}
+                         for i, (k, t) in enumerate([("capital", "Paris"), ("capital", "Paris"), ("capital", "Paris"),
+                                                     ("capital", "Rome"), ("sum", "7"), ("sum", "12")])])
+    return path
+
+
 def test_figures_script(tmp_path, built):
     """workflow/scripts/figures.py as the `figures` rule calls it (outputs named by the rule)."""
     root, _, _ = built
     out = tmp_path / "results" / "figures"
     smk = SimpleNamespace(
-        input=SimpleNamespace(tables=[str(root / "results" / f"ablation_{a}.csv") for a in plots.ABLATION_NAMES]),
+        input=SimpleNamespace(tables=[str(root / "results" / f"ablation_{a}.csv") for a in plots.ABLATION_NAMES],
+                              rl_train=str(_qa_train(tmp_path / "train.parquet"))),
         output=plots.figure_paths(out),
         params=SimpleNamespace(ablations=list(plots.ABLATION_NAMES), smooth=0.0, ci_level=0.95,
                                tensorboard={r: str(root / "results" / "rl" / r / "tensorboard") for r in RUNS},
-                               answers=json.loads((root / "answers.json").read_text())),
+                               answers=json.loads((root / "answers.json").read_text()),
+                               reward=QA_REWARD, group_size=4),
         log=[str(tmp_path / "figures.log")], threads=1)
     runpy.run_path(str(REPO / "workflow" / "scripts" / "figures.py"), init_globals={"snakemake": smk})
     assert all(Path(p).stat().st_size > 0 for p in smk.output)
@@ -418,7 +493,7 @@ def test_interval_labels_follow_ci_level(tmp_path, built, monkeypatch):
     plots.plot_ablation(plots.read_ablation(root / "results" / "ablation_beta.csv"), tmp_path / "x", ci_level=0.8)
     legend = [t.get_text() for leg in figs[0].legends for t in leg.get_texts()]
     assert legend == ["GRPO (mean over seeds, 80% bootstrap CI)", "reference, no RL (80% bootstrap CI)",
-                      f"{plots.KIND_ONLY_LABEL} (false-hedge panel, 80% bootstrap CI)"]
+                      f"{plots.KIND_ONLY_BAR_LABEL}, 80% bootstrap CI"]
     games = pd.read_csv(root / "results/games/sft_eval.csv")
     med_rl = pd.read_csv(root / "results/med/rl_eval.csv")
     budget = pd.read_csv(root / "results/med/ablation_turn_budget.csv")
@@ -500,9 +575,10 @@ def test_hedging_figure_draws_the_kind_only_baseline(tmp_path, built, monkeypatc
 
 
 def test_ablation_figure_draws_the_kind_only_baseline(tmp_path, built, monkeypatch):
-    """The false-hedge panel has the kind-only rate beside each bar (a black tick with its
-    interval) and a legend entry; the other panels have none; without the columns, or NaN, no
-    tick and no entry. The reward panel says it is scored at the default beta."""
+    """The reward, knowable-accuracy and false-hedge panels have the kind-only policy's value
+    beside each bar (a black tick with its interval) and one legend entry; the hedge-recall
+    panel has none; without the columns, or NaN, no tick and no entry. The reward panel says
+    it is scored at the default beta."""
     from matplotlib.container import ErrorbarContainer
 
     root, _, _ = built
@@ -511,29 +587,34 @@ def test_ablation_figure_draws_the_kind_only_baseline(tmp_path, built, monkeypat
     plots.plot_ablation(frame, tmp_path / "x")
     panels = {a.get_title(): a for a in figs[0].axes}
     assert "mean reward (at the default β)" in panels
-    ax = panels[plots.ABLATION_METRICS["false_hedge_rate"]]
 
     def baselines(axis):  # error bars with a data line: the bars' own have none (fmt "none")
         return [c for c in axis.containers if isinstance(c, ErrorbarContainer) and c.lines[0] is not None]
 
-    (base,) = baselines(ax)
-    ticks, (low, high), _ = base.lines
-    assert ticks.get_marker() == "_" and ticks.get_color() == "black"
-    assert list(ticks.get_xdata()) == pytest.approx([i + 0.25 for i in range(len(frame))])
-    assert list(ticks.get_ydata()) == pytest.approx(frame["kind_only_false_hedge_rate_mean"].tolist())
-    assert list(low.get_ydata()) == pytest.approx(frame["kind_only_false_hedge_rate_ci_low"].tolist())
-    assert list(high.get_ydata()) == pytest.approx(frame["kind_only_false_hedge_rate_ci_high"].tolist())
-    for title, other in panels.items():
-        if other is not ax:
-            assert not baselines(other), title
+    with_base = {"mean_reward": "kind_only_mean_reward", "accuracy_knowable": "kind_only_accuracy_knowable",
+                 "false_hedge_rate": "kind_only_false_hedge_rate"}
+    for metric, title in plots.ABLATION_METRICS.items():
+        ax = panels[title]
+        if metric not in with_base:
+            assert not baselines(ax), title
+            continue
+        col = with_base[metric]
+        assert not frame[f"{col}_mean"].isna().any(), col
+        (base,) = baselines(ax)
+        ticks, (low, high), _ = base.lines
+        assert ticks.get_marker() == "_" and ticks.get_color() == "black"
+        assert list(ticks.get_xdata()) == pytest.approx([i + 0.25 for i in range(len(frame))])
+        assert list(ticks.get_ydata()) == pytest.approx(frame[f"{col}_mean"].tolist())
+        assert list(low.get_ydata()) == pytest.approx(frame[f"{col}_ci_low"].tolist())
+        assert list(high.get_ydata()) == pytest.approx(frame[f"{col}_ci_high"].tolist())
     legend = [t.get_text() for leg in figs[0].legends for t in leg.get_texts()]
-    assert legend[-1] == f"{plots.KIND_ONLY_LABEL} (false-hedge panel, 95% bootstrap CI)"
-    cols = [c for c in frame.columns if c.startswith("kind_only_false_hedge_rate")]
+    assert legend[-1] == f"{plots.KIND_ONLY_BAR_LABEL}, 95% bootstrap CI"
+    cols = [c for c in frame.columns if c.startswith("kind_only_")]
     for changed in (frame.drop(columns=cols), frame.assign(**{c: float("nan") for c in cols})):
         figs.clear()
         plots.plot_ablation(changed, tmp_path / "x")
-        ax = next(a for a in figs[0].axes if a.get_title() == plots.ABLATION_METRICS["false_hedge_rate"])
-        assert not baselines(ax)
+        for ax in figs[0].axes:
+            assert not baselines(ax), ax.get_title()
         assert len([t for leg in figs[0].legends for t in leg.get_texts()]) == 2
 
 
@@ -713,9 +794,15 @@ def test_paper_numbers_are_the_tables(built, tmp_path):
                                      f"${row['accuracy_knowable_diff_ci_high']:+.2f}$]")
     assert got["qaknowablediffverdict"] == paper_mod.verdict(row["accuracy_knowable_diff_ci_low"],
                                                              row["accuracy_knowable_diff_ci_high"])
-    assert got["qafalsehedgevskindonly"] == paper_mod.separated(
-        *[tuple(row[f"{m}_{s}"] for s in ("mean", "ci_low", "ci_high"))
-          for m in ("false_hedge_rate", "kind_only_false_hedge_rate")])
+    for name, metric in (("qafalsehedgevskindonly", "false_hedge_rate"), ("qarewardvskindonly", "mean_reward"),
+                         ("qaknowablevskindonly", "accuracy_knowable")):
+        assert got[name] == paper_mod.separated(
+            *[tuple(row[f"{m}_{s}"] for s in ("mean", "ci_low", "ci_high")) for m in (metric, f"kind_only_{metric}")])
+    # the kind-only reward is a number of the table (the best fixed reply per kind), not missing
+    assert got["qakindonlyreward"] == (f"${row['kind_only_mean_reward_mean']:.2f}$ "
+                                       f"[${row['kind_only_mean_reward_ci_low']:.2f}$, "
+                                       f"${row['kind_only_mean_reward_ci_high']:.2f}$]")
+    assert got["qakindonlyknowable"].startswith(f"${row['kind_only_accuracy_knowable_mean']:.2f}$ [")
     games = pd.read_csv(root / "results/games/rl_eval.csv").set_index(["env", "mode"])
     for env in ("frozenlake", "sokoban"):
         g = games.loc[(env, "greedy")]
@@ -819,3 +906,40 @@ def test_paper_failure_leaves_no_pdf(latexmk, tmp_path):
     with pytest.raises(paper_mod.PaperBuildError, match="Undefined control sequence"):
         paper_mod.build_paper(tmp_path / "main.tex", tmp_path / "main.pdf")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["main.tex"]
+
+
+def test_reward_curves_draw_the_kind_only_reward_per_beta(tmp_path, monkeypatch):
+    """The training reward curves stand beside the kind-only policy's mean reward on the RL
+    train rows at each run's beta: one dotted line per configuration colour, at
+    kind_only_reward(beta), one legend entry; none without the rows."""
+    from sft2rl.tasks.qa.evaluate import kind_only_reward
+
+    train, reward = _qa_train(tmp_path / "train.parquet"), QA_REWARD
+    # beta 0.3: capital answers "Paris" (1.05·3 + 0.05)/4 = 0.8, sum answers "12" (0.05 + 1.05)/2
+    # = 0.55, both above a block with "unknown" (0.3 + 0.1); beta 0.9: that block on both, 1.0
+    low = (0.8 * 4 + 0.55 * 2) / 6
+    assert kind_only_reward(train, dict(reward, beta=0.3), 4) == pytest.approx(low)
+    assert kind_only_reward(train, dict(reward, beta=0.9), 4) == pytest.approx(1.0)
+    runs = ["rl-sft16_seed42-beta0.3-seed1", "rl-sft16_seed42-beta0.3-seed2", "rl-sft16_seed42-beta0.9-seed1"]
+    tb = {}
+    for i, run in enumerate(runs):
+        from torch.utils.tensorboard import SummaryWriter
+
+        tb[run] = tmp_path / run
+        with SummaryWriter(str(tb[run])) as w:
+            for step in range(3):
+                w.add_scalar("rl/reward_mean", 0.1 * step + i, step)
+    figs = _captured(monkeypatch)
+    plots.make_figures({}, tb, tmp_path / "out", rl_train=train, reward=reward, group_size=4)
+    ax = figs[0].axes[0]
+    assert ax.get_ylabel() == plots.CURVE_TAGS["reward_curves"][1]
+    dotted = sorted((float(ln.get_ydata()[0]), ln.get_color()) for ln in ax.get_lines() if ln.get_linestyle() == ":")
+    solid = {ln.get_label(): ln.get_color() for ln in ax.get_lines() if not ln.get_label().startswith("_")}
+    assert dotted == [(pytest.approx(low), solid["init=sft16_seed42, β=0.3"]),
+                      (pytest.approx(1.0), solid["init=sft16_seed42, β=0.9"])]
+    assert [t.get_text() for t in ax.get_legend().get_texts()].count(plots.KIND_ONLY_CURVE_LABEL) == 1
+    # the KL curves have none, nor the reward curves without the train rows
+    assert not [ln for ln in figs[1].axes[0].get_lines() if ln.get_linestyle() == ":"]
+    figs.clear()
+    plots.make_figures({}, tb, tmp_path / "out")
+    assert not [ln for ln in figs[0].axes[0].get_lines() if ln.get_linestyle() == ":"]

@@ -204,10 +204,14 @@ def number_macros(*, qa_beta, default_beta: float, games_rl, med_rl) -> dict[str
     sft = _row(qa_beta, kind="sft-only")
     for name, row, stem in (("qahedgerecall", qa, "hedge_recall"), ("qafalsehedge", qa, "false_hedge_rate"),
                             ("qakindonlyfalsehedge", qa, "kind_only_false_hedge_rate"),
-                            ("qasftfalsehedge", sft, "false_hedge_rate")):
+                            ("qasftfalsehedge", sft, "false_hedge_rate"), ("qareward", qa, "mean_reward"),
+                            ("qakindonlyreward", qa, "kind_only_mean_reward"),
+                            ("qaknowable", qa, "accuracy_knowable"),
+                            ("qakindonlyknowable", qa, "kind_only_accuracy_knowable")):
         out[name] = estimate(*_cols(row, stem, QA_COLS))
-    out["qafalsehedgevskindonly"] = separated(_cols(qa, "false_hedge_rate", QA_COLS),
-                                              _cols(qa, "kind_only_false_hedge_rate", QA_COLS))
+    for name, stem in (("qafalsehedgevskindonly", "false_hedge_rate"), ("qarewardvskindonly", "mean_reward"),
+                       ("qaknowablevskindonly", "accuracy_knowable")):
+        out[name] = separated(_cols(qa, stem, QA_COLS), _cols(qa, f"kind_only_{stem}", QA_COLS))
     for name, stem in (("qaknowablediff", "accuracy_knowable"), ("qafalsehedgediff", "false_hedge_rate"),
                        ("qarewarddiff", "mean_reward")):
         _difference(out, name, qa, stem + "_diff", ("", "_ci_low", "_ci_high"))

@@ -12,10 +12,12 @@ Inputs:
   step logged twice the later event wins.
 * the ablation tables of :mod:`sft2rl.tasks.qa.tables` (``results/ablation_<name>.csv``).
 
-Every hedging metric is drawn beside its no-information baseline where the table has it: the
-false-hedge rate beside ``kind_only_false_hedge_rate`` (a policy that sees only the question's
-kind, at the row's own hedge recall; :mod:`sft2rl.stats`), and the risk–coverage curves beside
-the risk at full coverage (everything answered: no ranking).
+Every metric is drawn beside its no-information baseline where the table has it (a policy that
+sees only the question's kind; :mod:`sft2rl.stats`): the mean reward beside
+``kind_only_mean_reward``, the knowable accuracy beside ``kind_only_accuracy_knowable``, the
+false-hedge rate beside ``kind_only_false_hedge_rate`` (at the row's own hedge recall), and the
+risk–coverage curves beside the risk at full coverage (everything answered: no ranking). The
+hedge recall's is 1 (hedging everything).
 
 matplotlib and pandas are imported lazily, so importing this module (as the workflow does
 at DAG time for the list of figure names) costs nothing.
@@ -55,9 +57,11 @@ ABLATION_METRICS = {
     "false_hedge_rate": "false-hedge rate (knowable: block present)",
 }
 # The no-information baseline of a metric (column prefix in the table); optional columns.
-KIND_ONLY = {"false_hedge_rate": "kind_only_false_hedge_rate",
+KIND_ONLY = {"mean_reward": "kind_only_mean_reward", "accuracy_knowable": "kind_only_accuracy_knowable",
+             "false_hedge_rate": "kind_only_false_hedge_rate",
              "sampled_false_hedge_rate": "kind_only_sampled_false_hedge_rate"}
 KIND_ONLY_LABEL = "kind-only policy at the same recall"
+KIND_ONLY_BAR_LABEL = "kind-only policy (sees only the question's kind; false hedges: at the row's recall)"
 TABLE_COLUMNS = ["ablation", "variant", "kind", "n_seeds", "init", "beta", "sft_samples"]
 ABLATION_TITLES = {"beta": r"Ablation: reward weight $\beta$", "sft_samples": "Ablation: number of SFT samples",
                    "sft": "Ablation: SFT warm-up before GRPO",
@@ -152,9 +156,15 @@ def _no_data(ax, text: str) -> None:
 
 
 # ------------------------------------------------------------------ figures
+#: the legend entry of the reward curves' no-information lines
+KIND_ONLY_CURVE_LABEL = "kind-only policy on the training rows (per β, dotted)"
+
+
 def plot_curves(curves: Mapping[str, list[tuple[int, float]]], ylabel: str, stem: str | os.PathLike, *,
-                title: str = "", smooth: float = 0.6) -> list[str]:
-    """One line per run, coloured by configuration (init, beta); raw thin, smoothed bold."""
+                title: str = "", smooth: float = 0.6, baselines: Mapping[str, float] | None = None) -> list[str]:
+    """One line per run, coloured by configuration (init, beta); raw thin, smoothed bold.
+    ``baselines`` ({run: value}): the no-information value beside each run's curve, a dotted
+    horizontal line in its configuration's colour (one per colour; :data:`KIND_ONLY_CURVE_LABEL`)."""
     fig, axes = _figure(figsize=(7.5, 4.2))
     ax = axes[0][0]
     groups: dict[str, tuple] = {}
@@ -176,6 +186,15 @@ def plot_curves(curves: Mapping[str, list[tuple[int, float]]], ylabel: str, stem
         else:
             ax.plot(steps, vals, color=c, linewidth=1.2, marker=".", label=None if label in labelled else label)
         labelled.add(label)
+    drawn: set[tuple[str, float]] = set()
+    for run, value in sorted((baselines or {}).items()):
+        if run not in curves or math.isnan(float(value)):
+            continue
+        c = colors[_run_group(run)[1]]
+        if (c, float(value)) not in drawn:
+            ax.axhline(float(value), color=c, linestyle=":", linewidth=1.2,
+                       label=None if drawn else KIND_ONLY_CURVE_LABEL)
+            drawn.add((c, float(value)))
     if curves:
         ax.set_xlabel("training step")
         ax.set_ylabel(ylabel)
@@ -212,8 +231,9 @@ def plot_ablation(frame, stem: str | os.PathLike, *, title: str = "",
     bootstrap interval, at ``ci_level``). GRPO rows are solid bars; reference rows (sft-only,
     base-only: no RL) are hatched grey. A metric the row does not define (NaN: accuracy and the
     hedge rates without knowable labels) has no bar and reads "n/a". A metric with a
-    no-information baseline in the table (:data:`KIND_ONLY`: the false-hedge rate) has it
-    beside each bar as a black tick with its interval; none where the column is absent or NaN.
+    no-information baseline in the table (:data:`KIND_ONLY`: reward, knowable accuracy,
+    false-hedge rate) has it beside each bar as a black tick with its interval; none where the
+    column is absent or NaN.
     The mean reward is every row's at the default beta (the evaluation's ``reward.beta``)."""
     fig, axes = _figure(2, 2, figsize=(8.5, 6.4))
     rows = frame.reset_index(drop=True)
@@ -256,7 +276,7 @@ def plot_ablation(frame, stem: str | os.PathLike, *, title: str = "",
                Patch(facecolor="0.8", edgecolor="0.35", hatch="//", label=f"reference, no RL ({ci} bootstrap CI)")]
     if kind_only_drawn:
         handles.append(Line2D([], [], color="black", marker="_", markersize=12, markeredgewidth=2, linestyle="none",
-                              label=f"{KIND_ONLY_LABEL} (false-hedge panel, {ci} bootstrap CI)"))
+                              label=f"{KIND_ONLY_BAR_LABEL}, {ci} bootstrap CI"))
     fig.legend(handles=handles, loc="outside lower center", ncols=2, fontsize="small", frameon=False)
     if title:
         fig.suptitle(title)
@@ -354,19 +374,38 @@ def plot_risk_coverage(curves: Mapping[str, list[tuple[list[float], list[float]]
 
 def make_figures(tables: Mapping[str, str | os.PathLike], tb_dirs: Mapping[str, str | os.PathLike],
                  out_dir: str | os.PathLike, *, smooth: float = 0.6,
-                 answers: Mapping[str, list[str | os.PathLike]] | None = None, ci_level: float = 0.95) -> list[str]:
+                 answers: Mapping[str, list[str | os.PathLike]] | None = None, ci_level: float = 0.95,
+                 rl_train: str | os.PathLike | None = None, reward: Mapping | None = None,
+                 group_size: int | None = None) -> list[str]:
     """All figures: curves of the runs in ``tb_dirs`` ({run: tensorboard dir}), one figure per
     ablation table in ``tables`` ({name: csv}), ``hedging_vs_beta`` from ``tables['beta']``, and
     ``risk_coverage`` from ``answers`` ({variant: [answers.jsonl per seed]}); ``ci_level``: the
-    tables' interval level (``eval.ci_level``), for the labels.
+    tables' interval level (``eval.ci_level``), for the labels. With ``rl_train`` (the RL train
+    rows), ``reward`` (the ``reward`` config) and ``group_size`` (``rl.n``), the reward curves
+    show the kind-only policy's mean reward on those rows at each run's beta
+    (:func:`sft2rl.tasks.qa.evaluate.kind_only_reward`).
     Returns the written paths (see :func:`figure_paths`)."""
     from .io import read_jsonl
     from .stats import risk_coverage
 
     out = Path(out_dir)
     written: list[str] = []
+    reward_base: dict[str, float] = {}
+    if rl_train is not None and reward is not None and group_size is not None:
+        from .tasks.qa.evaluate import kind_only_reward
+
+        by_beta: dict[float, float] = {}
+        for run in tb_dirs:
+            try:
+                beta = float(parse_rl(run)["beta"])
+            except ValueError:  # not a QA run name: no beta to score the policy at
+                continue
+            if beta not in by_beta:
+                by_beta[beta] = kind_only_reward(rl_train, dict(reward, beta=beta), group_size)
+            reward_base[run] = by_beta[beta]
     for stem, (tag, ylabel) in CURVE_TAGS.items():
-        written += plot_curves(load_curves(tb_dirs, tag), ylabel, out / stem, title=f"GRPO: {tag}", smooth=smooth)
+        written += plot_curves(load_curves(tb_dirs, tag), ylabel, out / stem, title=f"GRPO: {tag}", smooth=smooth,
+                               baselines=reward_base if stem == "reward_curves" else None)
     frames = {name: read_ablation(path) for name, path in tables.items()}
     for name, frame in frames.items():
         written += plot_ablation(frame, out / f"ablation_{name}", title=ABLATION_TITLES.get(name, name),

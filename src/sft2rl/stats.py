@@ -24,7 +24,10 @@ evaluated questions, the best any kind-only score can rank them: ``kind_only_hed
 ``kind_only_false_hedge_rate`` (``kind_only_sampled_false_hedge_rate``): the lowest
 false-hedge rate a kind-only policy (hedging whole kinds, most unknowable first, and a
 random share of the last one) has at the model's own hedge recall (sampled hedge recall).
-Within kinds that hold both, the kind-only AUROC is near 0.5.
+Within kinds that hold both, the kind-only AUROC is near 0.5. Beside the reward and the
+accuracy: ``kind_only_mean_reward``, ``kind_only_accuracy`` and ``kind_only_accuracy_knowable``,
+the same policy's best reward and its accuracy answering each kind's most frequent answer
+(per question, :func:`sft2rl.tasks.qa.evaluate.kind_only_policy`; NaN for records without them).
 
 Every table metric is a ratio over test questions (``sum(value·mask) / sum(mask)``), so it is
 recomputed on bootstrap resamples of the questions cheaply. Intervals: percentile bootstrap,
@@ -52,6 +55,9 @@ RATIO_METRICS: dict[str, tuple[str, str]] = {
     "false_hedge_rate": ("block", "knowable"),
     "sampled_hedge_recall": ("sampled_block", "unknowable"),
     "sampled_false_hedge_rate": ("sampled_block", "knowable"),
+    "kind_only_mean_reward": ("kind_only_reward", "all"),
+    "kind_only_accuracy": ("kind_only_correct", "all"),
+    "kind_only_accuracy_knowable": ("kind_only_correct", "knowable"),
 }
 #: AUROC metrics as (score, positive label, mask) fields of :func:`question_arrays`.
 AUROC_METRICS: dict[str, tuple[str, str, str]] = {
@@ -74,7 +80,8 @@ def _rate(values: Sequence[Any]) -> float:
 
 
 def question_arrays(records: list[dict[str, Any]]) -> dict[str, np.ndarray]:
-    """Per-question arrays (float, NaN-free) from evaluation records (answers.jsonl rows), in index order.
+    """Per-question arrays (float; NaN-free but for the kind-only fields of records without
+    them) from evaluation records (answers.jsonl rows), in index order.
 
     ``sampled_block`` is the share of the k sampled answers with a block (the greedy answer's
     block when k = 0): the hedging score of the AUROC metrics.
@@ -92,6 +99,7 @@ def question_arrays(records: list[dict[str, Any]]) -> dict[str, np.ndarray]:
     sampled_format = np.array([_rate(r["sample_format"]) if r.get("sample_format") else f
                                for r, f in zip(recs, fmt)])
     kind_unknowable = _kind_share(kind, unknown)
+    nan = float("nan")
     labelled_share = _kind_share(kind, unknown, known + unknown)
     return {
         "index": np.array([r["index"] for r in recs]),
@@ -111,6 +119,9 @@ def question_arrays(records: list[dict[str, Any]]) -> dict[str, np.ndarray]:
         "block": block,
         "plain": 1.0 - block,
         "sampled_block": sampled_block,
+        # the kind-only policy's (NaN for every question when the records lack them)
+        "kind_only_correct": np.array([float(r.get("kind_only_correct", nan)) for r in recs]),
+        "kind_only_reward": np.array([float(r.get("kind_only_reward", nan)) for r in recs]),
     }
 
 

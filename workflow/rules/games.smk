@@ -369,7 +369,8 @@ GAME_RL_FIGURES = [f"results/figures/games_rl_success.{ext}" for ext in ("png", 
 rule game_rl_table:
     """results/games/rl_eval.csv: SFT and RL on the test levels per env and mode, the paired
     per-level difference RL - SFT with its bootstrap interval, the random policy beside them;
-    its LaTeX table; the figure of val success against the RL step."""
+    its LaTeX table; the figure of val success against the RL step, the random policy on the same
+    levels beside it."""
     input:
         sft=expand("results/games/eval/{env}/sft.json", env=GAME_ENVS),
         sft_episodes=expand("results/games/eval/{env}/sft.jsonl", env=GAME_ENVS),
@@ -377,6 +378,8 @@ rule game_rl_table:
         rl_episodes=expand("results/games/eval/{env}/rl.jsonl", env=GAME_ENVS),
         random=expand("results/games/eval/{env}/random.json", env=GAME_ENVS),
         train=[f"results/games/rl/{GAME_RL_RUN[env]}/summary.json" for env in GAME_ENVS],
+        # the figure's random policy plays the val levels and the train levels RL played
+        levels=expand(f"{GAME_DATA}/{{env}}/levels.jsonl", env=GAME_ENVS),
         code=code("game_table"),
     output:
         csv=report("results/games/rl_eval.csv", caption="../report/games_rl.rst", category="Tables",
@@ -387,6 +390,8 @@ rule game_rl_table:
     params:
         envs=GAME_ENVS,
         bootstrap={k: config["eval"][k] for k in BOOTSTRAP_KEYS},
+        games={env: dict(GAME_CFG[env], eval=GAMES["eval"], rl=GAMES["rl"]) for env in GAME_ENVS},
+        episodes=max(GAMES["eval"]["k_samples"], 1),
     conda:
         "../../envs/local.yaml"
     log:

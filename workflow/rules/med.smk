@@ -466,18 +466,49 @@ MED_RL_FIGURES = [f"results/figures/med_rl_curves.{ext}" for ext in ("png", "pdf
 MED_BUDGET_FIGURES = [f"results/figures/med_turn_budget.{ext}" for ext in ("png", "pdf")]
 
 
+rule med_rl_random:
+    """The random-question doctor on the cases the RL curves are measured on (the val cases at
+    med.eval.max_turns; the train cases RL plays, at each turn budget), against the same patient
+    with the same reward: the curves' no-information lines (the embedded clinic only)."""
+    input:
+        train=f"{MED_DATA}/rl/train_cases.jsonl",
+        val=f"{MED_DATA}/rl/val_cases.jsonl",
+        world="data/raw/med/world.json",
+        patient=med_patient_input,
+        code=code("med_rl_random"),
+    output:
+        "results/med/rl/random_doctor.json",
+    params:
+        med=MED_RL_TASK,
+        seed=MED["eval"]["seed"],
+    threads: 1
+    resources:
+        mem_mb=3000,
+        runtime=30,
+        **LOCAL_GPU_RES,  # a patient model (med.patient: {model: ...}) runs in-process
+    conda:
+        "../../envs/local.yaml"
+    benchmark:
+        "results/benchmarks/med/curves_random.tsv"
+    log:
+        "results/logs/med/rl_random.log",
+    script:
+        "../scripts/med_rl_random.py"
+
+
 rule med_rl_table:
     """results/med/rl_eval.csv: base, the SFT doctor RL starts from, RL with a fixed and a dynamic
     turn budget, the no-signal control of each, the scripted and random doctors on the
     held-out cases; the paired per-case differences RL - SFT and RL - control (accuracy, reward)
     with their bootstrap intervals, greedy and (med.eval.k_samples > 0) sampled as the
     reference's evaluation samples; LaTeX; the figure of the reward, its terms and val accuracy
-    against the RL step."""
+    against the RL step, the random-question doctor's on the same cases beside them."""
     input:
         summaries=expand("results/med/eval/{doctor}.json", doctor=MED_RL_DOCTORS),
         consultations=expand("results/med/eval/{doctor}.jsonl", doctor=MED_RL_DOCTORS),
         sampled=expand("results/med/eval_sampled/{doctor}.jsonl", doctor=MED_RL_DOCTORS) if MED["eval"]["k_samples"] else [],
         train=[f"results/med/rl/{d}/summary.json" for d in MED_RL_DOCTORS if _re.fullmatch(MED_RL_RE, d)],
+        random=["results/med/rl/random_doctor.json"] if MED_SYNTH else [],
         code=code("med_rl_table"),
     output:
         csv=report("results/med/rl_eval.csv", caption="../report/med_rl.rst", category="Tables",

@@ -47,6 +47,8 @@ rule figures:
         # the curves come from the TensorBoard directory next to each summary
         summaries=[f"results/rl/{run}/summary.json" for run in all_rl_runs()],
         answers=[f for g in ablation_groups("beta") for f in g["answers"]],
+        # the reward curves' no-information line: the kind-only policy on the RL train rows
+        rl_train=f"{PROCESSED}/rl/train.parquet",
         code=code("figures"),
     output:
         [report_figure(f) for f in FIGURES],
@@ -56,6 +58,8 @@ rule figures:
         answers={g["variant"]: g["answers"] for g in ablation_groups("beta")},
         smooth=0.6,
         ci_level=config["eval"]["ci_level"],
+        reward=config["reward"],
+        group_size=config["rl"]["n"],
     threads: 1
     resources:
         mem_mb=2000,

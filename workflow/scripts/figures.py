@@ -8,7 +8,9 @@ with script_errors(snakemake) as log:
     out_dir = Path(snakemake.output[0]).parent
     tables = dict(zip(snakemake.params.ablations, snakemake.input.tables))
     written = make_figures(tables, snakemake.params.tensorboard, out_dir, smooth=snakemake.params.smooth,
-                           answers=snakemake.params.answers, ci_level=snakemake.params.ci_level)
+                           answers=snakemake.params.answers, ci_level=snakemake.params.ci_level,
+                           rl_train=snakemake.input.rl_train, reward=snakemake.params.reward,
+                           group_size=snakemake.params.group_size)
     missing = sorted({os.path.normpath(p) for p in snakemake.output} - {os.path.normpath(p) for p in written})
     if missing:
         raise ValueError(f"figures not written: {missing}")

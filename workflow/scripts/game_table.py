@@ -13,7 +13,10 @@ with script_errors(snakemake) as log:
                 for row in table.rl_rows(env, {key: i[key][k] for key in keys}, snakemake.params.bootstrap)]
         frame = table.write_rl_table(rows, snakemake.output.csv, snakemake.output.tex,
                                      snakemake.params.bootstrap["ci_level"])
-        table.rl_curve_figure(dict(zip(envs, i.train)), snakemake.output.figure)
+        p = snakemake.params
+        random = {env: table.random_baselines(i.levels[k], p.games[env], p.episodes) for k, env in enumerate(envs)}
+        table.rl_curve_figure(dict(zip(envs, i.train)), snakemake.output.figure, random)
+        log.info("random policy on the RL curves' levels: %s", random)
         log.info("games RL table: %d rows", len(frame))
     elif snakemake.rule == "game_ablation_rl_init":
         import pyarrow.parquet as pq

@@ -8,7 +8,12 @@ with script_errors(snakemake) as log:
                                        p.sft, p.infos, dict(zip(p.rl_doctors, i.train)), p.bootstrap,
                                        dict(zip(p.doctors, i.sampled)) if len(i.sampled) else None)
         rl_table.write_rl_eval(frame, o.csv, o.tex, p.bootstrap["ci_level"])
-        rl_table.curves_figure(dict(zip(p.rl_doctors, i.train)), list(o.figure))
+        import json
+        from pathlib import Path
+
+        random = json.loads(Path(i.random[0]).read_text()) if len(i.random) else None
+        rl_table.curves_figure(dict(zip(p.rl_doctors, i.train)), list(o.figure), random,
+                               {d: p.infos[d]["budget"] for d in p.rl_doctors})
         log.info("med rl_eval: %s", frame[["doctor", "accuracy", "reward", "diff_accuracy", "sampled_accuracy",
                                                           "diff_sampled_accuracy"]].to_dict("records"))
     else:  # med_turn_budget

@@ -117,6 +117,44 @@ class MedTask:
         return episode_metrics(records)
 
 
+def random_doctor_curves(train_cases: str, val_cases: str, world_path: str, med: dict[str, Any], seed: int
+                         ) -> dict[str, Any]:
+    """The random-question doctor (:func:`sft2rl.tasks.med.doctor.random_policy`: what a doctor
+    without information scores) on the cases the RL curves are measured on, against the same
+    patient, with the same reward (``med.rl.reward``): ``val``, the val cases at
+    ``med.eval.max_turns`` as validation consults them; ``train``, per turn budget (fixed:
+    ``med.eval.max_turns``; dynamic: one draw per case from ``med.rl.budget_range`` with
+    ``seed``, the workflow's ``med.eval.seed``), the train cases RL plays (the first
+    ``med.rl.cases``). Each: :func:`episode_metrics`."""
+    import json
+    from pathlib import Path
+
+    from .doctor import random_policy
+
+    ev, rl = med["eval"], med["rl"]
+    clinic = json.loads(Path(world_path).read_text())
+    patients = patient_backend(med.get("patient", "rule"), ev["patient_threshold"])
+    with_thinking = bool(rl["with_thinking"])
+
+    def run(cases: list[dict], limits: list[int]) -> list[dict[str, Any]]:
+        records = []
+        for b in sorted(set(limits)):  # the random doctor plans its questions within its case's limit
+            group = [c for c, lim in zip(cases, limits) if lim == b]
+            records += consult(group, random_policy(clinic, max_turns=b, seed=ev["seed"]), max_turns=b,
+                               with_thinking=with_thinking, patients=patients, reward=rl.get("reward"),
+                               progress=False)
+        return records
+
+    val = read_cases(val_cases)
+    train = read_cases(train_cases)
+    if rl.get("cases"):
+        train = train[:int(rl["cases"])]
+    return {"val": episode_metrics(run(val, [int(ev["max_turns"])] * len(val))),
+            "train": {mode: episode_metrics(run(train, budgets(mode, len(train), ev["max_turns"],
+                                                               rl["budget_range"], seed)))
+                      for mode in MODES}}
+
+
 def episode_metrics(records: list[dict[str, Any]]) -> dict[str, float]:
     """Means over consultations: reward and each term, success, accuracy (where exact),
     turns, diagnosed, and the rates of repeated questions, unanswered questions and bad turns."""

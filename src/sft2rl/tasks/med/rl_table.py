@@ -239,9 +239,13 @@ def budget_figure(csv: str, outputs: list[str], level: float = 0.95) -> list[str
     return _save(fig, outputs)
 
 
-def curves_figure(summaries: dict[str, str], outputs: list[str]) -> list[str]:
+def curves_figure(summaries: dict[str, str], outputs: list[str], random: dict[str, Any] | None = None,
+                  budgets: dict[str, str] | None = None) -> list[str]:
     """Per RL run (fixed, dynamic): the training episodes' mean reward and each reward term
-    against the step, and greedy accuracy on the val cases (step 0: the SFT doctor)."""
+    against the step, and greedy accuracy on the val cases (step 0: the SFT doctor). ``random``
+    (:func:`sft2rl.tasks.med.rl.random_doctor_curves`) and ``budgets`` ({run: fixed | dynamic}):
+    the random-question doctor's reward on the train cases at the run's budget, and its val
+    accuracy and success, dotted."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -260,6 +264,9 @@ def curves_figure(summaries: dict[str, str], outputs: list[str]) -> list[str]:
             ax.plot(steps, [h["episode_reward"] for h in train], color="k", lw=1.5, label="reward")
             for i, t in enumerate(TERMS):
                 ax.plot(steps, [h[f"reward_{t}"] for h in train], lw=0.8, color=f"C{i}", label=t)
+            rnd = (random or {}).get("train", {}).get((budgets or {}).get(name))
+            if rnd:
+                ax.axhline(rnd["episode_reward"], color="k", ls=":", lw=1.2, label="random doctor: reward")
         ax.set_title(name)
         ax.set_xlabel("RL step")
         ax.set_ylabel("training episodes (sampled)")
@@ -269,6 +276,11 @@ def curves_figure(summaries: dict[str, str], outputs: list[str]) -> list[str]:
             ax.plot([h["step"] for h in val], [h["val_accuracy"] for h in val], "o-", color="C0", label="accuracy")
             ax.plot([h["step"] for h in val], [h["val_success"] for h in val], "s--", color="C1",
                     label="success (reward >= threshold)")
+            rnd = (random or {}).get("val")
+            if rnd:
+                if "accuracy" in rnd:
+                    ax.axhline(rnd["accuracy"], color="C0", ls=":", lw=1.2, label="random doctor: accuracy")
+                ax.axhline(rnd["success"], color="C1", ls=":", lw=1.2, label="random doctor: success")
         ax.set_ylim(0, 1.05)
         ax.set_xlabel("RL step")
         ax.set_ylabel("val cases (greedy)")

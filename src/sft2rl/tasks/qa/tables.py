@@ -20,7 +20,8 @@ from .runs import parse_rl, parse_sft
 
 METRICS = list(TABLE_METRICS)
 LATEX_COLUMNS = {
-    "mean_reward": "reward", "accuracy_knowable": "acc (known)", "format_rate": "format",
+    "mean_reward": "reward", "kind_only_mean_reward": "kind only",
+    "accuracy_knowable": "acc (known)", "kind_only_accuracy_knowable": "kind only", "format_rate": "format",
     "hedge_recall": "hedge (unknown)",
     "false_hedge_rate": "hedge (known)", "kind_only_false_hedge_rate": "kind only",
     "hedge_auroc": "AUROC", "kind_only_hedge_auroc": "kind only",
