@@ -85,7 +85,7 @@ def test_kind_only_policy_hand_computed():
     """The no-information baselines beside accuracy and reward: each kind's most frequent answer
     (ties: sorted first), and per kind the best-paying of three fixed replies, scored as a group
     of identical replies by the reward itself (beta 0.5, format bonus 0.05)."""
-    from sft2rl.tasks.qa.evaluate import kind_only_policy
+    from sft2rl.tasks.qa.baselines import kind_only_policy
 
     def q(index, kind, truth, knowable):
         return {"index": index, "kind": kind, "ground_truth": truth, "knowable": knowable, "greedy_correct": False,

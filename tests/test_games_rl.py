@@ -579,8 +579,6 @@ def test_own_rows_showing_a_held_out_state_are_refused_dropped_or_kept(frozen, t
 def test_random_baselines_play_the_val_levels_and_the_train_levels_rl_plays(monkeypatch):
     """The RL curves' random policy plays the val levels and the first games.rl.levels train
     levels, episodes each, within games.eval.max_steps, and reports the share won."""
-    from sft2rl.tasks.games import table
-
     levels = [{"env": "sokoban", "split": s, "index": i} for i, s in enumerate(["train"] * 5 + ["val"] * 3 + ["test"] * 2)]
     calls = []
 
@@ -590,10 +588,7 @@ def test_random_baselines_play_the_val_levels_and_the_train_levels_rl_plays(monk
 
     monkeypatch.setattr(play, "play", fake_play)
     monkeypatch.setattr(data, "read_levels", lambda path, split=None: [lv for lv in levels if split in (None, lv["split"])])
-    from sft2rl.tasks.games import rl as games_rl
-
-    monkeypatch.setattr(games_rl, "read_levels", data.read_levels)
     games = {"eval": {"seed": 7, "max_steps": 9}, "rl": {"levels": 2}}
-    got = table.random_baselines("levels.jsonl", games, episodes=4)
+    got = play.random_baselines("levels.jsonl", games, episodes=4)
     assert calls == [([5, 6, 7], 4, 9, 7), ([0, 1], 4, 9, 7)]
     assert got == {"val": pytest.approx(1 / 3), "train": pytest.approx(1 / 2)}  # levels 6; 0 won

@@ -120,7 +120,7 @@ def test_ablation_tables_contents(finished):
     # what that policy scores when computed here from the test split
     import numpy as np
 
-    from sft2rl.tasks.qa.evaluate import kind_only_policy
+    from sft2rl.tasks.qa.baselines import kind_only_policy
 
     recs = [json.loads(x) for x in (finished / "results/eval/sft16_seed42/answers.jsonl").read_text().splitlines()]
     for r in recs:

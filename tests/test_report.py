@@ -912,7 +912,7 @@ def test_reward_curves_draw_the_kind_only_reward_per_beta(tmp_path, monkeypatch)
     """The training reward curves stand beside the kind-only policy's mean reward on the RL
     train rows at each run's beta: one dotted line per configuration colour, at
     kind_only_reward(beta), one legend entry; none without the rows."""
-    from sft2rl.tasks.qa.evaluate import kind_only_reward
+    from sft2rl.tasks.qa.baselines import kind_only_reward
 
     train, reward = _qa_train(tmp_path / "train.parquet"), QA_REWARD
     # beta 0.3: capital answers "Paris" (1.05·3 + 0.05)/4 = 0.8, sum answers "12" (0.05 + 1.05)/2

@@ -383,7 +383,7 @@ def make_figures(tables: Mapping[str, str | os.PathLike], tb_dirs: Mapping[str, 
     tables' interval level (``eval.ci_level``), for the labels. With ``rl_train`` (the RL train
     rows), ``reward`` (the ``reward`` config) and ``group_size`` (``rl.n``), the reward curves
     show the kind-only policy's mean reward on those rows at each run's beta
-    (:func:`sft2rl.tasks.qa.evaluate.kind_only_reward`).
+    (:func:`sft2rl.tasks.qa.baselines.kind_only_reward`).
     Returns the written paths (see :func:`figure_paths`)."""
     from .io import read_jsonl
     from .stats import risk_coverage
@@ -392,7 +392,7 @@ def make_figures(tables: Mapping[str, str | os.PathLike], tb_dirs: Mapping[str, 
     written: list[str] = []
     reward_base: dict[str, float] = {}
     if rl_train is not None and reward is not None and group_size is not None:
-        from .tasks.qa.evaluate import kind_only_reward
+        from .tasks.qa.baselines import kind_only_reward
 
         by_beta: dict[float, float] = {}
         for run in tb_dirs:

@@ -27,7 +27,7 @@ random share of the last one) has at the model's own hedge recall (sampled hedge
 Within kinds that hold both, the kind-only AUROC is near 0.5. Beside the reward and the
 accuracy: ``kind_only_mean_reward``, ``kind_only_accuracy`` and ``kind_only_accuracy_knowable``,
 the same policy's best reward and its accuracy answering each kind's most frequent answer
-(per question, :func:`sft2rl.tasks.qa.evaluate.kind_only_policy`; NaN for records without them).
+(per question, :func:`sft2rl.tasks.qa.baselines.kind_only_policy`; NaN for records without them).
 
 Every table metric is a ratio over test questions (``sum(value·mask) / sum(mask)``), so it is
 recomputed on bootstrap resamples of the questions cheaply. Intervals: percentile bootstrap,

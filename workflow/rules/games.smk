@@ -366,6 +366,34 @@ if config["backend"] == "verl":
 GAME_RL_FIGURES = [f"results/figures/games_rl_success.{ext}" for ext in ("png", "pdf")]
 
 
+rule game_rl_random:
+    """The random policy on the levels the RL curves are measured on: the val levels and the
+    train levels RL plays (games.rl.levels), games.eval.k_samples episodes per level; the RL
+    figure's no-information lines."""
+    input:
+        levels=f"{GAME_DATA}/{{env}}/levels.jsonl",
+        code=code("game_rl_random"),
+    output:
+        "results/games/rl/random-{env}.json",
+    params:
+        # only what it plays by: editing another eval or rl key reruns nothing here
+        games=lambda wc: dict(GAME_CFG[wc.env], eval={k: GAMES["eval"][k] for k in ("seed", "max_steps")},
+                              rl={"levels": GAMES["rl"].get("levels")}),
+        episodes=max(GAMES["eval"]["k_samples"], 1),
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    conda:
+        "../../envs/local.yaml"
+    benchmark:
+        "results/benchmarks/games/curves_random_{env}.tsv"
+    log:
+        "results/logs/games/rl_random_{env}.log",
+    script:
+        "../scripts/game_rl_random.py"
+
+
 rule game_rl_table:
     """results/games/rl_eval.csv: SFT and RL on the test levels per env and mode, the paired
     per-level difference RL - SFT with its bootstrap interval, the random policy beside them;
@@ -378,8 +406,8 @@ rule game_rl_table:
         rl_episodes=expand("results/games/eval/{env}/rl.jsonl", env=GAME_ENVS),
         random=expand("results/games/eval/{env}/random.json", env=GAME_ENVS),
         train=[f"results/games/rl/{GAME_RL_RUN[env]}/summary.json" for env in GAME_ENVS],
-        # the figure's random policy plays the val levels and the train levels RL played
-        levels=expand(f"{GAME_DATA}/{{env}}/levels.jsonl", env=GAME_ENVS),
+        # the figure's random policy on the val levels and the train levels RL played
+        random_curves=expand("results/games/rl/random-{env}.json", env=GAME_ENVS),
         code=code("game_table"),
     output:
         csv=report("results/games/rl_eval.csv", caption="../report/games_rl.rst", category="Tables",
@@ -390,8 +418,6 @@ rule game_rl_table:
     params:
         envs=GAME_ENVS,
         bootstrap={k: config["eval"][k] for k in BOOTSTRAP_KEYS},
-        games={env: dict(GAME_CFG[env], eval=GAMES["eval"], rl=GAMES["rl"]) for env in GAME_ENVS},
-        episodes=max(GAMES["eval"]["k_samples"], 1),
     conda:
         "../../envs/local.yaml"
     log:

@@ -479,7 +479,9 @@ rule med_rl_random:
     output:
         "results/med/rl/random_doctor.json",
     params:
-        med=MED_RL_TASK,
+        # only what the random doctor consults by: editing a trainer key reruns nothing here
+        med=dict(MED_RL_TASK, rl={k: MED_RL_TASK["rl"].get(k) for k in ("with_thinking", "budget_range", "reward",
+                                                                           "cases")}),
         seed=MED["eval"]["seed"],
     threads: 1
     resources:

@@ -435,3 +435,10 @@ def write_user_rows(train: str, val: str, out_dir: str | Path, *, levels: str | 
 def read_levels(path: str | Path, split: str | None = None) -> list[dict[str, Any]]:
     levels = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
     return [lv for lv in levels if split is None or lv["split"] == split]
+
+
+def rl_levels(levels_path: str | Path, games: dict[str, Any]) -> list[dict]:
+    """The train levels RL plays: all of them, or the first ``games.rl.levels`` (local and verl)."""
+    levels = read_levels(levels_path, "train")
+    n = (games.get("rl") or {}).get("levels")
+    return levels[:int(n)] if n else levels

@@ -127,6 +127,23 @@ def random_policy(seed: int) -> Policy:
     return act
 
 
+def random_baselines(levels_path: str, games: dict[str, Any], episodes: int) -> dict[str, float]:
+    """The random policy's success (uniformly random moves, ``games.eval.seed``) on the levels
+    the RL curves are measured on, ``episodes`` per level: the val levels (``val``: beside the
+    greedy val success) and the train levels RL plays (``train``, :func:`data.rl_levels`: beside
+    the training episodes' success), within ``games.eval.max_steps`` moves. ``games``: the
+    env's games config with its ``eval`` and ``rl`` sections (the RL run's)."""
+    from .data import read_levels, rl_levels
+
+    ev = games["eval"]
+    out = {}
+    for name, levels in (("val", read_levels(levels_path, "val")), ("train", rl_levels(levels_path, games))):
+        records = play(levels[0]["env"], levels, random_policy(ev["seed"]), games, episodes=episodes,
+                       max_steps=ev["max_steps"], seed=ev["seed"], progress=False)
+        out[name] = float(np.mean([r["won"] for r in records]))
+    return out
+
+
 def bfs_policy(max_depth: int) -> Policy:
     def act(episodes, prompts):
         out = []

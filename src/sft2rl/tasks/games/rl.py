@@ -33,7 +33,7 @@ import torch
 
 from ...rl_task import Rollout, check_limits, multi_turn_rollout
 from . import VERL_AGENT_NAME
-from .data import read_levels
+from .data import read_levels, rl_levels
 from .play import Episode, check_reply_limit, play
 from .prompts import OBSERVATION, render
 
@@ -42,13 +42,6 @@ def episode_score(ep: Episode, format_penalty: float) -> float:
     """RAGEN's episode reward: the environment's step rewards plus ``format_penalty`` for every
     turn whose reply was not one well-formed answer with an action."""
     return float(ep.env_reward + format_penalty * (ep.steps - ep.valid))
-
-
-def rl_levels(levels_path: str, games: dict[str, Any]) -> list[dict]:
-    """The train levels RL plays: all of them, or the first ``games.rl.levels`` (local and verl)."""
-    levels = read_levels(levels_path, "train")
-    n = (games.get("rl") or {}).get("levels")
-    return levels[:int(n)] if n else levels
 
 
 def episode_seeds(seed: int, n_items: int, n: int) -> list[int]:

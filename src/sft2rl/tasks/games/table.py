@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
-
-import numpy as np
 import pandas as pd
 
 from ...io import atomic_file, write_text
@@ -158,30 +155,12 @@ def write_ablation_rl_init(rows: list[dict], csv_out: str, tex_out: str, level: 
     return frame
 
 
-def random_baselines(levels_path: str, games: dict[str, Any], episodes: int) -> dict[str, float]:
-    """The random policy's success (uniformly random moves, ``games.eval.seed``) on the levels
-    the RL curves are measured on, ``episodes`` per level: the val levels (``val``: beside the
-    greedy val success) and the train levels RL plays (``train``, :func:`rl.rl_levels`: beside
-    the training episodes' success), within ``games.eval.max_steps`` moves. ``games``: the
-    env's games config with its ``eval`` and ``rl`` sections (the RL run's)."""
-    from .data import read_levels
-    from .play import play, random_policy
-    from .rl import rl_levels
-
-    ev = games["eval"]
-    out = {}
-    for name, levels in (("val", read_levels(levels_path, "val")), ("train", rl_levels(levels_path, games))):
-        records = play(levels[0]["env"], levels, random_policy(ev["seed"]), games, episodes=episodes,
-                       max_steps=ev["max_steps"], seed=ev["seed"], progress=False)
-        out[name] = float(np.mean([r["won"] for r in records]))
-    return out
-
-
 def rl_curve_figure(summaries: dict[str, str], outputs: list[str],
                     random: dict[str, dict[str, float]] | None = None) -> list[str]:
     """Greedy success on the val levels against the RL step (step 0: the SFT model), one panel
     per env, and the training episodes' success beside it; ``random`` ({env:
-    :func:`random_baselines`}): the random policy's on the same levels, dotted."""
+    :func:`sft2rl.tasks.games.play.random_baselines`}): the random policy's on the same levels,
+    dotted."""
     from ...plots import _figure, save_figure
 
     fig, axes = _figure(1, len(summaries), figsize=(4.2 * len(summaries), 3.2))
