@@ -11,7 +11,8 @@ from ...io import read_parquet_rows
 from .reward import group_aware_details, options_from_config
 
 
-def _mean(xs: list[float]) -> float:
+def mean_or_nan(xs: list[float]) -> float:
+    """The mean; NaN for no values (a metric with no items is not 0)."""
     return float(sum(xs) / len(xs)) if xs else float("nan")
 
 
@@ -52,7 +53,7 @@ def kind_only_policy(records: list[dict[str, Any]], reward: dict[str, Any], grou
                    f"{KIND_ONLY_THINK}<proactive>{hedge}</proactive>{KIND_ONLY_UNKNOWN}"]
         scored = [[group_aware_details([reply] * max(group_size, 1), str(rec["ground_truth"]), **rkw)[0]
                    for rec in recs] for reply in replies]
-        best = max(range(len(replies)), key=lambda j: (_mean([d.reward for d in scored[j]]), -j))
+        best = max(range(len(replies)), key=lambda j: (mean_or_nan([d.reward for d in scored[j]]), -j))
         for i, rec in enumerate(recs):
             rec["kind_only_correct"] = scored[0][i].correct
             rec["kind_only_reward"] = scored[best][i].reward
@@ -65,4 +66,4 @@ def kind_only_reward(rows_file: str | Path, reward: dict[str, Any], group_size: 
     records = [{"kind": r["extra_info"].get("kind"), "ground_truth": r["reward_model"]["ground_truth"]}
                for r in read_parquet_rows(rows_file)]
     kind_only_policy(records, reward, group_size)
-    return _mean([r["kind_only_reward"] for r in records])
+    return mean_or_nan([r["kind_only_reward"] for r in records])

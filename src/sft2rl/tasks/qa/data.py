@@ -186,7 +186,7 @@ def _words(text: str) -> tuple[str, ...]:
 def entities_named(texts: Iterable[str], entities: Iterable[str]) -> set[str]:
     """The ``entities`` that ``texts`` name: as whole words, case-insensitive ("Vamun's"
     names Vamun, "Vamunia" does not)."""
-    keys = {_words(e): e for e in entities if _words(e)}
+    keys = {w: e for e in entities if (w := _words(e))}
     lengths = sorted({len(k) for k in keys})
     found: set[str] = set()
     for text in texts:
@@ -216,7 +216,7 @@ def overlap_with_training(rows: list[dict[str, Any]], train_idx: list[int], test
     both = [i for i in test_idx if i in in_train or i in in_sft or i in by_entity]  # in test-split order
     return {"test_rows": len(test_idx), "in_rl_train": len(in_train), "in_sft_source": len(in_sft),
             "entity_named": len(by_entity), "entities_named": sorted(named)[:100],
-            "overlapping": len(both), "rows": both, "asked": sorted(in_train | in_sft)}
+            "overlapping": len(both), "rows": both, "asked": in_train | in_sft}
 
 
 def process_rl(raw: str | Path, out_train: str | Path, out_test: str | Path, *, system_prompt: str,
@@ -240,7 +240,7 @@ def process_rl(raw: str | Path, out_train: str | Path, out_test: str | Path, *, 
     overlap = overlap_with_training(rows, train_idx, test_idx, sft)
     if overlap["overlapping"] and test_overlap_policy == "refuse":
         # the first question asked in training, else the first about an entity training names
-        asked = [i for i in overlap["rows"] if i in set(overlap["asked"])]
+        asked = [i for i in overlap["rows"] if i in overlap["asked"]]
         first = rows[(asked or overlap["rows"])[0]]
         raise DataError(raw, first["_line"], "messages[user].content" if asked else "answer.entity",
                         f"{overlap['overlapping']} of {overlap['test_rows']} test questions are seen in training "

@@ -24,12 +24,8 @@ from tqdm import tqdm
 from ...generation import generate
 from ...io import read_parquet_rows, write_json, write_jsonl
 from ...model import load_model, pick_device
-from .baselines import kind_only_policy
+from .baselines import kind_only_policy, mean_or_nan
 from .reward import group_aware_details, options_from_config, well_formed
-
-
-def _mean(xs: list[float]) -> float:
-    return float(sum(xs) / len(xs)) if xs else float("nan")
 
 
 def evaluate_model(model_path: str, test_file: str, answers_out: str, metrics_out: str, *, reward: dict[str, Any],
@@ -76,7 +72,7 @@ def evaluate_model(model_path: str, test_file: str, answers_out: str, metrics_ou
                 "sample_proactive": [d.has_proactive for d in sd],
                 "sample_rewards": [d.reward for d in sd],
                 "group_accuracy": sd[0].group_accuracy if sd else float(gd.correct),
-                "reward": _mean([d.reward for d in sd]) if sd else gd.reward,
+                "reward": mean_or_nan([d.reward for d in sd]) if sd else gd.reward,
             })
     _assign_difficulty(records, difficulty_ref)
     kind_only_policy(records, reward, k_samples)
@@ -111,10 +107,10 @@ def summarize_records(records: list[dict]) -> dict[str, Any]:
     from ...stats import summary_metrics
 
     def rate(sel: list[dict], key: str) -> float:
-        return _mean([float(r[key]) for r in sel])
+        return mean_or_nan([float(r[key]) for r in sel])
 
     def sample_rate(sel: list[dict], key: str) -> float:
-        return _mean([float(x) for r in sel for x in r[key]])
+        return mean_or_nan([float(x) for r in sel for x in r[key]])
 
     m: dict[str, Any] = {
         "n_questions": len(records),
@@ -136,7 +132,7 @@ def summarize_records(records: list[dict]) -> dict[str, Any]:
         m[f"accuracy_{group}"] = rate(sel, "greedy_correct")
         m[f"proactive_block_rate_{group}"] = rate(sel, "greedy_proactive")
         m[f"sampled_proactive_block_rate_{group}"] = sample_rate(sel, "sample_proactive")
-        m[f"mean_reward_{group}"] = _mean([r["reward"] for r in sel])
+        m[f"mean_reward_{group}"] = mean_or_nan([r["reward"] for r in sel])
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in m.items()}
 
 
@@ -156,4 +152,4 @@ def write_samples(model_path: str, test_file: str, out: str, *, n: int, max_new_
                      "knowable": r["extra_info"].get("knowable"), "response": t,
                      "well_formed": well_formed(t), "proactive_block": d.has_proactive, "correct": d.correct})
     write_jsonl(out, recs)
-    return _mean([float(r["well_formed"]) for r in recs])
+    return mean_or_nan([float(r["well_formed"]) for r in recs])
