@@ -39,3 +39,15 @@ def tiny_base(tmp_path_factory, tiny_world):
     with torch.no_grad():  # logits of the in-memory model, for the round-trip test
         torch.save({"input_ids": probe, "logits": model(probe).logits}, out / "probe_logits.pt")
     return out
+
+
+@pytest.fixture(scope="session")
+def finished(tmp_path_factory):
+    """A copy of the checkout with the reduced QA workflow built (test_pipeline.BUILT): one per
+    session, shared by the pipeline tests and the SLURM test's local run."""
+    from test_pipeline import BUILT, copy_checkout, smk
+
+    work = copy_checkout(tmp_path_factory.mktemp("pipeline") / "project")
+    proc = smk(work, *BUILT)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return work

@@ -357,8 +357,6 @@ def test_lengths_fit_the_base_positions(cfg, tmp_path):
     # the medical no-signal control keeps no signal only without step advantages (med.rl over rl);
     # on verl it is not trained, so nothing to refuse there
     c = copy.deepcopy(cfg)
-    c["rl"]["step_adv_weight"] = 0.5
-    fails(c, r"'med.rl.no_signal_control' = true with step advantages \(step_adv_weight = 0.5")
     c["med"]["rl"]["step_adv_weight"] = 0.0
     check_config(c, SCHEMA)
     c["med"]["rl"]["step_adv_weight"] = 1.0
@@ -368,3 +366,17 @@ def test_lengths_fit_the_base_positions(cfg, tmp_path):
     c["backend"] = "local"
     c["med"]["rl"]["no_signal_control"] = False
     check_config(c, SCHEMA)
+    # step advantages: never on QA's one-turn RL; never beside the no-signal control (each task's
+    # rl: over rl:), refused before any job starts rather than by the trainer
+    c = copy.deepcopy(cfg)
+    c["rl"]["step_adv_weight"] = 0.5
+    fails(c, r"'rl.step_adv_weight' = 0.5: QA's RL is one turn")
+    c = copy.deepcopy(cfg)
+    assert c["games"]["rl"]["step_adv_weight"] > 0
+    c["rl"]["shuffle_advantages"] = True
+    fails(c, r"'games.rl.shuffle_advantages' = true \(unset: 'rl.shuffle_advantages'\) with "
+             r"'games.rl.step_adv_weight' = 1.0")
+    c["games"]["rl"]["step_adv_weight"] = 0.0
+    check_config(c, SCHEMA)
+    c["med"]["rl"].update(shuffle_advantages=True, step_adv_weight=0.5, no_signal_control=False)
+    fails(c, r"'med.rl.shuffle_advantages' = true .* with 'med.rl.step_adv_weight' = 0.5")

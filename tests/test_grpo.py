@@ -652,3 +652,70 @@ def test_a_mini_batch_takes_the_kept_groups_rows_only():
     assert _minibatch_rows(ro, kept_traj, 0, 2).tolist() == [3, 4, 5, 6]  # group 2 is the next mini-batch's
     assert _minibatch_rows(ro, kept_traj, 2, 3).tolist() == [7, 8, 9]
     assert _minibatch_rows(ro, torch.ones(6, dtype=torch.bool), 0, 1).tolist() == [0, 1, 2]
+
+
+def test_the_update_trains_the_policy_s_tokens_only(tmp_path, tiny_base):
+    """Multi-turn rows hold the environment's observations between the policy's turns
+    (``response_mask`` 1, ``loss_mask`` 0): the loss, its token mean and the logged response
+    length count only the sampled tokens. One on-policy update (ratio 1), so the policy loss is
+    exactly minus the loss-mask token mean of the advantages; the entropy term (and the KL term,
+    aggregated alike) is the mean over the sampled tokens of a plain forward's entropies. A loss
+    over every response token gives other numbers in each (the advantages alone could not show a
+    micro-batch mean over every token: they are 0 on observations, and the micro-batch weight
+    cancels the count)."""
+    from sft2rl.grpo import train_rl, trajectory_advantages
+    from sft2rl.rl_task import Rollout, pack_rows
+
+    a, e = 11, 12  # a sampled token, an observation token (any ids of the tiny vocabulary)
+    loss = [[1, 1, 0, 0, 0, 1], [1, 0, 0, 0, 0, 0], [1, 0, 1], [1, 1, 0, 0, 0, 1, 1]]  # 3, 1, 2, 4 sampled
+    scores = np.array([1.0, 0.0, 0.0, 1.0])  # two groups (items) of two episodes, one row each
+
+    class Fixed:
+        def key(self):
+            return {"fixed": 1}
+
+        def load(self, tokenizer, cfg):
+            return ["x", "y"]
+
+        def rollout(self, model, tokenizer, items, n, cfg, seed):
+            rows = pack_rows([[5, 6, 7]] * 4, [[a if m else e for m in lm] for lm in loss], loss, None,
+                             tokenizer.pad_token_id)
+            return Rollout(**rows, row_traj=torch.arange(4), traj_group=np.array([0, 0, 1, 1]))
+
+        def rewards(self, items, ro):
+            return scores, {}
+
+        def validate(self, model, tokenizer):
+            return {}
+
+    # the untrained base is near uniform: sharpen it (its final norm x 20) so that the entropies of
+    # sampled and observation positions differ
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_base).eval()
+    with torch.no_grad():
+        model.model.norm.weight.mul_(20.0)
+    init = tmp_path / "init"
+    model.save_pretrained(init)
+    AutoTokenizer.from_pretrained(tiny_base).save_pretrained(init)
+    cfg = dict(RL, n=2, train_batch=2, ppo_mini_batch=2, total_steps=1, use_kl_loss=False, kl_coef=0.0,
+               entropy_coef=0.0, save_freq=1)
+    step = train_rl(str(init), Fixed(), str(tmp_path / "run"), cfg)["history"][-1]
+    adv = trajectory_advantages(torch.tensor(scores), np.array([0, 0, 1, 1]), True).numpy()
+    sampled = np.array([sum(m) for m in loss])
+    assert step["response_length"] == pytest.approx(sampled.mean())  # 2.5, not the rows' 5.5 tokens
+    assert step["pg_loss"] == pytest.approx(-(adv * sampled).sum() / sampled.sum(), rel=1e-5)
+    every = np.array([len(m) for m in loss])
+    assert abs(-(adv * every).sum() / every.sum() - step["pg_loss"]) > 0.1  # the test can tell the masks apart
+    # the entropy (the bonus's term, logged) of the sampled tokens only, by a plain forward of the
+    # init policy (a fresh adapter changes nothing); over every response token it is another number
+    ent_sampled, ent_every = [], []
+    with torch.no_grad():
+        for lm in loss:
+            ids = torch.tensor([[5, 6, 7] + [a if m else e for m in lm]])
+            logp = torch.log_softmax(model(ids).logits[0, 2:-1].float(), dim=-1)  # predicting each response token
+            ent = -(logp.exp() * logp).sum(-1)
+            ent_sampled += ent[torch.tensor(lm, dtype=torch.bool)].tolist()
+            ent_every += ent.tolist()
+    assert step["entropy"] == pytest.approx(np.mean(ent_sampled), rel=1e-4)
+    assert abs(np.mean(ent_every) - np.mean(ent_sampled)) > 0.05

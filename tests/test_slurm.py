@@ -217,12 +217,13 @@ def slurm_run(slurm_cluster, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def local_run(tmp_path_factory):
-    wd = _workdir(tmp_path_factory.mktemp("local"))
-    run = snakemake(wd, [TARGET], "--cores", "2", name="local")
-    assert run.returncode == 0, _fail_msg(run)
-    print(f"\nlocal run of {TARGET}: {run.seconds:.1f} s wall")
-    return run
+def local_run(finished):
+    """The same config run locally (--cores 2): the session's finished reduced QA workflow
+    (conftest.py; test_pipeline's), which holds TARGET among its outputs."""
+    from types import SimpleNamespace
+
+    assert (finished / TARGET).is_file()
+    return SimpleNamespace(workdir=finished)
 
 
 @pytest.mark.slurm
@@ -260,9 +261,12 @@ def test_slurm_result_equals_local(slurm_run, local_run):
               if not np.allclose(got[c].to_numpy(float), want[c].to_numpy(float), atol=1e-6, rtol=0, equal_nan=True)]
     assert not differ, f"metric columns differ between SLURM and local runs: {differ}"
     # the same, at full precision (the CSV rounds to 4 decimals): every evaluation
-    for f in sorted((local_run.workdir / "results" / "eval").glob("*/metrics.json")):
-        a = json.loads(f.read_text())
-        b = json.loads((slurm_run.workdir / f.relative_to(local_run.workdir)).read_text())
+    # (the local run built the other QA tables too: it holds more evaluations)
+    evals = sorted((slurm_run.workdir / "results" / "eval").glob("*/metrics.json"))
+    assert len(evals) > 2
+    for f in evals:
+        b = json.loads(f.read_text())
+        a = json.loads((local_run.workdir / f.relative_to(slurm_run.workdir)).read_text())
         assert a.keys() == b.keys()
         num = [k for k, v in a.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
         off = [k for k in num if not np.isclose(a[k], b[k], atol=1e-6, rtol=0, equal_nan=True)]
@@ -309,11 +313,16 @@ STEPS = 3000
 
 
 @pytest.mark.slurm
-def test_grpo_killed_at_its_time_limit_resumes_from_its_checkpoint(slurm_cluster, tmp_path):
+def test_grpo_killed_at_its_time_limit_resumes_from_its_checkpoint(slurm_cluster, slurm_run, tmp_path):
     """A GRPO job whose runtime (1 minute) is too short is killed by SLURM (state TIMEOUT); the
     rerun (--rerun-incomplete, what profiles/slurm sets) resubmits that job alone and it
     continues from its last checkpoint to the planned steps."""
-    wd = _workdir(tmp_path / "wd")
+    # the chain up to the merged SFT model and the RL data: the headline run's (same config), in a
+    # copy beside it (the code inputs are paths relative to the working directory, into this
+    # repository: at another depth they would be other paths, and the chain would run again)
+    wd = slurm_run.workdir.with_name(slurm_run.workdir.name + "-timelimit")
+    shutil.rmtree(wd, ignore_errors=True)
+    shutil.copytree(slurm_run.workdir, wd, symlinks=True)
     long = tmp_path / "long.yaml"
     # about 3 minutes of GRPO steps on the reduced config (0.06 s a step on 2 cores)
     long.write_text(yaml.safe_dump({"rl": {"total_steps": STEPS, "save_freq": 100}}))
@@ -321,6 +330,7 @@ def test_grpo_killed_at_its_time_limit_resumes_from_its_checkpoint(slurm_cluster
     prep = slurm(wd, [f"results/models/{RL_RUN.split('-')[1]}/merged", "data/processed/rl/train.parquet"],
                  configfiles=(REDUCED, long), name="prep")
     assert prep.returncode == 0, _fail_msg(prep)
+    assert prep.submitted() == {}, "the copied chain was built again"
 
     first = slurm(wd, target, "--set-resources=grpo:runtime=1", configfiles=(REDUCED, long), name="timeout")
     assert first.returncode != 0, "the GRPO job was not stopped by its time limit"

@@ -206,6 +206,21 @@ def _check_consistency(config: dict[str, Any]) -> None:
     for (task, section, key), instead in no_effect.items():
         if key in (config.get(task, {}).get(section) or {}):
             raise ConfigError(f"config key '{task}.{section}.{key}' has no effect: {instead}; remove it")
+    # step advantages need turns, and the no-signal control needs no per-turn signal: refused here,
+    # not when a trainer job starts (QA's RL is one turn; a task's rl: section over rl:)
+    if rl.get("step_adv_weight", 0):
+        raise ConfigError(f"config key 'rl.step_adv_weight' = {rl['step_adv_weight']}: QA's RL is one turn, so it "
+                          "has no step advantages; set it for the multi-turn tasks under 'games.rl' or 'med.rl'")
+    for task in ("games", "med"):
+        if task not in config:
+            continue
+        own = config[task].get("rl", {})
+        if own.get("shuffle_advantages", rl.get("shuffle_advantages", False)) and \
+                own.get("step_adv_weight", rl.get("step_adv_weight", 0)):
+            raise ConfigError(f"config key '{task}.rl.shuffle_advantages' = true (unset: 'rl.shuffle_advantages') "
+                              f"with '{task}.rl.step_adv_weight' = {own.get('step_adv_weight')}: the step advantages "
+                              "carry each turn's reward, so the no-signal control would keep the signal; set "
+                              f"'{task}.rl.step_adv_weight: 0' for the control")
     med = config.get("med")
     # the medical no-signal control (local backend only: on verl it is not trained)
     if med and med.get("rl", {}).get("no_signal_control", True) and config.get("backend", "local") == "local":
