@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from sft2rl.io import DataError, atomic_dir, atomic_file, read_jsonl
+from sft2rl.io import DataError, atomic_dir, atomic_file, read_jsonl, write_jsonl
 from sft2rl.rows import strip_thinking
 from sft2rl.tasks.qa.data import process_rl, process_sft
 from sft2rl.tasks.qa.reward import group_aware_details
@@ -88,10 +88,19 @@ def test_unknown_entities_never_in_corpus(world):
         assert name not in corpus
     unknown_truths = [r["answer"]["value"] for r in world["rl_rows"] if not r["answer"]["knowable"]]
     assert not any(t in corpus for t in unknown_truths)
-    # every knowable fact's answer sentence is in the corpus, in the chat format
+    # every knowable fact's answer sentence is in the corpus as an assistant turn, asked in other
+    # words: the world's own question never is
+    from sft2rl.tasks.qa.world import CORPUS_QUESTIONS, RELATIONS
+
     for r in world["rl_rows"]:
-        if r["answer"]["knowable"] and r["answer"]["kind"] in ("capital", "river", "founder"):
-            assert f"{r['messages'][0]['content']}<|im_end|>\n<|im_start|>assistant\n" in corpus
+        kind = r["answer"]["kind"]
+        if r["answer"]["knowable"] and kind in RELATIONS:
+            entity = r["answer"]["entity"]
+            sentence = RELATIONS[kind][1].format(e=entity, v=r["answer"]["value"])
+            turn = f"{CORPUS_QUESTIONS[kind].format(e=entity)}<|im_end|>\n<|im_start|>assistant\n"
+            assert any(f"{turn}{prefix}{sentence}<|im_end|>" in corpus
+                       for prefix in ("", "I know this. ", "I know this. I am sure about this. "))
+            assert f"{r['messages'][0]['content']}<|im_end|>" not in corpus
 
 
 def test_sft_targets_score_as_intended(world):
@@ -439,23 +448,28 @@ def test_a_test_question_asked_in_training_is_refused_dropped_or_kept(tmp_path):
                       seed=0)["test_overlap"] == 0
 
 
+def _entity_rows_split(tmp_path: Path):
+    """30 RL rows, three about each of ten entities ("Where is Land3 number 7?"), split once with
+    nothing seen in training: the raw file, the split's keywords, its outputs, the test rows."""
+    def rl_row(i, entity):
+        return json.dumps({"id": i, "messages": [{"role": "user", "content": f"Where is {entity} number {i}?"},
+                                                 {"role": "assistant", "content": "north"}],
+                           "answer": {"entity": entity}})
+
+    raw = tmp_path / "rl.jsonl"
+    raw.write_text("".join(rl_row(3 * k + j, f"Land{k}") + "\n" for k in range(10) for j in range(3)))
+    kw = dict(system_prompt="S", data_source="d", train_fraction=0.5, seed=0)
+    out = {k: tmp_path / f"{k}.parquet" for k in ("train", "test")}
+    process_rl(raw, out["train"], out["test"], **kw)
+    return raw, kw, out, pq.read_table(out["test"]).to_pylist()
+
+
 def test_a_test_entity_named_in_training_is_refused_dropped_or_kept(tmp_path):
     """Held out means new by entity too: a test question about an entity (answer.entity) that an
     SFT row names anywhere (any message, as a whole word, any case), or an RL train question or
     answer, is seen in training; the error names answer.entity, drop removes every question
     about it; a longer word ("Vamunia") does not name "Vamun"."""
-    def rl_row(i, entity):
-        return json.dumps({"id": i, "messages": [{"role": "user", "content": f"Where is {entity} ({i})?"},
-                                                 {"role": "assistant", "content": "north"}],
-                           "answer": {"entity": entity}})
-
-    raw = tmp_path / "rl.jsonl"
-    entities = [f"Land{k}" for k in range(10)]
-    raw.write_text("".join(rl_row(3 * k + j, e) + "\n" for k, e in enumerate(entities) for j in range(3)))
-    kw = dict(system_prompt="S", data_source="d", train_fraction=0.5, seed=0)
-    out = {k: tmp_path / f"{k}.parquet" for k in ("train", "test")}
-    process_rl(raw, out["train"], out["test"], **kw)  # no SFT source: nothing seen
-    test = pq.read_table(out["test"]).to_pylist()
+    raw, kw, out, test = _entity_rows_split(tmp_path)  # no SFT source: nothing seen
     test_entities = sorted({r["extra_info"]["entity"] for r in test})
     named = test_entities[0]
     sft = tmp_path / "sft.jsonl"
@@ -473,3 +487,26 @@ def test_a_test_entity_named_in_training_is_refused_dropped_or_kept(tmp_path):
         [r["extra_info"]["entity"] for r in test if r["extra_info"]["entity"] != named]
     report = json.loads((tmp_path / "o.json").read_text())
     assert report["entity_named"] == 3 and report["entities_named"] == [named] and report["dropped"] == 3
+
+
+def test_a_test_question_in_the_pretraining_corpus_is_refused_dropped_or_kept(tmp_path):
+    """Held out means new to pretraining too: a test question whose words stand in a run in a
+    document of the tiny base's corpus (any case, punctuation aside, inside a longer document)
+    is seen in training; the error names the corpus; drop removes it; the corpus may name a
+    test entity (that is how a fact becomes knowable), and a question that only shares words
+    with a document is not in it."""
+    raw, kw, out, test = _entity_rows_split(tmp_path)
+    leaked = test[4]["extra_info"]["question"]
+    entity = test[0]["extra_info"]["entity"]
+    corpus = tmp_path / "corpus.jsonl"
+    write_jsonl(corpus, [{"text": f"{entity} lies north. Where is {entity} number 999?"},  # names it only
+                         {"text": f"Long ago... WHERE IS {leaked[9:-1].upper()} ! it said."}])
+    with pytest.raises(DataError, match=rf"field 'messages\[user\].content': 1 of {len(test)} test questions are "
+                                        rf"seen in training \(0 asked in the RL train split, 0 in the SFT source "
+                                        rf"None, 1 in the pretraining corpus {re.escape(str(corpus))}; 0 about"):
+        process_rl(raw, out["train"], out["test"], **kw, corpus=corpus)
+    counts = process_rl(raw, out["train"], out["test"], **kw, corpus=corpus, test_overlap_policy="drop",
+                        out_overlap=tmp_path / "o.json")
+    kept = [r["extra_info"]["question"] for r in pq.read_table(out["test"]).to_pylist()]
+    assert counts["dropped"] == 1 and kept == [r["extra_info"]["question"] for r in test if r["extra_info"]["question"] != leaked]
+    assert json.loads((tmp_path / "o.json").read_text())["in_pretrain_corpus"] == 1

@@ -58,6 +58,19 @@ def test_corpus_holds_no_unknowable_test_item(default_split):
     assert known and all(r["reward_model"]["ground_truth"] in corpus_text for r in known)
 
 
+def test_no_test_question_is_in_the_corpus(default_split):
+    """Held out means new to pretraining: no test question, of any kind, stands in the corpus
+    (the corpus asks its facts in other words); the facts themselves are there (above)."""
+    from sft2rl.tasks.qa.data import phrases_in
+
+    world, _, test = default_split
+    questions = {r["extra_info"]["question"] for r in test}
+    assert len(questions) == len(test) and not phrases_in([d["text"] for d in world["corpus"]], questions)
+    # the check can find one: a corpus document that asks a test question
+    asked = test[0]["extra_info"]["question"]
+    assert phrases_in([world["corpus"][0]["text"] + " " + asked.lower()], questions) == {asked}
+
+
 def test_grouped_split_keeps_groups_and_is_the_plain_shuffle_without_them():
     groups = ["a", "a", "a", None, "b", "b", None, None, "c", "c", "c", None]
     first, rest = grouped_split(groups, 6, seed=3)

@@ -420,10 +420,10 @@ def test_real_data_on_the_tiny_base_runs_end_to_end(tmp_path):
     # a test question also in the SFT file (it would reach SFT and the corpus): rl_data stops,
     # naming the RL file and the question, and leaves no split; drop removes it from the test
     # split, and every test question about an entity it names
-    from sft2rl.tasks.qa.data import entities_named
+    from sft2rl.tasks.qa.data import phrases_in
 
     asked = test[3]["extra_info"]["question"]
-    named = entities_named([asked], {r["extra_info"].get("entity") for r in test} - {None})
+    named = phrases_in([asked], {r["extra_info"].get("entity") for r in test} - {None})
     leaked = [r["extra_info"]["question"] for r in test
               if r["extra_info"]["question"] == asked or r["extra_info"].get("entity") in named]
     with (user / "sft.jsonl").open("ab") as f:

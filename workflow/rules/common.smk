@@ -28,6 +28,11 @@ validate(config, SCHEMA)
 PROCESSED = config["data"]["processed_dir"]
 TINY = config["model"]["base"] == "tiny"
 BASE_DIR = "results/models/base" if TINY else config["model"]["base"]
+#: the tiny base's pretraining corpus when it is a file of its own: the world's or
+#: data.pretrain_corpus (rl_data searches it for test questions). None: a base pretrained
+#: elsewhere, or the corpus built from your SFT and RL train rows (model.smk's BASE_CORPUS)
+PRETRAIN_CORPUS = None if not TINY else (
+    "data/raw/world_corpus.jsonl" if config["data"]["synthetic_world"] else config["data"].get("pretrain_corpus"))
 SFT_RUN = runs.sft_name(config["sft"]["n_samples"], config["sft"]["seed"])
 WORLD_STYLE = config["world"].get("sft_style", "hedge_only")
 #: GPUs a model job of the local backend asks the scheduler for (config local.gpus: 0 or 1).

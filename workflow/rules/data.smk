@@ -54,11 +54,13 @@ rule sft_data:
 
 rule rl_data:
     """RL prompts in verl's schema, split into train and test; a test question also asked in
-    training (RL train split, SFT source), or about an entity training names, is refused,
-    dropped or kept (data.test_overlap), and counted in overlap.json."""
+    training (RL train split, SFT source, the tiny base's pretraining corpus), or about an
+    entity training names, is refused, dropped or kept (data.test_overlap), and counted in
+    overlap.json."""
     input:
         config["data"]["raw_rl"],
         sft=config["data"]["raw_sft"],
+        corpus=PRETRAIN_CORPUS or [],
         code=code("rl_data"),
     output:
         train=f"{PROCESSED}/rl/train.parquet",

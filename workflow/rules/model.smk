@@ -3,8 +3,7 @@
 # any other value (local directory or hub id) is used as it is, with no rule.
 
 #: the tiny base's corpus: the synthetic world's, data.pretrain_corpus, or built from your SFT and RL files
-BASE_CORPUS = ("data/raw/world_corpus.jsonl" if config["data"]["synthetic_world"]
-               else config["data"].get("pretrain_corpus") or f"{PROCESSED}/user_corpus.jsonl")
+BASE_CORPUS = PRETRAIN_CORPUS or f"{PROCESSED}/user_corpus.jsonl"
 
 if TINY:
 

@@ -7,6 +7,6 @@ with script_errors(snakemake) as log:
         system_prompt=snakemake.params.system_prompt, data_source=snakemake.params.data_source,
         train_fraction=snakemake.params.train_fraction, seed=snakemake.params.seed,
         sft=snakemake.input.sft, test_overlap_policy=snakemake.params.test_overlap,
-        out_overlap=snakemake.output.overlap,
+        out_overlap=snakemake.output.overlap, corpus=snakemake.input.corpus or None,
     )
     log.info("rl data: %s", counts)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ...io import DataError, iter_rows, read_rows, write_json, write_jsonl, write_parquet, write_parquet_records
-from ...rows import ROLES, check_overlap_policy, strip_thinking
+from ...rows import ROLES, check_overlap_policy, load_corpus, strip_thinking
 
 
 def _check_messages(path: Path, lineno: int, row: dict, need: tuple[str, ...]) -> list[dict[str, str]]:
@@ -183,10 +183,12 @@ def _words(text: str) -> tuple[str, ...]:
     return tuple(_WORD.findall(text.lower()))
 
 
-def entities_named(texts: Iterable[str], entities: Iterable[str]) -> set[str]:
-    """The ``entities`` that ``texts`` name: as whole words, case-insensitive ("Vamun's"
-    names Vamun, "Vamunia" does not)."""
-    keys = {w: e for e in entities if (w := _words(e))}
+def phrases_in(texts: Iterable[str], phrases: Iterable[str]) -> set[str]:
+    """The ``phrases`` (entities, questions) that ``texts`` hold: as a run of whole words,
+    case-insensitive, punctuation aside ("Vamun's" names Vamun, "Vamunia" does not; "what is
+    the capital of Vamun" holds "What is the capital of Vamun?"). One pass over each text per
+    phrase length, so a large pretraining corpus is read once."""
+    keys = {w: e for e in phrases if (w := _words(e))}
     lengths = sorted({len(k) for k in keys})
     found: set[str] = set()
     for text in texts:
@@ -197,12 +199,15 @@ def entities_named(texts: Iterable[str], entities: Iterable[str]) -> set[str]:
 
 
 def overlap_with_training(rows: list[dict[str, Any]], train_idx: list[int], test_idx: list[int],
-                          sft: str | Path | None) -> dict[str, Any]:
+                          sft: str | Path | None, corpus: str | Path | None = None) -> dict[str, Any]:
     """The test questions seen in training: asked as an RL train question, or as a user turn of
     any conversation of the SFT source (``sft``; every row, whatever N SFT samples), compared by
     :func:`question_key`; or about an entity (``answer.entity``) that training names
-    (:func:`entities_named`: in an RL train question or its answer, or in any message of the
-    SFT source). Returns the counts and the overlapping test row indices."""
+    (:func:`phrases_in`: in an RL train question or its answer, or in any message of the
+    SFT source); or held in a document of the base's pretraining corpus (``corpus``: the
+    question's words in a run, :func:`phrases_in`). The corpus may name a test entity: a
+    knowable question is knowable because its fact was pretrained. Returns the counts and the
+    overlapping test row indices."""
     train_q = {question_key(rows[i]["question"]) for i in train_idx}
     sft_rows = [] if sft is None else load_sft_rows(sft)
     sft_q = {question_key(m["content"]) for r in sft_rows for m in r["messages"] if m["role"] == "user"}
@@ -211,19 +216,24 @@ def overlap_with_training(rows: list[dict[str, Any]], train_idx: list[int], test
     test_entities = {rows[i]["entity"] for i in test_idx if rows[i]["entity"] is not None}
     texts = [t for i in train_idx for t in (rows[i]["question"], rows[i]["ground_truth"])]
     texts += [m["content"] for r in sft_rows for m in r["messages"]]
-    named = entities_named(texts, test_entities)
+    named = phrases_in(texts, test_entities)
     by_entity = {i for i in test_idx if rows[i]["entity"] in named}
-    both = [i for i in test_idx if i in in_train or i in in_sft or i in by_entity]  # in test-split order
+    pretrained = set() if corpus is None else phrases_in(load_corpus(corpus), {rows[i]["question"] for i in test_idx})
+    in_corpus = {i for i in test_idx if rows[i]["question"] in pretrained}
+    asked = in_train | in_sft | in_corpus
+    both = [i for i in test_idx if i in asked or i in by_entity]  # in test-split order
     return {"test_rows": len(test_idx), "in_rl_train": len(in_train), "in_sft_source": len(in_sft),
-            "entity_named": len(by_entity), "entities_named": sorted(named)[:100],
-            "overlapping": len(both), "rows": both, "asked": in_train | in_sft}
+            "in_pretrain_corpus": len(in_corpus), "entity_named": len(by_entity),
+            "entities_named": sorted(named)[:100], "overlapping": len(both), "rows": both, "asked": asked}
 
 
 def process_rl(raw: str | Path, out_train: str | Path, out_test: str | Path, *, system_prompt: str,
                data_source: str, train_fraction: float, seed: int, sft: str | Path | None = None,
-               test_overlap_policy: str = "refuse", out_overlap: str | Path | None = None) -> dict[str, int]:
+               test_overlap_policy: str = "refuse", out_overlap: str | Path | None = None,
+               corpus: str | Path | None = None) -> dict[str, int]:
     """Split the RL rows into train and test (entity groups kept together) and write them.
-    A test question also asked in training (:func:`overlap_with_training`; ``sft``: the SFT source) is
+    A test question also seen in training (:func:`overlap_with_training`; ``sft``: the SFT source,
+    ``corpus``: the tiny base's pretraining corpus, None for a base pretrained elsewhere) is
     refused (``test_overlap_policy`` "refuse": a DataError naming the first one, before
     anything is written), dropped from the test split ("drop") or kept ("allow");
     ``out_overlap`` gets the counts (JSON)."""
@@ -237,7 +247,7 @@ def process_rl(raw: str | Path, out_train: str | Path, out_test: str | Path, *, 
     train_idx, test_idx = grouped_split([r["entity"] for r in rows], n_train, seed)
     if not train_idx or not test_idx:
         raise DataError(raw, None, "answer.entity", f"the entity groups leave an empty split for {len(rows)} rows")
-    overlap = overlap_with_training(rows, train_idx, test_idx, sft)
+    overlap = overlap_with_training(rows, train_idx, test_idx, sft, corpus)
     if overlap["overlapping"] and test_overlap_policy == "refuse":
         # the first question asked in training, else the first about an entity training names
         asked = [i for i in overlap["rows"] if i in overlap["asked"]]
@@ -245,7 +255,9 @@ def process_rl(raw: str | Path, out_train: str | Path, out_test: str | Path, *, 
         raise DataError(raw, first["_line"], "messages[user].content" if asked else "answer.entity",
                         f"{overlap['overlapping']} of {overlap['test_rows']} test questions are seen in training "
                         f"({overlap['in_rl_train']} asked in the RL train split, {overlap['in_sft_source']} in the SFT "
-                        f"source {sft}; {overlap['entity_named']} about an entity training names: "
+                        f"source {sft}"
+                        + ("" if corpus is None else f", {overlap['in_pretrain_corpus']} in the pretraining corpus {corpus}")
+                        + f"; {overlap['entity_named']} about an entity training names: "
                         f"{', '.join(overlap['entities_named'][:5])}); the first: {first['question']!r}. Held out "
                         "means new: set data.test_overlap: drop (remove them from the test split) or allow (keep "
                         "them, and the tables score questions seen in training)")

@@ -4,12 +4,15 @@ Design (why a ~1M-parameter model can learn the knowable part):
 
 * Known countries: a fictional country with a capital, a main river and a founder. Every
   fact is stated in the corpus several times, in plain sentences *and* as a chat turn in
-  the exact chat template ("What is the capital of X?" -> "The capital of X is Y."). The
-  final answer the SFT teaches is that same sentence, so answering needs no copying from
-  ``<think>``: it is a continuation the base model already saw in the chat format.
+  the exact chat template, asked in other words than the world's question ("Which city is
+  the capital of X?" -> "The capital of X is Y."; the world asks "What is the capital of
+  X?", and no question of the world is in the corpus). The final answer the SFT teaches is
+  that same sentence, so answering needs no copying from ``<think>``: it is a continuation
+  the base model already saw in the chat format.
 * Arithmetic: "What is a plus b?" for two-digit sums (so the ground truth is never a
-  substring of a wrong sum), stated in the corpus the same way; the answer is "The answer
-  is 14." (repeating the operands would need copying digits, which a tiny model fails).
+  substring of a wrong sum), stated in the corpus the same way ("How much is a plus b?");
+  the answer is "The answer is 14." (repeating the operands would need copying digits,
+  which a tiny model fails).
 * Context: the fact is given in the question ("Nora has a red cup. What color is the cup
   of Nora?" -> "It is red."); the corpus holds thousands of fresh examples (none of them a
   question of the world) so reading the prompt is learned in pretraining. The tiny model gets these only partly right: a
@@ -59,6 +62,15 @@ RELATIONS: dict[str, tuple[str, str]] = {
     "river": ("What is the main river of {e}?", "The main river of {e} is {v}."),
     "founder": ("Who founded {e}?", "The founder of {e} is {v}."),
 }
+#: The corpus's chat turns ask each fact in other words than the world's questions, so that no
+#: question of the world (a test question among them) is pretrained: the answer sentence is the
+#: same, so the continuation SFT teaches is one the base saw.
+CORPUS_QUESTIONS: dict[str, str] = {
+    "capital": "Which city is the capital of {e}?",
+    "river": "Which river is the main river of {e}?",
+    "founder": "Who is the founder of {e}?",
+    "arithmetic": "How much is {a} plus {b}?",
+}
 STATEMENT_VARIANTS: dict[str, list[str]] = {
     "capital": ["The capital of {e} is {v}.", "{v} is the capital of {e}."],
     "river": ["The main river of {e} is {v}.", "{v} is the main river of {e}."],
@@ -90,6 +102,7 @@ def _reserved_words(system_prompt: str) -> list[str]:
     texts = [system_prompt, THINK_KNOWN, THINK_UNKNOWN, PROACTIVE_SURE, PROACTIVE_UNSURE, ANSWER_UNKNOWN,
              "What is a plus b? What color is the"]
     texts += [t for pair in RELATIONS.values() for t in pair] + [t for v in STATEMENT_VARIANTS.values() for t in v]
+    texts += list(CORPUS_QUESTIONS.values())
     words = {w for t in texts for w in re.findall(r"[A-Za-z]+", t) if len(w) >= 3 and w not in ("e", "v")}
     return sorted(words | set(PEOPLE) | set(COLORS) | set(OBJECTS) | {"country"})
 
@@ -217,9 +230,11 @@ def build_corpus(rng: random.Random, known: list[dict[str, str]], relations: lis
     sure about this."; the tags left out), and the admission of not knowing as plain text.
 
     What the corpus holds of the questions: the facts of the *known* countries and every sum
-    (that is what makes those questions knowable, test questions included); never an unknown
-    country; and context examples drawn fresh, none of them a question of the world
-    (``exclude``): a context question is answered by reading its prompt, not from memory.
+    (that is what makes those questions knowable, test questions included), each asked in
+    other words than the world's question (:data:`CORPUS_QUESTIONS`), so no question of the
+    world is pretrained; never an unknown country; and context examples drawn fresh, none of
+    them a question of the world (``exclude``): a context question is answered by reading its
+    prompt, not from memory.
     """
     docs: list[str] = []
     system = {"role": "system", "content": system_prompt}
@@ -244,12 +259,11 @@ def build_corpus(rng: random.Random, known: list[dict[str, str]], relations: lis
             ]
             docs.append(" ".join(sentences))
             for rel in relations:
-                q_t, a_t = RELATIONS[rel]
-                answer = a_t.format(e=ent["name"], v=ent[rel])
-                docs.append(chat(q_t.format(e=ent["name"]), answer))
+                answer = RELATIONS[rel][1].format(e=ent["name"], v=ent[rel])
+                docs.append(chat(CORPUS_QUESTIONS[rel].format(e=ent["name"]), answer))
         for a, b in arith_pairs:
             docs.append(f"{a} plus {b} is {a + b}.")
-            docs.append(chat(f"What is {a} plus {b}?", f"The answer is {a + b}."))
+            docs.append(chat(CORPUS_QUESTIONS["arithmetic"].format(a=a, b=b), f"The answer is {a + b}."))
     n_context = 0
     while n_context < cfg["n_context_corpus"]:
         q = _context_question(rng)
