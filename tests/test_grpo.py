@@ -377,7 +377,9 @@ def test_the_engine_check_compares_with_the_rollout_policy_off_policy_and_under_
         run = tmp_path / f"dropout{dropout}"
         train_grpo(str(tiny_base), str(rl_train_file), str(run), cfg, REWARD)
         hist = json.loads((run / "checkpoints/step_4/trainer_state.json").read_text())["history"]
-        assert max(h["ppo_kl"] for h in hist) > 1e-3  # the later updates did run on moved weights
+        # the later updates did run on moved weights (5x the bound below; an update's own pass
+        # would read that drift, tenths, as in the docstring)
+        assert max(h["ppo_kl"] for h in hist) > 5e-4
         assert max(h["rollout_logprob_diff_max"] for h in hist) < 1e-4, dropout
 
 
@@ -522,9 +524,9 @@ def test_shared_prefix_equals_the_full_forward(tiny_base, lora):
     sp.backward()
     m = rmask.bool()
     assert torch.allclose(logp_shared[m], logp_full.detach()[m], atol=1e-5)
-    for p, gf in zip(params, grads_full):  # fp32 sums in another order: within 1e-6 of the gradient's scale
+    for p, gf in zip(params, grads_full):  # fp32 sums in another order: within 4e-6 of the gradient's scale
         assert p.grad is not None
-        assert float((p.grad - gf).abs().max()) <= 1e-6 * max(1.0, float(gf.abs().max())), (
+        assert float((p.grad - gf).abs().max()) <= 4e-6 * max(1.0, float(gf.abs().max())), (
             float((p.grad - gf).abs().max()), float(gf.abs().max()))
 
 
