@@ -670,6 +670,7 @@ def test_the_update_trains_the_policy_s_tokens_only(tmp_path, tiny_base):
 
     a, e = 11, 12  # a sampled token, an observation token (any ids of the tiny vocabulary)
     loss = [[1, 1, 0, 0, 0, 1], [1, 0, 0, 0, 0, 0], [1, 0, 1], [1, 1, 0, 0, 0, 1, 1]]  # 3, 1, 2, 4 sampled
+    responses = [[a if m else e for m in lm] for lm in loss]
     scores = np.array([1.0, 0.0, 0.0, 1.0])  # two groups (items) of two episodes, one row each
 
     class Fixed:
@@ -680,8 +681,7 @@ def test_the_update_trains_the_policy_s_tokens_only(tmp_path, tiny_base):
             return ["x", "y"]
 
         def rollout(self, model, tokenizer, items, n, cfg, seed):
-            rows = pack_rows([[5, 6, 7]] * 4, [[a if m else e for m in lm] for lm in loss], loss, None,
-                             tokenizer.pad_token_id)
+            rows = pack_rows([[5, 6, 7]] * 4, responses, loss, None, tokenizer.pad_token_id)
             return Rollout(**rows, row_traj=torch.arange(4), traj_group=np.array([0, 0, 1, 1]))
 
         def rewards(self, items, ro):
@@ -713,8 +713,8 @@ def test_the_update_trains_the_policy_s_tokens_only(tmp_path, tiny_base):
     # init policy (a fresh adapter changes nothing); over every response token it is another number
     ent_sampled, ent_every = [], []
     with torch.no_grad():
-        for lm in loss:
-            ids = torch.tensor([[5, 6, 7] + [a if m else e for m in lm]])
+        for lm, resp in zip(loss, responses):
+            ids = torch.tensor([[5, 6, 7] + resp])
             logp = torch.log_softmax(model(ids).logits[0, 2:-1].float(), dim=-1)  # predicting each response token
             ent = -(logp.exp() * logp).sum(-1)
             ent_sampled += ent[torch.tensor(lm, dtype=torch.bool)].tolist()

@@ -257,6 +257,17 @@ def test_editing_the_test_split_reevaluates_and_never_retrains(clone):
     assert "grpo" not in jobs and "sft" not in jobs, jobs
 
 
+def test_the_split_is_searched_against_the_pretraining_corpus_it_reads(clone):
+    """rl_data reads the tiny base's corpus (it refuses a test question pretrained): a new
+    corpus reruns the split with the base, not the world that wrote it."""
+    corpus = clone / "data/raw/world_corpus.jsonl"
+    with corpus.open("a") as f:  # one more document
+        f.write(json.dumps({"text": "Glimmer is a word of no country."}) + "\n")
+    proc = smk(clone, "data/processed/rl/test.parquet", "results/models/base", dry=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert planned_jobs(proc.stdout + proc.stderr) == {"rl_data": 1, "base_model": 1}
+
+
 # ------------------------------------------------------------------ reruns are real reruns
 def _rl_state(project: Path, run: str = RL_RUN) -> tuple[dict, bytes]:
     summary = json.loads((project / f"results/rl/{run}/summary.json").read_text())
